@@ -1,0 +1,20 @@
+"""Model names as the CLI, the settings and the reports use them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from online_models.base import Recommender
+from online_models.cooc import Cooc
+from online_models.trending import Trending
+
+MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (Trending, Cooc)}
+
+
+def make_model(name: str, **params: Any) -> Recommender:
+    """A fresh model by its registry name; a clear error for unknown names."""
+    try:
+        cls = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}") from None
+    return cls(**params)

@@ -1,0 +1,1 @@
+"""Kafka I/O: the event schema, the producer, the consumer worker and log replay."""

@@ -1,0 +1,162 @@
+"""The event schema: what a producer may publish, and how raw bytes become an ``Event``.
+
+Validation is strict and every rejection carries a reason (fields the schema does not
+name are ignored, so producers can add their own), because a rejected event is
+not dropped: the worker sends it to the dead-letter topic with that reason.
+
+>>> e = parse_event(b'{"user_id": "u1", "item_id": "i9", "type": "click", "ts": 1700000000}')
+>>> (e.user_id, e.item_id, e.type, e.ts)
+('u1', 'i9', 'click', 1700000000.0)
+>>> parse_event(b'{"user_id": "u1", "type": "click"}')
+Traceback (most recent call last):
+...
+streamrec.errors.InvalidEvent: missing field 'item_id'
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from streamrec.errors import InvalidEvent
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
+MAX_ID_CHARS = 256
+MAX_EVENT_BYTES = 64 * 1024
+MAX_FUTURE_S = 24 * 3600
+_REQUIRED = ("user_id", "item_id", "type")
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """One user-item interaction; the unit every model learns from."""
+
+    user_id: str
+    item_id: str
+    type: str
+    ts: float
+    event_id: str = ""
+    value: float | None = None
+    context: dict[str, Any] | None = field(default=None, compare=False)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({k: v for k, v in asdict(self).items() if v is not None})
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _check_id(name: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidEvent(f"field '{name}' must be a string, got {type(value).__name__}")
+    value = str(value)
+    if not value:
+        raise InvalidEvent(f"field '{name}' is empty")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidEvent(f"field '{name}' is longer than {MAX_ID_CHARS} characters")
+    if not value.isprintable():
+        raise InvalidEvent(f"field '{name}' contains control characters")
+    return value
+
+
+def _check_ts(value: Any, now: float) -> float:
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidEvent(f"field 'ts' is not epoch seconds or ISO-8601: {value[:40]!r}") from None
+        if parsed.tzinfo is None:
+            raise InvalidEvent("field 'ts' has no time zone")
+        ts = parsed.timestamp()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        ts = float(value)
+    else:
+        raise InvalidEvent(f"field 'ts' must be a number or an ISO-8601 string, got {type(value).__name__}")
+    if not math.isfinite(ts):
+        raise InvalidEvent("field 'ts' is not finite")
+    if ts < 0:
+        raise InvalidEvent("field 'ts' is before 1970")
+    if ts > now + MAX_FUTURE_S:
+        raise InvalidEvent("field 'ts' is more than a day in the future")
+    return ts
+
+
+def validate_event(obj: Any, *, default_ts: float | None = None, now: float | None = None) -> Event:
+    """Build an ``Event`` from a decoded JSON object, or raise ``InvalidEvent``."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"event must be a JSON object, got {type(obj).__name__}")
+    for name in _REQUIRED:
+        if name not in obj:
+            raise InvalidEvent(f"missing field '{name}'")
+    now = time.time() if now is None else now
+    event_type = obj["type"]
+    if event_type not in EVENT_TYPES:
+        raise InvalidEvent(f"unknown event type {str(event_type)[:40]!r}; expected one of {', '.join(EVENT_TYPES)}")
+    if obj.get("ts") is not None:
+        ts = _check_ts(obj["ts"], now)
+    else:
+        ts = now if default_ts is None else default_ts
+    value = obj.get("value")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidEvent(f"field 'value' must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise InvalidEvent("field 'value' is not finite")
+        value = float(value)
+    context = obj.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise InvalidEvent(f"field 'context' must be an object, got {type(context).__name__}")
+    event_id = obj.get("event_id")
+    event_id = new_event_id() if event_id is None else _check_id("event_id", event_id)
+    return Event(
+        user_id=_check_id("user_id", obj["user_id"]),
+        item_id=_check_id("item_id", obj["item_id"]),
+        type=event_type,
+        ts=ts,
+        event_id=event_id,
+        value=value,
+        context=context,
+    )
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise InvalidEvent(f"duplicate key {dup!r}")
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidEvent(f"{name} is not valid JSON")
+
+
+def decode_json(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Any:
+    """Decode one JSON document, rejecting oversize payloads, NaN/Infinity and duplicate keys."""
+    if len(raw) > max_bytes:
+        raise InvalidEvent(f"event is {len(raw)} bytes, over the {max_bytes}-byte limit")
+    try:
+        obj = orjson.loads(raw)  # fast path; orjson rejects NaN and Infinity itself
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    if isinstance(obj, dict) and raw.count(b":") > len(obj):
+        # more colons than keys: maybe a duplicate key, which orjson would silently collapse
+        import json
+
+        json.loads(raw, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+    return obj
+
+
+def parse_event(
+    raw: bytes, *, default_ts: float | None = None, max_bytes: int = MAX_EVENT_BYTES, now: float | None = None
+) -> Event:
+    """Decode and validate one event from raw bytes, or raise ``InvalidEvent``."""
+    return validate_event(decode_json(raw, max_bytes=max_bytes), default_ts=default_ts, now=now)

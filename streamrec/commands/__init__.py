@@ -1,0 +1,3 @@
+"""Subcommands of ``streamrec``; importing this package registers them all."""
+
+from streamrec.commands import services  # noqa: F401

@@ -1,0 +1,62 @@
+"""``streamrec services start|stop|status``: the local Kafka broker and Redis server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from streamrec.cli import command
+from streamrec.settings import SERVICES_ENV_FILE, Settings
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["start", "stop", "status"])
+
+
+def start_services(settings: Settings) -> dict[str, str]:
+    """Start local Kafka and Redis unless the environment names existing ones.
+
+    Returns the ``STREAMREC_*`` variables that point at the services, and records them in
+    ``.streamrec/services.env`` for later processes started from this folder.
+    """
+    from streamrec.services import LocalKafka, LocalRedis, write_env_file
+
+    env = {}
+    if "STREAMREC_REDIS_URL" not in os.environ:
+        env["STREAMREC_REDIS_URL"] = LocalRedis(settings.state_dir).start()
+    if "STREAMREC_KAFKA_BOOTSTRAP" not in os.environ:
+        env["STREAMREC_KAFKA_BOOTSTRAP"] = LocalKafka(settings.state_dir).start(
+            partitions=settings.topic_partitions
+        )
+    if env:
+        write_env_file(SERVICES_ENV_FILE, env)
+    return env
+
+
+def stop_services(settings: Settings) -> None:
+    from streamrec.services import LocalKafka, LocalRedis
+
+    for service in (LocalKafka(settings.state_dir), LocalRedis(settings.state_dir)):
+        if service.stop():
+            print(f"stopped {service.name}")
+    SERVICES_ENV_FILE.unlink(missing_ok=True)
+
+
+@command("services", "start, stop or show the local Kafka broker and Redis server", _arguments)
+def services(args: argparse.Namespace) -> int:
+    from streamrec.services import LocalKafka, LocalRedis
+
+    settings = Settings()
+    if args.action == "start":
+        for key, value in start_services(settings).items():
+            print(f"export {key}={value}")
+    elif args.action == "stop":
+        stop_services(settings)
+    else:
+        down = 0
+        for service in (LocalKafka(settings.state_dir), LocalRedis(settings.state_dir)):
+            port = service.running_port()
+            print(f"{service.name}: {'running on port ' + str(port) if port else 'stopped'}")
+            down += port is None
+        return 1 if down else 0
+    return 0

@@ -1,0 +1,251 @@
+"""Local Kafka and Redis for development, tests and CI: real servers, started from here.
+
+Kafka is the official Apache Kafka broker, its jars collected from Maven Central by
+``streamrec/kafka/pom.xml`` and run as a single-node KRaft broker. Redis is the
+``redis-server`` binary (Debian's package). Each service keeps its data, logs and pid
+file under ``<state_dir>/<service>/``; ``services.env`` records their addresses so
+``Settings`` finds them.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from streamrec.errors import ServiceError
+
+KAFKA_FILES = resources.files("streamrec") / "kafka"
+DEFAULT_KAFKA_PORT = 9092
+DEFAULT_REDIS_PORT = 6379
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` when nothing listens there, else any free port."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise ServiceError("no free TCP port")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _require(binary: str, hint: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        raise ServiceError(f"'{binary}' is not on PATH: {hint}")
+    return path
+
+
+@dataclass
+class LocalService:
+    """A server process started in the background, tracked by a pid and a port file."""
+
+    name: str
+    state_dir: Path
+
+    @property
+    def home(self) -> Path:
+        return self.state_dir / self.name
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "pid"
+
+    @property
+    def port_file(self) -> Path:
+        return self.home / "port"
+
+    def running_port(self) -> int | None:
+        """The port of this service when its process is alive and listening."""
+        try:
+            pid = int(self.pid_file.read_text())
+            port = int(self.port_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return port if _pid_alive(pid) and _port_open(port) else None
+
+    def _spawn(self, argv: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.home / "stdout.log", "ab")
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, **(env or {})},
+        )
+        self.pid_file.write_text(str(proc.pid))
+        self.port_file.write_text(str(port))
+        return proc
+
+    def _wait(self, proc: subprocess.Popen, ready, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = (self.home / "stdout.log").read_text(errors="replace")[-2000:]
+                raise ServiceError(f"{self.name} exited with code {proc.returncode} while starting:\n{tail}")
+            if ready():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise ServiceError(f"{self.name} did not answer within {timeout_s:.0f} s; see {self.home}")
+
+    def stop(self, timeout_s: float = 20.0) -> bool:
+        """Stop the process (SIGTERM, then SIGKILL); True if one was running."""
+        try:
+            pid = int(self.pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return False
+        self.pid_file.unlink(missing_ok=True)
+        if not _pid_alive(pid):
+            return False
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            try:  # reap it when it is our own child
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        return True
+
+
+class LocalRedis(LocalService):
+    def __init__(self, state_dir: Path):
+        super().__init__("redis", state_dir)
+
+    def start(self, port: int | None = None, timeout_s: float = 20.0) -> str:
+        running = self.running_port()
+        if running:
+            return f"redis://127.0.0.1:{running}/0"
+        binary = _require("redis-server", "install it with 'apt-get install redis-server'")
+        port = port or free_port(DEFAULT_REDIS_PORT)
+        data = self.home / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data.resolve()),
+                "--save", "", "--appendonly", "no", "--daemonize", "no"]
+        proc = self._spawn(argv, port)
+        self._wait(proc, lambda: _port_open(port), timeout_s)
+        return f"redis://127.0.0.1:{port}/0"
+
+    def version(self) -> str:
+        out = subprocess.run([_require("redis-server", ""), "--version"], capture_output=True, text=True)
+        return out.stdout.strip()
+
+
+def _kafka_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+class LocalKafka(LocalService):
+    """Apache Kafka in KRaft mode, run from the jars that Maven collects."""
+
+    def __init__(self, state_dir: Path):
+        super().__init__("kafka", state_dir)
+
+    @property
+    def libs(self) -> Path:
+        return self.home / "libs"
+
+    def install(self) -> Path:
+        """Collect the broker's runtime classpath from Maven Central (once)."""
+        if self.libs.is_dir() and any(self.libs.glob("kafka_2.13-*.jar")):
+            return self.libs
+        _require("java", "install a Java 17+ runtime (Debian: 'apt-get install openjdk-17-jre-headless')")
+        mvn = _require("mvn", "install Maven (Debian: 'apt-get install maven')")
+        self.home.mkdir(parents=True, exist_ok=True)
+        with resources.as_file(KAFKA_FILES / "pom.xml") as pom:
+            result = subprocess.run(
+                [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+                 "-DincludeScope=runtime", f"-DoutputDirectory={self.libs.resolve()}"],
+                capture_output=True, text=True,
+            )
+        if result.returncode != 0:
+            raise ServiceError(f"mvn could not collect the Kafka jars:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        return self.libs
+
+    def version(self) -> str:
+        jar = next(self.libs.glob("kafka_2.13-*.jar"), None)
+        return jar.stem.removeprefix("kafka_2.13-") if jar else "not installed"
+
+    def _java(self, main_class: str, *args: str) -> list[str]:
+        return ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC",
+                f"-Dkafka.logs.dir={self.home.resolve()}",
+                f"-Dlog4j2.configurationFile={(self.home / 'log4j2.properties').resolve()}",
+                "-cp", f"{self.libs.resolve()}/*", main_class, *args]
+
+    def start(self, port: int | None = None, partitions: int = 3, timeout_s: float = 90.0) -> str:
+        running = self.running_port()
+        if running:
+            return f"127.0.0.1:{running}"
+        self.install()
+        port = port or free_port(DEFAULT_KAFKA_PORT)
+        controller_port = free_port()
+        data = (self.home / "data").resolve()
+        config = string.Template((KAFKA_FILES / "server.properties").read_text()).substitute(
+            broker_port=port, controller_port=controller_port, data_dir=data, partitions=partitions
+        )
+        (self.home / "server.properties").write_text(config)
+        (self.home / "log4j2.properties").write_text((KAFKA_FILES / "log4j2.properties").read_text())
+        # a fresh log dir each start: the ports (and so the quorum) change between starts
+        shutil.rmtree(data, ignore_errors=True)
+        fmt = subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "-t", _kafka_cluster_id(),
+                       "-c", str(self.home / "server.properties")),
+            capture_output=True, text=True,
+        )
+        if fmt.returncode != 0:
+            raise ServiceError(f"kafka storage format failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
+        proc = self._spawn(self._java("kafka.Kafka", str(self.home / "server.properties")), port)
+        self._wait(proc, lambda: _kafka_answers(f"127.0.0.1:{port}"), timeout_s)
+        return f"127.0.0.1:{port}"
+
+
+def _kafka_answers(bootstrap: str) -> bool:
+    """True when the broker serves metadata (a TCP accept alone comes too early)."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()
+
+
+def write_env_file(path: Path, values: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))

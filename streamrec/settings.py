@@ -1,0 +1,54 @@
+"""One ``Settings`` class for every process, read from ``STREAMREC_*`` environment variables.
+
+``streamrec services start`` writes the addresses of the services it started to
+``.streamrec/services.env``; that file is read as a fallback, so a worker or an API
+started from the same folder finds them. Real environment variables always win.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+STATE_DIR = Path(".streamrec")
+SERVICES_ENV_FILE = STATE_DIR / "services.env"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_", env_file=SERVICES_ENV_FILE, extra="ignore"
+    )
+
+    kafka_bootstrap: str = "localhost:9092"
+    redis_url: str = "redis://localhost:6379/0"
+
+    topic: str = "events"
+    group_id: str = "streamrec-worker"
+    topic_partitions: int = Field(default=3, ge=1)
+
+    model: str = "cooc"
+    top_k: int = Field(default=100, ge=1, le=1000, description="length of each stored list")
+    user_list_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
+    redis_prefix: str = "streamrec"
+
+    poll_timeout_ms: int = Field(default=200, ge=1)
+    max_poll_records: int = Field(default=2000, ge=1)
+    max_event_bytes: int = Field(default=64 * 1024, ge=1)
+    popular_refresh_s: float = Field(default=1.0, ge=0)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    state_dir: Path = STATE_DIR
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
