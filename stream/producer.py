@@ -10,14 +10,13 @@ from stream.schema import Event
 
 
 def make_producer(bootstrap: str, **overrides) -> KafkaProducer:
-    """A producer tuned for event streams: acks from the leader, small linger, lz4-free."""
+    """An idempotent producer (retries neither duplicate nor reorder a user's events)."""
     config = dict(
         bootstrap_servers=bootstrap,
-        acks=1,
+        acks="all",
+        enable_idempotence=True,
         linger_ms=5,
         batch_size=256 * 1024,
-        retries=5,
-        max_in_flight_requests_per_connection=1,  # retries must not reorder a user's events
     )
     config.update(overrides)
     return KafkaProducer(**config)

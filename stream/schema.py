@@ -88,8 +88,15 @@ def _check_ts(value: Any, now: float) -> float:
     return ts
 
 
-def validate_event(obj: Any, *, default_ts: float | None = None, now: float | None = None) -> Event:
-    """Build an ``Event`` from a decoded JSON object, or raise ``InvalidEvent``."""
+def validate_event(
+    obj: Any, *, default_ts: float | None = None, default_event_id: str | None = None, now: float | None = None
+) -> Event:
+    """Build an ``Event`` from a decoded JSON object, or raise ``InvalidEvent``.
+
+    ``default_ts`` stands in for a missing ``ts`` (the worker passes the broker timestamp);
+    ``default_event_id`` for a missing ``event_id`` (the worker passes one derived from the
+    record's topic, partition and offset, so a re-read record gets the same id).
+    """
     if not isinstance(obj, dict):
         raise InvalidEvent(f"event must be a JSON object, got {type(obj).__name__}")
     for name in _REQUIRED:
@@ -114,7 +121,10 @@ def validate_event(obj: Any, *, default_ts: float | None = None, now: float | No
     if context is not None and not isinstance(context, dict):
         raise InvalidEvent(f"field 'context' must be an object, got {type(context).__name__}")
     event_id = obj.get("event_id")
-    event_id = new_event_id() if event_id is None else _check_id("event_id", event_id)
+    if event_id is None:
+        event_id = default_event_id or new_event_id()
+    else:
+        event_id = _check_id("event_id", event_id)
     return Event(
         user_id=_check_id("user_id", obj["user_id"]),
         item_id=_check_id("item_id", obj["item_id"]),
@@ -156,7 +166,15 @@ def decode_json(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Any:
 
 
 def parse_event(
-    raw: bytes, *, default_ts: float | None = None, max_bytes: int = MAX_EVENT_BYTES, now: float | None = None
+    raw: bytes | None,
+    *,
+    default_ts: float | None = None,
+    default_event_id: str | None = None,
+    max_bytes: int = MAX_EVENT_BYTES,
+    now: float | None = None,
 ) -> Event:
     """Decode and validate one event from raw bytes, or raise ``InvalidEvent``."""
-    return validate_event(decode_json(raw, max_bytes=max_bytes), default_ts=default_ts, now=now)
+    if not raw:
+        raise InvalidEvent("empty message")
+    obj = decode_json(raw, max_bytes=max_bytes)
+    return validate_event(obj, default_ts=default_ts, default_event_id=default_event_id, now=now)

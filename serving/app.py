@@ -1,0 +1,41 @@
+"""The FastAPI app: a thin layer over the Redis store.
+
+Run it with ``streamrec api`` (or ``uvicorn --factory serving.app:create_app``).
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from serving.routes import health, recommendations
+from serving.store import RecommendationStore, make_client
+from streamrec import __version__
+from streamrec.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.settings = settings
+        # few retries: a request should fail fast rather than hang while Redis is away
+        app.state.store = RecommendationStore(
+            make_client(settings.redis_url, retries=2, socket_timeout_s=1.0),
+            settings.redis_prefix,
+            settings.user_list_ttl_s,
+        )
+        yield
+        app.state.store.close()
+
+    app = FastAPI(
+        title="streamrec",
+        version=__version__,
+        description="Live recommendations, learned from every event.",
+        lifespan=lifespan,
+    )
+    app.include_router(health.router)
+    app.include_router(recommendations.router)
+    return app

@@ -1,0 +1,128 @@
+"""The Redis store: the one module that knows the key layout and the encoding.
+
+Keys (``P`` is ``Settings.redis_prefix``; ids are percent-encoded, never used raw, so no
+id can reach into another key or a pattern):
+
+- ``P:recs:<user>``  a user's top-k list, JSON, with a TTL (``user_list_ttl_s``);
+- ``P:popular``      the current popular list, for users without history;
+- ``P:counters``     a hash of the worker's running counts (consumed, applied, dead-lettered).
+
+A list is stored as ``{"m": model, "t": updated_at, "i": [[item_id, score], ...]}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import orjson
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from streamrec.errors import StoreUnavailable
+
+Ranking = Sequence[tuple[str, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredList:
+    items: list[tuple[str, float]]
+    model: str
+    updated_at: float
+
+
+def encode_list(items: Ranking, model: str, updated_at: float) -> bytes:
+    return orjson.dumps({"m": model, "t": round(updated_at, 3), "i": [[i, round(s, 5)] for i, s in items]})
+
+
+def decode_list(raw: bytes) -> StoredList:
+    obj = orjson.loads(raw)
+    return StoredList(items=[(i, s) for i, s in obj["i"]], model=obj["m"], updated_at=obj["t"])
+
+
+def make_client(url: str, *, retries: int, socket_timeout_s: float = 2.0) -> redis.Redis:
+    """A client that retries connection errors with exponential backoff (-1: retry forever)."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=30,
+    )
+
+
+class RecommendationStore:
+    """Reads and writes live recommendation lists in Redis.
+
+    Parameters
+    ----------
+    client
+        A ``redis.Redis`` (see ``make_client``).
+    prefix
+        Namespace of every key.
+    user_list_ttl_s
+        Time to live of each user's list: lists of users gone quiet expire on their own.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = "streamrec", user_list_ttl_s: int = 30 * 24 * 3600):
+        self.client = client
+        self.prefix = prefix
+        self.user_list_ttl_s = user_list_ttl_s
+        self._popular_key = f"{prefix}:popular"
+        self._counters_key = f"{prefix}:counters"
+
+    def user_key(self, user_id: str) -> str:
+        return f"{self.prefix}:recs:{quote(user_id, safe='')}"
+
+    def write_batch(
+        self,
+        lists: Mapping[str, Ranking],
+        model: str,
+        updated_at: float,
+        popular: Ranking | None = None,
+        counters: Mapping[str, int] | None = None,
+    ) -> None:
+        """Write users' lists, the popular list and counter increments in one transaction."""
+        pipe = self.client.pipeline(transaction=True)
+        for user_id, items in lists.items():
+            pipe.set(self.user_key(user_id), encode_list(items, model, updated_at), ex=self.user_list_ttl_s)
+        if popular is not None:
+            pipe.set(self._popular_key, encode_list(popular, "trending", updated_at))
+        for name, delta in (counters or {}).items():
+            if delta:
+                pipe.hincrby(self._counters_key, name, delta)
+        self._call(pipe.execute)
+
+    def user_list(self, user_id: str) -> StoredList | None:
+        raw = self._call(self.client.get, self.user_key(user_id))
+        return decode_list(raw) if raw else None
+
+    def popular_list(self) -> StoredList | None:
+        raw = self._call(self.client.get, self._popular_key)
+        return decode_list(raw) if raw else None
+
+    def counters(self) -> dict[str, int]:
+        raw = self._call(self.client.hgetall, self._counters_key)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except RedisError:
+            return False
+
+    def close(self) -> None:
+        self.client.close()
+
+    @staticmethod
+    def _call(fn, *args):
+        try:
+            return fn(*args)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc

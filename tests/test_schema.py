@@ -1,0 +1,93 @@
+"""The event schema: what is accepted, and the reason given for what is not."""
+
+import math
+import time
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream.schema import EVENT_TYPES, MAX_ID_CHARS, Event, parse_event, validate_event
+from streamrec.errors import InvalidEvent
+
+NOW = 1_800_000_000.0
+
+
+def raw(**fields) -> bytes:
+    return orjson.dumps({"user_id": "u1", "item_id": "i1", "type": "click", **fields})
+
+
+def test_minimal_event_gets_defaults():
+    event = parse_event(raw(), default_ts=123.0)
+    assert (event.user_id, event.item_id, event.type, event.ts) == ("u1", "i1", "click", 123.0)
+    assert len(event.event_id) == 32 and event.value is None and event.context is None
+
+
+def test_default_event_id_is_used_when_absent_and_given_one_wins():
+    assert parse_event(raw(), default_event_id="t/0/7").event_id == "t/0/7"
+    assert parse_event(raw(event_id="e1"), default_event_id="t/0/7").event_id == "e1"
+
+
+def test_iso_timestamps_and_numeric_ids():
+    event = parse_event(orjson.dumps({"user_id": 7, "item_id": 9, "type": "view", "ts": "2024-01-02T03:04:05Z"}))
+    assert (event.user_id, event.item_id) == ("7", "9")
+    assert event.ts == 1704164645.0
+
+
+def test_round_trip_through_json():
+    event = Event(user_id="u", item_id="i", type="purchase", ts=5.0, event_id="e", value=9.5, context={"a": 1})
+    assert parse_event(event.to_json()) == event
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"not json", "not valid JSON"),
+        (b"", "empty message"),
+        (b"[1, 2]", "must be a JSON object"),
+        (raw(type="buy"), "unknown event type"),
+        (orjson.dumps({"user_id": "u", "type": "click"}), "missing field 'item_id'"),
+        (raw(user_id=""), "'user_id' is empty"),
+        (raw(user_id=["u"]), "'user_id' must be a string"),
+        (raw(user_id=True), "'user_id' must be a string"),
+        (raw(item_id="x" * (MAX_ID_CHARS + 1)), "longer than 256"),
+        (raw(item_id="a\nb"), "control characters"),
+        (raw(ts="yesterday"), "not epoch seconds or ISO-8601"),
+        (raw(ts=-1), "before 1970"),
+        (raw(ts=NOW + 10 * 86400), "in the future"),
+        (raw(value="12"), "'value' must be a number"),
+        (raw(context=[1]), "'context' must be an object"),
+        (b'{"user_id": "u", "item_id": "i", "type": "click", "value": NaN}', "not valid JSON"),
+        (b'{"user_id": "u", "item_id": "i", "type": "click", "value": Infinity}', "not valid JSON"),
+        (b'{"user_id": "u", "user_id": "v", "item_id": "i", "type": "click"}', "duplicate key 'user_id'"),
+        (raw(context={"pad": "x" * 70_000}), "over the 65536-byte limit"),
+    ],
+)
+def test_bad_events_are_rejected_with_a_reason(payload, reason):
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(payload, now=NOW)
+    assert reason in info.value.reason
+
+
+def test_unknown_fields_are_ignored():
+    assert parse_event(raw(session="s1")).user_id == "u1"
+
+
+ids = st.text(min_size=1, max_size=40).filter(str.isprintable)
+
+
+@given(user=ids, item=ids, kind=st.sampled_from(EVENT_TYPES), ts=st.floats(0, NOW), value=st.none() | st.floats(-1e9, 1e9))
+def test_any_valid_event_survives_encoding(user, item, kind, ts, value):
+    event = validate_event({"user_id": user, "item_id": item, "type": kind, "ts": ts, "value": value}, now=NOW)
+    assert parse_event(event.to_json(), now=NOW) == event
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_either_parse_or_raise_invalid_event(payload):
+    try:
+        event = parse_event(payload, now=time.time())
+    except InvalidEvent as exc:
+        assert exc.reason
+    else:
+        assert event.type in EVENT_TYPES and math.isfinite(event.ts)
