@@ -4,16 +4,148 @@ For each interaction in time order: if its user was seen before, ask the model f
 user's top-``k`` *before* it learns the interaction (excluding the user's earlier items
 when ``exclude_seen``); a hit is the interaction's item in that list. Then the model
 learns the interaction. The model never sees the interaction it is judged on.
+
+Models with a rating method (``predict_one(user_id, item_id)``) are also judged on the
+ratings themselves, River-style progressive validation: the rating (``value``) of every
+interaction is predicted before it is learnt, giving MAE and RMSE.
+
+This module is pure: metric functions and the loop, no files, no printing. Progress is
+reported through a callback so that the caller decides how (``streamrec.backtest``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from array import array
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from itertools import chain
+
+import numpy as np
 
 from online_models.base import Interaction, Recommender
+
+# -- metric functions ------------------------------------------------------------------
+# ``recommended`` is a ranked list of item ids, best first; ``relevant`` the items that
+# count as right answers (one item in the prequential protocol).
+
+
+def _top(recommended: Sequence[str], k: int) -> Sequence[str]:
+    if k <= 0:
+        raise ValueError("k must be positive")
+    return recommended[:k]
+
+
+def hit_at_k(recommended: Sequence[str], relevant: Collection[str], k: int) -> float:
+    """1.0 when any relevant item is in the top ``k``, else 0.0.
+
+    >>> hit_at_k(["a", "b", "c"], {"c"}, 3), hit_at_k(["a", "b", "c"], {"c"}, 2)
+    (1.0, 0.0)
+    """
+    return 1.0 if any(item in relevant for item in _top(recommended, k)) else 0.0
+
+
+def precision_at_k(recommended: Sequence[str], relevant: Collection[str], k: int) -> float:
+    """Relevant items in the top ``k``, divided by ``k`` (a short list is not rewarded).
+
+    >>> precision_at_k(["a", "b"], {"b"}, 10)
+    0.1
+    """
+    return sum(item in relevant for item in _top(recommended, k)) / k
+
+
+def recall_at_k(recommended: Sequence[str], relevant: Collection[str], k: int) -> float:
+    """Share of the relevant items found in the top ``k`` (0 when nothing is relevant).
+
+    >>> recall_at_k(["a", "b", "c"], {"a", "z"}, 3)
+    0.5
+    """
+    if not relevant:
+        return 0.0
+    return sum(item in relevant for item in _top(recommended, k)) / len(relevant)
+
+
+def f1_at_k(recommended: Sequence[str], relevant: Collection[str], k: int) -> float:
+    """Harmonic mean of precision@k and recall@k.
+
+    >>> round(f1_at_k(["a", "b"], {"a"}, 10), 6)  # 2 * 0.1 * 1 / 1.1
+    0.181818
+    """
+    p, r = precision_at_k(recommended, relevant, k), recall_at_k(recommended, relevant, k)
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def ndcg_at_k(recommended: Sequence[str], relevant: Collection[str], k: int) -> float:
+    """Binary-relevance NDCG@k: DCG over the ideal DCG; one target at rank r gives 1/log2(r+2).
+
+    >>> ndcg_at_k(["a", "b", "c"], {"c"}, 3) == 1 / math.log2(4)
+    True
+    """
+    dcg = sum(1.0 / math.log2(rank + 2) for rank, item in enumerate(_top(recommended, k)) if item in relevant)
+    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(min(len(relevant), k)))
+    return dcg / ideal if ideal else 0.0
+
+
+def reciprocal_rank(recommended: Sequence[str], relevant: Collection[str], k: int | None = None) -> float:
+    """1 / (rank of the first relevant item), ranks from 1; 0 when none is in the top ``k``.
+
+    >>> reciprocal_rank(["a", "b", "c"], {"b", "c"})
+    0.5
+    """
+    for rank, item in enumerate(recommended if k is None else _top(recommended, k)):
+        if item in relevant:
+            return 1.0 / (rank + 1)
+    return 0.0
+
+
+def coverage(recommended_items: Iterable[str], catalogue: Collection[str]) -> float:
+    """Share of the catalogue that was recommended at least once.
+
+    >>> coverage(["a", "a", "b", "zz"], {"a", "b", "c", "d"})
+    0.5
+    """
+    if not catalogue:
+        return 0.0
+    return len(set(recommended_items) & set(catalogue)) / len(catalogue)
+
+
+def gini(values: Iterable[float]) -> float:
+    """Gini index of non-negative amounts (exposure per item): 0 equal, (n-1)/n all on one.
+
+    >>> gini([5, 5, 5, 5]), gini([0, 0, 0, 8]), round(gini([1, 2, 3, 4]), 4)
+    (0.0, 0.75, 0.25)
+    """
+    x = np.sort(np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.float64))
+    n = len(x)
+    total = x.sum()
+    if n == 0 or total <= 0:
+        return 0.0
+    if x[0] < 0:
+        raise ValueError("gini needs non-negative values")
+    index = np.arange(1, n + 1, dtype=np.float64)
+    return float(((2 * index - n - 1) * x).sum() / (n * total))
+
+
+def sliding_rate(hits: Sequence[int] | bytes, window: int) -> np.ndarray:
+    """Mean of ``hits`` over a trailing window, one value per position (shorter at the start).
+
+    >>> sliding_rate(bytes([1, 0, 1, 1]), 2).tolist()
+    [1.0, 0.5, 0.5, 1.0]
+    """
+    h = np.frombuffer(bytes(hits), dtype=np.uint8).astype(np.float64) if isinstance(hits, (bytes, bytearray)) \
+        else np.asarray(hits, dtype=np.float64)
+    if len(h) == 0:
+        return h
+    window = max(1, int(window))
+    csum = np.concatenate(([0.0], np.cumsum(h)))
+    ends = np.arange(1, len(h) + 1)
+    starts = np.maximum(0, ends - window)
+    return (csum[ends] - csum[starts]) / (ends - starts)
+
+
+# -- the prequential loop --------------------------------------------------------------
 
 
 @dataclass
@@ -26,9 +158,29 @@ class PrequentialResult:
     ndcg: float
     mrr: float
     events_per_s: float
+    precision: float = 0.0
+    recall: float = 0.0
+    f1: float = 0.0
+    coverage: float = 0.0
+    gini: float = 0.0
+    catalogue: int = 0
+    elapsed_s: float = 0.0
+    rated: int = 0
+    mae: float | None = None
+    rmse: float | None = None
+    hits: bytearray = field(default_factory=bytearray, repr=False)
+    """One byte per evaluated event, 1 on a hit: the raw series behind ``hr``."""
+    hit_ts: array = field(default_factory=lambda: array("d"), repr=False)
+    """The timestamp of each evaluated event, aligned with ``hits``."""
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The summary numbers (no per-event series), ready for JSON."""
+        out = asdict(self)
+        del out["hits"], out["hit_ts"]
+        return out
+
+
+_FLUSH_EXPOSURE = 2048
 
 
 def prequential(
@@ -39,6 +191,9 @@ def prequential(
     exclude_seen: bool = True,
     warmup: int = 0,
     stride: int = 1,
+    ratings: bool = True,
+    progress: Callable[[int], object] | None = None,
+    progress_every: int = 4096,
 ) -> PrequentialResult:
     """Judge ``model`` on ``interactions`` (already in time order), test-then-learn.
 
@@ -48,6 +203,10 @@ def prequential(
         The first ``warmup`` interactions train the model without being evaluated.
     stride
         Evaluate every ``stride``-th eligible interaction (for very long logs).
+    ratings
+        Also predict each ``value`` before learning it when the model has ``predict_one``.
+    progress
+        Called with the number of interactions processed since its last call.
 
     Examples
     --------
@@ -59,31 +218,84 @@ def prequential(
     >>> r.evaluated, r.hr
     (2, 0.5)
     """
+    if k <= 0:
+        raise ValueError("k must be positive")
+    if stride < 1:
+        raise ValueError("stride must be at least 1")
+    predict = getattr(model, "predict_one", None) if ratings else None
+    if not callable(predict):
+        predict = None
+    recommend, learn = model.recommend, model.learn_one
+    log2 = math.log2
+
     seen: dict[str, set[str]] = {}
-    events = evaluated = hits = eligible = 0
-    ndcg = rr = 0.0
+    catalogue: set[str] = set()
+    add_item = catalogue.add
+    exposure: Counter[str] = Counter()
+    pending: list[list[str]] = []
+    hits_seq = bytearray()
+    ts_seq = array("d")
+    events = evaluated = hits = eligible = rated = 0
+    ndcg = rr = abs_err = sq_err = 0.0
+    every = max(1, int(progress_every))
+    next_progress = every
+
     start = time.perf_counter()
     for event in interactions:
-        user_items = seen.get(event.user_id)
-        if user_items is not None and events >= warmup:
-            eligible += 1
-            if (eligible - 1) % stride == 0:
-                evaluated += 1
-                ranked = model.recommend(event.user_id, k, user_items if exclude_seen else None)
-                for rank, (item, _) in enumerate(ranked[:k]):
-                    if item == event.item_id:
+        user = event.user_id
+        item = event.item_id
+        user_items = seen.get(user)
+        if events >= warmup:
+            if user_items is not None:
+                eligible += 1
+                if stride == 1 or (eligible - 1) % stride == 0:
+                    ranked = recommend(user, k, user_items if exclude_seen else None)
+                    ids = [pair[0] for pair in ranked[:k]]
+                    pending.append(ids)
+                    if item in ids:
+                        rank = ids.index(item)
                         hits += 1
-                        ndcg += 1.0 / math.log2(rank + 2)
+                        ndcg += 1.0 / log2(rank + 2)
                         rr += 1.0 / (rank + 1)
-                        break
-        model.learn_one(event)
+                        hits_seq.append(1)
+                    else:
+                        hits_seq.append(0)
+                    ts_seq.append(event.ts)
+                    evaluated += 1
+                    if len(pending) >= _FLUSH_EXPOSURE:
+                        exposure.update(chain.from_iterable(pending))
+                        pending.clear()
+            if predict is not None and event.value is not None:
+                predicted = predict(user, item)
+                if predicted is not None:
+                    err = float(predicted) - event.value
+                    abs_err += abs(err)
+                    sq_err += err * err
+                    rated += 1
+        learn(event)
         if user_items is None:
-            user_items = seen[event.user_id] = set()
-        user_items.add(event.item_id)
+            user_items = seen[user] = set()
+        user_items.add(item)
+        add_item(item)
         events += 1
+        if progress is not None and events >= next_progress:
+            progress(every)
+            next_progress += every
     elapsed = time.perf_counter() - start
+    if progress is not None and events > next_progress - every:
+        progress(events - (next_progress - every))
+    exposure.update(chain.from_iterable(pending))
+
     n = max(evaluated, 1)
+    hr = hits / n
+    exposed = [exposure.get(i, 0) for i in catalogue]
+    exposed.extend(c for i, c in exposure.items() if i not in catalogue)
     return PrequentialResult(
         model=getattr(model, "name", type(model).__name__), k=k, events=events, evaluated=evaluated,
-        hr=hits / n, ndcg=ndcg / n, mrr=rr / n, events_per_s=events / elapsed if elapsed else 0.0,
+        hr=hr, ndcg=ndcg / n, mrr=rr / n, events_per_s=events / elapsed if elapsed else 0.0,
+        precision=hr / k, recall=hr, f1=2 * hr / (k + 1),  # one target: P = HR/k, R = HR
+        coverage=coverage(exposure.keys(), catalogue), gini=gini(exposed), catalogue=len(catalogue),
+        elapsed_s=elapsed, rated=rated,
+        mae=abs_err / rated if rated else None, rmse=math.sqrt(sq_err / rated) if rated else None,
+        hits=hits_seq, hit_ts=ts_seq,
     )

@@ -201,7 +201,7 @@ def report_dict(backtest: Backtest) -> dict:
         "protocol": "prequential test-then-learn, timestamp order (stable sort)",
         "dataset": backtest.meta(),
         "settings": backtest.settings,
-        "models": [{**r.as_dict(), "hr_over_time": hr_over_time(r, window)} for r in backtest.results],
+        "models": [{**_finite(r.as_dict()), "hr_over_time": hr_over_time(r, window)} for r in backtest.results],
         "errors": backtest.errors,
     }
 
@@ -274,8 +274,11 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def _finite(data: dict) -> dict:
+    """Non-finite floats (a model that predicts NaN) become ``None``, which JSON can hold."""
+    return {key: (None if isinstance(v, float) and not math.isfinite(v) else v) for key, v in data.items()}
+
+
 def result_json(result: PrequentialResult) -> str:
     """One model's summary as a single JSON line (non-finite numbers become null)."""
-    data = {key: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for key, v in result.as_dict().items()}
-    return json.dumps(data, default=_json_default)
+    return json.dumps(_finite(result.as_dict()), default=_json_default)

@@ -1,3 +1,3 @@
 """Subcommands of ``streamrec``; importing this package registers them all."""
 
-from streamrec.commands import events, run, services  # noqa: F401
+from streamrec.commands import backtest, events, run, services  # noqa: F401
