@@ -99,9 +99,14 @@ def run_backtest(
         raise BacktestError("stride must be at least 1")
     if warmup < 0:
         raise BacktestError("warmup must not be negative")
-    names = model_names(models)
-    if make is None:
+    if make is None:  # the registry's models, by name
         from online_models.registry import make_model as make
+
+        names = model_names(models)
+    else:  # a caller's own factory (tests, notebooks): names are whatever it understands
+        names = [n.strip() for n in (models.split(",") if isinstance(models, str) else models or []) if n.strip()]
+        if not names:
+            raise BacktestError("no models to backtest")
 
     t0 = time.perf_counter()
     data = read_log(paths, fmt, strict=strict, limit=limit)
