@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Collection
+from itertools import repeat
 
 import numpy as np
 
@@ -41,8 +44,8 @@ class IdIndex:
 
     def rows_of(self, keys: Collection[str]) -> np.ndarray:
         """Rows of the known ``keys`` (unknown ones are skipped)."""
-        get = self.rows.get
-        return np.fromiter((r for r in map(get, keys) if r is not None), dtype=np.int64)
+        rows = np.fromiter(map(self.rows.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+        return rows[rows >= 0] if len(rows) and rows.min() < 0 else rows
 
     def __getstate__(self):
         return self.ids
@@ -75,13 +78,40 @@ def top_k(scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None) ->
     n = len(scores)
     if n == 0 or k <= 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=scores.dtype)
-    if k < n:
-        candidates = np.argpartition(-scores, k - 1)[:k]
-    else:
-        candidates = np.arange(n)
-    # stable order: score descending, then row ascending
-    order = np.lexsort((candidates, -scores[candidates]))
-    rows = candidates[order]
-    vals = scores[rows]
+    candidates = np.argpartition(scores, n - k)[n - k :] if k < n else np.arange(n)
+    return _ordered(candidates, scores[candidates], scores.dtype)
+
+
+def _ordered(rows: np.ndarray, vals: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Finite ``(row, val)`` pairs, score descending then row ascending."""
+    if len(rows) <= 64:  # the usual small k: a Python sort beats numpy's per-call overhead
+        pairs = sorted((-v, r) for v, r in zip(vals.tolist(), rows.tolist()) if v > -math.inf and v == v)
+        return np.array([r for _, r in pairs], dtype=np.int64), np.array([-v for v, _ in pairs], dtype=dtype)
+    order = np.lexsort((rows, -vals))
+    rows, vals = rows[order], vals[order]
     keep = np.isfinite(vals)
     return rows[keep], vals[keep]
+
+
+def top_k_of(
+    rows: np.ndarray, scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None, n_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k`` over a candidate subset: ``scores[i]`` belongs to row ``rows[i]`` (distinct rows).
+
+    Ties go to the lower row, as in ``top_k``; ``scores`` is modified in place where its
+    row is one of ``exclude_rows`` (``n_rows`` bounds the row numbers, for the mask).
+
+    >>> rows, vals = top_k_of(np.array([7, 2, 5]), np.array([0.5, 0.5, 0.9]), 2, np.array([5]))
+    >>> rows.tolist(), vals.tolist()
+    ([2, 7], [0.5, 0.5])
+    """
+    if exclude_rows is not None and len(exclude_rows) and len(rows):
+        size = max(int(rows.max()), int(exclude_rows.max())) + 1 if n_rows is None else n_rows
+        mask = np.zeros(size, dtype=bool)
+        mask[exclude_rows] = True
+        scores[mask[rows]] = -np.inf
+    n = len(scores)
+    if n == 0 or k <= 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=scores.dtype)
+    candidates = np.argpartition(scores, n - k)[n - k :] if k < n else np.arange(n)
+    return _ordered(rows[candidates], scores[candidates], scores.dtype)

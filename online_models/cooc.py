@@ -3,39 +3,52 @@
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 from collections.abc import Collection, Mapping
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow, top_k
+from online_models._arrays import IdIndex, grow, top_k, top_k_of
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.trending import Trending
 
+_DENSE_ITEMS = 4096  # below this many items the co-occurrence is one dense float32 matrix
+
 
 class _Neighbours:
-    """One item's co-occurrence row: neighbour rows and weights in growable arrays."""
+    """One item's co-occurrence row: neighbour rows and weights in append-only arrays.
+
+    ``array.array`` keeps each update a plain Python operation (no numpy scalar overhead)
+    while ``arrays`` still hands numpy zero-copy views for the vectorised scoring.
+    """
 
     __slots__ = ("pos", "rows", "weights")
 
     def __init__(self) -> None:
         self.pos: dict[int, int] = {}
-        self.rows = np.zeros(4, dtype=np.int64)
-        self.weights = np.zeros(4, dtype=np.float64)
+        self.rows = array("q")
+        self.weights = array("d")
 
     def add(self, row: int, weight: float) -> None:
         i = self.pos.get(row)
         if i is None:
-            i = self.pos[row] = len(self.pos)
-            if i >= len(self.rows):
-                self.rows = grow(self.rows, i + 1)
-                self.weights = grow(self.weights, i + 1)
-            self.rows[i] = row
-        self.weights[i] += weight
+            self.pos[row] = len(self.rows)
+            self.rows.append(row)
+            self.weights.append(weight)
+        else:
+            self.weights[i] += weight
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        n = len(self.pos)
-        return self.rows[:n], self.weights[:n]
+        """Copies of the neighbour rows and weights."""
+        return np.array(self.rows, dtype=np.int64), np.array(self.weights, dtype=np.float64)
+
+    def __getstate__(self):
+        return self.rows, self.weights
+
+    def __setstate__(self, state):
+        self.rows, self.weights = state
+        self.pos = {row: i for i, row in enumerate(self.rows)}
 
 
 class Cooc(Recommender):
@@ -90,57 +103,148 @@ class Cooc(Recommender):
         self.event_weights = event_weights
         self._items = IdIndex()
         self._counts = np.zeros(0, dtype=np.float64)  # weighted occurrences per item
-        self._neighbours: list[_Neighbours] = []
+        self._inv_norm = np.zeros(0, dtype=np.float32)  # 1 / sqrt(counts)
+        self._powers = np.ones(1, dtype=np.float32)  # recency_decay ** age, cached
+        self._neighbours: list[_Neighbours] = []  # sparse rows, once the catalogue is large
+        self._dense = np.zeros((0, 0), dtype=np.float32)  # dense co-occurrence while it is small
         self._recent: dict[str, deque[tuple[int, float]]] = {}
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
 
     def learn_one(self, interaction: Interaction) -> None:
         w = self.weight(interaction)
         row = self._items.add(interaction.item_id)
-        if row == len(self._neighbours):
-            self._neighbours.append(_Neighbours())
+        if row >= len(self._counts):
             self._counts = grow(self._counts, row + 1)
+            self._inv_norm = grow(self._inv_norm, row + 1)
+            if self._dense is not None:
+                self._grow_dense(row + 1)
+        if self._dense is None and row == len(self._neighbours):
+            self._neighbours.append(_Neighbours())
         self._counts[row] += w
+        self._inv_norm[row] = 1.0 / math.sqrt(self._counts[row])
         recent = self._recent.get(interaction.user_id)
         if recent is None:
             recent = self._recent[interaction.user_id] = deque(maxlen=self.window)
-        mine = self._neighbours[row]
-        for other, w_other in recent:
-            if other != row:
-                mine.add(other, w * w_other)
-                self._neighbours[other].add(row, w * w_other)
+        if recent:
+            if self._dense is not None:
+                others = [o for o, _ in recent if o != row]
+                if others:
+                    cols = np.array(others, dtype=np.int64)
+                    vals = np.array([w * wo for o, wo in recent if o != row], dtype=np.float32)
+                    if len(set(others)) == len(others):
+                        self._dense[row, cols] += vals
+                        self._dense[cols, row] += vals
+                    else:  # the user met an item twice in the window: accumulate repeats
+                        np.add.at(self._dense, (row, cols), vals)
+                        np.add.at(self._dense, (cols, row), vals)
+            else:
+                mine, neighbours = self._neighbours[row], self._neighbours
+                for other, w_other in recent:
+                    if other != row:
+                        mine.add(other, w * w_other)
+                        neighbours[other].add(row, w * w_other)
         recent.append((row, w))
         self._trending.learn_one(interaction)
 
-    def _user_scores(self, user_id: str) -> np.ndarray:
+    def _grow_dense(self, n: int) -> None:
+        dense = self._dense
+        if n <= len(dense):
+            return
+        if n > _DENSE_ITEMS:  # too large for a dense matrix: move to sparse neighbour rows
+            size = len(self._neighbours)
+            for i in range(size, len(dense)):
+                nb = _Neighbours()
+                cols = np.flatnonzero(dense[i])
+                nb.rows.extend(cols.tolist())
+                nb.weights.extend(dense[i, cols].astype(np.float64).tolist())
+                nb.pos = {int(c): j for j, c in enumerate(cols.tolist())}
+                self._neighbours.append(nb)
+            while len(self._neighbours) < n:
+                self._neighbours.append(_Neighbours())
+            self._dense = None
+            return
+        new = np.zeros((min(max(n, 2 * len(dense), 64), _DENSE_ITEMS),) * 2, dtype=np.float32)
+        new[: len(dense), : len(dense)] = dense
+        self._dense = new
+
+    def _scores(self, user_id: str, m: int) -> tuple[np.ndarray | None, np.ndarray]:
+        """Scores of candidate rows (``None``: all rows), a superset of the user's top-``m``.
+
+        Items outside the user's neighbourhood score by popularity alone, so the popular
+        candidates from ``Trending.candidate_rows`` complete the neighbours exactly.
+        """
         n = len(self._items)
-        scores = self.popularity_weight * self._trending.scores()[:n] if n else np.zeros(0)
+        trending = self._trending
+        top = trending.max_score()
+        pop = self.popularity_weight / top if top > 0 else 0.0
         recent = self._recent.get(user_id)
-        if not recent:
-            return scores
-        # trending indexes items in the same order as we do: both see the same stream
-        counts = np.sqrt(np.maximum(self._counts[:n], 1e-12))
-        factor = 1.0
+        if self._dense is not None:  # small catalogue: one gather and one product
+            scores = trending.raw_scores() * pop
+            if recent:
+                rows = [r for r, _ in reversed(recent)]
+                inv_norm = self._inv_norm
+                factors = self._decay_powers(len(rows)) * inv_norm[rows]
+                scores += (factors @ self._dense[rows, :n]) * inv_norm[:n]
+            return None, scores
+        nb_rows, nb_weights = self._neighbour_sums(recent) if recent else (None, None)
+        cand = trending.candidate_rows(m + (0 if nb_rows is None else len(nb_rows)))
+        if cand is None:  # rank the whole catalogue
+            scores = trending.raw_scores() * pop
+            if nb_rows is not None:
+                scores += np.bincount(nb_rows, nb_weights, minlength=n) / np.sqrt(self._counts[:n])
+            return None, scores
+        if nb_rows is None:
+            return cand, trending.raw_scores()[cand] * pop
+        rows, inverse = np.unique(np.concatenate([nb_rows, cand]), return_inverse=True)
+        sums = np.bincount(inverse[: len(nb_rows)], nb_weights, minlength=len(rows))
+        return rows, trending.raw_scores()[rows] * pop + sums / np.sqrt(self._counts[rows])
+
+    def _decay_powers(self, n: int) -> np.ndarray:
+        if len(self._powers) < n:
+            self._powers = (self.recency_decay ** np.arange(max(n, self.window))).astype(np.float32)
+        return self._powers[:n]
+
+    def _neighbour_sums(self, recent: deque[tuple[int, float]]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Neighbour rows (with repeats) and their weights ``decay**age * cooc / sqrt(n_j)``."""
+        rows, weights, factors, lengths = [], [], [], []
+        factor, decay, neighbours, counts = 1.0, self.recency_decay, self._neighbours, self._counts
         for row, _ in reversed(recent):
-            rows, weights = self._neighbours[row].arrays()
-            if len(rows):
-                scores[rows] += factor * weights / (counts[rows] * counts[row])
-            factor *= self.recency_decay
-        return scores
+            nb = neighbours[row]
+            if nb.rows:
+                rows.append(nb.rows)
+                weights.append(nb.weights)
+                factors.append(factor / math.sqrt(counts[row]))
+                lengths.append(len(nb.rows))
+            factor *= decay
+        if not rows:
+            return None, None
+        all_rows = np.frombuffer(b"".join(rows), dtype=np.int64)
+        all_weights = np.frombuffer(b"".join(weights), dtype=np.float64)
+        return all_rows, all_weights * np.repeat(factors, lengths)
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
-        scores = self._user_scores(user_id)
-        rows, vals = top_k(scores, k, self._items.rows_of(exclude) if exclude else None)
+        exclude_rows = self._items.rows_of(exclude) if exclude else None
+        rows, scores = self._scores(user_id, k + (0 if exclude_rows is None else len(exclude_rows)))
+        if rows is None:
+            best, vals = top_k(scores, k, exclude_rows)
+        else:
+            best, vals = top_k_of(rows, scores, k, exclude_rows, len(self._items))
         ids = self._items.ids
-        return [(ids[r], float(v)) for r, v in zip(rows.tolist(), vals.tolist())]
+        return [(ids[r], float(v)) for r, v in zip(best.tolist(), vals.tolist())]
+
+    def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._dense is not None:
+            cols = np.flatnonzero(self._dense[row, : len(self._items)])
+            return cols, self._dense[row, cols].astype(np.float64)
+        return self._neighbours[row].arrays()
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         row = self._items.get(item_id)
         if row is None:
             return []
-        rows, weights = self._neighbours[row].arrays()
+        rows, weights = self._neighbour_arrays(row)
         counts = np.sqrt(np.maximum(self._counts[rows], 1e-12))
         sims = weights / (counts * math.sqrt(max(self._counts[row], 1e-12)))
-        best, vals = top_k(sims.copy(), k)
+        best, vals = top_k(sims, k)
         ids = self._items.ids
         return [(ids[r], float(v)) for r, v in zip(rows[best].tolist(), vals.tolist())]

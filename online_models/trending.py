@@ -7,10 +7,12 @@ from collections.abc import Collection, Mapping
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow, top_k
+from online_models._arrays import IdIndex, grow, top_k, top_k_of
 from online_models.base import Interaction, Ranking, Recommender
 
 _RESCALE_AT = 50.0  # rescale once the growth factor passes e**50, long before float64 overflows
+_MIN_CACHE = 256  # rows kept in the cached popularity order
+_DENSE_BELOW = 4096  # catalogues this small are ranked whole
 
 
 class Trending(Recommender):
@@ -18,6 +20,10 @@ class Trending(Recommender):
 
     Each event adds ``weight * 2 ** (ts / half_life_s)`` to its item; comparing those sums
     equals comparing decayed counts at any common "now", so nothing is touched per tick.
+
+    Ranking does not sort the whole catalogue per call: a learned event only ever raises
+    its own item's score, so the true top-``m`` always lies within a cached top list plus
+    the items that gained since it was built (see :meth:`candidate_rows`).
 
     Parameters
     ----------
@@ -44,6 +50,10 @@ class Trending(Recommender):
         self._items = IdIndex()
         self._scores = np.zeros(0, dtype=np.float64)
         self._t0: float | None = None
+        self._max = 0.0
+        self._in_cache = np.zeros(0, dtype=bool)
+        self._cache = np.zeros(0, dtype=np.int64)  # rows of the top scores when last built
+        self._dirty: set[int] = set()  # rows whose score rose since the cache was built
 
     def _growth(self, ts: float) -> float:
         if self.half_life_s is None:
@@ -52,26 +62,66 @@ class Trending(Recommender):
             self._t0 = ts
         exponent = (ts - self._t0) / self.half_life_s * math.log(2)
         if exponent > _RESCALE_AT:
-            self._scores *= math.exp(-exponent)
+            scale = math.exp(-exponent)
+            self._scores *= scale  # order-preserving: the cached top list stays valid
+            self._max *= scale
             self._t0, exponent = ts, 0.0
         return math.exp(exponent)
 
     def learn_one(self, interaction: Interaction) -> None:
         row = self._items.add(interaction.item_id)
-        self._scores = grow(self._scores, row + 1)
+        if row >= len(self._scores):
+            self._scores = grow(self._scores, row + 1)
         self._scores[row] += self.weight(interaction) * self._growth(interaction.ts)
+        self._max = max(self._max, self._scores[row])
+        self._dirty.add(row)
 
     def scores(self) -> np.ndarray:
         """Current popularity per item row, scaled so the best item scores 1."""
         scores = self._scores[: len(self._items)]
-        top = scores.max(initial=0.0)
-        return scores / top if top > 0 else scores.copy()
+        return scores / self._max if self._max > 0 else scores.copy()
+
+    def raw_scores(self) -> np.ndarray:
+        """Unscaled popularity per item row (a view; divide by :meth:`max_score` to scale)."""
+        return self._scores[: len(self._items)]
+
+    def max_score(self) -> float:
+        """The best item's unscaled score (0 when nothing was learned)."""
+        return float(self._max)
+
+    def candidate_rows(self, m: int) -> np.ndarray | None:
+        """Rows (distinct) that surely include the ``m`` most popular, or ``None`` for "all rows".
+
+        ``None`` when the catalogue is small enough that ranking all of it is cheaper.
+        """
+        n = len(self._items)
+        if n <= max(_DENSE_BELOW, 8 * m):
+            return None
+        if m > len(self._cache) // 2 or len(self._dirty) > len(self._cache):
+            size = max(_MIN_CACHE, 4 * m)
+            self._cache = np.argpartition(-self._scores[:n], size - 1)[:size]
+            self._in_cache = np.zeros(n, dtype=bool)
+            self._in_cache[self._cache] = True
+            self._dirty = set()
+            return self._cache
+        if not self._dirty:
+            return self._cache
+        dirty = np.fromiter(self._dirty, dtype=np.int64, count=len(self._dirty))
+        newer = dirty >= len(self._in_cache)  # rows added since the cache was built
+        older = dirty[~newer]
+        return np.concatenate([self._cache, older[~self._in_cache[older]], dirty[newer]])
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         return self.top(k, exclude)
 
     def top(self, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         """The ``k`` most popular items right now, none of ``exclude``."""
-        rows, vals = top_k(self.scores(), k, self._items.rows_of(exclude) if exclude else None)
+        exclude_rows = self._items.rows_of(exclude) if exclude else None
+        rows = self.candidate_rows(k + (len(exclude_rows) if exclude_rows is not None else 0))
+        if rows is None:
+            best, vals = top_k(self.scores(), k, exclude_rows)
+        else:
+            scores = self._scores[rows] / self._max
+            best, vals = top_k_of(rows, scores, k, exclude_rows, len(self._items))
         ids = self._items.ids
-        return [(ids[r], float(v)) for r, v in zip(rows.tolist(), vals.tolist())]
+        return [(ids[r], float(v)) for r, v in zip(best.tolist(), vals.tolist())]
