@@ -88,6 +88,13 @@ class Recommender(abc.ABC):
         """Items most like ``item_id``, for models with item vectors or co-occurrence."""
         raise NotImplementedError(f"{type(self).__name__} has no item similarity")
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop everything learned about one user (idle expiry, right to be forgotten).
+
+        Item state learned from the user's events stays: it is no longer theirs alone.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot forget a user")
+
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The learned state (a deep copy), without the hyperparameters."""

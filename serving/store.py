@@ -5,7 +5,9 @@ id can reach into another key or a pattern):
 
 - ``P:recs:<user>``  a user's top-k list, JSON, with a TTL (``user_list_ttl_s``);
 - ``P:popular``      the current popular list, for users without history;
-- ``P:counters``     a hash of the worker's running counts (consumed, applied, dead-lettered).
+- ``P:counters``     a hash of the worker's counts per partition (``consumed:<partition>`` ...),
+  written as absolute values from the worker's checkpointed state, so a batch applied
+  again after a crash never counts twice.
 
 A list is stored as ``{"m": model, "t": updated_at, "i": [[item_id, score], ...]}``.
 """
@@ -88,15 +90,14 @@ class RecommendationStore:
         popular: Ranking | None = None,
         counters: Mapping[str, int] | None = None,
     ) -> None:
-        """Write users' lists, the popular list and counter increments in one transaction."""
+        """Write users' lists, the popular list and counter values in one transaction."""
         pipe = self.client.pipeline(transaction=True)
         for user_id, items in lists.items():
             pipe.set(self.user_key(user_id), encode_list(items, model, updated_at), ex=self.user_list_ttl_s)
         if popular is not None:
             pipe.set(self._popular_key, encode_list(popular, "trending", updated_at))
-        for name, delta in (counters or {}).items():
-            if delta:
-                pipe.hincrby(self._counters_key, name, delta)
+        if counters:
+            pipe.hset(self._counters_key, mapping=dict(counters))
         self._call(pipe.execute)
 
     def user_list(self, user_id: str) -> StoredList | None:
@@ -108,8 +109,12 @@ class RecommendationStore:
         return decode_list(raw) if raw else None
 
     def counters(self) -> dict[str, int]:
-        raw = self._call(self.client.hgetall, self._counters_key)
-        return {k.decode(): int(v) for k, v in raw.items()}
+        """Counts summed over partitions: ``{"consumed": ..., "applied": ..., ...}``."""
+        totals: dict[str, int] = {}
+        for field, value in self._call(self.client.hgetall, self._counters_key).items():
+            name = field.decode().partition(":")[0]
+            totals[name] = totals.get(name, 0) + int(value)
+        return totals
 
     def ping(self) -> bool:
         try:

@@ -3,13 +3,23 @@
 One loop, one micro-batch at a time (bytewax-style: errors are data):
 
 1. ``poll()`` a batch of records from the consumer group;
-2. split it into valid events and rejects (each reject carries its reason);
+2. split it into valid events, duplicates (an ``event_id`` seen recently on the same
+   partition) and rejects (each carrying its reason);
 3. send the rejects to the dead-letter topic ``<topic>.dlq`` with the original bytes;
 4. the model learns the valid events (``learn_many``);
 5. the touched users' fresh lists, the popular list and the counters go to Redis in one
    transaction;
-6. only then are the batch's offsets committed (and only after the DLQ sends are flushed),
-   so a crash anywhere before re-delivers the batch rather than losing it.
+6. only then are the batch's offsets committed (after the DLQ sends are flushed).
+
+Exactly-once effect on model state: every ``checkpoint_every_events`` events or
+``checkpoint_interval_s`` seconds (and when partitions are revoked, and on shutdown) the
+worker saves its whole state (model, seen items, dedupe windows, counters) together with
+the next offset of each partition it applied (``stream.checkpoint``). On start it loads
+the newest valid checkpoint and, as partitions are assigned, seeks each one to its
+checkpointed offset: events after the checkpoint are applied once more, to the state
+they were missing from, and events before it never again. Counters travel inside that
+state and are written to Redis as absolute values, so they reconcile after any crash:
+consumed = applied + dead-lettered + deduplicated.
 """
 
 from __future__ import annotations
@@ -17,15 +27,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from online_models import Recommender, make_model
 from online_models.trending import Trending
 from serving.store import RecommendationStore, make_client
+from stream.checkpoint import CheckpointStore
 from stream.producer import make_producer
 from stream.schema import Event, parse_event
 from stream.topics import ensure_topics
@@ -42,28 +54,36 @@ class Reject:
 
 
 @dataclass
-class BatchReport:
+class Counts:
     consumed: int = 0
     applied: int = 0
     dead_lettered: int = 0
-    users_refreshed: int = 0
-    seconds: float = 0.0
+    deduplicated: int = 0
+
+    def add(self, other: Counts) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 @dataclass
-class Totals:
-    consumed: int = 0
-    applied: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
-    last_batch: BatchReport = field(default_factory=BatchReport)
+class PartitionState:
+    """What the worker knows of one partition: where to resume, its counts, recent ids."""
 
-    def add(self, report: BatchReport) -> None:
-        self.consumed += report.consumed
-        self.applied += report.applied
-        self.dead_lettered += report.dead_lettered
-        self.batches += 1
-        self.last_batch = report
+    next_offset: int = 0
+    counts: Counts = field(default_factory=Counts)
+    recent_ids: deque = field(default_factory=deque)
+    recent_set: set = field(default_factory=set)
+
+    def is_duplicate(self, event_id: str, window: int) -> bool:
+        """True when ``event_id`` came within the last ``window`` ids; remembers it otherwise."""
+        if event_id in self.recent_set:
+            return True
+        if window:
+            self.recent_ids.append(event_id)
+            self.recent_set.add(event_id)
+            if len(self.recent_ids) > window:
+                self.recent_set.discard(self.recent_ids.popleft())
+        return False
 
 
 def split_records(records: Iterable[ConsumerRecord], max_event_bytes: int) -> tuple[list[Event], list[Reject]]:
@@ -72,24 +92,40 @@ def split_records(records: Iterable[ConsumerRecord], max_event_bytes: int) -> tu
     rejects: list[Reject] = []
     for record in records:
         try:
-            events.append(
-                parse_event(
-                    record.value,
-                    default_ts=record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else None,
-                    default_event_id=f"{record.topic}/{record.partition}/{record.offset}",
-                    max_bytes=max_event_bytes,
-                )
-            )
+            events.append(parse_record(record, max_event_bytes))
         except InvalidEvent as exc:
             rejects.append(Reject(record, exc.reason))
     return events, rejects
+
+
+def parse_record(record: ConsumerRecord, max_event_bytes: int) -> Event:
+    return parse_event(
+        record.value,
+        default_ts=record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else None,
+        default_event_id=f"{record.topic}/{record.partition}/{record.offset}",
+        max_bytes=max_event_bytes,
+    )
+
+
+class _HandOver(ConsumerRebalanceListener):
+    """Checkpoint before partitions leave; resume from the checkpoint when they arrive."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked):
+        if revoked:
+            self.worker.checkpoint()
+
+    def on_partitions_assigned(self, assigned):
+        self.worker.seek_to_checkpoint(assigned)
 
 
 class Worker:
     """Consumes the event topic and keeps every touched user's list in Redis fresh.
 
     The collaborators can be passed in (tests, benchmarks); by default they are built
-    from ``settings``.
+    from ``settings``. A passed-in consumer must already be subscribed or assigned.
     """
 
     def __init__(
@@ -99,20 +135,28 @@ class Worker:
         store: RecommendationStore | None = None,
         consumer: KafkaConsumer | None = None,
         dlq_producer: KafkaProducer | None = None,
+        checkpoints: CheckpointStore | None = None,
     ):
         self.settings = settings
         self.model = model if model is not None else make_model(settings.model)
         self.popularity = self.model if isinstance(self.model, Trending) else Trending()
+        self.seen: dict[str, set[str]] = {}
+        self.last_active: dict[str, float] = {}
+        self.partitions: dict[int, PartitionState] = {}
+        self.checkpoints = checkpoints or CheckpointStore(
+            settings.state_dir / "checkpoints" / settings.group_id / settings.topic
+        )
+        self._restore()
         self.store = store or RecommendationStore(
             make_client(settings.redis_url, retries=-1), settings.redis_prefix, settings.user_list_ttl_s
         )
+        self.dlq = dlq_producer or make_producer(settings.kafka_bootstrap)
         if consumer is None:
             ensure_topics(
                 settings.kafka_bootstrap,
                 {settings.topic: settings.topic_partitions, settings.dlq_topic: settings.topic_partitions},
             )
             consumer = KafkaConsumer(
-                settings.topic,
                 bootstrap_servers=settings.kafka_bootstrap,
                 group_id=settings.group_id,
                 enable_auto_commit=False,
@@ -121,40 +165,120 @@ class Worker:
                 fetch_max_bytes=32 * 1024 * 1024,
                 max_partition_fetch_bytes=8 * 1024 * 1024,
             )
+            consumer.subscribe([settings.topic], listener=_HandOver(self))
         self.consumer = consumer
-        self.dlq = dlq_producer or make_producer(settings.kafka_bootstrap)
-        self.seen: dict[str, set[str]] = {}
-        self.totals = Totals()
         self._popular_written_at = 0.0
+        self._events_since_checkpoint = 0
+        self._checkpointed_at = time.monotonic()
 
-    def process(self, records: list[ConsumerRecord]) -> BatchReport:
+    # -- state and checkpoints ---------------------------------------------------------
+    @property
+    def totals(self) -> Counts:
+        totals = Counts()
+        for state in self.partitions.values():
+            totals.add(state.counts)
+        return totals
+
+    def _state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "popularity": None if self.popularity is self.model else self.popularity.state_dict(),
+            "seen": self.seen,
+            "last_active": self.last_active,
+            "partitions": self.partitions,
+        }
+
+    def _restore(self) -> None:
+        state = self.checkpoints.load()
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        if state["popularity"] is not None and self.popularity is not self.model:
+            self.popularity.load_state_dict(state["popularity"])
+        self.seen = state["seen"]
+        self.last_active = state["last_active"]
+        self.partitions = state["partitions"]
+        log.info("restored checkpoint: offsets %s", {p: s.next_offset for p, s in self.partitions.items()})
+
+    def checkpoint(self) -> None:
+        """Save the state and the offsets it reflects (atomically; see ``stream.checkpoint``)."""
+        self.expire_idle_users()
+        self.checkpoints.save(self._state())
+        self._events_since_checkpoint = 0
+        self._checkpointed_at = time.monotonic()
+
+    def seek_to_checkpoint(self, assigned: Iterable[TopicPartition]) -> None:
+        for tp in assigned:
+            state = self.partitions.get(tp.partition)
+            if tp.topic == self.settings.topic and state is not None:
+                self.consumer.seek(tp, state.next_offset)
+
+    def expire_idle_users(self) -> None:
+        """Forget users idle longer than ``user_idle_expiry_s`` (event time), bounding memory."""
+        ttl = self.settings.user_idle_expiry_s
+        if ttl is None or not self.last_active:
+            return
+        horizon = max(self.last_active.values()) - ttl
+        idle = [u for u, ts in self.last_active.items() if ts < horizon]
+        for user_id in idle:
+            del self.last_active[user_id]
+            self.seen.pop(user_id, None)
+            try:
+                self.model.forget_user(user_id)
+            except NotImplementedError:
+                pass  # the model keeps no per-user state worth bounding
+        if idle:
+            log.info("forgot %d idle users", len(idle))
+
+    # -- the batch ---------------------------------------------------------------------
+    def process(self, records: list[ConsumerRecord]) -> Counts:
         """Apply one batch of records; returns once its effects are in Redis and the DLQ."""
-        started = time.perf_counter()
-        events, rejects = split_records(records, self.settings.max_event_bytes)
-        for reject in rejects:
-            self._dead_letter(reject)
+        batch = Counts(consumed=len(records))
+        events: list[Event] = []
+        touched_partitions = set()
+        for record in records:
+            state = self.partitions.get(record.partition)
+            if state is None:
+                state = self.partitions[record.partition] = PartitionState()
+            touched_partitions.add(record.partition)
+            state.counts.consumed += 1
+            state.next_offset = record.offset + 1
+            try:
+                event = parse_record(record, self.settings.max_event_bytes)
+            except InvalidEvent as exc:
+                self._dead_letter(Reject(record, exc.reason))
+                state.counts.dead_lettered += 1
+                continue
+            if state.is_duplicate(event.event_id, self.settings.dedupe_window):
+                state.counts.deduplicated += 1
+                continue
+            state.counts.applied += 1
+            events.append(event)
         if events:
             self.model.learn_many(events)
             if self.popularity is not self.model:
                 self.popularity.learn_many(events)
             for event in events:
                 self.seen.setdefault(event.user_id, set()).add(event.item_id)
+                self.last_active[event.user_id] = max(event.ts, self.last_active.get(event.user_id, 0.0))
         users = list(dict.fromkeys(e.user_id for e in events))
         lists = self.model.recommend_many(users, self.settings.top_k, {u: self.seen[u] for u in users})
         now = time.time()
         popular = None
-        if now - self._popular_written_at >= self.settings.popular_refresh_s and events:
+        if events and now - self._popular_written_at >= self.settings.popular_refresh_s:
             popular = self.popularity.top(self.settings.top_k)
             self._popular_written_at = now
-        report = BatchReport(len(records), len(events), len(rejects), len(users))
-        self.store.write_batch(
-            lists, self.model.name, now, popular,
-            {"consumed": report.consumed, "applied": report.applied, "dead_lettered": report.dead_lettered},
-        )
-        if rejects:
+        counters = {
+            f"{f.name}:{p}": getattr(self.partitions[p].counts, f.name)
+            for p in touched_partitions
+            for f in fields(Counts)
+        }
+        self.store.write_batch(lists, self.model.name, now, popular, counters)
+        if len(events) < len(records):
             self.dlq.flush()
-        report.seconds = time.perf_counter() - started
-        return report
+        batch.applied = len(events)
+        self._events_since_checkpoint += len(records)
+        return batch
 
     def _dead_letter(self, reject: Reject) -> None:
         record = reject.record
@@ -164,31 +288,37 @@ class Worker:
         ]
         self.dlq.send(self.settings.dlq_topic, key=record.key, value=record.value, headers=headers)
 
-    def poll_once(self) -> BatchReport | None:
+    def poll_once(self) -> Counts | None:
         """Poll one batch, apply it, commit its offsets; None when nothing came."""
         batches = self.consumer.poll(
             timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records
         )
         records = [r for partition_records in batches.values() for r in partition_records]
-        if not records:
-            return None
-        report = self.process(records)
-        self.consumer.commit()
-        self.totals.add(report)
-        return report
+        if records:
+            batch = self.process(records)
+            self.consumer.commit()
+        else:
+            batch = None
+        if self._events_since_checkpoint and (
+            self._events_since_checkpoint >= self.settings.checkpoint_every_events
+            or time.monotonic() - self._checkpointed_at >= self.settings.checkpoint_interval_s
+        ):
+            self.checkpoint()
+        return batch
 
-    def run(self, stop: threading.Event | None = None) -> Totals:
+    def run(self, stop: threading.Event | None = None) -> Counts:
         """Consume until ``stop`` is set; Redis outages block (with backoff) rather than lose events."""
         stop = stop or threading.Event()
         log.info("worker consuming %s as group %s, model %s", self.settings.topic, self.settings.group_id,
                  self.model.name)
         while not stop.is_set():
-            report = self.poll_once()
-            if report:
-                log.debug("batch: %s", report)
+            self.poll_once()
         return self.totals
 
     def close(self) -> None:
+        """Checkpoint, then release the consumer, the DLQ producer and the store."""
+        if self._events_since_checkpoint:
+            self.checkpoint()
         self.consumer.close()
         self.dlq.flush()
         self.dlq.close()

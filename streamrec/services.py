@@ -165,14 +165,15 @@ def _kafka_cluster_id() -> str:
 
 
 class LocalKafka(LocalService):
-    """Apache Kafka in KRaft mode, run from the jars that Maven collects."""
+    """Apache Kafka in KRaft mode, run from the jars that Maven collects.
 
-    def __init__(self, state_dir: Path):
+    ``libs_dir`` (default ``<state_dir>/kafka/libs``) holds the jars; several brokers, each
+    with a state folder of its own, can share one.
+    """
+
+    def __init__(self, state_dir: Path, libs_dir: Path | None = None):
         super().__init__("kafka", state_dir)
-
-    @property
-    def libs(self) -> Path:
-        return self.home / "libs"
+        self.libs = libs_dir or self.home / "libs"
 
     def install(self) -> Path:
         """Collect the broker's runtime classpath from Maven Central (once)."""
@@ -180,7 +181,7 @@ class LocalKafka(LocalService):
             return self.libs
         _require("java", "install a Java 17+ runtime (Debian: 'apt-get install openjdk-17-jre-headless')")
         mvn = _require("mvn", "install Maven (Debian: 'apt-get install maven')")
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.libs.mkdir(parents=True, exist_ok=True)
         with resources.as_file(KAFKA_FILES / "pom.xml") as pom:
             result = subprocess.run(
                 [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
@@ -208,6 +209,7 @@ class LocalKafka(LocalService):
         self.install()
         port = port or free_port(DEFAULT_KAFKA_PORT)
         controller_port = free_port()
+        self.home.mkdir(parents=True, exist_ok=True)
         data = (self.home / "data").resolve()
         config = string.Template((KAFKA_FILES / "server.properties").read_text()).substitute(
             broker_port=port, controller_port=controller_port, data_dir=data, partitions=partitions

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     max_poll_records: int = Field(default=2000, ge=1)
     max_event_bytes: int = Field(default=64 * 1024, ge=1)
     popular_refresh_s: float = Field(default=1.0, ge=0)
+    checkpoint_every_events: int = Field(default=20_000, ge=1)
+    checkpoint_interval_s: float = Field(default=10.0, gt=0)
+    dedupe_window: int = Field(default=100_000, ge=0, description="event ids remembered per partition")
+    user_idle_expiry_s: float | None = Field(
+        default=30 * 24 * 3600.0, gt=0, description="forget users idle this long (event time); None: never"
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

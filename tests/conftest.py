@@ -51,23 +51,23 @@ def _from_testcontainers(stack: ExitStack) -> Services:
     return Services(kafka.get_bootstrap_server(), redis_url, "testcontainers")
 
 
-def _from_local(stack: ExitStack, kafka: str | None, redis: str | None) -> Services:
+def _from_local(stack: ExitStack, state_dir: Path, kafka: str | None, redis: str | None) -> Services:
     from streamrec.services import LocalKafka, LocalRedis
 
-    state_dir = Path(os.environ.get("STREAMREC_TEST_STATE_DIR", ".streamrec/test-services"))
     if redis is None:
         local_redis = LocalRedis(state_dir)
         redis = local_redis.start()
         stack.callback(local_redis.stop)
     if kafka is None:
-        local_kafka = LocalKafka(state_dir)
+        # the jars are shared with `streamrec services`; the broker's data is this session's own
+        local_kafka = LocalKafka(state_dir, libs_dir=Settings(_env_file=None).state_dir / "kafka" / "libs")
         kafka = local_kafka.start()
         stack.callback(local_kafka.stop)
     return Services(kafka, redis, "local")
 
 
 @pytest.fixture(scope="session")
-def services() -> Iterator[Services]:
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     kafka = os.environ.get("STREAMREC_KAFKA_BOOTSTRAP")
     redis = os.environ.get("STREAMREC_REDIS_URL")
     with ExitStack() as stack:
@@ -76,11 +76,11 @@ def services() -> Iterator[Services]:
         elif kafka is None and redis is None and _docker_answers():
             yield _from_testcontainers(stack)
         else:
-            yield _from_local(stack, kafka, redis)
+            yield _from_local(stack, tmp_path_factory.mktemp("services"), kafka, redis)
 
 
 @pytest.fixture
-def settings(services: Services) -> Settings:
+def settings(services: Services, tmp_path: Path) -> Settings:
     """Settings pointing at the test services, with a topic, group and key prefix of this test's own."""
     run = uuid.uuid4().hex[:10]
     return Settings(
@@ -92,4 +92,5 @@ def settings(services: Services) -> Settings:
         redis_prefix=f"test:{run}",
         poll_timeout_ms=100,
         popular_refresh_s=0.0,
+        state_dir=tmp_path / "state",
     )

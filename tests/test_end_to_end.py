@@ -91,5 +91,6 @@ def test_bad_input_goes_to_the_dead_letter_topic(settings):
         producer.flush()
         wait_for(lambda: worker.totals.applied == len(good) + 1, 30, "the event after the bad ones")
         counters = worker.store.counters()
-        assert counters == {"consumed": total + 1, "applied": len(good) + 1, "dead_lettered": len(bad)}
+        assert counters == {"consumed": total + 1, "applied": len(good) + 1, "dead_lettered": len(bad),
+                            "deduplicated": 0}
         assert counters["consumed"] == counters["applied"] + counters["dead_lettered"]
