@@ -1,0 +1,108 @@
+"""Blend: several online models, their top candidates fused with tuned weights."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+from online_models.base import Interaction, Ranking, Recommender
+
+DEFAULT_MODELS: dict[str, dict[str, Any]] = {"cooc": {}, "embeddings": {}}
+DEFAULT_WEIGHTS: dict[str, float] = {"cooc": 1.0, "embeddings": 0.7}
+
+
+class Blend(Recommender):
+    """A weighted fusion of the candidates of several registered models.
+
+    Every component learns every event. To rank, each component gives its top
+    ``n_candidates`` (honouring ``exclude``); each list's scores are min-max scaled to
+    [0, 1] (the list's last item scores 0, like the items outside it), and an item's blend
+    score is the weighted sum over components. The default weights were tuned on the
+    MovieLens 100K prequential backtest (see the project's model report).
+
+    Parameters
+    ----------
+    models
+        Registry name to hyperparameters of each component.
+    weights
+        Registry name to weight; a missing name weighs 1.
+    n_candidates
+        Candidates each component contributes.
+
+    Examples
+    --------
+    >>> from stream.schema import Event
+    >>> model = Blend(models={"cooc": {}, "trending": {"half_life_s": None}}, weights={"trending": 0.5})
+    >>> for user, items in {"a": "xy", "b": "xy", "c": "xz"}.items():
+    ...     for item in items:
+    ...         model.learn_one(Event(user_id=user, item_id=item, type="view", ts=0))
+    >>> [item for item, _ in model.recommend("d", k=2)]
+    ['x', 'y']
+    """
+
+    name = "blend"
+
+    def __init__(
+        self,
+        models: Mapping[str, Mapping[str, Any]] | None = None,
+        weights: Mapping[str, float] | None = None,
+        n_candidates: int = 100,
+    ):
+        from online_models.registry import make_model
+
+        self.models = models
+        self.weights = weights
+        self.n_candidates = n_candidates
+        specs = DEFAULT_MODELS if models is None else models
+        self._models = {name: make_model(name, **dict(params or {})) for name, params in specs.items()}
+
+    def _weight(self, name: str) -> float:
+        weights = DEFAULT_WEIGHTS if self.weights is None else self.weights
+        return float(weights.get(name, 1.0))
+
+    def learn_one(self, interaction: Interaction) -> None:
+        for model in self._models.values():
+            model.learn_one(interaction)
+
+    def learn_many(self, interactions: Iterable[Interaction]) -> None:
+        """Each component's ``learn_many`` (each equals its own ``learn_one`` loop)."""
+        interactions = list(interactions)
+        for model in self._models.values():
+            model.learn_many(interactions)
+
+    def _fuse(self, lists: Mapping[str, Ranking], k: int) -> Ranking:
+        fused: dict[str, float] = {}
+        order: dict[str, int] = {}
+        for name, ranking in lists.items():
+            weight = self._weight(name)
+            if not ranking or weight == 0:
+                continue
+            high, low = ranking[0][1], ranking[-1][1]
+            span = high - low
+            for pos, (item, score) in enumerate(ranking):
+                scaled = (score - low) / span if span > 0 else 1.0
+                fused[item] = fused.get(item, 0.0) + weight * scaled
+                order[item] = min(order.get(item, pos), pos)
+        best = sorted(fused.items(), key=lambda kv: (-kv[1], order[kv[0]]))[:k]
+        return [(item, float(score)) for item, score in best]
+
+    def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
+        n = max(k, self.n_candidates)
+        return self._fuse({name: m.recommend(user_id, n, exclude) for name, m in self._models.items()}, k)
+
+    def recommend_many(
+        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
+    ) -> dict[str, Ranking]:
+        """Each component's ``recommend_many`` (batched where it is), then the fusion per user."""
+        n = max(k, self.n_candidates)
+        per_model = {name: m.recommend_many(user_ids, n, exclude) for name, m in self._models.items()}
+        return {u: self._fuse({name: lists[u] for name, lists in per_model.items()}, k) for u in user_ids}
+
+    def similar_items(self, item_id: str, k: int = 10) -> Ranking:
+        """The first component's item similarity that has one."""
+        for model in self._models.values():
+            try:
+                return model.similar_items(item_id, k)
+            except NotImplementedError:
+                continue
+        raise NotImplementedError("no component of this blend has item similarity")
