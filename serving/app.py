@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from serving.routes import health, recommendations
-from serving.store import RecommendationStore, make_client
+from serving.store import PopularCache, RecommendationStore, make_client
 from streamrec import __version__
 from streamrec.settings import Settings
 
@@ -23,10 +23,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         # few retries: a request should fail fast rather than hang while Redis is away
         app.state.store = RecommendationStore(
-            make_client(settings.redis_url, retries=2, socket_timeout_s=1.0),
+            make_client(settings.redis_url, retries=2, socket_timeout_s=0.5),
             settings.redis_prefix,
             settings.user_list_ttl_s,
         )
+        app.state.popular_cache = PopularCache(app.state.store)
         yield
         app.state.store.close()
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from serving.store import RecommendationStore
+from serving.store import PopularCache, RecommendationStore
 from streamrec.settings import Settings
 
 
@@ -18,5 +18,10 @@ def get_store(request: Request) -> RecommendationStore:
     return request.app.state.store
 
 
+def get_popular_cache(request: Request) -> PopularCache:
+    return request.app.state.popular_cache
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[RecommendationStore, Depends(get_store)]
+PopularCacheDep = Annotated[PopularCache, Depends(get_popular_cache)]

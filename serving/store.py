@@ -14,6 +14,7 @@ A list is stored as ``{"m": model, "t": updated_at, "i": [[item_id, score], ...]
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -131,3 +132,25 @@ class RecommendationStore:
             return fn(*args)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
+
+class PopularCache:
+    """The popular list, kept in process: what the API serves while Redis is away.
+
+    ``get`` re-reads Redis when the copy is older than ``max_age_s`` (or there is none yet);
+    ``last`` is the most recent copy that was read, however old.
+    """
+
+    def __init__(self, store: RecommendationStore, max_age_s: float = 1.0):
+        self.store = store
+        self.max_age_s = max_age_s
+        self.last: StoredList | None = None
+        self._read_at = float("-inf")
+
+    def get(self) -> StoredList | None:
+        now = time.monotonic()
+        if self.last is None or now - self._read_at >= self.max_age_s:
+            self.last = self.store.popular_list()
+            self._read_at = now
+        return self.last
+

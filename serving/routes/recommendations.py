@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
-from serving.deps import StoreDep
+from serving.deps import PopularCacheDep, StoreDep
 from stream.schema import MAX_ID_CHARS
 from streamrec.errors import StoreUnavailable
 
@@ -29,26 +29,30 @@ class Recommendations(BaseModel):
     model: str | None
     updated_at: float | None
     source: Literal["personal", "popular"]
+    degraded: bool = False
 
 
 @router.get(
     "/users/{user_id}/recommendations",
     summary="A user's live top-k",
     description="The user's list as the worker last wrote it; a user without history gets the "
-    "current popular items, with `source` set to `popular`.",
-    responses={503: {"description": "the store is unavailable"}},
+    "current popular items, with `source` set to `popular`. While Redis is unavailable the "
+    "answer is the last popular list this process saw, marked `degraded`.",
+    responses={503: {"description": "the store is unavailable and no popular list is cached"}},
 )
 def recommendations(
-    user_id: UserId, store: StoreDep, k: Annotated[int, Query(ge=1, le=1000)] = 10
+    user_id: UserId, store: StoreDep, popular: PopularCacheDep, k: Annotated[int, Query(ge=1, le=1000)] = 10
 ) -> Recommendations:
+    degraded = False
     try:
-        stored = store.user_list(user_id)
-        source = "personal"
+        fallback = popular.get()
+        stored, source = store.user_list(user_id), "personal"
         if stored is None:
-            stored = store.popular_list()
-            source = "popular"
+            stored, source = fallback, "popular"
     except StoreUnavailable as exc:
-        raise HTTPException(status_code=503, detail=str(exc)) from exc
+        if popular.last is None:
+            raise HTTPException(status_code=503, detail=f"recommendations are unavailable: {exc}") from exc
+        stored, source, degraded = popular.last, "popular", True
     if stored is None:
         return Recommendations(user_id=user_id, items=[], model=None, updated_at=None, source="popular")
     return Recommendations(
@@ -57,4 +61,5 @@ def recommendations(
         model=stored.model,
         updated_at=stored.updated_at,
         source=source,
+        degraded=degraded,
     )
