@@ -113,12 +113,24 @@ def replay(
 
 def replay_to_kafka(
     events: Iterable[Event], bootstrap: str, topic: str, *, speed: float | None = None,
-    progress: Callable[[int], object] | None = None, **producer_config,
+    progress: Callable[[int], object] | None = None, partitions: int | None = None, **producer_config,
 ) -> ReplayStats:
-    """``replay`` through a fresh ``EventProducer`` on ``bootstrap``/``topic``."""
-    from stream.producer import EventProducer
+    """``replay`` through a fresh ``EventProducer`` on ``bootstrap``/``topic``.
 
-    with EventProducer(bootstrap, topic, **producer_config) as producer:
+    With ``partitions``, the topic is created with that many partitions when it is missing.
+    """
+    from kafka.errors import KafkaError
+
+    from stream.producer import EventProducer
+    from stream.topics import ensure_topics
+
+    try:
+        if partitions:
+            ensure_topics(bootstrap, {topic: partitions})
+        producer = EventProducer(bootstrap, topic, **producer_config)
+    except (KafkaError, OSError) as exc:
+        raise ReplayError(f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}: {exc}") from None
+    with producer:
         stats = replay(events, producer, speed=speed, progress=progress)
     if stats.failed:
         raise ReplayError(f"{stats.failed:,} of {stats.sent:,} events were not accepted by Kafka at {bootstrap}")

@@ -87,7 +87,8 @@ def replay(args: argparse.Namespace) -> int:
     from streamrec.settings import Settings
 
     speed = parse_speed(args.speed)
-    bootstrap = args.bootstrap or Settings().kafka_bootstrap
+    settings = Settings()
+    bootstrap = args.bootstrap or settings.kafka_bootstrap
     log = read_log(args.paths, args.format, strict=args.strict, sort=not args.file_order, limit=args.limit)
     print(f"read {log.summary()}", file=sys.stderr)
     bar = None
@@ -96,7 +97,7 @@ def replay(args: argparse.Namespace) -> int:
 
         bar = tqdm(total=len(log.events), unit="ev", unit_scale=True, file=sys.stderr, mininterval=1.0)
     try:
-        stats = replay_to_kafka(log.events, bootstrap, args.topic, speed=speed,
+        stats = replay_to_kafka(log.events, bootstrap, args.topic, speed=speed, partitions=settings.topic_partitions,
                                 progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:
