@@ -91,6 +91,7 @@ def run_backtest(
     log: Callable[[str], object] = _stderr,
     on_result: Callable[[PrequentialResult], object] | None = None,
     make: Callable[[str], object] | None = None,
+    torch_threads: int | None = 1,
 ) -> Backtest:
     """Read the log, then judge each model on it in turn (each starts unfitted)."""
     if k < 1:
@@ -108,6 +109,9 @@ def run_backtest(
         if not names:
             raise BacktestError("no models to backtest")
 
+    if torch_threads is not None and "torch" in sys.modules:
+        # one prequential step is a handful of tiny ops: extra threads cost more than they give
+        sys.modules["torch"].set_num_threads(torch_threads)
     t0 = time.perf_counter()
     data = read_log(paths, fmt, strict=strict, limit=limit)
     log(f"read {data.summary()} in {time.perf_counter() - t0:.1f}s")

@@ -43,6 +43,8 @@ def _backtest_arguments(p: argparse.ArgumentParser) -> None:
                    help="let rankings include items the user already interacted with")
     p.add_argument("--warmup", type=_non_negative_int, default=0, help="learn the first N events without judging")
     p.add_argument("--stride", type=_positive_int, default=1, help="judge every N-th eligible event")
+    p.add_argument("--torch-threads", type=_positive_int, default=1,
+                   help="threads for torch-based models (default 1: one event at a time gains nothing from more)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
 
 
@@ -59,7 +61,7 @@ def backtest(args: argparse.Namespace) -> int:
     bt = run_backtest(
         args.paths, args.format, models=args.models, k=args.k, exclude_seen=args.exclude_seen,
         warmup=args.warmup, stride=args.stride, limit=args.limit, strict=args.strict,
-        progress=args.progress, on_result=on_result,
+        progress=args.progress, on_result=on_result, torch_threads=args.torch_threads,
     )
     if not args.json:
         print(text_table(bt.results))
