@@ -20,15 +20,18 @@ class _Neighbours:
     """One item's co-occurrence row: neighbour rows and weights in append-only arrays.
 
     ``array.array`` keeps each update a plain Python operation (no numpy scalar overhead)
-    while ``arrays`` still hands numpy zero-copy views for the vectorised scoring.
+    while numpy reads them zero-copy for the vectorised scoring. ``strongest`` keeps the
+    positions of the heaviest neighbours, refreshed after the row changed by a tenth.
     """
 
-    __slots__ = ("pos", "rows", "weights")
+    __slots__ = ("pos", "rows", "weights", "top", "stale")
 
     def __init__(self) -> None:
         self.pos: dict[int, int] = {}
         self.rows = array("q")
         self.weights = array("d")
+        self.top: np.ndarray | None = None
+        self.stale = 0
 
     def add(self, row: int, weight: float) -> None:
         i = self.pos.get(row)
@@ -38,16 +41,25 @@ class _Neighbours:
             self.weights.append(weight)
         else:
             self.weights[i] += weight
+        self.stale += 1
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the neighbour rows and weights."""
         return np.array(self.rows, dtype=np.int64), np.array(self.weights, dtype=np.float64)
 
+    def strongest(self, m: int) -> np.ndarray:
+        """Positions of (about) the ``m`` heaviest neighbours."""
+        if self.top is None or len(self.top) != m or self.stale > max(len(self.rows) // 10, 16):
+            weights = np.frombuffer(self.weights, dtype=np.float64)
+            self.top = np.sort(np.argpartition(weights, len(weights) - m)[len(weights) - m :])
+            self.stale = 0
+        return self.top
+
     def __getstate__(self):
-        return self.rows, self.weights
+        return self.rows, self.weights, self.top, self.stale
 
     def __setstate__(self, state):
-        self.rows, self.weights = state
+        self.rows, self.weights, self.top, self.stale = state
         self.pos = {row: i for i, row in enumerate(self.rows)}
 
 
@@ -72,6 +84,10 @@ class Cooc(Recommender):
         Half-life of the trending component.
     event_weights
         Weight per event type; defaults to ``EVENT_WEIGHTS``.
+    max_neighbours
+        Once the catalogue outgrows the dense matrix (4,096 items), each recent item adds
+        only its ``max_neighbours`` heaviest co-occurrences to a user's scores (``None``:
+        all), which bounds the cost per user on large catalogues.
 
     Examples
     --------
@@ -95,7 +111,9 @@ class Cooc(Recommender):
         popularity_weight: float = 0.05,
         half_life_s: float | None = 3 * 24 * 3600.0,
         event_weights: Mapping[str, float] | None = None,
+        max_neighbours: int | None = 500,
     ):
+        self.max_neighbours = max_neighbours
         self.window = window
         self.recency_decay = recency_decay
         self.popularity_weight = popularity_weight
@@ -187,17 +205,29 @@ class Cooc(Recommender):
                 scores += (factors @ self._dense[rows, :n]) * inv_norm[:n]
             return None, scores
         nb_rows, nb_weights = self._neighbour_sums(recent) if recent else (None, None)
-        cand = trending.candidate_rows(m + (0 if nb_rows is None else len(nb_rows)))
+        if nb_rows is None:
+            cand = trending.candidate_rows(m)
+            if cand is None:
+                return None, trending.raw_scores() * pop
+            return cand, trending.raw_scores()[cand] * pop
+        # sum repeated rows in O(entries): each entry points at its row's last entry
+        last = np.empty(n, dtype=np.int64)
+        entries = np.arange(len(nb_rows))
+        last[nb_rows] = entries
+        owner = last[nb_rows]
+        sums = np.bincount(owner, nb_weights, minlength=len(nb_rows))
+        keep = owner == entries
+        rows, sums = nb_rows[keep], sums[keep]
+        cand = trending.candidate_rows(m + len(rows))
         if cand is None:  # rank the whole catalogue
             scores = trending.raw_scores() * pop
-            if nb_rows is not None:
-                scores += np.bincount(nb_rows, nb_weights, minlength=n) / np.sqrt(self._counts[:n])
+            scores[rows] += sums * self._inv_norm[rows]
             return None, scores
-        if nb_rows is None:
-            return cand, trending.raw_scores()[cand] * pop
-        rows, inverse = np.unique(np.concatenate([nb_rows, cand]), return_inverse=True)
-        sums = np.bincount(inverse[: len(nb_rows)], nb_weights, minlength=len(rows))
-        return rows, trending.raw_scores()[rows] * pop + sums / np.sqrt(self._counts[rows])
+        in_hood = last[cand]
+        fresh = cand[(in_hood < 0) | (in_hood >= len(nb_rows)) | (nb_rows[np.clip(in_hood, 0, len(nb_rows) - 1)] != cand)]
+        scores = np.concatenate([trending.raw_scores()[rows] * pop + sums * self._inv_norm[rows],
+                                 trending.raw_scores()[fresh] * pop])
+        return np.concatenate([rows, fresh]), scores
 
     def _decay_powers(self, n: int) -> np.ndarray:
         if len(self._powers) < n:
@@ -208,19 +238,23 @@ class Cooc(Recommender):
         """Neighbour rows (with repeats) and their weights ``decay**age * cooc / sqrt(n_j)``."""
         rows, weights, factors, lengths = [], [], [], []
         factor, decay, neighbours, counts = 1.0, self.recency_decay, self._neighbours, self._counts
+        cap = self.max_neighbours
         for row, _ in reversed(recent):
             nb = neighbours[row]
             if nb.rows:
-                rows.append(nb.rows)
-                weights.append(nb.weights)
+                nb_rows = np.frombuffer(nb.rows, dtype=np.int64)
+                nb_weights = np.frombuffer(nb.weights, dtype=np.float64)
+                if cap is not None and len(nb_rows) > cap:
+                    top = nb.strongest(cap)
+                    nb_rows, nb_weights = nb_rows[top], nb_weights[top]
+                rows.append(nb_rows)
+                weights.append(nb_weights)
                 factors.append(factor / math.sqrt(counts[row]))
-                lengths.append(len(nb.rows))
+                lengths.append(len(nb_rows))
             factor *= decay
         if not rows:
             return None, None
-        all_rows = np.frombuffer(b"".join(rows), dtype=np.int64)
-        all_weights = np.frombuffer(b"".join(weights), dtype=np.float64)
-        return all_rows, all_weights * np.repeat(factors, lengths)
+        return np.concatenate(rows), np.concatenate(weights) * np.repeat(factors, lengths)
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         exclude_rows = self._items.rows_of(exclude) if exclude else None

@@ -304,7 +304,7 @@ class TorchEmbeddings(Recommender):
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
     ) -> dict[str, Ranking]:
-        """All users scored by one matrix product per chunk of 256, ``torch.topk`` per chunk."""
+        """All users scored by one float32 matrix product per chunk of 256 users."""
         n = len(self._items)
         exclude = exclude or {}
         user_ids = list(user_ids)
@@ -316,25 +316,11 @@ class TorchEmbeddings(Recommender):
         result: dict[str, Ranking] = {}
         for start in range(0, len(user_ids), 256):
             chunk = user_ids[start : start + 256]
-            scores = torch.from_numpy(self._representations(chunk)) @ out_t.T + bias[None, :]
-            cols, lines = [], []
+            scores = (torch.from_numpy(self._representations(chunk)) @ out_t.T + bias[None, :]).numpy()
             for j, user_id in enumerate(chunk):
                 seen = exclude.get(user_id)
-                if seen:
-                    rows = self._items.rows_of(seen)
-                    cols.append(rows)
-                    lines.append(np.full(len(rows), j, dtype=np.int64))
-            if cols:
-                scores[torch.from_numpy(np.concatenate(lines)), torch.from_numpy(np.concatenate(cols))] = -torch.inf
-            kk = min(k, n)
-            if kk <= 0:
-                result.update((u, []) for u in chunk)
-                continue
-            vals, rows = torch.topk(scores, kk, dim=1)
-            for j, user_id in enumerate(chunk):
-                v, r = vals[j].numpy(), rows[j].numpy()
-                keep = np.isfinite(v)
-                result[user_id] = _ties_by_row(r[keep], v[keep], ids)
+                rows, vals = top_k(scores[j], k, self._items.rows_of(seen) if seen else None)
+                result[user_id] = [(ids[r], float(v)) for r, v in zip(rows.tolist(), vals.tolist())]
         return result
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
@@ -349,10 +335,3 @@ class TorchEmbeddings(Recommender):
         rows, vals = top_k(sims, k + 1, np.array([row]))
         ids = self._items.ids
         return [(ids[r], float(v)) for r, v in zip(rows[:k].tolist(), vals[:k].tolist())]
-
-
-def _ties_by_row(rows: np.ndarray, vals: np.ndarray, ids: list[str]) -> Ranking:
-    """``(id, score)`` best first, ties to the lower row (as ``top_k`` orders them)."""
-    pairs = sorted(zip((-vals.astype(np.float64)).tolist(), rows.tolist()))
-    return [(ids[r], -v) for v, r in pairs]
-

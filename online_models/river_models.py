@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -90,7 +90,7 @@ class RiverMF(Recommender):
         )
         self._items = IdIndex()
         self._item_vecs = np.zeros((0, n_factors), dtype=np.float64)
-        self._item_bias = np.zeros(0, dtype=np.float64)
+        self._item_base = np.zeros(0, dtype=np.float64)  # item bias + popularity tie-break
         self._counts = np.zeros(0, dtype=np.float64)
 
     def target(self, interaction: Interaction) -> float:
@@ -102,13 +102,13 @@ class RiverMF(Recommender):
         user, item = interaction.user_id, interaction.item_id
         self._mf.learn_one(user, item, self.target(interaction))
         row = self._items.add(item)
-        if row >= len(self._item_bias):
+        if row >= len(self._item_base):
             self._item_vecs = grow(self._item_vecs, row + 1)
-            self._item_bias = grow(self._item_bias, row + 1)
+            self._item_base = grow(self._item_base, row + 1)
             self._counts = grow(self._counts, row + 1)
         self._item_vecs[row] = self._mf.i_latents[item]
-        self._item_bias[row] = self._mf.i_biases[item]
         self._counts[row] += 1.0
+        self._item_base[row] = self._mf.i_biases[item] + _TIE_BREAK * math.log1p(self._counts[row])
 
     def predict_one(self, user_id: str, item_id: str) -> float:
         """Predicted rating; unseen users or items contribute no bias and no latent term.
@@ -123,22 +123,40 @@ class RiverMF(Recommender):
         return float(pred)
 
     def scores(self, user_id: str) -> np.ndarray:
-        """Predicted rating of every known item (row order) for the user."""
+        """Predicted rating of every known item (row order) for the user (plus a tiny tie-break)."""
         n = len(self._items)
         mf = self._mf
-        base = mf.global_mean.get() + mf.u_biases.get(user_id, 0.0)
-        scores = base + self._item_bias[:n] + _TIE_BREAK * np.log1p(self._counts[:n])
+        scores = mf.global_mean.get() + mf.u_biases.get(user_id, 0.0) + self._item_base[:n]
         u = mf.u_latents.get(user_id)
         if u is not None:
-            scores += self._item_vecs[:n] @ u
+            scores = scores + self._item_vecs[:n] @ u
         return scores
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
-        if not len(self._items):
-            return []
-        rows, vals = top_k(self.scores(user_id), k, self._items.rows_of(exclude) if exclude else None)
-        ids = self._items.ids
-        return [(ids[r], float(v)) for r, v in zip(rows.tolist(), vals.tolist())]
+        return self.recommend_many([user_id], k, {user_id: exclude} if exclude else None)[user_id]
+
+    def recommend_many(
+        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
+    ) -> dict[str, Ranking]:
+        """Scores of all known items for up to 256 users per matrix product."""
+        n = len(self._items)
+        exclude = exclude or {}
+        user_ids = list(user_ids)
+        if n == 0:
+            return {u: [] for u in user_ids}
+        mf, ids = self._mf, self._items.ids
+        zero = np.zeros(self.n_factors)
+        result: dict[str, Ranking] = {}
+        for start in range(0, len(user_ids), 256):
+            chunk = user_ids[start : start + 256]
+            latents = np.array([mf.u_latents.get(u, zero) for u in chunk]).reshape(len(chunk), self.n_factors)
+            offsets = np.array([mf.global_mean.get() + mf.u_biases.get(u, 0.0) for u in chunk])
+            scores = latents @ self._item_vecs[:n].T + self._item_base[None, :n] + offsets[:, None]
+            for j, user_id in enumerate(chunk):
+                seen = exclude.get(user_id)
+                rows, vals = top_k(scores[j], k, self._items.rows_of(seen) if seen else None)
+                result[user_id] = [(ids[r], float(v)) for r, v in zip(rows.tolist(), vals.tolist())]
+        return result
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items with the closest latent vectors (cosine)."""

@@ -99,6 +99,8 @@ class Trending(Recommender):
             return None
         if m > len(self._cache) // 2 or len(self._dirty) > len(self._cache):
             size = max(_MIN_CACHE, 4 * m)
+            if size >= n:
+                return None
             self._cache = np.argpartition(-self._scores[:n], size - 1)[:size]
             self._in_cache = np.zeros(n, dtype=bool)
             self._in_cache[self._cache] = True

@@ -211,3 +211,33 @@ def test_purchase_rerank_prefers_items_that_sell() -> None:
         base.learn_one(e)
     assert base.recommend("new", 1)[0][0] == "browsed"
     assert model.recommend("new", 1)[0][0] == "sells"
+
+
+def test_large_catalogue_paths_agree_with_dense(monkeypatch) -> None:
+    """Cooc's sparse rows and trending's cached popular list rank as the dense versions do."""
+    import online_models.cooc as cooc_module
+    import online_models.trending as trending_module
+
+    rng = random.Random(5)
+    events = [
+        Event(user_id=f"u{rng.randrange(60)}", item_id=f"i{int(rng.paretovariate(0.8)) % 900}",
+              type=rng.choice(TYPES), ts=float(t))
+        for t in range(4000)
+    ]
+    seen = seen_by(events)
+    dense = make_model("cooc", max_neighbours=None)
+    for e in events:
+        dense.learn_one(e)
+    monkeypatch.setattr(cooc_module, "_DENSE_ITEMS", 64)
+    monkeypatch.setattr(trending_module, "_DENSE_BELOW", 32)
+    sparse = make_model("cooc", max_neighbours=None)
+    for e in events:
+        sparse.learn_one(e)
+    assert sparse._dense is None and dense._dense is not None
+    for u in ["u1", "u7", "u30", "nobody"]:
+        a, b = dense.recommend(u, 10, seen.get(u)), sparse.recommend(u, 10, seen.get(u))
+        assert [s for _, s in a] == pytest.approx([s for _, s in b], rel=1e-5)
+        assert {i for i, _ in a[:5]} == {i for i, _ in b[:5]} or a[4][1] == pytest.approx(a[5][1])
+    a, b = dense.similar_items("i1", 5), sparse.similar_items("i1", 5)
+    assert [i for i, _ in a] == [i for i, _ in b]
+    assert [s for _, s in a] == pytest.approx([s for _, s in b], rel=1e-5)

@@ -1,0 +1,83 @@
+"""Throughput of every registered model on micro-batches over a large synthetic catalogue.
+
+For each model: warm up on a synthetic stream that touches every item of the catalogue,
+then time ``learn_many`` on 1,000-event micro-batches followed by ``recommend_many`` for
+the batch's users (top-10, excluding what each user has seen), as the worker does.
+
+    python bench/models_speed.py                      # all models, 100k items
+    python bench/models_speed.py cooc embeddings --items 20000 --batches 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from online_models import MODELS, make_model
+from stream.schema import Event
+
+TYPES = np.array(["view", "click", "add_to_cart", "purchase"])
+
+
+def synthetic_stream(n_events: int, n_items: int, n_users: int, seed: int = 0, t0: float = 0.0) -> list[Event]:
+    """Zipf-popular items, users returning in sessions, a funnel of event types."""
+    rng = np.random.default_rng(seed)
+    items = (rng.zipf(1.2, n_events) - 1) % n_items
+    users = rng.integers(0, n_users, n_events)
+    kinds = TYPES[rng.choice(4, n_events, p=[0.6, 0.3, 0.07, 0.03])]
+    return [
+        Event(user_id=f"u{u}", item_id=f"i{i}", type=str(k), ts=t0 + j * 0.5)
+        for j, (u, i, k) in enumerate(zip(users.tolist(), items.tolist(), kinds.tolist()))
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", default=sorted(MODELS))
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--warmup", type=int, default=50_000, help="events after the catalogue sweep")
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    sweep = [Event(user_id=f"u{i % args.users}", item_id=f"i{i}", type="view", ts=i * 1e-3) for i in range(args.items)]
+    warm = synthetic_stream(args.warmup, args.items, args.users, seed=1, t0=args.items * 1e-3)
+    timed = synthetic_stream(args.batches * args.batch_size, args.items, args.users, seed=2, t0=warm[-1].ts + 1)
+    print(f"{args.items:,} items, {args.users:,} users, {args.batches} batches of {args.batch_size:,} events")
+    print(f"{'model':18s} {'warm-up s':>10s} {'learn ms':>9s} {'recommend ms':>13s} {'batch ms':>9s} {'events/s':>9s}")
+    for name in args.models:
+        model = make_model(name)
+        seen: dict[str, set[str]] = {}
+        start = time.perf_counter()
+        for events in (sweep, warm):
+            for j in range(0, len(events), args.batch_size):
+                model.learn_many(events[j : j + args.batch_size])
+            for e in events:
+                seen.setdefault(e.user_id, set()).add(e.item_id)
+        warm_s = time.perf_counter() - start
+        learn_s = rec_s = 0.0
+        for j in range(0, len(timed), args.batch_size):
+            batch = timed[j : j + args.batch_size]
+            t = time.perf_counter()
+            model.learn_many(batch)
+            learn_s += time.perf_counter() - t
+            for e in batch:
+                seen.setdefault(e.user_id, set()).add(e.item_id)
+            users = list(dict.fromkeys(e.user_id for e in batch))
+            t = time.perf_counter()
+            model.recommend_many(users, 10, {u: seen[u] for u in users})
+            rec_s += time.perf_counter() - t
+        n = args.batches
+        total = learn_s + rec_s
+        print(f"{name:18s} {warm_s:10.1f} {1e3 * learn_s / n:9.1f} {1e3 * rec_s / n:13.1f} {1e3 * total / n:9.1f} "
+              f"{len(timed) / total:9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
