@@ -162,6 +162,9 @@ class Worker:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_poll_records=settings.max_poll_records,
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=max(settings.session_timeout_ms // 5, 500),
+                group_instance_id=settings.worker_instance_id,
                 fetch_max_bytes=32 * 1024 * 1024,
                 max_partition_fetch_bytes=8 * 1024 * 1024,
             )

@@ -33,6 +33,8 @@ def free_port(preferred: int | None = None) -> int:
     """``preferred`` when nothing listens there, else any free port."""
     for port in ([preferred] if preferred else []) + [0]:
         with socket.socket() as s:
+            # as servers bind: a port held only by TIME_WAIT connections is free
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
@@ -150,7 +152,7 @@ class LocalRedis(LocalService):
         data = self.home / "data"
         data.mkdir(parents=True, exist_ok=True)
         argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data.resolve()),
-                "--save", "", "--appendonly", "no", "--daemonize", "no"]
+                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no"]
         proc = self._spawn(argv, port)
         self._wait(proc, lambda: _port_open(port), timeout_s)
         return f"redis://127.0.0.1:{port}/0"
@@ -203,31 +205,52 @@ class LocalKafka(LocalService):
                 "-cp", f"{self.libs.resolve()}/*", main_class, *args]
 
     def start(self, port: int | None = None, partitions: int = 3, timeout_s: float = 90.0) -> str:
+        """Start the broker (or find it running); returns its bootstrap address.
+
+        A broker stopped earlier restarts on its old ports with its data (topics, offsets)
+        when those ports are free and ``port`` does not ask for another one.
+        """
         running = self.running_port()
         if running:
             return f"127.0.0.1:{running}"
         self.install()
-        port = port or free_port(DEFAULT_KAFKA_PORT)
-        controller_port = free_port()
         self.home.mkdir(parents=True, exist_ok=True)
+        config = self.home / "server.properties"
         data = (self.home / "data").resolve()
-        config = string.Template((KAFKA_FILES / "server.properties").read_text()).substitute(
-            broker_port=port, controller_port=controller_port, data_dir=data, partitions=partitions
-        )
-        (self.home / "server.properties").write_text(config)
         (self.home / "log4j2.properties").write_text((KAFKA_FILES / "log4j2.properties").read_text())
-        # a fresh log dir each start: the ports (and so the quorum) change between starts
-        shutil.rmtree(data, ignore_errors=True)
-        fmt = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", _kafka_cluster_id(),
-                       "-c", str(self.home / "server.properties")),
-            capture_output=True, text=True,
+        ports = self._previous_ports(port, data)
+        if ports is None:
+            ports = port or free_port(DEFAULT_KAFKA_PORT), free_port()
+            config.write_text(string.Template((KAFKA_FILES / "server.properties").read_text()).substitute(
+                broker_port=ports[0], controller_port=ports[1], data_dir=data, partitions=partitions
+            ))
+            (self.home / "ports").write_text(f"{ports[0]} {ports[1]}")
+            shutil.rmtree(data, ignore_errors=True)
+            fmt = subprocess.run(
+                # "=": a cluster id may start with "-"
+                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={_kafka_cluster_id()}",
+                           f"--config={config}"),
+                capture_output=True, text=True,
+            )
+            if fmt.returncode != 0:
+                raise ServiceError(f"kafka storage format failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
+        proc = self._spawn(self._java("kafka.Kafka", str(config)), ports[0])
+        self._wait(proc, lambda: _kafka_answers(f"127.0.0.1:{ports[0]}"), timeout_s)
+        return f"127.0.0.1:{ports[0]}"
+
+    def _previous_ports(self, port: int | None, data: Path) -> tuple[int, int] | None:
+        """The (broker, controller) ports of an earlier start whose data can be reused."""
+        try:
+            broker, controller = map(int, (self.home / "ports").read_text().split())
+        except (FileNotFoundError, ValueError):
+            return None
+        reusable = (
+            (data / "meta.properties").exists()
+            and port in (None, broker)
+            and free_port(broker) == broker
+            and free_port(controller) == controller
         )
-        if fmt.returncode != 0:
-            raise ServiceError(f"kafka storage format failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
-        proc = self._spawn(self._java("kafka.Kafka", str(self.home / "server.properties")), port)
-        self._wait(proc, lambda: _kafka_answers(f"127.0.0.1:{port}"), timeout_s)
-        return f"127.0.0.1:{port}"
+        return (broker, controller) if reusable else None
 
 
 def _kafka_answers(bootstrap: str) -> bool:

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     redis_prefix: str = "streamrec"
 
     poll_timeout_ms: int = Field(default=200, ge=1)
+    session_timeout_ms: int = Field(default=10_000, ge=1000, description="a crashed worker's partitions move after this")
+    worker_instance_id: str | None = Field(
+        default=None, description="static group membership (KIP-345): a restarted worker keeps its partitions"
+    )
     max_poll_records: int = Field(default=2000, ge=1)
     max_event_bytes: int = Field(default=64 * 1024, ge=1)
     popular_refresh_s: float = Field(default=1.0, ge=0)
