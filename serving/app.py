@@ -21,11 +21,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings
-        # few retries: a request should fail fast rather than hang while Redis is away
+        # few retries and a cooldown: a request should fail fast rather than hang while Redis
+        # is away (the recommendations route runs on the event loop)
         app.state.store = RecommendationStore(
             make_client(settings.redis_url, retries=2, socket_timeout_s=0.5),
             settings.redis_prefix,
             settings.user_list_ttl_s,
+            cooldown_s=1.0,
         )
         app.state.popular_cache = PopularCache(app.state.store)
         yield

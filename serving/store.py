@@ -106,12 +106,19 @@ class RecommendationStore:
         Namespace of every key.
     user_list_ttl_s
         Time to live of each user's list: lists of users gone quiet expire on their own.
+    cooldown_s
+        After Redis failed to answer, reads fail at once (``StoreUnavailable``) for this
+        long instead of waiting on Redis again: the API's event loop must not stall on a
+        dead store. 0 (the default) tries Redis every time.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "streamrec", user_list_ttl_s: int = 30 * 24 * 3600):
+    def __init__(self, client: redis.Redis, prefix: str = "streamrec", user_list_ttl_s: int = 30 * 24 * 3600,
+                 cooldown_s: float = 0.0):
         self.client = client
         self.prefix = prefix
         self.user_list_ttl_s = user_list_ttl_s
+        self.cooldown_s = cooldown_s
+        self._unavailable_until = float("-inf")
         self._popular_key = f"{prefix}:popular"
         self._counters_key = f"{prefix}:counters"
         self._set_all = client.register_script(_SET_ALL_WITH_TTL)
@@ -164,11 +171,13 @@ class RecommendationStore:
     def close(self) -> None:
         self.client.close()
 
-    @staticmethod
-    def _call(fn, *args):
+    def _call(self, fn, *args):
+        if self.cooldown_s and time.monotonic() < self._unavailable_until:
+            raise StoreUnavailable("Redis did not answer a moment ago; not retrying yet")
         try:
             return fn(*args)
         except RedisError as exc:
+            self._unavailable_until = time.monotonic() + self.cooldown_s
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
 
 
