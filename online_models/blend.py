@@ -8,7 +8,7 @@ from typing import Any
 from online_models.base import Interaction, Ranking, Recommender
 
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {"cooc": {}, "embeddings": {}}
-DEFAULT_WEIGHTS: dict[str, float] = {"cooc": 1.0, "embeddings": 0.7}
+DEFAULT_WEIGHTS: dict[str, float] = {"cooc": 1.0, "embeddings": 0.5}
 
 
 class Blend(Recommender):
@@ -28,6 +28,9 @@ class Blend(Recommender):
         Registry name to weight; a missing name weighs 1.
     n_candidates
         Candidates each component contributes.
+    rank_offset
+        ``None`` fuses min-max scaled scores; a number ``c`` fuses reciprocal ranks instead,
+        ``(c + 1) / (c + 1 + rank)`` (rank 0 scores 1).
 
     Examples
     --------
@@ -47,12 +50,14 @@ class Blend(Recommender):
         models: Mapping[str, Mapping[str, Any]] | None = None,
         weights: Mapping[str, float] | None = None,
         n_candidates: int = 100,
+        rank_offset: float | None = None,
     ):
         from online_models.registry import make_model
 
         self.models = models
         self.weights = weights
         self.n_candidates = n_candidates
+        self.rank_offset = rank_offset
         specs = DEFAULT_MODELS if models is None else models
         self._models = {name: make_model(name, **dict(params or {})) for name, params in specs.items()}
 
@@ -73,16 +78,23 @@ class Blend(Recommender):
     def _fuse(self, lists: Mapping[str, Ranking], k: int) -> Ranking:
         fused: dict[str, float] = {}
         order: dict[str, int] = {}
+        rank_offset = self.rank_offset
         for name, ranking in lists.items():
             weight = self._weight(name)
             if not ranking or weight == 0:
                 continue
-            high, low = ranking[0][1], ranking[-1][1]
-            span = high - low
-            for pos, (item, score) in enumerate(ranking):
-                scaled = (score - low) / span if span > 0 else 1.0
-                fused[item] = fused.get(item, 0.0) + weight * scaled
-                order[item] = min(order.get(item, pos), pos)
+            if rank_offset is not None:  # reciprocal rank fusion
+                scaled_scores = [weight * (rank_offset + 1) / (rank_offset + 1 + pos) for pos in range(len(ranking))]
+            else:  # min-max scaled scores
+                high, low = ranking[0][1], ranking[-1][1]
+                span = high - low
+                scale = weight / span if span > 0 else 0.0
+                scaled_scores = [weight if span <= 0 else (score - low) * scale for _, score in ranking]
+            get = fused.get
+            for pos, ((item, _), scaled) in enumerate(zip(ranking, scaled_scores)):
+                fused[item] = get(item, 0.0) + scaled
+                if pos < order.get(item, pos + 1):
+                    order[item] = pos
         best = sorted(fused.items(), key=lambda kv: (-kv[1], order[kv[0]]))[:k]
         return [(item, float(score)) for item, score in best]
 

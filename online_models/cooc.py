@@ -107,7 +107,7 @@ class Cooc(Recommender):
     def __init__(
         self,
         window: int = 20,
-        recency_decay: float = 0.9,
+        recency_decay: float = 0.8,
         popularity_weight: float = 0.05,
         half_life_s: float | None = 3 * 24 * 3600.0,
         event_weights: Mapping[str, float] | None = None,

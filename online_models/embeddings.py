@@ -12,6 +12,7 @@ from online_models._arrays import IdIndex, grow, top_k
 from online_models.base import Interaction, Ranking, Recommender
 
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders items before any training step
+_CHUNK_CELLS = 1 << 21  # users x items scored at once: small enough to stay in cache
 
 
 def _grow_tensor(table: torch.Tensor, rows: int) -> torch.Tensor:
@@ -92,7 +93,7 @@ class TorchEmbeddings(Recommender):
         self,
         n_factors: int = 32,
         window: int = 20,
-        recency_decay: float = 0.9,
+        recency_decay: float = 0.8,
         loss: str = "softmax",
         n_negatives: int = 128,
         pop_alpha: float = 0.5,
@@ -304,7 +305,7 @@ class TorchEmbeddings(Recommender):
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
     ) -> dict[str, Ranking]:
-        """All users scored by one float32 matrix product per chunk of 256 users."""
+        """Users scored by one float32 matrix product per chunk (as many as fit in cache)."""
         n = len(self._items)
         exclude = exclude or {}
         user_ids = list(user_ids)
@@ -314,9 +315,10 @@ class TorchEmbeddings(Recommender):
         bias = torch.from_numpy(self._bias())
         ids = self._items.ids
         result: dict[str, Ranking] = {}
-        for start in range(0, len(user_ids), 256):
-            chunk = user_ids[start : start + 256]
-            scores = (torch.from_numpy(self._representations(chunk)) @ out_t.T + bias[None, :]).numpy()
+        step = max(1, _CHUNK_CELLS // n)
+        for start in range(0, len(user_ids), step):
+            chunk = user_ids[start : start + step]
+            scores = torch.addmm(bias[None, :], torch.from_numpy(self._representations(chunk)), out_t.T).numpy()
             for j, user_id in enumerate(chunk):
                 seen = exclude.get(user_id)
                 rows, vals = top_k(scores[j], k, self._items.rows_of(seen) if seen else None)

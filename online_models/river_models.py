@@ -14,6 +14,7 @@ from online_models._arrays import IdIndex, grow, top_k
 from online_models.base import Interaction, Ranking, Recommender
 
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders equally scored items
+_CHUNK_CELLS = 1 << 22  # users x items scored at once: small enough to stay in cache
 
 
 class RiverMF(Recommender):
@@ -89,8 +90,8 @@ class RiverMF(Recommender):
             l2_latent=l2_latent,
         )
         self._items = IdIndex()
-        self._item_vecs = np.zeros((0, n_factors), dtype=np.float64)
-        self._item_base = np.zeros(0, dtype=np.float64)  # item bias + popularity tie-break
+        self._item_vecs = np.zeros((0, n_factors), dtype=np.float32)  # ranking runs in float32
+        self._item_base = np.zeros(0, dtype=np.float32)  # item bias + popularity tie-break
         self._counts = np.zeros(0, dtype=np.float64)
 
     def target(self, interaction: Interaction) -> float:
@@ -138,7 +139,7 @@ class RiverMF(Recommender):
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
     ) -> dict[str, Ranking]:
-        """Scores of all known items for up to 256 users per matrix product."""
+        """Scores of all known items for a chunk of users per matrix product."""
         n = len(self._items)
         exclude = exclude or {}
         user_ids = list(user_ids)
@@ -147,15 +148,17 @@ class RiverMF(Recommender):
         mf, ids = self._mf, self._items.ids
         zero = np.zeros(self.n_factors)
         result: dict[str, Ranking] = {}
-        for start in range(0, len(user_ids), 256):
-            chunk = user_ids[start : start + 256]
-            latents = np.array([mf.u_latents.get(u, zero) for u in chunk]).reshape(len(chunk), self.n_factors)
-            offsets = np.array([mf.global_mean.get() + mf.u_biases.get(u, 0.0) for u in chunk])
-            scores = latents @ self._item_vecs[:n].T + self._item_base[None, :n] + offsets[:, None]
+        step = max(1, _CHUNK_CELLS // n)
+        for start in range(0, len(user_ids), step):
+            chunk = user_ids[start : start + step]
+            latents = np.array([mf.u_latents.get(u, zero) for u in chunk], dtype=np.float32)
+            scores = latents.reshape(len(chunk), self.n_factors) @ self._item_vecs[:n].T
+            scores += self._item_base[None, :n]
             for j, user_id in enumerate(chunk):
                 seen = exclude.get(user_id)
                 rows, vals = top_k(scores[j], k, self._items.rows_of(seen) if seen else None)
-                result[user_id] = [(ids[r], float(v)) for r, v in zip(rows.tolist(), vals.tolist())]
+                offset = mf.global_mean.get() + mf.u_biases.get(user_id, 0.0)  # same for every item
+                result[user_id] = [(ids[r], offset + float(v)) for r, v in zip(rows.tolist(), vals.tolist())]
         return result
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
