@@ -81,16 +81,20 @@ def _wait_http(url: str, timeout_s: float) -> None:
 
 @command("up", "start Kafka, Redis, the worker and the API in the foreground; Ctrl-C stops all")
 def up(args: argparse.Namespace) -> int:
-    from streamrec.commands.services import start_services, stop_services
+    from streamrec.commands.services import start_services
 
     _logging()
     settings = Settings()
     started = time.monotonic()
-    os.environ.update(start_services(settings))
+    env, started_services = start_services(settings)
+    os.environ.update(env)
     settings = Settings()
     cli = [sys.executable, "-m", "streamrec"]
     children = [subprocess.Popen(cli + ["worker"]), subprocess.Popen(cli + ["api"])]
     base = f"http://{settings.api_host}:{settings.api_port}"
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         _wait_http(f"{base}/healthz", 60)
         print(
@@ -102,18 +106,19 @@ def up(args: argparse.Namespace) -> int:
             f"Ctrl-C stops everything.\n",
             flush=True,
         )
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-        return 1  # a child died on its own
-    except KeyboardInterrupt:
+        while not stop.is_set():
+            if any(child.poll() is not None for child in children):
+                return 1  # a child died on its own
+            stop.wait(0.5)
         return 0
     finally:
         for child in children:
             if child.poll() is None:
-                child.send_signal(signal.SIGINT)
+                child.send_signal(signal.SIGTERM)
         for child in children:
             try:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 child.kill()
-        stop_services(settings)
+        for service in started_services:
+            service.stop()

@@ -13,24 +13,27 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["start", "stop", "status"])
 
 
-def start_services(settings: Settings) -> dict[str, str]:
+def start_services(settings: Settings) -> tuple[dict[str, str], list]:
     """Start local Kafka and Redis unless the environment names existing ones.
 
-    Returns the ``STREAMREC_*`` variables that point at the services, and records them in
-    ``.streamrec/services.env`` for later processes started from this folder.
+    Returns the ``STREAMREC_*`` variables that point at the services (also recorded in
+    ``.streamrec/services.env`` for later processes started from this folder), and the
+    services this call started (not those found running).
     """
     from streamrec.services import LocalKafka, LocalRedis, write_env_file
 
-    env = {}
+    env, started = {}, []
     if "STREAMREC_REDIS_URL" not in os.environ:
-        env["STREAMREC_REDIS_URL"] = LocalRedis(settings.state_dir).start()
+        redis = LocalRedis(settings.state_dir)
+        started += [] if redis.running_port() else [redis]
+        env["STREAMREC_REDIS_URL"] = redis.start()
     if "STREAMREC_KAFKA_BOOTSTRAP" not in os.environ:
-        env["STREAMREC_KAFKA_BOOTSTRAP"] = LocalKafka(settings.state_dir).start(
-            partitions=settings.topic_partitions
-        )
+        kafka = LocalKafka(settings.state_dir)
+        started += [] if kafka.running_port() else [kafka]
+        env["STREAMREC_KAFKA_BOOTSTRAP"] = kafka.start(partitions=settings.topic_partitions)
     if env:
         write_env_file(SERVICES_ENV_FILE, env)
-    return env
+    return env, started
 
 
 def stop_services(settings: Settings) -> None:
@@ -48,7 +51,7 @@ def services(args: argparse.Namespace) -> int:
 
     settings = Settings()
     if args.action == "start":
-        for key, value in start_services(settings).items():
+        for key, value in start_services(settings)[0].items():
             print(f"export {key}={value}")
     elif args.action == "stop":
         stop_services(settings)
