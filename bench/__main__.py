@@ -1,0 +1,173 @@
+"""``python -m bench all|ingest|freshness|serve|scale|backtest [--quick] [--json FILE] [--profile DIR]``.
+
+Starts a local Kafka and Redis under ``.streamrec/bench-services`` (own ports) unless
+``STREAMREC_KAFKA_BOOTSTRAP`` / ``STREAMREC_REDIS_URL`` name running ones, runs the
+measurements, prints one table (min / median / max over the repeated runs, the baseline
+measured in the same run, the ratio, and the target) and, with ``--json``, writes the same
+numbers as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+from bench import backtest, freshness, ingest, scale, serve
+from bench.common import cores, services
+
+BENCHES = {"ingest": ingest, "freshness": freshness, "serve": serve, "scale": scale, "backtest": backtest}
+
+
+def _log(*args) -> None:
+    print(*args, flush=True)
+
+
+def summary(results: dict) -> dict:
+    """The headline numbers (medians over the runs) under the names the issue asks for."""
+    out: dict = {}
+    if "ingest" in results:
+        out["ingest_events_per_s"] = results["ingest"]["worker"]["median"]
+        out["ingest_ratio_vs_bare_consumer"] = results["ingest"]["ratio"]["median"]
+    if "freshness" in results:
+        out["freshness_p50_ms"] = results["freshness"]["p50_ms"]["median"]
+        out["freshness_p99_ms"] = results["freshness"]["p99_ms"]["median"]
+    if "serve" in results:
+        out["serve_p99_ms_at_500rps"] = results["serve"]["api"]["p99_ms"]["median"]
+        out["serve_max_rps_ratio_vs_bare"] = results["serve"]["max_rps_ratio_vs_bare"]["median"]
+    if "scale" in results:
+        out["redis_bytes_per_user"] = results["scale"]["redis"]["bytes_per_user"]
+        out["worker_rss_bytes_per_user"] = results["scale"]["worker"]["bytes_per_user"]
+    if "backtest" in results and "models" in results["backtest"]:
+        out["backtest_events_per_s"] = {m: r["median"] for m, r in results["backtest"]["models"].items()}
+    return out
+
+
+def rows(results: dict) -> list[tuple]:
+    """(measurement, min, median, max, baseline, ratio, target, met) per line of the table."""
+    table = []
+
+    def add(name, spread, baseline=None, ratio=None, target="", met=None):
+        table.append((name, spread["min"], spread["median"], spread["max"], baseline, ratio, target, met))
+
+    if "ingest" in results:
+        r = results["ingest"]
+        add(f"ingest events/s ({r['model']}, worker)", r["worker"], r["bare_consumer"]["median"],
+            r["ratio"]["median"], ">= 20,000 and >= 0.50 of bare",
+            r["worker"]["median"] >= 20_000 and r["ratio"]["median"] >= 0.5)
+        add("ingest events/s (bare consumer)", r["bare_consumer"])
+    if "freshness" in results:
+        r = results["freshness"]
+        add("freshness p50 ms", r["p50_ms"], r["bare_p50_ms"]["median"], r["p50_ratio_vs_bare"]["median"],
+            "<= 100", r["p50_ms"]["median"] <= 100)
+        add("freshness p99 ms", r["p99_ms"], r["bare_p99_ms"]["median"],
+            r["p99_ms"]["median"] / r["bare_p99_ms"]["median"], "<= 500", r["p99_ms"]["median"] <= 500)
+        add("freshness probes timed out (5 s)", r["timeouts"])
+    if "serve" in results:
+        r = results["serve"]
+        add("serve p50 ms at 500 req/s", r["api"]["p50_ms"], r["bare"]["p50_ms"]["median"],
+            r["api"]["p50_ms"]["median"] / r["bare"]["p50_ms"]["median"])
+        add("serve p99 ms at 500 req/s", r["api"]["p99_ms"], r["bare"]["p99_ms"]["median"],
+            r["p99_ratio_vs_bare"]["median"], "<= 10", r["api"]["p99_ms"]["median"] <= 10)
+        add("serve achieved req/s (of 500)", r["api"]["achieved_rps"], r["bare"]["achieved_rps"]["median"])
+        add("serve max req/s", r["api"]["max_rps"], r["bare"]["max_rps"]["median"],
+            r["max_rps_ratio_vs_bare"]["median"], ">= 0.90 of bare", r["max_rps_ratio_vs_bare"]["median"] >= 0.9)
+    if "scale" in results:
+        r = results["scale"]["redis"]
+        one = {"min": r["bytes_per_user"], "median": r["bytes_per_user"], "max": r["bytes_per_user"]}
+        add(f"redis bytes/user (top-10, {r['points'][-1]['users']:,} users)", one, r["value_bytes_per_user"],
+            r["ratio_vs_values"], "<= 300 (MB per 1M)", r["bytes_per_user"] <= 300)
+        w = results["scale"]["worker"]
+        last = w["points"][-1]
+        rss = {"min": w["points"][0]["rss_bytes"] / 2**20, "median": last["rss_bytes"] / 2**20,
+               "max": max(p["rss_bytes"] for p in w["points"]) / 2**20}
+        add(f"worker RSS MiB ({w['model']}, {w['points'][0]['users']:,}..{last['users']:,} users)", rss,
+            w["rss_after_init"] / 2**20, None, "bounded by expiry")
+        per = w["bytes_per_user"]
+        add("worker RSS growth bytes/user", {"min": per, "median": per, "max": per})
+    if "backtest" in results and "models" in results["backtest"]:
+        null = results["backtest"]["models"].get("null", {}).get("median")
+        for name, r in results["backtest"]["models"].items():
+            add(f"backtest events/s ML100K: {name}", r, null, r["ratio_vs_null"])
+    return table
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    if isinstance(v, (int, float)):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+    return str(v)
+
+
+def print_table(results: dict) -> None:
+    header = ("measurement", "min", "median", "max", "baseline", "ratio", "target", "met")
+    lines = [header] + [tuple(_fmt(c) for c in row) for row in rows(results)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for n, line in enumerate(lines):
+        print("  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["all", *BENCHES], help="which measurement (all: every one)")
+    parser.add_argument("--quick", action="store_true", help="smaller runs: everything within about 5 minutes")
+    parser.add_argument("--json", metavar="FILE", help="write the results as one JSON object")
+    parser.add_argument("--repeats", type=int, help="runs per measurement (default: 3 quick, 5 full)")
+    parser.add_argument("--profile", metavar="DIR", help="profile the worker (pyinstrument) and the API (py-spy)")
+    args = parser.parse_args(argv)
+
+    names = list(BENCHES) if args.what == "all" else [args.what]
+    started = time.monotonic()
+    results: dict = {}
+    load_before = os.getloadavg()
+    with services() as svc:
+        _log(f"services: Kafka {svc.kafka_bootstrap}, Redis {svc.redis_url} ({svc.origin}); cores {cores()}; "
+             f"load average {load_before[0]:.1f}")
+        for name in names:
+            t = time.monotonic()
+            kwargs = {"quick": args.quick, "log": _log}
+            if args.repeats:
+                kwargs["repeats"] = args.repeats
+            if args.profile and name in ("ingest", "serve"):
+                kwargs["profile_dir"] = args.profile
+            results[name] = BENCHES[name].run(svc, **kwargs)
+            results[name]["elapsed_s"] = time.monotonic() - t
+            _log(f"{name}: done in {time.monotonic() - t:.0f} s")
+    print()
+    print_table(results)
+    elapsed = time.monotonic() - started
+    print(f"\n{'quick' if args.quick else 'full'} run, {elapsed:.0f} s, {len(cores())} cores, load average "
+          f"{load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after")
+    if args.json:
+        doc = {**summary(results), "quick": args.quick, "elapsed_s": elapsed, "cores": cores(),
+               "load_average": [load_before[0], os.getloadavg()[0]], "python": platform.python_version(),
+               "machine": platform.machine(), "results": results}
+        with open(args.json, "w") as f:
+            json.dump(_json_safe(doc), f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Freshness: from ``produce()`` of a user's event to the API answering with that user's new list.
+
+A worker process (the default served model) and the API (uvicorn) run against a topic that a
+third process loads with ``LOAD_RPS`` events/s. The probe (this process) sends one event for
+a user never seen before, flushes the producer, and polls ``GET /users/{id}/recommendations``
+over a keep-alive connection every millisecond until the answer is the user's own list
+(``source`` turns ``personal`` and ``updated_at`` moves); the time since the send is one
+sample. Baseline, same run and same load: the time until a bare kafka-python consumer in
+this process receives a probe event (the floor any Kafka-fed pipeline starts from).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import threading
+import time
+import uuid
+
+import orjson
+
+from bench.common import Catalogue, Services, Spread, bench_settings, drop_prefix, percentile
+from bench.serve import start_server
+
+LOAD_RPS = 1000
+
+
+def _load(settings, rate: int, stop_file: str, out) -> None:
+    from stream.producer import make_producer
+
+    catalogue = Catalogue(10_000, 100_000, seed=11)
+    producer = make_producer(settings.kafka_bootstrap)
+    sent, started = 0, time.perf_counter()
+    while not os.path.exists(stop_file):
+        due = int((time.perf_counter() - started) * rate)
+        for _ in range(due - sent):
+            event = catalogue.event()
+            producer.send(settings.topic, key=event["user_id"].encode(), value=orjson.dumps(event))
+        sent = max(sent, due)
+        time.sleep(0.005)
+    producer.flush()
+    out.put({"sent": sent, "rate": sent / (time.perf_counter() - started)})
+
+
+def _worker(settings, stop_file: str, out) -> None:
+    from stream.worker import Worker
+
+    worker = Worker(settings)
+    stop = threading.Event()
+    threading.Thread(target=lambda: (_wait_file(stop_file), stop.set()), daemon=True).start()
+    totals = worker.run(stop)
+    worker.close()
+    out.put({"consumed": totals.consumed})
+
+
+def _wait_file(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.05)
+
+
+def _probe_event(user: str) -> bytes:
+    return orjson.dumps({"user_id": user, "item_id": f"i{random.randrange(100)}", "type": "click",
+                         "ts": round(time.time(), 3)})
+
+
+def probe_api(settings, port: int, n: int, timeout_s: float = 5.0) -> list[float]:
+    from stream.producer import make_producer
+
+    producer = make_producer(settings.kafka_bootstrap)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    tag = uuid.uuid4().hex[:6]
+
+    def get(user: str) -> dict:
+        conn.request("GET", f"/users/{user}/recommendations?k=10")
+        return orjson.loads(conn.getresponse().read())
+
+    latencies = []
+    for i in range(n):
+        user = f"probe-{tag}-{i}"
+        before = get(user)["updated_at"]
+        value = _probe_event(user)
+        started = time.perf_counter()
+        producer.send(settings.topic, key=user.encode(), value=value)
+        producer.flush()
+        while time.perf_counter() - started < timeout_s:
+            body = get(user)
+            if body["source"] == "personal" and body["updated_at"] != before:
+                latencies.append(time.perf_counter() - started)
+                break
+            time.sleep(0.001)
+        else:
+            latencies.append(float("inf"))
+        time.sleep(random.uniform(0.02, 0.06))
+    conn.close()
+    producer.close()
+    return latencies
+
+
+def probe_bare_consumer(settings, n: int, timeout_s: float = 5.0) -> list[float]:
+    """Produce-to-consume latency of a bare consumer (own group) on the same loaded topic."""
+    from kafka import KafkaConsumer
+
+    from stream.producer import make_producer
+
+    consumer = KafkaConsumer(settings.topic, bootstrap_servers=settings.kafka_bootstrap,
+                             group_id=f"{settings.group_id}-bare", enable_auto_commit=False,
+                             auto_offset_reset="latest")
+    while not consumer.assignment():
+        consumer.poll(timeout_ms=100)
+    producer = make_producer(settings.kafka_bootstrap)
+    tag = uuid.uuid4().hex[:6]
+    latencies = []
+    for i in range(n):
+        key = f"probe-{tag}-{i}".encode()
+        started = time.perf_counter()
+        producer.send(settings.topic, key=key, value=_probe_event(key.decode()))
+        producer.flush()
+        found = False
+        while not found and time.perf_counter() - started < timeout_s:
+            for records in consumer.poll(timeout_ms=50).values():
+                if any(r.key == key for r in records):
+                    found = True
+        latencies.append(time.perf_counter() - started if found else float("inf"))
+        time.sleep(random.uniform(0.02, 0.06))
+    consumer.close()
+    producer.close()
+    return latencies
+
+
+def run(svc: Services, *, quick: bool, repeats: int | None = None, log=print, **_) -> dict:
+    import multiprocessing as mp
+
+    from streamrec.services import free_port
+    from stream.topics import ensure_topics
+
+    repeats = repeats or (2 if quick else 5)
+    probes = 30 if quick else 200
+    ctx = mp.get_context("spawn")
+    runs = []
+    for rep in range(repeats):
+        settings = bench_settings(svc)
+        ensure_topics(settings.kafka_bootstrap, {settings.topic: settings.topic_partitions,
+                                                 settings.dlq_topic: settings.topic_partitions})
+        stop_file = str(settings.state_dir / "stop")
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        out = ctx.Queue()
+        load = ctx.Process(target=_load, args=(settings, LOAD_RPS, stop_file, out))
+        worker = ctx.Process(target=_worker, args=(settings, stop_file, out))
+        load.start()
+        worker.start()
+        port = free_port()
+        api = start_server("serving.app:create_app", settings, port, None)
+        try:
+            time.sleep(3.0)  # the worker joins the group and catches up with the load
+            api_lat = probe_api(settings, port, probes)
+            bare_lat = probe_bare_consumer(settings, probes)
+        finally:
+            open(stop_file, "w").close()
+            api.terminate()
+            api.wait(10)
+            load.join(30)
+            worker.join(60)
+            for proc in (load, worker):
+                if proc.is_alive():
+                    proc.kill()
+            drop_prefix(svc.redis_url, settings.redis_prefix)
+        stats = {
+            "p50_ms": percentile(api_lat, 50) * 1e3, "p99_ms": percentile(api_lat, 99) * 1e3,
+            "max_ms": max(api_lat) * 1e3, "timeouts": float(sum(x == float("inf") for x in api_lat)),
+            "bare_p50_ms": percentile(bare_lat, 50) * 1e3, "bare_p99_ms": percentile(bare_lat, 99) * 1e3,
+        }
+        runs.append(stats)
+        log(f"  run {rep + 1}/{repeats}: freshness p50 {stats['p50_ms']:.0f} ms, p99 {stats['p99_ms']:.0f} ms "
+            f"(max {stats['max_ms']:.0f}); bare consumer p50 {stats['bare_p50_ms']:.0f} ms, "
+            f"p99 {stats['bare_p99_ms']:.0f} ms")
+    return {
+        "load_events_per_s": LOAD_RPS, "probes_per_run": probes,
+        **{key: Spread.of([r[key] for r in runs]).as_dict() for key in runs[0]},
+        "p50_ratio_vs_bare": Spread.of([r["p50_ms"] / r["bare_p50_ms"] for r in runs]).as_dict(),
+    }

@@ -1,0 +1,133 @@
+"""Ingest throughput: events/s one worker process sustains, Kafka to Redis, against a bare consumer.
+
+The topic is filled first by a producer in its own process (``n`` events over a catalogue of
+10k items); then, in a fresh process each, (a) the streamrec worker drains it (poll ->
+validate -> ``learn_many`` -> top-k lists to Redis -> commit), and (b) a bare kafka-python
+consumer with the same fetch settings drains it, only decoding each message. Each drain has
+its own consumer group. The clock starts after the first batch (group join and the first
+fetch excluded) and stops when the last event is committed (worker) or decoded (bare).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+from bench.common import Catalogue, Services, Spread, bench_settings, drop_prefix, in_process
+
+ITEMS = 10_000
+USERS = 100_000
+
+
+def produce(settings, n: int, seed: int = 7) -> float:
+    """Fill ``settings.topic`` with ``n`` events; returns the producer's events/s."""
+    from stream.producer import make_producer
+    from stream.topics import ensure_topics
+
+    ensure_topics(settings.kafka_bootstrap, {settings.topic: settings.topic_partitions,
+                                             settings.dlq_topic: settings.topic_partitions})
+    payloads = Catalogue(ITEMS, USERS, seed=seed).payloads(n)
+    producer = make_producer(settings.kafka_bootstrap, acks=1, enable_idempotence=False, linger_ms=20)
+    started = time.perf_counter()
+    for key, value in payloads:
+        producer.send(settings.topic, key=key, value=value)
+    producer.flush()
+    elapsed = time.perf_counter() - started
+    producer.close()
+    return n / elapsed
+
+
+def _drain_worker(settings, n: int, profile_path: str | None, out: mp.Queue) -> None:
+    from stream.worker import Worker
+
+    worker = Worker(settings)
+    first = None
+    while first is None:
+        first = worker.poll_once()
+    profiler = _start_profiler(profile_path)
+    consumed, batches = first.consumed, 0
+    started = time.perf_counter()
+    while consumed < n:
+        batch = worker.poll_once()
+        if batch is not None:
+            consumed += batch.consumed
+            batches += 1
+    elapsed = time.perf_counter() - started
+    _stop_profiler(profiler, profile_path)
+    out.put({"events": consumed - first.consumed, "seconds": elapsed, "batches": batches,
+             "model": worker.model.name, "applied": worker.totals.applied})
+    worker.close()
+
+
+def _drain_bare(settings, n: int, out: mp.Queue) -> None:
+    import orjson
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        settings.topic, bootstrap_servers=settings.kafka_bootstrap, group_id=settings.group_id,
+        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=settings.max_poll_records,
+        fetch_max_bytes=32 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    loads, seen, first, started = orjson.loads, 0, 0, 0.0
+    while seen < n:
+        batches = consumer.poll(timeout_ms=settings.poll_timeout_ms, max_records=settings.max_poll_records)
+        for records in batches.values():
+            for record in records:
+                loads(record.value)
+            seen += len(records)
+        if not first and seen:
+            first, started = seen, time.perf_counter()
+    out.put({"events": seen - first, "seconds": time.perf_counter() - started})
+    consumer.close()
+
+
+def _start_profiler(path):
+    if not path:
+        return None
+    import os
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    return profiler
+
+
+def _stop_profiler(profiler, path) -> None:
+    if profiler is not None:
+        profiler.stop()
+        with open(path, "w") as f:
+            f.write(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
+def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: str | None = None,
+        log=print) -> dict:
+    n = 20_000 if quick else 200_000
+    repeats = repeats or (3 if quick else 5)
+    base = bench_settings(svc)
+    log(f"ingest: producing {n} events ({ITEMS} items, {USERS} users) to {base.topic}")
+    produced = in_process(_produce_proc, base, n)
+    worker_rates, bare_rates, ratios, model = [], [], [], None
+    for rep in range(repeats):
+        run_settings = bench_settings(svc, topic=base.topic)
+        profile = f"{profile_dir}/ingest-worker-{rep}.txt" if profile_dir and rep == 0 else None
+        w = in_process(_drain_worker, run_settings, n, profile)
+        drop_prefix(svc.redis_url, run_settings.redis_prefix)
+        b = in_process(_drain_bare, bench_settings(svc, topic=base.topic), n)
+        model = w["model"]
+        wr, br = w["events"] / w["seconds"], b["events"] / b["seconds"]
+        worker_rates.append(wr)
+        bare_rates.append(br)
+        ratios.append(wr / br)
+        log(f"  run {rep + 1}/{repeats}: worker {wr:,.0f} ev/s ({w['batches']} batches), bare {br:,.0f} ev/s, "
+            f"ratio {wr / br:.2f}")
+    return {
+        "events": n, "items": ITEMS, "users": USERS, "model": model, "producer_events_per_s": produced,
+        "worker": Spread.of(worker_rates).as_dict(), "bare_consumer": Spread.of(bare_rates).as_dict(),
+        "ratio": Spread.of(ratios).as_dict(),
+    }
+
+
+def _produce_proc(settings, n, out):
+    out.put(produce(settings, n))
