@@ -54,6 +54,8 @@ def new_event_id() -> str:
 
 
 def _check_id(name: str, value: Any) -> str:
+    if type(value) is str and 0 < len(value) <= MAX_ID_CHARS and value.isprintable():
+        return value  # the common case, checked in one go
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidEvent(f"field '{name}' must be a string, got {type(value).__name__}")
     value = str(value)
@@ -157,12 +159,33 @@ def decode_json(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Any:
         obj = orjson.loads(raw)  # fast path; orjson rejects NaN and Infinity itself
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"not valid JSON: {exc}") from None
-    if isinstance(obj, dict) and raw.count(b":") > len(obj):
-        # more colons than keys: maybe a duplicate key, which orjson would silently collapse
+    if isinstance(obj, dict) and raw.count(b":") > len(obj) and _maybe_duplicate_keys(raw, obj):
         import json
 
         json.loads(raw, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
     return obj
+
+
+def _maybe_duplicate_keys(raw: bytes, obj: dict) -> bool:
+    """Whether ``raw`` may hold a key that orjson silently collapsed into ``obj``.
+
+    Every ``:`` in a JSON text either follows a key or sits inside a string, so without
+    ``\\u`` escapes (which could spell a colon) ``raw`` has a duplicate key exactly when it
+    has more colons than ``obj`` has keys (at every depth) plus colons inside its strings.
+    This keeps ISO-8601 timestamps, ids with colons and nested ``context`` objects off the
+    slow, exact check.
+    """
+    return b"\\u" in raw or raw.count(b":") > _keys_and_colons(obj)
+
+
+def _keys_and_colons(value: Any) -> int:
+    if isinstance(value, str):
+        return value.count(":")
+    if isinstance(value, dict):
+        return sum(1 + key.count(":") + _keys_and_colons(v) for key, v in value.items())
+    if isinstance(value, list):
+        return sum(map(_keys_and_colons, value))
+    return 0
 
 
 def parse_event(
