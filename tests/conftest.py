@@ -52,16 +52,16 @@ def _from_testcontainers(stack: ExitStack) -> Services:
 
 
 def _from_local(stack: ExitStack, state_dir: Path, kafka: str | None, redis: str | None) -> Services:
-    from streamrec.services import LocalKafka, LocalRedis
+    from streamrec.services import LocalKafka, LocalRedis, free_port
 
     if redis is None:
         local_redis = LocalRedis(state_dir)
-        redis = local_redis.start()
+        redis = local_redis.start(port=free_port())  # any port: test runs may overlap
         stack.callback(local_redis.stop)
     if kafka is None:
         # the jars are shared with `streamrec services`; the broker's data is this session's own
         local_kafka = LocalKafka(state_dir, libs_dir=Settings(_env_file=None).state_dir / "kafka" / "libs")
-        kafka = local_kafka.start()
+        kafka = local_kafka.start(port=free_port())
         stack.callback(local_kafka.stop)
     return Services(kafka, redis, "local")
 
