@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from online_models.agent import Agent
 from online_models.base import Recommender
 from online_models.blend import Blend
+from online_models.content import Content
 from online_models.cooc import Cooc
 from online_models.embeddings import TorchEmbeddings
 from online_models.river_models import PurchaseRerank, RiverMF
 from online_models.trending import Trending
 
-MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (Trending, Cooc, TorchEmbeddings, RiverMF, PurchaseRerank, Blend)}
+MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (Trending, Cooc, TorchEmbeddings, RiverMF, PurchaseRerank, Blend, Content, Agent)}
 
 
 def make_model(name: str, **params: Any) -> Recommender:

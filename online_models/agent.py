@@ -1,0 +1,424 @@
+"""The recommendation agent: a bandit learns from feedback which strategy fills each slot.
+
+:class:`Agent` holds several strategies (registered models: co-occurrence, embeddings,
+trending, content, and content restricted to new items as exploration). For each list it
+asks a :class:`online_models.bandit.SlotBandit` which strategy serves each slot (per
+user-activity segment: new / casual / heavy), takes that strategy's best item not yet in
+the list, and remembers what it served to the user, with the strategy and slot of each item.
+
+Feedback. When the user's next interaction arrives (``learn_one``), the list last served
+to them is settled: the slot holding the item they interacted with earns reward 1 for its
+strategy; the other shown slots (the first ``shown_slots``) earn 0 (soft negatives). An
+event whose ``context`` names a ``strategy`` (the UI attributed a click to it; ``slot``
+optional) rewards that strategy directly. The lead's API can also call :meth:`Agent.feedback`
+and :meth:`Agent.record_served`. Every strategy learns every event.
+
+Determinism: the bandit's draws for a user come from a generator seeded by ``seed``, the
+user and the number of feedback updates so far, so ``recommend`` is a function of the
+state (the same list when asked twice, ``recommend_many`` equals ``recommend``) while
+exploration still moves on as feedback arrives.
+
+:meth:`Agent.recommend_explained` gives ``(item_id, score, strategy, reason)`` with a reason
+in words ("often viewed with X you viewed", "in Drama, which you like", "trending now").
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from online_models.bandit import DEFAULT_SEGMENTS, SlotBandit, stable_hash
+from online_models.base import Interaction, Ranking, Recommender
+
+DEFAULT_STRATEGIES: dict[str, dict[str, Any]] = {
+    "cooc": {"model": "cooc"},
+    "embeddings": {"model": "embeddings"},
+    "trending": {"model": "trending"},
+    "content": {"model": "content"},
+    "new-items": {"model": "content", "params": {"max_item_events": 5, "popularity_weight": 0.0}},
+}
+"""Strategy name -> ``{"model": registry name, "params": hyperparameters}``."""
+
+Explained = list[tuple[str, float, str, str]]
+
+
+class Agent(Recommender):
+    """A bandit over recommendation strategies, learning from the user's next interaction.
+
+    Parameters
+    ----------
+    strategies
+        Strategy name to ``{"model": registry name, "params": {...}}`` (``None``: the
+        defaults, ``DEFAULT_STRATEGIES``). A strategy whose ``model`` is omitted uses its
+        name as the registry name.
+    policy
+        ``"thompson"`` or ``"ucb1"`` (see :class:`SlotBandit`).
+    n_slots
+        List positions with their own bandit statistics (later ones share the last).
+    segments
+        User segments by event count (``None``: one segment for all users).
+    prior, ucb_c, discount
+        Passed to the bandit.
+    shown_slots
+        How many top positions of a served list count as seen by the user: those without
+        the next interaction become soft negatives (reward 0).
+    reward_types
+        Event types that count as positive feedback (``None``: every type).
+    n_candidates
+        Candidates asked of a strategy per list, at least ``k`` (``None``: ``2 * k``).
+    max_served_users
+        Served lists remembered (least recently served users are dropped beyond it).
+    seed
+        Seeds the bandit's draws.
+
+    Examples
+    --------
+    >>> from stream.schema import Event
+    >>> agent = Agent(strategies={"cooc": {}, "trending": {"params": {"half_life_s": None}}})
+    >>> for user, items in {"a": "xy", "b": "xy", "c": "xz"}.items():
+    ...     for item in items:
+    ...         agent.learn_one(Event(user_id=user, item_id=item, type="view", ts=0))
+    >>> item, score, strategy, reason = agent.recommend_explained("c", k=1, exclude={"x", "z"})[0]
+    >>> item, strategy in ("cooc", "trending")
+    ('y', True)
+    >>> agent.reason("c", "y", "cooc")
+    'often viewed with x you viewed'
+    >>> agent.learn_one(Event(user_id="c", item_id="y", type="click", ts=1))  # a hit: the strategy is rewarded
+    >>> agent.bandit.stats()["arms"][strategy]["rewards"]
+    1.0
+    """
+
+    name = "agent"
+
+    def __init__(
+        self,
+        strategies: Mapping[str, Mapping[str, Any]] | None = None,
+        policy: str = "thompson",
+        n_slots: int = 10,
+        segments: Sequence[tuple[str, float]] | None = DEFAULT_SEGMENTS,
+        prior: tuple[float, float] = (1.0, 1.0),
+        ucb_c: float = 1.0,
+        discount: float | None = None,
+        shown_slots: int = 10,
+        reward_types: Collection[str] | None = None,
+        n_candidates: int | None = None,
+        max_served_users: int = 100_000,
+        seed: int = 0,
+    ):
+        from online_models.registry import make_model
+
+        self.strategies = strategies
+        self.policy = policy
+        self.n_slots = n_slots
+        self.segments = segments
+        self.prior = prior
+        self.ucb_c = ucb_c
+        self.discount = discount
+        self.shown_slots = shown_slots
+        self.reward_types = reward_types
+        self.n_candidates = n_candidates
+        self.max_served_users = max_served_users
+        self.seed = seed
+        specs = DEFAULT_STRATEGIES if strategies is None else strategies
+        if not specs:
+            raise ValueError("an agent needs at least one strategy")
+        self._models: dict[str, Recommender] = {
+            name: make_model(spec.get("model", name), **dict(spec.get("params") or {}))
+            for name, spec in ((n, dict(s or {})) for n, s in specs.items())
+        }
+        self._bandit = SlotBandit(list(self._models), policy=policy, n_slots=n_slots, segments=segments,
+                                  prior=prior, ucb_c=ucb_c, discount=discount, seed=seed)
+        self._n_events: dict[str, int] = {}
+        # user -> (segment context, [(item, strategy, slot), ...]) of the list last served
+        self._served: OrderedDict[str, tuple[dict, list[tuple[str, str, int]]]] = OrderedDict()
+        self._feedback = 0  # bandit updates so far: moves the draws on
+        self._served_slots: dict[str, int] = {name: 0 for name in self._models}  # slots filled, all lists
+
+    # -- parts -----------------------------------------------------------------------
+    @property
+    def bandit(self) -> SlotBandit:
+        return self._bandit
+
+    @property
+    def models(self) -> Mapping[str, Recommender]:
+        """The strategies' models by strategy name."""
+        return self._models
+
+    def context_of(self, user_id: str) -> dict[str, Any]:
+        """The bandit context of a user: their event count so far."""
+        return {"n_events": self._n_events.get(user_id, 0)}
+
+    # -- catalogue -------------------------------------------------------------------
+    def learn_item(self, item_id: str, metadata: Mapping[str, Any]) -> None:
+        """Pass an item's metadata to the strategies that use content."""
+        self.learn_items({item_id: metadata})
+
+    def learn_items(self, catalogue: Mapping[str, Mapping[str, Any]]) -> None:
+        for model in self._models.values():
+            learn = getattr(model, "learn_items", None)
+            if callable(learn):
+                learn(catalogue)
+
+    # -- feedback --------------------------------------------------------------------
+    def _is_positive(self, interaction: Interaction) -> bool:
+        return self.reward_types is None or interaction.type in self.reward_types
+
+    def feedback(self, user_id: str, strategy: str, reward: float = 1.0, slot: int = 0,
+                 context: Mapping[str, Any] | None = None) -> None:
+        """Reward ``strategy`` (served in ``slot`` to ``user_id``) directly, e.g. an attributed click."""
+        self._bandit.update(self.context_of(user_id) if context is None else context, strategy, reward, slot)
+        self._feedback += 1
+
+    def record_served(self, user_id: str, served: Iterable[tuple[str, str]], context: Mapping[str, Any] | None = None) -> None:
+        """Remember the list shown to a user as ``(item_id, strategy)`` pairs, best first.
+
+        ``recommend`` does this itself; call it when the list actually shown differs
+        (the impressions the front end reports).
+        """
+        entries = [(item, strategy, slot) for slot, (item, strategy) in enumerate(served) if strategy in self._models]
+        self._served[user_id] = (dict(context or self.context_of(user_id)), entries)
+        self._served.move_to_end(user_id)
+        while len(self._served) > self.max_served_users:
+            self._served.popitem(last=False)
+
+    def last_served(self, user_id: str) -> list[tuple[str, str, int]]:
+        """The unsettled list last served to the user: ``(item_id, strategy, slot)``."""
+        entry = self._served.get(user_id)
+        return list(entry[1]) if entry else []
+
+    def _settle(self, interaction: Interaction) -> None:
+        user = interaction.user_id
+        context = getattr(interaction, "context", None)
+        strategy = context.get("strategy") if isinstance(context, Mapping) else None
+        positive = self._is_positive(interaction)
+        if strategy in self._models and positive:  # attributed by the front end
+            slot = context.get("slot", 0)
+            self.feedback(user, strategy, 1.0, int(slot) if isinstance(slot, (int, float)) else 0)
+            self._served.pop(user, None)
+            return
+        entry = self._served.pop(user, None)
+        if entry is None:
+            return
+        served_context, entries = entry
+        update = self._bandit.update
+        for item, arm, slot in entries:
+            hit = positive and item == interaction.item_id
+            if hit or slot < self.shown_slots:
+                update(served_context, arm, 1.0 if hit else 0.0, slot)
+                self._feedback += 1
+
+    # -- learning --------------------------------------------------------------------
+    def learn_one(self, interaction: Interaction) -> None:
+        if interaction.type == "item":
+            context = getattr(interaction, "context", None) or {}
+            self.learn_item(interaction.item_id, context)
+            return
+        self._settle(interaction)
+        for model in self._models.values():
+            model.learn_one(interaction)
+        self._n_events[interaction.user_id] = self._n_events.get(interaction.user_id, 0) + 1
+
+    def learn_many(self, interactions: Iterable[Interaction]) -> None:
+        """Feedback in order, then each strategy's ``learn_many`` (equal to ``learn_one`` in a loop)."""
+        batch: list[Interaction] = []
+        for interaction in interactions:
+            if interaction.type == "item":
+                self._flush(batch)
+                batch = []
+                self.learn_one(interaction)
+                continue
+            self._settle(interaction)
+            self._n_events[interaction.user_id] = self._n_events.get(interaction.user_id, 0) + 1
+            batch.append(interaction)
+        self._flush(batch)
+
+    def _flush(self, batch: list[Interaction]) -> None:
+        if batch:
+            for model in self._models.values():
+                model.learn_many(batch)
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop the user's event count, served list and everything each strategy knows of them."""
+        self._n_events.pop(user_id, None)
+        self._served.pop(user_id, None)
+        for model in self._models.values():
+            try:
+                model.forget_user(user_id)
+            except NotImplementedError:
+                pass
+
+    # -- ranking ---------------------------------------------------------------------
+    def _rng(self, user_id: str) -> np.random.Generator:
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, stable_hash(user_id), self._feedback])
+
+    def _assemble(self, user_id: str, k: int, candidates) -> list[tuple[str, float, str, int]]:
+        """Fill ``k`` slots from the strategies the bandit picks; ``candidates(name)`` is lazy."""
+        if k <= 0:
+            return []
+        scores = self._bandit.arm_scores(self.context_of(user_id), k, self._rng(user_id))
+        order = np.argsort(-scores, axis=1, kind="stable")
+        arms = self._bandit.arms
+        pos = dict.fromkeys(arms, 0)
+        used: set[str] = set()
+        exhausted: set[str] = set()
+        out: list[tuple[str, float, str, int]] = []
+        for slot in range(k):
+            for a in order[slot].tolist():
+                arm = arms[a]
+                if arm in exhausted:
+                    continue
+                ranking = candidates(arm)
+                i = pos[arm]
+                while i < len(ranking) and ranking[i][0] in used:
+                    i += 1
+                pos[arm] = i
+                if i >= len(ranking):
+                    exhausted.add(arm)
+                    continue
+                item = ranking[i][0]
+                used.add(item)
+                pos[arm] = i + 1
+                out.append((item, 1.0 / (len(out) + 1), arm, i))
+                break
+            else:
+                break  # every strategy is out of candidates
+        return out
+
+    def _n(self, k: int) -> int:
+        return max(k, self.n_candidates if self.n_candidates is not None else 2 * k)
+
+    def _serve(self, user_id: str, picked: list[tuple[str, float, str, int]]) -> Ranking:
+        if picked:
+            self.record_served(user_id, [(item, arm) for item, _, arm, _ in picked])
+            for _, _, arm, _ in picked[: self.shown_slots]:
+                self._served_slots[arm] += 1
+        return [(item, score) for item, score, _, _ in picked]
+
+    def _pick(self, user_id: str, k: int, exclude: Collection[str] | None) -> list[tuple[str, float, str, int]]:
+        n = self._n(k)
+        cache: dict[str, Ranking] = {}
+
+        def candidates(name: str) -> Ranking:
+            if name not in cache:
+                cache[name] = self._models[name].recommend(user_id, n, exclude)
+            return cache[name]
+
+        return self._assemble(user_id, k, candidates)
+
+    def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
+        return self._serve(user_id, self._pick(user_id, k, exclude))
+
+    def recommend_many(
+        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
+    ) -> dict[str, Ranking]:
+        """Each strategy's batched ``recommend_many`` (only for the users whose first choices
+        need it), then the bandit's assembly per user; equal to ``recommend`` per user."""
+        user_ids = list(user_ids)
+        n = self._n(k)
+        batched: dict[str, dict[str, Ranking]] = {}
+        out: dict[str, Ranking] = {}
+        for user in user_ids:
+            def candidates(name: str, user=user) -> Ranking:
+                lists = batched.get(name)
+                if lists is None:  # one batched call for every user, the first time it is needed
+                    lists = batched[name] = self._models[name].recommend_many(user_ids, n, exclude)
+                return lists[user]
+
+            out[user] = self._serve(user, self._assemble(user, k, candidates))
+        return out
+
+    def similar_items(self, item_id: str, k: int = 10) -> Ranking:
+        """The first strategy's item similarity that has one and knows the item."""
+        found = False
+        for model in self._models.values():
+            try:
+                similar = model.similar_items(item_id, k)
+            except NotImplementedError:
+                continue
+            found = True
+            if similar:
+                return similar
+        if not found:
+            raise NotImplementedError("no strategy of this agent has item similarity")
+        return []
+
+    # -- explanations ----------------------------------------------------------------
+    def recommend_explained(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Explained:
+        """``(item_id, score, strategy, reason)`` for the user's top-``k``; served like ``recommend``."""
+        picked = self._pick(user_id, k, exclude)
+        self._serve(user_id, picked)
+        return [(item, score, arm, self.reason(user_id, item, arm, rank)) for item, score, arm, rank in picked]
+
+    def reason(self, user_id: str, item_id: str, strategy: str, rank: int | None = None) -> str:
+        """Why ``strategy`` proposed ``item_id`` to the user, in words."""
+        model = self._models[strategy]
+        kind = getattr(model, "name", "")
+        try:
+            if kind == "cooc":
+                because = cooc_because(model, user_id, item_id)
+                if because:
+                    return f"often viewed with {because} you viewed"
+                return "popular right now"
+            if kind == "embeddings":
+                because = embeddings_because(model, user_id, item_id)
+                if because:
+                    return f"people who liked {because} also liked this"
+                return "matches your taste"
+            if kind == "trending":
+                return "trending now" + (f" (#{rank + 1} among items you have not seen)" if rank is not None else "")
+            explain = getattr(model, "explain", None)
+            if callable(explain):
+                return explain(user_id, item_id)
+        except Exception:  # an explanation must never break serving
+            pass
+        return f"recommended by {strategy}"
+
+    # -- reporting -------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """For /metrics and reports: the bandit's per-arm statistics, plus slots served per strategy."""
+        stats = self._bandit.stats()
+        total = sum(self._served_slots.values())
+        stats["served_slots"] = dict(self._served_slots)
+        stats["served_share"] = {a: (c / total if total else 0.0) for a, c in self._served_slots.items()}
+        stats["feedback"] = self._feedback
+        stats["users"] = len(self._n_events)
+        return stats
+
+
+# -- reasons from the strategies' learned state (read-only helpers) -------------------
+
+
+def cooc_because(model, user_id: str, item_id: str) -> str | None:
+    """Which of the user's recent items co-occurs most with ``item_id`` (recency-weighted)."""
+    row = model._items.get(item_id)
+    recent = model._recent.get(user_id)
+    if row is None or not recent:
+        return None
+    rows, weights = model._neighbour_arrays(row)
+    if not len(rows):
+        return None
+    weight_of = dict(zip(rows.tolist(), weights.tolist()))
+    best, best_w, factor = None, 0.0, 1.0
+    for r, _ in reversed(recent):
+        w = weight_of.get(r, 0.0) * factor / math.sqrt(max(model._counts[r], 1e-12))
+        if w > best_w:
+            best, best_w = r, w
+        factor *= model.recency_decay
+    return None if best is None else model._items.ids[best]
+
+
+def embeddings_because(model, user_id: str, item_id: str) -> str | None:
+    """The user's recent item whose input vector is closest to ``item_id``'s output vector."""
+    row = model._items.get(item_id)
+    recent = model._recent.get(user_id)
+    if row is None or not recent:
+        return None
+    rows = list(dict.fromkeys(recent))
+    vecs = model._item_in.numpy()[rows]
+    target = model._item_out.numpy()[row]
+    sims = vecs @ target / (np.linalg.norm(vecs, axis=1) * np.linalg.norm(target) + 1e-12)
+    return model._items.ids[rows[int(np.argmax(sims))]]

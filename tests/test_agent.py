@@ -1,0 +1,281 @@
+"""The recommendation agent's learning parts: bandits, IPS, content cold start, the agent."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from online_models import make_model
+from online_models.agent import Agent
+from online_models.bandit import SlotBandit, ips_estimate, ips_value
+from online_models.content import Content, text_extra_available
+from stream.schema import Event
+
+torch.set_num_threads(1)
+
+FAST_EMB = {"n_factors": 8, "batch_size": 8, "n_negatives": 16, "seed": 3}
+
+
+# -- bandits ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["thompson", "ucb1"])
+def test_bandit_converges_to_the_better_arm(policy: str) -> None:
+    probs = {"bad": 0.1, "ok": 0.3, "best": 0.5}
+    bandit = SlotBandit(list(probs), policy=policy, n_slots=1, segments=None, seed=1)
+    rng = np.random.default_rng(2)
+    late = []
+    for t in range(3000):
+        arm = bandit.choose(None, 1)[0]
+        bandit.update(None, arm, float(rng.random() < probs[arm]))
+        if t >= 2000:
+            late.append(arm)
+    assert late.count("best") / len(late) > 0.8
+    stats = bandit.stats()
+    assert stats["arms"]["best"]["share"] > 0.6
+    assert stats["arms"]["best"]["mean"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_contextual_bandit_learns_per_segment_and_slot() -> None:
+    bandit = SlotBandit(["trending", "cooc"], n_slots=2, seed=0)
+    rng = np.random.default_rng(0)
+    # new users like trending, heavy users like cooc; slot 1 is the reverse for heavy users
+    truth = {("new", 0): "trending", ("heavy", 0): "cooc", ("heavy", 1): "trending"}
+    for _ in range(4000):
+        for (segment, slot), good in truth.items():
+            arm = bandit.choose({"segment": segment}, 2)[slot]
+            bandit.update({"segment": segment}, arm, float(rng.random() < (0.6 if arm == good else 0.2)), slot=slot)
+    for (segment, slot), good in truth.items():
+        post = bandit.posterior_mean(segment, slot)
+        assert max(post, key=post.get) == good
+    assert bandit.segment_of({"n_events": 0}) == 0 and bandit.segment_of({"n_events": 500}) == 2
+
+
+def test_bandit_state_round_trip_and_determinism() -> None:
+    a = SlotBandit(["x", "y", "z"], seed=7)
+    for i in range(50):
+        a.update({"n_events": i}, "xyz"[i % 3], float(i % 2), slot=i % 4)
+    twin = pickle.loads(pickle.dumps(a))
+    restored = SlotBandit(["x", "y", "z"], seed=7)
+    restored.load_state_dict(a.state_dict())
+    expected = a.choose({"n_events": 3}, 10)
+    assert twin.choose({"n_events": 3}, 10) == expected == restored.choose({"n_events": 3}, 10)
+    assert twin.stats() == a.stats() == restored.stats()
+    with pytest.raises(ValueError):
+        a.update(None, "nope", 1.0)
+
+
+# -- off-policy evaluation -------------------------------------------------------------
+
+
+def _logged_random_policy(n: int, seed: int):
+    """Uniform-random logging over 4 arms with context-dependent click rates."""
+    rng = np.random.default_rng(seed)
+    rates = np.array([[0.2, 0.4, 0.6, 0.3], [0.5, 0.1, 0.2, 0.7]])
+    contexts = rng.integers(0, 2, n)
+    actions = rng.integers(0, 4, n)
+    rewards = (rng.random(n) < rates[contexts, actions]).astype(float)
+    return [(int(c), int(a), float(r), 0.25) for c, a, r in zip(contexts, actions, rewards)], rates
+
+
+def test_ips_is_unbiased_on_a_logged_random_policy() -> None:
+    # target: arm 2 in context 0, a 50/50 mix of arms 3 and 0 in context 1
+    def target(context):
+        return {2: 1.0} if context == 0 else {3: 0.5, 0: 0.5}
+
+    true_value = 0.5 * 0.6 + 0.5 * (0.5 * 0.7 + 0.5 * 0.5)  # contexts are equally likely
+    logs, _ = _logged_random_policy(40_000, seed=0)
+    est, se = ips_value(target, logs)
+    assert abs(est - true_value) < max(4 * se, 1e-9) and abs(est - true_value) < 0.03
+    snips, _ = ips_value(target, logs, self_normalised=True)
+    assert snips == pytest.approx(true_value, abs=0.03)
+    # unbiased: the mean of many small-sample estimates is the true value
+    small = [ips_value(target, _logged_random_policy(200, seed=s)[0])[0] for s in range(1, 301)]
+    assert np.mean(small) == pytest.approx(true_value, abs=0.015)
+    # a deterministic policy given as one action
+    est_det, _ = ips_value(lambda c: 2, logs)
+    assert est_det == pytest.approx(0.5 * 0.6 + 0.5 * 0.2, abs=0.03)
+    with pytest.raises(ValueError):
+        ips_estimate([1.0], [1.0], [0.0])
+
+
+# -- content ---------------------------------------------------------------------------
+
+
+CATALOGUE = {
+    **{f"A{i}": {"title": f"Space saga part {i}", "genres": "Sci-Fi|Action"} for i in range(10)},
+    **{f"B{i}": {"title": f"Love in Paris {i}", "genres": "Romance|Comedy"} for i in range(10)},
+}
+NEW = {"A-new": {"title": "Space saga returns", "genres": "Sci-Fi|Action"},
+       "B-new": {"title": "Love in Rome", "genres": "Romance|Comedy"}}
+
+
+def category_stream(seed: int = 0) -> list[Event]:
+    """Users ``a*`` meet only ``A*`` items, ``b*`` only ``B*``; B items are the popular ones."""
+    rng = random.Random(seed)
+    events, t = [], 0.0
+    for u in range(30):
+        group = "a" if u < 10 else "b"  # twice as many b users: B items are more popular
+        for i in rng.sample(range(10), 6):
+            t += 1
+            events.append(Event(user_id=f"{group}{u}", item_id=f"{group.upper()}{i}", type="click", ts=t))
+    rng.shuffle(events)
+    return [Event(user_id=e.user_id, item_id=e.item_id, type=e.type, ts=float(t)) for t, e in enumerate(events)]
+
+
+def _seen(events: list[Event]) -> dict[str, set[str]]:
+    seen: dict[str, set[str]] = {}
+    for e in events:
+        seen.setdefault(e.user_id, set()).add(e.item_id)
+    return seen
+
+
+encoders = ["hash"] + (["minilm"] if text_extra_available() else [])
+
+
+@pytest.mark.parametrize("encoder", encoders)
+def test_content_cold_start_recommends_new_items_in_the_favourite_category(encoder: str) -> None:
+    events = category_stream()
+    seen = _seen(events)
+    model = Content(text_encoder=encoder)
+    assert model.encoder == encoder
+    model.learn_items(CATALOGUE)
+    model.learn_many(events)
+    model.learn_items(NEW)  # arrive later, before any interaction
+    assert model.item_events("A-new") == 0 and model.has_content("A-new")
+    for user in ("a0", "a5"):
+        everything_a = seen[user] | {f"A{i}" for i in range(10)}
+        top = [i for i, _ in model.recommend(user, 3, everything_a)]
+        assert top[0] == "A-new", top  # over the popular B items
+        assert "B-new" not in [i for i, _ in model.recommend(user, 5, seen[user])]
+    assert [i for i, _ in model.recommend("b12", 1, seen["b12"] | {f"B{i}" for i in range(10)})] == ["B-new"]
+    # co-occurrence cannot recommend an item nobody has touched
+    cooc = make_model("cooc")
+    cooc.learn_many(events)
+    assert "A-new" not in [i for i, _ in cooc.recommend("a0", 100)]
+    # the explore-new-items variant only proposes items with few interactions
+    new_only = Content(max_item_events=1, popularity_weight=0.0, text_encoder=encoder)
+    new_only.learn_items({**CATALOGUE, **NEW})
+    new_only.learn_many(events)
+    assert [i for i, _ in new_only.recommend("a0", 2)] == ["A-new", "B-new"]
+    assert "Sci-Fi" in model.explain("a0", "A-new") and "new" in model.explain("a0", "A-new")
+    assert [i for i, _ in model.similar_items("A-new", 3)][0].startswith("A")
+
+
+def test_content_metadata_through_events_and_forget() -> None:
+    model = Content(text_encoder="hash", popularity_weight=0.0)
+    model.learn_one(Event(user_id="-", item_id="m1", type="item", ts=0, context={"title": "Alien", "genres": ["Horror"]}))
+    model.learn_one(Event(user_id="u", item_id="m2", type="view", ts=1,
+                          context={"item": {"title": "Aliens", "category": "Horror"}}))
+    model.learn_item("m3", {"title": "Notting Hill", "genres": "Romance"})
+    assert model.item_events("m1") == 0 and model.item_events("m2") == 1
+    assert [i for i, _ in model.recommend("u", 2, {"m2"})] == ["m1", "m3"]
+    model.forget_user("u")
+    assert model.recommend("u", 1, {"m2"})  # a list still (the catalogue), no profile
+
+
+# -- the agent -------------------------------------------------------------------------
+
+
+def small_agent(**kw) -> Agent:
+    strategies = {
+        "cooc": {},
+        "embeddings": {"params": FAST_EMB},
+        "trending": {},
+        "content": {"params": {"text_encoder": "hash"}},
+        "new-items": {"model": "content", "params": {"max_item_events": 3, "popularity_weight": 0.0,
+                                                     "text_encoder": "hash"}},
+    }
+    return Agent(strategies=strategies, **kw)
+
+
+def test_agent_explains_with_strategy_and_reason() -> None:
+    events = category_stream()
+    agent = small_agent(seed=3)
+    agent.learn_items({**CATALOGUE, **NEW})
+    agent.learn_many(events)
+    seen = _seen(events)
+    strategies_seen = set()
+    for user in ("a0", "a3", "b12", "nobody"):
+        explained = agent.recommend_explained(user, 10, seen.get(user))
+        assert explained and len({i for i, *_ in explained}) == len(explained)
+        assert not {i for i, *_ in explained} & seen.get(user, set())
+        for item, score, strategy, reason in explained:
+            strategies_seen.add(strategy)
+            assert strategy in agent.models and isinstance(reason, str) and reason
+        assert [s for _, s, _, _ in explained] == sorted([s for _, s, _, _ in explained], reverse=True)
+        # served like recommend: the same list
+        assert [i for i, *_ in explained] == [i for i, _ in agent.recommend(user, 10, seen.get(user))]
+    assert len(strategies_seen) >= 3
+    assert agent.reason("a0", "A-new", "content").startswith("new (0 interactions")
+    # co-occurrence names the recent item that contributed
+    item = agent.models["cooc"].recommend("a0", 1, seen["a0"])[0][0]
+    assert agent.reason("a0", item, "cooc").startswith("often viewed with A")
+    assert agent.reason("a0", item, "trending").startswith("trending now")
+
+
+def test_agent_learns_which_strategy_gets_clicks() -> None:
+    """User a0 only ever clicks A items: content (which knows they like A) should win over trending (B items)."""
+    events = category_stream()
+    agent = Agent(strategies={"trending": {"params": {"half_life_s": None}},
+                              "content": {"params": {"text_encoder": "hash", "popularity_weight": 0.0}}},
+                  n_slots=3, segments=None, seed=0)
+    agent.learn_items(CATALOGUE)
+    agent.learn_many(events)
+    users = [f"a{u}" for u in range(10)]
+    t = 1000.0
+    for step in range(300):
+        user = users[step % len(users)]
+        served = [i for i, _ in agent.recommend(user, 3)]
+        clicked = next((i for i in served if i.startswith("A")), "A0")
+        t += 1
+        agent.learn_one(Event(user_id=user, item_id=clicked, type="click", ts=t))
+    post = agent.bandit.posterior_mean(None, 0)
+    assert post["content"] > post["trending"]
+    stats = agent.stats()
+    assert stats["arms"]["content"]["share"] > 0.5 and stats["feedback"] > 0
+    assert stats["served_share"]["content"] > 0.5
+
+
+def test_agent_attributed_feedback_and_soft_negatives() -> None:
+    agent = Agent(strategies={"trending": {}, "cooc": {}}, segments=None, n_slots=2, seed=0)
+    for t, (u, i) in enumerate([("a", "x"), ("a", "y"), ("b", "x"), ("b", "z")]):
+        agent.learn_one(Event(user_id=u, item_id=i, type="view", ts=float(t)))
+    served = agent.recommend("c", 2)
+    assert len(agent.last_served("c")) == 2
+    agent.learn_one(Event(user_id="c", item_id="nothing-served", type="view", ts=9.0))
+    stats = agent.stats()
+    assert stats["pulls"] == 2 and sum(a["rewards"] for a in stats["arms"].values()) == 0  # two soft negatives
+    assert agent.last_served("c") == []  # settled once
+    agent.learn_one(Event(user_id="c", item_id="x", type="click", ts=10.0, context={"strategy": "cooc", "slot": 0}))
+    assert agent.bandit.stats()["arms"]["cooc"]["rewards"] == 1.0
+    assert served  # the agent served something to a brand-new user
+    agent.forget_user("c")
+    assert agent.context_of("c") == {"n_events": 0}
+
+
+def test_agent_round_trips_with_its_bandit() -> None:
+    events = category_stream()
+    seen = _seen(events)
+    agent = small_agent(seed=5)
+    agent.learn_items(CATALOGUE)
+    for e in events:  # serve before each event so feedback reaches the bandit
+        agent.recommend(e.user_id, 10, seen.get(e.user_id))
+        agent.learn_one(e)
+    assert agent.stats()["feedback"] > 0
+    pickled = pickle.loads(pickle.dumps(agent))
+    restored = agent.clone()
+    restored.load_state_dict(agent.state_dict())
+    for twin in (pickled, restored):
+        assert twin.bandit.stats() == agent.bandit.stats()
+        for user in ("a0", "b15", "new"):
+            assert twin.recommend_explained(user, 10, seen.get(user)) == agent.recommend_explained(user, 10, seen.get(user))
+    later = Event(user_id="a0", item_id="A-new", type="click", ts=1e6)
+    for m in (agent, pickled, restored):
+        m.learn_item("A-new", NEW["A-new"])
+        m.learn_one(later)
+    assert pickled.recommend("a0", 10) == agent.recommend("a0", 10) == restored.recommend("a0", 10)
