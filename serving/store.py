@@ -5,6 +5,7 @@ id can reach into another key or a pattern):
 
 - ``P:recs:<user>``  a user's top-k list, JSON, with a TTL (``user_list_ttl_s``);
 - ``P:popular``      the current popular list, for users without history;
+- ``P:similar:<item>`` an item's most similar items, same encoding and TTL as user lists;
 - ``P:counters``     a hash of the worker's counts per partition (``consumed:<partition>`` ...),
   written as absolute values from the worker's checkpointed state, so a batch applied
   again after a crash never counts twice.
@@ -133,18 +134,33 @@ class RecommendationStore:
         updated_at: float,
         popular: Ranking | None = None,
         counters: Mapping[str, int] | None = None,
+        similar: Mapping[str, Ranking] | None = None,
     ) -> None:
-        """Write users' lists, the popular list and counter values in one transaction."""
+        """Write users' lists, the popular list, similar-item lists and counter values in one transaction."""
         pipe = self.client.pipeline(transaction=True)
-        if lists:
-            keys = [self.user_key(user_id) for user_id in lists]
-            values = [encode_list(items, model, updated_at) for items in lists.values()]
+        keys = [self.user_key(user_id) for user_id in lists]
+        values = [encode_list(items, model, updated_at) for items in lists.values()]
+        for item_id, items in (similar or {}).items():
+            keys.append(self.similar_key(item_id))
+            values.append(encode_list(items, model, updated_at))
+        if keys:
             self._set_all(keys=keys, args=[self.user_list_ttl_s, *values], client=pipe)
         if popular is not None:
             pipe.set(self._popular_key, encode_list(popular, "trending", updated_at))
         if counters:
             pipe.hset(self._counters_key, mapping=dict(counters))
         self._call(pipe.execute)
+
+    def similar_key(self, item_id: str) -> str:
+        return f"{self.prefix}:similar:{quote(item_id, safe='')}"
+
+    def similar_list(self, item_id: str) -> StoredList | None:
+        raw = self._call(self.client.get, self.similar_key(item_id))
+        return decode_list(raw) if raw else None
+
+    def delete_user(self, user_id: str) -> None:
+        """Remove the user's list: the next read answers as for a new user."""
+        self._call(self.client.delete, self.user_key(user_id))
 
     def user_list(self, user_id: str) -> StoredList | None:
         raw = self._call(self.client.get, self.user_key(user_id))

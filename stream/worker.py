@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
+import orjson
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
@@ -143,6 +144,7 @@ class Worker:
         self.seen: dict[str, set[str]] = {}
         self.last_active: dict[str, float] = {}
         self.partitions: dict[int, PartitionState] = {}
+        self.control_offsets: dict[int, int] = {}
         self.checkpoints = checkpoints or CheckpointStore(
             settings.state_dir / "checkpoints" / settings.group_id / settings.topic
         )
@@ -154,7 +156,8 @@ class Worker:
         if consumer is None:
             ensure_topics(
                 settings.kafka_bootstrap,
-                {settings.topic: settings.topic_partitions, settings.dlq_topic: settings.topic_partitions},
+                {name: settings.topic_partitions
+                 for name in (settings.topic, settings.dlq_topic, settings.control_topic)},
             )
             consumer = KafkaConsumer(
                 bootstrap_servers=settings.kafka_bootstrap,
@@ -168,9 +171,13 @@ class Worker:
                 fetch_max_bytes=32 * 1024 * 1024,
                 max_partition_fetch_bytes=8 * 1024 * 1024,
             )
-            consumer.subscribe([settings.topic], listener=_HandOver(self))
+            # same partition count and key: a user's events and commands reach the same worker
+            consumer.subscribe([settings.topic, settings.control_topic], listener=_HandOver(self))
         self.consumer = consumer
         self._popular_written_at = 0.0
+        self._similar_written_at = 0.0
+        self._items_touched: set[str] = set()
+        self._has_similarity = True  # until the model says it has none
         self._events_since_checkpoint = 0
         self._checkpointed_at = time.monotonic()
 
@@ -189,6 +196,7 @@ class Worker:
             "seen": self.seen,
             "last_active": self.last_active,
             "partitions": self.partitions,
+            "control_offsets": self.control_offsets,
         }
 
     def _restore(self) -> None:
@@ -201,6 +209,7 @@ class Worker:
         self.seen = state["seen"]
         self.last_active = state["last_active"]
         self.partitions = state["partitions"]
+        self.control_offsets = state.get("control_offsets", {})
         log.info("restored checkpoint: offsets %s", {p: s.next_offset for p, s in self.partitions.items()})
 
     def checkpoint(self) -> None:
@@ -212,9 +221,10 @@ class Worker:
 
     def seek_to_checkpoint(self, assigned: Iterable[TopicPartition]) -> None:
         for tp in assigned:
-            state = self.partitions.get(tp.partition)
-            if tp.topic == self.settings.topic and state is not None:
-                self.consumer.seek(tp, state.next_offset)
+            if tp.topic == self.settings.topic and tp.partition in self.partitions:
+                self.consumer.seek(tp, self.partitions[tp.partition].next_offset)
+            elif tp.topic == self.settings.control_topic and tp.partition in self.control_offsets:
+                self.consumer.seek(tp, self.control_offsets[tp.partition])
 
     def expire_idle_users(self) -> None:
         """Forget users idle longer than ``user_idle_expiry_s`` (event time), bounding memory."""
@@ -224,18 +234,20 @@ class Worker:
         horizon = max(self.last_active.values()) - ttl
         idle = [u for u, ts in self.last_active.items() if ts < horizon]
         for user_id in idle:
-            del self.last_active[user_id]
-            self.seen.pop(user_id, None)
-            try:
-                self.model.forget_user(user_id)
-            except NotImplementedError:
-                pass  # the model keeps no per-user state worth bounding
+            self.forget_user(user_id)
         if idle:
             log.info("forgot %d idle users", len(idle))
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop what the worker and its model know of one user (not their list in Redis)."""
+        self.last_active.pop(user_id, None)
+        self.seen.pop(user_id, None)
+        self.model.forget_user(user_id)
+
     # -- the batch ---------------------------------------------------------------------
-    def process(self, records: list[ConsumerRecord]) -> Counts:
-        """Apply one batch of records; returns once its effects are in Redis and the DLQ."""
+    def process(self, records: list[ConsumerRecord], commands: list[ConsumerRecord] = ()) -> Counts:
+        """Apply one batch of event records and control commands; returns once their effects
+        are in Redis and the DLQ."""
         batch = Counts(consumed=len(records))
         events: list[Event] = []
         touched_partitions = set()
@@ -264,7 +276,8 @@ class Worker:
             for event in events:
                 self.seen.setdefault(event.user_id, set()).add(event.item_id)
                 self.last_active[event.user_id] = max(event.ts, self.last_active.get(event.user_id, 0.0))
-        users = list(dict.fromkeys(e.user_id for e in events))
+        forgotten = self._obey(commands)
+        users = [u for u in dict.fromkeys(e.user_id for e in events) if u not in forgotten]
         lists = self.model.recommend_many(users, self.settings.top_k, {u: self.seen[u] for u in users})
         now = time.time()
         popular = None
@@ -276,12 +289,51 @@ class Worker:
             for p in touched_partitions
             for f in fields(Counts)
         }
-        self.store.write_batch(lists, self.model.name, now, popular, counters)
-        if len(events) < len(records):
+        self.store.write_batch(lists, self.model.name, now, popular, counters, self._similar_lists(events, now))
+        for user_id in forgotten:
+            self.store.delete_user(user_id)
+        if len(events) < len(records) or len(forgotten) < len(commands):
             self.dlq.flush()
         batch.applied = len(events)
-        self._events_since_checkpoint += len(records)
+        self._events_since_checkpoint += len(records) + len(commands)
         return batch
+
+    def _obey(self, commands: list[ConsumerRecord]) -> set[str]:
+        """Apply control commands (``{"action": "forget_user", "user_id": ...}``); returns the
+        users forgotten. A malformed command goes to the DLQ like a malformed event."""
+        forgotten = set()
+        for record in commands:
+            self.control_offsets[record.partition] = record.offset + 1
+            try:
+                command = orjson.loads(record.value or b"")
+                if not isinstance(command, dict) or command.get("action") != "forget_user":
+                    raise ValueError("unknown command")
+                user_id = command["user_id"]
+                if not isinstance(user_id, str):
+                    raise ValueError("user_id must be a string")
+            except (ValueError, KeyError) as exc:
+                self._dead_letter(Reject(record, f"bad control command: {exc}"))
+                continue
+            self.forget_user(user_id)
+            forgotten.add(user_id)
+        return forgotten
+
+    def _similar_lists(self, events: list[Event], now: float) -> dict[str, list] | None:
+        """Similar-item lists of the items touched since the last refresh, when one is due."""
+        if not (self.settings.similar_k and self._has_similarity):
+            return None
+        self._items_touched.update(e.item_id for e in events)
+        if not self._items_touched or now - self._similar_written_at < self.settings.similar_refresh_s:
+            return None
+        try:
+            similar = {i: self.model.similar_items(i, self.settings.similar_k) for i in self._items_touched}
+        except NotImplementedError:
+            log.warning("model %s has no item similarity: no similar-item lists", self.model.name)
+            self._has_similarity = False
+            return None
+        self._items_touched = set()
+        self._similar_written_at = now
+        return similar
 
     def _dead_letter(self, reject: Reject) -> None:
         record = reject.record
@@ -296,9 +348,11 @@ class Worker:
         batches = self.consumer.poll(
             timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records
         )
-        records = [r for partition_records in batches.values() for r in partition_records]
-        if records:
-            batch = self.process(records)
+        records, commands = [], []
+        for tp, partition_records in batches.items():
+            (commands if tp.topic == self.settings.control_topic else records).extend(partition_records)
+        if records or commands:
+            batch = self.process(records, commands)
             self.consumer.commit()
         else:
             batch = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 STATE_DIR = Path(".streamrec")
@@ -51,12 +51,22 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_key: SecretStr | None = Field(
+        default=None, description="required by write endpoints (X-API-Key); unset: writes are refused"
+    )
+    similar_k: int = Field(default=20, ge=0, le=1000, description="length of stored similar-item lists (0: none)")
+    similar_refresh_s: float = Field(default=2.0, ge=0)
 
     state_dir: Path = STATE_DIR
 
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic}.dlq"
+
+    @property
+    def control_topic(self) -> str:
+        """Commands for the worker (forget a user), keyed by user like the events."""
+        return f"{self.topic}.control"
 
 
 @lru_cache
