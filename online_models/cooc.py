@@ -272,6 +272,9 @@ class Cooc(Recommender):
             return cols, self._dense[row, cols].astype(np.float64)
         return self._neighbours[row].arrays()
 
+    def forget_user(self, user_id: str) -> None:
+        self._recent.pop(user_id, None)
+
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         row = self._items.get(item_id)
         if row is None:

@@ -113,6 +113,9 @@ class Trending(Recommender):
         older = dirty[~newer]
         return np.concatenate([self._cache, older[~self._in_cache[older]], dirty[newer]])
 
+    def forget_user(self, user_id: str) -> None:
+        """Nothing to do: trending keeps no per-user state."""
+
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         return self.top(k, exclude)
 

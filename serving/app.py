@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from serving.routes import health, recommendations
+from serving.routes import health, items, recommendations, writes
 from serving.store import PopularCache, RecommendationStore, make_client
 from streamrec import __version__
 from streamrec.settings import Settings
@@ -30,8 +30,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cooldown_s=1.0,
         )
         app.state.popular_cache = PopularCache(app.state.store)
+        app.state.producer = None  # created by the first write
         yield
         app.state.store.close()
+        if app.state.producer is not None:
+            app.state.producer.close()
 
     app = FastAPI(
         title="streamrec",
@@ -41,4 +44,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(recommendations.router)
+    app.include_router(items.router)
+    app.include_router(writes.router)
     return app

@@ -36,9 +36,9 @@ class EventProducer:
         """Queue one event; returns the send future."""
         return self._producer.send(self.topic, key=event.user_id.encode(), value=event.to_json())
 
-    def send_raw(self, value: bytes, key: bytes | None = None):
-        """Queue bytes as they are (replaying or testing what the worker does with bad input)."""
-        return self._producer.send(self.topic, key=key, value=value)
+    def send_raw(self, value: bytes, key: bytes | None = None, topic: str | None = None):
+        """Queue bytes as they are (commands, or testing what the worker does with bad input)."""
+        return self._producer.send(topic or self.topic, key=key, value=value)
 
     def send_many(self, events: Iterable[Event]) -> int:
         count = 0
