@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from serving.routes import health, items, recommendations, writes
+from serving.metrics import PipelineCollector, RequestTimer, make_registry
+from serving.routes import health, items, metrics, recommendations, writes
 from serving.store import PopularCache, RecommendationStore, make_client
 from streamrec import __version__
 from streamrec.settings import Settings
@@ -31,7 +32,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.popular_cache = PopularCache(app.state.store)
         app.state.producer = None  # created by the first write
+        pipeline_metrics = PipelineCollector(app.state.store)
+        registry.register(pipeline_metrics)
         yield
+        registry.unregister(pipeline_metrics)
         app.state.store.close()
         if app.state.producer is not None:
             app.state.producer.close()
@@ -42,7 +46,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Live recommendations, learned from every event.",
         lifespan=lifespan,
     )
+    registry, request_seconds = make_registry()
+    app.state.metrics_registry = registry
+    app.add_middleware(RequestTimer, histogram=request_seconds)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(recommendations.router)
     app.include_router(items.router)
     app.include_router(writes.router)

@@ -6,6 +6,8 @@ id can reach into another key or a pattern):
 - ``P:recs:<user>``  a user's top-k list, JSON, with a TTL (``user_list_ttl_s``);
 - ``P:popular``      the current popular list, for users without history;
 - ``P:similar:<item>`` an item's most similar items, same encoding and TTL as user lists;
+- ``P:workers:<id>`` each worker's metrics (lag, latency histograms), JSON, expiring a
+  minute after the worker's last batch;
 - ``P:counters``     a hash of the worker's counts per partition (``consumed:<partition>`` ...),
   written as absolute values from the worker's checkpointed state, so a batch applied
   again after a crash never counts twice.
@@ -135,6 +137,7 @@ class RecommendationStore:
         popular: Ranking | None = None,
         counters: Mapping[str, int] | None = None,
         similar: Mapping[str, Ranking] | None = None,
+        worker_metrics: tuple[str, Mapping] | None = None,
     ) -> None:
         """Write users' lists, the popular list, similar-item lists and counter values in one transaction."""
         pipe = self.client.pipeline(transaction=True)
@@ -149,7 +152,16 @@ class RecommendationStore:
             pipe.set(self._popular_key, encode_list(popular, "trending", updated_at))
         if counters:
             pipe.hset(self._counters_key, mapping=dict(counters))
+        if worker_metrics is not None:
+            worker_id, metrics = worker_metrics
+            pipe.set(f"{self.prefix}:workers:{quote(worker_id, safe='')}", orjson.dumps(metrics), ex=60)
         self._call(pipe.execute)
+
+    def workers_metrics(self) -> list[dict]:
+        """The metrics every live worker last reported."""
+        keys = list(self._call(self.client.scan_iter, f"{self.prefix}:workers:*"))
+        values = self._call(self.client.mget, keys) if keys else []
+        return [orjson.loads(v) for v in values if v]
 
     def similar_key(self, item_id: str) -> str:
         return f"{self.prefix}:similar:{quote(item_id, safe='')}"

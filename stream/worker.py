@@ -25,12 +25,15 @@ consumed = applied + dead-lettered + deduplicated.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 import orjson
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -39,6 +42,7 @@ from online_models import Recommender, make_model
 from online_models.trending import Trending
 from serving.store import RecommendationStore, make_client
 from stream.checkpoint import CheckpointStore
+from stream.metrics import WorkerMetrics
 from stream.producer import make_producer
 from stream.schema import Event, parse_event
 from stream.topics import ensure_topics
@@ -178,6 +182,8 @@ class Worker:
         self._similar_written_at = 0.0
         self._items_touched: set[str] = set()
         self._has_similarity = True  # until the model says it has none
+        self.metrics = WorkerMetrics()
+        self.worker_id = settings.worker_instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self._events_since_checkpoint = 0
         self._checkpointed_at = time.monotonic()
 
@@ -248,6 +254,7 @@ class Worker:
     def process(self, records: list[ConsumerRecord], commands: list[ConsumerRecord] = ()) -> Counts:
         """Apply one batch of event records and control commands; returns once their effects
         are in Redis and the DLQ."""
+        started = time.perf_counter()
         batch = Counts(consumed=len(records))
         events: list[Event] = []
         touched_partitions = set()
@@ -289,7 +296,10 @@ class Worker:
             for p in touched_partitions
             for f in fields(Counts)
         }
-        self.store.write_batch(lists, self.model.name, now, popular, counters, self._similar_lists(events, now))
+        similar = self._similar_lists(events, now)
+        self._measure(records, started, now)
+        self.store.write_batch(lists, self.model.name, now, popular, counters, similar,
+                               (self.worker_id, self.metrics.as_dict()))
         for user_id in forgotten:
             self.store.delete_user(user_id)
         if len(events) < len(records) or len(forgotten) < len(commands):
@@ -297,6 +307,19 @@ class Worker:
         batch.applied = len(events)
         self._events_since_checkpoint += len(records) + len(commands)
         return batch
+
+    def _measure(self, records: list[ConsumerRecord], started: float, now: float) -> None:
+        """Batch latency (up to the Redis write), per-event freshness, consumer lag."""
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        produced_at = np.fromiter((r.timestamp for r in records if r.timestamp and r.timestamp > 0), float)
+        self.metrics.freshness_seconds.observe_many(now - produced_at / 1000.0)
+        lag = 0
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            state = self.partitions.get(tp.partition)
+            if tp.topic == self.settings.topic and highwater is not None and state is not None:
+                lag += max(highwater - state.next_offset, 0)
+        self.metrics.consumer_lag = lag
 
     def _obey(self, commands: list[ConsumerRecord]) -> set[str]:
         """Apply control commands (``{"action": "forget_user", "user_id": ...}``); returns the

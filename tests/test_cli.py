@@ -37,6 +37,13 @@ def test_validate_lists_each_bad_line_with_its_reason(tmp_path):
     assert streamrec("validate", str(events)).returncode == 0
 
 
+def test_openapi_prints_the_document():
+    result = streamrec("openapi")
+    assert result.returncode == 0
+    document = json.loads(result.stdout)
+    assert {"/users/{user_id}/recommendations", "/events", "/metrics", "/items/{item_id}/similar"} <= set(document["paths"])
+
+
 def service_env(settings) -> dict[str, str]:
     return {"STREAMREC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "STREAMREC_REDIS_URL": settings.redis_url,
             "STREAMREC_TOPIC": settings.topic, "STREAMREC_GROUP_ID": settings.group_id,

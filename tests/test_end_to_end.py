@@ -90,6 +90,14 @@ def test_bad_input_goes_to_the_dead_letter_topic(settings):
         producer.send(Event(user_id="late", item_id="i1", type="click", ts=time.time(), event_id="late"))
         producer.flush()
         wait_for(lambda: worker.totals.applied == len(good) + 1, 30, "the event after the bad ones")
+        with TestClient(create_app(settings)) as api:
+            assert api.get("/users/late/recommendations").status_code == 200
+            scrape = api.get("/metrics").text
+        assert f"streamrec_events_applied_total {len(good) + 1}.0" in scrape
+        assert f"streamrec_events_dead_lettered_total {len(bad)}.0" in scrape
+        assert "streamrec_consumer_lag 0.0" in scrape and "streamrec_workers 1.0" in scrape
+        assert 'streamrec_freshness_seconds_bucket{le="+Inf"}' in scrape
+        assert 'streamrec_request_seconds_count{method="GET",route="/users/{user_id}/recommendations"} 1.0' in scrape
         counters = worker.store.counters()
         assert counters == {"consumed": total + 1, "applied": len(good) + 1, "dead_lettered": len(bad),
                             "deduplicated": 0}

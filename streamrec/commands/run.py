@@ -122,3 +122,13 @@ def up(args: argparse.Namespace) -> int:
                 child.kill()
         for service in started_services:
             service.stop()
+
+
+@command("openapi", "print the API's OpenAPI document (for client generation and API fuzzing)")
+def openapi(args: argparse.Namespace) -> int:
+    import json
+
+    from serving.app import create_app
+
+    print(json.dumps(create_app().openapi(), indent=2))
+    return 0

@@ -1,0 +1,87 @@
+"""Prometheus metrics for ``GET /metrics``: the API's own request latencies, and what the
+workers report through Redis (counters, consumer lag, batch latency, freshness).
+
+One scrape of the API shows the whole pipeline; the workers need no port of their own.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from serving.store import RecommendationStore
+from stream.metrics import LATENCY_BUCKETS_S
+from streamrec.errors import StoreUnavailable
+
+REQUEST_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class PipelineCollector:
+    """Reads the workers' numbers from the store at scrape time."""
+
+    def __init__(self, store: RecommendationStore):
+        self.store = store
+
+    def collect(self):
+        try:
+            counters = self.store.counters()
+            workers = self.store.workers_metrics()
+        except StoreUnavailable:
+            up = GaugeMetricFamily("streamrec_store_up", "Whether Redis answered this scrape")
+            up.add_metric([], 0)
+            yield up
+            return
+        up = GaugeMetricFamily("streamrec_store_up", "Whether Redis answered this scrape")
+        up.add_metric([], 1)
+        yield up
+        for name in ("consumed", "applied", "dead_lettered", "deduplicated"):
+            family = CounterMetricFamily(f"streamrec_events_{name}", f"Events {name.replace('_', '-')} by the workers")
+            family.add_metric([], counters.get(name, 0))
+            yield family
+        lag = GaugeMetricFamily("streamrec_consumer_lag", "Records not yet consumed, summed over live workers")
+        lag.add_metric([], sum(w["consumer_lag"] for w in workers))
+        yield lag
+        workers_gauge = GaugeMetricFamily("streamrec_workers", "Workers that reported in the last minute")
+        workers_gauge.add_metric([], len(workers))
+        yield workers_gauge
+        for key, help_text in (("batch_seconds", "Time to apply one micro-batch, up to its Redis write"),
+                               ("freshness_seconds", "From an event's produce time to its user's list being written")):
+            yield _histogram(f"streamrec_{key}", help_text, [w[key] for w in workers])
+
+
+def _histogram(name: str, help_text: str, parts: list[dict]) -> HistogramMetricFamily:
+    buckets = parts[0]["buckets"] if parts else list(LATENCY_BUCKETS_S)
+    counts = [sum(p["counts"][i] for p in parts) for i in range(len(buckets))]
+    total = sum(p["count"] for p in parts)
+    family = HistogramMetricFamily(name, help_text)
+    family.add_metric([], [(str(b), c) for b, c in zip(buckets, counts)] + [("+Inf", total)],
+                      sum_value=sum(p["sum"] for p in parts))
+    return family
+
+
+class RequestTimer:
+    """Pure ASGI middleware: request latency per route template (no per-request Starlette overhead)."""
+
+    def __init__(self, app, histogram: Histogram):
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            route = scope.get("route")
+            path = route.path if route is not None else "unmatched"
+            self.histogram.labels(scope["method"], path).observe(time.perf_counter() - started)
+
+
+def make_registry() -> tuple[CollectorRegistry, Histogram]:
+    registry = CollectorRegistry()
+    requests = Histogram("streamrec_request_seconds", "API request latency per route", ["method", "route"],
+                         buckets=REQUEST_BUCKETS_S, registry=registry)
+    return registry, requests

@@ -1,0 +1,64 @@
+"""Worker metrics, kept as plain numbers so they travel to Redis and the API's /metrics.
+
+>>> h = Histogram((0.1, 1.0))
+>>> for v in (0.05, 0.5, 5.0):
+...     h.observe(v)
+>>> h.as_dict()
+{'buckets': [0.1, 1.0], 'counts': [1, 2], 'count': 3, 'sum': 5.55}
+>>> h.observe_many(np.array([0.1, 2.0]))
+>>> h.as_dict()["counts"]
+[2, 3]
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Histogram:
+    """Cumulative fixed-bucket histogram, Prometheus style (``counts[i]``: observations <= ``buckets[i]``)."""
+
+    buckets: tuple[float, ...] = LATENCY_BUCKETS_S
+    counts: list[int] = field(default_factory=list)
+    count: int = 0
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = self.counts or [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        for i in range(bisect.bisect_left(self.buckets, value), len(self.buckets)):
+            self.counts[i] += 1
+        self.count += 1
+        self.total += value
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Observe an array of values at once (the worker's per-event freshness)."""
+        if len(values):
+            per_bucket = np.searchsorted(np.sort(values), self.buckets, side="right")
+            self.counts = [c + int(n) for c, n in zip(self.counts, per_bucket)]
+            self.count += len(values)
+            self.total += float(values.sum())
+
+    def as_dict(self) -> dict:
+        return {"buckets": list(self.buckets), "counts": list(self.counts), "count": self.count,
+                "sum": round(self.total, 6)}
+
+
+@dataclass
+class WorkerMetrics:
+    """What one worker reports besides its counters: lag, batch latency, freshness."""
+
+    batch_seconds: Histogram = field(default_factory=Histogram)
+    freshness_seconds: Histogram = field(default_factory=Histogram)
+    consumer_lag: int = 0
+
+    def as_dict(self) -> dict:
+        return {"batch_seconds": self.batch_seconds.as_dict(),
+                "freshness_seconds": self.freshness_seconds.as_dict(), "consumer_lag": self.consumer_lag}
