@@ -14,13 +14,13 @@ from pathlib import Path
 
 import orjson
 
-from stream.schema import EVENT_TYPES
+from stream.schema import INTERACTION_TYPES
 
 BENCH_STATE_DIR = Path(".streamrec/bench-services")
 KAFKA_PORT = 9192
 REDIS_PORT = 6480
 TYPE_MIX = (("view", 0.70), ("click", 0.20), ("add_to_cart", 0.07), ("purchase", 0.03))
-assert {t for t, _ in TYPE_MIX} == set(EVENT_TYPES)
+assert {t for t, _ in TYPE_MIX} == set(INTERACTION_TYPES)
 
 
 # -- services ---------------------------------------------------------------------------

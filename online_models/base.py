@@ -63,6 +63,10 @@ class Recommender(abc.ABC):
     def learn_one(self, interaction: Interaction) -> None:
         """Update the model with one interaction."""
 
+    def learn_item(self, item_id: str, metadata: Mapping[str, Any]) -> None:
+        """Take an item's metadata (title, description, category); models that use no
+        content features have nothing to learn from it."""
+
     def learn_many(self, interactions: Iterable[Interaction]) -> None:
         """Update the model with a micro-batch, in order."""
         for interaction in interactions:
@@ -83,6 +87,11 @@ class Recommender(abc.ABC):
         """``recommend`` for several users at once (the worker's batch refresh)."""
         exclude = exclude or {}
         return {u: self.recommend(u, k, exclude.get(u)) for u in user_ids}
+
+    def explain(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]] | None:
+        """For each of the user's recommended items: the strategy that chose it and a reason
+        in words (``None`` where there is none). ``None``: the model does not explain."""
+        return None
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items most like ``item_id``, for models with item vectors or co-occurrence."""

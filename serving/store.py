@@ -8,6 +8,8 @@ id can reach into another key or a pattern):
 - ``P:similar:<item>`` an item's most similar items, same encoding and TTL as user lists;
 - ``P:workers:<id>`` each worker's metrics (lag, latency histograms), JSON, expiring a
   minute after the worker's last batch;
+- ``P:items``        a hash of item metadata (item id -> JSON: title, category, ...), from
+  ``item`` events (hash fields are binary-safe: ids go in as they are);
 - ``P:counters``     a hash of the worker's counts per partition (``consumed:<partition>`` ...),
   written as absolute values from the worker's checkpointed state, so a batch applied
   again after a crash never counts twice.
@@ -45,20 +47,28 @@ class StoredList:
     items: list[tuple[str, float]]
     model: str
     updated_at: float
+    explained: list[tuple[str, str | None]] | None = None
+    """Per item: the strategy that chose it and a reason in words (when the model says)."""
 
 
 SCORE_DECIMALS = 5
 
 
-def encode_list(items: Ranking, model: str, updated_at: float) -> bytes:
-    """One list as JSON; scores rounded to ``SCORE_DECIMALS`` decimals.
+def encode_list(
+    items: Ranking, model: str, updated_at: float, explained: Sequence[tuple[str, str | None]] | None = None
+) -> bytes:
+    """One list as JSON; scores rounded to ``SCORE_DECIMALS`` decimals; strategies (``x``)
+    and reasons (``r``) only when the model explains its lists.
 
     >>> encode_list([("a", 0.1234567), ("b", 2.0)], "cooc", 1.0)
     b'{"m":"cooc","t":1.0,"i":["a","b"],"s":[0.12346,2.0]}'
     """
     ids, scores = zip(*items) if items else ((), ())
     scores = np.round(np.array(scores, dtype=np.float64), SCORE_DECIMALS)
-    return orjson.dumps({"m": model, "t": round(updated_at, 3), "i": ids, "s": scores}, option=_NUMPY)
+    obj = {"m": model, "t": round(updated_at, 3), "i": ids, "s": scores}
+    if explained is not None:
+        obj["x"], obj["r"] = zip(*explained) if explained else ((), ())
+    return orjson.dumps(obj, option=_NUMPY)
 
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -68,12 +78,13 @@ def decode_list(raw: bytes) -> StoredList:
     """The inverse of ``encode_list`` (also reads the older ``[[item_id, score], ...]`` form).
 
     >>> decode_list(encode_list([("a", 0.5)], "cooc", 1.0))
-    StoredList(items=[('a', 0.5)], model='cooc', updated_at=1.0)
+    StoredList(items=[('a', 0.5)], model='cooc', updated_at=1.0, explained=None)
     """
     obj = orjson.loads(raw)
     scores = obj.get("s")
     items = list(zip(obj["i"], scores)) if scores is not None else [(i, s) for i, s in obj["i"]]
-    return StoredList(items=items, model=obj["m"], updated_at=obj["t"])
+    explained = list(zip(obj["x"], obj["r"])) if "x" in obj else None
+    return StoredList(items=items, model=obj["m"], updated_at=obj["t"], explained=explained)
 
 
 # SET every KEYS[i] to ARGV[i + 1] with a TTL of ARGV[1] seconds
@@ -124,6 +135,7 @@ class RecommendationStore:
         self._unavailable_until = float("-inf")
         self._popular_key = f"{prefix}:popular"
         self._counters_key = f"{prefix}:counters"
+        self._items_key = f"{prefix}:items"
         self._set_all = client.register_script(_SET_ALL_WITH_TTL)
 
     def user_key(self, user_id: str) -> str:
@@ -138,11 +150,14 @@ class RecommendationStore:
         counters: Mapping[str, int] | None = None,
         similar: Mapping[str, Ranking] | None = None,
         worker_metrics: tuple[str, Mapping] | None = None,
+        explanations: Mapping[str, Sequence[tuple[str, str | None]]] | None = None,
+        item_metadata: Mapping[str, Mapping] | None = None,
     ) -> None:
         """Write users' lists, the popular list, similar-item lists and counter values in one transaction."""
         pipe = self.client.pipeline(transaction=True)
         keys = [self.user_key(user_id) for user_id in lists]
-        values = [encode_list(items, model, updated_at) for items in lists.values()]
+        explanations = explanations or {}
+        values = [encode_list(items, model, updated_at, explanations.get(user_id)) for user_id, items in lists.items()]
         for item_id, items in (similar or {}).items():
             keys.append(self.similar_key(item_id))
             values.append(encode_list(items, model, updated_at))
@@ -152,6 +167,8 @@ class RecommendationStore:
             pipe.set(self._popular_key, encode_list(popular, "trending", updated_at))
         if counters:
             pipe.hset(self._counters_key, mapping=dict(counters))
+        if item_metadata:
+            pipe.hset(self._items_key, mapping={item: orjson.dumps(meta) for item, meta in item_metadata.items()})
         if worker_metrics is not None:
             worker_id, metrics = worker_metrics
             pipe.set(f"{self.prefix}:workers:{quote(worker_id, safe='')}", orjson.dumps(metrics), ex=60)
@@ -169,6 +186,13 @@ class RecommendationStore:
     def similar_list(self, item_id: str) -> StoredList | None:
         raw = self._call(self.client.get, self.similar_key(item_id))
         return decode_list(raw) if raw else None
+
+    def item_metadata(self, item_ids: Sequence[str]) -> list[dict | None]:
+        """Metadata of each item (title, category, ...), None where none was given."""
+        if not item_ids:
+            return []
+        raw = self._call(self.client.hmget, self._items_key, list(item_ids))
+        return [orjson.loads(v) if v else None for v in raw]
 
     def delete_user(self, user_id: str) -> None:
         """Remove the user's list: the next read answers as for a new user."""

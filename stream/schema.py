@@ -26,11 +26,14 @@ import orjson
 
 from streamrec.errors import InvalidEvent
 
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
+INTERACTION_TYPES = ("view", "click", "add_to_cart", "purchase")
+ITEM_TYPE = "item"
+"""An ``item`` event carries an item's metadata in ``context`` (title, description, category) and no user."""
+EVENT_TYPES = (*INTERACTION_TYPES, ITEM_TYPE)
 MAX_ID_CHARS = 256
 MAX_EVENT_BYTES = 64 * 1024
 MAX_FUTURE_S = 24 * 3600
-_REQUIRED = ("user_id", "item_id", "type")
+_REQUIRED = ("item_id", "type")
 
 
 @dataclass(slots=True, frozen=True)
@@ -101,7 +104,8 @@ def validate_event(
     """
     if not isinstance(obj, dict):
         raise InvalidEvent(f"event must be a JSON object, got {type(obj).__name__}")
-    for name in _REQUIRED:
+    is_item = obj.get("type") == ITEM_TYPE
+    for name in _REQUIRED if is_item else ("user_id", *_REQUIRED):
         if name not in obj:
             raise InvalidEvent(f"missing field '{name}'")
     now = time.time() if now is None else now
@@ -128,7 +132,7 @@ def validate_event(
     else:
         event_id = _check_id("event_id", event_id)
     return Event(
-        user_id=_check_id("user_id", obj["user_id"]),
+        user_id="" if is_item and obj.get("user_id") is None else _check_id("user_id", obj["user_id"]),
         item_id=_check_id("item_id", obj["item_id"]),
         type=event_type,
         ts=ts,

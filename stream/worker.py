@@ -44,7 +44,7 @@ from serving.store import RecommendationStore, make_client
 from stream.checkpoint import CheckpointStore
 from stream.metrics import WorkerMetrics
 from stream.producer import make_producer
-from stream.schema import Event, parse_event
+from stream.schema import ITEM_TYPE, Event, parse_event
 from stream.topics import ensure_topics
 from streamrec.errors import InvalidEvent
 from streamrec.settings import Settings
@@ -182,6 +182,7 @@ class Worker:
         self._similar_written_at = 0.0
         self._items_touched: set[str] = set()
         self._has_similarity = True  # until the model says it has none
+        self._dlq_unflushed = False
         self.metrics = WorkerMetrics()
         self.worker_id = settings.worker_instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self._events_since_checkpoint = 0
@@ -257,6 +258,7 @@ class Worker:
         started = time.perf_counter()
         batch = Counts(consumed=len(records))
         events: list[Event] = []
+        item_metadata: dict[str, dict] = {}
         touched_partitions = set()
         for record in records:
             state = self.partitions.get(record.partition)
@@ -270,12 +272,19 @@ class Worker:
             except InvalidEvent as exc:
                 self._dead_letter(Reject(record, exc.reason))
                 state.counts.dead_lettered += 1
+                batch.dead_lettered += 1
                 continue
             if state.is_duplicate(event.event_id, self.settings.dedupe_window):
                 state.counts.deduplicated += 1
+                batch.deduplicated += 1
                 continue
             state.counts.applied += 1
-            events.append(event)
+            batch.applied += 1
+            if event.type == ITEM_TYPE:
+                item_metadata[event.item_id] = event.context or {}
+                self.model.learn_item(event.item_id, item_metadata[event.item_id])
+            else:
+                events.append(event)
         if events:
             self.model.learn_many(events)
             if self.popularity is not self.model:
@@ -286,6 +295,11 @@ class Worker:
         forgotten = self._obey(commands)
         users = [u for u in dict.fromkeys(e.user_id for e in events) if u not in forgotten]
         lists = self.model.recommend_many(users, self.settings.top_k, {u: self.seen[u] for u in users})
+        explanations = {}
+        for user_id, items in lists.items():
+            explained = self.model.explain(user_id, [item for item, _ in items])
+            if explained is not None:
+                explanations[user_id] = explained
         now = time.time()
         popular = None
         if events and now - self._popular_written_at >= self.settings.popular_refresh_s:
@@ -299,12 +313,12 @@ class Worker:
         similar = self._similar_lists(events, now)
         self._measure(records, started, now)
         self.store.write_batch(lists, self.model.name, now, popular, counters, similar,
-                               (self.worker_id, self.metrics.as_dict()))
+                               (self.worker_id, self.metrics.as_dict()), explanations, item_metadata)
         for user_id in forgotten:
             self.store.delete_user(user_id)
-        if len(events) < len(records) or len(forgotten) < len(commands):
+        if self._dlq_unflushed:
             self.dlq.flush()
-        batch.applied = len(events)
+            self._dlq_unflushed = False
         self._events_since_checkpoint += len(records) + len(commands)
         return batch
 
@@ -365,6 +379,7 @@ class Worker:
             ("source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
         self.dlq.send(self.settings.dlq_topic, key=record.key, value=record.value, headers=headers)
+        self._dlq_unflushed = True
 
     def poll_once(self) -> Counts | None:
         """Poll one batch, apply it, commit its offsets; None when nothing came."""

@@ -70,6 +70,13 @@ def test_bad_events_are_rejected_with_a_reason(payload, reason):
     assert reason in info.value.reason
 
 
+def test_item_events_carry_metadata_and_need_no_user():
+    event = parse_event(orjson.dumps({"item_id": "i7", "type": "item", "context": {"title": "Alien", "category": "Sci-Fi"}}))
+    assert (event.user_id, event.item_id, event.context["category"]) == ("", "i7", "Sci-Fi")
+    with pytest.raises(InvalidEvent, match="missing field 'user_id'"):
+        parse_event(orjson.dumps({"item_id": "i7", "type": "view"}))
+
+
 def test_unknown_fields_are_ignored():
     assert parse_event(raw(session="s1")).user_id == "u1"
 

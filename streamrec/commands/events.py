@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import IO
 
-from stream.schema import EVENT_TYPES, Event, new_event_id, parse_event
+from stream.schema import INTERACTION_TYPES, Event, new_event_id, parse_event
 from streamrec.cli import command
 from streamrec.errors import InvalidEvent, StreamrecError
 from streamrec.settings import Settings
@@ -27,7 +27,7 @@ def _publish_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", nargs="?", help="JSON lines to send ('-' for stdin); or use the flags below")
     p.add_argument("--user", help="user id of a single event")
     p.add_argument("--item", help="item id of a single event")
-    p.add_argument("--type", default="click", choices=EVENT_TYPES, help="event type (default: click)")
+    p.add_argument("--type", default="click", choices=INTERACTION_TYPES, help="event type (default: click)")
     p.add_argument("--value", type=float, help="optional value (price, rating)")
     p.add_argument("--topic", help="topic (default: STREAMREC_TOPIC)")
     p.add_argument("--raw", action="store_true", help="send lines unchecked (the worker dead-letters bad ones)")
