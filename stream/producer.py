@@ -33,8 +33,8 @@ class EventProducer:
         self._producer = make_producer(bootstrap, **producer_config)
 
     def send(self, event: Event):
-        """Queue one event; returns the send future."""
-        return self._producer.send(self.topic, key=event.user_id.encode(), value=event.to_json())
+        """Queue one event, keyed by its user (an item event, which has none, by its item)."""
+        return self._producer.send(self.topic, key=(event.user_id or event.item_id).encode(), value=event.to_json())
 
     def send_raw(self, value: bytes, key: bytes | None = None, topic: str | None = None):
         """Queue bytes as they are (commands, or testing what the worker does with bad input)."""

@@ -82,3 +82,36 @@ def validate(args: argparse.Namespace) -> int:
             print(f"line {number}: {exc.reason}")
     print(f"{good} valid, {bad} invalid", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _items_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["load"])
+    p.add_argument("file", help='JSON lines, one item each: {"item_id": ..., "title": ..., "category": ...} (- for stdin)')
+    p.add_argument("--topic", help="topic (default: STREAMREC_TOPIC)")
+
+
+@command("items", "load item metadata (title, description, category) as item events", _items_arguments)
+def items(args: argparse.Namespace) -> int:
+    import orjson
+
+    from stream.producer import EventProducer
+
+    settings = Settings()
+    topic = args.topic or settings.topic
+    sent = bad = 0
+    with EventProducer(settings.kafka_bootstrap, topic) as producer:
+        for number, line in _lines(args.file):
+            try:
+                metadata = orjson.loads(line)
+                if not isinstance(metadata, dict) or "item_id" not in metadata:
+                    raise InvalidEvent("an item needs an object with 'item_id'")
+                item_id = metadata.pop("item_id")
+                event = parse_event(orjson.dumps({"type": "item", "item_id": item_id, "context": metadata}))
+            except (orjson.JSONDecodeError, InvalidEvent) as exc:
+                bad += 1
+                print(f"line {number}: {getattr(exc, 'reason', exc)} (not sent)", file=sys.stderr)
+                continue
+            producer.send(event)
+            sent += 1
+    print(f"sent {sent} item(s) to {topic}" + (f"; {bad} bad line(s) skipped" if bad else ""))
+    return 1 if bad else 0
