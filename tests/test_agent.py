@@ -141,7 +141,7 @@ encoders = ["hash"] + (["minilm"] if text_extra_available() else [])
 def test_content_cold_start_recommends_new_items_in_the_favourite_category(encoder: str) -> None:
     events = category_stream()
     seen = _seen(events)
-    model = Content(text_encoder=encoder)
+    model = Content(text_encoder=encoder, popularity_weight=0.5)
     assert model.encoder == encoder
     model.learn_items(CATALOGUE)
     model.learn_many(events)
@@ -153,6 +153,12 @@ def test_content_cold_start_recommends_new_items_in_the_favourite_category(encod
         assert top[0] == "A-new", top  # over the popular B items
         assert "B-new" not in [i for i, _ in model.recommend(user, 5, seen[user])]
     assert [i for i, _ in model.recommend("b12", 1, seen["b12"] | {f"B{i}" for i in range(10)})] == ["B-new"]
+    # the default (popularity weighs as much as content) still lists it in the top 3
+    default = Content(text_encoder=encoder)
+    default.learn_items(CATALOGUE)
+    default.learn_many(events)
+    default.learn_items(NEW)
+    assert "A-new" in [i for i, _ in default.recommend("a0", 3, seen["a0"] | {f"A{i}" for i in range(10)})]
     # co-occurrence cannot recommend an item nobody has touched
     cooc = make_model("cooc")
     cooc.learn_many(events)
