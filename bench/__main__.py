@@ -60,6 +60,8 @@ def rows(results: dict) -> list[tuple]:
             r["ratio"]["median"], ">= 20,000 and >= 0.50 of bare",
             r["worker"]["median"] >= 20_000 and r["ratio"]["median"] >= 0.5)
         add("ingest events/s (bare consumer)", r["bare_consumer"])
+        add("ingest events per CPU-second (worker)", r["worker_per_cpu_s"], r["bare_per_cpu_s"]["median"],
+            r["worker_per_cpu_s"]["median"] / r["bare_per_cpu_s"]["median"])
     if "freshness" in results:
         r = results["freshness"]
         add("freshness p50 ms", r["p50_ms"], r["bare_p50_ms"]["median"], r["p50_ratio_vs_bare"]["median"],
