@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(BENCHES) if args.what == "all" else [args.what]
     started = time.monotonic()
     results: dict = {}
+    failed: dict[str, str] = {}
     load_before = os.getloadavg()
     with services() as svc:
         _log(f"services: Kafka {svc.kafka_bootstrap}, Redis {svc.redis_url} ({svc.origin}); cores {cores()}; "
@@ -153,22 +154,29 @@ def main(argv: list[str] | None = None) -> int:
                 kwargs["repeats"] = args.repeats
             if args.profile and name in ("ingest", "serve"):
                 kwargs["profile_dir"] = args.profile
-            results[name] = BENCHES[name].run(svc, **kwargs)
+            try:
+                results[name] = BENCHES[name].run(svc, **kwargs)
+            except Exception as exc:  # one broken measurement must not cost the others
+                _log(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                continue
             results[name]["elapsed_s"] = time.monotonic() - t
             _log(f"{name}: done in {time.monotonic() - t:.0f} s")
     print()
     print_table(results)
+    for name, why in failed.items():
+        print(f"{name}: failed ({why})")
     elapsed = time.monotonic() - started
     print(f"\n{'quick' if args.quick else 'full'} run, {elapsed:.0f} s, {len(cores())} cores, load average "
           f"{load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after")
     if args.json:
         doc = {**summary(results), "quick": args.quick, "elapsed_s": elapsed, "cores": cores(),
                "load_average": [load_before[0], os.getloadavg()[0]], "python": platform.python_version(),
-               "machine": platform.machine(), "results": results}
+               "machine": platform.machine(), "results": results, "failed": failed}
         with open(args.json, "w") as f:
             json.dump(_json_safe(doc), f, indent=2)
         print(f"wrote {args.json}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

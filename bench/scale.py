@@ -72,8 +72,13 @@ class _Record:
 
 
 class _NoKafka:
-    def flush(self, *a, **k): ...
-    def close(self, *a, **k): ...
+    """Stands in for the worker's consumer and DLQ producer: assigned nothing, every call a no-op."""
+
+    def assignment(self) -> set:
+        return set()
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def _worker_memory(settings, steps: list[int], span_days: float, out) -> None:

@@ -86,7 +86,7 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
     from streamrec.services import free_port
 
     repeats = repeats or (3 if quick else 5)
-    duration_s, max_s = (4.0, 3.0) if quick else (15.0, 10.0)
+    duration_s, max_s = (3.0, 2.0) if quick else (15.0, 10.0)
     settings = bench_settings(svc)
     server_cores, gen_cores = split_cores()
     log(f"serve: {USERS} users' top-{settings.top_k} lists; server on cores {sorted(server_cores)}, "
