@@ -72,6 +72,12 @@ class Cooc(Recommender):
     weighing more (``recency_decay`` per step back), and adds ``popularity_weight`` times
     the trending score so that users with little history still get a sensible list.
 
+    Storage: up to 4,096 items the co-occurrences are one dense float32 matrix (a user's
+    scores are one gather and one vector-matrix product); past that they move to sparse
+    per-item rows, and a user's scores are built from the neighbourhoods of the recent
+    items plus the popular candidates from ``Trending.candidate_rows``, which ranks
+    exactly as the dense scores would (except for the ``max_neighbours`` cap).
+
     Parameters
     ----------
     window

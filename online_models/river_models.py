@@ -322,7 +322,16 @@ class PurchaseRerank(Recommender):
         return 1.0 / (1.0 + np.exp(-(x @ w + self._clf.intercept)))
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
-        candidates = self._base.recommend(user_id, max(k, self.n_candidates), exclude)
+        return self._rerank(user_id, self._base.recommend(user_id, max(k, self.n_candidates), exclude), k)
+
+    def recommend_many(
+        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
+    ) -> dict[str, Ranking]:
+        """The base model's batched candidates, re-ranked per user."""
+        lists = self._base.recommend_many(user_ids, max(k, self.n_candidates), exclude)
+        return {u: self._rerank(u, lists[u], k) for u in user_ids}
+
+    def _rerank(self, user_id: str, candidates: Ranking, k: int) -> Ranking:
         if self._purchases < self.min_purchases or not candidates:
             return candidates[:k]
         ids = [i for i, _ in candidates]
