@@ -353,6 +353,17 @@ class Agent(Recommender):
         self._serve(user_id, picked)
         return [(item, score, arm, self.reason(user_id, item, arm, rank)) for item, score, arm, rank in picked]
 
+    def explain_items(self, user_id: str, item_ids: Sequence[str], with_reasons: int = 10) -> list[tuple[str, str | None]]:
+        """The strategy of each item of the list last served to the user, and a reason for the
+        first ``with_reasons`` (reasons cost a look into the strategies' state)."""
+        strategy_of = {item: arm for item, arm, _ in self.last_served(user_id)}
+        explained = []
+        for rank, item in enumerate(item_ids):
+            arm = strategy_of.get(item, "agent")
+            reason = self.reason(user_id, item, arm, rank) if rank < with_reasons and arm in self._models else None
+            explained.append((arm, reason))
+        return explained
+
     def reason(self, user_id: str, item_id: str, strategy: str, rank: int | None = None) -> str:
         """Why ``strategy`` proposed ``item_id`` to the user, in words."""
         model = self._models[strategy]

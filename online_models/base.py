@@ -88,7 +88,7 @@ class Recommender(abc.ABC):
         exclude = exclude or {}
         return {u: self.recommend(u, k, exclude.get(u)) for u in user_ids}
 
-    def explain(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]] | None:
+    def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]] | None:
         """For each of the user's recommended items: the strategy that chose it and a reason
         in words (``None`` where there is none). ``None``: the model does not explain."""
         return None

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from serving.metrics import PipelineCollector, RequestTimer, make_registry
 from serving.routes import health, items, metrics, recommendations, writes
+from serving.publisher import Publisher
 from serving.store import PopularCache, RecommendationStore, make_client
 from streamrec import __version__
 from streamrec.settings import Settings
@@ -31,14 +32,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cooldown_s=1.0,
         )
         app.state.popular_cache = PopularCache(app.state.store)
-        app.state.producer = None  # created by the first write
+        app.state.publisher = Publisher(settings.kafka_bootstrap, settings.topic)
         pipeline_metrics = PipelineCollector(app.state.store)
         registry.register(pipeline_metrics)
         yield
         registry.unregister(pipeline_metrics)
         app.state.store.close()
-        if app.state.producer is not None:
-            app.state.producer.close()
+        app.state.publisher.close()
 
     app = FastAPI(
         title="streamrec",

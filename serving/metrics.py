@@ -46,6 +46,24 @@ class PipelineCollector:
         workers_gauge = GaugeMetricFamily("streamrec_workers", "Workers that reported in the last minute")
         workers_gauge.add_metric([], len(workers))
         yield workers_gauge
+        attributed = CounterMetricFamily("streamrec_feedback_attributed", "Events credited to the impression they came from")
+        attributed.add_metric([], sum(w["attributed"] for w in workers))
+        yield attributed
+        pulls = CounterMetricFamily("streamrec_bandit_arm_pulls", "Slots the bandit learned about, per strategy", labels=["arm"])
+        rewards = CounterMetricFamily("streamrec_bandit_arm_rewards", "Rewards (clicks) per strategy", labels=["arm"])
+        share = GaugeMetricFamily("streamrec_bandit_arm_share", "Share of the bandit's pulls per strategy", labels=["arm"])
+        arms: dict[str, list[float]] = {}  # summed over workers: [pulls, rewards]
+        for worker in workers:
+            for arm, stats in worker["bandit_arms"].items():
+                totals = arms.setdefault(arm, [0, 0.0])
+                totals[0] += stats["pulls"]
+                totals[1] += stats["rewards"]
+        all_pulls = sum(p for p, _ in arms.values())
+        for arm, (n, r) in sorted(arms.items()):
+            pulls.add_metric([arm], n)
+            rewards.add_metric([arm], r)
+            share.add_metric([arm], n / all_pulls if all_pulls else 0.0)
+        yield from (pulls, rewards, share)
         for key, help_text in (("batch_seconds", "Time to apply one micro-batch, up to its Redis write"),
                                ("freshness_seconds", "From an event's produce time to its user's list being written")):
             yield _histogram(f"streamrec_{key}", help_text, [w[key] for w in workers])

@@ -53,12 +53,16 @@ class Histogram:
 
 @dataclass
 class WorkerMetrics:
-    """What one worker reports besides its counters: lag, batch latency, freshness."""
+    """What one worker reports besides its counters: lag, batch latency, freshness, and the
+    agent's feedback (clicks attributed to impressions, the bandit's arms)."""
 
     batch_seconds: Histogram = field(default_factory=Histogram)
     freshness_seconds: Histogram = field(default_factory=Histogram)
     consumer_lag: int = 0
+    attributed: int = 0
+    bandit_arms: dict[str, dict] = field(default_factory=dict)  # arm -> pulls, rewards, share
 
     def as_dict(self) -> dict:
         return {"batch_seconds": self.batch_seconds.as_dict(),
-                "freshness_seconds": self.freshness_seconds.as_dict(), "consumer_lag": self.consumer_lag}
+                "freshness_seconds": self.freshness_seconds.as_dict(), "consumer_lag": self.consumer_lag,
+                "attributed": self.attributed, "bandit_arms": self.bandit_arms}

@@ -132,7 +132,7 @@ def validate_event(
     else:
         event_id = _check_id("event_id", event_id)
     return Event(
-        user_id="" if is_item and obj.get("user_id") is None else _check_id("user_id", obj["user_id"]),
+        user_id="" if is_item and not obj.get("user_id") else _check_id("user_id", obj["user_id"]),
         item_id=_check_id("item_id", obj["item_id"]),
         type=event_type,
         ts=ts,

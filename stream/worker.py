@@ -24,12 +24,13 @@ consumed = applied + dead-lettered + deduplicated.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
@@ -39,6 +40,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.consumer.fetcher import ConsumerRecord
 
 from online_models import Recommender, make_model
+from online_models.agent import Agent
 from online_models.trending import Trending
 from serving.store import RecommendationStore, make_client
 from stream.checkpoint import CheckpointStore
@@ -148,7 +150,8 @@ class Worker:
         self.seen: dict[str, set[str]] = {}
         self.last_active: dict[str, float] = {}
         self.partitions: dict[int, PartitionState] = {}
-        self.control_offsets: dict[int, int] = {}
+        self.control_offsets: dict[str, dict[int, int]] = {}  # side topic -> partition -> next offset
+        self.impressions: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
         self.checkpoints = checkpoints or CheckpointStore(
             settings.state_dir / "checkpoints" / settings.group_id / settings.topic
         )
@@ -160,8 +163,8 @@ class Worker:
         if consumer is None:
             ensure_topics(
                 settings.kafka_bootstrap,
-                {name: settings.topic_partitions
-                 for name in (settings.topic, settings.dlq_topic, settings.control_topic)},
+                {name: settings.topic_partitions for name in
+                 (settings.topic, settings.dlq_topic, settings.control_topic, settings.impressions_topic)},
             )
             consumer = KafkaConsumer(
                 bootstrap_servers=settings.kafka_bootstrap,
@@ -175,8 +178,9 @@ class Worker:
                 fetch_max_bytes=32 * 1024 * 1024,
                 max_partition_fetch_bytes=8 * 1024 * 1024,
             )
-            # same partition count and key: a user's events and commands reach the same worker
-            consumer.subscribe([settings.topic, settings.control_topic], listener=_HandOver(self))
+            # same partition count and key: a user's events, commands and impressions reach the same worker
+            consumer.subscribe([settings.topic, settings.control_topic, settings.impressions_topic],
+                               listener=_HandOver(self))
         self.consumer = consumer
         self._popular_written_at = 0.0
         self._similar_written_at = 0.0
@@ -204,6 +208,7 @@ class Worker:
             "last_active": self.last_active,
             "partitions": self.partitions,
             "control_offsets": self.control_offsets,
+            "impressions": self.impressions,
         }
 
     def _restore(self) -> None:
@@ -216,7 +221,8 @@ class Worker:
         self.seen = state["seen"]
         self.last_active = state["last_active"]
         self.partitions = state["partitions"]
-        self.control_offsets = state.get("control_offsets", {})
+        self.control_offsets = state["control_offsets"]
+        self.impressions = state["impressions"]
         log.info("restored checkpoint: offsets %s", {p: s.next_offset for p, s in self.partitions.items()})
 
     def checkpoint(self) -> None:
@@ -230,8 +236,8 @@ class Worker:
         for tp in assigned:
             if tp.topic == self.settings.topic and tp.partition in self.partitions:
                 self.consumer.seek(tp, self.partitions[tp.partition].next_offset)
-            elif tp.topic == self.settings.control_topic and tp.partition in self.control_offsets:
-                self.consumer.seek(tp, self.control_offsets[tp.partition])
+            elif tp.partition in self.control_offsets.get(tp.topic, {}):
+                self.consumer.seek(tp, self.control_offsets[tp.topic][tp.partition])
 
     def expire_idle_users(self) -> None:
         """Forget users idle longer than ``user_idle_expiry_s`` (event time), bounding memory."""
@@ -280,6 +286,7 @@ class Worker:
                 continue
             state.counts.applied += 1
             batch.applied += 1
+            event = self._attribute(event)
             if event.type == ITEM_TYPE:
                 item_metadata[event.item_id] = event.context or {}
                 self.model.learn_item(event.item_id, item_metadata[event.item_id])
@@ -297,7 +304,7 @@ class Worker:
         lists = self.model.recommend_many(users, self.settings.top_k, {u: self.seen[u] for u in users})
         explanations = {}
         for user_id, items in lists.items():
-            explained = self.model.explain(user_id, [item for item, _ in items])
+            explained = self.model.explain_items(user_id, [item for item, _ in items])
             if explained is not None:
                 explanations[user_id] = explained
         now = time.time()
@@ -334,13 +341,40 @@ class Worker:
             if tp.topic == self.settings.topic and highwater is not None and state is not None:
                 lag += max(highwater - state.next_offset, 0)
         self.metrics.consumer_lag = lag
+        if isinstance(self.model, Agent):
+            arms = self.model.stats()["arms"]
+            self.metrics.bandit_arms = {a: {k: arms[a][k] for k in ("pulls", "rewards", "share")} for a in arms}
+
+    def _remember_impressions(self, records: list[ConsumerRecord]) -> None:
+        """Keep the recent impressions (recomm_id -> item -> (strategy, position)), bounded."""
+        for record in records:
+            self.control_offsets.setdefault(record.topic, {})[record.partition] = record.offset + 1
+            try:
+                impression = orjson.loads(record.value or b"")
+                served = {i["item_id"]: (i["strategy"], i["position"]) for i in impression["items"]}
+                self.impressions[impression["recomm_id"]] = served
+            except (ValueError, KeyError, TypeError) as exc:
+                self._dead_letter(Reject(record, f"bad impression: {exc}"))
+                continue
+            if len(self.impressions) > self.settings.impressions_window:
+                self.impressions.popitem(last=False)
+
+    def _attribute(self, event: Event) -> Event:
+        """An event that names the answer it came from learns which strategy served its item."""
+        recomm_id = (event.context or {}).get("recomm_id")
+        served = self.impressions.get(recomm_id) if isinstance(recomm_id, str) else None
+        if served is None or event.item_id not in served:
+            return event
+        strategy, position = served[event.item_id]
+        self.metrics.attributed += 1
+        return dataclasses.replace(event, context={**event.context, "strategy": strategy, "slot": position})
 
     def _obey(self, commands: list[ConsumerRecord]) -> set[str]:
         """Apply control commands (``{"action": "forget_user", "user_id": ...}``); returns the
         users forgotten. A malformed command goes to the DLQ like a malformed event."""
         forgotten = set()
         for record in commands:
-            self.control_offsets[record.partition] = record.offset + 1
+            self.control_offsets.setdefault(record.topic, {})[record.partition] = record.offset + 1
             try:
                 command = orjson.loads(record.value or b"")
                 if not isinstance(command, dict) or command.get("action") != "forget_user":
@@ -386,9 +420,15 @@ class Worker:
         batches = self.consumer.poll(
             timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records
         )
-        records, commands = [], []
+        records, commands, impressions = [], [], []
         for tp, partition_records in batches.items():
-            (commands if tp.topic == self.settings.control_topic else records).extend(partition_records)
+            if tp.topic == self.settings.topic:
+                records.extend(partition_records)
+            elif tp.topic == self.settings.control_topic:
+                commands.extend(partition_records)
+            else:
+                impressions.extend(partition_records)
+        self._remember_impressions(impressions)
         if records or commands:
             batch = self.process(records, commands)
             self.consumer.commit()

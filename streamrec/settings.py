@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     popular_refresh_s: float = Field(default=1.0, ge=0)
     checkpoint_every_events: int = Field(default=20_000, ge=1)
     checkpoint_interval_s: float = Field(default=10.0, gt=0)
+    impressions_window: int = Field(default=100_000, ge=1, description="recent impressions kept for attribution")
     dedupe_window: int = Field(default=100_000, ge=0, description="event ids remembered per partition")
     user_idle_expiry_s: float | None = Field(
         default=30 * 24 * 3600.0, gt=0, description="forget users idle this long (event time); None: never"
@@ -62,6 +63,11 @@ class Settings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic}.dlq"
+
+    @property
+    def impressions_topic(self) -> str:
+        """What the API served (recomm_id, items, strategies), keyed by user like the events."""
+        return f"{self.topic}.impressions"
 
     @property
     def control_topic(self) -> str:

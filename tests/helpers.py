@@ -17,14 +17,18 @@ T = TypeVar("T")
 
 
 def wait_for(check: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout_s``.
+
+    ``what`` may be a callable, evaluated on failure to describe the state reached.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            what = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last check gave {result!r}")
         time.sleep(interval_s)
 
 
@@ -45,6 +49,10 @@ def running_worker(settings: Settings, **kwargs):
     thread.start()
     try:
         yield worker
+    except BaseException as exc:
+        if failure:  # the worker's own error explains the test's failure
+            raise failure[0] from exc
+        raise
     finally:
         stop.set()
         thread.join(timeout=10)

@@ -73,6 +73,7 @@ def test_bad_events_are_rejected_with_a_reason(payload, reason):
 def test_item_events_carry_metadata_and_need_no_user():
     event = parse_event(orjson.dumps({"item_id": "i7", "type": "item", "context": {"title": "Alien", "category": "Sci-Fi"}}))
     assert (event.user_id, event.item_id, event.context["category"]) == ("", "i7", "Sci-Fi")
+    assert parse_event(event.to_json()) == event  # as the worker reads what the API published
     with pytest.raises(InvalidEvent, match="missing field 'user_id'"):
         parse_event(orjson.dumps({"item_id": "i7", "type": "view"}))
 

@@ -11,12 +11,15 @@ without waiting on Redis, so a dead store cannot stall the event loop.
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from online_models.content import categories_of
 from serving.store import PopularCache, RecommendationStore, StoredList
 from stream.schema import MAX_ID_CHARS
 from streamrec.errors import StoreUnavailable
@@ -31,6 +34,8 @@ UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_P
 class ScoredItem(BaseModel):
     item_id: str
     score: float
+    strategy: str | None = Field(default=None, description="with explain=true: the strategy that chose the item")
+    reason: str | None = Field(default=None, description="with explain=true: why, in words")
 
 
 class Recommendations(BaseModel):
@@ -40,6 +45,7 @@ class Recommendations(BaseModel):
     updated_at: float | None
     source: Literal["personal", "popular"]
     degraded: bool = False
+    recomm_id: str = Field(description="names this answer; send it back as an event's context.recomm_id")
 
 
 @router.get(
@@ -47,12 +53,20 @@ class Recommendations(BaseModel):
     summary="A user's live top-k",
     description="The user's list as the worker last wrote it; a user without history gets the "
     "current popular items, with `source` set to `popular`. While Redis is unavailable the "
-    "answer is the last popular list this process saw, marked `degraded`.",
+    "answer is the last popular list this process saw, marked `degraded`. Each answer has a "
+    "`recomm_id`; the items served are published as an impression, so a click that sends the "
+    "`recomm_id` back (`context.recomm_id`) is credited to the strategy that chose the item.",
     response_model=Recommendations,
     responses={503: {"description": "the store is unavailable and no popular list is cached"}},
 )
 async def recommendations(
-    user_id: UserId, request: Request, k: Annotated[int, Query(ge=1, le=1000)] = 10
+    user_id: UserId,
+    request: Request,
+    k: Annotated[int, Query(ge=1, le=1000)] = 10,
+    offset: Annotated[int, Query(ge=0, le=1000, description="skip this many items (pagination)")] = 0,
+    category: Annotated[str | None, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
+                                          description="only items of this category")] = None,
+    explain: Annotated[bool, Query(description="add each item's strategy and reason")] = False,
 ) -> Response:
     store: RecommendationStore = request.app.state.store
     popular: PopularCache = request.app.state.popular_cache
@@ -62,22 +76,49 @@ async def recommendations(
         stored, source = store.user_list(user_id), "personal"
         if stored is None:
             stored, source = fallback, "popular"
+        entries = _entries(stored)
+        if category is not None:
+            metadata = store.item_metadata([e["item_id"] for e in entries])
+            entries = [e for e, m in zip(entries, metadata) if m is not None and category in categories_of(m)]
     except StoreUnavailable as exc:
         if popular.last is None:
             raise HTTPException(status_code=503, detail=f"recommendations are unavailable: {exc}") from exc
         stored, source, degraded = popular.last, "popular", True
-    return Response(_answer(user_id, stored, source, degraded, k), media_type="application/json")
-
-
-def _answer(user_id: str, stored: StoredList | None, source: str, degraded: bool, k: int) -> bytes:
-    if stored is None:
-        return orjson.dumps({"user_id": user_id, "items": [], "model": None, "updated_at": None,
-                             "source": "popular", "degraded": degraded})
-    return orjson.dumps({
+        entries = [] if category is not None else _entries(stored)  # no metadata to filter by
+    page = entries[offset : offset + k]
+    recomm_id = uuid.uuid4().hex
+    _publish_impression(request, recomm_id, user_id, page, offset)
+    if not explain:
+        page = [{"item_id": e["item_id"], "score": e["score"]} for e in page]
+    answer = {
         "user_id": user_id,
-        "items": [{"item_id": i, "score": s} for i, s in stored.items[:k]],
-        "model": stored.model,
-        "updated_at": stored.updated_at,
+        "items": page,
+        "model": stored.model if stored else None,
+        "updated_at": stored.updated_at if stored else None,
         "source": source,
         "degraded": degraded,
-    })
+        "recomm_id": recomm_id,
+    }
+    return Response(orjson.dumps(answer), media_type="application/json")
+
+
+def _entries(stored: StoredList | None) -> list[dict]:
+    if stored is None:
+        return []
+    explained = stored.explained or [(stored.model, None)] * len(stored.items)
+    return [{"item_id": i, "score": s, "strategy": x, "reason": r}
+            for (i, s), (x, r) in zip(stored.items, explained)]
+
+
+def _publish_impression(request: Request, recomm_id: str, user_id: str, page: list[dict], offset: int) -> None:
+    """What was shown, to the impressions topic (keyed by user); skipped while Kafka is away."""
+    settings = request.app.state.settings
+    producer = request.app.state.publisher.nowait() if page else None
+    if producer is None:
+        return
+    impression = {
+        "recomm_id": recomm_id, "user_id": user_id, "ts": time.time(),
+        "items": [{"item_id": e["item_id"], "position": offset + n, "strategy": e["strategy"]}
+                  for n, e in enumerate(page)],
+    }
+    producer.send_raw(orjson.dumps(impression), key=user_id.encode(), topic=settings.impressions_topic)

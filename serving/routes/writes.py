@@ -31,14 +31,13 @@ def require_api_key(settings: SettingsDep, x_api_key: Annotated[str | None, Head
         raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
 
 
-def get_producer(request: Request, settings: SettingsDep) -> EventProducer:
-    """One producer per process, created on the first write (the API starts without Kafka)."""
-    if request.app.state.producer is None:
-        try:
-            request.app.state.producer = EventProducer(settings.kafka_bootstrap, settings.topic)
-        except KafkaError as exc:
-            raise HTTPException(status_code=503, detail=f"Kafka is unavailable: {exc}") from exc
-    return request.app.state.producer
+def get_producer(request: Request) -> EventProducer:
+    """The process's producer (connected on first need: the API starts without Kafka)."""
+    publisher = request.app.state.publisher
+    producer = publisher.wait()
+    if producer is None:
+        raise HTTPException(status_code=503, detail=f"Kafka is unavailable: {publisher.last_error}")
+    return producer
 
 
 Producer = Annotated[EventProducer, Depends(get_producer)]
