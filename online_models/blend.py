@@ -110,6 +110,11 @@ class Blend(Recommender):
         per_model = {name: m.recommend_many(user_ids, n, exclude) for name, m in self._models.items()}
         return {u: self._fuse({name: lists[u] for name, lists in per_model.items()}, k) for u in user_ids}
 
+    def forget_user(self, user_id: str) -> None:
+        """Every component forgets the user."""
+        for model in self._models.values():
+            model.forget_user(user_id)
+
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The first component's item similarity that has one."""
         for model in self._models.values():

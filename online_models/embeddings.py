@@ -159,7 +159,6 @@ class TorchEmbeddings(Recommender):
         if row == n:
             self._user_vecs = self._new_rows(self._user_vecs, "user", row + 1)
             self._init_row(self._user_vecs, row)
-            self._recent[user_id] = deque(maxlen=self.window)
         return row
 
     def _add_item(self, item_id: str) -> int:
@@ -190,7 +189,10 @@ class TorchEmbeddings(Recommender):
         weight = self.weight(interaction)
         self._counts[item] += weight
         self._pending.append((user, item, self._history(interaction.user_id), weight))
-        self._recent[interaction.user_id].append(item)
+        recent = self._recent.get(interaction.user_id)
+        if recent is None:
+            recent = self._recent[interaction.user_id] = deque(maxlen=self.window)
+        recent.append(item)
         if len(self._pending) >= self.batch_size:
             self._step()
 
@@ -267,7 +269,7 @@ class TorchEmbeddings(Recommender):
         else:
             diff = torch.nn.functional.logsigmoid(pos[:, None] - neg).masked_fill(hit, 0.0)
             losses = -diff.sum(1) / (~hit).sum(1).clamp(min=1)
-        loss = (losses * w).sum() / w.sum()
+        loss = (losses * w).sum() / w.sum().clamp(min=1e-12)
         if self.l2:
             loss = loss + self.l2 * sum((leaf**2).sum() for _, _, leaf in leaves.values()) / b
         loss.backward()
@@ -278,6 +280,20 @@ class TorchEmbeddings(Recommender):
                 acc = self._acc[name]
                 acc[rows] += (grad**2).mean(1)
                 table[rows] = leaf - self.lr * grad / (acc[rows].sqrt() + 1e-8)[:, None]
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop the user's vector, recent items and queued or replayable events.
+
+        The row stays reserved for the id (zeroed); item vectors keep what they learned.
+        """
+        self._recent.pop(user_id, None)
+        row = self._users.get(user_id)
+        if row is None:
+            return
+        self._user_vecs[row] = 0.0
+        self._acc["user"][row] = 0.0
+        self._pending = [p for p in self._pending if p[0] != row]
+        self._buf_weight[: self._buf_len][self._buf_user[: self._buf_len] == row] = 0.0
 
     # -- ranking -----------------------------------------------------------------------
     def _representations(self, user_ids: Sequence[str]) -> np.ndarray:

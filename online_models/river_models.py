@@ -161,6 +161,11 @@ class RiverMF(Recommender):
                 result[user_id] = [(ids[r], offset + float(v)) for r, v in zip(rows.tolist(), vals.tolist())]
         return result
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop the user's bias and latent vector (item weights keep what they learned)."""
+        self._mf.u_biases.pop(user_id, None)
+        self._mf.u_latents.pop(user_id, None)
+
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items with the closest latent vectors (cosine)."""
         row = self._items.get(item_id)
@@ -341,6 +346,15 @@ class PurchaseRerank(Recommender):
         scores = (1 - self.purchase_weight) * relevance + self.purchase_weight * self.purchase_probabilities(user_id, ids)
         order = np.lexsort((np.arange(len(ids)), -scores))[:k]
         return [(ids[j], float(scores[j])) for j in order.tolist()]
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop the user's statistics and open exposures, and forget them in the base model."""
+        self._user_stats.pop(user_id, None)
+        for key in [key for key in self._touches if key[0] == user_id]:
+            del self._touches[key]
+        for key in [key for key in self._open if key[0] == user_id]:
+            del self._open[key]
+        self._base.forget_user(user_id)
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         return self._base.similar_items(item_id, k)

@@ -22,6 +22,8 @@ FAST: dict[str, dict] = {
     "blend": {"models": {"cooc": {}, "embeddings": {"n_factors": 8, "batch_size": 8, "n_negatives": 16}}},
 }
 TYPES = ("view", "click", "add_to_cart", "purchase")
+# models whose forget_user leaves the user exactly like a never-seen one (no per-call randomness)
+FORGET_LIKE_NEW = {"trending", "cooc", "embeddings", "river-mf", "purchase-rerank", "blend"}
 
 
 def group_stream(n_users: int = 10, n_items: int = 20, per_user: int = 12, seed: int = 0) -> list[Event]:
@@ -146,6 +148,17 @@ def test_contract(name: str) -> None:
     for start in range(0, len(LEARN), 37):
         batched.learn_many(LEARN[start : start + 37])
     assert ranked_items(batched) == ranked_items(trained(name))
+
+    # forget_user: the user is then ranked like one never seen
+    try:
+        model.forget_user("a0")
+    except NotImplementedError:
+        pass
+    else:
+        if name in FORGET_LIKE_NEW:
+            assert [i for i, _ in model.recommend("a0", 10)] == [i for i, _ in model.recommend("never-seen", 10)]
+        model.learn_one(Event(user_id="a0", item_id="A1", type="view", ts=20_000.0))
+        assert model.recommend("a0", 5)
 
     # clone: unfitted, same hyperparameters
     twin = model.clone()
