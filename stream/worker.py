@@ -20,6 +20,16 @@ checkpointed offset: events after the checkpoint are applied once more, to the s
 they were missing from, and events before it never again. Counters travel inside that
 state and are written to Redis as absolute values, so they reconcile after any crash:
 consumed = applied + dead-lettered + deduplicated.
+
+Several workers (scale-out, ``docs/scaling.md``): each worker learns from *every*
+partition (a consumer assigned all of them), so every worker holds a whole replica of the
+model, kept coherent by construction: the same log, applied exactly once per replica.
+*Serving* is partitioned by a consumer group (a second consumer, whose partitions stay
+paused): a worker writes lists, counters and dead letters, and commits offsets, only for
+the partitions the group gives it. When a worker dies its partitions move to another
+worker, which already knows those users; it re-reads from the dead owner's committed
+offset without learning again (``serve_only_until``), so the lists the dead worker never
+wrote are written, and no event is learned twice.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import numpy as np
 import orjson
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import OffsetAndMetadata
 
 from online_models import Recommender, make_model
 from online_models.agent import Agent
@@ -48,7 +59,7 @@ from stream.metrics import WorkerMetrics
 from stream.producer import make_producer
 from stream.schema import ITEM_TYPE, Event, parse_event
 from stream.topics import ensure_topics
-from streamrec.errors import InvalidEvent
+from streamrec.errors import InvalidEvent, StreamrecError
 from streamrec.settings import Settings
 
 log = logging.getLogger("streamrec.worker")
@@ -114,18 +125,38 @@ def parse_record(record: ConsumerRecord, max_event_bytes: int) -> Event:
     )
 
 
-class _HandOver(ConsumerRebalanceListener):
-    """Checkpoint before partitions leave; resume from the checkpoint when they arrive."""
+def wait_for_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> set[int]:
+    """The topic's partitions, once the metadata has them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise StreamrecError(f"topic {topic!r} has no partitions after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+def _newest_first(store: CheckpointStore) -> float:
+    files = list(store.directory.glob("checkpoint-*.bin"))
+    return -max((f.stat().st_mtime for f in files), default=0.0)
+
+
+class _Ownership(ConsumerRebalanceListener):
+    """The consumer group decides which partitions this worker serves.
+
+    The callbacks run inside the client's network loop, where no blocking call may be made:
+    they only note the change, and the worker acts on it after the poll returns.
+    """
 
     def __init__(self, worker: Worker):
         self.worker = worker
 
     def on_partitions_revoked(self, revoked):
-        if revoked:
-            self.worker.checkpoint()
+        self.worker.owned -= {tp.partition for tp in revoked}
 
     def on_partitions_assigned(self, assigned):
-        self.worker.seek_to_checkpoint(assigned)
+        self.worker.newly_assigned.extend(assigned)
 
 
 class Worker:
@@ -152,35 +183,20 @@ class Worker:
         self.partitions: dict[int, PartitionState] = {}
         self.control_offsets: dict[str, dict[int, int]] = {}  # side topic -> partition -> next offset
         self.impressions: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
-        self.checkpoints = checkpoints or CheckpointStore(
-            settings.state_dir / "checkpoints" / settings.group_id / settings.topic
-        )
+        self.owned: set[int] = set()
+        self.newly_assigned: list[TopicPartition] = []
+        self.serve_only_until: dict[int, int] = {}
+        self.worker_id = settings.worker_instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        group_dir = settings.state_dir / "checkpoints" / settings.group_id / settings.topic
+        self.checkpoints = checkpoints or CheckpointStore(group_dir / (settings.worker_instance_id or "worker"))
         self._restore()
         self.store = store or RecommendationStore(
             make_client(settings.redis_url, retries=-1), settings.redis_prefix, settings.user_list_ttl_s
         )
         self.dlq = dlq_producer or make_producer(settings.kafka_bootstrap)
+        self.membership: KafkaConsumer | None = None
         if consumer is None:
-            ensure_topics(
-                settings.kafka_bootstrap,
-                {name: settings.topic_partitions for name in
-                 (settings.topic, settings.dlq_topic, settings.control_topic, settings.impressions_topic)},
-            )
-            consumer = KafkaConsumer(
-                bootstrap_servers=settings.kafka_bootstrap,
-                group_id=settings.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=settings.max_poll_records,
-                session_timeout_ms=settings.session_timeout_ms,
-                heartbeat_interval_ms=max(settings.session_timeout_ms // 5, 500),
-                group_instance_id=settings.worker_instance_id,
-                fetch_max_bytes=32 * 1024 * 1024,
-                max_partition_fetch_bytes=8 * 1024 * 1024,
-            )
-            # same partition count and key: a user's events, commands and impressions reach the same worker
-            consumer.subscribe([settings.topic, settings.control_topic, settings.impressions_topic],
-                               listener=_HandOver(self))
+            consumer, self.membership = self._connect()
         self.consumer = consumer
         self._popular_written_at = 0.0
         self._similar_written_at = 0.0
@@ -188,9 +204,84 @@ class Worker:
         self._has_similarity = True  # until the model says it has none
         self._dlq_unflushed = False
         self.metrics = WorkerMetrics()
-        self.worker_id = settings.worker_instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self._events_since_checkpoint = 0
         self._checkpointed_at = time.monotonic()
+
+    def _connect(self) -> tuple[KafkaConsumer, KafkaConsumer]:
+        """The learner (every partition of the event, control and impression topics) and the
+        group member (which partitions of the event topic this worker serves)."""
+        settings = self.settings
+        side_topics = (settings.control_topic, settings.impressions_topic)
+        ensure_topics(settings.kafka_bootstrap,
+                      {name: settings.topic_partitions for name in (settings.topic, settings.dlq_topic, *side_topics)})
+        learner = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.max_poll_records,
+            fetch_max_bytes=32 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        partitions = []
+        for topic in (settings.topic, *side_topics):
+            found = wait_for_partitions(learner, topic)
+            partitions += [TopicPartition(topic, p) for p in sorted(found)]
+        learner.assign(partitions)
+        for tp in partitions:
+            offset = self._learned_offset(tp)
+            if offset is not None:
+                learner.seek(tp, offset)
+        membership = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.group_id,
+            enable_auto_commit=False,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(settings.session_timeout_ms // 5, 500),
+            group_instance_id=settings.worker_instance_id,
+        )
+        membership.subscribe([settings.topic], listener=_Ownership(self))
+        return learner, membership
+
+    def _learned_offset(self, tp: TopicPartition) -> int | None:
+        if tp.topic == self.settings.topic:
+            state = self.partitions.get(tp.partition)
+            return state.next_offset if state else None
+        return self.control_offsets.get(tp.topic, {}).get(tp.partition)
+
+    def owns(self, partition: int) -> bool:
+        """Whether this worker serves the partition (all of them without a consumer group)."""
+        return self.membership is None or partition in self.owned
+
+    def poll_membership(self, timeout_ms: int = 0) -> None:
+        """Heartbeat the group; take over the partitions it has just assigned."""
+        self.membership.poll(timeout_ms=timeout_ms)  # records never come: every partition is paused
+        if self.newly_assigned:
+            assigned, self.newly_assigned = self.newly_assigned, []
+            self.membership.pause(*assigned)
+            self.take_ownership(tp.partition for tp in assigned)
+
+    def take_ownership(self, partitions: Iterable[int]) -> None:
+        """Serve newly assigned partitions from where their last owner committed.
+
+        What lies between that commit and what this replica has learned is re-read to be
+        served (lists, dead letters, counters) but not learned again.
+        """
+        for p in partitions:
+            tp = TopicPartition(self.settings.topic, p)
+            committed = self.membership.committed(tp) or 0
+            learned = self._learned_offset(tp) or 0
+            if committed < learned:
+                self.consumer.seek(tp, committed)
+                self.serve_only_until[p] = learned
+            self.owned.add(p)
+        log.info("serving partitions %s", sorted(self.owned))
+
+    def wait_for_ownership(self, timeout_s: float) -> None:
+        """Join the group before learning, so the first events are served as they are learned."""
+        deadline = time.monotonic() + timeout_s
+        while self.membership is not None and not self.owned and time.monotonic() < deadline:
+            self.poll_membership(timeout_ms=100)
 
     # -- state and checkpoints ---------------------------------------------------------
     @property
@@ -212,7 +303,11 @@ class Worker:
         }
 
     def _restore(self) -> None:
+        """This worker's newest checkpoint; a new worker starts from a peer's (state transfer)."""
         state = self.checkpoints.load()
+        if state is None:
+            peers = [CheckpointStore(d) for d in self.checkpoints.directory.parent.glob("*") if d.is_dir()]
+            state = next((s for s in (p.load() for p in sorted(peers, key=_newest_first)) if s), None)
         if state is None:
             return
         self.model.load_state_dict(state["model"])
@@ -231,13 +326,6 @@ class Worker:
         self.checkpoints.save(self._state())
         self._events_since_checkpoint = 0
         self._checkpointed_at = time.monotonic()
-
-    def seek_to_checkpoint(self, assigned: Iterable[TopicPartition]) -> None:
-        for tp in assigned:
-            if tp.topic == self.settings.topic and tp.partition in self.partitions:
-                self.consumer.seek(tp, self.partitions[tp.partition].next_offset)
-            elif tp.partition in self.control_offsets.get(tp.topic, {}):
-                self.consumer.seek(tp, self.control_offsets[tp.topic][tp.partition])
 
     def expire_idle_users(self) -> None:
         """Forget users idle longer than ``user_idle_expiry_s`` (event time), bounding memory."""
@@ -265,18 +353,29 @@ class Worker:
         batch = Counts(consumed=len(records))
         events: list[Event] = []
         item_metadata: dict[str, dict] = {}
+        served_users: dict[str, None] = {}  # users of served partitions, in order
+        served_items: set[str] = set()
         touched_partitions = set()
+        commit: dict[int, int] = {}
         for record in records:
-            state = self.partitions.get(record.partition)
+            p, owned = record.partition, self.owns(record.partition)
+            if owned:
+                commit[p] = record.offset + 1
+            if record.offset < self.serve_only_until.get(p, -1):
+                self._serve_again(record, served_users)  # learned already, never served
+                continue
+            self.serve_only_until.pop(p, None)
+            state = self.partitions.get(p)
             if state is None:
-                state = self.partitions[record.partition] = PartitionState()
-            touched_partitions.add(record.partition)
+                state = self.partitions[p] = PartitionState()
+            touched_partitions.add(p)
             state.counts.consumed += 1
             state.next_offset = record.offset + 1
             try:
                 event = parse_record(record, self.settings.max_event_bytes)
             except InvalidEvent as exc:
-                self._dead_letter(Reject(record, exc.reason))
+                if owned:
+                    self._dead_letter(Reject(record, exc.reason))
                 state.counts.dead_lettered += 1
                 batch.dead_lettered += 1
                 continue
@@ -292,6 +391,9 @@ class Worker:
                 self.model.learn_item(event.item_id, item_metadata[event.item_id])
             else:
                 events.append(event)
+                if owned:
+                    served_users[event.user_id] = None
+                    served_items.add(event.item_id)
         if events:
             self.model.learn_many(events)
             if self.popularity is not self.model:
@@ -300,7 +402,7 @@ class Worker:
                 self.seen.setdefault(event.user_id, set()).add(event.item_id)
                 self.last_active[event.user_id] = max(event.ts, self.last_active.get(event.user_id, 0.0))
         forgotten = self._obey(commands)
-        users = [u for u in dict.fromkeys(e.user_id for e in events) if u not in forgotten]
+        users = [u for u in served_users if u not in forgotten and u in self.seen]
         lists = self.model.recommend_many(users, self.settings.top_k, {u: self.seen[u] for u in users})
         explanations = {}
         for user_id, items in lists.items():
@@ -315,9 +417,10 @@ class Worker:
         counters = {
             f"{f.name}:{p}": getattr(self.partitions[p].counts, f.name)
             for p in touched_partitions
+            if self.owns(p)
             for f in fields(Counts)
         }
-        similar = self._similar_lists(events, now)
+        similar = self._similar_lists(served_items, now)
         self._measure(records, started, now)
         self.store.write_batch(lists, self.model.name, now, popular, counters, similar,
                                (self.worker_id, self.metrics.as_dict()), explanations, item_metadata)
@@ -327,7 +430,26 @@ class Worker:
             self.dlq.flush()
             self._dlq_unflushed = False
         self._events_since_checkpoint += len(records) + len(commands)
+        self._commit(commit)
         return batch
+
+    def _serve_again(self, record: ConsumerRecord, served_users: dict[str, None]) -> None:
+        """A record this replica learned while another worker served its partition."""
+        try:
+            event = parse_record(record, self.settings.max_event_bytes)
+        except InvalidEvent as exc:
+            self._dead_letter(Reject(record, exc.reason))  # at least once: the old owner may have too
+            return
+        if event.type != ITEM_TYPE:
+            served_users[event.user_id] = None
+
+    def _commit(self, offsets: dict[int, int]) -> None:
+        """Commit the served partitions' offsets (once the batch's effects are durable)."""
+        if self.membership is None:
+            self.consumer.commit()
+        elif offsets:
+            self.membership.commit({TopicPartition(self.settings.topic, p): OffsetAndMetadata(o, "", -1)
+                                    for p, o in offsets.items() if p in self.owned})
 
     def _measure(self, records: list[ConsumerRecord], started: float, now: float) -> None:
         """Batch latency (up to the Redis write), per-event freshness, consumer lag."""
@@ -354,7 +476,8 @@ class Worker:
                 served = {i["item_id"]: (i["strategy"], i["position"]) for i in impression["items"]}
                 self.impressions[impression["recomm_id"]] = served
             except (ValueError, KeyError, TypeError) as exc:
-                self._dead_letter(Reject(record, f"bad impression: {exc}"))
+                if self.owns(record.partition):
+                    self._dead_letter(Reject(record, f"bad impression: {exc}"))
                 continue
             if len(self.impressions) > self.settings.impressions_window:
                 self.impressions.popitem(last=False)
@@ -383,17 +506,18 @@ class Worker:
                 if not isinstance(user_id, str):
                     raise ValueError("user_id must be a string")
             except (ValueError, KeyError) as exc:
-                self._dead_letter(Reject(record, f"bad control command: {exc}"))
+                if self.owns(record.partition):
+                    self._dead_letter(Reject(record, f"bad control command: {exc}"))
                 continue
             self.forget_user(user_id)
             forgotten.add(user_id)
         return forgotten
 
-    def _similar_lists(self, events: list[Event], now: float) -> dict[str, list] | None:
+    def _similar_lists(self, items: set[str], now: float) -> dict[str, list] | None:
         """Similar-item lists of the items touched since the last refresh, when one is due."""
         if not (self.settings.similar_k and self._has_similarity):
             return None
-        self._items_touched.update(e.item_id for e in events)
+        self._items_touched.update(items)
         if not self._items_touched or now - self._similar_written_at < self.settings.similar_refresh_s:
             return None
         try:
@@ -417,6 +541,8 @@ class Worker:
 
     def poll_once(self) -> Counts | None:
         """Poll one batch, apply it, commit its offsets; None when nothing came."""
+        if self.membership is not None:
+            self.poll_membership()
         batches = self.consumer.poll(
             timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records
         )
@@ -431,7 +557,6 @@ class Worker:
         self._remember_impressions(impressions)
         if records or commands:
             batch = self.process(records, commands)
-            self.consumer.commit()
         else:
             batch = None
         if self._events_since_checkpoint and (
@@ -444,6 +569,7 @@ class Worker:
     def run(self, stop: threading.Event | None = None) -> Counts:
         """Consume until ``stop`` is set; Redis outages block (with backoff) rather than lose events."""
         stop = stop or threading.Event()
+        self.wait_for_ownership(self.settings.session_timeout_ms / 1000.0)
         log.info("worker consuming %s as group %s, model %s", self.settings.topic, self.settings.group_id,
                  self.model.name)
         while not stop.is_set():
@@ -455,6 +581,8 @@ class Worker:
         if self._events_since_checkpoint:
             self.checkpoint()
         self.consumer.close()
+        if self.membership is not None:
+            self.membership.close()
         self.dlq.flush()
         self.dlq.close()
         self.store.close()

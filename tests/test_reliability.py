@@ -133,7 +133,7 @@ def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(settings, tmp
     assert len({dict(r.headers)["source"] for r in dead}) == bad  # each reject at least once
 
     # the model after three crashes equals one that learned every event exactly once
-    state = CheckpointStore(settings.state_dir / "checkpoints" / settings.group_id / settings.topic).load()
+    state = CheckpointStore(settings.state_dir / "checkpoints" / settings.group_id / settings.topic / "worker").load()
     recovered = Cooc()
     recovered.load_state_dict(state["model"])
     reference = Cooc()
