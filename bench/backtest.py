@@ -52,7 +52,7 @@ def run(svc=None, *, quick: bool, repeats: int | None = None, log=print, models:
         log(f"backtest: {ML100K} not found (set STREAMREC_ML100K); skipped")
         return {"skipped": f"{ML100K} not found"}
     repeats = repeats or (1 if quick else 3)
-    limit = 20_000 if quick else None
+    limit = 10_000 if quick else None
     names = models or list(MODELS)
     log(f"backtest: ML100K ({limit or 'all 100,000'} events), {repeats} run(s) per model, models {', '.join(names)}")
     rates: dict[str, list[float]] = {}

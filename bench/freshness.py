@@ -77,6 +77,9 @@ def probe_api(settings, port: int, n: int, timeout_s: float = 5.0) -> list[float
 
     latencies = []
     for i in range(n):
+        if latencies[-3:] == [float("inf")] * 3:  # the pipeline is stuck: count the rest as timeouts
+            latencies += [float("inf")] * (n - i)
+            break
         user = f"probe-{tag}-{i}"
         before = get(user)["updated_at"]
         value = _probe_event(user)
@@ -154,6 +157,8 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, log=print, **
         try:
             time.sleep(3.0)  # the worker joins the group and catches up with the load
             api_lat = probe_api(settings, port, probes)
+            if not worker.is_alive():
+                log(f"  the worker process exited (code {worker.exitcode}) during the probes")
             bare_lat = probe_bare_consumer(settings, probes)
         finally:
             open(stop_file, "w").close()

@@ -76,7 +76,8 @@ async def recommendations(
         stored, source = store.user_list(user_id), "personal"
         if stored is None:
             stored, source = fallback, "popular"
-        entries = _entries(stored)
+        # without a category filter only the page is needed: build no more entries than that
+        entries = _entries(stored, None if category is not None else offset + k)
         if category is not None:
             metadata = store.item_metadata([e["item_id"] for e in entries])
             entries = [e for e, m in zip(entries, metadata) if m is not None and category in categories_of(m)]
@@ -84,7 +85,7 @@ async def recommendations(
         if popular.last is None:
             raise HTTPException(status_code=503, detail=f"recommendations are unavailable: {exc}") from exc
         stored, source, degraded = popular.last, "popular", True
-        entries = [] if category is not None else _entries(stored)  # no metadata to filter by
+        entries = [] if category is not None else _entries(stored, offset + k)  # no metadata to filter by
     page = entries[offset : offset + k]
     recomm_id = uuid.uuid4().hex
     _publish_impression(request, recomm_id, user_id, page, offset)
@@ -102,12 +103,12 @@ async def recommendations(
     return Response(orjson.dumps(answer), media_type="application/json")
 
 
-def _entries(stored: StoredList | None) -> list[dict]:
+def _entries(stored: StoredList | None, limit: int | None = None) -> list[dict]:
     if stored is None:
         return []
-    explained = stored.explained or [(stored.model, None)] * len(stored.items)
-    return [{"item_id": i, "score": s, "strategy": x, "reason": r}
-            for (i, s), (x, r) in zip(stored.items, explained)]
+    items = stored.items[:limit]
+    explained = stored.explained or [(stored.model, None)] * len(items)
+    return [{"item_id": i, "score": s, "strategy": x, "reason": r} for (i, s), (x, r) in zip(items, explained)]
 
 
 def _publish_impression(request: Request, recomm_id: str, user_id: str, page: list[dict], offset: int) -> None:
