@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = {**summary(results), "quick": args.quick, "elapsed_s": elapsed, "cores": cores(),
                "load_average": [load_before[0], os.getloadavg()[0]], "python": platform.python_version(),
                "machine": platform.machine(), "results": results, "failed": failed}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(_json_safe(doc), f, indent=2)
         print(f"wrote {args.json}")

@@ -3,7 +3,7 @@
 A worker process (the default served model) and the API (uvicorn) run against a topic that a
 third process loads with ``LOAD_RPS`` events/s. The probe (this process) sends one event for
 a user never seen before, flushes the producer, and polls ``GET /users/{id}/recommendations``
-over a keep-alive connection every millisecond until the answer is the user's own list
+over a keep-alive connection every ``POLL_S`` until the answer is the user's own list
 (``source`` turns ``personal`` and ``updated_at`` moves); the time since the send is one
 sample. Baseline, same run and same load: the time until a bare kafka-python consumer in
 this process receives a probe event (the floor any Kafka-fed pipeline starts from).
@@ -24,6 +24,9 @@ from bench.common import Catalogue, Services, Spread, bench_settings, drop_prefi
 from bench.serve import start_server
 
 LOAD_RPS = 1000
+# between two GETs of one probe: every answer is published as an impression that the worker
+# consumes, so a tighter poll would load the pipeline it measures (resolution: +-POLL_S)
+POLL_S = 0.005
 
 
 def _load(settings, rate: int, stop_file: str, out) -> None:
@@ -52,6 +55,18 @@ def _worker(settings, stop_file: str, out) -> None:
     totals = worker.run(stop)
     worker.close()
     out.put({"consumed": totals.consumed})
+
+
+def _wait_consuming(settings, timeout_s: float = 90.0) -> None:
+    from serving.store import RecommendationStore, make_client
+
+    from bench.common import wait_until
+
+    store = RecommendationStore(make_client(settings.redis_url, retries=2), settings.redis_prefix)
+    try:
+        wait_until(lambda: store.counters().get("applied", 0) > 0, timeout_s, 0.2, "the worker applying events")
+    finally:
+        store.close()
 
 
 def _wait_file(path: str) -> None:
@@ -91,7 +106,7 @@ def probe_api(settings, port: int, n: int, timeout_s: float = 5.0) -> list[float
             if body["source"] == "personal" and body["updated_at"] != before:
                 latencies.append(time.perf_counter() - started)
                 break
-            time.sleep(0.001)
+            time.sleep(POLL_S)
         else:
             latencies.append(float("inf"))
         time.sleep(random.uniform(0.02, 0.06))
@@ -155,7 +170,8 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, log=print, **
         port = free_port()
         api = start_server("serving.app:create_app", settings, port, None)
         try:
-            time.sleep(3.0)  # the worker joins the group and catches up with the load
+            _wait_consuming(settings)  # the worker started, joined the group, and applies the load
+            time.sleep(1.0)
             api_lat = probe_api(settings, port, probes)
             if not worker.is_alive():
                 log(f"  the worker process exited (code {worker.exitcode}) during the probes")
