@@ -87,6 +87,14 @@ def make(name: str, seed: int = 0):
         return Agent(strategies=NO_CONTENT, seed=seed)
     if name == "agent-flat":  # one segment, one slot statistics for all positions
         return Agent(strategies=DEFAULT_STRATEGIES, segments=None, n_slots=1, seed=seed)
+    if name == "content-alltime":  # popularity without decay: ratings logs span decades
+        return make_model("content", half_life_s=None)
+    if name == "blend+content-alltime":
+        return make_model("blend", models={"cooc": {}, "embeddings": {}, "content": {"half_life_s": None}},
+                          weights={"cooc": 1.0, "embeddings": 0.5, "content": 0.5})
+    if name == "agent-alltime":
+        strategies = {**DEFAULT_STRATEGIES, "content": {"model": "content", "params": {"half_life_s": None}}}
+        return Agent(strategies=strategies, seed=seed)
     if name == "blend+content":
         return make_model("blend", models={"cooc": {}, "embeddings": {}, "content": {}},
                           weights={"cooc": 1.0, "embeddings": 0.5, "content": 0.3})
