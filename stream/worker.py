@@ -239,6 +239,7 @@ class Worker:
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=max(settings.session_timeout_ms // 5, 500),
             group_instance_id=settings.worker_instance_id,
+            max_poll_interval_ms=max(settings.session_timeout_ms * 3, 30_000),  # a stuck loop loses its partitions
         )
         membership.subscribe([settings.topic], listener=_Ownership(self))
         return learner, membership
@@ -253,8 +254,14 @@ class Worker:
         """Whether this worker serves the partition (all of them without a consumer group)."""
         return self.membership is None or partition in self.owned
 
-    def poll_membership(self, timeout_ms: int = 0) -> None:
-        """Heartbeat the group; take over the partitions it has just assigned."""
+    def poll_membership(self, timeout_ms: int | None = None) -> None:
+        """Heartbeat the group; take over the partitions it has just assigned.
+
+        A rebalance revokes every partition first (the eager protocol), and a join needs a
+        poll that waits: while this worker serves nothing, the poll waits up to 100 ms.
+        """
+        if timeout_ms is None:
+            timeout_ms = 0 if self.owned else 100
         self.membership.poll(timeout_ms=timeout_ms)  # records never come: every partition is paused
         if self.newly_assigned:
             assigned, self.newly_assigned = self.newly_assigned, []
@@ -267,15 +274,21 @@ class Worker:
         What lies between that commit and what this replica has learned is re-read to be
         served (lists, dead letters, counters) but not learned again.
         """
+        caught_up = []
         for p in partitions:
             tp = TopicPartition(self.settings.topic, p)
             committed = self.membership.committed(tp) or 0
             learned = self._learned_offset(tp) or 0
             if committed < learned:
+                log.info("partition %d: serving again from %d (learned up to %d)", p, committed, learned)
                 self.consumer.seek(tp, committed)
                 self.serve_only_until[p] = learned
+            else:
+                caught_up.append(p)
             self.owned.add(p)
         log.info("serving partitions %s", sorted(self.owned))
+        # counts of a partition reach Redis once all it counts has been served
+        self.store.write_batch({}, self.model.name, time.time(), counters=self._counters(caught_up))
 
     def wait_for_ownership(self, timeout_s: float) -> None:
         """Join the group before learning, so the first events are served as they are learned."""
@@ -363,6 +376,8 @@ class Worker:
                 commit[p] = record.offset + 1
             if record.offset < self.serve_only_until.get(p, -1):
                 self._serve_again(record, served_users)  # learned already, never served
+                if record.offset + 1 == self.serve_only_until[p]:
+                    touched_partitions.add(p)  # served up to what was counted
                 continue
             self.serve_only_until.pop(p, None)
             state = self.partitions.get(p)
@@ -414,24 +429,28 @@ class Worker:
         if events and now - self._popular_written_at >= self.settings.popular_refresh_s:
             popular = self.popularity.top(self.settings.top_k)
             self._popular_written_at = now
-        counters = {
-            f"{f.name}:{p}": getattr(self.partitions[p].counts, f.name)
-            for p in touched_partitions
-            if self.owns(p)
-            for f in fields(Counts)
-        }
+        counters = self._counters(touched_partitions)  # not mid-replay: those counts are not served yet
         similar = self._similar_lists(served_items, now)
         self._measure(records, started, now)
+        if self._dlq_unflushed:  # dead letters are durable before the counters claim them
+            self.dlq.flush()
+            self._dlq_unflushed = False
         self.store.write_batch(lists, self.model.name, now, popular, counters, similar,
                                (self.worker_id, self.metrics.as_dict()), explanations, item_metadata)
         for user_id in forgotten:
             self.store.delete_user(user_id)
-        if self._dlq_unflushed:
-            self.dlq.flush()
-            self._dlq_unflushed = False
         self._events_since_checkpoint += len(records) + len(commands)
         self._commit(commit)
         return batch
+
+    def _counters(self, partitions: Iterable[int]) -> dict[str, int]:
+        """Absolute counts of the served ones among ``partitions``, as Redis hash fields."""
+        return {
+            f"{f.name}:{p}": getattr(self.partitions[p].counts, f.name)
+            for p in partitions
+            if self.owns(p) and p in self.partitions
+            for f in fields(Counts)
+        }
 
     def _serve_again(self, record: ConsumerRecord, served_users: dict[str, None]) -> None:
         """A record this replica learned while another worker served its partition."""

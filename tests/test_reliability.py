@@ -41,18 +41,18 @@ def synthetic_events(n: int, n_users: int = 150, n_items: int = 200, seed: int =
     ]
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
+def worker_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     values = {
         "KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "REDIS_URL": settings.redis_url, "TOPIC": settings.topic,
         "GROUP_ID": settings.group_id, "REDIS_PREFIX": settings.redis_prefix, "STATE_DIR": str(settings.state_dir),
         "MODEL": "cooc", "CHECKPOINT_EVERY_EVENTS": "300", "CHECKPOINT_INTERVAL_S": "0.5",
-        "MAX_POLL_RECORDS": "200", "POLL_TIMEOUT_MS": "100",
+        "MAX_POLL_RECORDS": "200", "POLL_TIMEOUT_MS": "100", **(extra or {}),
     }
     return {**os.environ, **{f"STREAMREC_{k}": v for k, v in values.items()}}
 
 
-def start_worker_process(settings: Settings, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streamrec", "worker"], env=worker_env(settings),
+def start_worker_process(settings: Settings, log: Path, extra: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "streamrec", "worker"], env=worker_env(settings, extra),
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
