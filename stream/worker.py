@@ -305,9 +305,11 @@ class Worker:
         return totals
 
     def _state(self) -> dict:
+        """Everything the worker has learned, as live objects: ``CheckpointStore.save``
+        pickles them at once, so no extra deep copy is needed."""
         return {
-            "model": self.model.state_dict(),
-            "popularity": None if self.popularity is self.model else self.popularity.state_dict(),
+            "model": self.model,
+            "popularity": None if self.popularity is self.model else self.popularity,
             "seen": self.seen,
             "last_active": self.last_active,
             "partitions": self.partitions,
@@ -323,9 +325,14 @@ class Worker:
             state = next((s for s in (p.load() for p in sorted(peers, key=_newest_first)) if s), None)
         if state is None:
             return
-        self.model.load_state_dict(state["model"])
-        if state["popularity"] is not None and self.popularity is not self.model:
-            self.popularity.load_state_dict(state["popularity"])
+        saved = state["model"]
+        if type(saved) is not type(self.model) or saved._get_params() != self.model._get_params():
+            raise StreamrecError(
+                f"the checkpoint in {self.checkpoints.directory} holds {saved!r}, not {self.model!r}: "
+                "serve the same model, or move the checkpoint away to start afresh"
+            )
+        self.model = saved
+        self.popularity = saved if state["popularity"] is None else state["popularity"]
         self.seen = state["seen"]
         self.last_active = state["last_active"]
         self.partitions = state["partitions"]

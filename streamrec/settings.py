@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     group_id: str = "streamrec-worker"
     topic_partitions: int = Field(default=3, ge=1)
 
-    model: str = "cooc"
+    model: str = Field(default="blend", description="the model served; blend scored best on the backtests")
     top_k: int = Field(default=100, ge=1, le=1000, description="length of each stored list")
     user_list_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
     redis_prefix: str = "streamrec"
@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="required by write endpoints (X-API-Key); unset: writes are refused"
     )
+    publish_impressions: bool = Field(default=True, description="publish what each GET served, for attribution")
     similar_k: int = Field(default=20, ge=0, le=1000, description="length of stored similar-item lists (0: none)")
     similar_refresh_s: float = Field(default=2.0, ge=0)
 

@@ -32,6 +32,11 @@ def wait_for(check: Callable[[], T], timeout_s: float, what: str, interval_s: fl
         time.sleep(interval_s)
 
 
+def served(worker: Worker) -> int:
+    """Events applied *and* written to Redis (the counters travel with the lists)."""
+    return worker.store.counters().get("applied", 0)
+
+
 @contextmanager
 def running_worker(settings: Settings, **kwargs):
     """A real worker consuming ``settings.topic`` in a thread; stopped and closed on exit."""

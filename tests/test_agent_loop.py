@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from online_models import make_model
 from serving.app import create_app
-from tests.helpers import running_worker, wait_for
+from tests.helpers import running_worker, served, wait_for
 
 pytestmark = pytest.mark.integration
 KEY = {"X-API-Key": "s3cret"}
@@ -31,7 +31,7 @@ def test_click_on_a_served_item_rewards_its_strategy(settings):
         for user, item in history:
             answer = api.post("/events", json={"user_id": user, "item_id": item, "type": "click"}, headers=KEY)
             assert answer.status_code == 202, answer.text
-        wait_for(lambda: worker.totals.applied == len(GENRE) + len(history), 60,
+        wait_for(lambda: served(worker) == len(GENRE) + len(history), 60,
                  lambda: f"{len(GENRE) + len(history)} items and events applied, got {worker.totals}")
 
         body = wait_for(lambda: (b := api.get("/users/probe/recommendations",

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from online_models.cooc import Cooc
 from serving.app import create_app
-from tests.helpers import running_worker, wait_for
+from tests.helpers import running_worker, served, wait_for
 
 pytestmark = pytest.mark.integration
 KEY = {"X-API-Key": "s3cret"}
@@ -44,7 +44,7 @@ def test_post_events_validates_like_the_worker_and_publishes(write_settings):
             assert accepted.status_code == 202
             ids.append(accepted.json()["event_id"])
         assert len(set(ids)) == 5
-        wait_for(lambda: worker.totals.applied == 5, 30, "the posted events applied")
+        wait_for(lambda: served(worker) == 5, 30, "the posted events applied")
         body = api.get("/users/c/recommendations").json()
         assert body["source"] == "personal" and body["items"][0]["item_id"] == "y"
         similar = wait_for(lambda: api.get("/items/x/similar", params={"k": 3}).json().get("items"), 30,
@@ -57,7 +57,7 @@ def test_delete_user_forgets_everywhere(write_settings):
     with TestClient(create_app(write_settings)) as api, running_worker(write_settings, model=Cooc()) as worker:
         for user, item in [("gone", "x"), ("gone", "y"), ("stay", "x"), ("stay", "z")]:
             api.post("/events", json={"user_id": user, "item_id": item, "type": "click"}, headers=KEY)
-        wait_for(lambda: worker.totals.applied == 4, 30, "the events applied")
+        wait_for(lambda: served(worker) == 4, 30, "the events applied")
         assert api.get("/users/gone/recommendations").json()["source"] == "personal"
 
         answer = api.delete("/users/gone", headers=KEY)

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from serving.app import create_app
 from stream.producer import EventProducer
 from stream.schema import Event
-from tests.helpers import read_topic, running_worker, wait_for
+from tests.helpers import read_topic, running_worker, served, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ def test_bad_input_goes_to_the_dead_letter_topic(settings):
         # the worker keeps going after bad input
         producer.send(Event(user_id="late", item_id="i1", type="click", ts=time.time(), event_id="late"))
         producer.flush()
-        wait_for(lambda: worker.totals.applied == len(good) + 1, 30, "the event after the bad ones")
+        wait_for(lambda: served(worker) == len(good) + 1, 30, "the event after the bad ones")
         with TestClient(create_app(settings)) as api:
             assert api.get("/users/late/recommendations").status_code == 200
             scrape = api.get("/metrics").text

@@ -26,7 +26,7 @@ from stream.producer import EventProducer
 from stream.schema import Event
 from streamrec.services import LocalKafka, LocalRedis, free_port
 from streamrec.settings import Settings
-from tests.helpers import read_topic, running_worker, wait_for
+from tests.helpers import read_topic, running_worker, served, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -134,8 +134,7 @@ def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(settings, tmp
 
     # the model after three crashes equals one that learned every event exactly once
     state = CheckpointStore(settings.state_dir / "checkpoints" / settings.group_id / settings.topic / "worker").load()
-    recovered = Cooc()
-    recovered.load_state_dict(state["model"])
+    recovered = state["model"]
     reference = Cooc()
     reference.learn_many(good)
     for user in sorted({e.user_id for e in good}):
@@ -165,7 +164,7 @@ def test_redis_outage_degrades_the_api_and_loses_nothing(settings, own_redis):
             EventProducer(settings.kafka_bootstrap, settings.topic) as producer:
         producer.send_many(events[:1000])
         producer.flush()
-        wait_for(lambda: worker.totals.applied == 1000, 60, "the first half applied")
+        wait_for(lambda: served(worker) == 1000, 60, "the first half applied")
         user = events[0].user_id
         assert api.get(f"/users/{user}/recommendations").json()["source"] == "personal"
 

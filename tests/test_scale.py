@@ -95,8 +95,7 @@ def test_killing_one_of_three_workers_moves_its_partitions_and_loses_nothing(set
     reference.learn_many(good)
     for n in (1, 2):
         state = CheckpointStore(settings.state_dir / "checkpoints" / settings.group_id / settings.topic / f"w{n}").load()
-        replica = Cooc()
-        replica.load_state_dict(state["model"])
+        replica = state["model"]
         for user in users[::10]:
             got, want = dict(replica.recommend(user, k=1000)), dict(reference.recommend(user, k=1000))
             assert got.keys() == want.keys()

@@ -114,7 +114,7 @@ def _entries(stored: StoredList | None, limit: int | None = None) -> list[dict]:
 def _publish_impression(request: Request, recomm_id: str, user_id: str, page: list[dict], offset: int) -> None:
     """What was shown, to the impressions topic (keyed by user); skipped while Kafka is away."""
     settings = request.app.state.settings
-    producer = request.app.state.publisher.nowait() if page else None
+    producer = request.app.state.publisher.nowait() if page and settings.publish_impressions else None
     if producer is None:
         return
     impression = {
