@@ -1,12 +1,14 @@
 """Scale-out: throughput with 1, 2 and 3 worker processes in one consumer group, and how
-much the served lists of the 3-worker run differ from the single worker's.
+well they recommend: online HR@10, each served event judged against the list its worker
+last wrote for the user, before learning it.
 
 ``python -m bench.workers [--log PATH --format movielens] [--workers 1,2,3] [--model cooc] [--json FILE]``
 
 A log (MovieLens 100K by default, fetched with ``streamrec datasets fetch``) is published
 once per run to a fresh 6-partition topic; then the workers start and the clock runs until
-the Redis counters say every event was served. Quality: for every user, the overlap of
-the top-10 lists in Redis between the single-worker run and each other run.
+the Redis counters say every event was served. Quality: online HR@10 (from the workers'
+metrics), and for every user the overlap of the final top-10 lists in Redis with the
+single-worker run's.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def run(bootstrap: str, redis_url: str, events: list, n_workers: int, model: str
                 raise RuntimeError(f"a worker died: see {logs}")
             time.sleep(0.1)
         seconds = time.perf_counter() - started
+        time.sleep(1.5)  # one more metrics snapshot per worker
+        reports = store.workers_metrics()
     finally:
         for w in workers:
             w.terminate()
@@ -61,7 +65,10 @@ def run(bootstrap: str, redis_url: str, events: list, n_workers: int, model: str
             w.wait(timeout=60)
     users = sorted({e.user_id for e in events})
     lists = {u: [i for i, _ in (store.user_list(u).items[:10] if store.user_list(u) else [])] for u in users}
-    return {"workers": n_workers, "seconds": seconds, "events_per_s": len(events) / seconds, "lists": lists}
+    evaluated = sum(r["online_evaluated"] for r in reports)
+    hits = sum(r["online_hits"] for r in reports)
+    return {"workers": n_workers, "seconds": seconds, "events_per_s": len(events) / seconds,
+            "online_hr_at_10": hits / evaluated if evaluated else 0.0, "online_evaluated": evaluated, "lists": lists}
 
 
 def overlap(a: dict[str, list[str]], b: dict[str, list[str]]) -> float:
@@ -87,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run(svc.kafka_bootstrap, svc.redis_url, events, n, args.model, Path(".streamrec/bench-workers"))
             results.append(result)
             print(f"{n} worker(s): {result['events_per_s']:,.0f} events/s ({result['seconds']:.1f} s "
-                  f"for {len(events):,} events, model {args.model}, {os.cpu_count()} cores)", flush=True)
+                  f"for {len(events):,} events, model {args.model}, {os.cpu_count()} cores); online HR@10 "
+                  f"{result['online_hr_at_10']:.4f} over {result['online_evaluated']:,} events", flush=True)
     single = results[0]["lists"]
     for result in results[1:]:
         result["overlap_at_10_vs_single"] = overlap(single, result["lists"])

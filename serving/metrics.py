@@ -46,6 +46,11 @@ class PipelineCollector:
         workers_gauge = GaugeMetricFamily("streamrec_workers", "Workers that reported in the last minute")
         workers_gauge.add_metric([], len(workers))
         yield workers_gauge
+        for key, help_text in (("online_evaluated", "Served events judged against the user's last list"),
+                               ("online_hits", "... whose item was in that list (online HR = hits / evaluated)")):
+            family = CounterMetricFamily(f"streamrec_{key}", help_text)
+            family.add_metric([], sum(w[key] for w in workers))
+            yield family
         attributed = CounterMetricFamily("streamrec_feedback_attributed", "Events credited to the impression they came from")
         attributed.add_metric([], sum(w["attributed"] for w in workers))
         yield attributed

@@ -60,9 +60,12 @@ class WorkerMetrics:
     freshness_seconds: Histogram = field(default_factory=Histogram)
     consumer_lag: int = 0
     attributed: int = 0
+    online_evaluated: int = 0  # served events whose user had a list, judged before learning
+    online_hits: int = 0  # ... whose item was in that list's top online_eval_k
     bandit_arms: dict[str, dict] = field(default_factory=dict)  # arm -> pulls, rewards, share
 
     def as_dict(self) -> dict:
         return {"batch_seconds": self.batch_seconds.as_dict(),
                 "freshness_seconds": self.freshness_seconds.as_dict(), "consumer_lag": self.consumer_lag,
-                "attributed": self.attributed, "bandit_arms": self.bandit_arms}
+                "attributed": self.attributed, "online_evaluated": self.online_evaluated,
+                "online_hits": self.online_hits, "bandit_arms": self.bandit_arms}

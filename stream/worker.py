@@ -183,6 +183,7 @@ class Worker:
         self.partitions: dict[int, PartitionState] = {}
         self.control_offsets: dict[str, dict[int, int]] = {}  # side topic -> partition -> next offset
         self.impressions: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
+        self._last_lists: dict[str, set[str]] = {}  # for online evaluation; not checkpointed
         self.owned: set[int] = set()
         self.newly_assigned: list[TopicPartition] = []
         self.serve_only_until: dict[int, int] = {}
@@ -363,6 +364,7 @@ class Worker:
         """Drop what the worker and its model know of one user (not their list in Redis)."""
         self.last_active.pop(user_id, None)
         self.seen.pop(user_id, None)
+        self._last_lists.pop(user_id, None)
         self.model.forget_user(user_id)
 
     # -- the batch ---------------------------------------------------------------------
@@ -416,6 +418,7 @@ class Worker:
                 if owned:
                     served_users[event.user_id] = None
                     served_items.add(event.item_id)
+                    self._judge(event)
         if events:
             self.model.learn_many(events)
             if self.popularity is not self.model:
@@ -426,6 +429,9 @@ class Worker:
         forgotten = self._obey(commands)
         users = [u for u in served_users if u not in forgotten and u in self.seen]
         lists = self.model.recommend_many(users, self.settings.top_k, {u: self.seen[u] for u in users})
+        if self.settings.online_eval_k:
+            for user_id, items in lists.items():
+                self._last_lists[user_id] = {item for item, _ in items[: self.settings.online_eval_k]}
         explanations = {}
         for user_id, items in lists.items():
             explained = self.model.explain_items(user_id, [item for item, _ in items])
@@ -449,6 +455,13 @@ class Worker:
         self._events_since_checkpoint += len(records) + len(commands)
         self._commit(commit)
         return batch
+
+    def _judge(self, event: Event) -> None:
+        """Online HR@k: was the event's item in the list this worker last wrote for the user?"""
+        last = self._last_lists.get(event.user_id)
+        if last is not None:
+            self.metrics.online_evaluated += 1
+            self.metrics.online_hits += event.item_id in last
 
     def _counters(self, partitions: Iterable[int]) -> dict[str, int]:
         """Absolute counts of the served ones among ``partitions``, as Redis hash fields."""

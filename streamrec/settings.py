@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     checkpoint_every_events: int = Field(default=20_000, ge=1)
     checkpoint_interval_s: float = Field(default=10.0, gt=0)
     impressions_window: int = Field(default=100_000, ge=1, description="recent impressions kept for attribution")
+    online_eval_k: int = Field(
+        default=10, ge=0, le=1000, description="judge each served event against the user's last list (HR@k); 0: off"
+    )
     dedupe_window: int = Field(default=100_000, ge=0, description="event ids remembered per partition")
     user_idle_expiry_s: float | None = Field(
         default=30 * 24 * 3600.0, gt=0, description="forget users idle this long (event time); None: never"
