@@ -42,6 +42,16 @@ class IdIndex:
             self.ids.append(key)
         return row
 
+    def ranking(self, rows: np.ndarray, scores: np.ndarray) -> list[tuple[str, float]]:
+        """``(id, score)`` pairs for parallel arrays of rows and scores.
+
+        >>> index = IdIndex(); _ = index.add("a"), index.add("b")
+        >>> index.ranking(np.array([1, 0]), np.array([0.5, 0.25]))
+        [('b', 0.5), ('a', 0.25)]
+        """
+        ids = self.ids
+        return [(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]
+
     def rows_of(self, keys: Collection[str]) -> np.ndarray:
         """Rows of the known ``keys`` (unknown ones are skipped)."""
         rows = np.fromiter(map(self.rows.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))

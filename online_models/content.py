@@ -347,7 +347,6 @@ class Content(Recommender):
         blocked = None
         if self.max_item_events is not None:
             blocked = np.flatnonzero(self._counts[:n] >= self.max_item_events)
-        ids = self._items.ids
         result: dict[str, Ranking] = {}
         step = max(1, _CHUNK_CELLS // n)
         for start in range(0, len(user_ids), step):
@@ -362,7 +361,7 @@ class Content(Recommender):
                 if blocked is not None and len(blocked):
                     rows = blocked if rows is None else np.concatenate([rows, blocked])
                 best, vals = top_k(scores[j], k, rows)
-                result[user_id] = [(ids[r], float(v)) for r, v in zip(best.tolist(), vals.tolist())]
+                result[user_id] = self._items.ranking(best, vals)
         return result
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
@@ -377,4 +376,4 @@ class Content(Recommender):
         sims = sims.astype(np.float64)
         best, vals = top_k(sims, k + 1, np.array([row]))
         keep = vals > 0
-        return [(self._items.ids[r], float(v)) for r, v in zip(best[keep][:k].tolist(), vals[keep][:k].tolist())]
+        return self._items.ranking(best[keep][:k], vals[keep][:k])

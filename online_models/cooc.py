@@ -269,8 +269,7 @@ class Cooc(Recommender):
             best, vals = top_k(scores, k, exclude_rows)
         else:
             best, vals = top_k_of(rows, scores, k, exclude_rows, len(self._items))
-        ids = self._items.ids
-        return [(ids[r], float(v)) for r, v in zip(best.tolist(), vals.tolist())]
+        return self._items.ranking(best, vals)
 
     def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         if self._dense is not None:
@@ -289,5 +288,4 @@ class Cooc(Recommender):
         counts = np.sqrt(np.maximum(self._counts[rows], 1e-12))
         sims = weights / (counts * math.sqrt(max(self._counts[row], 1e-12)))
         best, vals = top_k(sims, k)
-        ids = self._items.ids
-        return [(ids[r], float(v)) for r, v in zip(rows[best].tolist(), vals.tolist())]
+        return self._items.ranking(rows[best], vals)

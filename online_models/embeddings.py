@@ -329,7 +329,6 @@ class TorchEmbeddings(Recommender):
             return {u: [] for u in user_ids}
         out_t = self._item_out[:n]
         bias = torch.from_numpy(self._bias())
-        ids = self._items.ids
         result: dict[str, Ranking] = {}
         step = max(1, _CHUNK_CELLS // n)
         for start in range(0, len(user_ids), step):
@@ -338,7 +337,7 @@ class TorchEmbeddings(Recommender):
             for j, user_id in enumerate(chunk):
                 seen = exclude.get(user_id)
                 rows, vals = top_k(scores[j], k, self._items.rows_of(seen) if seen else None)
-                result[user_id] = [(ids[r], float(v)) for r, v in zip(rows.tolist(), vals.tolist())]
+                result[user_id] = self._items.ranking(rows, vals)
         return result
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
@@ -351,5 +350,4 @@ class TorchEmbeddings(Recommender):
         query = self._item_in.numpy()[row]
         sims = out @ query / (np.linalg.norm(out, axis=1) * np.linalg.norm(query) + 1e-12)
         rows, vals = top_k(sims, k + 1, np.array([row]))
-        ids = self._items.ids
-        return [(ids[r], float(v)) for r, v in zip(rows[:k].tolist(), vals[:k].tolist())]
+        return self._items.ranking(rows[:k], vals[:k])

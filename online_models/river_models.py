@@ -145,7 +145,7 @@ class RiverMF(Recommender):
         user_ids = list(user_ids)
         if n == 0:
             return {u: [] for u in user_ids}
-        mf, ids = self._mf, self._items.ids
+        mf = self._mf
         zero = np.zeros(self.n_factors)
         result: dict[str, Ranking] = {}
         step = max(1, _CHUNK_CELLS // n)
@@ -158,7 +158,7 @@ class RiverMF(Recommender):
                 seen = exclude.get(user_id)
                 rows, vals = top_k(scores[j], k, self._items.rows_of(seen) if seen else None)
                 offset = mf.global_mean.get() + mf.u_biases.get(user_id, 0.0)  # same for every item
-                result[user_id] = [(ids[r], offset + float(v)) for r, v in zip(rows.tolist(), vals.tolist())]
+                result[user_id] = self._items.ranking(rows, vals + offset)
         return result
 
     def forget_user(self, user_id: str) -> None:
@@ -174,8 +174,7 @@ class RiverMF(Recommender):
         vecs = self._item_vecs[: len(self._items)]
         sims = vecs @ vecs[row] / (np.linalg.norm(vecs, axis=1) * np.linalg.norm(vecs[row]) + 1e-12)
         rows, vals = top_k(sims, k, np.array([row]))
-        ids = self._items.ids
-        return [(ids[r], float(v)) for r, v in zip(rows.tolist(), vals.tolist())]
+        return self._items.ranking(rows, vals)
 
 
 _FEATURES = ("is_cart", "is_click", "user_purchase_rate", "user_cart_rate", "user_events",

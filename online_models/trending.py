@@ -128,5 +128,4 @@ class Trending(Recommender):
         else:
             scores = self._scores[rows] / self._max
             best, vals = top_k_of(rows, scores, k, exclude_rows, len(self._items))
-        ids = self._items.ids
-        return [(ids[r], float(v)) for r, v in zip(best.tolist(), vals.tolist())]
+        return self._items.ranking(best, vals)
