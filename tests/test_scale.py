@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 
-import orjson
 import pytest
 import redis
 
