@@ -49,16 +49,23 @@ class StoredList:
     updated_at: float
     explained: list[tuple[str, str | None]] | None = None
     """Per item: the strategy that chose it and a reason in words (when the model says)."""
+    seen: list[bool] | None = None
+    """Per item: whether the user has already interacted with it (None: nothing is)."""
 
 
 SCORE_DECIMALS = 5
 
 
 def encode_list(
-    items: Ranking, model: str, updated_at: float, explained: Sequence[tuple[str, str | None]] | None = None
+    items: Ranking,
+    model: str,
+    updated_at: float,
+    explained: Sequence[tuple[str, str | None]] | None = None,
+    seen: Sequence[bool] | None = None,
 ) -> bytes:
     """One list as JSON; scores rounded to ``SCORE_DECIMALS`` decimals; strategies (``x``)
-    and reasons (``r``) only when the model explains its lists.
+    and reasons (``r``) only when the model explains its lists; the positions of items the
+    user has seen (``u``) only when there are some.
 
     >>> encode_list([("a", 0.1234567), ("b", 2.0)], "cooc", 1.0)
     b'{"m":"cooc","t":1.0,"i":["a","b"],"s":[0.12346,2.0]}'
@@ -68,6 +75,8 @@ def encode_list(
     obj = {"m": model, "t": round(updated_at, 3), "i": ids, "s": scores}
     if explained is not None:
         obj["x"], obj["r"] = zip(*explained) if explained else ((), ())
+    if seen is not None and any(seen):
+        obj["u"] = [n for n, is_seen in enumerate(seen) if is_seen]
     return orjson.dumps(obj, option=_NUMPY)
 
 
@@ -78,13 +87,18 @@ def decode_list(raw: bytes) -> StoredList:
     """The inverse of ``encode_list`` (also reads the older ``[[item_id, score], ...]`` form).
 
     >>> decode_list(encode_list([("a", 0.5)], "cooc", 1.0))
-    StoredList(items=[('a', 0.5)], model='cooc', updated_at=1.0, explained=None)
+    StoredList(items=[('a', 0.5)], model='cooc', updated_at=1.0, explained=None, seen=None)
     """
     obj = orjson.loads(raw)
     scores = obj.get("s")
     items = list(zip(obj["i"], scores)) if scores is not None else [(i, s) for i, s in obj["i"]]
     explained = list(zip(obj["x"], obj["r"])) if "x" in obj else None
-    return StoredList(items=items, model=obj["m"], updated_at=obj["t"], explained=explained)
+    seen = None
+    if "u" in obj:
+        seen = [False] * len(items)
+        for n in obj["u"]:
+            seen[n] = True
+    return StoredList(items=items, model=obj["m"], updated_at=obj["t"], explained=explained, seen=seen)
 
 
 # SET every KEYS[i] to ARGV[i + 1] with a TTL of ARGV[1] seconds
@@ -152,12 +166,14 @@ class RecommendationStore:
         worker_metrics: tuple[str, Mapping] | None = None,
         explanations: Mapping[str, Sequence[tuple[str, str | None]]] | None = None,
         item_metadata: Mapping[str, Mapping] | None = None,
+        seen: Mapping[str, Sequence[bool]] | None = None,
     ) -> None:
         """Write users' lists, the popular list, similar-item lists and counter values in one transaction."""
         pipe = self.client.pipeline(transaction=True)
         keys = [self.user_key(user_id) for user_id in lists]
-        explanations = explanations or {}
-        values = [encode_list(items, model, updated_at, explanations.get(user_id)) for user_id, items in lists.items()]
+        explanations, seen = explanations or {}, seen or {}
+        values = [encode_list(items, model, updated_at, explanations.get(user_id), seen.get(user_id))
+                  for user_id, items in lists.items()]
         for item_id, items in (similar or {}).items():
             keys.append(self.similar_key(item_id))
             values.append(encode_list(items, model, updated_at))

@@ -423,15 +423,14 @@ class Worker:
             self.model.learn_many(events)
             if self.popularity is not self.model:
                 self.popularity.learn_many(events)
+            seen_types = self.settings.seen_types
             for event in events:
-                self.seen.setdefault(event.user_id, set()).add(event.item_id)
+                if event.type in seen_types:
+                    self.seen.setdefault(event.user_id, set()).add(event.item_id)
                 self.last_active[event.user_id] = max(event.ts, self.last_active.get(event.user_id, 0.0))
         forgotten = self._obey(commands)
-        users = [u for u in served_users if u not in forgotten and u in self.seen]
-        lists = self.model.recommend_many(users, self.settings.top_k, {u: self.seen[u] for u in users})
-        if self.settings.online_eval_k:
-            for user_id, items in lists.items():
-                self._last_lists[user_id] = {item for item, _ in items[: self.settings.online_eval_k]}
+        users = [u for u in served_users if u not in forgotten and u in self.last_active]
+        lists, seen_flags = self._rank(users)
         explanations = {}
         for user_id, items in lists.items():
             explained = self.model.explain_items(user_id, [item for item, _ in items])
@@ -449,12 +448,34 @@ class Worker:
             self.dlq.flush()
             self._dlq_unflushed = False
         self.store.write_batch(lists, self.model.name, now, popular, counters, similar,
-                               (self.worker_id, self.metrics.as_dict()), explanations, item_metadata)
+                               (self.worker_id, self.metrics.as_dict()), explanations, item_metadata, seen_flags)
         for user_id in forgotten:
             self.store.delete_user(user_id)
         self._events_since_checkpoint += len(records) + len(commands)
         self._commit(commit)
         return batch
+
+    def _rank(self, users: list[str]) -> tuple[dict[str, list], dict[str, list[bool]]]:
+        """Each user's ranking with their seen items left in but flagged, so a request can
+        include or exclude them: ``top_k`` unseen items, and the seen ones ranked among them."""
+        top_k = self.settings.top_k
+        depth = top_k + max((min(len(self.seen.get(u, ())), top_k) for u in users), default=0)
+        lists, flags = {}, {}
+        for user_id, ranked in self.model.recommend_many(users, depth).items():
+            seen = self.seen.get(user_id, ())
+            kept, marks, unseen = [], [], 0
+            for item, score in ranked:
+                if unseen == top_k:
+                    break
+                is_seen = item in seen
+                kept.append((item, score))
+                marks.append(is_seen)
+                unseen += not is_seen
+            lists[user_id], flags[user_id] = kept, marks
+            if self.settings.online_eval_k:
+                shown = [item for item, is_seen in zip(kept, marks) if not is_seen][: self.settings.online_eval_k]
+                self._last_lists[user_id] = {item for item, _ in shown}
+        return lists, flags
 
     def _judge(self, event: Event) -> None:
         """Online HR@k: was the event's item in the list this worker last wrote for the user?"""

@@ -30,7 +30,12 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=3, ge=1)
 
     model: str = Field(default="blend", description="the model served; blend scored best on the backtests")
-    top_k: int = Field(default=100, ge=1, le=1000, description="length of each stored list")
+    top_k: int = Field(default=50, ge=1, le=1000, description="unseen items in each stored list")
+    seen_types: list[str] = Field(
+        default=["view", "click", "add_to_cart", "purchase"],
+        description="event types that make an item 'seen' for the user (GET ?exclude_seen=true, the default, "
+        "leaves those out); drop 'purchase' where customers buy the same things again",
+    )
     user_list_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
     redis_prefix: str = "streamrec"
 

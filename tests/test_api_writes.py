@@ -69,3 +69,18 @@ def test_delete_user_forgets_everywhere(write_settings):
         time.sleep(0.5)  # a late batch must not bring the list back
         assert api.get("/users/gone/recommendations").json()["source"] == "popular"
         assert api.get("/users/stay/recommendations").json()["source"] == "personal"
+
+
+def test_seen_items_per_event_type_and_per_request(write_settings):
+    shop = write_settings.model_copy(update={"seen_types": ["view", "click", "add_to_cart"]})  # soap is bought again
+    with TestClient(create_app(shop)) as api, running_worker(shop, model=Cooc()) as worker:
+        for user, item, kind in [("a", "soap", "click"), ("a", "towel", "click"), ("b", "soap", "click"),
+                                 ("b", "towel", "click"), ("c", "soap", "purchase"), ("c", "sponge", "view")]:
+            api.post("/events", json={"user_id": user, "item_id": item, "type": kind}, headers=KEY)
+        wait_for(lambda: served(worker) == 6, 30, "the events applied")
+        default = [e["item_id"] for e in api.get("/users/c/recommendations").json()["items"]]
+        assert "soap" in default, "a purchase does not make an item seen here"
+        assert "sponge" not in default, "a view does"
+        everything = [e["item_id"] for e in api.get("/users/c/recommendations",
+                                                    params={"exclude_seen": "false"}).json()["items"]]
+        assert {"soap", "sponge", "towel"} <= set(everything)

@@ -67,6 +67,8 @@ async def recommendations(
     category: Annotated[str | None, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
                                           description="only items of this category")] = None,
     explain: Annotated[bool, Query(description="add each item's strategy and reason")] = False,
+    exclude_seen: Annotated[bool, Query(description="leave out items the user already interacted with "
+                                                    "(through the event types in STREAMREC_SEEN_TYPES)")] = True,
 ) -> Response:
     store: RecommendationStore = request.app.state.store
     popular: PopularCache = request.app.state.popular_cache
@@ -77,7 +79,7 @@ async def recommendations(
         if stored is None:
             stored, source = fallback, "popular"
         # without a category filter only the page is needed: build no more entries than that
-        entries = _entries(stored, None if category is not None else offset + k)
+        entries = _entries(stored, exclude_seen, None if category is not None else offset + k)
         if category is not None:
             metadata = store.item_metadata([e["item_id"] for e in entries])
             entries = [e for e, m in zip(entries, metadata) if m is not None and category in categories_of(m)]
@@ -85,7 +87,7 @@ async def recommendations(
         if popular.last is None:
             raise HTTPException(status_code=503, detail=f"recommendations are unavailable: {exc}") from exc
         stored, source, degraded = popular.last, "popular", True
-        entries = [] if category is not None else _entries(stored, offset + k)  # no metadata to filter by
+        entries = [] if category is not None else _entries(stored, exclude_seen, offset + k)  # no metadata
     page = entries[offset : offset + k]
     recomm_id = uuid.uuid4().hex
     _publish_impression(request, recomm_id, user_id, page, offset)
@@ -103,12 +105,16 @@ async def recommendations(
     return Response(orjson.dumps(answer), media_type="application/json")
 
 
-def _entries(stored: StoredList | None, limit: int | None = None) -> list[dict]:
+def _entries(stored: StoredList | None, exclude_seen: bool, limit: int | None = None) -> list[dict]:
+    """The stored list as entries, without the user's seen items if asked; at most ``limit``."""
     if stored is None:
         return []
-    items = stored.items[:limit]
-    explained = stored.explained or [(stored.model, None)] * len(items)
-    return [{"item_id": i, "score": s, "strategy": x, "reason": r} for (i, s), (x, r) in zip(items, explained)]
+    items, explained = stored.items, stored.explained or [(stored.model, None)] * len(stored.items)
+    if exclude_seen and stored.seen:
+        kept = [n for n, is_seen in enumerate(stored.seen) if not is_seen]
+        items, explained = [items[n] for n in kept], [explained[n] for n in kept]
+    return [{"item_id": i, "score": s, "strategy": x, "reason": r}
+            for (i, s), (x, r) in zip(items[:limit], explained[:limit])]
 
 
 def _publish_impression(request: Request, recomm_id: str, user_id: str, page: list[dict], offset: int) -> None:
