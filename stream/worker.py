@@ -2,22 +2,22 @@
 
 One loop, one micro-batch at a time (bytewax-style: errors are data):
 
-1. ``poll()`` a batch of records from the consumer group;
+1. ``poll()`` a batch of records;
 2. split it into valid events, duplicates (an ``event_id`` seen recently on the same
    partition) and rejects (each carrying its reason);
 3. send the rejects to the dead-letter topic ``<topic>.dlq`` with the original bytes;
 4. the model learns the valid events (``learn_many``);
-5. the touched users' fresh lists, the popular list and the counters go to Redis in one
-   transaction;
-6. only then are the batch's offsets committed (after the DLQ sends are flushed).
+5. once the DLQ sends are flushed, the touched users' fresh lists, the popular list and
+   the counters go to Redis in one transaction;
+6. only then are the batch's offsets committed.
 
 Exactly-once effect on model state: every ``checkpoint_every_events`` events or
-``checkpoint_interval_s`` seconds (and when partitions are revoked, and on shutdown) the
-worker saves its whole state (model, seen items, dedupe windows, counters) together with
-the next offset of each partition it applied (``stream.checkpoint``). On start it loads
-the newest valid checkpoint and, as partitions are assigned, seeks each one to its
-checkpointed offset: events after the checkpoint are applied once more, to the state
-they were missing from, and events before it never again. Counters travel inside that
+``checkpoint_interval_s`` seconds, and on shutdown, the worker saves its whole state
+(model, seen items, dedupe windows, counters) together with the next offset of each
+partition it applied (``stream.checkpoint``). On start it loads the newest valid
+checkpoint and seeks each partition to its checkpointed offset: events after the
+checkpoint are applied once more, to the state they were missing from, and events before
+it never again. Counters travel inside that
 state and are written to Redis as absolute values, so they reconcile after any crash:
 consumed = applied + dead-lettered + deduplicated.
 
@@ -163,7 +163,8 @@ class Worker:
     """Consumes the event topic and keeps every touched user's list in Redis fresh.
 
     The collaborators can be passed in (tests, benchmarks); by default they are built
-    from ``settings``. A passed-in consumer must already be subscribed or assigned.
+    from ``settings``. A passed-in consumer must already be assigned its partitions; the
+    worker then serves all of them (no consumer group).
     """
 
     def __init__(
