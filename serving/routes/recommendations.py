@@ -1,9 +1,9 @@
 """Live recommendations, read from Redis as the worker left them.
 
 The route is on the hot path, so it stays lean: an ``async`` handler (no thread-pool hop per
-request; the Redis GET is one sub-millisecond round trip on a local socket), the store and
-the popular cache read from ``app.state`` rather than through sync dependencies (each of
-which FastAPI would run in the thread pool), and the answer serialised once by orjson
+request; the Redis GET is one sub-millisecond round trip on a local socket), async
+dependencies for the store and the popular cache (awaited on the loop, not sent to the
+thread pool as sync ones would be), and the answer serialised once by orjson
 rather than validated and dumped through pydantic. ``Recommendations`` still documents the
 shape in the OpenAPI schema. While Redis is away the popular cache's breaker answers
 without waiting on Redis, so a dead store cannot stall the event loop.
@@ -20,7 +20,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from online_models.content import categories_of
-from serving.store import PopularCache, RecommendationStore, StoredList
+from serving.deps import PopularCacheDep, StoreDep
+from serving.store import StoredList
 from stream.schema import MAX_ID_CHARS
 from streamrec.errors import StoreUnavailable
 
@@ -62,6 +63,8 @@ class Recommendations(BaseModel):
 async def recommendations(
     user_id: UserId,
     request: Request,
+    store: StoreDep,
+    popular: PopularCacheDep,
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     offset: Annotated[int, Query(ge=0, le=1000, description="skip this many items (pagination)")] = 0,
     category: Annotated[str | None, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
@@ -70,8 +73,6 @@ async def recommendations(
     exclude_seen: Annotated[bool, Query(description="leave out items the user already interacted with "
                                                     "(through the event types in STREAMREC_SEEN_TYPES)")] = True,
 ) -> Response:
-    store: RecommendationStore = request.app.state.store
-    popular: PopularCache = request.app.state.popular_cache
     degraded = False
     try:
         fallback = popular.get()
