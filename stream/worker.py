@@ -104,18 +104,6 @@ class PartitionState:
         return False
 
 
-def split_records(records: Iterable[ConsumerRecord], max_event_bytes: int) -> tuple[list[Event], list[Reject]]:
-    """Valid events and rejects, in record order."""
-    events: list[Event] = []
-    rejects: list[Reject] = []
-    for record in records:
-        try:
-            events.append(parse_record(record, max_event_bytes))
-        except InvalidEvent as exc:
-            rejects.append(Reject(record, exc.reason))
-    return events, rejects
-
-
 def parse_record(record: ConsumerRecord, max_event_bytes: int) -> Event:
     return parse_event(
         record.value,
