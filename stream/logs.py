@@ -162,30 +162,52 @@ _ML_NAMES = {
 }
 
 
-def _read_movielens(f: IO[str], source: str) -> Iterator[Row]:
+def _delimited(
+    f: IO[str], names: dict[str, tuple[str, ...]], what: str, separators: tuple[str, ...],
+    headerless: Callable[[str], dict[str, int]],
+) -> tuple[dict[str, int], Iterator[tuple[int, list[str] | str]]] | None:
+    """Columns and split rows of a delimited log, with or without a header line.
+
+    The separator is the first of ``separators`` found on the first line (else ``,``); a
+    first line that does not start with a number is a header naming the ``names`` columns,
+    otherwise ``headerless(sep)`` gives them. Rows come as ``(line number, fields)``, or
+    ``(line number, reason)`` when a row has too few fields; blank lines are skipped.
+    None for an empty file.
+    """
     first = f.readline()
     if not first:
-        return
+        return None
     line0 = first.rstrip("\r\n")
-    sep = "\t" if "\t" in line0 else ("::" if "::" in line0 else ",")
+    sep = next((c for c in separators if c in line0), ",")
     fields0 = line0.split(sep)
     if fields0 and not _is_number(fields0[0]):  # a header line
-        cols = _columns(fields0, _ML_NAMES, "movielens")
-        u, i, r, t = cols["user"], cols["item"], cols["rating"], cols["ts"]
-        lines: Iterable[str] = f
-        start = 2
+        cols, lines, start = _columns(fields0, names, what), f, 2
     else:
-        u, i, r, t = 0, 1, 2, 3
-        lines = _chain_first(first, f)
-        start = 1
-    need = max(u, i, r, t) + 1
+        cols, lines, start = headerless(sep), _chain_first(first, f), 1
+    need = max(cols.values()) + 1
+
+    def rows() -> Iterator[tuple[int, list[str] | str]]:
+        for lineno, line in enumerate(lines, start):
+            parts = line.rstrip("\r\n").split(sep)
+            if len(parts) >= need:
+                yield lineno, parts
+            elif len(parts) > 1 or parts[0].strip():
+                yield lineno, f"expected {need} fields separated by {sep!r}, got {len(parts)}"
+
+    return cols, rows()
+
+
+def _read_movielens(f: IO[str], source: str) -> Iterator[Row]:
+    opened = _delimited(f, _ML_NAMES, "movielens", ("\t", "::"),
+                        lambda sep: {"user": 0, "item": 1, "rating": 2, "ts": 3})
+    if opened is None:
+        return
+    cols, rows = opened
+    u, i, r, t = cols["user"], cols["item"], cols["rating"], cols["ts"]
     make = Event
-    for lineno, line in enumerate(lines, start):
-        parts = line.rstrip("\r\n").split(sep)
-        if len(parts) < need:
-            if len(parts) == 1 and not parts[0].strip():
-                continue
-            yield lineno, f"expected {need} fields separated by {sep!r}, got {len(parts)}"
+    for lineno, parts in rows:
+        if isinstance(parts, str):
+            yield lineno, parts
             continue
         try:
             user, item = parts[u], parts[i]
@@ -216,30 +238,20 @@ _YC_NAMES = {
 }
 
 
+def _yoochoose_headerless(sep: str) -> dict[str, int]:
+    # the prepared files are session<TAB>item<TAB>time; the original is session,timestamp,item,category
+    return {"user": 0, "item": 1, "ts": 2} if sep == "\t" else {"user": 0, "item": 2, "ts": 1}
+
+
 def _read_yoochoose(f: IO[str], source: str) -> Iterator[Row]:
-    first = f.readline()
-    if not first:
+    opened = _delimited(f, _YC_NAMES, "yoochoose", ("\t",), _yoochoose_headerless)
+    if opened is None:
         return
-    line0 = first.rstrip("\r\n")
-    sep = "\t" if "\t" in line0 else ","
-    fields0 = line0.split(sep)
-    if fields0 and not _is_number(fields0[0]):
-        cols = _columns(fields0, _YC_NAMES, "yoochoose")
-        u, i, t = cols["user"], cols["item"], cols["ts"]
-        lines: Iterable[str] = f
-        start = 2
-    else:
-        # headerless: the original challenge file is session,timestamp,item,category
-        u, i, t = (0, 1, 2) if sep == "\t" else (0, 2, 1)
-        lines = _chain_first(first, f)
-        start = 1
-    need = max(u, i, t) + 1
-    for lineno, line in enumerate(lines, start):
-        parts = line.rstrip("\r\n").split(sep)
-        if len(parts) < need:
-            if len(parts) == 1 and not parts[0].strip():
-                continue
-            yield lineno, f"expected {need} fields separated by {sep!r}, got {len(parts)}"
+    cols, rows = opened
+    u, i, t = cols["user"], cols["item"], cols["ts"]
+    for lineno, parts in rows:
+        if isinstance(parts, str):
+            yield lineno, parts
             continue
         try:
             ts = _timestamp(parts[t])
