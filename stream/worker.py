@@ -447,23 +447,24 @@ class Worker:
     def _rank(self, users: list[str]) -> tuple[dict[str, list], dict[str, list[bool]]]:
         """Each user's ranking with their seen items left in but flagged, so a request can
         include or exclude them: ``top_k`` unseen items, and the seen ones ranked among them."""
-        top_k = self.settings.top_k
+        top_k, eval_k = self.settings.top_k, self.settings.online_eval_k
         depth = top_k + max((min(len(self.seen.get(u, ())), top_k) for u in users), default=0)
         lists, flags = {}, {}
         for user_id, ranked in self.model.recommend_many(users, depth).items():
-            seen = self.seen.get(user_id, ())
-            kept, marks, unseen = [], [], 0
-            for item, score in ranked:
-                if unseen == top_k:
-                    break
-                is_seen = item in seen
-                kept.append((item, score))
-                marks.append(is_seen)
-                unseen += not is_seen
+            seen = self.seen.get(user_id)
+            if seen:
+                marks = [item in seen for item, _ in ranked]
+                unseen_at = [n for n, is_seen in enumerate(marks) if not is_seen]
+                cut = unseen_at[top_k - 1] + 1 if len(unseen_at) >= top_k else len(ranked)
+                kept, marks = ranked[:cut], marks[:cut]
+                shown = [kept[n][0] for n in unseen_at[:eval_k]]
+            else:  # the common case on a busy stream: a fresh user, nothing to flag
+                kept = ranked[:top_k]
+                marks = [False] * len(kept)
+                shown = [item for item, _ in kept[:eval_k]]
             lists[user_id], flags[user_id] = kept, marks
-            if self.settings.online_eval_k:
-                shown = [item for item, is_seen in zip(kept, marks) if not is_seen][: self.settings.online_eval_k]
-                self._last_lists[user_id] = {item for item, _ in shown}
+            if eval_k:
+                self._last_lists[user_id] = set(shown)
         return lists, flags
 
     def _judge(self, event: Event) -> None:
