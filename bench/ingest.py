@@ -3,8 +3,9 @@
 The topic is filled first by a producer in its own process (``n`` events over a catalogue of
 10k items); then, in a fresh process each, (a) the streamrec worker drains it (poll ->
 validate -> ``learn_many`` -> top-k lists to Redis -> commit), and (b) a bare kafka-python
-consumer with the same fetch settings drains it, only decoding each message. Each drain has
-its own consumer group. The clock starts after the first batch (group join and the first
+consumer with the same fetch settings drains it, only decoding each message. The worker uses
+its own consumer group; the bare consumer is assigned every partition (as the worker's
+learner is) and joins no group. The clock starts after the first batch (group join and the first
 fetch excluded) and stops when the last event is committed (worker) or decoded (bare).
 Each side's own CPU time is reported too (events per CPU-second), since on a shared machine
 the wall-clock rate also measures the neighbours.
@@ -65,11 +66,17 @@ def _drain_bare(settings, n: int, out: mp.Queue) -> None:
     import orjson
     from kafka import KafkaConsumer
 
+    from kafka import TopicPartition
+
+    from stream.worker import wait_for_partitions
+
+    # assigned, not subscribed, like the worker's learner: no group join to wait for
     consumer = KafkaConsumer(
-        settings.topic, bootstrap_servers=settings.kafka_bootstrap, group_id=settings.group_id,
+        bootstrap_servers=settings.kafka_bootstrap, group_id=None,
         enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=settings.max_poll_records,
         fetch_max_bytes=32 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
     )
+    consumer.assign([TopicPartition(settings.topic, p) for p in sorted(wait_for_partitions(consumer, settings.topic))])
     loads, seen, first, started = orjson.loads, 0, 0, 0.0
     while seen < n:
         batches = consumer.poll(timeout_ms=settings.poll_timeout_ms, max_records=settings.max_poll_records)
