@@ -423,8 +423,9 @@ class Worker:
         explanations = {}
         for user_id, items in lists.items():
             explained = self.model.explain_items(user_id, [item for item, _ in items])
-            if explained is not None:
-                explanations[user_id] = explained
+            if explained is None:  # a model explains every list or none
+                break
+            explanations[user_id] = explained
         now = time.time()
         popular = None
         if events and now - self._popular_written_at >= self.settings.popular_refresh_s:
@@ -452,13 +453,13 @@ class Worker:
         lists, flags = {}, {}
         for user_id, ranked in self.model.recommend_many(users, depth).items():
             seen = self.seen.get(user_id)
-            if seen:
+            if seen and not seen.isdisjoint([item for item, _ in ranked]):
                 marks = [item in seen for item, _ in ranked]
                 unseen_at = [n for n, is_seen in enumerate(marks) if not is_seen]
                 cut = unseen_at[top_k - 1] + 1 if len(unseen_at) >= top_k else len(ranked)
                 kept, marks = ranked[:cut], marks[:cut]
                 shown = [kept[n][0] for n in unseen_at[:eval_k]]
-            else:  # the common case on a busy stream: a fresh user, nothing to flag
+            else:  # nothing seen among them: the common case on a busy stream
                 kept = ranked[:top_k]
                 marks = [False] * len(kept)
                 shown = [item for item, _ in kept[:eval_k]]
