@@ -1,9 +1,13 @@
 """Scale of state: Redis memory per user's top-10 list, and worker memory as users grow.
 
-Redis: synthetic top-10 lists over a 100k-item catalogue are written with
+Redis: synthetic top-10 lists (10 items, no seen flags, model ``cooc``: what the issue's
+"300 MB per 1M users' top-10 lists" counts) over a 100k-item catalogue are written with
 ``RecommendationStore.write_batch`` (the worker's write path) for up to 1M users; Redis's
 ``used_memory`` is read at each step. Baseline: the bytes of the encoded values themselves
-(what any store must hold), so the ratio is Redis's per-key overhead factor.
+(what any store must hold), so the ratio is Redis's per-key overhead factor. The worker's
+lists are ``STREAMREC_TOP_K`` long (50 by default; the user's seen items, flagged among them,
+come on top), so the same is measured for top-``top_k`` lists, without seen items, on fewer
+users (``redis_top_k``).
 
 Worker: a ``Worker`` with the default model but no Kafka (records are handed to
 ``Worker.process`` directly, the lists' computation is skipped: that is Redis's side, above)
@@ -24,7 +28,7 @@ from bench.common import Services, bench_settings, drop_prefix, in_process, rss_
 ITEMS = 100_000
 
 
-def redis_memory(svc: Services, steps: list[int], log=print) -> dict:
+def redis_memory(svc: Services, steps: list[int], log=print, list_len: int = 10) -> dict:
     import redis
 
     from serving.store import RecommendationStore, encode_list, make_client
@@ -40,7 +44,7 @@ def redis_memory(svc: Services, steps: list[int], log=print) -> dict:
         for step in steps:
             while written < step:
                 batch = min(5000, step - written)
-                lists = {f"user{written + n}": [(f"i{rng.randrange(ITEMS)}", rng.random() * 2) for _ in range(10)]
+                lists = {f"user{written + n}": [(f"i{rng.randrange(ITEMS)}", rng.random() * 2) for _ in range(list_len)]
                          for n in range(batch)}
                 payload += sum(len(encode_list(items, "cooc", now)) for items in lists.values())
                 store.write_batch(lists, "cooc", now)
@@ -48,12 +52,12 @@ def redis_memory(svc: Services, steps: list[int], log=print) -> dict:
             used = client.info("memory")["used_memory"] - base
             points.append({"users": written, "redis_bytes": used, "bytes_per_user": used / written,
                            "value_bytes_per_user": payload / written})
-            log(f"  redis: {written:>9,} users -> {used / 2**20:7.1f} MiB, {used / written:.0f} B/user "
+            log(f"  redis, top-{list_len}: {written:>9,} users -> {used / 2**20:7.1f} MiB, {used / written:.0f} B/user "
                 f"(values alone {payload / written:.0f} B/user)")
     finally:
         drop_prefix(svc.redis_url, settings.redis_prefix)
         client.close()
-    return {"points": points, "bytes_per_user": points[-1]["bytes_per_user"],
+    return {"list_len": list_len, "points": points, "bytes_per_user": points[-1]["bytes_per_user"],
             "mb_per_million_users": points[-1]["bytes_per_user"],  # bytes/user * 1e6 users / 1e6
             "value_bytes_per_user": points[-1]["value_bytes_per_user"],
             "ratio_vs_values": points[-1]["bytes_per_user"] / points[-1]["value_bytes_per_user"]}
@@ -135,7 +139,9 @@ def worker_memory(svc: Services, steps: list[int], span_days: float = 60.0, log=
 def run(svc: Services, *, quick: bool, log=print, **_) -> dict:
     redis_steps = [50_000, 100_000, 250_000] if quick else [100_000, 250_000, 500_000, 1_000_000]
     worker_steps = [25_000, 50_000] if quick else [100_000, 250_000, 500_000, 1_000_000]
-    log(f"scale: Redis with up to {redis_steps[-1]:,} users' top-10 lists; worker state up to "
-        f"{worker_steps[-1]:,} users ({ITEMS:,} items)")
+    top_k = bench_settings(svc).top_k
+    log(f"scale: Redis with up to {redis_steps[-1]:,} users' top-10 lists (and {redis_steps[1]:,} users' "
+        f"top-{top_k}); worker state up to {worker_steps[-1]:,} users ({ITEMS:,} items)")
     return {"redis": redis_memory(svc, redis_steps, log),
+            "redis_top_k": redis_memory(svc, redis_steps[:2], log, list_len=top_k),
             "worker": worker_memory(svc, worker_steps, log=log)}
