@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 
@@ -13,6 +15,97 @@ from online_models.base import Interaction, Ranking, Recommender
 
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders items before any training step
 _CHUNK_CELLS = 1 << 21  # users x items scored at once: small enough to stay in cache
+_GROUP = 32  # items per group when a large catalogue is cut in groups to find the top-k
+_COPY_FROM = 64  # users per call from which a transposed copy of the item table pays for itself
+
+
+def top_k_per_user(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[float]]]:
+    """Each user's ``k`` best scores, best first, ties to the lower item row.
+
+    What ``_arrays.top_k`` gives for each row (``-inf`` and NaN never rank), for all rows
+    at once.
+
+    Parameters
+    ----------
+    scores
+        A contiguous ``(n_users, n_items)`` float tensor, ``-inf`` where an item is
+        excluded for a user (it is not modified).
+    k
+        How many items per user.
+
+    Returns
+    -------
+    list of (rows, values)
+        Per user, the item rows and their scores as Python lists.
+
+    Notes
+    -----
+    A large catalogue is cut into groups of ``_GROUP`` items. The ``k`` best items lie in
+    the ``k`` groups with the highest maxima, so one pass for the group maxima and a sort
+    of ``(k + 1) * _GROUP`` candidates replace a selection over every item. The answer is
+    exact unless a group left out has a maximum equal to the ``k``-th best score (ties),
+    or the scores hold NaN; those users get a full sort.
+
+    Examples
+    --------
+    >>> scores = torch.tensor([[0.25, 0.75, 0.5, 0.75], [2.0, -torch.inf, 2.0, 1.0]])
+    >>> top_k_per_user(scores, 2)
+    [([1, 3], [0.75, 0.75]), ([0, 2], [2.0, 2.0])]
+    """
+    n_users, n = scores.shape
+    k = min(k, n)
+    if k <= 0:
+        return [([], []) for _ in range(n_users)]
+    if n < 8 * _GROUP * (k + 2):  # small catalogue: select among all items
+        return _top_k_small(scores, k)
+    full = n - n % _GROUP
+    maxima = scores.as_strided((n_users, full // _GROUP, _GROUP), (n, _GROUP, 1)).amax(2)
+    if full < n:
+        maxima = torch.cat([maxima, scores[:, full:].amax(1, keepdim=True)], 1)
+    take = k + 1  # one group more than needed: rarely any fallback
+    best_max, best = torch.topk(maxima, take + 1, dim=1)
+    chosen = best[:, :take].sort(dim=1).values  # ascending: candidates in row order
+    rows = (chosen[:, :, None] * _GROUP + torch.arange(_GROUP)).reshape(n_users, -1)
+    past_end = rows >= n  # in the last, short group
+    vals = scores.gather(1, rows.clamp_(max=n - 1)).masked_fill_(past_end, -torch.inf)
+    vals, order = vals.sort(dim=1, descending=True, stable=True)  # stable: equal scores keep row order
+    rows, vals = rows.gather(1, order[:, :k]), vals[:, :k]
+    left_out = best_max[:, take]  # no group left out holds more than this
+    exact = ((left_out < vals[:, k - 1]) | (left_out == -torch.inf)) & ~torch.isnan(best_max[:, 0])
+    n_finite = (vals > -torch.inf).sum(1).tolist()
+    out = []
+    for j, (ok, m, r, v) in enumerate(zip(exact.tolist(), n_finite, rows.tolist(), vals.tolist())):
+        out.append((r[:m], v[:m]) if ok else _exact_row(scores[j], k))
+    return out
+
+
+def _top_k_small(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[float]]]:
+    """``top_k_per_user`` with one ``torch.topk`` over all items and ties settled in Python."""
+    take = min(k + 1, scores.shape[1])
+    vals, rows = torch.topk(scores, take, dim=1)
+    out = []
+    for j, (v, r) in enumerate(zip(vals.tolist(), rows.tolist())):
+        if v[0] != v[0] or (take > k and v[k] == v[k - 1] > -math.inf):  # NaN, or a tie at the cut
+            out.append(_exact_row(scores[j], k))
+            continue
+        pairs = sorted(zip([-x for x in v[:k] if x > -math.inf], r))  # topk orders ties arbitrarily
+        out.append(([row for _, row in pairs], [-x for x, _ in pairs]))
+    return out
+
+
+def _exact_row(scores: torch.Tensor, k: int) -> tuple[list[int], list[float]]:
+    """One user's top ``k`` by a full sort: the rare case of ties at the cut, or NaN."""
+    vals = scores.numpy()
+    rows = np.flatnonzero(vals > -np.inf)  # NaN never ranks either
+    rows = rows[np.lexsort((rows, -vals[rows]))[:k]]
+    return rows.tolist(), vals[rows].tolist()
+
+
+@functools.lru_cache(maxsize=16)
+def _history_weights(recency_decay: float, window: int) -> tuple[np.ndarray, ...]:
+    """Weights of a history of each length (index), most recent first, summing to 1."""
+    powers = (recency_decay ** np.arange(window)).astype(np.float32)
+    return (np.zeros(0, dtype=np.float32),) + tuple(powers[:n] / powers[:n].sum() for n in range(1, window + 1))
 
 
 def _grow_tensor(table: torch.Tensor, rows: int) -> torch.Tensor:
@@ -132,8 +225,9 @@ class TorchEmbeddings(Recommender):
         self._item_bias = torch.zeros((0, 1))
         self._acc = {name: torch.zeros(0) for name in ("user", "in", "out", "bias")}  # Adagrad sums
         self._counts = np.zeros(0, dtype=np.float64)
+        self._tie = np.zeros(0, dtype=np.float32)  # _TIE_BREAK * log1p(counts), per item
         self._recent: dict[str, deque[int]] = {}
-        self._pending: list[tuple[int, int, np.ndarray, float]] = []
+        self._pending: list[tuple[int, int, tuple[int, ...], float]] = []  # user, item, history, weight
         self._buf_user = np.zeros(0, dtype=np.int64)
         self._buf_item = np.zeros(0, dtype=np.int64)
         self._buf_hist = np.zeros((0, window), dtype=np.int64)
@@ -174,27 +268,28 @@ class TorchEmbeddings(Recommender):
         return row
 
     # -- learning ----------------------------------------------------------------------
-    def _history(self, user_id: str) -> np.ndarray:
-        """The user's recent item rows, most recent first, padded with -1 to ``window``."""
-        hist = np.full(self.window, -1, dtype=np.int64)
-        recent = self._recent.get(user_id)
-        if recent:
-            items = list(recent)[::-1]
-            hist[: len(items)] = items
-        return hist
-
     def learn_one(self, interaction: Interaction) -> None:
-        user = self._add_user(interaction.user_id)
+        user_id = interaction.user_id
+        user = self._add_user(user_id)
         item = self._add_item(interaction.item_id)
         weight = self.weight(interaction)
         self._counts[item] += weight
-        self._pending.append((user, item, self._history(interaction.user_id), weight))
-        recent = self._recent.get(interaction.user_id)
+        self._note_count(item)
+        recent = self._recent.get(user_id)
         if recent is None:
-            recent = self._recent[interaction.user_id] = deque(maxlen=self.window)
+            recent = self._recent[user_id] = deque(maxlen=self.window)
+        self._pending.append((user, item, tuple(reversed(recent)), weight))  # history before the event
         recent.append(item)
         if len(self._pending) >= self.batch_size:
             self._step()
+
+    def _note_count(self, row: int) -> None:
+        """Refresh the item's popularity tie-break (kept per item: ranking reads it every call)."""
+        tie = self.__dict__.get("_tie")
+        if tie is None or len(tie) < len(self._counts):  # grown, or state saved before it was kept
+            self._tie = _TIE_BREAK * np.log1p(self._counts).astype(np.float32)
+        else:
+            tie[row : row + 1] = _TIE_BREAK * np.log1p(self._counts[row : row + 1]).astype(np.float32)
 
     def _remember(self, users, items, hists, weights) -> None:
         if len(self._buf_user) < self.buffer_size:
@@ -203,29 +298,35 @@ class TorchEmbeddings(Recommender):
             self._buf_item = np.resize(self._buf_item, size)
             self._buf_hist = np.resize(self._buf_hist, (size, self.window))
             self._buf_weight = np.resize(self._buf_weight, size)
-        cap = len(self._buf_user)
-        for u, i, h, w in zip(users, items, hists, weights):
-            if self._buf_len < cap:
-                pos = self._buf_len
-                self._buf_len += 1
-            else:
-                pos = self._buf_pos
-                self._buf_pos = (self._buf_pos + 1) % cap
-            self._buf_user[pos], self._buf_item[pos], self._buf_hist[pos], self._buf_weight[pos] = u, i, h, w
+        cap, m = len(self._buf_user), len(users)
+        if cap == 0:
+            return
+        fill = min(cap - self._buf_len, m)  # free slots first, then the oldest entries
+        wrap = (self._buf_pos + np.arange(m - fill)) % cap
+        pos = np.concatenate([np.arange(self._buf_len, self._buf_len + fill), wrap])
+        self._buf_len += fill
+        self._buf_pos = (self._buf_pos + m - fill) % cap
+        last = slice(max(m - cap, 0), m)  # more events than slots: the last ones win
+        pos = pos[last]
+        self._buf_user[pos], self._buf_item[pos] = users[last], items[last]
+        self._buf_hist[pos], self._buf_weight[pos] = hists[last], weights[last]
 
     def _sample_negatives(self) -> tuple[np.ndarray, np.ndarray]:
         n = len(self._items)
-        probs = self._counts[:n] ** self.pop_alpha
-        probs /= probs.sum()
-        cdf = np.cumsum(probs)
-        rows = np.minimum(np.searchsorted(cdf, self._rng.random(self.n_negatives) * cdf[-1], side="right"), n - 1)
-        return rows, probs[rows]
+        cdf = np.cumsum(self._counts[:n] ** self.pop_alpha)  # unnormalised: two passes over the catalogue
+        total = cdf[-1]
+        rows = np.minimum(np.searchsorted(cdf, self._rng.random(self.n_negatives) * total, side="right"), n - 1)
+        return rows, self._counts[rows] ** self.pop_alpha / total
 
     def _step(self) -> None:
-        users, items, hists, weights = zip(*self._pending)
-        self._pending = []
-        users, items = np.array(users), np.array(items)
-        hists, weights = np.stack(hists), np.array(weights, dtype=np.float32)
+        pending, self._pending = self._pending, []
+        users = np.array([p[0] for p in pending])
+        items = np.array([p[1] for p in pending])
+        weights = np.array([p[3] for p in pending], dtype=np.float32)
+        hists = np.full((len(pending), self.window), -1, dtype=np.int64)
+        for j, (_, _, hist, _) in enumerate(pending):
+            if len(hist):
+                hists[j, : len(hist)] = hist
         n_replay = min(self._buf_len, self.replay * len(users))
         if n_replay:
             pick = self._rng.integers(0, self._buf_len, n_replay)
@@ -239,47 +340,60 @@ class TorchEmbeddings(Recommender):
         self._gradient_step(users, items, hists, weights, negatives, neg_probs)
 
     def _gradient_step(self, users, items, hists, weights, negatives, neg_probs) -> None:
+        """One Adagrad step on the rows the events touch, gradients written out by hand.
+
+        The loss is the weighted mean over events of the sampled softmax (or BPR) loss, plus
+        ``l2`` times the squared norm of the touched rows over the number of events.
+        Autograd would spend most of a step on bookkeeping for these small tensors.
+        """
+        b = len(items)
         mask = hists >= 0
         hist_w = self._powers[None, :] * mask
         hist_w /= np.maximum(hist_w.sum(1, keepdims=True), 1e-12)
-        hists = np.where(mask, hists, 0)
+        user_t, in_t = self._user_vecs.numpy(), self._item_in.numpy()
+        out_t, bias_t = self._item_out.numpy(), self._item_bias.numpy()
+        owner, slot = np.nonzero(mask)  # the history entries in use
+        in_rows, in_w = hists[owner, slot], hist_w[owner, slot]
+        hist_vecs = in_t[np.where(mask, hists, 0)]  # padding reads row 0 with weight 0
+        reps = user_t[users] + np.matmul(hist_w[:, None, :], hist_vecs)[:, 0]
         item_rows = np.concatenate([items, negatives])
-        leaves = {}
-
-        def gather(name, table, rows):
-            uniq, inverse = np.unique(rows, return_inverse=True)
-            leaf = table[torch.from_numpy(uniq)].clone().requires_grad_()
-            leaves[name] = (table, uniq, leaf)
-            return leaf[torch.from_numpy(inverse.reshape(rows.shape))]
-
-        user_vecs = gather("user", self._user_vecs, users)
-        hist_vecs = gather("in", self._item_in, hists)
-        out_vecs = gather("out", self._item_out, item_rows)
-        bias = gather("bias", self._item_bias, item_rows)[:, 0]
-        reps = user_vecs + (torch.from_numpy(hist_w)[:, :, None] * hist_vecs).sum(1)
-        b = len(items)
-        pos = (reps * out_vecs[:b]).sum(1) + bias[:b]
-        neg = reps @ out_vecs[b:].T + bias[b:][None, :]
-        hit = torch.from_numpy(items[:, None] == negatives[None, :])
-        w = torch.from_numpy(weights)
+        out_vecs, bias = out_t[item_rows], bias_t[item_rows, 0]
+        pos = np.einsum("ij,ij->i", reps, out_vecs[:b]) + bias[:b]
+        neg = reps @ out_vecs[b:].T + bias[b:]
+        hit = items[:, None] == negatives[None, :]
+        scale = weights / max(float(weights.sum()), 1e-12)  # each event's share of the loss
         if self.loss == "softmax":
-            log_q = torch.from_numpy(np.log(neg_probs * len(negatives)).astype(np.float32))
-            logits = torch.cat([pos[:, None], (neg - log_q[None, :]).masked_fill(hit, -torch.inf)], 1)
-            losses = torch.logsumexp(logits, 1) - logits[:, 0]
+            logits = neg - np.log(neg_probs * len(negatives)).astype(np.float32)  # logQ correction
+            logits[hit] = -np.inf
+            top = np.maximum(logits.max(1), pos)
+            e_pos, e_neg = np.exp(pos - top), np.exp(logits - top[:, None])
+            norm = e_pos + e_neg.sum(1)
+            d_pos = scale * (e_pos / norm - 1.0)  # d loss / d positive score
+            d_neg = (scale / norm)[:, None] * e_neg  # d loss / d negative scores
         else:
-            diff = torch.nn.functional.logsigmoid(pos[:, None] - neg).masked_fill(hit, 0.0)
-            losses = -diff.sum(1) / (~hit).sum(1).clamp(min=1)
-        loss = (losses * w).sum() / w.sum().clamp(min=1e-12)
+            with np.errstate(over="ignore"):
+                d_neg = 1.0 / (1.0 + np.exp(pos[:, None] - neg))  # sigmoid(neg - pos)
+            d_neg[hit] = 0.0
+            d_neg *= (scale / np.maximum((~hit).sum(1), 1))[:, None]
+            d_pos = -d_neg.sum(1)
+        d_reps = d_pos[:, None] * out_vecs[:b] + d_neg @ out_vecs[b:]
+        self._adagrad("user", user_t, users, d_reps, b)
+        self._adagrad("in", in_t, in_rows, in_w[:, None] * d_reps[owner], b)
+        self._adagrad("out", out_t, item_rows, np.concatenate([d_pos[:, None] * reps, d_neg.T @ reps]), b)
+        self._adagrad("bias", bias_t, item_rows, np.concatenate([d_pos, d_neg.sum(0)])[:, None], b)
+
+    def _adagrad(self, name: str, table: np.ndarray, rows: np.ndarray, grads: np.ndarray, b: int) -> None:
+        """Row-wise Adagrad on ``table`` (in place), gradients of repeated rows summed."""
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        grad = torch.zeros((len(uniq), table.shape[1])).index_add_(
+            0, torch.from_numpy(inverse), torch.from_numpy(np.ascontiguousarray(grads, dtype=np.float32))
+        ).numpy()
+        leaf = table[uniq]
         if self.l2:
-            loss = loss + self.l2 * sum((leaf**2).sum() for _, _, leaf in leaves.values()) / b
-        loss.backward()
-        with torch.no_grad():
-            for name, (table, uniq, leaf) in leaves.items():
-                rows = torch.from_numpy(uniq)
-                grad = leaf.grad
-                acc = self._acc[name]
-                acc[rows] += (grad**2).mean(1)
-                table[rows] = leaf - self.lr * grad / (acc[rows].sqrt() + 1e-8)[:, None]
+            grad += (2.0 * self.l2 / b) * leaf
+        acc = self._acc[name].numpy()
+        acc[uniq] += (grad**2).mean(1)
+        table[uniq] = leaf - self.lr * grad / (np.sqrt(acc[uniq]) + 1e-8)[:, None]
 
     def forget_user(self, user_id: str) -> None:
         """Drop the user's vector, recent items and queued or replayable events.
@@ -297,48 +411,59 @@ class TorchEmbeddings(Recommender):
 
     # -- ranking -----------------------------------------------------------------------
     def _representations(self, user_ids: Sequence[str]) -> np.ndarray:
-        d = self.n_factors
-        reps = np.zeros((len(user_ids), d), dtype=np.float32)
+        reps = np.zeros((len(user_ids), self.n_factors), dtype=np.float32)
         user_vecs, item_in = self._user_vecs.numpy(), self._item_in.numpy()
+        user_rows, recent_of = self._users.rows, self._recent
+        weights = _history_weights(self.recency_decay, self.window)
         for j, user_id in enumerate(user_ids):
-            row = self._users.get(user_id)
+            row = user_rows.get(user_id)
             if row is not None:
                 reps[j] = user_vecs[row]
-            recent = self._recent.get(user_id)
+            recent = recent_of.get(user_id)
             if recent:
-                rows = list(recent)[::-1]
-                w = self._powers[: len(rows)]
-                reps[j] += (w / w.sum()) @ item_in[rows]
+                reps[j] += weights[len(recent)] @ item_in[list(reversed(recent))]
         return reps
 
     def _bias(self) -> np.ndarray:
         n = len(self._items)
-        return self._item_bias.numpy()[:n, 0] + _TIE_BREAK * np.log1p(self._counts[:n]).astype(np.float32)
+        if "_tie" not in self.__dict__:  # state saved before the tie-break was kept
+            self._tie = _TIE_BREAK * np.log1p(self._counts).astype(np.float32)
+        return self._item_bias.numpy()[:n, 0] + self._tie[:n]
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
-        return self.recommend_many([user_id], k, {user_id: exclude} if exclude else None)[user_id]
+        n = len(self._items)
+        if n == 0:
+            return []
+        return self._rank([user_id], self._item_out[:n].T, torch.from_numpy(self._bias()), k, {user_id: exclude})[0]
 
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
     ) -> dict[str, Ranking]:
-        """Users scored by one float32 matrix product per chunk (as many as fit in cache)."""
+        """Users scored by one float32 matrix product per chunk (as many as fit in cache),
+        each user's best items picked by ``top_k_per_user``."""
         n = len(self._items)
-        exclude = exclude or {}
         user_ids = list(user_ids)
         if n == 0:
             return {u: [] for u in user_ids}
-        out_t = self._item_out[:n]
+        items_t = self._item_out[:n].T
+        if len(user_ids) >= _COPY_FROM:
+            items_t = items_t.contiguous()  # products read it faster
         bias = torch.from_numpy(self._bias())
-        result: dict[str, Ranking] = {}
         step = max(1, _CHUNK_CELLS // n)
+        rankings: list[Ranking] = []
         for start in range(0, len(user_ids), step):
-            chunk = user_ids[start : start + step]
-            scores = torch.addmm(bias[None, :], torch.from_numpy(self._representations(chunk)), out_t.T).numpy()
-            for j, user_id in enumerate(chunk):
-                seen = exclude.get(user_id)
-                rows, vals = top_k(scores[j], k, self._items.rows_of(seen) if seen else None)
-                result[user_id] = self._items.ranking(rows, vals)
-        return result
+            rankings += self._rank(user_ids[start : start + step], items_t, bias, k, exclude or {})
+        return dict(zip(user_ids, rankings))
+
+    def _rank(self, user_ids, items_t, bias, k, exclude) -> list[Ranking]:
+        """Rankings of a chunk of users: scores, their excluded items masked, the top ``k``."""
+        scores = torch.addmm(bias, torch.from_numpy(self._representations(user_ids)), items_t)
+        view, rows_of = scores.numpy(), self._items.rows_of
+        for j, seen in enumerate(map(exclude.get, user_ids)):
+            if seen:
+                view[j, rows_of(seen)] = -np.inf
+        ids = self._items.ids
+        return [[(ids[r], v) for r, v in zip(rows, vals)] for rows, vals in top_k_per_user(scores, k)]
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items whose output vectors are closest (cosine) to this item's input vector."""

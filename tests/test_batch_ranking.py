@@ -1,0 +1,111 @@
+"""The batched ranking paths of the embeddings, river-mf, purchase-rerank and blend models
+give what the plain one-user paths give."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from online_models.embeddings import top_k_per_user
+
+
+def _reference(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
+    """Per row: the ``k`` best scores above -inf (NaN never ranks), score descending, row ascending."""
+    out = []
+    for row in scores:
+        ranked = sorted((-v, r) for r, v in enumerate(row.tolist()) if v > -math.inf)[:k]
+        out.append(([r for _, r in ranked], [-v for v, _ in ranked]))
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 7, 300, 5000, 20_011])
+@pytest.mark.parametrize("k", [1, 10, 60])
+def test_top_k_per_user_matches_a_full_sort(n: int, k: int) -> None:
+    rng = np.random.default_rng(n * 100 + k)
+    users = 9  # users x items
+    scores = rng.normal(size=(users, n)).astype(np.float32)
+    scores[1] = np.round(scores[1])  # many ties
+    scores[2] = 0.5  # all tied
+    scores[rng.random((users, n)) < 0.3] = -np.inf  # excluded items
+    scores[3] = -np.inf  # everything excluded
+    scores[4, rng.integers(0, n)] = np.nan
+    scores[5, : n // 2] = -np.inf  # the best items sit in the last groups
+    scores[6] = np.arange(n, dtype=np.float32)  # the last group is the best one
+    before = scores.copy()
+    got = top_k_per_user(torch.from_numpy(scores), k)
+    assert got == _reference(scores, k)
+    assert np.array_equal(scores, before, equal_nan=True)
+
+
+def _autograd_step(model, users, items, hists, weights, negatives, neg_probs) -> None:
+    """The embeddings' gradient step with torch autograd: the reference for the hand-written one."""
+    mask = hists >= 0
+    hist_w = model._powers[None, :] * mask
+    hist_w /= np.maximum(hist_w.sum(1, keepdims=True), 1e-12)
+    rows = {"user": users, "in": hists[mask], "out": np.concatenate([items, negatives])}
+    rows["bias"] = rows["out"]
+    tables = {"user": model._user_vecs, "in": model._item_in, "out": model._item_out, "bias": model._item_bias}
+    leaves = {name: tables[name].clone().requires_grad_() for name in tables}
+    hist_vecs = torch.zeros(hists.shape + (model.n_factors,))
+    hist_vecs[torch.from_numpy(mask)] = leaves["in"][torch.from_numpy(hists[mask])]
+    reps = leaves["user"][torch.from_numpy(users)] + (torch.from_numpy(hist_w)[:, :, None] * hist_vecs).sum(1)
+    out = leaves["out"][torch.from_numpy(rows["out"])]
+    bias = leaves["bias"][torch.from_numpy(rows["out"])][:, 0]
+    b = len(items)
+    pos = (reps * out[:b]).sum(1) + bias[:b]
+    neg = reps @ out[b:].T + bias[b:][None, :]
+    hit = torch.from_numpy(items[:, None] == negatives[None, :])
+    if model.loss == "softmax":
+        log_q = torch.from_numpy(np.log(neg_probs * len(negatives)).astype(np.float32))
+        logits = torch.cat([pos[:, None], (neg - log_q).masked_fill(hit, -torch.inf)], 1)
+        losses = torch.logsumexp(logits, 1) - logits[:, 0]
+    else:
+        diff = torch.nn.functional.logsigmoid(pos[:, None] - neg).masked_fill(hit, 0.0)
+        losses = -diff.sum(1) / (~hit).sum(1).clamp(min=1)
+    w = torch.from_numpy(weights)
+    loss = (losses * w).sum() / w.sum()
+    for name in tables:
+        used = torch.from_numpy(np.unique(rows[name]))
+        loss = loss + model.l2 * (leaves[name][used] ** 2).sum() / b
+    loss.backward()
+    with torch.no_grad():
+        for name, table in tables.items():
+            used = torch.from_numpy(np.unique(rows[name]))
+            grad = leaves[name].grad[used]
+            acc = model._acc[name]
+            acc[used] += (grad**2).mean(1)
+            table[used] = table[used] - model.lr * grad / (acc[used].sqrt() + 1e-8)[:, None]
+
+
+@pytest.mark.parametrize("loss", ["softmax", "bpr"])
+@pytest.mark.parametrize("l2", [0.0, 0.01])
+def test_embeddings_gradient_step_matches_autograd(loss: str, l2: float) -> None:
+    import copy
+
+    from online_models import make_model
+    from stream.schema import Event
+
+    model = make_model("embeddings", n_factors=8, window=5, loss=loss, l2=l2, batch_size=10_000, seed=4)
+    rng = np.random.default_rng(0)
+    for t in range(300):  # queued only: batch_size is never reached
+        model.learn_one(Event(user_id=f"u{rng.integers(20)}", item_id=f"i{rng.integers(50)}", type="click", ts=t))
+    users = rng.integers(0, 20, 40)
+    items = rng.integers(0, 50, 40)
+    hists = rng.integers(-1, 50, (40, 5))
+    hists[:, 3:] = -1  # padded histories
+    hists[0] = -1  # no history at all
+    weights = rng.choice([1.0, 2.0, 5.0], 40).astype(np.float32)
+    negatives = np.concatenate([items[:3], rng.integers(0, 50, 13)])  # some negatives are positives
+    neg_probs = rng.uniform(0.01, 0.1, 16)
+    reference, before = copy.deepcopy(model), model._item_out.clone()
+    model._gradient_step(users, items, hists, weights, negatives, neg_probs)
+    _autograd_step(reference, users, items, hists, weights, negatives, neg_probs)
+    assert not torch.equal(model._item_out, before)
+    for mine, theirs in [(model._user_vecs, reference._user_vecs), (model._item_in, reference._item_in),
+                         (model._item_out, reference._item_out), (model._item_bias, reference._item_bias)]:
+        assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-6)
+    for name in model._acc:
+        assert torch.allclose(model._acc[name], reference._acc[name], rtol=1e-4, atol=1e-9)
