@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Iterator
 from itertools import repeat
 
 import numpy as np
@@ -18,13 +17,17 @@ class IdIndex:
     (0, 1, 0)
     >>> index.get("c") is None, len(index), index.ids
     (True, 2, ['a', 'b'])
+
+    An id keeps its row for good; code that ever gives a row to another id must increase
+    ``generation``, which tells caches of rows (``SeenItems``) to start over.
     """
 
-    __slots__ = ("rows", "ids")
+    __slots__ = ("rows", "ids", "generation")
 
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}
         self.ids: list[str] = []
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -52,8 +55,29 @@ class IdIndex:
         ids = self.ids
         return [(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]
 
+    def top(self, scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None) -> list[tuple[str, float]]:
+        """``ranking(*top_k(scores, k, exclude_rows))``, without the round trip through arrays.
+
+        >>> index = IdIndex(); _ = index.add("a"), index.add("b"), index.add("c")
+        >>> index.top(np.array([0.5, 0.9, 0.5]), 2)
+        [('b', 0.9), ('a', 0.5)]
+        """
+        candidates = _top_candidates(scores, k, exclude_rows)
+        if candidates is None:
+            return []
+        if len(candidates) > 64:
+            return self.ranking(*_ordered(candidates, scores[candidates], k))
+        ids = self.ids
+        pairs = sorted(zip((-scores[candidates]).tolist(), candidates.tolist()))[:k]
+        return [(ids[r], -v) for v, r in pairs]
+
     def rows_of(self, keys: Collection[str]) -> np.ndarray:
-        """Rows of the known ``keys`` (unknown ones are skipped)."""
+        """Rows of the known ``keys`` (unknown ones are skipped), in no particular order.
+
+        ``SeenItems`` convert only the ids added since their last call for this index.
+        """
+        if isinstance(keys, SeenItems):
+            return keys.rows_in(self)
         rows = np.fromiter(map(self.rows.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
         return rows[rows >= 0] if len(rows) and rows.min() < 0 else rows
 
@@ -63,6 +87,96 @@ class IdIndex:
     def __setstate__(self, ids):
         self.ids = list(ids)
         self.rows = {key: row for row, key in enumerate(self.ids)}
+        self.generation = 0
+
+
+class SeenItems(Collection[str]):
+    """A user's seen item ids: a set that only grows, for the ``exclude`` of ``recommend``.
+
+    Any model takes it as a plain collection of ids. ``IdIndex.rows_of`` gains from it
+    being append-only: per index it keeps the rows found so far and converts only the
+    ids added since (plus any it did not know yet), instead of every id on every call.
+
+    >>> index = IdIndex(); _ = index.add("a"), index.add("b")
+    >>> seen = SeenItems(["b", "z"])
+    >>> index.rows_of(seen).tolist(), "z" in seen, len(seen)
+    ([1], True, 2)
+    >>> seen.add("a"); _ = index.add("z")
+    >>> sorted(index.rows_of(seen).tolist()), list(seen)
+    ([0, 1, 2], ['b', 'z', 'a'])
+    """
+
+    __slots__ = ("_ids", "_order", "_rows")
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._ids: set[str] = set()
+        self._order: list[str] = []
+        self._rows: dict[int, _KnownRows] = {}  # id(index) -> the rows found in that index
+        for item_id in ids:
+            self.add(item_id)
+
+    def add(self, item_id: str) -> None:
+        if item_id not in self._ids:
+            self._ids.add(item_id)
+            self._order.append(item_id)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._ids
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __repr__(self) -> str:
+        return f"SeenItems({self._order!r})"
+
+    def __reduce__(self):
+        return SeenItems, (self._order,)  # the row caches belong to live indexes: not kept
+
+    def rows_in(self, index: IdIndex) -> np.ndarray:
+        """Rows of the ids ``index`` knows (a read-only array), in the order they were found."""
+        known = self._rows.get(id(index))
+        if known is None or known.index is not index or known.generation != index.generation:
+            known = self._rows[id(index)] = _KnownRows(index)
+        if known.done < len(self._order) or known.missing:
+            known.update(self._order)
+        return known.view
+
+
+class _KnownRows:
+    """What ``SeenItems.rows_in`` found in one index: rows, ids converted, ids not known yet."""
+
+    __slots__ = ("index", "generation", "rows", "size", "view", "done", "missing")
+
+    def __init__(self, index: IdIndex) -> None:
+        self.index = index  # held, so that its id() cannot be reused while this is cached
+        self.generation = index.generation
+        self.rows = np.zeros(16, dtype=np.int64)
+        self.size = 0
+        self.view = self.rows[:0]
+        self.view.flags.writeable = False
+        self.done = 0  # ids of the SeenItems looked up so far
+        self.missing: list[str] = []  # those of them the index did not know then
+
+    def update(self, order: list[str]) -> None:
+        get = self.index.rows.get
+        todo = order[self.done :]
+        if self.missing:
+            todo, self.missing = self.missing + todo, []
+        self.done = len(order)
+        for item_id in todo:  # usually one id: the one added since the last call
+            row = get(item_id)
+            if row is None:
+                self.missing.append(item_id)
+                continue
+            if self.size == len(self.rows):
+                self.rows = grow(self.rows, self.size + 1)
+            self.rows[self.size] = row
+            self.size += 1
+        self.view = self.rows[: self.size]
+        self.view.flags.writeable = False
 
 
 def grow(array: np.ndarray, min_rows: int) -> np.ndarray:
@@ -75,57 +189,84 @@ def grow(array: np.ndarray, min_rows: int) -> np.ndarray:
 
 
 def top_k(scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and scores of the ``k`` best finite scores, best first; ties go to the lower row.
+    """Rows and scores of the ``k`` best scores, best first; ties go to the lower row.
 
-    ``scores`` is modified in place where ``exclude_rows`` are masked out.
+    Scores of ``-inf`` (and NaN) never rank. ``scores`` is modified in place where
+    ``exclude_rows`` are masked out.
 
     >>> rows, vals = top_k(np.array([0.1, 0.9, 0.5, 0.7]), 2, exclude_rows=np.array([1]))
     >>> rows.tolist(), vals.tolist()
     ([3, 2], [0.7, 0.5])
+    >>> top_k(np.array([0.5, 0.9, 0.5, 0.5]), 2)[0].tolist()  # a tie at the cut: the lower row
+    [1, 0]
     """
+    candidates = _top_candidates(scores, k, exclude_rows)
+    if candidates is None:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=scores.dtype)
+    return _ordered(candidates, scores[candidates], k)
+
+
+def _top_candidates(scores: np.ndarray, k: int, exclude_rows: np.ndarray | None) -> np.ndarray | None:
+    """Rows (ascending, rankable scores) that hold ``top_k``'s answer and any ties with its
+    last score; ``None`` when the answer is empty. Masks ``exclude_rows`` first."""
     if exclude_rows is not None and len(exclude_rows):
         scores[exclude_rows] = -np.inf
     n = len(scores)
     if n == 0 or k <= 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=scores.dtype)
+        return None
     if k >= n:
-        candidates = np.arange(n)
-    elif n >= _PREFILTER_FROM and k <= n // 64:
-        candidates = _prefiltered(scores, k)
-    else:
-        candidates = np.argpartition(scores, n - k)[n - k :]
-    return _ordered(candidates, scores[candidates], scores.dtype)
+        return _rankable(scores)
+    if n >= _PREFILTER_FROM and k <= n // 64:
+        return _prefiltered(scores, k)
+    return _at_least_kth(scores, k)
 
 
 _PREFILTER_FROM = 16_384
 
 
+def _at_least_kth(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows (ascending) scoring at least the ``k``-th best score: the top ``k`` and any ties
+    with it, so that ``_ordered`` can give ties to the lower row (``0 < k < len(scores)``)."""
+    part = scores.copy()  # the methods, not np.partition/np.flatnonzero: this runs per request
+    part.partition(len(scores) - k)
+    kth = part[len(scores) - k]
+    if kth > -math.inf:
+        rows = (scores >= kth).nonzero()[0]
+        if len(rows) >= k:
+            return rows
+    return _rankable(scores)  # fewer than k rankable scores, or NaN (partitioned as the largest)
+
+
+def _rankable(scores: np.ndarray) -> np.ndarray:
+    """Rows whose score can rank: not ``-inf`` (an excluded row) nor NaN."""
+    return (scores > -math.inf).nonzero()[0]
+
+
 def _prefiltered(scores: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the ``k`` best scores of a long array, without partitioning all of it.
+    """Rows of the ``k`` best scores of a long array and ties with the ``k``-th, without
+    partitioning all of it.
 
     The ``k``-th best of a strided sample bounds the ``k``-th best overall from below, so
     one comparison pass leaves a few candidates to partition exactly (about 3x faster).
     """
     n = len(scores)
     sample = scores[:: max(n // (32 * k), 1)]
-    bound = sample[np.argpartition(sample, len(sample) - k)[len(sample) - k :]].min()
-    if not bound > -math.inf:  # mostly excluded: no useful bound
-        return np.argpartition(scores, n - k)[n - k :]
+    bound = np.partition(sample, len(sample) - k)[len(sample) - k]
+    if not bound > -math.inf:  # mostly excluded (or NaN): no useful bound
+        return _at_least_kth(scores, k)
     rows = np.flatnonzero(scores >= bound)
-    if len(rows) <= k:
-        return rows
-    return rows[np.argpartition(scores[rows], len(rows) - k)[len(rows) - k :]]
+    if len(rows) < k:  # NaN in the sample
+        return _at_least_kth(scores, k)
+    return rows if len(rows) == k else rows[_at_least_kth(scores[rows], k)]
 
 
-def _ordered(rows: np.ndarray, vals: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Finite ``(row, val)`` pairs, score descending then row ascending."""
+def _ordered(rows: np.ndarray, vals: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` ``(row, val)`` pairs (rankable), score descending then row ascending."""
     if len(rows) <= 64:  # the usual small k: a Python sort beats numpy's per-call overhead
-        pairs = sorted((-v, r) for v, r in zip(vals.tolist(), rows.tolist()) if v > -math.inf and v == v)
-        return np.array([r for _, r in pairs], dtype=np.int64), np.array([-v for v, _ in pairs], dtype=dtype)
-    order = np.lexsort((rows, -vals))
-    rows, vals = rows[order], vals[order]
-    keep = np.isfinite(vals)
-    return rows[keep], vals[keep]
+        pairs = sorted(zip((-vals).tolist(), rows.tolist()))[:k]
+        return np.array([r for _, r in pairs], dtype=np.int64), np.array([-v for v, _ in pairs], dtype=vals.dtype)
+    order = np.lexsort((rows, -vals))[:k]
+    return rows[order], vals[order]
 
 
 def top_k_of(
@@ -148,5 +289,5 @@ def top_k_of(
     n = len(scores)
     if n == 0 or k <= 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=scores.dtype)
-    candidates = np.argpartition(scores, n - k)[n - k :] if k < n else np.arange(n)
-    return _ordered(rows[candidates], scores[candidates], scores.dtype)
+    candidates = _at_least_kth(scores, k) if k < n else _rankable(scores)
+    return _ordered(rows[candidates], scores[candidates], k)
