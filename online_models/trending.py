@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
+from itertools import islice
 
 import numpy as np
 
@@ -63,17 +64,20 @@ class Trending(Recommender):
         exponent = (ts - self._t0) / self.half_life_s * math.log(2)
         if exponent > _RESCALE_AT:
             scale = math.exp(-exponent)
-            self._scores *= scale  # order-preserving: the cached top list stays valid
+            self._scores *= scale
             self._max *= scale
             self._t0, exponent = ts, 0.0
+            self._cache = self._cache[:0]  # rounding may have made new ties: rebuild the top list
         return math.exp(exponent)
 
     def learn_one(self, interaction: Interaction) -> None:
         row = self._items.add(interaction.item_id)
         if row >= len(self._scores):
             self._scores = grow(self._scores, row + 1)
-        self._scores[row] += self.weight(interaction) * self._growth(interaction.ts)
-        self._max = max(self._max, self._scores[row])
+        score = float(self._scores[row]) + self.weight(interaction) * self._growth(interaction.ts)
+        self._scores[row] = score
+        if score > self._max:
+            self._max = score
         self._dirty.add(row)
 
     def scores(self) -> np.ndarray:
@@ -92,7 +96,8 @@ class Trending(Recommender):
     def candidate_rows(self, m: int) -> np.ndarray | None:
         """Rows (distinct) that surely include the ``m`` most popular, or ``None`` for "all rows".
 
-        ``None`` when the catalogue is small enough that ranking all of it is cheaper.
+        "Most popular" ranks ties to the lower row, as ``top_k`` does. ``None`` when the
+        catalogue is small enough that ranking all of it is cheaper.
         """
         n = len(self._items)
         if n <= max(_DENSE_BELOW, 8 * m):
@@ -101,7 +106,9 @@ class Trending(Recommender):
             size = max(_MIN_CACHE, 4 * m)
             if size >= n:
                 return None
-            self._cache = np.argpartition(-self._scores[:n], size - 1)[:size]
+            # the exact top ``size`` (ties to the lower row): any other row that has not
+            # gained since then ranks below every cached row, whatever the cached rows gain
+            self._cache, _ = top_k(self._scores[:n], size)
             self._in_cache = np.zeros(n, dtype=bool)
             self._in_cache[self._cache] = True
             self._dirty = set()
@@ -119,13 +126,22 @@ class Trending(Recommender):
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         return self.top(k, exclude)
 
+    def recommend_many(
+        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
+    ) -> dict[str, Ranking]:
+        """One popularity ranking, deep enough for the longest ``exclude``, filtered per user."""
+        excludes = [exclude.get(u) if exclude else None for u in user_ids]
+        ranked = self.top(k + max((len(e) for e in excludes if e), default=0))
+        return {
+            user_id: ranked[:k] if not seen else list(islice((p for p in ranked if p[0] not in seen), k))
+            for user_id, seen in zip(user_ids, excludes)
+        }
+
     def top(self, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         """The ``k`` most popular items right now, none of ``exclude``."""
         exclude_rows = self._items.rows_of(exclude) if exclude else None
         rows = self.candidate_rows(k + (len(exclude_rows) if exclude_rows is not None else 0))
         if rows is None:
-            best, vals = top_k(self.scores(), k, exclude_rows)
-        else:
-            scores = self._scores[rows] / self._max
-            best, vals = top_k_of(rows, scores, k, exclude_rows, len(self._items))
+            return self._items.top(self.scores(), k, exclude_rows)
+        best, vals = top_k_of(rows, self._scores[rows] / self._max, k, exclude_rows, len(self._items))
         return self._items.ranking(best, vals)
