@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from online_models.base import Interaction, Ranking, Recommender
 from online_models.trending import Trending
 
 _DENSE_ITEMS = 4096  # below this many items the co-occurrence is one dense float32 matrix
+_SCRATCH_SLOTS = 1 << 20  # (user, item) slots summed at once on the sparse path: 4 MiB of int32 stay in cache
 
 
 class _Neighbours:
@@ -75,8 +76,9 @@ class Cooc(Recommender):
     Storage: up to 4,096 items the co-occurrences are one dense float32 matrix (a user's
     scores are one gather and one vector-matrix product); past that they move to sparse
     per-item rows, and a user's scores are built from the neighbourhoods of the recent
-    items plus the popular candidates from ``Trending.candidate_rows``, which ranks
-    exactly as the dense scores would (except for the ``max_neighbours`` cap).
+    items plus the most popular items, which ranks exactly as the dense scores would
+    (except for the ``max_neighbours`` cap); ``recommend_many`` does that for all its
+    users at once. Ties rank the item seen first (the lower row) first.
 
     Parameters
     ----------
@@ -156,8 +158,10 @@ class Cooc(Recommender):
                     cols = np.array(others, dtype=np.int64)
                     vals = np.array([w * wo for o, wo in recent if o != row], dtype=np.float32)
                     if len(set(others)) == len(others):
-                        self._dense[row, cols] += vals
-                        self._dense[cols, row] += vals
+                        # the matrix is symmetric: the row's new values are the column's too
+                        vals += self._dense[row, cols]
+                        self._dense[row, cols] = vals
+                        self._dense[cols, row] = vals
                     else:  # the user met an item twice in the window: accumulate repeats
                         np.add.at(self._dense, (row, cols), vals)
                         np.add.at(self._dense, (cols, row), vals)
@@ -191,85 +195,170 @@ class Cooc(Recommender):
         new[: len(dense), : len(dense)] = dense
         self._dense = new
 
-    def _scores(self, user_id: str, m: int) -> tuple[np.ndarray | None, np.ndarray]:
-        """Scores of candidate rows (``None``: all rows), a superset of the user's top-``m``.
+    def _popularity_factor(self) -> float:
+        """What the trending score is multiplied by: ``popularity_weight`` over the best score."""
+        top = self._trending.max_score()
+        return self.popularity_weight / top if top > 0 else 0.0
 
-        Items outside the user's neighbourhood score by popularity alone, so the popular
-        candidates from ``Trending.candidate_rows`` complete the neighbours exactly.
-        """
+    def _dense_scores(self, user_id: str, pop: float) -> np.ndarray:
+        """Every item's score for the user, from the dense matrix: one gather, one product."""
         n = len(self._items)
-        trending = self._trending
-        top = trending.max_score()
-        pop = self.popularity_weight / top if top > 0 else 0.0
+        scores = self._trending.raw_scores() * pop
         recent = self._recent.get(user_id)
-        if self._dense is not None:  # small catalogue: one gather and one product
-            scores = trending.raw_scores() * pop
-            if recent:
-                rows = [r for r, _ in reversed(recent)]
-                inv_norm = self._inv_norm
-                factors = self._decay_powers(len(rows)) * inv_norm[rows]
-                scores += (factors @ self._dense[rows, :n]) * inv_norm[:n]
-            return None, scores
-        nb_rows, nb_weights = self._neighbour_sums(recent) if recent else (None, None)
-        if nb_rows is None:
-            cand = trending.candidate_rows(m)
-            if cand is None:
-                return None, trending.raw_scores() * pop
-            return cand, trending.raw_scores()[cand] * pop
-        # sum repeated rows in O(entries): each entry points at its row's last entry
-        last = np.empty(n, dtype=np.int64)
-        entries = np.arange(len(nb_rows))
-        last[nb_rows] = entries
-        owner = last[nb_rows]
-        sums = np.bincount(owner, nb_weights, minlength=len(nb_rows))
-        keep = owner == entries
-        rows, sums = nb_rows[keep], sums[keep]
-        cand = trending.candidate_rows(m + len(rows))
-        if cand is None:  # rank the whole catalogue
-            scores = trending.raw_scores() * pop
-            scores[rows] += sums * self._inv_norm[rows]
-            return None, scores
-        in_hood = last[cand]
-        fresh = cand[(in_hood < 0) | (in_hood >= len(nb_rows)) | (nb_rows[np.clip(in_hood, 0, len(nb_rows) - 1)] != cand)]
-        scores = np.concatenate([trending.raw_scores()[rows] * pop + sums * self._inv_norm[rows],
-                                 trending.raw_scores()[fresh] * pop])
-        return np.concatenate([rows, fresh]), scores
+        if recent:
+            rows = np.array([r for r, _ in reversed(recent)], dtype=np.int64)
+            inv_norm = self._inv_norm
+            factors = self._decay_powers(len(rows)) * inv_norm[rows]
+            cooc = factors @ self._dense[rows, :n]
+            cooc *= inv_norm[:n]
+            scores += cooc
+        return scores
 
     def _decay_powers(self, n: int) -> np.ndarray:
         if len(self._powers) < n:
             self._powers = (self.recency_decay ** np.arange(max(n, self.window))).astype(np.float32)
         return self._powers[:n]
 
-    def _neighbour_sums(self, recent: deque[tuple[int, float]]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Neighbour rows (with repeats) and their weights ``decay**age * cooc / sqrt(n_j)``."""
-        rows, weights, factors, lengths = [], [], [], []
-        factor, decay, neighbours, counts = 1.0, self.recency_decay, self._neighbours, self._counts
-        cap = self.max_neighbours
-        for row, _ in reversed(recent):
-            nb = neighbours[row]
-            if nb.rows:
-                nb_rows = np.frombuffer(nb.rows, dtype=np.int64)
-                nb_weights = np.frombuffer(nb.weights, dtype=np.float64)
-                if cap is not None and len(nb_rows) > cap:
-                    top = nb.strongest(cap)
-                    nb_rows, nb_weights = nb_rows[top], nb_weights[top]
-                rows.append(nb_rows)
-                weights.append(nb_weights)
-                factors.append(factor / math.sqrt(counts[row]))
-                lengths.append(len(nb_rows))
-            factor *= decay
-        if not rows:
-            return None, None
-        return np.concatenate(rows), np.concatenate(weights) * np.repeat(factors, lengths)
-
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
+        if self._dense is None:
+            return self._sparse_rankings([user_id], k, [exclude])[user_id]
         exclude_rows = self._items.rows_of(exclude) if exclude else None
-        rows, scores = self._scores(user_id, k + (0 if exclude_rows is None else len(exclude_rows)))
-        if rows is None:
-            best, vals = top_k(scores, k, exclude_rows)
+        return self._items.top(self._dense_scores(user_id, self._popularity_factor()), k, exclude_rows)
+
+    def recommend_many(
+        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
+    ) -> dict[str, Ranking]:
+        """``recommend`` for each user; on the sparse path all users' neighbourhoods are summed
+        and ranked together, in a few numpy calls per chunk of users instead of per user."""
+        if self._dense is not None:
+            return super().recommend_many(user_ids, k, exclude)
+        user_ids = list(user_ids)
+        return self._sparse_rankings(user_ids, k, [exclude.get(u) for u in user_ids] if exclude else None)
+
+    def _sparse_rankings(
+        self, user_ids: list[str], k: int, exclude: list[Collection[str] | None] | None
+    ) -> dict[str, Ranking]:
+        """Rankings from the sparse neighbour rows (``exclude``: one collection per user, or ``None``).
+
+        Each user's candidates are the items of their neighbourhood and the ``k + e`` most
+        popular items, ``e`` being the most excluded items of any user: an item outside both
+        ranks below at least ``k`` of those popular ones that the user has not excluded.
+        """
+        n = len(self._items)
+        if n == 0 or k <= 0:
+            return {u: [] for u in user_ids}
+        excluded = [None] * len(user_ids)
+        if exclude is not None:
+            excluded = [self._items.rows_of(e) if e else None for e in exclude]
+        by_popularity = self._trending.raw_scores() * self._popularity_factor()
+        depth = k + max((len(rows) for rows in excluded if rows is not None), default=0)
+        cand = self._trending.candidate_rows(depth)
+        if cand is None:
+            popular, _ = top_k(by_popularity, depth)
         else:
-            best, vals = top_k_of(rows, scores, k, exclude_rows, len(self._items))
-        return self._items.ranking(best, vals)
+            popular, _ = top_k_of(cand, by_popularity[cand], depth)
+        step = max(1, _SCRATCH_SLOTS // n)
+        scratch = np.empty(min(len(user_ids), step) * n, dtype=np.int32)
+        hoods: dict[int, tuple[array, array, float] | None] = {}  # per recent item, see _strongest_neighbours
+        rankings: dict[str, Ranking] = {}
+        for start in range(0, len(user_ids), step):
+            chunk = slice(start, start + step)
+            rankings.update(
+                self._rank_chunk(user_ids[chunk], excluded[chunk], k, by_popularity, popular,
+                                 scratch, hoods)
+            )
+        return rankings
+
+    def _rank_chunk(
+        self, users: list[str], excluded: list[np.ndarray | None], k: int, by_popularity: np.ndarray,
+        popular: np.ndarray, scratch: np.ndarray, hoods: dict[int, tuple[array, array, float] | None],
+    ) -> dict[str, Ranking]:
+        """Top-``k`` of a chunk of users: their neighbour rows and the popular rows in one
+        array, summed per (user, item), then ranked segment by segment."""
+        n = len(self._items)
+        recents = [self._recent.get(user_id) or () for user_id in users]
+        for recent in recents:
+            for row, _ in recent:
+                if row not in hoods:
+                    hoods[row] = self._strongest_neighbours(row)
+        # each user's segment: the neighbour rows of the recent items, most recent first,
+        # weighted decay**age * cooc / sqrt(n_j); then the popular rows, with weight 0.
+        # Gathered in array.array buffers: extending one copies in C, no numpy call per part
+        all_rows, all_weights, factors, lengths, segment = array("q"), array("d"), [], [], []
+        popular_rows, no_weight = array("q", popular.astype(np.int64).tobytes()), array("d", bytes(8 * len(popular)))
+        decay = self.recency_decay
+        for recent in recents:
+            size, factor = len(popular), 1.0
+            for row, _ in reversed(recent):
+                hood = hoods[row]
+                if hood is not None:
+                    all_rows += hood[0]
+                    all_weights += hood[1]
+                    factors.append(factor / hood[2])
+                    lengths.append(len(hood[0]))
+                    size += len(hood[0])
+                factor *= decay
+            all_rows += popular_rows
+            all_weights += no_weight
+            factors.append(0.0)
+            lengths.append(len(popular))
+            segment.append(size)
+        rows = np.frombuffer(all_rows, dtype=np.int64).astype(np.int32)  # rows < n: int32 halves the traffic
+        weights = np.frombuffer(all_weights, dtype=np.float64) * np.repeat(factors, lengths)
+        keys = np.repeat(np.arange(0, len(users) * n, n, dtype=np.int32), segment)
+        keys += rows  # (user, item) slot: user * n + row
+
+        # sum repeated keys in O(entries), in entry order: each entry points at its key's last
+        # entry (the scratch is never cleared: only the slots just written are read back)
+        entries = np.arange(len(keys), dtype=np.int32)
+        scratch[keys] = entries
+        owner = scratch[keys]
+        sums = np.bincount(owner, weights, minlength=len(keys))
+        keep = owner == entries
+        marked = [rows_j + j * n for j, rows_j in enumerate(excluded) if rows_j is not None and len(rows_j)]
+        if marked:  # drop the excluded keys that are candidates
+            ex_keys = np.concatenate(marked)
+            at = scratch[ex_keys]
+            valid = (at >= 0) & (at < len(keys))
+            at = at[valid]
+            keep[at[keys[at] == ex_keys[valid]]] = False
+        per_user = np.add.reduceat(keep, np.cumsum(segment) - segment, dtype=np.int64)
+        kept = np.flatnonzero(keep)
+        rows = rows[kept]
+        scores = by_popularity[rows] + sums[kept] * self._inv_norm[rows]
+
+        # each user's k-th best score; only the rows at or above it are sorted
+        user_of = np.repeat(np.arange(len(users)), per_user)
+        crowded = np.flatnonzero(per_user > k).tolist()
+        if crowded:
+            cut = np.full(len(users), -np.inf)
+            ends = np.cumsum(per_user).tolist()
+            for j, size in zip(crowded, per_user[crowded].tolist()):
+                cut[j] = np.partition(scores[ends[j] - size : ends[j]], size - k)[size - k]
+            top = np.flatnonzero(scores >= cut[user_of])
+            rows, scores, user_of = rows[top], scores[top], user_of[top]
+        order = np.lexsort((rows, -scores, user_of))
+        per_user = np.bincount(user_of, minlength=len(users)).tolist()
+        rows, scores = rows[order].tolist(), scores[order].tolist()
+        ids, rankings, start = self._items.ids, {}, 0
+        for user_id, size in zip(users, per_user):
+            end = start + min(size, k)
+            rankings[user_id] = [(ids[r], v) for r, v in zip(rows[start:end], scores[start:end])]
+            start += size
+        return rankings
+
+    def _strongest_neighbours(self, row: int) -> tuple[array, array, float] | None:
+        """An item's neighbour rows and weights (only its ``max_neighbours`` heaviest) and
+        ``sqrt(n_j)``; ``None`` without neighbours."""
+        nb = self._neighbours[row]
+        if not nb.rows:
+            return None
+        if self.max_neighbours is not None and len(nb.rows) > self.max_neighbours:
+            top = nb.strongest(self.max_neighbours)
+            rows = np.frombuffer(nb.rows, dtype=np.int64)[top]
+            weights = np.frombuffer(nb.weights, dtype=np.float64)[top]
+            return array("q", rows.tobytes()), array("d", weights.tobytes()), math.sqrt(self._counts[row])
+        return nb.rows, nb.weights, math.sqrt(self._counts[row])
 
     def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         if self._dense is not None:
