@@ -25,6 +25,7 @@ from itertools import chain
 
 import numpy as np
 
+from online_models._arrays import SeenItems
 from online_models.base import Interaction, Recommender
 
 # -- metric functions ------------------------------------------------------------------
@@ -228,7 +229,7 @@ def prequential(
     recommend, learn = model.recommend, model.learn_one
     log2 = math.log2
 
-    seen: dict[str, set[str]] = {}
+    seen: dict[str, SeenItems] = {}  # append-only: models convert only new ids to rows
     catalogue: set[str] = set()
     add_item = catalogue.add
     exposure: Counter[str] = Counter()
@@ -274,7 +275,7 @@ def prequential(
                     rated += 1
         learn(event)
         if user_items is None:
-            user_items = seen[user] = set()
+            user_items = seen[user] = SeenItems()
         user_items.add(item)
         add_item(item)
         events += 1
