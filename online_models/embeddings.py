@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,8 +43,8 @@ def top_k_per_user(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[f
     A large catalogue is cut into groups of ``_GROUP`` items. The ``k`` best items lie in
     the ``k`` groups with the highest maxima, so one pass for the group maxima and a sort
     of ``(k + 1) * _GROUP`` candidates replace a selection over every item. The answer is
-    exact unless a group left out has a maximum equal to the ``k``-th best score (ties),
-    or the scores hold NaN; those users get a full sort.
+    exact unless an item left out may tie with the ``k``-th best score, or the scores
+    hold NaN; those users get a full sort.
 
     Examples
     --------
@@ -68,9 +68,11 @@ def top_k_per_user(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[f
     rows = (chosen[:, :, None] * _GROUP + torch.arange(_GROUP)).reshape(n_users, -1)
     past_end = rows >= n  # in the last, short group
     vals = scores.gather(1, rows.clamp_(max=n - 1)).masked_fill_(past_end, -torch.inf)
-    vals, order = vals.sort(dim=1, descending=True, stable=True)  # stable: equal scores keep row order
-    rows, vals = rows.gather(1, order[:, :k]), vals[:, :k]
-    left_out = best_max[:, take]  # no group left out holds more than this
+    vals, pick = torch.topk(vals, take, dim=1)  # k + 1: a tie at the cut shows
+    rows, order = rows.gather(1, pick).sort(dim=1)  # topk orders ties arbitrarily: by row first,
+    vals, order = vals.gather(1, order).sort(dim=1, descending=True, stable=True)  # then by score
+    rows, vals, next_best = rows.gather(1, order[:, :k]), vals[:, :k], vals[:, k]
+    left_out = torch.maximum(best_max[:, take], next_best)  # nothing outside the top k scores more
     exact = ((left_out < vals[:, k - 1]) | (left_out == -torch.inf)) & ~torch.isnan(best_max[:, 0])
     n_finite = (vals > -torch.inf).sum(1).tolist()
     out = []
@@ -99,6 +101,56 @@ def _exact_row(scores: torch.Tensor, k: int) -> tuple[list[int], list[float]]:
     rows = np.flatnonzero(vals > -np.inf)  # NaN never ranks either
     rows = rows[np.lexsort((rows, -vals[rows]))[:k]]
     return rows.tolist(), vals[rows].tolist()
+
+
+def top_k_by_product(
+    items: torch.Tensor,
+    bias: torch.Tensor,
+    representations: Callable[[list[str]], np.ndarray],
+    index: IdIndex,
+    user_ids: list[str],
+    k: int,
+    exclude: Mapping[str, Collection[str]],
+) -> list[tuple[list[int], list[float]]]:
+    """Each user's ``k`` best items by ``<representation, item vector> + bias``.
+
+    Parameters
+    ----------
+    items
+        ``(n_items, d)`` float32 item vectors, rows as in ``index``.
+    bias
+        ``(n_items,)`` float32 score added to every user's.
+    representations
+        Gives the ``(len(users), d)`` float32 vectors of a list of users.
+    index
+        The items' id-to-row map, for ``exclude``.
+    user_ids, k, exclude
+        As in ``Recommender.recommend_many`` (``exclude`` maps users to item ids).
+
+    Returns
+    -------
+    list of (rows, values)
+        Per user, as ``top_k_per_user``.
+    """
+    if len(user_ids) == 1:  # one user (a backtest asks for one at a time): numpy has less overhead
+        seen = exclude.get(user_ids[0])
+        scores = items.numpy() @ representations(user_ids)[0] + bias.numpy()
+        rows, vals = top_k(scores, k, index.rows_of(seen) if seen else None)
+        return [(rows.tolist(), vals.tolist())]
+    items_t = items.T
+    if len(user_ids) >= _COPY_FROM:
+        items_t = items_t.contiguous()  # products read it faster
+    step = max(1, _CHUNK_CELLS // len(items))
+    out: list[tuple[list[int], list[float]]] = []
+    for start in range(0, len(user_ids), step):
+        chunk = user_ids[start : start + step]
+        scores = torch.addmm(bias, torch.from_numpy(representations(chunk)), items_t)
+        view = scores.numpy()
+        for j, seen in enumerate(map(exclude.get, chunk)):
+            if seen:
+                view[j, index.rows_of(seen)] = -np.inf
+        out += top_k_per_user(scores, k)
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -431,10 +483,7 @@ class TorchEmbeddings(Recommender):
         return self._item_bias.numpy()[:n, 0] + self._tie[:n]
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
-        n = len(self._items)
-        if n == 0:
-            return []
-        return self._rank([user_id], self._item_out[:n].T, torch.from_numpy(self._bias()), k, {user_id: exclude})[0]
+        return self.recommend_many([user_id], k, {user_id: exclude} if exclude else None)[user_id]
 
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
@@ -445,25 +494,10 @@ class TorchEmbeddings(Recommender):
         user_ids = list(user_ids)
         if n == 0:
             return {u: [] for u in user_ids}
-        items_t = self._item_out[:n].T
-        if len(user_ids) >= _COPY_FROM:
-            items_t = items_t.contiguous()  # products read it faster
-        bias = torch.from_numpy(self._bias())
-        step = max(1, _CHUNK_CELLS // n)
-        rankings: list[Ranking] = []
-        for start in range(0, len(user_ids), step):
-            rankings += self._rank(user_ids[start : start + step], items_t, bias, k, exclude or {})
-        return dict(zip(user_ids, rankings))
-
-    def _rank(self, user_ids, items_t, bias, k, exclude) -> list[Ranking]:
-        """Rankings of a chunk of users: scores, their excluded items masked, the top ``k``."""
-        scores = torch.addmm(bias, torch.from_numpy(self._representations(user_ids)), items_t)
-        view, rows_of = scores.numpy(), self._items.rows_of
-        for j, seen in enumerate(map(exclude.get, user_ids)):
-            if seen:
-                view[j, rows_of(seen)] = -np.inf
         ids = self._items.ids
-        return [[(ids[r], v) for r, v in zip(rows, vals)] for rows, vals in top_k_per_user(scores, k)]
+        best = top_k_by_product(self._item_out[:n], torch.from_numpy(self._bias()), self._representations,
+                                self._items, user_ids, k, exclude or {})
+        return {u: [(ids[r], v) for r, v in zip(rows, vals)] for u, (rows, vals) in zip(user_ids, best)}
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items whose output vectors are closest (cosine) to this item's input vector."""
