@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Iterator
 from itertools import repeat
+from operator import itemgetter
 
 import numpy as np
 
@@ -68,8 +69,9 @@ class IdIndex:
         if len(candidates) > 64:
             return self.ranking(*_ordered(candidates, scores[candidates], k))
         ids = self.ids
-        pairs = sorted(zip((-scores[candidates]).tolist(), candidates.tolist()))[:k]
-        return [(ids[r], -v) for v, r in pairs]
+        # a stable sort on the score alone: candidates come in row order, so ties stay so
+        pairs = sorted(zip(scores[candidates].tolist(), candidates.tolist()), key=itemgetter(0), reverse=True)
+        return [(ids[r], v) for v, r in pairs[:k]]
 
     def rows_of(self, keys: Collection[str]) -> np.ndarray:
         """Rows of the known ``keys`` (unknown ones are skipped), in no particular order.

@@ -146,8 +146,9 @@ class Cooc(Recommender):
                 self._grow_dense(row + 1)
         if self._dense is None and row == len(self._neighbours):
             self._neighbours.append(_Neighbours())
-        self._counts[row] += w
-        self._inv_norm[row] = 1.0 / math.sqrt(self._counts[row])
+        count = self._counts[row] + w
+        self._counts[row] = count
+        self._inv_norm[row] = 1.0 / math.sqrt(count)
         recent = self._recent.get(interaction.user_id)
         if recent is None:
             recent = self._recent[interaction.user_id] = deque(maxlen=self.window)
