@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import chain, repeat
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -178,6 +179,9 @@ class RiverMF(Recommender):
         return self._items.ranking(rows, vals)
 
 
+_NO_USER = (0.0, 0.0, 0.0)  # events, carts, purchases of a user never seen
+_NO_ITEM = (0.0, 0.0)  # exposures, purchases
+_NO_TOUCH = (0.0, 0.0)  # count, strongest type
 _FEATURES = ("is_cart", "is_click", "user_purchase_rate", "user_cart_rate", "user_events",
              "item_conversion", "item_popularity", "user_item_touches", "recency")
 
@@ -314,38 +318,84 @@ class PurchaseRerank(Recommender):
 
     def purchase_probabilities(self, user_id: str, item_ids: list[str]) -> np.ndarray:
         """P(purchase) of each item for the user, with the classifier's weights in numpy."""
+        return self._probabilities([user_id], [item_ids])
+
+    def _probabilities(self, user_ids: list[str], item_lists: list[list[str]]) -> np.ndarray:
+        """P(purchase) of each item of each user's list, all lists concatenated.
+
+        The features are ``_features`` at ranking time (no timestamp, so ``recency`` is 0),
+        computed a column at a time for every candidate of every user.
+        """
+        sizes = [len(items) for items in item_lists]
+        owner = np.repeat(np.arange(len(user_ids)), sizes)
+        n = len(owner)
+        user_stats, item_stats, touches = self._user_stats, self._item_stats, self._touches
+        users = [user_stats.get(u, _NO_USER)[:3] for u in user_ids]
+        events, carts, purchases = np.fromiter(chain.from_iterable(users), np.float64, 3 * len(users)).reshape(-1, 3).T
+        items = [item_stats.get(i, _NO_ITEM) for items in item_lists for i in items]
+        exposures, bought = np.fromiter(chain.from_iterable(items), np.float64, 2 * n).reshape(-1, 2).T
+        touched = np.zeros((n, 2))  # count, strongest type: most candidates were never touched
+        pairs = [pair for u, items in zip(user_ids, item_lists) for pair in map(touches.get, zip(repeat(u), items))]
+        hits = [j for j, pair in enumerate(pairs) if pair is not None]
+        if hits:
+            touched[hits] = [pairs[j] for j in hits]
+        columns = {
+            "is_cart": (touched[:, 1] == 2).astype(np.float64),
+            "is_click": (touched[:, 1] == 1).astype(np.float64),
+            "user_purchase_rate": ((purchases + 0.1) / (events + 1.0))[owner],
+            "user_cart_rate": ((carts + 0.1) / (events + 1.0))[owner],
+            "user_events": (np.log1p(events) / 5)[owner],
+            "item_conversion": (bought + 0.1) / (exposures + 1.0),
+            "item_popularity": np.log1p(exposures) / 5,
+            "user_item_touches": np.log1p(touched[:, 0]),
+            "recency": np.zeros(len(owner)),
+        }
         weights = self._clf._weights
-        w = np.array([weights.get(f, 0.0) for f in _FEATURES])
-        x = np.array(
-            [
-                [feats[f] for f in _FEATURES]
-                for feats in (
-                    self._features(user_id, i, self._touches.get((user_id, i), (0.0, 0.0))[1], None) for i in item_ids
-                )
-            ]
-        ).reshape(len(item_ids), len(_FEATURES))
-        return 1.0 / (1.0 + np.exp(-(x @ w + self._clf.intercept)))
+        logits = np.zeros(len(owner))
+        for name in _FEATURES:  # one feature after another: the same sums whatever the batch
+            logits += weights.get(name, 0.0) * columns[name]
+        return 1.0 / (1.0 + np.exp(-(logits + self._clf.intercept)))
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
-        return self._rerank(user_id, self._base.recommend(user_id, max(k, self.n_candidates), exclude), k)
+        candidates = self._base.recommend(user_id, max(k, self.n_candidates), exclude)
+        return self._rerank([user_id], [candidates], k)[0]
 
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
     ) -> dict[str, Ranking]:
-        """The base model's batched candidates, re-ranked per user."""
+        """The base model's batched candidates, re-ranked for all users at once."""
+        user_ids = list(user_ids)
         lists = self._base.recommend_many(user_ids, max(k, self.n_candidates), exclude)
-        return {u: self._rerank(u, lists[u], k) for u in user_ids}
+        return dict(zip(user_ids, self._rerank(user_ids, [lists[u] for u in user_ids], k)))
 
-    def _rerank(self, user_id: str, candidates: Ranking, k: int) -> Ranking:
-        if self._purchases < self.min_purchases or not candidates:
-            return candidates[:k]
-        ids = [i for i, _ in candidates]
-        base = np.array([s for _, s in candidates])
-        span = base.max() - base.min()
-        relevance = (base - base.min()) / span if span > 0 else np.ones(len(base))
-        scores = (1 - self.purchase_weight) * relevance + self.purchase_weight * self.purchase_probabilities(user_id, ids)
-        order = np.lexsort((np.arange(len(ids)), -scores))[:k]
-        return [(ids[j], float(scores[j])) for j in order.tolist()]
+    def _rerank(self, user_ids: list[str], lists: list[Ranking], k: int) -> list[Ranking]:
+        """Each user's candidates ordered by the mix of scaled relevance and P(purchase)."""
+        if self._purchases < self.min_purchases:
+            return [candidates[:k] for candidates in lists]
+        sizes = np.array([len(candidates) for candidates in lists])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        owner = np.repeat(np.arange(len(lists)), sizes)
+        base = np.array([score for candidates in lists for _, score in candidates], dtype=np.float64)
+        if len(base) == 0:
+            return [[] for _ in lists]
+        nonempty = starts[sizes > 0]  # reduceat reads an empty segment as its next value: skip them
+        low, high = np.zeros(len(lists)), np.zeros(len(lists))
+        low[sizes > 0] = np.minimum.reduceat(base, nonempty)
+        high[sizes > 0] = np.maximum.reduceat(base, nonempty)
+        span = (high - low)[owner]
+        relevance = np.ones(len(base))
+        np.divide(base - low[owner], span, out=relevance, where=span > 0)
+        ids = [item for candidates in lists for item, _ in candidates]
+        scores = (1 - self.purchase_weight) * relevance + self.purchase_weight * self._probabilities(
+            user_ids, [[item for item, _ in candidates] for candidates in lists]
+        )
+        position = np.arange(len(base)) - starts[owner]
+        order = np.lexsort((position, -scores, owner)).tolist()  # by user, score, base rank
+        values = scores.tolist()
+        return [
+            [(ids[j], values[j]) for j in order[start : start + min(size, k)]]
+            for start, size in zip(starts.tolist(), sizes.tolist())
+        ]
 
     def forget_user(self, user_id: str) -> None:
         """Drop the user's statistics and open exposures, and forget them in the base model."""

@@ -109,3 +109,44 @@ def test_embeddings_gradient_step_matches_autograd(loss: str, l2: float) -> None
         assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-6)
     for name in model._acc:
         assert torch.allclose(model._acc[name], reference._acc[name], rtol=1e-4, atol=1e-9)
+
+
+def _rerank_one_by_one(model, user_id: str, candidates: list, k: int) -> list:
+    """purchase-rerank's re-ranking of one user, each candidate's features from ``_features``."""
+    from online_models.river_models import _FEATURES
+
+    ids = [item for item, _ in candidates]
+    base = np.array([score for _, score in candidates])
+    span = base.max() - base.min()
+    relevance = (base - base.min()) / span if span > 0 else np.ones(len(base))
+    weights = np.array([model._clf._weights.get(f, 0.0) for f in _FEATURES])
+    features = [model._features(user_id, i, model._touches.get((user_id, i), (0.0, 0.0))[1], None) for i in ids]
+    x = np.array([[feats[f] for f in _FEATURES] for feats in features])
+    bought = 1.0 / (1.0 + np.exp(-(x @ weights + model._clf.intercept)))
+    scores = (1 - model.purchase_weight) * relevance + model.purchase_weight * bought
+    order = np.lexsort((np.arange(len(ids)), -scores))[:k]
+    return [(ids[j], float(scores[j])) for j in order]
+
+
+@pytest.mark.parametrize("with_exclude", [False, True])
+def test_purchase_rerank_batch_equals_one_by_one(with_exclude: bool) -> None:
+    from bench.models_speed import synthetic_stream
+    from online_models import make_model
+
+    events = synthetic_stream(6000, n_items=300, n_users=80, seed=7)
+    model = make_model("purchase-rerank", min_purchases=5, n_candidates=30)
+    model.learn_many(events)
+    assert model._purchases >= 5
+    users = sorted({e.user_id for e in events})[:40] + ["never-seen"]
+    seen: dict[str, set[str]] = {}
+    for e in events:
+        seen.setdefault(e.user_id, set()).add(e.item_id)
+    exclude = seen if with_exclude else None
+    batch = model.recommend_many(users, 10, exclude)
+    for user in users:
+        candidates = model._base.recommend(user, 30, (exclude or {}).get(user))
+        expected = _rerank_one_by_one(model, user, candidates, 10)
+        got = batch[user]
+        assert [i for i, _ in got] == [i for i, _ in expected]
+        assert [s for _, s in got] == pytest.approx([s for _, s in expected], rel=1e-12)
+        assert model.recommend(user, 10, (exclude or {}).get(user)) == got
