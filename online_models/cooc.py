@@ -340,11 +340,10 @@ class Cooc(Recommender):
             rows, scores, user_of = rows[top], scores[top], user_of[top]
         order = np.lexsort((rows, -scores, user_of))
         per_user = np.bincount(user_of, minlength=len(users)).tolist()
-        rows, scores = rows[order].tolist(), scores[order].tolist()
-        ids, rankings, start = self._items.ids, {}, 0
+        ranked = list(zip(map(self._items.ids.__getitem__, rows[order].tolist()), scores[order].tolist()))
+        rankings, start = {}, 0
         for user_id, size in zip(users, per_user):
-            end = start + min(size, k)
-            rankings[user_id] = [(ids[r], v) for r, v in zip(rows[start:end], scores[start:end])]
+            rankings[user_id] = ranked[start : start + min(size, k)]
             start += size
         return rankings
 
