@@ -260,7 +260,7 @@ class Cooc(Recommender):
             popular, _ = top_k_of(cand, by_popularity[cand], depth)
         step = max(1, _SCRATCH_SLOTS // n)
         scratch = np.empty(min(len(user_ids), step) * n, dtype=np.int32)
-        hoods: dict[int, tuple[array, array, float] | None] = {}  # per recent item, see _strongest_neighbours
+        hoods: dict[int, tuple[array, array, float, int] | None] = {}  # per recent item, see _strongest_neighbours
         rankings: dict[str, Ranking] = {}
         for start in range(0, len(user_ids), step):
             chunk = slice(start, start + step)
@@ -272,32 +272,29 @@ class Cooc(Recommender):
 
     def _rank_chunk(
         self, users: list[str], excluded: list[np.ndarray | None], k: int, by_popularity: np.ndarray,
-        popular: np.ndarray, scratch: np.ndarray, hoods: dict[int, tuple[array, array, float] | None],
+        popular: np.ndarray, scratch: np.ndarray, hoods: dict[int, tuple[array, array, float, int] | None],
     ) -> dict[str, Ranking]:
         """Top-``k`` of a chunk of users: their neighbour rows and the popular rows in one
         array, summed per (user, item), then ranked segment by segment."""
         n = len(self._items)
-        recents = [self._recent.get(user_id) or () for user_id in users]
-        for recent in recents:
-            for row, _ in recent:
-                if row not in hoods:
-                    hoods[row] = self._strongest_neighbours(row)
         # each user's segment: the neighbour rows of the recent items, most recent first,
         # weighted decay**age * cooc / sqrt(n_j); then the popular rows, with weight 0.
         # Gathered in array.array buffers: extending one copies in C, no numpy call per part
         all_rows, all_weights, factors, lengths, segment = array("q"), array("d"), [], [], []
         popular_rows, no_weight = array("q", popular.astype(np.int64).tobytes()), array("d", bytes(8 * len(popular)))
-        decay = self.recency_decay
-        for recent in recents:
+        decay, recent_of = self.recency_decay, self._recent
+        for user_id in users:
             size, factor = len(popular), 1.0
-            for row, _ in reversed(recent):
-                hood = hoods[row]
+            for row, _ in reversed(recent_of.get(user_id) or ()):
+                hood = hoods.get(row, False)
+                if hood is False:
+                    hood = hoods[row] = self._strongest_neighbours(row)
                 if hood is not None:
                     all_rows += hood[0]
                     all_weights += hood[1]
                     factors.append(factor / hood[2])
-                    lengths.append(len(hood[0]))
-                    size += len(hood[0])
+                    lengths.append(hood[3])
+                    size += hood[3]
                 factor *= decay
             all_rows += popular_rows
             all_weights += no_weight
@@ -335,7 +332,9 @@ class Cooc(Recommender):
             cut = np.full(len(users), -np.inf)
             ends = np.cumsum(per_user).tolist()
             for j, size in zip(crowded, per_user[crowded].tolist()):
-                cut[j] = np.partition(scores[ends[j] - size : ends[j]], size - k)[size - k]
+                segment_scores = scores[ends[j] - size : ends[j]].copy()
+                segment_scores.partition(size - k)
+                cut[j] = segment_scores[size - k]
             top = np.flatnonzero(scores >= cut[user_of])
             rows, scores, user_of = rows[top], scores[top], user_of[top]
         order = np.lexsort((rows, -scores, user_of))
@@ -347,18 +346,18 @@ class Cooc(Recommender):
             start += size
         return rankings
 
-    def _strongest_neighbours(self, row: int) -> tuple[array, array, float] | None:
-        """An item's neighbour rows and weights (only its ``max_neighbours`` heaviest) and
-        ``sqrt(n_j)``; ``None`` without neighbours."""
+    def _strongest_neighbours(self, row: int) -> tuple[array, array, float, int] | None:
+        """An item's neighbour rows and weights (only its ``max_neighbours`` heaviest),
+        ``sqrt(n_j)`` and how many; ``None`` without neighbours."""
         nb = self._neighbours[row]
         if not nb.rows:
             return None
         if self.max_neighbours is not None and len(nb.rows) > self.max_neighbours:
             top = nb.strongest(self.max_neighbours)
-            rows = np.frombuffer(nb.rows, dtype=np.int64)[top]
-            weights = np.frombuffer(nb.weights, dtype=np.float64)[top]
-            return array("q", rows.tobytes()), array("d", weights.tobytes()), math.sqrt(self._counts[row])
-        return nb.rows, nb.weights, math.sqrt(self._counts[row])
+            rows = array("q", np.frombuffer(nb.rows, dtype=np.int64)[top].tobytes())
+            weights = array("d", np.frombuffer(nb.weights, dtype=np.float64)[top].tobytes())
+            return rows, weights, math.sqrt(self._counts[row]), len(rows)
+        return nb.rows, nb.weights, math.sqrt(self._counts[row]), len(nb.rows)
 
     def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         if self._dense is not None:
