@@ -4,16 +4,30 @@ Each model runs in a fresh process (``online_models.make_model`` + ``online_mode
 .prequential``, k=10, the user's earlier items excluded); the clock is the evaluator's own.
 Baseline, same run: the evaluator around a model that learns nothing and recommends nothing
 (the protocol's own cost), so each model's ratio says how much of the time is the model's.
+
+Needs no Kafka or Redis: ``python -m bench.backtest --models trending,cooc --repeats 3``.
+The log is ``$STREAMREC_ML100K``, else where ``streamrec datasets fetch movielens-100k`` puts it.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
 from bench.common import Spread, in_process
 
-ML100K = Path(os.environ.get("STREAMREC_ML100K", "/tmp/recbole/recbole/dataset_example/ml-100k/ml-100k.inter"))
+
+def _ml100k() -> Path:
+    if "STREAMREC_ML100K" in os.environ:
+        return Path(os.environ["STREAMREC_ML100K"])
+    for candidate in ("data/movielens-100k/ml-100k.inter", "/tmp/recbole/recbole/dataset_example/ml-100k/ml-100k.inter"):
+        if Path(candidate).exists():
+            return Path(candidate)
+    return Path("data/movielens-100k/ml-100k.inter")
+
+
+ML100K = _ml100k()
 
 
 def _events(limit: int | None):
@@ -67,10 +81,21 @@ def run(svc=None, *, quick: bool, repeats: int | None = None, log=print, models:
             rates.setdefault(name, []).append(r["events_per_s"])
             quality[name] = {"hr@10": r["hr"], "ndcg@10": r["ndcg"], "events": r["events"]}
         if name in rates:
-            log(f"  {name:16} {Spread.of(rates[name]).median:>10,.0f} events/s  (HR@10 {quality[name]['hr@10']:.3f})")
+            spread = Spread.of(rates[name])
+            log(f"  {name:16} {spread.median:>10,.0f} events/s  (min {spread.min:,.0f}, max {spread.max:,.0f}; "
+                f"HR@10 {quality[name]['hr@10']:.4f}, NDCG@10 {quality[name]['ndcg@10']:.4f})")
     baseline = Spread.of(rates["null"]).median
     return {
         "dataset": str(ML100K), "events": quality["null"]["events"],
         "models": {name: {**Spread.of(v).as_dict(), **quality[name], "ratio_vs_null": Spread.of(v).median / baseline}
                    for name, v in rates.items()},
     }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", help="comma-separated registry names (default: every model)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="the first 10,000 events only")
+    args = parser.parse_args()
+    run(quick=args.quick, repeats=args.repeats, models=args.models.split(",") if args.models else None)
