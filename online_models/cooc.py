@@ -158,14 +158,15 @@ class Cooc(Recommender):
                 if others:
                     cols = np.array(others, dtype=np.int64)
                     vals = np.array([w * wo for o, wo in recent if o != row], dtype=np.float32)
+                    dense_row, dense_col = self._dense[row], self._dense[:, row]  # 1-d views index faster
                     if len(set(others)) == len(others):
                         # the matrix is symmetric: the row's new values are the column's too
-                        vals += self._dense[row, cols]
-                        self._dense[row, cols] = vals
-                        self._dense[cols, row] = vals
+                        vals += dense_row[cols]
+                        dense_row[cols] = vals
+                        dense_col[cols] = vals
                     else:  # the user met an item twice in the window: accumulate repeats
-                        np.add.at(self._dense, (row, cols), vals)
-                        np.add.at(self._dense, (cols, row), vals)
+                        np.add.at(dense_row, cols, vals)
+                        np.add.at(dense_col, cols, vals)
             else:
                 mine, neighbours = self._neighbours[row], self._neighbours
                 for other, w_other in recent:
