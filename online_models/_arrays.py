@@ -208,6 +208,26 @@ def top_k(scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None) ->
     return _ordered(candidates, scores[candidates], k)
 
 
+def top_rows(scores: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """The rows ``top_k`` would return (ties to the lower row), in no particular order.
+
+    ``scores[i]`` belongs to row ``rows[i]`` (distinct rows; default: row ``i``). Cheaper
+    than ``top_k`` when only the set matters: the rows are not sorted.
+
+    >>> sorted(top_rows(np.array([0.5, 0.9, 0.5, 0.5]), 2).tolist())
+    [0, 1]
+    >>> sorted(top_rows(np.array([0.5, 0.9, 0.5]), 2, rows=np.array([7, 3, 2])).tolist())
+    [2, 3]
+    """
+    candidates = _top_candidates(scores, k, None)
+    if candidates is None:
+        return np.empty(0, dtype=np.int64)
+    found = candidates if rows is None else rows[candidates]
+    if len(found) > k:  # ties with the k-th score: only the lowest rows among them
+        found = found[np.lexsort((found, -scores[candidates]))[:k]]
+    return found
+
+
 def _top_candidates(scores: np.ndarray, k: int, exclude_rows: np.ndarray | None) -> np.ndarray | None:
     """Rows (ascending, rankable scores) that hold ``top_k``'s answer and any ties with its
     last score; ``None`` when the answer is empty. Masks ``exclude_rows`` first."""

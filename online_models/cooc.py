@@ -9,7 +9,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow, top_k, top_k_of
+from online_models._arrays import IdIndex, grow, top_k, top_rows
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.trending import Trending
 
@@ -22,10 +22,11 @@ class _Neighbours:
 
     ``array.array`` keeps each update a plain Python operation (no numpy scalar overhead)
     while numpy reads them zero-copy for the vectorised scoring. ``strongest`` keeps the
-    positions of the heaviest neighbours, refreshed after the row changed by a tenth.
+    positions of the heaviest neighbours, refreshed after the row changed by a tenth, and
+    the rows at them (a position's row never changes; only its weight grows).
     """
 
-    __slots__ = ("pos", "rows", "weights", "top", "stale")
+    __slots__ = ("pos", "rows", "weights", "top", "stale", "top_rows")
 
     def __init__(self) -> None:
         self.pos: dict[int, int] = {}
@@ -33,6 +34,7 @@ class _Neighbours:
         self.weights = array("d")
         self.top: np.ndarray | None = None
         self.stale = 0
+        self.top_rows: array | None = None  # rows at ``top``; derived, not checkpointed
 
     def add(self, row: int, weight: float) -> None:
         i = self.pos.get(row)
@@ -49,11 +51,14 @@ class _Neighbours:
         return np.array(self.rows, dtype=np.int64), np.array(self.weights, dtype=np.float64)
 
     def strongest(self, m: int) -> np.ndarray:
-        """Positions of (about) the ``m`` heaviest neighbours."""
+        """Positions of (about) the ``m`` heaviest neighbours; ``top_rows`` holds their rows."""
         if self.top is None or len(self.top) != m or self.stale > max(len(self.rows) // 10, 16):
             weights = np.frombuffer(self.weights, dtype=np.float64)
             self.top = np.sort(np.argpartition(weights, len(weights) - m)[len(weights) - m :])
             self.stale = 0
+            self.top_rows = None
+        if self.top_rows is None:
+            self.top_rows = array("q", np.frombuffer(self.rows, dtype=np.int64)[self.top].tobytes())
         return self.top
 
     def __getstate__(self):
@@ -62,6 +67,7 @@ class _Neighbours:
     def __setstate__(self, state):
         self.rows, self.weights, self.top, self.stale = state
         self.pos = {row: i for i, row in enumerate(self.rows)}
+        self.top_rows = None
 
 
 class Cooc(Recommender):
@@ -255,10 +261,7 @@ class Cooc(Recommender):
         by_popularity = self._trending.raw_scores() * self._popularity_factor()
         depth = k + max((len(rows) for rows in excluded if rows is not None), default=0)
         cand = self._trending.candidate_rows(depth)
-        if cand is None:
-            popular, _ = top_k(by_popularity, depth)
-        else:
-            popular, _ = top_k_of(cand, by_popularity[cand], depth)
+        popular = top_rows(by_popularity, depth) if cand is None else top_rows(by_popularity[cand], depth, cand)
         step = max(1, _SCRATCH_SLOTS // n)
         scratch = np.empty(min(len(user_ids), step) * n, dtype=np.int32)
         hoods: dict[int, tuple[array, array, float, int] | None] = {}  # per recent item, see _strongest_neighbours
@@ -355,9 +358,8 @@ class Cooc(Recommender):
             return None
         if self.max_neighbours is not None and len(nb.rows) > self.max_neighbours:
             top = nb.strongest(self.max_neighbours)
-            rows = array("q", np.frombuffer(nb.rows, dtype=np.int64)[top].tobytes())
             weights = array("d", np.frombuffer(nb.weights, dtype=np.float64)[top].tobytes())
-            return rows, weights, math.sqrt(self._counts[row]), len(rows)
+            return nb.top_rows, weights, math.sqrt(self._counts[row]), len(top)
         return nb.rows, nb.weights, math.sqrt(self._counts[row]), len(nb.rows)
 
     def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ from itertools import islice
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow, top_k, top_k_of
+from online_models._arrays import IdIndex, grow, top_k_of, top_rows
 from online_models.base import Interaction, Ranking, Recommender
 
 _RESCALE_AT = 50.0  # rescale once the growth factor passes e**50, long before float64 overflows
@@ -108,7 +108,7 @@ class Trending(Recommender):
                 return None
             # the exact top ``size`` (ties to the lower row): any other row that has not
             # gained since then ranks below every cached row, whatever the cached rows gain
-            self._cache, _ = top_k(self._scores[:n], size)
+            self._cache = top_rows(self._scores[:n], size)
             self._in_cache = np.zeros(n, dtype=bool)
             self._in_cache[self._cache] = True
             self._dirty = set()

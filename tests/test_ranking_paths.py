@@ -1,6 +1,6 @@
 """The fast ranking paths rank exactly as their plain definitions do.
 
-- ``top_k``/``top_k_of``/``IdIndex.top``: the ``k`` best scores, ties to the lower row.
+- ``top_k``/``top_k_of``/``IdIndex.top``/``top_rows``: the ``k`` best scores, ties to the lower row.
 - ``SeenItems``: converting only new ids gives the rows a plain set gives.
 - ``Cooc.recommend_many`` (all users' neighbourhoods summed at once) equals per-user
   ``recommend``, and on the sparse path both equal a pure-Python scoring of the model state.
@@ -18,7 +18,7 @@ import pytest
 import online_models.cooc as cooc_module
 import online_models.trending as trending_module
 from online_models import make_model
-from online_models._arrays import IdIndex, SeenItems, top_k, top_k_of
+from online_models._arrays import IdIndex, SeenItems, top_k, top_k_of, top_rows
 from online_models.evaluation import prequential
 from stream.schema import Event
 
@@ -50,9 +50,11 @@ def test_top_k_gives_ties_to_the_lower_row(seed: int) -> None:
         for i in range(n):
             index.add(f"i{i}")
         assert index.top(scores.copy(), k) == [(f"i{r}", scores[r]) for r in want]
+        assert sorted(top_rows(scores, k).tolist()) == sorted(want)
         subset = rng.permutation(n)[: max(1, n // 2)]
         rows, _ = top_k_of(subset, scores[subset].copy(), k)
         assert rows.tolist() == best_rows(scores[subset], k, subset.tolist())
+        assert sorted(top_rows(scores[subset], k, subset).tolist()) == sorted(rows.tolist())
 
 
 def test_top_k_masks_excluded_rows() -> None:
