@@ -14,7 +14,7 @@ from online_models._arrays import IdIndex, grow, top_k
 from online_models.base import Interaction, Ranking, Recommender
 
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders items before any training step
-_CHUNK_CELLS = 1 << 21  # users x items scored at once: small enough to stay in cache
+_CHUNK_CELLS = 1 << 22  # users x items scored at once (one reused buffer of 16 MB)
 _GROUP = 32  # items per group when a large catalogue is cut in groups to find the top-k
 _COPY_FROM = 64  # users per call from which a transposed copy of the item table pays for itself
 
@@ -42,9 +42,9 @@ def top_k_per_user(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[f
     -----
     A large catalogue is cut into groups of ``_GROUP`` items. The ``k`` best items lie in
     the ``k`` groups with the highest maxima, so one pass for the group maxima and a sort
-    of ``(k + 1) * _GROUP`` candidates replace a selection over every item. The answer is
-    exact unless an item left out may tie with the ``k``-th best score, or the scores
-    hold NaN; those users get a full sort.
+    of the few items of those groups that score at least their lowest maximum replace a
+    selection over every item. The answer is exact unless a group left out ties with
+    those maxima, or the scores hold NaN; those users get a full sort.
 
     Examples
     --------
@@ -59,25 +59,28 @@ def top_k_per_user(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[f
     if n < 8 * _GROUP * (k + 2):  # small catalogue: select among all items
         return _top_k_small(scores, k)
     full = n - n % _GROUP
-    maxima = scores.as_strided((n_users, full // _GROUP, _GROUP), (n, _GROUP, 1)).amax(2)
+    groups = scores.as_strided((n_users, full // _GROUP, _GROUP), (n, _GROUP, 1))
+    best_max, best = torch.topk(groups.amax(2), k + 1, dim=1)
+    # The k best groups each hold an item scoring at least the k-th best group maximum, so
+    # the top k are among the items of those groups (and of the short last group) that
+    # score that much; no other group holds more than the (k+1)-th maximum.
+    exact = ((best_max[:, k] < best_max[:, k - 1]) | (best_max[:, k] == -torch.inf)) & ~torch.isnan(best_max[:, 0])
+    cand = groups[torch.arange(n_users)[:, None], best[:, :k]].reshape(n_users, -1)
+    cand_rows = (best[:, :k, None] * _GROUP + torch.arange(_GROUP)).reshape(n_users, -1)
     if full < n:
-        maxima = torch.cat([maxima, scores[:, full:].amax(1, keepdim=True)], 1)
-    take = k + 1  # one group more than needed: rarely any fallback
-    best_max, best = torch.topk(maxima, take + 1, dim=1)
-    chosen = best[:, :take].sort(dim=1).values  # ascending: candidates in row order
-    rows = (chosen[:, :, None] * _GROUP + torch.arange(_GROUP)).reshape(n_users, -1)
-    past_end = rows >= n  # in the last, short group
-    vals = scores.gather(1, rows.clamp_(max=n - 1)).masked_fill_(past_end, -torch.inf)
-    vals, pick = torch.topk(vals, take, dim=1)  # k + 1: a tie at the cut shows
-    rows, order = rows.gather(1, pick).sort(dim=1)  # topk orders ties arbitrarily: by row first,
-    vals, order = vals.gather(1, order).sort(dim=1, descending=True, stable=True)  # then by score
-    rows, vals, next_best = rows.gather(1, order[:, :k]), vals[:, :k], vals[:, k]
-    left_out = torch.maximum(best_max[:, take], next_best)  # nothing outside the top k scores more
-    exact = ((left_out < vals[:, k - 1]) | (left_out == -torch.inf)) & ~torch.isnan(best_max[:, 0])
-    n_finite = (vals > -torch.inf).sum(1).tolist()
+        cand = torch.cat([cand, scores[:, full:]], 1)
+        cand_rows = torch.cat([cand_rows, torch.arange(full, n).expand(n_users, -1)], 1)
+    keep = cand >= best_max[:, k - 1 : k]
+    vals, rows, users = cand[keep].numpy(), cand_rows[keep].numpy(), keep.nonzero()[:, 0].numpy()
+    ranked = vals > -np.inf
+    vals, rows, users = vals[ranked], rows[ranked], users[ranked]
+    order = np.lexsort((rows, -vals, users))  # by user, score descending, row ascending
+    vals, rows = vals[order].tolist(), rows[order].tolist()
+    ends = np.cumsum(np.bincount(users, minlength=n_users)).tolist()
     out = []
-    for j, (ok, m, r, v) in enumerate(zip(exact.tolist(), n_finite, rows.tolist(), vals.tolist())):
-        out.append((r[:m], v[:m]) if ok else _exact_row(scores[j], k))
+    for j, (ok, end) in enumerate(zip(exact.tolist(), ends)):
+        start = ends[j - 1] if j else 0
+        out.append((rows[start : min(end, start + k)], vals[start : min(end, start + k)]) if ok else _exact_row(scores[j], k))
     return out
 
 
@@ -137,14 +140,27 @@ def top_k_by_product(
         scores = items.numpy() @ representations(user_ids)[0] + bias.numpy()
         rows, vals = top_k(scores, k, index.rows_of(seen) if seen else None)
         return [(rows.tolist(), vals.tolist())]
-    items_t = items.T
-    if len(user_ids) >= _COPY_FROM:
-        items_t = items_t.contiguous()  # products read it faster
     step = max(1, _CHUNK_CELLS // len(items))
+    if len(user_ids) >= _COPY_FROM:
+        # Many users: one transposed copy of the items with the bias as one more row (a
+        # faster product, the bias added inside it) and one score buffer for all chunks
+        # (fresh 8 MB tensors cost page faults): each chunk is a single product.
+        items_t = torch.cat([items.T, bias[None, :]])
+        buffer = torch.empty((min(step, len(user_ids)), len(items)))
+
+        def product(reps: np.ndarray) -> torch.Tensor:
+            reps = torch.from_numpy(np.hstack([reps, np.ones((len(reps), 1), dtype=np.float32)]))
+            return torch.mm(reps, items_t, out=buffer[: len(reps)])
+
+    else:
+
+        def product(reps: np.ndarray) -> torch.Tensor:
+            return torch.addmm(bias, torch.from_numpy(reps), items.T)
+
     out: list[tuple[list[int], list[float]]] = []
     for start in range(0, len(user_ids), step):
         chunk = user_ids[start : start + step]
-        scores = torch.addmm(bias, torch.from_numpy(representations(chunk)), items_t)
+        scores = product(representations(chunk))
         view = scores.numpy()
         for j, seen in enumerate(map(exclude.get, chunk)):
             if seen:

@@ -150,3 +150,83 @@ def test_purchase_rerank_batch_equals_one_by_one(with_exclude: bool) -> None:
         assert [i for i, _ in got] == [i for i, _ in expected]
         assert [s for _, s in got] == pytest.approx([s for _, s in expected], rel=1e-12)
         assert model.recommend(user, 10, (exclude or {}).get(user)) == got
+
+
+@pytest.mark.parametrize("n_users", [1, 5, 70, 300])
+@pytest.mark.parametrize("k", [10, 100])
+def test_top_k_by_product_ranks_by_the_scores(n_users: int, k: int) -> None:
+    """Every path (one user, a few, many with the bias folded into the product, several
+    chunks) gives each user the k best non-excluded items of ``<rep, item> + bias``."""
+    import online_models.embeddings as emb
+    from online_models._arrays import IdIndex
+
+    rng = np.random.default_rng(n_users + k)
+    n, d = 30_011, 8  # past the grouped top-k's threshold, with a short last group
+    items = torch.from_numpy(rng.normal(size=(n, d)).astype(np.float32))
+    bias = torch.from_numpy(rng.normal(scale=0.1, size=n).astype(np.float32))
+    reps = rng.normal(size=(n_users, d)).astype(np.float32)
+    index = IdIndex()
+    for row in range(n):
+        index.add(f"i{row}")
+    users = [f"u{j}" for j in range(n_users)]
+    exclude = {u: {f"i{r}" for r in rng.integers(0, n, 50)} | {"unknown"} for u in users[::2]}
+    by_user = dict(zip(users, reps))
+    old_cells = emb._CHUNK_CELLS
+    emb._CHUNK_CELLS = 50 * n  # several chunks of 50 users, the last one short
+    try:
+        got = emb.top_k_by_product(items, bias, lambda chunk: np.stack([by_user[u] for u in chunk]), index,
+                                   users, k, exclude)
+    finally:
+        emb._CHUNK_CELLS = old_cells
+    exact = reps.astype(np.float64) @ items.numpy().T.astype(np.float64) + bias.numpy()
+    for j, (user, (rows, vals)) in enumerate(zip(users, got)):
+        banned = {int(i[1:]) for i in exclude.get(user, ()) if i != "unknown"}
+        assert len(rows) == k and not banned & set(rows)
+        assert vals == sorted(vals, reverse=True)
+        assert vals == pytest.approx(exact[j, rows].tolist(), rel=1e-5, abs=1e-5)
+        others = np.delete(exact[j], list(banned | set(rows)))
+        assert others.max() <= vals[-1] + 1e-5
+
+
+def _fuse_reference(blend, lists: dict, k: int) -> list:
+    """Blend's fusion written plainly: sum of scaled scores, ties to the best position, then first seen."""
+    fused: dict[str, float] = {}
+    order: dict[str, int] = {}
+    for name, ranking in lists.items():
+        weight = blend._weight(name)
+        if not ranking or weight == 0:
+            continue
+        if blend.rank_offset is not None:
+            scaled = [weight * (blend.rank_offset + 1) / (blend.rank_offset + 1 + pos) for pos in range(len(ranking))]
+        else:
+            high, low = ranking[0][1], ranking[-1][1]
+            span = high - low
+            scaled = [weight if span <= 0 else (score - low) * (weight / span) for _, score in ranking]
+        for pos, ((item, _), value) in enumerate(zip(ranking, scaled)):
+            fused[item] = fused.get(item, 0.0) + value
+            if pos < order.get(item, pos + 1):
+                order[item] = pos
+    best = sorted(fused.items(), key=lambda kv: (-kv[1], order[kv[0]]))[:k]
+    return [(item, float(score)) for item, score in best]
+
+
+@pytest.mark.parametrize("rank_offset", [None, 60.0])
+def test_blend_fusion_matches_its_definition(rank_offset) -> None:
+    import random
+
+    from online_models.blend import Blend
+
+    rng = random.Random(3)
+    blend = Blend(models={"cooc": {}, "trending": {}, "embeddings": {}},
+                  weights={"cooc": 1.0, "trending": 0.0, "embeddings": 0.5}, rank_offset=rank_offset)
+    for trial in range(300):
+        lists = {}
+        for name in ("cooc", "trending", "embeddings"):
+            size = rng.choice([0, 1, 5, 30])
+            items = rng.sample([f"i{j}" for j in range(40)], size)
+            if size and trial % 7 == 0:
+                items[-1] = items[0]  # a repeated item
+            scores = sorted((rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in items), reverse=True)
+            lists[name] = list(zip(items, scores))
+        for k in (0, 1, 10, 100):
+            assert blend._fuse(lists, k) == _fuse_reference(blend, lists, k)
