@@ -76,27 +76,44 @@ class Blend(Recommender):
             model.learn_many(interactions)
 
     def _fuse(self, lists: Mapping[str, Ranking], k: int) -> Ranking:
-        fused: dict[str, float] = {}
-        order: dict[str, int] = {}
+        fused: dict[str, float] = {}  # item -> blend score
+        order: dict[str, int] = {}  # item -> best position in any list: breaks ties in the score
         rank_offset = self.rank_offset
         for name, ranking in lists.items():
             weight = self._weight(name)
             if not ranking or weight == 0:
                 continue
             if rank_offset is not None:  # reciprocal rank fusion
-                scaled_scores = [weight * (rank_offset + 1) / (rank_offset + 1 + pos) for pos in range(len(ranking))]
+                top = rank_offset + 1
+                scaled_scores = [weight * top / (top + pos) for pos in range(len(ranking))]
             else:  # min-max scaled scores
                 high, low = ranking[0][1], ranking[-1][1]
                 span = high - low
                 scale = weight / span if span > 0 else 0.0
-                scaled_scores = [weight if span <= 0 else (score - low) * scale for _, score in ranking]
-            get = fused.get
-            for pos, ((item, _), scaled) in enumerate(zip(ranking, scaled_scores)):
+                scaled_scores = [(score - low) * scale for _, score in ranking] if span > 0 else [weight] * len(ranking)
+            items = [item for item, _ in ranking]
+            if not fused and len(set(items)) == len(items):  # the first list: built at C speed
+                fused = dict(zip(items, [0.0 + scaled for scaled in scaled_scores]))  # 0.0 +: as a sum would
+                order = dict(zip(items, range(len(items))))
+                continue
+            get, best_pos = fused.get, order.get
+            for pos, (item, scaled) in enumerate(zip(items, scaled_scores)):
                 fused[item] = get(item, 0.0) + scaled
-                if pos < order.get(item, pos + 1):
+                if best_pos(item, pos + 1) > pos:
                     order[item] = pos
-        best = sorted(fused.items(), key=lambda kv: (-kv[1], order[kv[0]]))[:k]
-        return [(item, float(score)) for item, score in best]
+        ranked = sorted(fused, key=fused.__getitem__, reverse=True)  # stable: equal scores stay in first-seen order
+        scores = [fused[item] for item in ranked[: k + 1]]
+        if len(set(scores)) < len(scores):  # a tie among the best: the better position first
+            best: list[str] = []
+            start = 0
+            while len(best) < k and start < len(ranked):
+                score, end = fused[ranked[start]], start + 1
+                while end < len(ranked) and fused[ranked[end]] == score:
+                    end += 1
+                best += sorted(ranked[start:end], key=order.__getitem__)
+                start = end
+            ranked, scores = best, [fused[item] for item in best]
+        return [(item, float(score)) for item, score in zip(ranked[:k], scores)]
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         n = max(k, self.n_candidates)
