@@ -3,18 +3,28 @@
 For each model: warm up on a synthetic stream that touches every item of the catalogue,
 then time ``learn_many`` on 1,000-event micro-batches followed by ``recommend_many`` for
 the batch's users (top-10, excluding what each user has seen), as the worker does.
+Columns: mean learn, recommend and batch milliseconds, then the fastest, median and
+slowest batch; the load average is printed first (the machine may be shared).
 
     python bench/models_speed.py                      # all models, 100k items
     python bench/models_speed.py cooc embeddings --items 20000 --batches 5
+    python bench/models_speed.py blend --k 100 --no-exclude   # the worker's deeper lists
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+if __package__ in (None, ""):  # run as a script: the repository root holds the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from online_models import MODELS, make_model
 from stream.schema import Event
@@ -42,15 +52,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50_000, help="events after the catalogue sweep")
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--k", type=int, default=10, help="length of each list")
+    parser.add_argument("--no-exclude", action="store_true", help="rank seen items too (the worker flags them)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     sweep = [Event(user_id=f"u{i % args.users}", item_id=f"i{i}", type="view", ts=i * 1e-3) for i in range(args.items)]
     warm = synthetic_stream(args.warmup, args.items, args.users, seed=1, t0=args.items * 1e-3)
     timed = synthetic_stream(args.batches * args.batch_size, args.items, args.users, seed=2, t0=warm[-1].ts + 1)
-    print(f"{args.items:,} items, {args.users:,} users, {args.batches} batches of {args.batch_size:,} events")
-    print(f"{'model':18s} {'warm-up s':>10s} {'learn ms':>9s} {'recommend ms':>13s} {'batch ms':>9s} {'events/s':>9s}")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{args.items:,} items, {args.users:,} users, {args.batches} batches of {args.batch_size:,} events, "
+          f"top-{args.k}{'' if args.no_exclude else ' excluding seen'}, {args.threads} torch thread(s), load {load}")
+    print(f"{'model':18s} {'warm-up s':>10s} {'learn ms':>9s} {'recommend ms':>13s} {'batch ms':>9s} {'events/s':>9s}"
+          f" {'min/median/max batch ms':>24s}")
     for name in args.models:
         model = make_model(name)
         seen: dict[str, set[str]] = {}
@@ -62,21 +77,25 @@ def main() -> None:
                 seen.setdefault(e.user_id, set()).add(e.item_id)
         warm_s = time.perf_counter() - start
         learn_s = rec_s = 0.0
+        per_batch = []
         for j in range(0, len(timed), args.batch_size):
             batch = timed[j : j + args.batch_size]
             t = time.perf_counter()
             model.learn_many(batch)
-            learn_s += time.perf_counter() - t
+            learned = time.perf_counter() - t
             for e in batch:
                 seen.setdefault(e.user_id, set()).add(e.item_id)
             users = list(dict.fromkeys(e.user_id for e in batch))
             t = time.perf_counter()
-            model.recommend_many(users, 10, {u: seen[u] for u in users})
-            rec_s += time.perf_counter() - t
-        n = args.batches
+            model.recommend_many(users, args.k, None if args.no_exclude else {u: seen[u] for u in users})
+            ranked = time.perf_counter() - t
+            learn_s, rec_s = learn_s + learned, rec_s + ranked
+            per_batch.append(1e3 * (learned + ranked))
+        n = len(per_batch)
         total = learn_s + rec_s
+        spread = f"{min(per_batch):.0f}/{statistics.median(per_batch):.0f}/{max(per_batch):.0f}"
         print(f"{name:18s} {warm_s:10.1f} {1e3 * learn_s / n:9.1f} {1e3 * rec_s / n:13.1f} {1e3 * total / n:9.1f} "
-              f"{len(timed) / total:9.0f}", flush=True)
+              f"{len(timed) / total:9.0f} {spread:>24s}", flush=True)
 
 
 if __name__ == "__main__":
