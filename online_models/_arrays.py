@@ -19,19 +19,29 @@ class IdIndex:
     >>> index.get("c") is None, len(index), index.ids
     (True, 2, ['a', 'b'])
 
-    An id keeps its row for good; code that ever gives a row to another id must increase
-    ``generation``, which tells caches of rows (``SeenItems``) to start over.
+    ``remove`` frees ids' rows (idle expiry); new ids take freed rows before new ones, so
+    the tables indexed by row stop growing once ids come and go at a steady rate. Each
+    removal increases ``generation``, which tells caches of rows (``SeenItems``) to start over.
+
+    >>> index.remove(["a", "zz"]).tolist(), index.add("c"), index.ids
+    ([0], 0, ['c', 'b'])
     """
 
-    __slots__ = ("rows", "ids", "generation")
+    __slots__ = ("rows", "ids", "generation", "free")
 
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}
-        self.ids: list[str] = []
+        self.ids: list[str | None] = []  # None: a freed row
         self.generation = 0
+        self.free: list[int] = []  # freed rows, the next one to reuse last
 
     def __len__(self) -> int:
+        """The number of rows (freed ones included): the length of tables indexed by row."""
         return len(self.ids)
+
+    def live(self) -> int:
+        """How many ids hold a row."""
+        return len(self.rows)
 
     def __contains__(self, key: str) -> bool:
         return key in self.rows
@@ -42,9 +52,29 @@ class IdIndex:
     def add(self, key: str) -> int:
         row = self.rows.get(key)
         if row is None:
-            row = self.rows[key] = len(self.ids)
-            self.ids.append(key)
+            if self.free:
+                row = self.free.pop()
+                self.ids[row] = key
+            else:
+                row = len(self.ids)
+                self.ids.append(key)
+            self.rows[key] = row
         return row
+
+    def remove(self, keys: Iterable[str]) -> np.ndarray:
+        """Free the rows of the known ``keys`` (unknown ones are skipped); returns those rows.
+
+        The caller resets what its tables hold in them. Until a new id takes a freed row,
+        ``ranking`` and ``top`` leave it out.
+        """
+        rows = [self.rows.pop(key) for key in set(keys) if key in self.rows]
+        if rows:
+            rows.sort()
+            for row in rows:
+                self.ids[row] = None
+            self.free.extend(reversed(rows))  # the lowest freed row is reused first
+            self.generation += 1
+        return np.array(rows, dtype=np.int64)
 
     def ranking(self, rows: np.ndarray, scores: np.ndarray) -> list[tuple[str, float]]:
         """``(id, score)`` pairs for parallel arrays of rows and scores.
@@ -54,6 +84,8 @@ class IdIndex:
         [('b', 0.5), ('a', 0.25)]
         """
         ids = self.ids
+        if self.free:
+            return [(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist()) if ids[r] is not None]
         return [(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]
 
     def top(self, scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None) -> list[tuple[str, float]]:
@@ -71,6 +103,8 @@ class IdIndex:
         ids = self.ids
         # a stable sort on the score alone: candidates come in row order, so ties stay so
         pairs = sorted(zip(scores[candidates].tolist(), candidates.tolist()), key=itemgetter(0), reverse=True)
+        if self.free:
+            return [(ids[r], v) for v, r in pairs if ids[r] is not None][:k]
         return [(ids[r], v) for v, r in pairs[:k]]
 
     def rows_of(self, keys: Collection[str]) -> np.ndarray:
@@ -84,11 +118,13 @@ class IdIndex:
         return rows[rows >= 0] if len(rows) and rows.min() < 0 else rows
 
     def __getstate__(self):
-        return self.ids
+        return self.ids, self.free
 
-    def __setstate__(self, ids):
+    def __setstate__(self, state):
+        ids, free = state if isinstance(state, tuple) else (state, [])  # a list: before rows were freed
         self.ids = list(ids)
-        self.rows = {key: row for row, key in enumerate(self.ids)}
+        self.free = list(free)
+        self.rows = {key: row for row, key in enumerate(self.ids) if key is not None}
         self.generation = 0
 
 
