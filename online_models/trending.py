@@ -102,7 +102,8 @@ class Trending(Recommender):
         n = len(self._items)
         if n <= max(_DENSE_BELOW, 8 * m):
             return None
-        if m > len(self._cache) // 2 or len(self._dirty) > len(self._cache):
+        # rebuilt once a quarter of it went dirty: every call converts the dirty rows
+        if m > len(self._cache) // 2 or len(self._dirty) > len(self._cache) // 4:
             size = max(_MIN_CACHE, 4 * m)
             if size >= n:
                 return None
