@@ -316,22 +316,23 @@ class TorchEmbeddings(Recommender):
         table[row] = torch.from_numpy(self._rng.normal(0.0, self.init_std, self.n_factors).astype(np.float32))
 
     def _add_user(self, user_id: str) -> int:
-        n = len(self._users)
-        row = self._users.add(user_id)
-        if row == n:
+        row = self._users.get(user_id)
+        if row is None:  # a new row, or one a forgotten user freed (reset then)
+            row = self._users.add(user_id)
             self._user_vecs = self._new_rows(self._user_vecs, "user", row + 1)
             self._init_row(self._user_vecs, row)
         return row
 
     def _add_item(self, item_id: str) -> int:
-        n = len(self._items)
-        row = self._items.add(item_id)
-        if row == n:
+        row = self._items.get(item_id)
+        if row is None:  # a new row, or one a forgotten item freed (reset then)
+            row = self._items.add(item_id)
             self._item_in = self._new_rows(self._item_in, "in", row + 1)
             self._item_out = self._new_rows(self._item_out, "out", row + 1)
             self._item_bias = self._new_rows(self._item_bias, "bias", row + 1)
             self._init_row(self._item_in, row)
             self._init_row(self._item_out, row)
+            self._item_bias[row] = 0.0  # a freed row's bias is -inf: it must never rank
             self._counts = grow(self._counts, row + 1)
         return row
 
@@ -464,18 +465,42 @@ class TorchEmbeddings(Recommender):
         table[uniq] = leaf - self.lr * grad / (np.sqrt(acc[uniq]) + 1e-8)[:, None]
 
     def forget_user(self, user_id: str) -> None:
-        """Drop the user's vector, recent items and queued or replayable events.
-
-        The row stays reserved for the id (zeroed); item vectors keep what they learned.
-        """
+        """Drop the user's vector, recent items and queued or replayable events, and free
+        the user's row for a new user; item vectors keep what they learned."""
         self._recent.pop(user_id, None)
         row = self._users.get(user_id)
         if row is None:
             return
+        self._users.remove([user_id])
         self._user_vecs[row] = 0.0
         self._acc["user"][row] = 0.0
         self._pending = [p for p in self._pending if p[0] != row]
         self._buf_weight[: self._buf_len][self._buf_user[: self._buf_len] == row] = 0.0
+
+    def forget_items(self, item_ids: Collection[str]) -> None:
+        """Drop the items' vectors, counts and events (queued, replayable, in users' recent
+        items) and free their rows; a freed row's bias is ``-inf`` until a new item takes it."""
+        rows = self._items.remove(item_ids)
+        if not len(rows):
+            return
+        for table, acc in ((self._item_in, "in"), (self._item_out, "out"), (self._item_bias, "bias")):
+            table[rows] = 0.0
+            self._acc[acc][rows] = 0.0
+        self._item_bias[rows] = -torch.inf
+        self._counts[rows] = 0.0
+        self._tie = _TIE_BREAK * np.log1p(self._counts).astype(np.float32)
+        gone = set(rows.tolist())
+        self._pending = [(u, i, tuple(h for h in hist if h not in gone), w)
+                         for u, i, hist, w in self._pending if i not in gone]
+        held = slice(0, self._buf_len)
+        self._buf_weight[held][np.isin(self._buf_item[held], rows)] = 0.0
+        self._buf_hist[held][np.isin(self._buf_hist[held], rows)] = -1
+        for user_id, recent in self._recent.items():
+            if not gone.isdisjoint(recent):
+                self._recent[user_id] = deque((r for r in recent if r not in gone), maxlen=self.window)
+
+    def state_sizes(self) -> dict[str, int]:
+        return {"users": self._users.live(), "items": self._items.live()}
 
     # -- ranking -----------------------------------------------------------------------
     def _representations(self, user_ids: Sequence[str]) -> np.ndarray:
@@ -524,5 +549,5 @@ class TorchEmbeddings(Recommender):
         out = self._item_out.numpy()[:n]
         query = self._item_in.numpy()[row]
         sims = out @ query / (np.linalg.norm(out, axis=1) * np.linalg.norm(query) + 1e-12)
-        rows, vals = top_k(sims, k + 1, np.array([row]))
+        rows, vals = top_k(sims, k + 1, np.array([row, *self._items.free]))
         return self._items.ranking(rows[:k], vals[:k])
