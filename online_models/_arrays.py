@@ -194,7 +194,7 @@ class _KnownRows:
         self.rows = np.zeros(16, dtype=np.int64)
         self.size = 0
         self.view = self.rows[:0]
-        self.view.flags.writeable = False
+        self.view.setflags(write=False)
         self.done = 0  # ids of the SeenItems looked up so far
         self.missing: list[str] = []  # those of them the index did not know then
 
@@ -214,7 +214,7 @@ class _KnownRows:
             self.rows[self.size] = row
             self.size += 1
         self.view = self.rows[: self.size]
-        self.view.flags.writeable = False
+        self.view.setflags(write=False)
 
 
 def grow(array: np.ndarray, min_rows: int) -> np.ndarray:
