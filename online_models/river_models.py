@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from itertools import chain, repeat
+from itertools import chain
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -168,6 +168,20 @@ class RiverMF(Recommender):
         self._mf.u_biases.pop(user_id, None)
         self._mf.u_latents.pop(user_id, None)
 
+    def forget_items(self, item_ids: Collection[str]) -> None:
+        """Drop the items' biases and latent vectors and free their rows (a freed row's
+        ranking base is ``-inf`` until a new item takes it)."""
+        for item_id in item_ids:
+            self._mf.i_biases.pop(item_id, None)
+            self._mf.i_latents.pop(item_id, None)
+        rows = self._items.remove(item_ids)
+        self._item_vecs[rows] = 0.0
+        self._item_base[rows] = -np.inf
+        self._counts[rows] = 0.0
+
+    def state_sizes(self) -> dict[str, int]:
+        return {"users": len(self._mf.u_latents), "items": self._items.live()}
+
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items with the closest latent vectors (cosine)."""
         row = self._items.get(item_id)
@@ -175,7 +189,7 @@ class RiverMF(Recommender):
             return []
         vecs = self._item_vecs[: len(self._items)]
         sims = vecs @ vecs[row] / (np.linalg.norm(vecs, axis=1) * np.linalg.norm(vecs[row]) + 1e-12)
-        rows, vals = top_k(sims, k, np.array([row]))
+        rows, vals = top_k(sims, k, np.array([row, *self._items.free]))
         return self._items.ranking(rows, vals)
 
 
@@ -260,7 +274,7 @@ class PurchaseRerank(Recommender):
         self._clf = linear_model.LogisticRegression(optimizer=optim.SGD(lr))
         self._user_stats: dict[str, list[float]] = {}  # events, carts, purchases, last ts
         self._item_stats: dict[str, list[float]] = {}  # exposures, purchases
-        self._touches: dict[tuple[str, str], list[float]] = {}  # count, strongest type (0/1/2)
+        self._touches: dict[str, dict[str, list[float]]] = {}  # user -> item -> count, strongest type (0/1/2)
         self._open: dict[tuple[str, str], dict[str, float]] = {}  # exposure -> features
         self._queue: deque[tuple[float, str, str]] = deque()
         self._purchases = 0
@@ -268,7 +282,7 @@ class PurchaseRerank(Recommender):
     def _features(self, user_id: str, item_id: str, kind: float, ts: float | None) -> dict[str, float]:
         events, carts, purchases, last_ts = self._user_stats.get(user_id, (0.0, 0.0, 0.0, None))
         exposures, bought = self._item_stats.get(item_id, (0.0, 0.0))
-        touches = self._touches.get((user_id, item_id), (0.0, 0.0))[0]
+        touches = self._touches.get(user_id, {}).get(item_id, (0.0, 0.0))[0]
         gap = 0.0 if ts is None or last_ts is None else max(ts - last_ts, 0.0)
         return {
             "is_cart": float(kind == 2),
@@ -295,7 +309,7 @@ class PurchaseRerank(Recommender):
         key = (user, item)
         ustats = self._user_stats.setdefault(user, [0.0, 0.0, 0.0, None])
         istats = self._item_stats.setdefault(item, [0.0, 0.0])
-        touch = self._touches.setdefault(key, [0.0, 0.0])
+        touch = self._touches.setdefault(user, {}).setdefault(item, [0.0, 0.0])
         if interaction.type == "purchase":
             self._purchases += 1
             istats[1] += 1
@@ -335,7 +349,7 @@ class PurchaseRerank(Recommender):
         items = [item_stats.get(i, _NO_ITEM) for items in item_lists for i in items]
         exposures, bought = np.fromiter(chain.from_iterable(items), np.float64, 2 * n).reshape(-1, 2).T
         touched = np.zeros((n, 2))  # count, strongest type: most candidates were never touched
-        pairs = [pair for u, items in zip(user_ids, item_lists) for pair in map(touches.get, zip(repeat(u), items))]
+        pairs = [pair for u, items in zip(user_ids, item_lists) for pair in map(touches.get(u, {}).get, items)]
         hits = [j for j, pair in enumerate(pairs) if pair is not None]
         if hits:
             touched[hits] = [pairs[j] for j in hits]
@@ -400,11 +414,36 @@ class PurchaseRerank(Recommender):
     def forget_user(self, user_id: str) -> None:
         """Drop the user's statistics and open exposures, and forget them in the base model."""
         self._user_stats.pop(user_id, None)
-        for key in [key for key in self._touches if key[0] == user_id]:
-            del self._touches[key]
-        for key in [key for key in self._open if key[0] == user_id]:
-            del self._open[key]
+        touched = self._touches.pop(user_id, {})
+        for item_id in touched:
+            self._open.pop((user_id, item_id), None)  # an open exposure is a touch too
         self._base.forget_user(user_id)
+
+    def forget_items(self, item_ids: Collection[str]) -> None:
+        """Drop the items' statistics, their touches and open exposures, and forget them in
+        the base model (one pass over the users' touches)."""
+        gone = set(item_ids)
+        for item_id in gone:
+            self._item_stats.pop(item_id, None)
+        for touched in self._touches.values():
+            if not gone.isdisjoint(touched):
+                for item_id in gone.intersection(touched):
+                    del touched[item_id]
+        for key in [key for key in self._open if key[1] in gone]:
+            del self._open[key]
+        self._base.forget_items(item_ids)
+
+    def state_sizes(self) -> dict[str, int]:
+        return self._base.state_sizes()
+
+    def __setstate__(self, state: dict) -> None:
+        touches = state.get("_touches", {})
+        if touches and isinstance(next(iter(touches)), tuple):  # saved when touches were keyed by pairs
+            by_user: dict[str, dict[str, list[float]]] = {}
+            for (user_id, item_id), touch in touches.items():
+                by_user.setdefault(user_id, {})[item_id] = touch
+            state = {**state, "_touches": by_user}
+        self.__dict__.update(state)
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         return self._base.similar_items(item_id, k)
