@@ -21,10 +21,11 @@ from bench.common import Spread, in_process
 def _ml100k() -> Path:
     if "STREAMREC_ML100K" in os.environ:
         return Path(os.environ["STREAMREC_ML100K"])
-    for candidate in ("data/movielens-100k/ml-100k.inter", "/tmp/recbole/recbole/dataset_example/ml-100k/ml-100k.inter"):
-        if Path(candidate).exists():
-            return Path(candidate)
-    return Path("data/movielens-100k/ml-100k.inter")
+    fetched = Path("data/movielens-100k/ml-100k.inter")  # where `streamrec datasets fetch` puts it
+    for candidate in (fetched, Path("/tmp/recbole/recbole/dataset_example/ml-100k/ml-100k.inter")):
+        if candidate.exists():
+            return candidate
+    return fetched
 
 
 ML100K = _ml100k()

@@ -131,6 +131,7 @@ class Trending(Recommender):
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
     ) -> dict[str, Ranking]:
         """One popularity ranking, deep enough for the longest ``exclude``, filtered per user."""
+        user_ids = list(user_ids)
         excludes = [exclude.get(u) if exclude else None for u in user_ids]
         ranked = self.top(k + max((len(e) for e in excludes if e), default=0))
         return {
