@@ -251,6 +251,15 @@ class Agent(Recommender):
             except NotImplementedError:
                 pass
 
+    def forget_items(self, item_ids: Collection[str]) -> None:
+        """Every strategy forgets the items (lists already served keep naming them)."""
+        for model in self._models.values():
+            model.forget_items(item_ids)
+
+    def state_sizes(self) -> dict[str, int]:
+        sizes = [model.state_sizes() for model in self._models.values()]
+        return {key: max(s.get(key, 0) for s in sizes) for key in ("users", "items")}
+
     # -- ranking ---------------------------------------------------------------------
     def _rng(self, user_id: str) -> np.random.Generator:
         return np.random.default_rng([self.seed & 0xFFFFFFFF, stable_hash(user_id), self._feedback])

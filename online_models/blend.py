@@ -132,6 +132,15 @@ class Blend(Recommender):
         for model in self._models.values():
             model.forget_user(user_id)
 
+    def forget_items(self, item_ids: Collection[str]) -> None:
+        """Every component forgets the items."""
+        for model in self._models.values():
+            model.forget_items(item_ids)
+
+    def state_sizes(self) -> dict[str, int]:
+        sizes = [model.state_sizes() for model in self._models.values()]
+        return {key: max(s.get(key, 0) for s in sizes) for key in ("users", "items")}
+
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The first component's item similarity that has one."""
         for model in self._models.values():

@@ -269,6 +269,22 @@ class Content(Recommender):
     def forget_user(self, user_id: str) -> None:
         self._recent.pop(user_id, None)
 
+    def forget_items(self, item_ids: Collection[str]) -> None:
+        """Drop the items' content and counts, free their rows and take them out of the
+        users' recent items (one pass over the users)."""
+        rows = self._items.remove(item_ids)
+        if not len(rows):
+            return
+        self._cat[rows], self._text[rows], self._counts[rows], self._trend_row[rows] = 0.0, 0.0, 0, -1
+        gone = set(rows.tolist())
+        for user_id, recent in self._recent.items():
+            if any(r in gone for r, _ in recent):
+                self._recent[user_id] = deque(((r, w) for r, w in recent if r not in gone), maxlen=self.window)
+        self._trending.forget_items(item_ids)
+
+    def state_sizes(self) -> dict[str, int]:
+        return {"users": len(self._recent), "items": self._items.live()}
+
     # -- ranking -----------------------------------------------------------------------
     def _profiles(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         n_cat = max(len(self._categories), 1)
@@ -344,9 +360,9 @@ class Content(Recommender):
         if n == 0:
             return {u: [] for u in user_ids}
         pop = self._popularity()
-        blocked = None
+        blocked = np.array(self._items.free, dtype=np.int64)  # freed rows never rank
         if self.max_item_events is not None:
-            blocked = np.flatnonzero(self._counts[:n] >= self.max_item_events)
+            blocked = np.concatenate([blocked, np.flatnonzero(self._counts[:n] >= self.max_item_events)])
         result: dict[str, Ranking] = {}
         step = max(1, _CHUNK_CELLS // n)
         for start in range(0, len(user_ids), step):
@@ -358,7 +374,7 @@ class Content(Recommender):
             for j, user_id in enumerate(chunk):
                 seen = exclude.get(user_id)
                 rows = self._items.rows_of(seen) if seen else None
-                if blocked is not None and len(blocked):
+                if len(blocked):
                     rows = blocked if rows is None else np.concatenate([rows, blocked])
                 best, vals = top_k(scores[j], k, rows)
                 result[user_id] = self._items.ranking(best, vals)
