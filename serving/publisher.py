@@ -1,11 +1,15 @@
-"""The API's one Kafka producer, connected in the background so the API starts (and reads
-keep working) while Kafka is away."""
+"""The API's Kafka producers, connected in the background so the API starts (and reads
+keep working) while Kafka is away: one for writes, one for impressions (``ImpressionQueue``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import time
+from collections import deque
 
+import orjson
 from kafka.errors import KafkaError
 
 from stream.producer import EventProducer
@@ -16,9 +20,10 @@ log = logging.getLogger("streamrec.api")
 class Publisher:
     """Holds an ``EventProducer``, created on first need in a background thread."""
 
-    def __init__(self, bootstrap: str, topic: str):
+    def __init__(self, bootstrap: str, topic: str, **producer_config):
         self.bootstrap = bootstrap
         self.topic = topic
+        self.producer_config = producer_config
         self._producer: EventProducer | None = None
         self._lock = threading.Lock()
         self._connecting: threading.Thread | None = None
@@ -26,7 +31,7 @@ class Publisher:
 
     def _connect(self) -> None:
         try:
-            producer = EventProducer(self.bootstrap, self.topic)
+            producer = EventProducer(self.bootstrap, self.topic, **self.producer_config)
         except KafkaError as exc:
             self.last_error = str(exc)
             log.warning("Kafka producer not connected: %s", exc)
@@ -55,6 +60,94 @@ class Publisher:
             thread.join(timeout_s)
         return self._producer
 
+    def connected(self) -> EventProducer | None:
+        """The producer if connected, without starting to connect."""
+        return self._producer
+
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close()
+
+
+class ImpressionQueue:
+    """What each GET served, sent to the impressions topic after the answer, in batches.
+
+    ``put`` only appends to a deque: the request itself does no JSON and no Kafka work. A
+    callback on the event loop, ``interval_s`` after the first impression queued, serialises
+    them and hands them to a producer of its own that lingers ``linger_ms``, so the
+    impressions of many requests share one produce request (kafka-python spends about a
+    millisecond on each, a lone impression's included). It sends ``chunk`` at a time and lets
+    requests run in between, on the loop rather than in a thread of its own: a busy second
+    thread costs the loop a GIL hand-over at each of its socket calls. Impressions are
+    best-effort, as before: while the producer connects they wait, no more than ``max_queued``
+    of them; beyond that, and for ``pause_s`` after a send failed (the producer should block
+    briefly: ``max_block_ms``), they are dropped and counted in ``dropped``.
+    """
+
+    def __init__(self, publisher: Publisher, topic: str, *, interval_s: float = 0.02, chunk: int = 64,
+                 max_queued: int = 10_000, pause_s: float = 5.0):
+        self.publisher = publisher
+        self.topic = topic
+        self.interval_s = interval_s
+        self.chunk = chunk
+        self.max_queued = max_queued
+        self.pause_s = pause_s
+        self._paused_until = float("-inf")
+        self.dropped = 0
+        self.sent = 0
+        self._queue: deque[tuple] = deque()
+        self._loop = asyncio.get_running_loop()
+        self._scheduled: asyncio.TimerHandle | asyncio.Handle | None = None
+        publisher.nowait()  # connect now: the first answers' impressions should not wait for it
+
+    def put(self, recomm_id: str, user_id: str, offset: int, page: list[dict]) -> None:
+        """Queue one answer: its id, the user, where the page starts, its entries (``item_id``, ``strategy``)."""
+        if len(self._queue) >= self.max_queued:
+            self.dropped += 1
+            return
+        self._queue.append((recomm_id, user_id, time.time(), offset, page))
+        if self._scheduled is None:
+            self._scheduled = self._loop.call_later(self.interval_s, self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = None
+        if self._loop.time() < self._paused_until:  # Kafka failed a moment ago: do not block on it again
+            self.dropped += len(self._queue)
+            self._queue.clear()
+            return
+        producer = self.publisher.nowait()
+        if producer is None:  # still connecting: try again later
+            self._scheduled = self._loop.call_later(self.interval_s * 10, self._drain)
+            return
+        self._send(producer, self.chunk)
+        if self._queue:  # the rest after the requests waiting now
+            self._scheduled = self._loop.call_soon(self._drain)
+
+    def _send(self, producer: EventProducer, count: int) -> None:
+        queue = self._queue
+        try:
+            for _ in range(min(count, len(queue))):
+                recomm_id, user_id, ts, offset, page = queue.popleft()
+                value = orjson.dumps({
+                    "recomm_id": recomm_id, "user_id": user_id, "ts": ts,
+                    "items": [{"item_id": e["item_id"], "position": offset + n, "strategy": e["strategy"]}
+                              for n, e in enumerate(page)],
+                })
+                producer.send_raw(value, key=user_id.encode(), topic=self.topic)
+                self.sent += 1
+        except KafkaError as exc:  # buffer full, metadata unavailable: drop what waits, pause
+            self.dropped += len(queue) + 1
+            queue.clear()
+            self._paused_until = self._loop.time() + self.pause_s
+            log.warning("impressions dropped, paused for %.0f s: %s", self.pause_s, exc)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Send what is queued, then flush and stop the producer."""
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        producer = self.publisher.connected()
+        if producer is not None:
+            self._send(producer, len(self._queue))
+            producer.flush(timeout_s)
+        self.publisher.close()

@@ -1,0 +1,93 @@
+"""Impressions leave the request path but not the topic: each answer's impression arrives,
+in the format the worker reads, keyed by user; without Kafka they are dropped, never waited on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from kafka.errors import KafkaTimeoutError
+
+from serving.app import create_app
+from serving.publisher import ImpressionQueue
+from serving.store import RecommendationStore, encode_list
+from stream.topics import ensure_topics
+from tests.helpers import read_topic
+
+
+@pytest.mark.integration
+def test_each_answer_is_published_as_before(settings):
+    ensure_topics(settings.kafka_bootstrap, {settings.impressions_topic: 1})
+    client = redis.Redis.from_url(settings.redis_url)
+    store = RecommendationStore(client, settings.redis_prefix)
+    explained = [("cooc", None), ("new-items", "new this week"), ("cooc", "liked “x”")]
+    store.client.set(store.user_key("ü"), encode_list([("a", 0.9), ("b", 0.5), ("c", 0.1)], "agent", 1.0,
+                                                      explained, [False, True, False]))
+    with TestClient(create_app(settings)) as api:
+        answers = [api.get("/users/ü/recommendations", params={"k": 1, "offset": 1}).json(),
+                   api.get("/users/ü/recommendations", params={"exclude_seen": "false"}).json(),
+                   api.get("/users/nobody/recommendations").json()]  # nothing served: nothing published
+    records = read_topic(settings.kafka_bootstrap, settings.impressions_topic, 2)
+    published = {orjson.loads(r.value)["recomm_id"]: (r.key, orjson.loads(r.value)) for r in records}
+    assert len(records) == 2 and answers[2]["recomm_id"] not in published
+    key, first = published[answers[0]["recomm_id"]]
+    assert key == "ü".encode() and first["user_id"] == "ü" and first["ts"] > 0
+    assert first["items"] == [{"item_id": "c", "position": 1, "strategy": "cooc"}]
+    _, second = published[answers[1]["recomm_id"]]
+    assert second["items"] == [{"item_id": i, "position": n, "strategy": x}
+                               for n, (i, x) in enumerate([("a", "cooc"), ("b", "new-items"), ("c", "cooc")])]
+    client.close()
+
+
+class _FailingProducer:
+    def __init__(self):
+        self.calls = 0
+
+    def send_raw(self, value, key=None, topic=None):
+        self.calls += 1
+        raise KafkaTimeoutError("no metadata")
+
+
+class _Publisher:
+    def __init__(self, producer):
+        self.producer = producer
+
+    def nowait(self):
+        return self.producer
+
+    def connected(self):
+        return self.producer
+
+    def close(self):
+        pass
+
+
+def test_a_failing_kafka_costs_one_try_then_a_pause():
+    async def scenario():
+        producer = _FailingProducer()
+        queue = ImpressionQueue(_Publisher(producer), "t.impressions", interval_s=0.001, pause_s=60)
+        page = [{"item_id": "a", "strategy": "cooc"}]
+        for n in range(5):
+            queue.put(f"r{n}", "u", 0, page)
+        await asyncio.sleep(0.05)
+        assert producer.calls == 1 and queue.dropped == 5 and queue.sent == 0
+        for n in range(3):
+            queue.put(f"s{n}", "u", 0, page)
+        await asyncio.sleep(0.05)
+        assert producer.calls == 1 and queue.dropped == 8  # paused: Kafka is not asked again
+
+    asyncio.run(scenario())
+
+
+def test_impressions_wait_for_the_producer_but_not_without_bound():
+    async def scenario():
+        queue = ImpressionQueue(_Publisher(None), "t.impressions", interval_s=0.001, max_queued=3)
+        for n in range(5):
+            queue.put(f"r{n}", "u", 0, [{"item_id": "a", "strategy": "cooc"}])
+        await asyncio.sleep(0.02)
+        assert len(queue._queue) == 3 and queue.dropped == 2
+
+    asyncio.run(scenario())
