@@ -46,6 +46,17 @@ class _Neighbours:
             self.weights[i] += weight
         self.stale += 1
 
+    def discard(self, row: int) -> None:
+        """Remove a neighbour: the last entry takes its place (positions change)."""
+        i = self.pos.pop(row, None)
+        if i is None:
+            return
+        last_row, last_weight = self.rows.pop(), self.weights.pop()
+        if i < len(self.rows):
+            self.rows[i], self.weights[i] = last_row, last_weight
+            self.pos[last_row] = i
+        self.top = self.top_rows = None
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the neighbour rows and weights."""
         return np.array(self.rows, dtype=np.int64), np.array(self.weights, dtype=np.float64)
@@ -84,7 +95,7 @@ class Cooc(Recommender):
     per-item rows, and a user's scores are built from the neighbourhoods of the recent
     items plus the most popular items, which ranks exactly as the dense scores would
     (except for the ``max_neighbours`` cap); ``recommend_many`` does that for all its
-    users at once. Ties rank the item seen first (the lower row) first.
+    users at once. Ties go to the lower row.
 
     Parameters
     ----------
@@ -231,6 +242,9 @@ class Cooc(Recommender):
         if self._dense is None:
             return self._sparse_rankings([user_id], k, [exclude])[user_id]
         exclude_rows = self._items.rows_of(exclude) if exclude else None
+        if self._items.free:  # freed rows never rank
+            free = np.array(self._items.free, dtype=np.int64)
+            exclude_rows = free if exclude_rows is None else np.concatenate([exclude_rows, free])
         return self._items.top(self._dense_scores(user_id, self._popularity_factor()), k, exclude_rows)
 
     def recommend_many(
@@ -259,6 +273,7 @@ class Cooc(Recommender):
         if exclude is not None:
             excluded = [self._items.rows_of(e) if e else None for e in exclude]
         by_popularity = self._trending.raw_scores() * self._popularity_factor()
+        by_popularity[self._items.free] = -np.inf  # freed rows never rank
         depth = k + max((len(rows) for rows in excluded if rows is not None), default=0)
         cand = self._trending.candidate_rows(depth)
         popular = top_rows(by_popularity, depth) if cand is None else top_rows(by_popularity[cand], depth, cand)
@@ -324,6 +339,8 @@ class Cooc(Recommender):
             valid = (at >= 0) & (at < len(keys))
             at = at[valid]
             keep[at[keys[at] == ex_keys[valid]]] = False
+        if self._items.free:
+            keep &= by_popularity[rows] > -np.inf
         per_user = np.add.reduceat(keep, np.cumsum(segment) - segment, dtype=np.int64)
         kept = np.flatnonzero(keep)
         rows = rows[kept]
@@ -370,6 +387,33 @@ class Cooc(Recommender):
 
     def forget_user(self, user_id: str) -> None:
         self._recent.pop(user_id, None)
+
+    def forget_items(self, item_ids: Collection[str]) -> None:
+        """Drop the items' counts and co-occurrences (both sides), take them out of the users'
+        recent items (one pass over the users) and free their rows for new items."""
+        rows = self._items.remove(item_ids)
+        if not len(rows):
+            return
+        gone = set(rows.tolist())
+        self._counts[rows] = 0.0
+        self._inv_norm[rows] = 0.0
+        if self._dense is not None:
+            self._dense[rows, :] = 0.0
+            self._dense[:, rows] = 0.0
+        else:
+            neighbours = self._neighbours
+            for row in gone:
+                for other in neighbours[row].rows:
+                    if other not in gone:
+                        neighbours[other].discard(row)
+                neighbours[row] = _Neighbours()
+        for user_id, recent in self._recent.items():
+            if any(r in gone for r, _ in recent):
+                self._recent[user_id] = deque(((r, w) for r, w in recent if r not in gone), maxlen=self.window)
+        self._trending.forget_items(item_ids)  # its rows are these rows: both indexes free them alike
+
+    def state_sizes(self) -> dict[str, int]:
+        return {"users": len(self._recent), "items": self._items.live()}
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         row = self._items.get(item_id)
