@@ -40,10 +40,10 @@ def top_k_per_user(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[f
 
     Notes
     -----
-    A large catalogue is cut into groups of ``_GROUP`` items. The ``k`` best items lie in
-    the ``k`` groups with the highest maxima, so one pass for the group maxima and a sort
-    of the few items of those groups that score at least their lowest maximum replace a
-    selection over every item. The answer is exact unless a group left out ties with
+    A large catalogue is cut into ``n_items // _GROUP`` groups of ``_GROUP`` items. The
+    ``k`` best items lie in the ``k`` groups with the highest maxima, so one pass for the
+    group maxima and a sort of the few items of those groups that score at least their
+    lowest maximum replace a selection over every item. The answer is exact unless a group left out ties with
     those maxima, or the scores hold NaN; those users get a full sort.
 
     Examples
@@ -58,29 +58,38 @@ def top_k_per_user(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[f
         return [([], []) for _ in range(n_users)]
     if n < 8 * _GROUP * (k + 2):  # small catalogue: select among all items
         return _top_k_small(scores, k)
-    full = n - n % _GROUP
-    groups = scores.as_strided((n_users, full // _GROUP, _GROUP), (n, _GROUP, 1))
-    best_max, best = torch.topk(groups.amax(2), k + 1, dim=1)
+    n_groups = n // _GROUP
+    full = n_groups * _GROUP
+    # group g holds the items g, g + n_groups, g + 2 * n_groups, ...: its maximum is an
+    # element-wise maximum of contiguous slices, which vectorises well (groups of
+    # neighbouring items reduce along short rows, 1.7x slower)
+    groups = scores.as_strided((n_users, _GROUP, n_groups), (n, n_groups, 1))
+    best_max, best = torch.topk(groups.amax(1), k + 1, dim=1)
     # The k best groups each hold an item scoring at least the k-th best group maximum, so
-    # the top k are among the items of those groups (and of the short last group) that
+    # the top k are among the items of those groups (and of the last n % _GROUP items) that
     # score that much; no other group holds more than the (k+1)-th maximum.
-    exact = ((best_max[:, k] < best_max[:, k - 1]) | (best_max[:, k] == -torch.inf)) & ~torch.isnan(best_max[:, 0])
-    cand = groups[torch.arange(n_users)[:, None], best[:, :k]].reshape(n_users, -1)
-    cand_rows = (best[:, :k, None] * _GROUP + torch.arange(_GROUP)).reshape(n_users, -1)
+    exact = (best_max[:, k] < best_max[:, k - 1]) | (best_max[:, k] == -torch.inf)
+    exact &= ~torch.isnan(best_max[:, 0])
+    chosen = best[:, :k].sort(dim=1).values  # candidates then come out in row order
+    cand = groups.gather(2, chosen[:, None, :].expand(n_users, _GROUP, k)).reshape(n_users, -1)
     if full < n:
         cand = torch.cat([cand, scores[:, full:]], 1)
-        cand_rows = torch.cat([cand_rows, torch.arange(full, n).expand(n_users, -1)], 1)
-    keep = cand >= best_max[:, k - 1 : k]
-    vals, rows, users = cand[keep].numpy(), cand_rows[keep].numpy(), keep.nonzero()[:, 0].numpy()
+    width = cand.shape[1]
+    at = (cand >= best_max[:, k - 1 : k]).view(-1).nonzero()[:, 0]
+    vals = cand.view(-1)[at].numpy()
+    users, pos = (at // width).numpy(), (at % width).numpy()
     ranked = vals > -np.inf
-    vals, rows, users = vals[ranked], rows[ranked], users[ranked]
-    order = np.lexsort((rows, -vals, users))  # by user, score descending, row ascending
+    vals, users, pos = vals[ranked], users[ranked], pos[ranked]
+    in_group = pos < _GROUP * k
+    rows = np.where(in_group, (pos // k) * n_groups + chosen.numpy()[users, pos % k], full + pos - _GROUP * k)
+    order = np.lexsort((-vals, users))  # stable: equal scores stay in row order
     vals, rows = vals[order].tolist(), rows[order].tolist()
     ends = np.cumsum(np.bincount(users, minlength=n_users)).tolist()
     out = []
     for j, (ok, end) in enumerate(zip(exact.tolist(), ends)):
         start = ends[j - 1] if j else 0
-        out.append((rows[start : min(end, start + k)], vals[start : min(end, start + k)]) if ok else _exact_row(scores[j], k))
+        end = min(end, start + k)
+        out.append((rows[start:end], vals[start:end]) if ok else _exact_row(scores[j], k))
     return out
 
 

@@ -120,7 +120,8 @@ def _rerank_one_by_one(model, user_id: str, candidates: list, k: int) -> list:
     span = base.max() - base.min()
     relevance = (base - base.min()) / span if span > 0 else np.ones(len(base))
     weights = np.array([model._clf._weights.get(f, 0.0) for f in _FEATURES])
-    features = [model._features(user_id, i, model._touches.get((user_id, i), (0.0, 0.0))[1], None) for i in ids]
+    touched = model._touches.get(user_id, {})
+    features = [model._features(user_id, i, touched.get(i, (0.0, 0.0))[1], None) for i in ids]
     x = np.array([[feats[f] for f in _FEATURES] for feats in features])
     bought = 1.0 / (1.0 + np.exp(-(x @ weights + model._clf.intercept)))
     scores = (1 - model.purchase_weight) * relevance + model.purchase_weight * bought
