@@ -12,7 +12,7 @@ users (``redis_top_k``).
 Worker: a ``Worker`` with the default model but no Kafka (records are handed to
 ``Worker.process`` directly, the lists' computation is skipped: that is Redis's side, above)
 learns events of more and more users (3 events each, 100k items); its resident memory is
-read at each step, after ``expire_idle_users`` (what the worker's checkpoint runs). The
+read at each step, after ``expire_idle`` (what the worker's checkpoint runs). The
 events span ``span_days`` of event time, so users idle past ``user_idle_expiry_s`` are forgotten.
 """
 
@@ -112,7 +112,7 @@ def _worker_memory(settings, steps: list[int], span_days: float, out) -> None:
                     offset += 1
             worker.process(batch)
             users_done = min(step, users_done + 700)
-        worker.expire_idle_users()
+        worker.expire_idle()
         points.append({"users": users_done, "events": offset, "rss_bytes": rss_bytes(),
                        "users_in_memory": len(worker.seen), "seconds": time.perf_counter() - started})
     out.put({"points": points, "rss_start": rss0, "rss_after_init": rss_model0, "model": worker.model.name})

@@ -90,7 +90,8 @@ class Recommender(abc.ABC):
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]] | None:
         """For each of the user's recommended items: the strategy that chose it and a reason
-        in words (``None`` where there is none). ``None``: the model does not explain."""
+        in words (``None`` where there is none). ``None``: the model does not explain (for
+        any user)."""
         return None
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
@@ -103,6 +104,19 @@ class Recommender(abc.ABC):
         Item state learned from the user's events stays: it is no longer theirs alone.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot forget a user")
+
+    def forget_items(self, item_ids: Collection[str]) -> None:
+        """Drop everything learned about these items (idle expiry on a churning catalogue).
+
+        Their table rows are freed for new ids, and no user state points at them any more;
+        an item that comes back starts afresh. Items go in batches because purging users'
+        references to them costs one pass over the users, however many items go.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot forget an item")
+
+    def state_sizes(self) -> dict[str, int]:
+        """How many users and items the learned state holds (what idle expiry bounds)."""
+        return {}
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

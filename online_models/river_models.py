@@ -320,6 +320,8 @@ class PurchaseRerank(Recommender):
             if key not in self._open:
                 self._open[key] = self._features(user, item, kind, ts)
                 self._queue.append((ts, user, item))
+                if len(self._queue) > 2 * len(self._open) + 64:  # mostly closed or forgotten: compact
+                    self._queue = deque(entry for entry in self._queue if entry[1:] in self._open)
             else:
                 self._open[key]["is_cart"] = max(self._open[key]["is_cart"], float(kind == 2))
             istats[0] += 1

@@ -124,6 +124,18 @@ class Trending(Recommender):
     def forget_user(self, user_id: str) -> None:
         """Nothing to do: trending keeps no per-user state."""
 
+    def forget_items(self, item_ids: Collection[str]) -> None:
+        """Zero the items' scores and free their rows (left out of rankings until reused)."""
+        rows = self._items.remove(item_ids)
+        if not len(rows):
+            return
+        self._scores[rows] = 0.0
+        self._max = float(self._scores.max(initial=0.0))
+        self._cache = self._cache[:0]  # the cached top lost rows: rebuild it
+
+    def state_sizes(self) -> dict[str, int]:
+        return {"users": 0, "items": self._items.live()}
+
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         return self.top(k, exclude)
 
@@ -142,6 +154,9 @@ class Trending(Recommender):
     def top(self, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         """The ``k`` most popular items right now, none of ``exclude``."""
         exclude_rows = self._items.rows_of(exclude) if exclude else None
+        if self._items.free:  # freed rows never rank
+            free = np.array(self._items.free, dtype=np.int64)
+            exclude_rows = free if exclude_rows is None else np.concatenate([exclude_rows, free])
         rows = self.candidate_rows(k + (len(exclude_rows) if exclude_rows is not None else 0))
         if rows is None:
             return self._items.top(self.scores(), k, exclude_rows)

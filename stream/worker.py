@@ -125,6 +125,14 @@ def wait_for_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 
         time.sleep(0.1)
 
 
+def _idle(last_active: dict[str, float], expiry_s: float | None) -> list[str]:
+    """The ids whose newest event is more than ``expiry_s`` older than the newest of all."""
+    if expiry_s is None or not last_active:
+        return []
+    horizon = max(last_active.values()) - expiry_s
+    return [key for key, ts in last_active.items() if ts < horizon]
+
+
 def _newest_first(store: CheckpointStore) -> float:
     files = list(store.directory.glob("checkpoint-*.bin"))
     return -max((f.stat().st_mtime for f in files), default=0.0)
@@ -168,7 +176,9 @@ class Worker:
         self.model = model if model is not None else make_model(settings.model)
         self.popularity = self.model if isinstance(self.model, Trending) else Trending()
         self.seen: dict[str, set[str]] = {}
-        self.last_active: dict[str, float] = {}
+        self.last_active: dict[str, float] = {}  # user -> newest event time
+        self.item_last_active: dict[str, float] = {}  # item -> newest event time
+        self._items_expired_at = float("-inf")  # event time of the last item expiry
         self.partitions: dict[int, PartitionState] = {}
         self.control_offsets: dict[str, dict[int, int]] = {}  # side topic -> partition -> next offset
         self.impressions: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
@@ -302,6 +312,7 @@ class Worker:
             "popularity": None if self.popularity is self.model else self.popularity,
             "seen": self.seen,
             "last_active": self.last_active,
+            "item_last_active": self.item_last_active,
             "partitions": self.partitions,
             "control_offsets": self.control_offsets,
             "impressions": self.impressions,
@@ -325,6 +336,7 @@ class Worker:
         self.popularity = saved if state["popularity"] is None else state["popularity"]
         self.seen = state["seen"]
         self.last_active = state["last_active"]
+        self.item_last_active = state.get("item_last_active", {})  # absent from older checkpoints
         self.partitions = state["partitions"]
         self.control_offsets = state["control_offsets"]
         self.impressions = state["impressions"]
@@ -332,22 +344,46 @@ class Worker:
 
     def checkpoint(self) -> None:
         """Save the state and the offsets it reflects (atomically; see ``stream.checkpoint``)."""
-        self.expire_idle_users()
+        self.expire_idle()
         self.checkpoints.save(self._state())
         self._events_since_checkpoint = 0
         self._checkpointed_at = time.monotonic()
 
-    def expire_idle_users(self) -> None:
-        """Forget users idle longer than ``user_idle_expiry_s`` (event time), bounding memory."""
-        ttl = self.settings.user_idle_expiry_s
-        if ttl is None or not self.last_active:
-            return
-        horizon = max(self.last_active.values()) - ttl
-        idle = [u for u, ts in self.last_active.items() if ts < horizon]
-        for user_id in idle:
+    def expire_idle(self) -> None:
+        """Forget users idle longer than ``user_idle_expiry_s`` and items idle longer than
+        ``item_idle_expiry_s`` (event time), so memory stays bounded on an endless stream.
+
+        Items go in one batch at most every tenth of their expiry time: forgetting items
+        costs the model a pass over its users, however many items go.
+        """
+        users = _idle(self.last_active, self.settings.user_idle_expiry_s)
+        for user_id in users:
             self.forget_user(user_id)
-        if idle:
-            log.info("forgot %d idle users", len(idle))
+        items: list[str] = []
+        expiry_s = self.settings.item_idle_expiry_s
+        newest = max(self.item_last_active.values(), default=None)
+        if expiry_s is not None and newest is not None and newest - self._items_expired_at >= expiry_s / 10:
+            items = _idle(self.item_last_active, expiry_s)
+            self._items_expired_at = newest
+            self.forget_items(items)
+        if users or items:
+            log.info("forgot %d idle users and %d idle items", len(users), len(items))
+
+    def forget_items(self, item_ids: list[str]) -> None:
+        """Drop what the model learned of these items (their similar-item lists expire in Redis)."""
+        if not item_ids:
+            return
+        for item_id in item_ids:
+            self.item_last_active.pop(item_id, None)
+        self.model.forget_items(item_ids)
+        if self.popularity is not self.model:
+            self.popularity.forget_items(item_ids)
+
+    def state_sizes(self) -> dict[str, int]:
+        """How many ids each of the worker's tables holds (what expiry bounds)."""
+        return {"users": len(self.last_active), "items": len(self.item_last_active),
+                "seen_entries": sum(map(len, self.seen.values())), "impressions": len(self.impressions),
+                **{f"model_{name}": n for name, n in self.model.state_sizes().items()}}
 
     def forget_user(self, user_id: str) -> None:
         """Drop what the worker and its model know of one user (not their list in Redis)."""
@@ -417,6 +453,7 @@ class Worker:
                 if event.type in seen_types:
                     self.seen.setdefault(event.user_id, set()).add(event.item_id)
                 self.last_active[event.user_id] = max(event.ts, self.last_active.get(event.user_id, 0.0))
+                self.item_last_active[event.item_id] = max(event.ts, self.item_last_active.get(event.item_id, 0.0))
         forgotten = self._obey(commands)
         users = [u for u in served_users if u not in forgotten and u in self.last_active]
         lists, seen_flags = self._rank(users)

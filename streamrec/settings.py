@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     user_idle_expiry_s: float | None = Field(
         default=30 * 24 * 3600.0, gt=0, description="forget users idle this long (event time); None: never"
     )
+    item_idle_expiry_s: float | None = Field(
+        default=30 * 24 * 3600.0, gt=0,
+        description="forget items idle this long (event time; they start afresh if they return); None: never",
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
