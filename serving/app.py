@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from serving.metrics import PipelineCollector, RequestTimer, make_registry
+from serving.metrics import ImpressionCollector, PipelineCollector, RequestTimer, make_registry
 from serving.routes import health, items, metrics, recommendations, writes
 from serving.publisher import ImpressionQueue, Publisher
 from serving.store import PopularCache, RecommendationStore, make_client
@@ -33,18 +33,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.popular_cache = PopularCache(app.state.store)
         app.state.publisher = Publisher(settings.kafka_bootstrap, settings.topic)
-        # impressions: their own producer, lingering so that many answers share a produce request
-        # (20 ms: longer batches are bursts of pure-Python CRC that a waiting request sits behind),
-        # never blocking the event loop for long when Kafka is away
-        app.state.impressions = (
-            ImpressionQueue(Publisher(settings.kafka_bootstrap, settings.impressions_topic, linger_ms=20,
-                                      max_block_ms=200), settings.impressions_topic)
-            if settings.publish_impressions else None
-        )
-        pipeline_metrics = PipelineCollector(app.state.store)
-        registry.register(pipeline_metrics)
+        # impressions: sent after the answers, in batches, by a producer of their own
+        app.state.impressions = (ImpressionQueue(settings.kafka_bootstrap, settings.impressions_topic)
+                                 if settings.publish_impressions else None)
+        collectors = [PipelineCollector(app.state.store)]
+        if app.state.impressions is not None:
+            collectors.append(ImpressionCollector(app.state.impressions))
+        for collector in collectors:
+            registry.register(collector)
         yield
-        registry.unregister(pipeline_metrics)
+        for collector in collectors:
+            registry.unregister(collector)
         if app.state.impressions is not None:
             app.state.impressions.close()
         app.state.store.close()

@@ -74,6 +74,20 @@ class PipelineCollector:
             yield _histogram(f"streamrec_{key}", help_text, [w[key] for w in workers])
 
 
+class ImpressionCollector:
+    """The API's impressions: published, and dropped (Kafka away, or too many waiting)."""
+
+    def __init__(self, impressions):
+        self.impressions = impressions
+
+    def collect(self):
+        for name, help_text in (("sent", "Impressions handed to the Kafka producer"),
+                                ("dropped", "Impressions dropped: Kafka away or too many waiting")):
+            family = CounterMetricFamily(f"streamrec_impressions_{name}", help_text)
+            family.add_metric([], getattr(self.impressions, name))
+            yield family
+
+
 def _histogram(name: str, help_text: str, parts: list[dict]) -> HistogramMetricFamily:
     buckets = parts[0]["buckets"] if parts else list(LATENCY_BUCKETS_S)
     counts = [sum(p["counts"][i] for p in parts) for i in range(len(buckets))]

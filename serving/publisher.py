@@ -9,21 +9,27 @@ import threading
 import time
 from collections import deque
 
-import orjson
-from kafka.errors import KafkaError
+from collections.abc import Callable
+from typing import Any
 
-from stream.producer import EventProducer
+import orjson
+from kafka import KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.partitioner.default import murmur2
+
+from stream.producer import EventProducer, make_producer
 
 log = logging.getLogger("streamrec.api")
 
 
 class Publisher:
-    """Holds an ``EventProducer``, created on first need in a background thread."""
+    """Holds an ``EventProducer`` (or what ``factory`` makes), created on first need in a
+    background thread."""
 
-    def __init__(self, bootstrap: str, topic: str, **producer_config):
+    def __init__(self, bootstrap: str, topic: str, factory: Callable[[], Any] | None = None):
         self.bootstrap = bootstrap
         self.topic = topic
-        self.producer_config = producer_config
+        self._factory = factory or (lambda: EventProducer(bootstrap, topic))
         self._producer: EventProducer | None = None
         self._lock = threading.Lock()
         self._connecting: threading.Thread | None = None
@@ -31,7 +37,7 @@ class Publisher:
 
     def _connect(self) -> None:
         try:
-            producer = EventProducer(self.bootstrap, self.topic, **self.producer_config)
+            producer = self._factory()
         except KafkaError as exc:
             self.last_error = str(exc)
             log.warning("Kafka producer not connected: %s", exc)
@@ -69,36 +75,56 @@ class Publisher:
             self._producer.close()
 
 
+def impression_producer(bootstrap: str, topic: str, *, linger_ms: int = 20, max_block_ms: int = 200,
+                        metadata_wait_s: float = 10.0) -> KafkaProducer:
+    """A producer for impressions, with the topic's metadata fetched before it is used: a send
+    that must wait for metadata blocks the event loop, so sends may block ``max_block_ms`` at
+    most, and only once the metadata is there. Lingering ``linger_ms`` lets many answers
+    share a produce request (kafka-python spends about a millisecond on each); longer batches
+    are longer bursts of pure-Python CRC for a waiting request to sit behind."""
+    producer = make_producer(bootstrap, linger_ms=linger_ms, max_block_ms=max_block_ms)
+    deadline = time.monotonic() + metadata_wait_s
+    while True:
+        try:
+            producer.partitions_for(topic)
+            return producer
+        except KafkaTimeoutError:
+            if time.monotonic() > deadline:
+                producer.close(timeout=1)
+                raise
+
+
 class ImpressionQueue:
     """What each GET served, sent to the impressions topic after the answer, in batches.
 
     ``put`` only appends to a deque: the request itself does no JSON and no Kafka work. A
     callback on the event loop, ``interval_s`` after the first impression queued, serialises
-    them and hands them to a producer of its own that lingers ``linger_ms``, so the
-    impressions of many requests share one produce request (kafka-python spends about a
-    millisecond on each, a lone impression's included). It sends ``chunk`` at a time and lets
-    requests run in between, on the loop rather than in a thread of its own: a busy second
-    thread costs the loop a GIL hand-over at each of its socket calls. Impressions are
-    best-effort, as before: while the producer connects they wait, no more than ``max_queued``
-    of them; beyond that, and for ``pause_s`` after a send failed (the producer should block
-    briefly: ``max_block_ms``), they are dropped and counted in ``dropped``.
+    them and hands them to the producer (``impression_producer``), ``chunk`` at a time with
+    requests in between: on the loop rather than in a thread of its own, because a busy
+    second thread costs the loop a GIL hand-over at each of its socket calls. Records are
+    keyed by user and go to the partition kafka-python's default partitioner picks, from a
+    memo (its murmur2 is pure Python). Impressions are best-effort, as before: while the
+    producer connects they wait, no more than ``max_queued`` of them; beyond that, and for
+    ``pause_s`` after a send failed, they are dropped and counted in ``dropped``.
     """
 
-    def __init__(self, publisher: Publisher, topic: str, *, interval_s: float = 0.02, chunk: int = 64,
-                 max_queued: int = 10_000, pause_s: float = 5.0):
-        self.publisher = publisher
+    def __init__(self, bootstrap: str, topic: str, *, interval_s: float = 0.02, chunk: int = 64,
+                 max_queued: int = 10_000, pause_s: float = 5.0, publisher: Publisher | None = None):
         self.topic = topic
+        self.publisher = publisher or Publisher(bootstrap, topic, lambda: impression_producer(bootstrap, topic))
         self.interval_s = interval_s
         self.chunk = chunk
         self.max_queued = max_queued
         self.pause_s = pause_s
-        self._paused_until = float("-inf")
         self.dropped = 0
         self.sent = 0
         self._queue: deque[tuple] = deque()
         self._loop = asyncio.get_running_loop()
         self._scheduled: asyncio.TimerHandle | asyncio.Handle | None = None
-        publisher.nowait()  # connect now: the first answers' impressions should not wait for it
+        self._paused_until = float("-inf")
+        self._partitions: list[int] | None = None
+        self._partition_of: dict[bytes, int] = {}
+        self.publisher.nowait()  # connect now: the first answers' impressions should not wait for it
 
     def put(self, recomm_id: str, user_id: str, offset: int, page: list[dict]) -> None:
         """Queue one answer: its id, the user, where the page starts, its entries (``item_id``, ``strategy``)."""
@@ -116,14 +142,27 @@ class ImpressionQueue:
             self._queue.clear()
             return
         producer = self.publisher.nowait()
-        if producer is None:  # still connecting: try again later
-            self._scheduled = self._loop.call_later(self.interval_s * 10, self._drain)
+        if producer is None:  # connecting (again, every pause_s, after a failure): they wait
+            retry_s = self.pause_s if self.publisher.last_error else self.interval_s * 10
+            self._scheduled = self._loop.call_later(retry_s, self._drain)
             return
         self._send(producer, self.chunk)
         if self._queue:  # the rest after the requests waiting now
             self._scheduled = self._loop.call_soon(self._drain)
 
-    def _send(self, producer: EventProducer, count: int) -> None:
+    def _partition(self, producer: KafkaProducer, key: bytes) -> int:
+        """What the default partitioner picks, remembered per key (bounded)."""
+        partition = self._partition_of.get(key)
+        if partition is None:
+            if self._partitions is None:  # known since the producer connected: no wait
+                self._partitions = sorted(producer.partitions_for(self.topic))
+            if len(self._partition_of) >= 100_000:
+                self._partition_of.clear()
+            partition = self._partitions[(murmur2(key) & 0x7FFFFFFF) % len(self._partitions)]
+            self._partition_of[key] = partition
+        return partition
+
+    def _send(self, producer: KafkaProducer, count: int) -> None:
         queue = self._queue
         try:
             for _ in range(min(count, len(queue))):
@@ -133,9 +172,10 @@ class ImpressionQueue:
                     "items": [{"item_id": e["item_id"], "position": offset + n, "strategy": e["strategy"]}
                               for n, e in enumerate(page)],
                 })
-                producer.send_raw(value, key=user_id.encode(), topic=self.topic)
+                key = user_id.encode()
+                producer.send(self.topic, value=value, key=key, partition=self._partition(producer, key))
                 self.sent += 1
-        except KafkaError as exc:  # buffer full, metadata unavailable: drop what waits, pause
+        except KafkaError as exc:  # buffer full, metadata gone: drop what waits, pause
             self.dropped += len(queue) + 1
             queue.clear()
             self._paused_until = self._loop.time() + self.pause_s
@@ -146,8 +186,9 @@ class ImpressionQueue:
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
-        producer = self.publisher.connected()
+        # still connecting: wait for it a little, for what is queued
+        producer = self.publisher.wait(timeout_s) if self._queue else self.publisher.connected()
         if producer is not None:
             self._send(producer, len(self._queue))
-            producer.flush(timeout_s)
+            producer.flush(timeout=timeout_s)
         self.publisher.close()

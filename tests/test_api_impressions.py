@@ -46,12 +46,17 @@ class _FailingProducer:
     def __init__(self):
         self.calls = 0
 
-    def send_raw(self, value, key=None, topic=None):
+    def partitions_for(self, topic):
+        return {0, 1, 2}
+
+    def send(self, topic, value=None, key=None, partition=None):
         self.calls += 1
-        raise KafkaTimeoutError("no metadata")
+        raise KafkaTimeoutError("buffer full")
 
 
 class _Publisher:
+    last_error = None
+
     def __init__(self, producer):
         self.producer = producer
 
@@ -68,7 +73,8 @@ class _Publisher:
 def test_a_failing_kafka_costs_one_try_then_a_pause():
     async def scenario():
         producer = _FailingProducer()
-        queue = ImpressionQueue(_Publisher(producer), "t.impressions", interval_s=0.001, pause_s=60)
+        queue = ImpressionQueue("", "t.impressions", interval_s=0.001, pause_s=60,
+                                publisher=_Publisher(producer))
         page = [{"item_id": "a", "strategy": "cooc"}]
         for n in range(5):
             queue.put(f"r{n}", "u", 0, page)
@@ -84,10 +90,31 @@ def test_a_failing_kafka_costs_one_try_then_a_pause():
 
 def test_impressions_wait_for_the_producer_but_not_without_bound():
     async def scenario():
-        queue = ImpressionQueue(_Publisher(None), "t.impressions", interval_s=0.001, max_queued=3)
+        queue = ImpressionQueue("", "t.impressions", interval_s=0.001, max_queued=3, publisher=_Publisher(None))
         for n in range(5):
             queue.put(f"r{n}", "u", 0, [{"item_id": "a", "strategy": "cooc"}])
         await asyncio.sleep(0.02)
         assert len(queue._queue) == 3 and queue.dropped == 2
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_metrics_count_impressions(settings):
+    with TestClient(create_app(settings)) as api:
+        text = api.get("/metrics").text
+    assert "streamrec_impressions_sent_total 0.0" in text and "streamrec_impressions_dropped_total 0.0" in text
+
+
+def test_the_partition_is_the_default_partitioners():
+    from kafka.partitioner.default import DefaultPartitioner  # noqa: F401 (what the memo reproduces)
+    from kafka.partitioner.default import murmur2
+
+    async def scenario():
+        queue = ImpressionQueue("", "t.impressions", publisher=_Publisher(None))
+        producer = _FailingProducer()
+        for user in ("u1", "ü", "someone else", "x" * 300):
+            key = user.encode()
+            assert queue._partition(producer, key) == [0, 1, 2][(murmur2(key) & 0x7FFFFFFF) % 3]
 
     asyncio.run(scenario())
