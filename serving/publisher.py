@@ -15,7 +15,6 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
-from kafka.partitioner.default import murmur2
 
 from stream.producer import EventProducer, make_producer
 
@@ -101,9 +100,10 @@ class ImpressionQueue:
     callback on the event loop, ``interval_s`` after the first impression queued, serialises
     them and hands them to the producer (``impression_producer``), ``chunk`` at a time with
     requests in between: on the loop rather than in a thread of its own, because a busy
-    second thread costs the loop a GIL hand-over at each of its socket calls. Records are
-    keyed by user and go to the partition kafka-python's default partitioner picks, from a
-    memo (its murmur2 is pure Python). Impressions are best-effort, as before: while the
+    second thread costs the loop a GIL hand-over at each of its socket calls. Each chunk is
+    one record, a JSON array of impressions: kafka-python's cost is per record (tens of
+    microseconds of Python each), and every worker reads every partition of the topic, so
+    no key is needed. Impressions are best-effort, as before: while the
     producer connects they wait, no more than ``max_queued`` of them; beyond that, and for
     ``pause_s`` after a send failed, they are dropped and counted in ``dropped``.
     """
@@ -122,8 +122,6 @@ class ImpressionQueue:
         self._loop = asyncio.get_running_loop()
         self._scheduled: asyncio.TimerHandle | asyncio.Handle | None = None
         self._paused_until = float("-inf")
-        self._partitions: list[int] | None = None
-        self._partition_of: dict[bytes, int] = {}
         self.publisher.nowait()  # connect now: the first answers' impressions should not wait for it
 
     def put(self, recomm_id: str, user_id: str, offset: int, page: list[dict]) -> None:
@@ -150,33 +148,22 @@ class ImpressionQueue:
         if self._queue:  # the rest after the requests waiting now
             self._scheduled = self._loop.call_soon(self._drain)
 
-    def _partition(self, producer: KafkaProducer, key: bytes) -> int:
-        """What the default partitioner picks, remembered per key (bounded)."""
-        partition = self._partition_of.get(key)
-        if partition is None:
-            if self._partitions is None:  # known since the producer connected: no wait
-                self._partitions = sorted(producer.partitions_for(self.topic))
-            if len(self._partition_of) >= 100_000:
-                self._partition_of.clear()
-            partition = self._partitions[(murmur2(key) & 0x7FFFFFFF) % len(self._partitions)]
-            self._partition_of[key] = partition
-        return partition
-
     def _send(self, producer: KafkaProducer, count: int) -> None:
         queue = self._queue
+        chunk = [queue.popleft() for _ in range(min(count, len(queue)))]
+        if not chunk:
+            return
+        value = orjson.dumps([
+            {"recomm_id": recomm_id, "user_id": user_id, "ts": ts,
+             "items": [{"item_id": e["item_id"], "position": offset + n, "strategy": e["strategy"]}
+                       for n, e in enumerate(page)]}
+            for recomm_id, user_id, ts, offset, page in chunk
+        ])
         try:
-            for _ in range(min(count, len(queue))):
-                recomm_id, user_id, ts, offset, page = queue.popleft()
-                value = orjson.dumps({
-                    "recomm_id": recomm_id, "user_id": user_id, "ts": ts,
-                    "items": [{"item_id": e["item_id"], "position": offset + n, "strategy": e["strategy"]}
-                              for n, e in enumerate(page)],
-                })
-                key = user_id.encode()
-                producer.send(self.topic, value=value, key=key, partition=self._partition(producer, key))
-                self.sent += 1
+            producer.send(self.topic, value=value)
+            self.sent += len(chunk)
         except KafkaError as exc:  # buffer full, metadata gone: drop what waits, pause
-            self.dropped += len(queue) + 1
+            self.dropped += len(queue) + len(chunk)
             queue.clear()
             self._paused_until = self._loop.time() + self.pause_s
             log.warning("impressions dropped, paused for %.0f s: %s", self.pause_s, exc)

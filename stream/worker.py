@@ -560,14 +560,14 @@ class Worker:
         for record in records:
             self.control_offsets.setdefault(record.topic, {})[record.partition] = record.offset + 1
             try:
-                impression = orjson.loads(record.value or b"")
-                served = {i["item_id"]: (i["strategy"], i["position"]) for i in impression["items"]}
-                self.impressions[impression["recomm_id"]] = served
+                payload = orjson.loads(record.value or b"")
+                for impression in payload if isinstance(payload, list) else [payload]:  # the API sends arrays
+                    served = {i["item_id"]: (i["strategy"], i["position"]) for i in impression["items"]}
+                    self.impressions[impression["recomm_id"]] = served
             except (ValueError, KeyError, TypeError) as exc:
                 if self.owns(record.partition):
                     self._dead_letter(Reject(record, f"bad impression: {exc}"))
-                continue
-            if len(self.impressions) > self.settings.impressions_window:
+            while len(self.impressions) > self.settings.impressions_window:
                 self.impressions.popitem(last=False)
 
     def _attribute(self, event: Event) -> Event:

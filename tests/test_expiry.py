@@ -4,7 +4,6 @@ on a stream whose ids churn."""
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
 
 import orjson
 import pytest
@@ -16,6 +15,7 @@ from online_models.base import Recommender
 from stream.schema import Event
 from stream.worker import Worker
 from streamrec.settings import Settings
+from tests.helpers import Nothing, Record
 from tests.test_models import LEARN, PROBE_USERS, fresh, seen_by, trained
 
 # models whose learning of unrelated items leaves the others' rankings alone (no shared
@@ -128,35 +128,15 @@ def test_memory_plateaus_when_ids_churn(name: str) -> None:
 
 # -- the worker's idle expiry (a pure unit test: Kafka and Redis stand-ins) -------------
 
-@dataclass
-class _Record:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes
-    value: bytes
-
-
-class _Nothing:
-    """Stands in for the consumer, the DLQ producer and the store: every call is a no-op."""
-
-    def assignment(self) -> set:
-        return set()
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
 def test_worker_forgets_idle_users_and_items(tmp_path) -> None:
     day = 86_400.0
     settings = Settings(_env_file=None, state_dir=tmp_path, topic="t", user_idle_expiry_s=7 * day,
                         item_idle_expiry_s=7 * day)
-    worker = Worker(settings, consumer=_Nothing(), dlq_producer=_Nothing(), store=_Nothing())
+    worker = Worker(settings, consumer=Nothing(), dlq_producer=Nothing(), store=Nothing())
     events = [("old-user", "old-item", 0.0), ("old-user", "kept-item", 1.0),
               ("new-user", "kept-item", 10 * day), ("new-user", "new-item", 10 * day + 1)]
     t0 = 1_600_000_000.0
-    worker.process([_Record("t", 0, n, int((t0 + ts) * 1000), user.encode(),
+    worker.process([Record("t", 0, n, int((t0 + ts) * 1000), user.encode(),
                             orjson.dumps({"user_id": user, "item_id": item, "type": "view", "ts": t0 + ts}))
                     for n, (user, item, ts) in enumerate(events)])
     assert worker.state_sizes()["model_items"] == 3
