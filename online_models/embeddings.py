@@ -461,11 +461,18 @@ class TorchEmbeddings(Recommender):
         self._adagrad("bias", bias_t, item_rows, np.concatenate([d_pos, d_neg.sum(0)])[:, None], b)
 
     def _adagrad(self, name: str, table: np.ndarray, rows: np.ndarray, grads: np.ndarray, b: int) -> None:
-        """Row-wise Adagrad on ``table`` (in place), gradients of repeated rows summed."""
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        grad = torch.zeros((len(uniq), table.shape[1])).index_add_(
-            0, torch.from_numpy(inverse), torch.from_numpy(np.ascontiguousarray(grads, dtype=np.float32))
-        ).numpy()
+        """Row-wise Adagrad on ``table`` (in place), gradients of repeated rows summed.
+
+        numpy only: torch would run these small ops on its thread pool, which stalls
+        while another process holds the other core.
+        """
+        if len(rows) == 0:
+            return
+        order = np.argsort(rows, kind="stable")  # stable: repeats are summed in event order
+        rows = rows[order]
+        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
+        uniq = rows[starts]
+        grad = np.add.reduceat(grads[order].astype(np.float32, copy=False), starts, axis=0)
         leaf = table[uniq]
         if self.l2:
             grad += (2.0 * self.l2 / b) * leaf
