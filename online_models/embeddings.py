@@ -19,7 +19,7 @@ _GROUP = 32  # items per group when a large catalogue is cut in groups to find t
 _COPY_FROM = 64  # users per call from which a transposed copy of the item table pays for itself
 
 
-def top_k_per_user(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[float]]]:
+def top_k_per_user(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
     """Each user's ``k`` best scores, best first, ties to the lower item row.
 
     What ``_arrays.top_k`` gives for each row (``-inf`` and NaN never rank), for all rows
@@ -28,7 +28,7 @@ def top_k_per_user(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[f
     Parameters
     ----------
     scores
-        A contiguous ``(n_users, n_items)`` float tensor, ``-inf`` where an item is
+        A C-contiguous ``(n_users, n_items)`` float array, ``-inf`` where an item is
         excluded for a user (it is not modified).
     k
         How many items per user.
@@ -43,12 +43,14 @@ def top_k_per_user(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[f
     A large catalogue is cut into ``n_items // _GROUP`` groups of ``_GROUP`` items. The
     ``k`` best items lie in the ``k`` groups with the highest maxima, so one pass for the
     group maxima and a sort of the few items of those groups that score at least their
-    lowest maximum replace a selection over every item. The answer is exact unless a group left out ties with
-    those maxima, or the scores hold NaN; those users get a full sort.
+    lowest maximum replace a selection over every item. The answer is exact unless a
+    group left out ties with those maxima, or the scores hold NaN; those users get a
+    full sort. All in numpy: torch would run each of these steps on its thread pool,
+    which stalls whenever another process holds one of the cores.
 
     Examples
     --------
-    >>> scores = torch.tensor([[0.25, 0.75, 0.5, 0.75], [2.0, -torch.inf, 2.0, 1.0]])
+    >>> scores = np.array([[0.25, 0.75, 0.5, 0.75], [2.0, -np.inf, 2.0, 1.0]])
     >>> top_k_per_user(scores, 2)
     [([1, 3], [0.75, 0.75]), ([0, 2], [2.0, 2.0])]
     """
@@ -61,27 +63,28 @@ def top_k_per_user(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[f
     n_groups = n // _GROUP
     full = n_groups * _GROUP
     # group g holds the items g, g + n_groups, g + 2 * n_groups, ...: its maximum is an
-    # element-wise maximum of contiguous slices, which vectorises well (groups of
-    # neighbouring items reduce along short rows, 1.7x slower)
-    groups = scores.as_strided((n_users, _GROUP, n_groups), (n, n_groups, 1))
-    best_max, best = torch.topk(groups.amax(1), k + 1, dim=1)
+    # element-wise maximum of contiguous slices, which vectorises well
+    groups = scores[:, :full].reshape(n_users, _GROUP, n_groups)
+    maxima = groups.max(axis=1)
+    best = np.argpartition(maxima, n_groups - k - 1, axis=1)[:, n_groups - k - 1 :]  # the k + 1 best
+    best_max = np.take_along_axis(maxima, best, 1)
+    order = np.argsort(-best_max, axis=1, kind="stable")
+    best_max, best = np.take_along_axis(best_max, order, 1), np.take_along_axis(best, order, 1)
     # The k best groups each hold an item scoring at least the k-th best group maximum, so
     # the top k are among the items of those groups (and of the last n % _GROUP items) that
     # score that much; no other group holds more than the (k+1)-th maximum.
-    exact = (best_max[:, k] < best_max[:, k - 1]) | (best_max[:, k] == -torch.inf)
-    exact &= ~torch.isnan(best_max[:, 0])
-    chosen = best[:, :k].sort(dim=1).values  # candidates then come out in row order
-    cand = groups.gather(2, chosen[:, None, :].expand(n_users, _GROUP, k)).reshape(n_users, -1)
+    exact = (best_max[:, k] < best_max[:, k - 1]) | (best_max[:, k] == -np.inf)
+    exact &= ~np.isnan(maxima).any(axis=1)
+    chosen = np.sort(best[:, :k], axis=1)  # candidates then come out in row order
+    cand = np.take_along_axis(groups, chosen[:, None, :], axis=2).reshape(n_users, -1)
     if full < n:
-        cand = torch.cat([cand, scores[:, full:]], 1)
+        cand = np.concatenate([cand, scores[:, full:]], 1)
     width = cand.shape[1]
-    at = (cand >= best_max[:, k - 1 : k]).view(-1).nonzero()[:, 0]
-    vals = cand.view(-1)[at].numpy()
-    users, pos = (at // width).numpy(), (at % width).numpy()
+    at = np.flatnonzero(cand >= best_max[:, k - 1 : k])
+    vals, users, pos = cand.ravel()[at], at // width, at % width
     ranked = vals > -np.inf
     vals, users, pos = vals[ranked], users[ranked], pos[ranked]
-    in_group = pos < _GROUP * k
-    rows = np.where(in_group, (pos // k) * n_groups + chosen.numpy()[users, pos % k], full + pos - _GROUP * k)
+    rows = np.where(pos < _GROUP * k, (pos // k) * n_groups + chosen[users, pos % k], full + pos - _GROUP * k)
     order = np.lexsort((-vals, users))  # stable: equal scores stay in row order
     vals, rows = vals[order].tolist(), rows[order].tolist()
     ends = np.cumsum(np.bincount(users, minlength=n_users)).tolist()
@@ -93,26 +96,30 @@ def top_k_per_user(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[f
     return out
 
 
-def _top_k_small(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[float]]]:
-    """``top_k_per_user`` with one ``torch.topk`` over all items and ties settled in Python."""
-    take = min(k + 1, scores.shape[1])
-    vals, rows = torch.topk(scores, take, dim=1)
+def _top_k_small(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
+    """``top_k_per_user`` over all items: the k + 1 best by one partition, ties settled in Python."""
+    n = scores.shape[1]
+    take = min(k + 1, n)
+    best = np.argpartition(scores, n - take, axis=1)[:, n - take :]
+    vals = np.take_along_axis(scores, best, 1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    vals, best = np.take_along_axis(vals, order, 1), np.take_along_axis(best, order, 1)
+    nan = np.isnan(scores).any(axis=1).tolist()
     out = []
-    for j, (v, r) in enumerate(zip(vals.tolist(), rows.tolist())):
-        if v[0] != v[0] or (take > k and v[k] == v[k - 1] > -math.inf):  # NaN, or a tie at the cut
+    for j, (v, r) in enumerate(zip(vals.tolist(), best.tolist())):
+        if nan[j] or (take > k and v[k] == v[k - 1] > -math.inf):  # NaN, or a tie at the cut
             out.append(_exact_row(scores[j], k))
             continue
-        pairs = sorted(zip([-x for x in v[:k] if x > -math.inf], r))  # topk orders ties arbitrarily
+        pairs = sorted(zip([-x for x in v[:k] if x > -math.inf], r))  # partition orders ties arbitrarily
         out.append(([row for _, row in pairs], [-x for x, _ in pairs]))
     return out
 
 
-def _exact_row(scores: torch.Tensor, k: int) -> tuple[list[int], list[float]]:
+def _exact_row(scores: np.ndarray, k: int) -> tuple[list[int], list[float]]:
     """One user's top ``k`` by a full sort: the rare case of ties at the cut, or NaN."""
-    vals = scores.numpy()
-    rows = np.flatnonzero(vals > -np.inf)  # NaN never ranks either
-    rows = rows[np.lexsort((rows, -vals[rows]))[:k]]
-    return rows.tolist(), vals[rows].tolist()
+    rows = np.flatnonzero(scores > -np.inf)  # NaN never ranks either
+    rows = rows[np.lexsort((rows, -scores[rows]))[:k]]
+    return rows.tolist(), scores[rows].tolist()
 
 
 def top_k_by_product(
@@ -174,7 +181,7 @@ def top_k_by_product(
         for j, seen in enumerate(map(exclude.get, chunk)):
             if seen:
                 view[j, index.rows_of(seen)] = -np.inf
-        out += top_k_per_user(scores, k)
+        out += top_k_per_user(view, k)
     return out
 
 
