@@ -4,7 +4,8 @@ For each model: warm up on a synthetic stream that touches every item of the cat
 then time ``learn_many`` on 1,000-event micro-batches followed by ``recommend_many`` for
 the batch's users (top-10, excluding what each user has seen), as the worker does.
 Columns: mean learn, recommend and batch milliseconds, then the fastest, median and
-slowest batch; the load average is printed first (the machine may be shared).
+slowest batch, and the mean CPU time of this process per batch (on a shared machine it
+moves less than the wall time); the load average is printed first.
 
     python bench/models_speed.py                      # all models, 100k items
     python bench/models_speed.py cooc embeddings --items 20000 --batches 5
@@ -65,7 +66,7 @@ def main() -> None:
     print(f"{args.items:,} items, {args.users:,} users, {args.batches} batches of {args.batch_size:,} events, "
           f"top-{args.k}{'' if args.no_exclude else ' excluding seen'}, {args.threads} torch thread(s), load {load}")
     print(f"{'model':18s} {'warm-up s':>10s} {'learn ms':>9s} {'recommend ms':>13s} {'batch ms':>9s} {'events/s':>9s}"
-          f" {'min/median/max batch ms':>24s}")
+          f" {'min/median/max batch ms':>24s} {'cpu ms':>7s}")
     for name in args.models:
         model = make_model(name)
         seen: dict[str, set[str]] = {}
@@ -78,6 +79,7 @@ def main() -> None:
         warm_s = time.perf_counter() - start
         learn_s = rec_s = 0.0
         per_batch = []
+        cpu_start = time.process_time()
         for j in range(0, len(timed), args.batch_size):
             batch = timed[j : j + args.batch_size]
             t = time.perf_counter()
@@ -92,10 +94,11 @@ def main() -> None:
             learn_s, rec_s = learn_s + learned, rec_s + ranked
             per_batch.append(1e3 * (learned + ranked))
         n = len(per_batch)
+        cpu_ms = 1e3 * (time.process_time() - cpu_start) / n
         total = learn_s + rec_s
         spread = f"{min(per_batch):.0f}/{statistics.median(per_batch):.0f}/{max(per_batch):.0f}"
         print(f"{name:18s} {warm_s:10.1f} {1e3 * learn_s / n:9.1f} {1e3 * rec_s / n:13.1f} {1e3 * total / n:9.1f} "
-              f"{len(timed) / total:9.0f} {spread:>24s}", flush=True)
+              f"{len(timed) / total:9.0f} {spread:>24s} {cpu_ms:7.0f}", flush=True)
 
 
 if __name__ == "__main__":
