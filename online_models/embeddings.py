@@ -14,7 +14,7 @@ from online_models._arrays import IdIndex, grow, top_k
 from online_models.base import Interaction, Ranking, Recommender
 
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders items before any training step
-_CHUNK_CELLS = 1 << 22  # users x items scored at once (one reused buffer of 16 MB)
+_CHUNK_CELLS = 1 << 22  # users x items scored at once: 16 MB of float32 scores
 _GROUP = 32  # items per group when a large catalogue is cut in groups to find the top-k
 _COPY_FROM = 64  # users per call from which a transposed copy of the item table pays for itself
 
@@ -160,7 +160,7 @@ def top_k_by_product(
     if len(user_ids) >= _COPY_FROM:
         # Many users: one transposed copy of the items with the bias as one more row (a
         # faster product, the bias added inside it) and one score buffer for all chunks
-        # (fresh 8 MB tensors cost page faults): each chunk is a single product.
+        # (a fresh 16 MB tensor per chunk costs page faults): each chunk is one product.
         items_t = torch.cat([items.T, bias[None, :]])
         buffer = torch.empty((min(step, len(user_ids)), len(items)))
 
