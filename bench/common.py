@@ -103,6 +103,30 @@ def drop_prefix(redis_url: str, prefix: str) -> None:
     client.close()
 
 
+# -- a worker without Kafka ------------------------------------------------------------
+
+@dataclass
+class Record:
+    """Just what ``Worker.process`` reads of a ``ConsumerRecord``."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes
+    value: bytes
+
+
+class Nothing:
+    """Stands in for a worker's consumer, DLQ producer or store: assigned nothing, every call a no-op."""
+
+    def assignment(self) -> set:
+        return set()
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 # -- statistics -------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -21,9 +21,8 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from dataclasses import dataclass
 
-from bench.common import Services, bench_settings, drop_prefix, in_process, rss_bytes
+from bench.common import Nothing, Record, Services, bench_settings, drop_prefix, in_process, rss_bytes
 
 ITEMS = 100_000
 
@@ -63,35 +62,13 @@ def redis_memory(svc: Services, steps: list[int], log=print, list_len: int = 10)
             "ratio_vs_values": points[-1]["bytes_per_user"] / points[-1]["value_bytes_per_user"]}
 
 
-@dataclass
-class _Record:
-    """Just what ``Worker.process`` reads of a ``ConsumerRecord``."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes
-    value: bytes
-
-
-class _NoKafka:
-    """Stands in for the worker's consumer and DLQ producer: assigned nothing, every call a no-op."""
-
-    def assignment(self) -> set:
-        return set()
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
 def _worker_memory(settings, steps: list[int], span_days: float, out) -> None:
     import orjson
 
     from stream.worker import Worker
 
     rss0 = rss_bytes()
-    worker = Worker(settings, consumer=_NoKafka(), dlq_producer=_NoKafka())
+    worker = Worker(settings, consumer=Nothing(), dlq_producer=Nothing())
     rss_model0 = rss_bytes()
     worker.model.recommend_many = lambda users, k, exclude=None: {}  # lists: measured on Redis's side
     rng = random.Random(2)
@@ -108,7 +85,7 @@ def _worker_memory(settings, steps: list[int], span_days: float, out) -> None:
                 for _ in range(3):
                     value = orjson.dumps({"user_id": f"user{u}", "item_id": f"i{int(rng.paretovariate(1.1)) % ITEMS}",
                                           "type": "view", "ts": round(ts, 3)})
-                    batch.append(_Record(settings.topic, u % 3, offset, int(ts * 1000), b"", value))
+                    batch.append(Record(settings.topic, u % 3, offset, int(ts * 1000), b"", value))
                     offset += 1
             worker.process(batch)
             users_done = min(step, users_done + 700)

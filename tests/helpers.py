@@ -1,5 +1,4 @@
-"""Shared test helpers: a worker in a background thread, bounded waits, reading a topic back,
-and stand-ins for Kafka records and clients in pure unit tests."""
+"""Shared test helpers: a worker in a background thread, bounded waits, reading a topic back."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TypeVar
 
 from kafka import KafkaConsumer
@@ -83,25 +81,3 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.
         consumer.close()
     assert allow_fewer or len(records) >= expected, f"{topic}: {len(records)} of {expected} records arrived"
     return records
-
-
-@dataclass
-class Record:
-    """Just what ``Worker.process`` reads of a ``ConsumerRecord``."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes
-    value: bytes
-
-
-class Nothing:
-    """Stands in for the worker's consumer, DLQ producer and store in pure unit tests: every call is a no-op."""
-
-    def assignment(self) -> set:
-        return set()
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None

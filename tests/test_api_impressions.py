@@ -110,7 +110,7 @@ def test_metrics_count_impressions(settings):
 def test_the_worker_reads_arrays_and_single_impressions(tmp_path):
     from stream.worker import Worker
     from streamrec.settings import Settings
-    from tests.helpers import Nothing, Record
+    from bench.common import Nothing, Record
 
     settings = Settings(_env_file=None, state_dir=tmp_path, topic="t")
     worker = Worker(settings, consumer=Nothing(), dlq_producer=Nothing(), store=Nothing())

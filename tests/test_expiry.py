@@ -15,7 +15,7 @@ from online_models.base import Recommender
 from stream.schema import Event
 from stream.worker import Worker
 from streamrec.settings import Settings
-from tests.helpers import Nothing, Record
+from bench.common import Nothing, Record
 from tests.test_models import LEARN, PROBE_USERS, fresh, seen_by, trained
 
 # models whose learning of unrelated items leaves the others' rankings alone (no shared
