@@ -117,6 +117,15 @@ class IdIndex:
         rows = np.fromiter(map(self.rows.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
         return rows[rows >= 0] if len(rows) and rows.min() < 0 else rows
 
+    def excluded_rows(self, exclude: Collection[str] | None) -> np.ndarray | None:
+        """What a ranking must leave out: the rows of the known ids in ``exclude`` and the
+        freed rows (``None``: nothing)."""
+        rows = self.rows_of(exclude) if exclude else None
+        if self.free:
+            free = np.array(self.free, dtype=np.int64)
+            rows = free if rows is None else np.concatenate([rows, free])
+        return rows
+
     def __getstate__(self):
         return self.ids, self.free
 

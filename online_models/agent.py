@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from online_models.bandit import DEFAULT_SEGMENTS, SlotBandit, stable_hash
-from online_models.base import Interaction, Ranking, Recommender
+from online_models.base import Interaction, Ranking, Recommender, largest_sizes
 
 DEFAULT_STRATEGIES: dict[str, dict[str, Any]] = {
     "cooc": {"model": "cooc"},
@@ -257,8 +257,7 @@ class Agent(Recommender):
             model.forget_items(item_ids)
 
     def state_sizes(self) -> dict[str, int]:
-        sizes = [model.state_sizes() for model in self._models.values()]
-        return {key: max(s.get(key, 0) for s in sizes) for key in ("users", "items")}
+        return largest_sizes(self._models.values())
 
     # -- ranking ---------------------------------------------------------------------
     def _rng(self, user_id: str) -> np.random.Generator:

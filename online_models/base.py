@@ -34,6 +34,13 @@ class Interaction(Protocol):
     value: float | None
 
 
+def largest_sizes(models: Iterable[Recommender]) -> dict[str, int]:
+    """``state_sizes`` of a model made of ``models``: they learn from the same users and
+    items, so the whole holds as many of each as its largest part."""
+    sizes = [model.state_sizes() for model in models]
+    return {key: max((s.get(key, 0) for s in sizes), default=0) for key in ("users", "items")}
+
+
 class Recommender(abc.ABC):
     """Base class of online recommenders; see the module docstring for the contract."""
 

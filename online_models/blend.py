@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from online_models.base import Interaction, Ranking, Recommender
+from online_models.base import Interaction, Ranking, Recommender, largest_sizes
 
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {"cooc": {}, "embeddings": {}}
 DEFAULT_WEIGHTS: dict[str, float] = {"cooc": 1.0, "embeddings": 0.5}
@@ -138,8 +138,7 @@ class Blend(Recommender):
             model.forget_items(item_ids)
 
     def state_sizes(self) -> dict[str, int]:
-        sizes = [model.state_sizes() for model in self._models.values()]
-        return {key: max(s.get(key, 0) for s in sizes) for key in ("users", "items")}
+        return largest_sizes(self._models.values())
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The first component's item similarity that has one."""

@@ -241,10 +241,7 @@ class Cooc(Recommender):
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         if self._dense is None:
             return self._sparse_rankings([user_id], k, [exclude])[user_id]
-        exclude_rows = self._items.rows_of(exclude) if exclude else None
-        if self._items.free:  # freed rows never rank
-            free = np.array(self._items.free, dtype=np.int64)
-            exclude_rows = free if exclude_rows is None else np.concatenate([exclude_rows, free])
+        exclude_rows = self._items.excluded_rows(exclude)
         return self._items.top(self._dense_scores(user_id, self._popularity_factor()), k, exclude_rows)
 
     def recommend_many(

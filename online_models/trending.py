@@ -153,10 +153,7 @@ class Trending(Recommender):
 
     def top(self, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         """The ``k`` most popular items right now, none of ``exclude``."""
-        exclude_rows = self._items.rows_of(exclude) if exclude else None
-        if self._items.free:  # freed rows never rank
-            free = np.array(self._items.free, dtype=np.int64)
-            exclude_rows = free if exclude_rows is None else np.concatenate([exclude_rows, free])
+        exclude_rows = self._items.excluded_rows(exclude)
         rows = self.candidate_rows(k + (len(exclude_rows) if exclude_rows is not None else 0))
         if rows is None:
             return self._items.top(self.scores(), k, exclude_rows)
