@@ -18,10 +18,11 @@ import argparse
 import json
 import random
 import time
+from itertools import accumulate
 
 import orjson
 
-from bench.common import bench_settings, drop_prefix, in_process, rss_bytes, services
+from bench.common import TYPE_MIX, Nothing, Record, bench_settings, drop_prefix, in_process, rss_bytes, services
 
 DAY_S = 86_400.0
 
@@ -41,14 +42,10 @@ class ChurningStream:
         self.users, self.items = users, items
         self.active_users, self.active_items = active_users, active_items
         self.rng = random.Random(seed)
-        weights = [1.0 / (r + 1) for r in range(active_items)]
-        total, acc, self._cum = sum(weights), 0.0, []
-        for w in weights:
-            acc += w / total
-            self._cum.append(acc)
+        self._cum = list(accumulate(1.0 / (r + 1) for r in range(active_items)))
         self._ranks = range(active_items)
-        self._types = ["view", "click", "add_to_cart", "purchase"]
-        self._type_cum = [0.70, 0.90, 0.97, 1.0]
+        self._types = [t for t, _ in TYPE_MIX]
+        self._type_cum = list(accumulate(p for _, p in TYPE_MIX))
 
     def values(self, start: int, stop: int, t0: float) -> list[tuple[float, bytes]]:
         """Events ``start..stop-1`` as (ts, JSON value)."""
@@ -66,11 +63,10 @@ class ChurningStream:
 
 
 def _soak(settings, args, out) -> None:
-    from bench.scale import _NoKafka, _Record
     from stream.worker import Worker
 
     stream = ChurningStream(args.events, args.days, args.users, args.items, args.active_users, args.active_items)
-    worker = Worker(settings, consumer=_NoKafka(), dlq_producer=_NoKafka())
+    worker = Worker(settings, consumer=Nothing(), dlq_producer=Nothing())
     rss0 = rss_bytes()
     t0 = time.time() - args.days * DAY_S
     points, started, done = [], time.perf_counter(), 0
@@ -78,7 +74,7 @@ def _soak(settings, args, out) -> None:
         upto = min(args.events, done + args.expire_every)
         while done < upto:
             stop = min(upto, done + args.batch)
-            records = [_Record(settings.topic, n % 3, n, int(ts * 1000), b"", value)
+            records = [Record(settings.topic, n % 3, n, int(ts * 1000), b"", value)
                        for n, (ts, value) in zip(range(done, stop), stream.values(done, stop, t0))]
             worker.process(records)
             done = stop

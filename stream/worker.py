@@ -125,11 +125,12 @@ def wait_for_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 
         time.sleep(0.1)
 
 
-def _idle(last_active: dict[str, float], expiry_s: float | None) -> list[str]:
-    """The ids whose newest event is more than ``expiry_s`` older than the newest of all."""
+def _idle(last_active: dict[str, float], expiry_s: float | None, newest: float | None = None) -> list[str]:
+    """The ids whose newest event is more than ``expiry_s`` older than ``newest`` (default:
+    the newest of all)."""
     if expiry_s is None or not last_active:
         return []
-    horizon = max(last_active.values()) - expiry_s
+    horizon = (max(last_active.values()) if newest is None else newest) - expiry_s
     return [key for key, ts in last_active.items() if ts < horizon]
 
 
@@ -363,7 +364,7 @@ class Worker:
         expiry_s = self.settings.item_idle_expiry_s
         newest = max(self.item_last_active.values(), default=None)
         if expiry_s is not None and newest is not None and newest - self._items_expired_at >= expiry_s / 10:
-            items = _idle(self.item_last_active, expiry_s)
+            items = _idle(self.item_last_active, expiry_s, newest)
             self._items_expired_at = newest
             self.forget_items(items)
         if users or items:
