@@ -38,6 +38,7 @@ import dataclasses
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -175,6 +176,8 @@ class Worker:
     ):
         self.settings = settings
         self.model = model if model is not None else make_model(settings.model)
+        if "torch" in sys.modules:  # loaded by a model that uses it
+            sys.modules["torch"].set_num_threads(settings.torch_threads)
         self.popularity = self.model if isinstance(self.model, Trending) else Trending()
         self.seen: dict[str, set[str]] = {}
         self.last_active: dict[str, float] = {}  # user -> newest event time

@@ -30,9 +30,9 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=3, ge=1)
 
     model: str = Field(
-        default="cooc",
-        description="the model served; blend scores about 3% higher HR@10 on the backtests but needs "
-        "several times the CPU per event (see the README)",
+        default="blend",
+        description="the model the worker serves; blend is the best on every backtest, cooc ingests about 2.5 "
+        "times as many events per CPU-second (see the README)",
     )
     top_k: int = Field(default=50, ge=1, le=1000, description="unseen items in each stored list")
     seen_types: list[str] = Field(
@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     popular_refresh_s: float = Field(default=1.0, ge=0)
     checkpoint_every_events: int = Field(default=20_000, ge=1)
     checkpoint_interval_s: float = Field(default=10.0, gt=0)
+    torch_threads: int = Field(
+        default=1, ge=1, description="torch threads in the worker: its steps are small, and on a busy host more "
+        "threads wait for each other (seen: multi-second stalls on 2 cores)",
+    )
     impressions_window: int = Field(default=100_000, ge=1, description="recent impressions kept for attribution")
     online_eval_k: int = Field(
         default=10, ge=0, le=1000, description="judge each served event against the user's last list (HR@k); 0: off"
