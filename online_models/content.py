@@ -14,8 +14,8 @@ weighted, the whole vector then unit length:
 
 A user's profile is the decayed, event-weighted sum of the feature vectors of their last
 ``window`` items; an item's score is its cosine to the profile (one matrix product over the
-catalogue) plus ``popularity_weight`` times its trending score (scaled to [0, 1]), which is
-all that users without a profile get. Items known only from metadata (no interaction yet)
+items with content) plus ``popularity_weight`` times its trending score (scaled to [0, 1]),
+which is all that users without a profile, and items without content, get. Items known only from metadata (no interaction yet)
 are ranked like any other: that is the cold start.
 """
 
@@ -27,17 +27,19 @@ import re
 import zlib
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow, top_k
+from online_models._arrays import IdIndex, grow, top_k, top_k_of
 from online_models.base import Interaction, Ranking, Recommender
+from online_models.embeddings import top_k_per_user
 from online_models.trending import Trending
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _STOP = frozenset("a an and the of in on at to for with from by is it its de la le les el der die das".split())
-_CHUNK_CELLS = 1 << 21
+_CHUNK_CELLS = 1 << 23  # users x items with content scored at once: 32 MB of float32 scores
 _ENCODERS: dict[str, Any] = {}  # loaded sentence encoders, shared and never pickled
 MINILM_DIM = 384
 
@@ -177,6 +179,7 @@ class Content(Recommender):
         self._cat = np.zeros((0, 16), dtype=np.float32)  # rows: items; columns: categories (grow)
         self._text = np.zeros((0, self._text_dim), dtype=np.float32)
         self._counts = np.zeros(0, dtype=np.int64)  # interactions per item
+        self._has_content = np.zeros(0, dtype=bool)  # rows with a non-zero feature vector
         self._trend_row = np.zeros(0, dtype=np.int64)  # each item's row in the trending model, -1 none
         self._recent: dict[str, deque[tuple[int, float]]] = {}
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
@@ -192,6 +195,7 @@ class Content(Recommender):
         row = self._items.add(item_id)
         if row >= len(self._counts):
             self._counts = grow(self._counts, row + 1)
+            self._has_content = grow(self._has_content, row + 1)
             self._cat = grow(self._cat, row + 1)
             self._text = grow(self._text, row + 1)
             old = len(self._trend_row)
@@ -238,10 +242,11 @@ class Content(Recommender):
                 cat_vec, text_vec = cat_vec / total, text_vec / total
             self._cat[row] = cat_vec
             self._text[row] = text_vec
+            self._has_content[row] = total > 0
 
     def has_content(self, item_id: str) -> bool:
         row = self._items.get(item_id)
-        return row is not None and bool(self._cat[row].any() or self._text[row].any())
+        return row is not None and bool(self._has_content[row])
 
     def item_events(self, item_id: str) -> int:
         """How many interactions the item has had."""
@@ -276,6 +281,7 @@ class Content(Recommender):
         if not len(rows):
             return
         self._cat[rows], self._text[rows], self._counts[rows], self._trend_row[rows] = 0.0, 0.0, 0, -1
+        self._has_content[rows] = False
         gone = set(rows.tolist())
         for user_id, recent in self._recent.items():
             if any(r in gone for r, _ in recent):
@@ -285,24 +291,53 @@ class Content(Recommender):
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._recent), "items": self._items.live()}
 
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the learned state (a state from before ``_has_content`` was kept works too)."""
+        super().load_state_dict(state)
+        self._derive_content_mask()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._derive_content_mask()
+
+    def _derive_content_mask(self) -> None:
+        if "_has_content" not in vars(self):  # a checkpoint from before the mask was kept
+            self._has_content = self._cat.any(axis=1) | self._text.any(axis=1)
+
     # -- ranking -----------------------------------------------------------------------
-    def _profiles(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _profiles(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The users' unit-length profiles, category block and text block, and which users
+        have one (a recent item with content).
+
+        All users' recent items go through one gather and one segment sum: a loop of small
+        products per user costs more than the products themselves.
+        """
         n_cat = max(len(self._categories), 1)
         pc = np.zeros((len(user_ids), n_cat), dtype=np.float32)
         pt = np.zeros((len(user_ids), self._text_dim), dtype=np.float32)
+        lengths = np.zeros(len(user_ids), dtype=np.int64)
+        pairs: list[tuple[int, float]] = []  # (row, event weight), each user's newest first
         for j, user_id in enumerate(user_ids):
             recent = self._recent.get(user_id)
-            if not recent:
-                continue
-            rows = [r for r, _ in reversed(recent)]
-            w = self._powers[: len(rows)] * np.array([w for _, w in reversed(recent)], dtype=np.float32)
-            pc[j] = w @ self._cat[rows, :n_cat]
-            pt[j] = w @ self._text[rows]
-            norm = math.sqrt(float(pc[j] @ pc[j]) + float(pt[j] @ pt[j]))
-            if norm > 0:
-                pc[j] /= norm
-                pt[j] /= norm
-        return pc, pt
+            if recent:
+                lengths[j] = len(recent)
+                pairs.extend(reversed(recent))
+        rows = np.fromiter((r for r, _ in pairs), dtype=np.int64, count=len(pairs))
+        weights = np.fromiter((w for _, w in pairs), dtype=np.float32, count=len(pairs))
+        ages = np.arange(len(pairs)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        weights *= self._powers[ages]
+        owners = np.repeat(np.arange(len(user_ids)), lengths)
+        keep = self._has_content[rows]  # items without content add nothing
+        rows, weights, owners = rows[keep], weights[keep, None], owners[keep]
+        if len(rows):
+            users, starts = np.unique(owners, return_index=True)  # owners ascend: segments
+            pc[users] = np.add.reduceat(self._cat[rows, :n_cat] * weights, starts)
+            pt[users] = np.add.reduceat(self._text[rows] * weights, starts)
+        norms = np.sqrt(np.einsum("ij,ij->i", pc, pc) + np.einsum("ij,ij->i", pt, pt))
+        found = norms > 0
+        pc[found] /= norms[found, None]
+        pt[found] /= norms[found, None]
+        return pc, pt, found
 
     def _popularity(self) -> np.ndarray:
         n = len(self._items)
@@ -317,7 +352,7 @@ class Content(Recommender):
     def content_scores(self, user_id: str) -> dict[str, float]:
         """Cosine of every item with content to the user's profile (no popularity), for explanations."""
         n = len(self._items)
-        pc, pt = self._profiles([user_id])
+        pc, pt, _ = self._profiles([user_id])
         scores = self._cat[:n, : pc.shape[1]] @ pc[0] + self._text[:n] @ pt[0]
         return {self._items.ids[r]: float(s) for r, s in enumerate(scores.tolist()) if s}
 
@@ -353,32 +388,86 @@ class Content(Recommender):
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
     ) -> dict[str, Ranking]:
-        """Profiles scored against the catalogue by one matrix product per chunk of users."""
+        """Profiles scored against the items with content, one matrix product per chunk of users.
+
+        Every other item scores its popularity alone, the same for every user, as does every
+        item for a user without a profile: one popularity ranking, deep enough for the
+        longest ``exclude``, serves all of them. A user's list merges their best items with
+        content and the first unseen ones of that ranking (ties to the lower row, as ``top_k``).
+        """
         n = len(self._items)
         user_ids = list(user_ids)
-        exclude = exclude or {}
-        if n == 0:
+        if n == 0 or k <= 0:
             return {u: [] for u in user_ids}
+        excludes = [exclude.get(u) if exclude else None for u in user_ids]
+        depth = k + max((len(e) for e in excludes if e), default=0)
         pop = self._popularity()
-        blocked = np.array(self._items.free, dtype=np.int64)  # freed rows never rank
-        if self.max_item_events is not None:
-            blocked = np.concatenate([blocked, np.flatnonzero(self._counts[:n] >= self.max_item_events)])
-        result: dict[str, Ranking] = {}
-        step = max(1, _CHUNK_CELLS // n)
+        rankable = self._rankable(n)
+        with_content = np.flatnonzero(rankable & self._has_content[:n])
+        ids = self._items.ids
+
+        def popular(rows: np.ndarray) -> list[tuple[int, float]]:
+            best, vals = top_k_of(rows, pop[rows], depth)
+            return list(zip(best.tolist(), vals.tolist()))
+
+        def unseen(ranked: list[tuple[int, float]], seen: Collection[str] | None) -> list[tuple[int, float]]:
+            if not seen:
+                return ranked[:k]
+            return list(islice((p for p in ranked if ids[p[0]] not in seen), k))
+
+        lists: dict[str, list[tuple[int, float]]] = {}
+        everything = plain = None  # popularity rankings: of all rankable rows, of those without content
+        step = max(1, _CHUNK_CELLS // max(len(with_content), 1))
         for start in range(0, len(user_ids), step):
-            chunk = user_ids[start : start + step]
-            pc, pt = self._profiles(chunk)
-            scores = self._text[:n] @ pt.T  # (items, users): row-major products, no transposed copies
-            scores += self._cat[:n, : pc.shape[1]] @ pc.T
-            scores = scores.T + pop[None, :]
-            for j, user_id in enumerate(chunk):
-                seen = exclude.get(user_id)
-                rows = self._items.rows_of(seen) if seen else None
-                if len(blocked):
-                    rows = blocked if rows is None else np.concatenate([rows, blocked])
-                best, vals = top_k(scores[j], k, rows)
-                result[user_id] = self._items.ranking(best, vals)
-        return result
+            chunk = range(start, min(start + step, len(user_ids)))
+            found = np.zeros(len(chunk), dtype=bool)
+            if len(with_content):
+                pc, pt, found = self._profiles([user_ids[j] for j in chunk])
+                if found.any():
+                    if plain is None:
+                        plain = popular(np.flatnonzero(rankable & ~self._has_content[:n]))
+                    profiled = [j for j, f in zip(chunk, found.tolist()) if f]
+                    for j, (best, vals) in zip(profiled, self._content_top(
+                            pc[found], pt[found], [excludes[j] for j in profiled], with_content, pop, k)):
+                        mine = list(zip(with_content[best].tolist(), vals))
+                        merged = sorted(mine + unseen(plain, excludes[j]), key=lambda p: (-p[1], p[0]))
+                        lists[user_ids[j]] = merged[:k]
+            for j, f in zip(chunk, found.tolist()):
+                if not f:
+                    if everything is None:
+                        everything = popular(np.flatnonzero(rankable))
+                    lists[user_ids[j]] = unseen(everything, excludes[j])
+        return {u: [(ids[r], v) for r, v in lists[u]] for u in user_ids}
+
+    def _rankable(self, n: int) -> np.ndarray:
+        """Which of the first ``n`` rows may rank: live ids, with fewer than ``max_item_events``
+        interactions when that is set."""
+        mask = np.ones(n, dtype=bool)
+        if self._items.free:
+            mask[self._items.free] = False
+        if self.max_item_events is not None:
+            mask &= self._counts[:n] < self.max_item_events
+        return mask
+
+    def _content_top(
+        self, pc: np.ndarray, pt: np.ndarray, excludes: list[Collection[str] | None], rows: np.ndarray,
+        pop: np.ndarray, k: int,
+    ) -> list[tuple[list[int], list[float]]]:
+        """Each profile's ``k`` best items among ``rows`` (ascending), as positions in ``rows``
+        and scores: cosine plus popularity, none of the user's ``excludes``."""
+        if len(rows) == len(self._items):  # every row: the tables' own memory, no gathered copy
+            text, cat = self._text[: len(rows)], self._cat[: len(rows), : pc.shape[1]]
+        else:
+            text, cat = self._text[rows], self._cat[rows, : pc.shape[1]]
+        scores = pt @ text.T  # (users, items) row-major: each user's scores contiguous
+        scores += pc @ cat.T
+        scores += pop[rows]
+        for j, seen in enumerate(excludes):
+            if seen:
+                seen_rows = self._items.rows_of(seen)
+                at = np.minimum(np.searchsorted(rows, seen_rows), len(rows) - 1)
+                scores[j, at[rows[at] == seen_rows]] = -np.inf
+        return top_k_per_user(scores, k)
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items whose content vectors are closest (cosine) to this item's."""

@@ -184,6 +184,74 @@ def test_content_metadata_through_events_and_forget() -> None:
     assert model.recommend("u", 1, {"m2"})  # a list still (the catalogue), no profile
 
 
+def _content_reference(model: Content, user_id: str, exclude: set[str]) -> list[tuple[str, float]]:
+    """Content's definition, one user at a time in float64: cosine to the decayed profile
+    plus scaled popularity, every rankable item best first (ties to the lower row)."""
+    n = len(model._items)
+    feats = np.hstack([model._cat[:n], model._text[:n]]).astype(np.float64)
+    profile = np.zeros(feats.shape[1])
+    for age, (row, w) in enumerate(reversed(model._recent.get(user_id, ()))):
+        profile += w * model.recency_decay**age * feats[row]
+    norm = np.linalg.norm(profile)
+    scores = feats @ (profile / norm if norm else profile)
+    top = model._trending.max_score()
+    for row, trend_row in enumerate(model._trend_row[:n].tolist()):
+        if trend_row >= 0 and top > 0:
+            scores[row] += model._trending.raw_scores()[trend_row] * model.popularity_weight / top
+    ids = model._items.ids
+    ranked = sorted(
+        (-s, row) for row, s in enumerate(scores.tolist())
+        if ids[row] is not None and ids[row] not in exclude
+        and (model.max_item_events is None or model._counts[row] < model.max_item_events)
+    )
+    return [(ids[row], -s) for s, row in ranked]
+
+
+@pytest.mark.parametrize("params", [{}, {"max_item_events": 3, "popularity_weight": 0.0}, {"popularity_weight": 0.3}])
+def test_content_batch_ranking_matches_its_definition(params: dict) -> None:
+    """Items with and without content, freed rows, users with and without a profile: the
+    batched path (products over items with content, one popularity ranking for the rest)
+    ranks as the one-user definition does, up to float32 rounding."""
+    rng = random.Random(4)
+    words = "space love night city war star road king dark light".split()
+    model = Content(text_encoder="hash", **params)
+    model.learn_items({f"i{i}": {"title": " ".join(rng.sample(words, 2)), "genres": rng.choice(["A", "B|C", "D"])}
+                       for i in range(300) if i % 3})  # every third item has no content
+    events = [Event(user_id=f"u{rng.randrange(40)}", item_id=f"i{int(rng.paretovariate(0.8)) % 400}",
+                    type=rng.choice(["view", "click", "purchase"]), ts=float(t)) for t in range(1500)]
+    model.learn_many(events)
+    model.forget_items([f"i{i}" for i in range(0, 400, 17)])
+    model.learn_one(Event(user_id="bare", item_id="i2", type="view", ts=2000.0))  # only an item without content
+    users = [f"u{i}" for i in range(40)] + ["bare", "nobody"]
+    seen = {u: items for u, items in _seen(events[:1200]).items()}
+    for k in (1, 10, 500):
+        got = model.recommend_many(users, k, seen)
+        for user in users:
+            ranked = _content_reference(model, user, seen.get(user, set()))
+            # the same scores rank by rank, each the item's own: only float32 near-ties may swap
+            assert [s for _, s in got[user]] == pytest.approx([s for _, s in ranked[:k]], rel=1e-5, abs=1e-6), user
+            score_of = dict(ranked)
+            assert [score_of.get(i) for i, _ in got[user]] == pytest.approx([s for _, s in got[user]], abs=1e-5)
+            assert len({i for i, _ in got[user]}) == len(got[user])
+            one = model.recommend(user, k, seen.get(user))  # a one-row product: rounding may differ
+            assert [s for _, s in one] == pytest.approx([s for _, s in got[user]], rel=1e-5, abs=1e-6)
+
+
+def test_content_state_from_before_the_content_mask() -> None:
+    """Checkpoints written before ``_has_content`` was kept load and rank as before."""
+    model = Content(text_encoder="hash")
+    model.learn_items(CATALOGUE)
+    model.learn_many(category_stream())
+    old_state = model.state_dict()
+    del old_state["_has_content"]
+    restored = model.clone()
+    restored.load_state_dict(old_state)
+    unpickled = Content.__new__(Content)
+    unpickled.__setstate__(dict(old_state, **model._get_params()))
+    for twin in (restored, unpickled):
+        assert twin.has_content("A1") and twin.recommend("a0", 5) == model.recommend("a0", 5)
+
+
 # -- the agent -------------------------------------------------------------------------
 
 
