@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -236,15 +237,28 @@ return #KEYS
 """
 
 
-def make_client(url: str, *, retries: int, socket_timeout_s: float = 2.0) -> redis.Redis:
-    """A client that retries connection errors with exponential backoff (-1: retry forever)."""
-    return redis.Redis.from_url(
-        url,
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_CLUSTER_FOREVER = 1_000_000  # retries: about 23 days at the 2 s backoff cap
+
+
+def make_client(url: str, *, retries: int, socket_timeout_s: float = 2.0) -> redis.Redis | RedisCluster:
+    """A client that retries connection errors with exponential backoff (-1: retry forever).
+
+    ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) names any node of a Redis
+    Cluster: the client learns the others and routes each key to its shard.
+    """
+    options = dict(
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=socket_timeout_s,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=30,
+    )
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in CLUSTER_SCHEMES:
+        if retries < 0:  # the cluster client counts attempts down and knows no "forever"
+            options["retry"] = Retry(ExponentialBackoff(cap=2.0, base=0.05), _CLUSTER_FOREVER)
+        return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **options)
+    return redis.Redis.from_url(
+        url, retry_on_error=[RedisConnectionError, RedisTimeoutError], health_check_interval=30, **options
     )
 
 
@@ -275,7 +289,9 @@ class RecommendationStore:
         self._popular_key = f"{prefix}:popular"
         self._counters_key = f"{prefix}:counters"
         self._items_key = f"{prefix}:items"
-        self._set_all = client.register_script(_SET_ALL_WITH_TTL)
+        self._cluster = isinstance(client, RedisCluster)
+        # a script and a transaction must keep to one shard's keys: in a cluster, plain pipelines
+        self._set_all = None if self._cluster else client.register_script(_SET_ALL_WITH_TTL)
 
     def user_key(self, user_id: str) -> str:
         return f"{self.prefix}:recs:{quote(user_id, safe='')}"
@@ -293,8 +309,13 @@ class RecommendationStore:
         item_metadata: Mapping[str, Mapping] | None = None,
         seen: Mapping[str, Sequence[bool]] | None = None,
     ) -> None:
-        """Write users' lists, the popular list, similar-item lists and counter values in one transaction."""
-        pipe = self.client.pipeline(transaction=True)
+        """Write users' lists, the popular list, similar-item lists and counter values in one transaction.
+
+        On a Redis Cluster the keys live on several shards, which no transaction spans: the
+        lists go first, and the rest only once every shard took them, so the counters never
+        count lists that are not there. (Lists and counters are absolute values: a batch
+        written again after a crash leaves the same state.)
+        """
         keys = [self.user_key(user_id) for user_id in lists]
         explanations, seen = explanations or {}, seen or {}
         values = [encode_list(items, model, updated_at, explanations.get(user_id), seen.get(user_id))
@@ -302,8 +323,17 @@ class RecommendationStore:
         for item_id, items in (similar or {}).items():
             keys.append(self.similar_key(item_id))
             values.append(encode_list(items, model, updated_at))
-        if keys:
-            self._set_all(keys=keys, args=[self.user_list_ttl_s, *values], client=pipe)
+        if self._cluster:
+            if keys:
+                lists_pipe = self.client.pipeline()
+                for key, value in zip(keys, values):
+                    lists_pipe.set(key, value, ex=self.user_list_ttl_s)
+                self._call(lists_pipe.execute)
+            pipe = self.client.pipeline()
+        else:
+            pipe = self.client.pipeline(transaction=True)
+            if keys:
+                self._set_all(keys=keys, args=[self.user_list_ttl_s, *values], client=pipe)
         if popular is not None:
             pipe.set(self._popular_key, encode_list(popular, "trending", updated_at))
         if counters:
@@ -318,7 +348,8 @@ class RecommendationStore:
     def workers_metrics(self) -> list[dict]:
         """The metrics every live worker last reported."""
         keys = list(self._call(self.client.scan_iter, f"{self.prefix}:workers:*"))
-        values = self._call(self.client.mget, keys) if keys else []
+        mget = self.client.mget_nonatomic if self._cluster else self.client.mget  # keys on several shards
+        values = self._call(mget, keys) if keys else []
         return [orjson.loads(v) for v in values if v]
 
     def similar_key(self, item_id: str) -> str:

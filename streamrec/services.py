@@ -140,10 +140,10 @@ class LocalService:
 
 
 class LocalRedis(LocalService):
-    def __init__(self, state_dir: Path):
-        super().__init__("redis", state_dir)
+    def __init__(self, state_dir: Path, name: str = "redis"):
+        super().__init__(name, state_dir)
 
-    def start(self, port: int | None = None, timeout_s: float = 20.0) -> str:
+    def start(self, port: int | None = None, timeout_s: float = 20.0, extra_args: tuple[str, ...] = ()) -> str:
         running = self.running_port()
         if running:
             return f"redis://127.0.0.1:{running}/0"
@@ -152,10 +152,63 @@ class LocalRedis(LocalService):
         data = self.home / "data"
         data.mkdir(parents=True, exist_ok=True)
         argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data.resolve()),
-                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no"]
+                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
+                *extra_args]
         proc = self._spawn(argv, port)
         self._wait(proc, lambda: _port_open(port), timeout_s)
         return f"redis://127.0.0.1:{port}/0"
+
+
+class LocalRedisCluster:
+    """A Redis Cluster of ``shards`` primaries (no replicas) on this host, for tests and trials.
+
+    Each node is a ``LocalRedis`` under ``<state_dir>/redis-cluster/``; ``redis-cli
+    --cluster create`` spreads the 16384 hash slots over them.
+    """
+
+    def __init__(self, state_dir: Path, shards: int = 3):
+        self.nodes = [LocalRedis(state_dir / "redis-cluster", name=f"node-{n}") for n in range(shards)]
+
+    def start(self, timeout_s: float = 30.0) -> str:
+        """Start the nodes, form the cluster, and return its ``redis+cluster://`` URL."""
+        ports = [node.running_port() for node in self.nodes]
+        if not all(ports):
+            self.stop()
+            for node in self.nodes:
+                for stale in ("nodes.conf", "appendonlydir"):  # a cluster is formed anew
+                    path = node.home / "data" / stale
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            ports = []
+            for node in self.nodes:
+                port = free_port()
+                node.start(port, timeout_s, ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                             "--cluster-node-timeout", "5000"))
+                ports.append(port)
+            cli = _require("redis-cli", "install it with 'apt-get install redis-server'")
+            created = subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+                 "--cluster-yes"], capture_output=True, text=True, timeout=timeout_s)
+            if created.returncode != 0:
+                self.stop()
+                raise ServiceError(f"redis-cli --cluster create failed:\n{created.stdout[-2000:]}{created.stderr}")
+        self._wait_ok(ports, timeout_s)
+        return f"redis+cluster://127.0.0.1:{ports[0]}"
+
+    @staticmethod
+    def _wait_ok(ports: list[int], timeout_s: float) -> None:
+        """Until every node says the cluster is up (the news spreads by gossip, node by node)."""
+        cli = _require("redis-cli", "")
+        deadline = time.monotonic() + timeout_s
+        for port in ports:
+            while "cluster_state:ok" not in subprocess.run(
+                    [cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True).stdout:
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"Redis Cluster node {port}: no cluster_state:ok after {timeout_s:.0f} s")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
     def version(self) -> str:
         out = subprocess.run([_require("redis-server", ""), "--version"], capture_output=True, text=True)

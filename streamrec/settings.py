@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     )
 
     kafka_bootstrap: str = "localhost:9092"
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = Field(default="redis://localhost:6379/0",
+                           description="redis+cluster://host:port (any node) for a Redis Cluster")
 
     topic: str = "events"
     group_id: str = "streamrec-worker"
