@@ -24,6 +24,7 @@ in words ("often viewed with X you viewed", "in Drama, which you like", "trendin
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -263,12 +264,19 @@ class Agent(Recommender):
     def _rng(self, user_id: str) -> np.random.Generator:
         return np.random.default_rng([self.seed & 0xFFFFFFFF, stable_hash(user_id), self._feedback])
 
-    def _assemble(self, user_id: str, k: int, candidates) -> list[tuple[str, float, str, int]]:
-        """Fill ``k`` slots from the strategies the bandit picks; ``candidates(name)`` is lazy."""
+    def _arm_order(self, scores: np.ndarray) -> np.ndarray:
+        """Per slot, the arm indexes by the bandit's scores, best first."""
+        return np.argsort(-scores, axis=1, kind="stable")
+
+    def _assemble(self, user_id: str, k: int, candidates, order: np.ndarray | None = None) -> list[tuple[str, float, str, int]]:
+        """Fill ``k`` slots from the strategies the bandit picks; ``candidates(name)`` is lazy.
+
+        ``order``: the user's ``_arm_order`` when already drawn.
+        """
         if k <= 0:
             return []
-        scores = self._bandit.arm_scores(self.context_of(user_id), k, self._rng(user_id))
-        order = np.argsort(-scores, axis=1, kind="stable")
+        if order is None:
+            order = self._arm_order(self._bandit.arm_scores(self.context_of(user_id), k, self._rng(user_id)))
         arms = self._bandit.arms
         pos = dict.fromkeys(arms, 0)
         used: set[str] = set()
@@ -323,21 +331,43 @@ class Agent(Recommender):
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
     ) -> dict[str, Ranking]:
-        """Each strategy's batched ``recommend_many`` (only for the users whose first choices
-        need it), then the bandit's assembly per user; equal to ``recommend`` per user."""
-        user_ids = list(user_ids)
-        n = self._n(k)
-        batched: dict[str, dict[str, Ranking]] = {}
-        out: dict[str, Ranking] = {}
-        for user in user_ids:
-            def candidates(name: str, user=user) -> Ranking:
-                lists = batched.get(name)
-                if lists is None:  # one batched call for every user, the first time it is needed
-                    lists = batched[name] = self._models[name].recommend_many(user_ids, n, exclude)
-                return lists[user]
+        """``recommend`` per user, with each strategy's batched ``recommend_many``.
 
-            out[user] = self._serve(user, self._assemble(user, k, candidates))
-        return out
+        The bandit draws for every user first; a strategy is then asked, in one call, for
+        the users whose draws rank it first in some slot. A user whose list needs another
+        strategy (one ran out of candidates) waits for the next round, which asks that
+        strategy for all such users at once.
+        """
+        user_ids = list(user_ids)
+        if k <= 0:
+            return {u: self._serve(u, []) for u in user_ids}
+        n = self._n(k)
+        users = list(dict.fromkeys(user_ids))
+        draws = self._bandit.arm_scores_many([self.context_of(u) for u in users], k, [self._rng(u) for u in users])
+        orders = dict(zip(users, map(self._arm_order, draws)))
+        arms = self._bandit.arms
+        wanted: dict[str, list[str]] = {arm: [] for arm in arms}
+        for user, order in orders.items():
+            for a in np.unique(order[:, 0]).tolist():
+                wanted[arms[a]].append(user)
+        fetched: dict[str, dict[str, Ranking]] = {arm: {} for arm in arms}
+        picked: dict[str, list[tuple[str, float, str, int]]] = {}
+        pending = users
+        while pending:
+            for arm, asked in wanted.items():
+                if asked:
+                    lists = self._models[arm].recommend_many(asked, n, exclude)
+                    fetched[arm].update((u, lists[u]) for u in asked)
+            wanted = {arm: [] for arm in arms}
+            waiting = []
+            for user in pending:
+                try:
+                    picked[user] = self._assemble(user, k, functools.partial(_fetched, fetched, user), orders[user])
+                except _NotFetched as missing:
+                    wanted[missing.arm].append(user)
+                    waiting.append(user)
+            pending = waiting
+        return {u: self._serve(u, picked[u]) for u in user_ids}
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The first strategy's item similarity that has one and knows the item."""
@@ -406,6 +436,22 @@ class Agent(Recommender):
         stats["feedback"] = self._feedback
         stats["users"] = len(self._n_events)
         return stats
+
+
+class _NotFetched(Exception):
+    """A user's list needs a strategy's candidates that ``recommend_many`` has not asked for yet."""
+
+    def __init__(self, arm: str) -> None:
+        super().__init__(arm)
+        self.arm = arm
+
+
+def _fetched(fetched: Mapping[str, Mapping[str, Ranking]], user_id: str, arm: str) -> Ranking:
+    """The user's candidates from ``arm`` asked so far (``_NotFetched`` when not yet)."""
+    ranking = fetched[arm].get(user_id)
+    if ranking is None:
+        raise _NotFetched(arm)
+    return ranking
 
 
 # -- reasons from the strategies' learned state (read-only helpers) -------------------

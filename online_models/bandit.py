@@ -134,18 +134,50 @@ class SlotBandit:
         Thompson: a draw from each arm's Beta posterior (fresh per slot); UCB1: the upper
         confidence bound (unplayed arms score infinity, ties broken at random).
         """
-        rng = self._rng if rng is None else rng
-        seg = self.segment_of(context)
+        return self._draw(self._posterior(self.segment_of(context), n_slots), self._rng if rng is None else rng)
+
+    def arm_scores_many(
+        self, contexts: Sequence[Context], n_slots: int, rngs: Sequence[np.random.Generator]
+    ) -> list[np.ndarray]:
+        """``arm_scores`` for several lists at once, one generator each (the same draws).
+
+        The posterior of each segment is looked up once, not once per list.
+
+        >>> bandit = SlotBandit(["a", "b"], n_slots=2, seed=0)
+        >>> many = bandit.arm_scores_many([{"n_events": 0}, 50], 2, [np.random.default_rng(i) for i in (1, 2)])
+        >>> one = bandit.arm_scores(50, 2, np.random.default_rng(2))
+        >>> bool((many[1] == one).all()), many[0].shape
+        (True, (2, 2))
+        """
+        posteriors: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        out = []
+        for context, rng in zip(contexts, rngs):
+            seg = self.segment_of(context)
+            posterior = posteriors.get(seg)
+            if posterior is None:
+                posterior = posteriors[seg] = self._posterior(seg, n_slots)
+            out.append(self._draw(posterior, rng))
+        return out
+
+    def _posterior(self, seg: int, n_slots: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """What a draw for the first ``n_slots`` slots of segment ``seg`` needs, per (slot,
+        arm): the Beta parameters (Thompson), or the upper confidence bound and ``None`` (UCB1)."""
         slots = np.minimum(np.arange(max(int(n_slots), 0)), self.n_slots - 1)
         s, n = self._successes[seg, slots], self._trials[seg, slots]
         if self.policy == "thompson":
             a, b = self.prior
-            return rng.beta(a + s, b + np.maximum(n - s, 0.0))
+            return a + s, b + np.maximum(n - s, 0.0)
         total = n.sum(axis=1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             bound = s / n + self.ucb_c * np.sqrt(2.0 * np.log(np.maximum(total, 1.0)) / n)
-        bound = np.where(n > 0, bound, np.inf)
-        return bound + rng.random(bound.shape) * 1e-9  # random tie-break
+        return np.where(n > 0, bound, np.inf), None
+
+    @staticmethod
+    def _draw(posterior: tuple[np.ndarray, np.ndarray | None], rng: np.random.Generator) -> np.ndarray:
+        alpha_or_bound, beta = posterior
+        if beta is not None:
+            return rng.beta(alpha_or_bound, beta)
+        return alpha_or_bound + rng.random(alpha_or_bound.shape) * 1e-9  # random tie-break
 
     def choose(self, context: Context, n_slots: int, rng: np.random.Generator | None = None) -> list[str]:
         """The arm to serve in each of ``n_slots`` slots."""

@@ -353,3 +353,35 @@ def test_agent_round_trips_with_its_bandit() -> None:
         m.learn_item("A-new", NEW["A-new"])
         m.learn_one(later)
     assert pickled.recommend("a0", 10) == agent.recommend("a0", 10) == restored.recommend("a0", 10)
+
+
+def test_agent_batch_asks_each_strategy_only_for_the_users_who_need_it() -> None:
+    """The bandit favours a strategy that soon runs out of items: the other one is asked
+    only for the users whose lists it must finish, and every list is what ``recommend`` gives."""
+    events = category_stream()
+    seen = _seen(events)
+    agent = Agent(strategies={"trending": {"params": {"half_life_s": None}},
+                              "few": {"model": "content", "params": {"max_item_events": 4, "popularity_weight": 0.0,
+                                                                     "text_encoder": "hash"}}},
+                  segments=None, n_slots=3)
+    agent.learn_items(CATALOGUE)
+    agent.learn_many(events)
+    agent.learn_items(NEW)
+    for slot in range(3):
+        for _ in range(200):
+            agent.feedback("-", "few", 1.0, slot)
+            agent.feedback("-", "trending", 0.0, slot)
+    users = ["a0", "a3", "b12", "b20", "nobody"]
+    twin = pickle.loads(pickle.dumps(agent))
+    asked: dict[str, list[list[str]]] = {"trending": [], "few": []}
+    for name, model in agent.models.items():
+        def spy(user_ids, k=10, exclude=None, name=name, inner=model.recommend_many):
+            asked[name].append(list(user_ids))
+            return inner(user_ids, k, exclude)
+        model.recommend_many = spy
+    many = agent.recommend_many(users, 3, seen)
+    assert many == {u: twin.recommend(u, 3, seen.get(u)) for u in users}
+    assert asked["few"] == [users]  # the first choice of every slot, for everyone
+    # trending: a second round, for the users whose "few" list ran short (and only them)
+    short = [u for u in users if len(twin.models["few"].recommend(u, 6, seen.get(u))) < 3]
+    assert short and asked["trending"] == [short]
