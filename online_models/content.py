@@ -26,7 +26,7 @@ import os
 import re
 import zlib
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -34,7 +34,6 @@ import numpy as np
 
 from online_models._arrays import IdIndex, grow, top_k, top_k_of
 from online_models.base import Interaction, Ranking, Recommender
-from online_models.embeddings import top_k_per_user
 from online_models.trending import Trending
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -322,18 +321,16 @@ class Content(Recommender):
             if recent:
                 lengths[j] = len(recent)
                 pairs.extend(reversed(recent))
+        if not pairs:
+            return pc, pt, np.zeros(len(user_ids), dtype=bool)
         rows = np.fromiter((r for r, _ in pairs), dtype=np.int64, count=len(pairs))
         weights = np.fromiter((w for _, w in pairs), dtype=np.float32, count=len(pairs))
-        ages = np.arange(len(pairs)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        weights *= self._powers[ages]
-        owners = np.repeat(np.arange(len(user_ids)), lengths)
-        keep = self._has_content[rows]  # items without content add nothing
-        rows, weights, owners = rows[keep], weights[keep, None], owners[keep]
-        if len(rows):
-            users, starts = np.unique(owners, return_index=True)  # owners ascend: segments
-            pc[users] = np.add.reduceat(self._cat[rows, :n_cat] * weights, starts)
-            pt[users] = np.add.reduceat(self._text[rows] * weights, starts)
-        norms = np.sqrt(np.einsum("ij,ij->i", pc, pc) + np.einsum("ij,ij->i", pt, pt))
+        starts = np.cumsum(lengths) - lengths
+        weights = (weights * self._powers[np.arange(len(pairs)) - np.repeat(starts, lengths)])[:, None]
+        some = lengths > 0  # reduceat needs non-empty segments
+        pc[some] = np.add.reduceat(self._cat[rows, :n_cat] * weights, starts[some])
+        pt[some] = np.add.reduceat(self._text[rows] * weights, starts[some])
+        norms = np.sqrt((pc * pc).sum(axis=1) + (pt * pt).sum(axis=1))
         found = norms > 0
         pc[found] /= norms[found, None]
         pt[found] /= norms[found, None]
@@ -429,7 +426,7 @@ class Content(Recommender):
                     profiled = [j for j, f in zip(chunk, found.tolist()) if f]
                     for j, (best, vals) in zip(profiled, self._content_top(
                             pc[found], pt[found], [excludes[j] for j in profiled], with_content, pop, k)):
-                        mine = list(zip(with_content[best].tolist(), vals))
+                        mine = list(zip(with_content[best].tolist(), vals.tolist()))
                         merged = sorted(mine + unseen(plain, excludes[j]), key=lambda p: (-p[1], p[0]))
                         lists[user_ids[j]] = merged[:k]
             for j, f in zip(chunk, found.tolist()):
@@ -452,9 +449,14 @@ class Content(Recommender):
     def _content_top(
         self, pc: np.ndarray, pt: np.ndarray, excludes: list[Collection[str] | None], rows: np.ndarray,
         pop: np.ndarray, k: int,
-    ) -> list[tuple[list[int], list[float]]]:
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Each profile's ``k`` best items among ``rows`` (ascending), as positions in ``rows``
-        and scores: cosine plus popularity, none of the user's ``excludes``."""
+        and scores: cosine plus popularity, none of the user's ``excludes``.
+
+        ``top_k`` per user, not a batched top-k: items with the same content and
+        popularity tie exactly (often, with ``popularity_weight=0``), and ``top_k`` sorts
+        only the ties at the cut.
+        """
         if len(rows) == len(self._items):  # every row: the tables' own memory, no gathered copy
             text, cat = self._text[: len(rows)], self._cat[: len(rows), : pc.shape[1]]
         else:
@@ -463,11 +465,12 @@ class Content(Recommender):
         scores += pc @ cat.T
         scores += pop[rows]
         for j, seen in enumerate(excludes):
+            at = None
             if seen:
                 seen_rows = self._items.rows_of(seen)
                 at = np.minimum(np.searchsorted(rows, seen_rows), len(rows) - 1)
-                scores[j, at[rows[at] == seen_rows]] = -np.inf
-        return top_k_per_user(scores, k)
+                at = at[rows[at] == seen_rows]
+            yield top_k(scores[j], k, at)
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items whose content vectors are closest (cosine) to this item's."""
