@@ -268,7 +268,9 @@ class Agent(Recommender):
         """Per slot, the arm indexes by the bandit's scores, best first."""
         return np.argsort(-scores, axis=1, kind="stable")
 
-    def _assemble(self, user_id: str, k: int, candidates, order: np.ndarray | None = None) -> list[tuple[str, float, str, int]]:
+    def _assemble(
+        self, user_id: str, k: int, candidates, order: np.ndarray | None = None
+    ) -> list[tuple[str, float, str, int]]:
         """Fill ``k`` slots from the strategies the bandit picks; ``candidates(name)`` is lazy.
 
         ``order``: the user's ``_arm_order`` when already drawn.

@@ -15,8 +15,8 @@ weighted, the whole vector then unit length:
 A user's profile is the decayed, event-weighted sum of the feature vectors of their last
 ``window`` items; an item's score is its cosine to the profile (one matrix product over the
 items with content) plus ``popularity_weight`` times its trending score (scaled to [0, 1]),
-which is all that users without a profile, and items without content, get. Items known only from metadata (no interaction yet)
-are ranked like any other: that is the cold start.
+which is all that users without a profile, and items without content, get. Items known
+only from metadata (no interaction yet) are ranked like any other: that is the cold start.
 """
 
 from __future__ import annotations
