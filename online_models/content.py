@@ -111,7 +111,9 @@ class Content(Recommender):
     Parameters
     ----------
     n_hash
-        Buckets of the hashed bag of words (the text block without the MiniLM extra).
+        Buckets of the hashed bag of words (the text block without the MiniLM extra). 64
+        scored as 256 did on MovieLens 100K's titles (HR@10 0.0758 against 0.0755) at a
+        quarter of the product's cost; long texts may want more.
     category_weight, text_weight
         Weights of the category and text blocks in an item's vector.
     window
@@ -147,7 +149,7 @@ class Content(Recommender):
 
     def __init__(
         self,
-        n_hash: int = 256,
+        n_hash: int = 64,
         category_weight: float = 1.0,
         text_weight: float = 0.5,
         window: int = 50,
