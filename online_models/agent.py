@@ -462,7 +462,7 @@ def _fetched(fetched: Mapping[str, Mapping[str, Ranking]], user_id: str, arm: st
 def cooc_because(model, user_id: str, item_id: str) -> str | None:
     """Which of the user's recent items co-occurs most with ``item_id`` (recency-weighted)."""
     row = model._items.get(item_id)
-    recent = model._recent.get(user_id)
+    recent = model.recent(user_id)
     if row is None or not recent:
         return None
     rows, weights = model._neighbour_arrays(row)

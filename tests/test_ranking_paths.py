@@ -109,7 +109,7 @@ def reference_cooc(model, user_id: str, k: int, exclude=()) -> list[tuple[str, f
     raw = model._trending.raw_scores()
     sums: dict[int, float] = {}
     factor = 1.0
-    for row, _ in reversed(model._recent.get(user_id, ())):
+    for row, _ in reversed(model.recent(user_id)):
         nb = model._neighbours[row]
         for other, weight in zip(nb.rows, nb.weights):
             sums[other] = sums.get(other, 0.0) + weight * (factor / math.sqrt(model._counts[row]))
@@ -164,6 +164,30 @@ def test_cooc_sparse_path_ranks_the_whole_catalogue_exactly() -> None:
         for k in (1, 10, 200):
             assert model.recommend(user, k, seen.get(user)) == reference_cooc(model, user, k, seen.get(user, ()))
             assert model.recommend(user, k) == reference_cooc(model, user, k)
+
+
+def test_cooc_state_from_before_the_recent_items_table() -> None:
+    """Checkpoints that hold each user's recent items as a deque of (row, weight) still
+    load (pickle and ``load_state_dict``), rank as before and go on learning alike."""
+    from collections import deque
+
+    events = random_stream(2000, 60, 200, seed=3)
+    model = make_model("cooc")
+    model.learn_many(events[:1500])
+    old_state = model.state_dict()
+    old_state["_recent"] = {user: deque(model.recent(user), maxlen=model.window)
+                            for user in model._recent.users.rows}
+    restored = model.clone()
+    restored.load_state_dict(old_state)
+    unpickled = type(model).__new__(type(model))
+    unpickled.__setstate__(dict(old_state, **model._get_params()))
+    users = ["nobody", *sorted({e.user_id for e in events})]
+    for twin in (restored, unpickled):
+        assert all(twin.recent(u) == model.recent(u) for u in users)
+        twin.learn_many(events[1500:])
+    model.learn_many(events[1500:])
+    for twin in (restored, unpickled):
+        assert twin.recommend_many(users, 20) == model.recommend_many(users, 20)
 
 
 def test_trending_cached_list_and_batch_rank_as_the_whole_catalogue(monkeypatch) -> None:
