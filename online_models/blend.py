@@ -77,33 +77,36 @@ class Blend(Recommender):
 
     def _fuse(self, lists: Mapping[str, Ranking], k: int) -> Ranking:
         fused: dict[str, float] = {}  # item -> blend score
-        order: dict[str, int] = {}  # item -> best position in any list: breaks ties in the score
+        used: list[tuple[str, ...]] = []  # the items of each list taken, for ties
         rank_offset = self.rank_offset
         for name, ranking in lists.items():
             weight = self._weight(name)
             if not ranking or weight == 0:
                 continue
+            items, scores = zip(*ranking)
             if rank_offset is not None:  # reciprocal rank fusion
                 top = rank_offset + 1
-                scaled_scores = [weight * top / (top + pos) for pos in range(len(ranking))]
+                scaled_scores = [weight * top / (top + pos) for pos in range(len(items))]
             else:  # min-max scaled scores
-                high, low = ranking[0][1], ranking[-1][1]
+                high, low = scores[0], scores[-1]
                 span = high - low
                 scale = weight / span if span > 0 else 0.0
-                scaled_scores = [(score - low) * scale for _, score in ranking] if span > 0 else [weight] * len(ranking)
-            items = [item for item, _ in ranking]
+                scaled_scores = [(score - low) * scale for score in scores] if span > 0 else [weight] * len(items)
+            used.append(items)
             if not fused and len(set(items)) == len(items):  # the first list: built at C speed
-                fused = dict(zip(items, [0.0 + scaled for scaled in scaled_scores]))  # 0.0 +: as a sum would
-                order = dict(zip(items, range(len(items))))
+                fused = dict(zip(items, scaled_scores))
                 continue
-            get, best_pos = fused.get, order.get
-            for pos, (item, scaled) in enumerate(zip(items, scaled_scores)):
+            get = fused.get
+            for item, scaled in zip(items, scaled_scores):
                 fused[item] = get(item, 0.0) + scaled
-                if best_pos(item, pos + 1) > pos:
-                    order[item] = pos
         ranked = sorted(fused, key=fused.__getitem__, reverse=True)  # stable: equal scores stay in first-seen order
         scores = [fused[item] for item in ranked[: k + 1]]
-        if len(set(scores)) < len(scores):  # a tie among the best: the better position first
+        if len(set(scores)) < len(scores):  # a tie among the best: the better position in any list first
+            order: dict[str, int] = {}
+            for items in used:
+                for pos, item in enumerate(items):
+                    if order.get(item, pos + 1) > pos:
+                        order[item] = pos
             best: list[str] = []
             start = 0
             while len(best) < k and start < len(ranked):
