@@ -102,16 +102,15 @@ def _top_k_small(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float
     take = min(k + 1, n)
     best = np.argpartition(scores, n - take, axis=1)[:, n - take :]
     vals = np.take_along_axis(scores, best, 1)
-    order = np.argsort(-vals, axis=1, kind="stable")
+    order = np.lexsort((best, -vals), axis=1)  # score descending, ties to the lower row
     vals, best = np.take_along_axis(vals, order, 1), np.take_along_axis(best, order, 1)
-    nan = np.isnan(scores).any(axis=1).tolist()
+    redo = np.isnan(scores).any(axis=1)  # NaN, or a tie at the cut: only a full sort is exact
+    if take > k:
+        redo |= (vals[:, k] == vals[:, k - 1]) & (vals[:, k] > -np.inf)
+    ranked = np.minimum((vals > -np.inf).sum(axis=1), k).tolist()
     out = []
-    for j, (v, r) in enumerate(zip(vals.tolist(), best.tolist())):
-        if nan[j] or (take > k and v[k] == v[k - 1] > -math.inf):  # NaN, or a tie at the cut
-            out.append(_exact_row(scores[j], k))
-            continue
-        pairs = sorted(zip([-x for x in v[:k] if x > -math.inf], r))  # partition orders ties arbitrarily
-        out.append(([row for _, row in pairs], [-x for x, _ in pairs]))
+    for j, (v, r, m, exact) in enumerate(zip(vals.tolist(), best.tolist(), ranked, redo.tolist())):
+        out.append(_exact_row(scores[j], k) if exact else (r[:m], v[:m]))
     return out
 
 
@@ -561,7 +560,7 @@ class TorchEmbeddings(Recommender):
         ids = self._items.ids
         best = top_k_by_product(self._item_out[:n], torch.from_numpy(self._bias()), self._representations,
                                 self._items, user_ids, k, exclude or {})
-        return {u: [(ids[r], v) for r, v in zip(rows, vals)] for u, (rows, vals) in zip(user_ids, best)}
+        return {u: list(zip(map(ids.__getitem__, rows), vals)) for u, (rows, vals) in zip(user_ids, best)}
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items whose output vectors are closest (cosine) to this item's input vector."""
