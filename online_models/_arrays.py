@@ -86,7 +86,7 @@ class IdIndex:
         ids = self.ids
         if self.free:
             return [(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist()) if ids[r] is not None]
-        return [(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]
+        return list(zip(map(ids.__getitem__, rows.tolist()), scores.tolist()))
 
     def top(self, scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None) -> list[tuple[str, float]]:
         """``ranking(*top_k(scores, k, exclude_rows))``, without the round trip through arrays.
