@@ -32,7 +32,7 @@ class Settings(BaseSettings):
 
     model: str = Field(
         default="blend",
-        description="the model the worker serves; blend is the best on every backtest, cooc ingests about 2.5 "
+        description="the model the worker serves; blend is the best on every backtest, cooc ingests about 2.7 "
         "times as many events per CPU-second (see the README)",
     )
     top_k: int = Field(default=50, ge=1, le=1000, description="unseen items in each stored list")
