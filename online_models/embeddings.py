@@ -3,122 +3,18 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from online_models._arrays import IdIndex, grow, top_k
+from online_models._arrays import IdIndex, grow, top_k, top_k_per_user
 from online_models.base import Interaction, Ranking, Recommender
 
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders items before any training step
 _CHUNK_CELLS = 1 << 22  # users x items scored at once: 16 MB of float32 scores
-_GROUP = 32  # items per group when a large catalogue is cut in groups to find the top-k
 _COPY_FROM = 64  # users per call from which a transposed copy of the item table pays for itself
-
-
-def top_k_per_user(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
-    """Each user's ``k`` best scores, best first, ties to the lower item row.
-
-    What ``_arrays.top_k`` gives for each row (``-inf`` and NaN never rank), for all rows
-    at once.
-
-    Parameters
-    ----------
-    scores
-        A C-contiguous ``(n_users, n_items)`` float array, ``-inf`` where an item is
-        excluded for a user (it is not modified).
-    k
-        How many items per user.
-
-    Returns
-    -------
-    list of (rows, values)
-        Per user, the item rows and their scores as Python lists.
-
-    Notes
-    -----
-    A large catalogue is cut into ``n_items // _GROUP`` groups of ``_GROUP`` items. The
-    ``k`` best items lie in the ``k`` groups with the highest maxima, so one pass for the
-    group maxima and a sort of the few items of those groups that score at least their
-    lowest maximum replace a selection over every item. The answer is exact unless a
-    group left out ties with those maxima, or the scores hold NaN; those users get a
-    full sort. All in numpy: torch would run each of these steps on its thread pool,
-    which stalls whenever another process holds one of the cores.
-
-    Examples
-    --------
-    >>> scores = np.array([[0.25, 0.75, 0.5, 0.75], [2.0, -np.inf, 2.0, 1.0]])
-    >>> top_k_per_user(scores, 2)
-    [([1, 3], [0.75, 0.75]), ([0, 2], [2.0, 2.0])]
-    """
-    n_users, n = scores.shape
-    k = min(k, n)
-    if k <= 0:
-        return [([], []) for _ in range(n_users)]
-    if n < 8 * _GROUP * (k + 2):  # small catalogue: select among all items
-        return _top_k_small(scores, k)
-    n_groups = n // _GROUP
-    full = n_groups * _GROUP
-    # group g holds the items g, g + n_groups, g + 2 * n_groups, ...: its maximum is an
-    # element-wise maximum of contiguous slices, which vectorises well
-    groups = scores[:, :full].reshape(n_users, _GROUP, n_groups)
-    maxima = groups.max(axis=1)
-    best = np.argpartition(maxima, n_groups - k - 1, axis=1)[:, n_groups - k - 1 :]  # the k + 1 best
-    best_max = np.take_along_axis(maxima, best, 1)
-    order = np.argsort(-best_max, axis=1, kind="stable")
-    best_max, best = np.take_along_axis(best_max, order, 1), np.take_along_axis(best, order, 1)
-    # The k best groups each hold an item scoring at least the k-th best group maximum, so
-    # the top k are among the items of those groups (and of the last n % _GROUP items) that
-    # score that much; no other group holds more than the (k+1)-th maximum.
-    exact = (best_max[:, k] < best_max[:, k - 1]) | (best_max[:, k] == -np.inf)
-    exact &= ~np.isnan(maxima).any(axis=1)
-    chosen = np.sort(best[:, :k], axis=1)  # candidates then come out in row order
-    cand = np.take_along_axis(groups, chosen[:, None, :], axis=2).reshape(n_users, -1)
-    if full < n:
-        cand = np.concatenate([cand, scores[:, full:]], 1)
-    width = cand.shape[1]
-    at = np.flatnonzero(cand >= best_max[:, k - 1 : k])
-    vals, users, pos = cand.ravel()[at], at // width, at % width
-    ranked = vals > -np.inf
-    vals, users, pos = vals[ranked], users[ranked], pos[ranked]
-    rows = np.where(pos < _GROUP * k, (pos // k) * n_groups + chosen[users, pos % k], full + pos - _GROUP * k)
-    order = np.lexsort((-vals, users))  # stable: equal scores stay in row order
-    vals, rows = vals[order].tolist(), rows[order].tolist()
-    ends = np.cumsum(np.bincount(users, minlength=n_users)).tolist()
-    out = []
-    for j, (ok, end) in enumerate(zip(exact.tolist(), ends)):
-        start = ends[j - 1] if j else 0
-        end = min(end, start + k)
-        out.append((rows[start:end], vals[start:end]) if ok else _exact_row(scores[j], k))
-    return out
-
-
-def _top_k_small(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
-    """``top_k_per_user`` over all items: the k + 1 best by one partition, ties settled in Python."""
-    n = scores.shape[1]
-    take = min(k + 1, n)
-    best = np.argpartition(scores, n - take, axis=1)[:, n - take :]
-    vals = np.take_along_axis(scores, best, 1)
-    order = np.lexsort((best, -vals), axis=1)  # score descending, ties to the lower row
-    vals, best = np.take_along_axis(vals, order, 1), np.take_along_axis(best, order, 1)
-    redo = np.isnan(scores).any(axis=1)  # NaN, or a tie at the cut: only a full sort is exact
-    if take > k:
-        redo |= (vals[:, k] == vals[:, k - 1]) & (vals[:, k] > -np.inf)
-    ranked = np.minimum((vals > -np.inf).sum(axis=1), k).tolist()
-    out = []
-    for j, (v, r, m, exact) in enumerate(zip(vals.tolist(), best.tolist(), ranked, redo.tolist())):
-        out.append(_exact_row(scores[j], k) if exact else (r[:m], v[:m]))
-    return out
-
-
-def _exact_row(scores: np.ndarray, k: int) -> tuple[list[int], list[float]]:
-    """One user's top ``k`` by a full sort: the rare case of ties at the cut, or NaN."""
-    rows = np.flatnonzero(scores > -np.inf)  # NaN never ranks either
-    rows = rows[np.lexsort((rows, -scores[rows]))[:k]]
-    return rows.tolist(), scores[rows].tolist()
 
 
 def top_k_by_product(

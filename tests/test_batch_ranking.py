@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from online_models.embeddings import top_k_per_user
+from online_models._arrays import top_k_per_user
 
 
 def _reference(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
