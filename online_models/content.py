@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow, top_k, top_k_of
+from online_models._arrays import IdIndex, grow, top_k, top_k_of, top_k_per_user
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.trending import Trending
 
@@ -430,7 +430,7 @@ class Content(Recommender):
                     profiled = [j for j, f in zip(chunk, found.tolist()) if f]
                     for j, (best, vals) in zip(profiled, self._content_top(
                             pc[found], pt[found], [excludes[j] for j in profiled], with_content, features, k)):
-                        mine = list(zip(with_content[best].tolist(), vals.tolist()))
+                        mine = list(zip(with_content[best].tolist(), vals))
                         merged = sorted(mine + unseen(plain, excludes[j]), key=lambda p: (-p[1], p[0]))
                         lists[user_ids[j]] = merged[:k]
             for j, f in zip(chunk, found.tolist()):
@@ -459,24 +459,24 @@ class Content(Recommender):
     def _content_top(
         self, pc: np.ndarray, pt: np.ndarray, excludes: list[Collection[str] | None], rows: np.ndarray,
         features: np.ndarray, k: int,
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    ) -> Iterator[tuple[np.ndarray, list[float]]]:
         """Each profile's ``k`` best items among ``rows`` (ascending; ``features`` from
         ``_item_features``), as positions in ``rows`` and scores: cosine plus popularity, none
         of the user's ``excludes``.
 
-        ``top_k`` per user, not a batched top-k: items with the same content and
-        popularity tie exactly (often, with ``popularity_weight=0``), and ``top_k`` sorts
-        only the ties at the cut.
+        All users of the chunk by ``top_k_per_user``; a user whose scores tie at the cut
+        (items with the same content and popularity: often, with ``popularity_weight=0``)
+        gets a sort of the tied scores only.
         """
         profiles = np.hstack([pt, pc, np.ones((len(pt), 1), dtype=np.float32)])
         scores = profiles @ features.T  # (users, items) row-major: each user's scores contiguous
         for j, seen in enumerate(excludes):
-            at = None
             if seen:
                 seen_rows = self._items.rows_of(seen)
                 at = np.minimum(np.searchsorted(rows, seen_rows), len(rows) - 1)
-                at = at[rows[at] == seen_rows]
-            yield top_k(scores[j], k, at)
+                scores[j, at[rows[at] == seen_rows]] = -np.inf
+        for best, vals in top_k_per_user(scores, k):
+            yield np.array(best, dtype=np.int64), vals
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items whose content vectors are closest (cosine) to this item's."""
