@@ -158,6 +158,10 @@ class LocalRedis(LocalService):
         self._wait(proc, lambda: _port_open(port), timeout_s)
         return f"redis://127.0.0.1:{port}/0"
 
+    def version(self) -> str:
+        out = subprocess.run([_require("redis-server", ""), "--version"], capture_output=True, text=True)
+        return out.stdout.strip()
+
 
 class LocalRedisCluster:
     """A Redis Cluster of ``shards`` primaries (no replicas) on this host, for tests and trials.
@@ -209,10 +213,6 @@ class LocalRedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-
-    def version(self) -> str:
-        out = subprocess.run([_require("redis-server", ""), "--version"], capture_output=True, text=True)
-        return out.stdout.strip()
 
 
 def _kafka_cluster_id() -> str:
