@@ -247,15 +247,16 @@ def make_client(url: str, *, retries: int, socket_timeout_s: float = 2.0) -> red
     ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) names any node of a Redis
     Cluster: the client learns the others and routes each key to its shard.
     """
+    scheme, sep, rest = url.partition("://")
+    cluster = bool(sep) and scheme in CLUSTER_SCHEMES
+    if cluster and retries < 0:  # the cluster client counts attempts down and knows no "forever"
+        retries = _CLUSTER_FOREVER
     options = dict(
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=socket_timeout_s,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
     )
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme in CLUSTER_SCHEMES:
-        if retries < 0:  # the cluster client counts attempts down and knows no "forever"
-            options["retry"] = Retry(ExponentialBackoff(cap=2.0, base=0.05), _CLUSTER_FOREVER)
+    if cluster:
         return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **options)
     return redis.Redis.from_url(
         url, retry_on_error=[RedisConnectionError, RedisTimeoutError], health_check_interval=30, **options
