@@ -17,6 +17,12 @@ _CHUNK_CELLS = 1 << 22  # users x items scored at once: 16 MB of float32 scores
 _COPY_FROM = 64  # users per call from which a transposed copy of the item table pays for itself
 
 
+def set_torch_threads(n: int) -> None:
+    """Torch's threads in this process. Online steps are small ops: more threads cost more
+    than they give, and on a busy host they wait for each other (seen: multi-second stalls)."""
+    torch.set_num_threads(n)
+
+
 def top_k_by_product(
     items: torch.Tensor,
     bias: torch.Tensor,

@@ -38,7 +38,6 @@ import dataclasses
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -51,7 +50,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
-from online_models import Recommender, make_model
+from online_models import Recommender, make_model, set_torch_threads
 from online_models.agent import Agent
 from online_models.trending import Trending
 from serving.store import RecommendationStore, make_client
@@ -176,8 +175,7 @@ class Worker:
     ):
         self.settings = settings
         self.model = model if model is not None else make_model(settings.model)
-        if "torch" in sys.modules:  # loaded by a model that uses it
-            sys.modules["torch"].set_num_threads(settings.torch_threads)
+        set_torch_threads(settings.torch_threads)
         self.popularity = self.model if isinstance(self.model, Trending) else Trending()
         self.seen: dict[str, set[str]] = {}
         self.last_active: dict[str, float] = {}  # user -> newest event time

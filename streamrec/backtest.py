@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from online_models import set_torch_threads
 from online_models.evaluation import PrequentialResult, prequential, sliding_rate
 from stream.logs import Log, read_log
 from streamrec.errors import StreamrecError
@@ -109,9 +110,8 @@ def run_backtest(
         if not names:
             raise BacktestError("no models to backtest")
 
-    if torch_threads is not None and "torch" in sys.modules:
-        # one prequential step is a handful of tiny ops: extra threads cost more than they give
-        sys.modules["torch"].set_num_threads(torch_threads)
+    if torch_threads is not None:
+        set_torch_threads(torch_threads)
     t0 = time.perf_counter()
     data = read_log(paths, fmt, strict=strict, limit=limit)
     log(f"read {data.summary()} in {time.perf_counter() - t0:.1f}s")
