@@ -254,8 +254,8 @@ def top_k_per_user(scores: np.ndarray, k: int) -> list[tuple[list[int], list[flo
     ``k`` best items lie in the ``k`` groups with the highest maxima, so one pass for the
     group maxima and a sort of the few items of those groups that score at least their
     lowest maximum replace a selection over every item. The answer is exact unless a
-    group left out ties with those maxima, or the scores hold NaN; those users get a
-    full sort. All in numpy: torch would run each of these steps on its thread pool,
+    group left out ties with those maxima, or the scores hold NaN; those users get a sort
+    of their scores at or above the ``k``-th best. All in numpy: torch would run each of these steps on its thread pool,
     which stalls whenever another process holds one of the cores.
 
     Examples
@@ -307,7 +307,7 @@ def top_k_per_user(scores: np.ndarray, k: int) -> list[tuple[list[int], list[flo
 
 
 def _top_k_small(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
-    """``top_k_per_user`` over all items: the k + 1 best by one partition, ties settled in Python."""
+    """``top_k_per_user`` over all items: the k + 1 best by one partition, ordered by one lexsort."""
     n = scores.shape[1]
     take = min(k + 1, n)
     best = np.argpartition(scores, n - take, axis=1)[:, n - take :]

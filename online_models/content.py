@@ -426,6 +426,7 @@ class Content(Recommender):
                 if found.any():
                     if plain is None:
                         plain = popular(np.flatnonzero(rankable & ~self._has_content[:n]))
+                    if features is None:
                         features = self._item_features(with_content, pc.shape[1], pop)
                     profiled = [j for j, f in zip(chunk, found.tolist()) if f]
                     for j, (best, vals) in zip(profiled, self._content_top(
