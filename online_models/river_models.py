@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from itertools import chain
 from collections.abc import Collection, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
