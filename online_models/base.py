@@ -125,6 +125,37 @@ class Recommender(abc.ABC):
         """How many users and items the learned state holds (what idle expiry bounds)."""
         return {}
 
+    # -- scale-out: user state moves between workers, item state is shared -------------
+    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
+        """Everything learned about these users, for ``import_users`` in the worker that
+        takes over their partition. Items are named by id, never by table row. Unknown ids
+        are left out. The model keeps the users (the worker forgets them when it hands
+        them over)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hand users over")
+
+    def import_users(self, state: Mapping[str, Any]) -> None:
+        """Adopt users exported by a model with the same hyperparameters, replacing what
+        this model knew of them. Items they reference that this model has not met are
+        created with no learned state."""
+        raise NotImplementedError(f"{type(self).__name__} cannot take users over")
+
+    def item_delta(self) -> dict[str, Any]:
+        """What this model's own learning changed in its item state since the last call,
+        and starts a new tally.
+
+        Flat: numpy arrays (item ids as ``str`` arrays) and numbers, so it travels without
+        pickle. A replica adds it with ``merge_item_delta``: counts add, and learned vectors
+        take the other replica's step (parameter averaging in the style of an asynchronous
+        parameter server). What was merged in from peers is never part of it. Every array
+        of an unchanged model's delta is empty.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot share its item state")
+
+    def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
+        """Add a peer replica's ``item_delta`` to this model's item state, creating the
+        items it has not met."""
+        raise NotImplementedError(f"{type(self).__name__} cannot share its item state")
+
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The learned state (a deep copy), without the hyperparameters."""

@@ -143,6 +143,27 @@ class Blend(Recommender):
     def state_sizes(self) -> dict[str, int]:
         return largest_sizes(self._models.values())
 
+    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
+        """Each component's export, under its name."""
+        return {name: model.export_users(user_ids) for name, model in self._models.items()}
+
+    def import_users(self, state: Mapping[str, Any]) -> None:
+        for name, model in self._models.items():
+            model.import_users(state[name])
+
+    def item_delta(self) -> dict[str, Any]:
+        """Each component's delta, its keys prefixed with the component's name and ``/``."""
+        return {f"{name}/{key}": value for name, model in self._models.items()
+                for key, value in model.item_delta().items()}
+
+    def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
+        parts: dict[str, dict[str, Any]] = {name: {} for name in self._models}
+        for key, value in delta.items():
+            name, _, part_key = key.partition("/")
+            parts[name][part_key] = value
+        for name, model in self._models.items():
+            model.merge_item_delta(parts[name])
+
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The first component's item similarity that has one."""
         for model in self._models.values():
