@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,6 +95,57 @@ def _history_weights(recency_decay: float, window: int) -> tuple[np.ndarray, ...
     return (np.zeros(0, dtype=np.float32),) + tuple(powers[:n] / powers[:n].sum() for n in range(1, window + 1))
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser, element-wise on ``uint64`` (wrapping arithmetic): well-mixed
+    bits from consecutive counters."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def initial_item_vectors(
+    item_ids: Sequence[str], seed: int, n_factors: int, std: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The starting input and output vectors of items: normal draws that depend only on
+    ``(seed, item id)``.
+
+    Replicas that meet an item on their own then start it from the same vectors, so the
+    steps they share (``item_delta``) add up to one model's; no random state is consumed.
+
+    Parameters
+    ----------
+    item_ids
+        The items.
+    seed, n_factors, std
+        The model's ``seed``, ``n_factors`` and ``init_std``.
+
+    Returns
+    -------
+    (input vectors, output vectors)
+        Two ``(len(item_ids), n_factors)`` float32 arrays.
+
+    Examples
+    --------
+    >>> a_in, a_out = initial_item_vectors(["x", "y"], seed=1, n_factors=4, std=0.1)
+    >>> b_in, _ = initial_item_vectors(["y"], seed=1, n_factors=4, std=0.1)
+    >>> bool((a_in[1] == b_in[0]).all()), bool((a_in[0] == a_in[1]).any()), a_out.shape
+    (True, False, (2, 4))
+    """
+    salt = int(_splitmix64(np.array([seed & (2**64 - 1)], dtype=np.uint64))[0])
+    keys = np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") ^ salt
+                     for i in item_ids], dtype=np.uint64).reshape(-1, 1)
+    counters = np.arange(1, 2 * n_factors + 1, dtype=np.uint64) * _GOLDEN  # one per uniform draw
+    bits = _splitmix64(keys + _splitmix64(counters))
+    uniform = (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53  # 53 bits, in [0, 1)
+    # Box-Muller: each pair of uniforms gives two independent normals (one in, one out)
+    radius = std * np.sqrt(-2.0 * np.log1p(-uniform[:, :n_factors]))
+    angle = 2.0 * np.pi * uniform[:, n_factors:]
+    return (radius * np.cos(angle)).astype(np.float32), (radius * np.sin(angle)).astype(np.float32)
+
+
 def _grow_tensor(table: torch.Tensor, rows: int) -> torch.Tensor:
     if len(table) >= rows:
         return table
@@ -123,6 +176,12 @@ class TorchEmbeddings(Recommender):
     (popularity-aware; 0 is uniform); the softmax loss subtracts their log-probability
     (logQ correction), so the item bias learns popularity rather than being pushed from it.
 
+    Scale-out: an item starts from vectors drawn from ``(seed, item id)`` alone
+    (``initial_item_vectors``), so replicas that meet it apart start alike and exchange
+    only their own steps (``item_delta``, diffed against a shadow copy of the item state
+    that the first call builds; learning never touches it). Users move with their vector,
+    Adagrad sum, recent items and queued events (``export_users``).
+
     Parameters
     ----------
     n_factors
@@ -150,7 +209,7 @@ class TorchEmbeddings(Recommender):
     init_std
         Standard deviation of new rows.
     seed
-        Seeds initialisation, negative sampling and replay.
+        Seeds initialisation (an item's from this seed and its id), negative sampling and replay.
     event_weights
         Weight per event type (scales each event's loss); defaults to ``EVENT_WEIGHTS``.
 
@@ -220,6 +279,7 @@ class TorchEmbeddings(Recommender):
         self._buf_len = 0
         self._buf_pos = 0
         self._powers = (recency_decay ** np.arange(window)).astype(np.float32)
+        self._shadow: dict[str, np.ndarray] | None = None  # item state as of the last delta; see item_delta
 
     # -- growth ------------------------------------------------------------------------
     def _new_rows(self, table: torch.Tensor, acc_name: str, rows: int) -> torch.Tensor:
@@ -229,15 +289,13 @@ class TorchEmbeddings(Recommender):
             self._acc[acc_name] = _grow_tensor(self._acc[acc_name], len(table))
         return table
 
-    def _init_row(self, table: torch.Tensor, row: int) -> None:
-        table[row] = torch.from_numpy(self._rng.normal(0.0, self.init_std, self.n_factors).astype(np.float32))
-
     def _add_user(self, user_id: str) -> int:
         row = self._users.get(user_id)
         if row is None:  # a new row, or one a forgotten user freed (reset then)
             row = self._users.add(user_id)
             self._user_vecs = self._new_rows(self._user_vecs, "user", row + 1)
-            self._init_row(self._user_vecs, row)
+            self._user_vecs[row] = torch.from_numpy(
+                self._rng.normal(0.0, self.init_std, self.n_factors).astype(np.float32))
         return row
 
     def _add_item(self, item_id: str) -> int:
@@ -247,10 +305,14 @@ class TorchEmbeddings(Recommender):
             self._item_in = self._new_rows(self._item_in, "in", row + 1)
             self._item_out = self._new_rows(self._item_out, "out", row + 1)
             self._item_bias = self._new_rows(self._item_bias, "bias", row + 1)
-            self._init_row(self._item_in, row)
-            self._init_row(self._item_out, row)
+            vec_in, vec_out = initial_item_vectors([item_id], self.seed, self.n_factors, self.init_std)
+            self._item_in[row] = torch.from_numpy(vec_in[0])
+            self._item_out[row] = torch.from_numpy(vec_out[0])
             self._item_bias[row] = 0.0  # a freed row's bias is -inf: it must never rank
             self._counts = grow(self._counts, row + 1)
+            if self.__dict__.get("_shadow") is not None:  # the item's tally starts from its init
+                self._grow_shadow()
+                self._copy_to_shadow(np.array([row]))
         return row
 
     # -- learning ----------------------------------------------------------------------
@@ -413,6 +475,8 @@ class TorchEmbeddings(Recommender):
         self._item_bias[rows] = -torch.inf
         self._counts[rows] = 0.0
         self._tie = _TIE_BREAK * np.log1p(self._counts).astype(np.float32)
+        if self.__dict__.get("_shadow") is not None:  # a freed row has nothing to report
+            self._copy_to_shadow(rows)
         gone = set(rows.tolist())
         self._pending = [(u, i, tuple(h for h in hist if h not in gone), w)
                          for u, i, hist, w in self._pending if i not in gone]
@@ -425,6 +489,146 @@ class TorchEmbeddings(Recommender):
 
     def state_sizes(self) -> dict[str, int]:
         return {"users": self._users.live(), "items": self._items.live()}
+
+    # -- scale-out ---------------------------------------------------------------------
+    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
+        """The users' vectors, Adagrad sums, recent items and queued events, as flat arrays.
+
+        Items are named by id. Queued events go with their user so that the new owner
+        takes their gradient step; the user's events in the replay buffer stay behind
+        (``forget_user`` silences them here; the new owner replays the user's new events).
+
+        Returns
+        -------
+        dict
+            ``users`` (ids), ``vectors`` ``(n, n_factors)``, ``acc``; ``recent`` (item ids,
+            each user's oldest first) cut by ``recent_len``; per queued event ``pending_user``
+            (position in ``users``), ``pending_item``, ``pending_weight``, and its history
+            (most recent first) in ``pending_hist`` cut by ``pending_hist_len``. Arrays only:
+            the hand-over needs no pickle.
+        """
+        ids = self._items.ids
+        users = [u for u in dict.fromkeys(user_ids) if u in self._users]
+        rows = [self._users.rows[u] for u in users]
+        recent = [list(self._recent.get(u, ())) for u in users]
+        position = {row: j for j, row in enumerate(rows)}
+        pending = [(position[p[0]], p) for p in self._pending if p[0] in position]
+        return {
+            "users": np.array(users, dtype=str),
+            "vectors": self._user_vecs.numpy()[rows].reshape(-1, self.n_factors).copy(),
+            "acc": self._acc["user"].numpy()[rows].copy(),
+            "recent": np.array([ids[r] for rec in recent for r in rec], dtype=str),
+            "recent_len": np.array([len(rec) for rec in recent], dtype=np.int64),
+            "pending_user": np.array([j for j, _ in pending], dtype=np.int64),
+            "pending_item": np.array([ids[p[1]] for _, p in pending], dtype=str),
+            "pending_weight": np.array([p[3] for _, p in pending], dtype=np.float32),
+            "pending_hist": np.array([ids[r] for _, p in pending for r in p[2]], dtype=str),
+            "pending_hist_len": np.array([len(p[2]) for _, p in pending], dtype=np.int64),
+        }
+
+    def import_users(self, state: Mapping[str, Any]) -> None:
+        """Adopt users from ``export_users``: what this model knew of them is forgotten
+        first; their queued events join this model's queue (stepped with its next batch)."""
+        users = [str(u) for u in state["users"]]
+        if not users:
+            return
+        for user_id in users:
+            self.forget_user(user_id)
+        rows = [self._add_user(u) for u in users]
+        self._user_vecs[rows] = torch.as_tensor(np.asarray(state["vectors"], dtype=np.float32))
+        self._acc["user"][rows] = torch.as_tensor(np.asarray(state["acc"], dtype=np.float32))
+        add_item = self._add_item
+        recent = iter([add_item(str(i)) for i in state["recent"]])
+        for user_id, n in zip(users, np.asarray(state["recent_len"]).tolist()):
+            self._recent[user_id] = deque((next(recent) for _ in range(n)), maxlen=self.window)
+        hists = iter([add_item(str(i)) for i in state["pending_hist"]])
+        for j, item, weight, n in zip(np.asarray(state["pending_user"]).tolist(), state["pending_item"],
+                                      np.asarray(state["pending_weight"]).tolist(),
+                                      np.asarray(state["pending_hist_len"]).tolist()):
+            hist = tuple(next(hists) for _ in range(n))
+            self._pending.append((rows[j], add_item(str(item)), hist, weight))
+        self._refresh_tie()
+
+    def item_delta(self) -> dict[str, Any]:
+        """The change of every item row this model's own learning touched since the last
+        call: input and output vectors, biases, their Adagrad sums and the item counts.
+
+        A shadow copy of the item state as of the last call (or merge) is kept; the rows
+        that differ from it are reported, and the shadow takes their values. An item met
+        since then reports its change from its starting vectors (``initial_item_vectors``),
+        which a peer that has not met it starts from too. Counts include the events still
+        queued; their gradient step is reported by the call after it is taken. The first
+        call builds the shadow (nothing is kept before, so models that share nothing pay
+        nothing) and reports everything learned so far.
+
+        Returns
+        -------
+        dict
+            ``ids`` (str), ``in`` and ``out`` ``(n, n_factors)``, ``bias``, ``acc_in``,
+            ``acc_out``, ``acc_bias`` (float32) and ``counts`` (float64), one entry per item.
+        """
+        shadow = self._ensure_shadow()
+        n = len(self._items)
+        current = self._item_state(n)
+        changed = np.zeros(n, dtype=bool)
+        for key, now in current.items():
+            was = shadow[key][:n]
+            changed |= (now != was).any(1) if now.ndim == 2 else now != was
+        changed &= np.array([i is not None for i in self._items.ids], dtype=bool)
+        rows = np.flatnonzero(changed)
+        delta: dict[str, Any] = {"ids": np.array([self._items.ids[r] for r in rows], dtype=str)}
+        for key, now in current.items():
+            delta[key] = now[rows] - shadow[key][rows]
+            shadow[key][rows] = now[rows]
+        return delta
+
+    def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
+        """Add a peer's ``item_delta`` to the item state and to the shadow (so that it is
+        not reported back); items not met yet start from their initial vectors."""
+        if not len(delta.get("ids", ())):
+            return
+        shadow = self._ensure_shadow()
+        rows = np.array([self._add_item(str(i)) for i in delta["ids"]], dtype=np.int64)
+        current = self._item_state(len(self._items))
+        for key, now in current.items():
+            change = np.asarray(delta[key], dtype=now.dtype)
+            now[rows] += change
+            shadow[key][rows] += change
+        self._refresh_tie()
+
+    def _item_state(self, n: int) -> dict[str, np.ndarray]:
+        """Writable views of the first ``n`` rows of each shared item table."""
+        return {"in": self._item_in.numpy()[:n], "out": self._item_out.numpy()[:n],
+                "bias": self._item_bias.numpy()[:n, 0], "acc_in": self._acc["in"].numpy()[:n],
+                "acc_out": self._acc["out"].numpy()[:n], "acc_bias": self._acc["bias"].numpy()[:n],
+                "counts": self._counts[:n]}
+
+    def _ensure_shadow(self) -> dict[str, np.ndarray]:
+        """The shadow, built on first use: live items at their initial state, freed rows as they are."""
+        if self.__dict__.get("_shadow") is None:
+            ids = self._items.ids
+            self._shadow = shadow = {key: now.copy() for key, now in self._item_state(len(ids)).items()}
+            live = np.array([r for r, i in enumerate(ids) if i is not None], dtype=np.int64)
+            if len(live):
+                shadow["in"][live], shadow["out"][live] = initial_item_vectors(
+                    [ids[r] for r in live.tolist()], self.seed, self.n_factors, self.init_std)
+                for key in ("bias", "acc_in", "acc_out", "acc_bias", "counts"):
+                    shadow[key][live] = 0.0
+        self._grow_shadow()
+        return self._shadow
+
+    def _grow_shadow(self) -> None:
+        n = len(self._items)
+        for key, array in self._shadow.items():
+            self._shadow[key] = grow(array, n)
+
+    def _copy_to_shadow(self, rows: np.ndarray) -> None:
+        """The shadow of these rows takes their current values (a new item's init, a freed row)."""
+        for key, now in self._item_state(len(self._items)).items():
+            self._shadow[key][rows] = now[rows]
+
+    def _refresh_tie(self) -> None:
+        self._tie = _TIE_BREAK * np.log1p(self._counts).astype(np.float32)
 
     # -- ranking -----------------------------------------------------------------------
     def _representations(self, user_ids: Sequence[str]) -> np.ndarray:

@@ -146,3 +146,27 @@ def test_handing_users_over_moves_them(name: str) -> None:
     for user in users:
         assert_same_ranking(scores(new, user), want[user], rel)
         assert scores(old, user) == scores(old, "never-seen")
+
+
+def test_embeddings_freed_rows_report_only_the_new_item() -> None:
+    """A row freed by forget_items and taken by a new item reports the new item's own change,
+    not its difference from the forgotten one (no gradient step here: vectors stay at init)."""
+    model = make_model("embeddings", **{**FAST["embeddings"], "batch_size": 10_000})
+    model.learn_many(STREAM)
+    model.item_delta()
+    model.forget_items(["A1", "B2"])
+    assert np.size(model.item_delta()["ids"]) == 0
+    model.learn_one(Event(user_id="a1", item_id="new", type="view", ts=1e6))
+    delta = model.item_delta()
+    assert delta["ids"].tolist() == ["new"] and delta["counts"].tolist() == [1.0]
+    assert not delta["in"].any() and not delta["out"].any()
+
+
+def test_embeddings_users_travel_as_npz() -> None:
+    old = fresh("embeddings")
+    old.learn_many(STREAM)
+    new = fresh("embeddings")
+    new.merge_item_delta(travel(old.item_delta()))
+    new.import_users(travel(old.export_users(["a1", "b2"])))
+    for user in ("a1", "b2"):
+        assert_same_ranking(scores(new, user), scores(old, user), 1e-4)
