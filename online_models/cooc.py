@@ -11,7 +11,7 @@ import numpy as np
 
 from online_models._arrays import IdIndex, grow, top_k, top_rows
 from online_models.base import Interaction, Ranking, Recommender
-from online_models.trending import Trending
+from online_models.trending import Trending, id_array
 
 _DENSE_ITEMS = 4096  # below this many items the co-occurrence is one dense float32 matrix
 _SCRATCH_SLOTS = 1 << 20  # (user, item) slots summed at once on the sparse path: 4 MiB of int32 stay in cache
@@ -227,6 +227,11 @@ class Cooc(Recommender):
         self._dense = np.zeros((0, 0), dtype=np.float32)  # dense co-occurrence while it is small
         self._recent = _RecentItems(window)
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
+        # what item_delta has to report (see _start_sharing): None until sharing starts,
+        # so that a model nobody shares pays one ``is None`` test per event for it
+        self._counts_reported: np.ndarray | None = None  # counts as reported, plus merged-in
+        self._pair_log: list[tuple[int, np.ndarray, np.ndarray]] | None = None  # own (row, cols, weights)
+        self._pairs_carried: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (a, b, w) not yet reported
 
     def learn_one(self, interaction: Interaction) -> None:
         w = self.weight(interaction)
@@ -249,7 +254,10 @@ class Cooc(Recommender):
                 others = history != row
                 cols = history[others]
                 if len(cols):
-                    vals = (w * weights[others]).astype(np.float32)
+                    pairs = w * weights[others]
+                    if self._pair_log is not None:
+                        self._pair_log.append((row, cols, pairs))
+                    vals = pairs.astype(np.float32)
                     dense_row, dense_col = self._dense[row], self._dense[:, row]  # 1-d views index faster
                     if len(cols) == 1 or len(set(cols.tolist())) == len(cols):
                         # the matrix is symmetric: the row's new values are the column's too
@@ -260,6 +268,9 @@ class Cooc(Recommender):
                         np.add.at(dense_row, cols, vals)
                         np.add.at(dense_col, cols, vals)
             else:
+                if self._pair_log is not None:
+                    others = history != row
+                    self._pair_log.append((row, history[others], w * weights[others]))
                 mine, neighbours = self._neighbours[row], self._neighbours
                 for other, w_other in zip(history.tolist(), weights.tolist()):
                     if other != row:
@@ -474,6 +485,12 @@ class Cooc(Recommender):
             return
         gone = set(rows.tolist())
         self._counts[rows] = 0.0
+        if self._counts_reported is not None:  # a reused row must not report the old item's count
+            self._counts_reported[rows[rows < len(self._counts_reported)]] = 0.0
+        if self._pair_log is not None:  # nor its unreported co-occurrences (they go with it)
+            a, b, w = self._pending_pairs()
+            keep = ~(np.isin(a, rows) | np.isin(b, rows))
+            self._pairs_carried = a[keep], b[keep], w[keep]
         self._inv_norm[rows] = 0.0
         if self._dense is not None:
             self._dense[rows, :] = 0.0
@@ -491,15 +508,204 @@ class Cooc(Recommender):
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._recent), "items": self._items.live()}
 
+    # -- scale-out ---------------------------------------------------------------------
+    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
+        """The users' recent items, by id, for ``import_users``.
+
+        Returns
+        -------
+        dict
+            Flat arrays (they travel as npz too): ``users`` (str), ``lengths`` (int64, each
+            user's number of recent items), ``items`` (str) and ``weights`` (float64), the
+            users' histories one after the other, each oldest first. Unknown users are
+            left out; a known user without recent items has length 0.
+        """
+        recent = self._recent
+        users = [u for u in dict.fromkeys(user_ids) if u in recent.users]
+        histories = [recent.history(recent.users.rows[u]) for u in users]
+        rows = np.concatenate([h[0] for h in histories]) if users else np.zeros(0, dtype=np.int64)
+        return {
+            "users": np.array(users, dtype=str),
+            "lengths": np.array([len(h[0]) for h in histories], dtype=np.int64),
+            "items": id_array(self._items, rows),
+            "weights": np.concatenate([h[1] for h in histories]) if users else np.zeros(0),
+        }
+
+    def import_users(self, state: Mapping[str, Any]) -> None:
+        """Adopt ``export_users``' users, replacing their recent items here; items not met
+        yet are created with no count and no co-occurrence."""
+        users = np.asarray(state.get("users", ())).tolist()
+        if not users:
+            return
+        rows = self._add_items(np.asarray(state["items"]).tolist())
+        weights = np.asarray(state["weights"], dtype=np.float64)
+        recent, ends = self._recent, np.cumsum(state["lengths"]).tolist()
+        for user_id, end, size in zip(users, ends, np.asarray(state["lengths"]).tolist()):
+            u = recent.user_row(user_id)
+            size = min(size, self.window)  # the newest ``window``
+            recent.rows[u, self.window - size :] = rows[end - size : end]
+            recent.weights[u, self.window - size :] = weights[end - size : end]
+            recent.sizes[u] = size
+
+    def item_delta(self) -> dict[str, Any]:
+        """What this model's own events added to the item counts, co-occurrences and
+        trending scores since the last call; starts a new tally.
+
+        Returns
+        -------
+        dict
+            ``items`` (str array) names every item below by position. ``counts`` and
+            ``trending`` (float64, one per item) are the gains in weighted occurrences and
+            in trending score (relative to the time origin ``t0``, a float: see
+            ``Trending.item_delta``). ``pair_a``, ``pair_b`` (int64 positions in ``items``,
+            ``a < b``) and ``pair_w`` (float64) are the co-occurrence gains, each pair once
+            (the matrix is symmetric).
+
+        Notes
+        -----
+        The first call (or first merge) starts the tally: everything learned until then
+        is this model's own, so it reports all of it; from then on each event also logs
+        its co-occurrence gains, which are summed here.
+        """
+        self._start_sharing()
+        n = len(self._items)
+        counts = self._counts[:n]
+        reported = self._counts_reported
+        count_rows = np.flatnonzero(counts != reported[:n])
+        count_gains = counts[count_rows] - reported[count_rows]
+        reported[count_rows] = counts[count_rows]
+        trend_rows, trend_gains = self._trending._take_gains()
+        a, b, w = self._pending_pairs()
+        self._pair_log, self._pairs_carried = [], None
+        rows = np.unique(np.concatenate([count_rows, trend_rows, a, b]))
+        per_item = np.zeros((2, len(rows)))
+        per_item[0, np.searchsorted(rows, count_rows)] = count_gains
+        per_item[1, np.searchsorted(rows, trend_rows)] = trend_gains
+        return {
+            "items": id_array(self._items, rows), "counts": per_item[0], "trending": per_item[1],
+            "t0": self._trending._origin(),
+            "pair_a": np.searchsorted(rows, a), "pair_b": np.searchsorted(rows, b), "pair_w": w,
+        }
+
+    def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
+        """Add a peer's ``item_delta``: counts, co-occurrences (both halves of the symmetric
+        matrix) and trending scores add up; the inverse norms follow the counts."""
+        ids = delta.get("items")
+        if ids is None or not len(ids):
+            return
+        self._start_sharing()  # before the peer's sums mix in: what is here now is own
+        rows = self._add_items(np.asarray(ids).tolist())
+        counts = np.asarray(delta["counts"], dtype=np.float64)
+        changed = counts != 0
+        if changed.any():
+            at, gains = rows[changed], counts[changed]
+            self._counts[at] += gains
+            self._counts_reported = grow(self._counts_reported, len(self._counts))
+            self._counts_reported[at] += gains  # the same sums: a row without own gains stays equal
+            total = self._counts[at]  # learn_one's 1 / sqrt(count), rounded alike
+            self._inv_norm[at] = np.where(total > 0, 1.0 / np.sqrt(np.maximum(total, 1e-300)), 0.0)
+        a = rows[np.asarray(delta["pair_a"], dtype=np.int64)]
+        b = rows[np.asarray(delta["pair_b"], dtype=np.int64)]
+        self._add_pairs(a, b, np.asarray(delta["pair_w"], dtype=np.float64))
+        self._trending._add_gains(rows, np.asarray(delta["trending"], dtype=np.float64), float(delta["t0"]))
+
+    def _start_sharing(self) -> None:
+        """Start tallying own changes: what was learned so far is all own and unreported."""
+        if self._counts_reported is None:
+            self._counts_reported = np.zeros(len(self._counts), dtype=np.float64)
+        self._counts_reported = grow(self._counts_reported, len(self._counts))
+        if self._pair_log is None:
+            self._pairs_carried = self._all_pairs()
+            self._pair_log = []
+
+    def _all_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every co-occurrence as ``(a, b, weight)`` with ``a < b``."""
+        n = len(self._items)
+        if self._dense is not None:
+            a, b = np.nonzero(self._dense[:n, :n])
+            upper = a < b
+            a, b = a[upper], b[upper]
+            return a, b, self._dense[a, b].astype(np.float64)
+        parts = []
+        for row, nb in enumerate(self._neighbours[:n]):
+            others, weights = nb.arrays()
+            upper = others > row
+            parts.append((np.full(upper.sum(), row), others[upper], weights[upper]))
+        return self._concat_pairs(parts)
+
+    def _pending_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The unreported own co-occurrence gains, summed per pair: ``(a, b, weight)``,
+        ``a < b``, sorted; they replace the log."""
+        log = self._pair_log or []
+        parts = [self._pairs_carried] if self._pairs_carried is not None else []
+        if log:
+            parts.append((
+                np.repeat(np.array([row for row, _, _ in log], dtype=np.int64), [len(cols) for _, cols, _ in log]),
+                np.concatenate([cols for _, cols, _ in log]),
+                np.concatenate([w for _, _, w in log]),
+            ))
+        a, b, w = self._concat_pairs(parts)
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        keys, at = np.unique(lo * max(len(self._items), 1) + hi, return_inverse=True)
+        w = np.bincount(at, weights=w, minlength=len(keys))
+        kept = w != 0
+        keys, w = keys[kept], w[kept]
+        a, b = np.divmod(keys, max(len(self._items), 1))
+        self._pair_log, self._pairs_carried = [], (a, b, w)
+        return a, b, w
+
+    @staticmethod
+    def _concat_pairs(
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(a, b, weight)`` parts joined into one."""
+        if not parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+    def _add_items(self, ids: Sequence[str]) -> np.ndarray:
+        """Rows of ``ids``, the unknown ones created with no learned state, in this model's
+        tables and in its trending's (their rows stay the same, as in ``learn_one``)."""
+        rows = np.fromiter(map(self._items.add, ids), dtype=np.int64, count=len(ids))
+        n = len(self._items)
+        while len(self._counts) < n:  # grown as learn_one grows them, row after row, so that
+            row = len(self._counts)  # the dense matrix keeps room for every row of the counts
+            self._counts = grow(self._counts, row + 1)
+            self._inv_norm = grow(self._inv_norm, row + 1)
+            if self._dense is not None:
+                self._grow_dense(row + 1)  # may move to sparse rows
+        if self._dense is None:
+            self._neighbours.extend(_Neighbours() for _ in range(n - len(self._neighbours)))
+        if not np.array_equal(self._trending._add_items(ids), rows):
+            raise AssertionError("cooc and its trending gave an item different rows")
+        return rows
+
+    def _add_pairs(self, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> None:
+        """Add co-occurrence ``w`` to the distinct unordered pairs ``(a, b)``, both halves."""
+        if not len(w):
+            return
+        if self._dense is not None:
+            vals = w.astype(np.float32)
+            self._dense[a, b] += vals
+            self._dense[b, a] += vals
+            return
+        neighbours = self._neighbours
+        for x, y, v in zip(a.tolist(), b.tolist(), w.tolist()):
+            neighbours[x].add(y, v)
+            neighbours[y].add(x, v)
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
-        self._upgrade_recent()
+        self._upgrade()
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._upgrade_recent()
+        self._upgrade()
 
-    def _upgrade_recent(self) -> None:
+    def _upgrade(self) -> None:
+        """Bring a model saved by an older version up to date."""
+        for key in ("_counts_reported", "_pair_log", "_pairs_carried"):  # saved before sharing
+            self.__dict__.setdefault(key, None)
         if isinstance(self._recent, dict):  # saved before _RecentItems: user -> deque of (row, weight)
             table = _RecentItems(self.window)
             for user_id, history in self._recent.items():

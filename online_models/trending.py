@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping, Sequence
 from itertools import islice
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +15,17 @@ from online_models.base import Interaction, Ranking, Recommender
 _RESCALE_AT = 50.0  # rescale once the growth factor passes e**50, long before float64 overflows
 _MIN_CACHE = 256  # rows kept in the cached popularity order
 _DENSE_BELOW = 4096  # catalogues this small are ranked whole
+
+
+def id_array(index: IdIndex, rows: np.ndarray) -> np.ndarray:
+    """The ids at ``rows`` of ``index`` as a numpy ``str`` array (what a delta carries).
+
+    >>> index = IdIndex(); _ = index.add("a"), index.add("bc")
+    >>> id_array(index, np.array([1, 0])).tolist(), id_array(index, np.array([], dtype=int)).size
+    (['bc', 'a'], 0)
+    """
+    ids = index.ids
+    return np.array([ids[row] for row in rows.tolist()], dtype=str)
 
 
 class Trending(Recommender):
@@ -55,6 +67,10 @@ class Trending(Recommender):
         self._in_cache = np.zeros(0, dtype=bool)
         self._cache = np.zeros(0, dtype=np.int64)  # rows of the top scores when last built
         self._dirty: set[int] = set()  # rows whose score rose since the cache was built
+        # scores as last reported by item_delta, plus what peers added since: the difference
+        # is this model's own learning. None until sharing starts (all scores are own then),
+        # so that learn_one pays nothing for it
+        self._reported: np.ndarray | None = None
 
     def _growth(self, ts: float) -> float:
         if self.half_life_s is None:
@@ -66,6 +82,8 @@ class Trending(Recommender):
             scale = math.exp(-exponent)
             self._scores *= scale
             self._max *= scale
+            if getattr(self, "_reported", None) is not None:  # checkpoints before sharing lack it
+                self._reported *= scale  # the same product: rows without own gains stay equal
             self._t0, exponent = ts, 0.0
             self._cache = self._cache[:0]  # rounding may have made new ties: rebuild the top list
         return math.exp(exponent)
@@ -130,11 +148,97 @@ class Trending(Recommender):
         if not len(rows):
             return
         self._scores[rows] = 0.0
+        reported = getattr(self, "_reported", None)
+        if reported is not None:  # a freed row holds no gain: a reused one starts from nothing
+            reported[rows[rows < len(reported)]] = 0.0
         self._max = float(self._scores.max(initial=0.0))
         self._cache = self._cache[:0]  # the cached top lost rows: rebuild it
 
     def state_sizes(self) -> dict[str, int]:
         return {"users": 0, "items": self._items.live()}
+
+    # -- scale-out ---------------------------------------------------------------------
+    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
+        """Nothing: trending keeps no per-user state."""
+        return {}
+
+    def import_users(self, state: Mapping[str, Any]) -> None:
+        """Nothing to adopt: trending keeps no per-user state."""
+
+    def item_delta(self) -> dict[str, Any]:
+        """The score each item gained from this model's own events since the last call.
+
+        Returns
+        -------
+        dict
+            ``items`` (str array), ``scores`` (float64 array, the gains, relative to the
+            time origin) and ``t0`` (float, the time origin ``_t0``; 0.0 without decay or
+            before any event). A receiver multiplies the gains by ``2 ** ((t0 - its t0) /
+            half_life_s)``, computed as one exponent, so real epoch times never overflow.
+        """
+        rows, gains = self._take_gains()
+        return {"items": id_array(self._items, rows), "scores": gains, "t0": self._origin()}
+
+    def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
+        """Add a peer's ``item_delta`` (rescaled to this model's time origin)."""
+        ids = delta.get("items")
+        if ids is None or not len(ids):
+            return
+        rows = self._add_items(np.asarray(ids).tolist())
+        self._add_gains(rows, np.asarray(delta["scores"], dtype=np.float64), float(delta["t0"]))
+
+    def _origin(self) -> float:
+        """The time origin the raw scores are relative to (0.0 without one)."""
+        return float(self._t0) if self._t0 is not None and self.half_life_s is not None else 0.0
+
+    def _take_gains(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows whose score changed by this model's own learning since the last call, and
+        by how much; starts a new tally. One pass over the rows, once per delta."""
+        n = len(self._items)
+        reported = self._reported_scores()
+        scores = self._scores[:n]
+        rows = np.flatnonzero(scores != reported[:n])
+        gains = scores[rows] - reported[rows]
+        reported[rows] = scores[rows]
+        return rows, gains
+
+    def _reported_scores(self) -> np.ndarray:
+        """``_reported``, started (zeros: everything learned so far is own) and grown to the rows."""
+        reported = getattr(self, "_reported", None)
+        if reported is None:
+            reported = np.zeros(len(self._scores), dtype=np.float64)
+        self._reported = reported = grow(reported, len(self._scores))
+        return reported
+
+    def _add_items(self, ids: Sequence[str]) -> np.ndarray:
+        """Rows of ``ids``, the unknown ones created with no score (as ``learn_one`` adds
+        them, so that a model sharing these rows, like ``Cooc``, can add them in step)."""
+        rows = np.fromiter(map(self._items.add, ids), dtype=np.int64, count=len(ids))
+        if len(self._items) > len(self._scores):
+            self._scores = grow(self._scores, len(self._items))
+        return rows
+
+    def _add_gains(self, rows: np.ndarray, gains: np.ndarray, t0: float) -> None:
+        """Add a peer's gains (relative to its time origin ``t0``) to distinct ``rows``;
+        they are not this model's own: they never return in its ``item_delta``."""
+        changed = gains != 0
+        rows, gains = rows[changed], gains[changed]
+        if not len(rows):
+            return
+        if self.half_life_s is not None:
+            self._growth(t0)  # adopts t0 when there is none; rescales first when t0 is far ahead
+            # ratio of the origins' growth factors: one exponent, so epoch times never
+            # overflow; a peer origin this far behind underflows only for scores ~e**-700 smaller
+            gains = gains * math.exp((t0 - self._t0) / self.half_life_s * math.log(2))
+        reported = self._reported_scores()
+        self._scores[rows] += gains
+        reported[rows] += gains  # the same sums: a row without own gains stays equal
+        if (gains >= 0).all():  # only gains: the cached top list still bounds the rest
+            self._max = max(self._max, float(self._scores[rows].max()))
+            self._dirty.update(rows.tolist())
+        else:  # a peer's loss (negative event weights): rebuild the maximum and the top list
+            self._max = float(self._scores[: len(self._items)].max(initial=0.0))
+            self._cache = self._cache[:0]
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         return self.top(k, exclude)

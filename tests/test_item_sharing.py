@@ -170,3 +170,78 @@ def test_embeddings_users_travel_as_npz() -> None:
     new.import_users(travel(old.export_users(["a1", "b2"])))
     for user in ("a1", "b2"):
         assert_same_ranking(scores(new, user), scores(old, user), 1e-4)
+
+
+# -- trending and cooc: origins far apart, the sparse path, freed rows, users on the wire --
+def events_at(pairs: list[tuple[str, str]], ts: list[float]) -> list[Event]:
+    """Events of ``(user, item)`` pairs at times ``ts``, views and clicks in turn."""
+    types = ("view", "click")
+    return [Event(user_id=u, item_id=i, type=types[n % 2], ts=t) for n, ((u, i), t) in enumerate(zip(pairs, ts))]
+
+
+def split_like_one(make, events: list[Event], users: list[str], batch: int) -> None:
+    """Two replicas (deltas through npz) rank each user like one model that learned everything."""
+    replicas = [make(), make()]
+    for start in range(0, len(events), batch):
+        chunk = events[start : start + batch]
+        for n, replica in enumerate(replicas):
+            replica.learn_many([e for e in chunk if half(e.user_id) == n])
+        deltas = [travel(r.item_delta()) for r in replicas]
+        replicas[0].merge_item_delta(deltas[1])
+        replicas[1].merge_item_delta(deltas[0])
+    whole = make()
+    whole.learn_many(events)
+    for user in users + ["never-seen"]:
+        assert_same_ranking(scores(replicas[half(user)], user), scores(whole, user), 1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_replicas_with_epoch_times_far_apart_rank_like_one_model(name: str) -> None:
+    """Real epoch times, and one replica's users active only 250 days after the other's:
+    the time origins differ by more than the 72 half-lives after which trending rescales."""
+    rng = np.random.default_rng(4)
+    users = [f"u{n}" for n in range(40)]
+    early, late = [u for u in users if half(u) == 0], [u for u in users if half(u) == 1]
+    pairs = [(str(rng.choice(early)), f"i{rng.integers(60)}") for _ in range(600)]
+    pairs += [(str(rng.choice(late)), f"i{rng.integers(60)}") for _ in range(600)]
+    ts = np.concatenate([1.7e9 + np.sort(rng.uniform(0, 100, 600)) * 86400,
+                         1.7e9 + np.sort(rng.uniform(250, 300, 600)) * 86400]).tolist()
+    split_like_one(lambda: fresh(name), events_at(pairs, ts), users, batch=150)
+
+
+def test_sparse_cooc_replicas_rank_like_one_model() -> None:
+    """Past 4,096 items (the replicas move to sparse rows while merging)."""
+    rng = np.random.default_rng(5)
+    users = [f"u{n}" for n in range(300)]
+    pairs = [(str(rng.choice(users)), f"i{rng.integers(6000)}") for _ in range(9000)]
+    ts = (1.7e9 + np.arange(9000.0)).tolist()
+    split_like_one(lambda: make_model("cooc", max_neighbours=None), events_at(pairs, ts), users[:40], batch=3000)
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_a_freed_row_reused_reports_only_its_new_item(name: str) -> None:
+    model = fresh(name)
+    model.learn_many(STREAM[:60])
+    model.item_delta()
+    model.learn_many(STREAM[60:80])
+    gone = sorted({e.item_id for e in STREAM[60:80]})[:3]
+    model.forget_items(gone)
+    model.learn_one(Event(user_id="a1", item_id="new", type="view", ts=STREAM[80].ts))
+    delta = model.item_delta()
+    assert "new" in delta["items"].tolist() and not set(gone) & set(delta["items"].tolist())
+    peer = fresh(name)
+    peer.merge_item_delta(delta)
+    assert scores(peer, "never-seen")["new"] > 0
+
+
+def test_cooc_users_travel_as_npz_and_replace_what_was_there() -> None:
+    old, early, new = fresh("cooc"), fresh("cooc"), fresh("cooc")
+    old.learn_many(STREAM)
+    early.learn_many(STREAM[:50])
+    new.merge_item_delta(travel(old.item_delta()))
+    users = sorted({e.user_id for e in STREAM})
+    new.import_users(travel(early.export_users(users)))  # older, shorter histories: replaced
+    new.import_users(travel(old.export_users(users + ["unknown"])))
+    assert new.state_sizes() == old.state_sizes()
+    for user in users:
+        assert_same_ranking(scores(new, user), scores(old, user), 1e-9)
