@@ -3,13 +3,17 @@
 A checkpoint is one file, written atomically (temporary file, fsync, rename, fsync of the
 folder), named by a growing sequence number and guarded by a SHA-256 checksum. Loading
 takes the newest file whose checksum holds, so a checkpoint cut short by a crash is
-skipped in favour of the one before it.
+skipped in favour of the one before it. A small summary travels ahead of the state, so a
+peer can see what a checkpoint holds (which partitions, up to which offsets) without
+reading all of it.
 
 >>> import tempfile
 >>> store = CheckpointStore(tempfile.mkdtemp())
->>> store.save({"offsets": {0: 42}})
+>>> store.save({"offsets": {0: 42}}, summary={"partitions": {0: 42}})
 >>> store.load()
 {'offsets': {0: 42}}
+>>> store.summary()
+{'partitions': {0: 42}}
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any
 
 log = logging.getLogger("streamrec.checkpoint")
 
-MAGIC = b"SRCK1\n"
+MAGIC = b"SRCK2\n"  # then: SHA-256 of the rest, summary length (8 bytes), summary, state
+_HEADER = len(MAGIC) + 32 + 8
 _NAME = re.compile(r"^checkpoint-(\d{12})\.bin$")
 
 
@@ -49,15 +54,16 @@ class CheckpointStore:
         found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := _NAME.match(p.name))]
         return sorted(found, reverse=True)
 
-    def save(self, state: dict[str, Any]) -> None:
+    def save(self, state: dict[str, Any], summary: dict[str, Any] | None = None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         files = self._files()
         seq = files[0][0] + 1 if files else 1
-        payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        head = pickle.dumps(summary or {}, protocol=pickle.HIGHEST_PROTOCOL)
+        body = len(head).to_bytes(8, "big") + head + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
         final = self.directory / f"checkpoint-{seq:012d}.bin"
         tmp = final.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(payload).digest() + payload)
+            f.write(MAGIC + hashlib.sha256(body).digest() + body)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -73,13 +79,24 @@ class CheckpointStore:
         """The newest valid checkpoint, or None when there is none."""
         for _, path in self._files():
             data = path.read_bytes()
-            header = len(MAGIC) + 32
-            if len(data) < header or not data.startswith(MAGIC):
-                log.warning("skipping %s: not a checkpoint", path)
+            if len(data) < _HEADER or not data.startswith(MAGIC):
+                log.warning("skipping %s: not a checkpoint of this version", path)
                 continue
-            payload = data[header:]
-            if hashlib.sha256(payload).digest() != data[len(MAGIC) : header]:
+            body = memoryview(data)[_HEADER - 8 :]
+            if hashlib.sha256(body).digest() != data[len(MAGIC) : _HEADER - 8]:
                 log.warning("skipping %s: checksum mismatch (partial or corrupt)", path)
                 continue
-            return pickle.loads(payload)
+            head = int.from_bytes(data[_HEADER - 8 : _HEADER], "big")
+            return pickle.loads(body[8 + head :])
+        return None
+
+    def summary(self) -> dict[str, Any] | None:
+        """The summary saved with the newest checkpoint, read without the state (files are
+        renamed into place only once complete; ``load`` still checks the whole)."""
+        for _, path in self._files():
+            with open(path, "rb") as f:
+                header = f.read(_HEADER)
+                if len(header) < _HEADER or not header.startswith(MAGIC):
+                    continue
+                return pickle.loads(f.read(int.from_bytes(header[-8:], "big")))
         return None
