@@ -47,9 +47,10 @@ class PipelineCollector:
         workers_gauge.add_metric([], len(workers))
         yield workers_gauge
         for key, help_text in (("online_evaluated", "Served events judged against the user's last list"),
-                               ("online_hits", "... whose item was in that list (online HR = hits / evaluated)")):
+                               ("online_hits", "... whose item was in that list (online HR = hits / evaluated)"),
+                               ("deltas_merged", "Item deltas merged from the other workers")):
             family = CounterMetricFamily(f"streamrec_{key}", help_text)
-            family.add_metric([], sum(w[key] for w in workers))
+            family.add_metric([], sum(w.get(key, 0) for w in workers))  # .get: workers of an older version
             yield family
         attributed = CounterMetricFamily("streamrec_feedback_attributed", "Events credited to the impression they came from")
         attributed.add_metric([], sum(w["attributed"] for w in workers))
@@ -70,8 +71,9 @@ class PipelineCollector:
             share.add_metric([arm], n / all_pulls if all_pulls else 0.0)
         yield from (pulls, rewards, share)
         for key, help_text in (("batch_seconds", "Time to apply one micro-batch, up to its Redis write"),
-                               ("freshness_seconds", "From an event's produce time to its user's list being written")):
-            yield _histogram(f"streamrec_{key}", help_text, [w[key] for w in workers])
+                               ("freshness_seconds", "From an event's produce time to its user's list being written"),
+                               ("item_staleness_seconds", "From a peer's first learning in an item delta to its merge here")):
+            yield _histogram(f"streamrec_{key}", help_text, [w[key] for w in workers if key in w])
 
 
 class ImpressionCollector:

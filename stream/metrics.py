@@ -63,9 +63,12 @@ class WorkerMetrics:
     online_evaluated: int = 0  # served events whose user had a list, judged before learning
     online_hits: int = 0  # ... whose item was in that list's top online_eval_k
     bandit_arms: dict[str, dict] = field(default_factory=dict)  # arm -> pulls, rewards, share
+    deltas_merged: int = 0  # peers' item deltas added to this worker's item state
+    item_staleness_seconds: Histogram = field(default_factory=Histogram)  # peer learned it -> merged here
 
     def as_dict(self) -> dict:
         return {"batch_seconds": self.batch_seconds.as_dict(),
                 "freshness_seconds": self.freshness_seconds.as_dict(), "consumer_lag": self.consumer_lag,
                 "attributed": self.attributed, "online_evaluated": self.online_evaluated,
-                "online_hits": self.online_hits, "bandit_arms": self.bandit_arms}
+                "online_hits": self.online_hits, "bandit_arms": self.bandit_arms,
+                "deltas_merged": self.deltas_merged, "item_staleness_seconds": self.item_staleness_seconds.as_dict()}

@@ -9,12 +9,14 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create each topic (name -> partitions) unless it exists already."""
+def ensure_topics(bootstrap: str, topics: dict[str, int], configs: dict[str, dict[str, str]] | None = None) -> None:
+    """Create each topic (name -> partitions, with its ``configs``) unless it exists already."""
+    configs = configs or {}
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
+        missing = [NewTopic(name, n, 1, topic_configs=configs.get(name, {}))
+                   for name, n in topics.items() if name not in existing]
         if missing:
             try:
                 admin.create_topics(missing)

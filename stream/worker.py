@@ -17,24 +17,25 @@ Exactly-once effect on model state: every ``checkpoint_every_events`` events or
 partition it applied (``stream.checkpoint``). On start it loads the newest valid
 checkpoint and seeks each partition to its checkpointed offset: events after the
 checkpoint are applied once more, to the state they were missing from, and events before
-it never again. Counters travel inside that
-state and are written to Redis as absolute values, so they reconcile after any crash:
-consumed = applied + dead-lettered + deduplicated.
+it never again. Counters travel inside that state and are written to Redis as absolute
+values, so they reconcile after any crash: consumed = applied + dead-lettered + deduplicated.
 
-Several workers (scale-out, ``docs/scaling.md``): each worker learns from *every*
-partition (a consumer assigned all of them), so every worker holds a whole replica of the
-model, kept coherent by construction: the same log, applied exactly once per replica.
-*Serving* is partitioned by a consumer group (a second consumer, whose partitions stay
-paused): a worker writes lists, counters and dead letters, and commits offsets, only for
-the partitions the group gives it. When a worker dies its partitions move to another
-worker, which already knows those users; it re-reads from the dead owner's committed
-offset without learning again (``serve_only_until``), so the lists the dead worker never
-wrote are written, and no event is learned twice.
+Several workers (scale-out, ``docs/scaling.md``) share one consumer group. User state is
+partitioned like the topic (events are keyed by user): a worker learns and serves only
+the partitions the group gives it. On a rebalance it checkpoints before letting
+partitions go; a worker given a partition takes its users from the newest checkpoint that
+holds it (``export_users`` / ``import_users``) and resumes at that checkpoint's offset.
+Item state is shared: each checkpoint publishes what this worker's own learning changed
+in it (``item_delta``) to ``<topic>.item-deltas``, and every worker adds the others'
+deltas (``merge_item_delta``). A delta is numbered per worker and kept in the checkpoint
+that it goes with, so whoever restores that checkpoint publishes it again, and a delta is
+merged once however often it is published: the item effect of every event is counted once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import os
 import socket
@@ -43,6 +44,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -58,11 +60,15 @@ from stream.checkpoint import CheckpointStore
 from stream.metrics import WorkerMetrics
 from stream.producer import make_producer
 from stream.schema import ITEM_TYPE, Event, parse_event
+from stream.sharing import DeltaLog, decode, encode, is_empty
+from stream.sharing import headers as sharing_headers
 from stream.topics import ensure_topics
 from streamrec.errors import InvalidEvent, StreamrecError
 from streamrec.settings import Settings
 
 log = logging.getLogger("streamrec.worker")
+
+MAX_DELTA_BYTES = 64 * 1024 * 1024  # one checkpoint's item delta: the topic, producer and reader allow it
 
 
 @dataclass
@@ -85,12 +91,14 @@ class Counts:
 
 @dataclass
 class PartitionState:
-    """What the worker knows of one partition: where to resume, its counts, recent ids."""
+    """What the worker knows of one partition: where to resume, its counts, recent ids, and
+    its users (whose state moves with the partition)."""
 
     next_offset: int = 0
     counts: Counts = field(default_factory=Counts)
     recent_ids: deque = field(default_factory=deque)
     recent_set: set = field(default_factory=set)
+    users: set = field(default_factory=set)
 
     def is_duplicate(self, event_id: str, window: int) -> bool:
         """True when ``event_id`` came within the last ``window`` ids; remembers it otherwise."""
@@ -134,26 +142,37 @@ def _idle(last_active: dict[str, float], expiry_s: float | None, newest: float |
     return [key for key, ts in last_active.items() if ts < horizon]
 
 
-def _newest_first(store: CheckpointStore) -> float:
-    files = list(store.directory.glob("checkpoint-*.bin"))
-    return -max((f.stat().st_mtime for f in files), default=0.0)
+def _claim(directory: Path, name: str) -> tuple[Path, int]:
+    """This process's checkpoint folder under ``directory``, locked for its lifetime: ``name``
+    if no live process holds it, else ``name-<pid>`` (two workers on one host, no instance id)."""
+    for candidate in (name, f"{name}-{os.getpid()}"):
+        path = directory / candidate
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / ".lock", os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return path, fd
+        except BlockingIOError:
+            os.close(fd)
+    raise StreamrecError(f"cannot lock a checkpoint folder under {directory}")
 
 
 class _Ownership(ConsumerRebalanceListener):
-    """The consumer group decides which partitions this worker serves.
+    """The consumer group decides which partitions this worker learns and serves.
 
-    The callbacks run inside the client's network loop, where no blocking call may be made:
-    they only note the change, and the worker acts on it after the poll returns.
+    The client calls these from inside ``poll()``, in the worker's own thread, before
+    leaving and after joining the group: the worker checkpoints before partitions go, and
+    takes over the users of the partitions it gets before their records are fetched.
     """
 
     def __init__(self, worker: Worker):
         self.worker = worker
 
     def on_partitions_revoked(self, revoked):
-        self.worker.owned -= {tp.partition for tp in revoked}
+        self.worker.release([tp.partition for tp in revoked])
 
     def on_partitions_assigned(self, assigned):
-        self.worker.newly_assigned.extend(assigned)
+        self.worker.take_over([tp.partition for tp in assigned])
 
 
 class Worker:
@@ -161,7 +180,7 @@ class Worker:
 
     The collaborators can be passed in (tests, benchmarks); by default they are built
     from ``settings``. A passed-in consumer must already be assigned its partitions; the
-    worker then serves all of them (no consumer group).
+    worker then learns and serves all of them (no consumer group, no peers).
     """
 
     def __init__(
@@ -185,118 +204,147 @@ class Worker:
         self.control_offsets: dict[str, dict[int, int]] = {}  # side topic -> partition -> next offset
         self.impressions: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
         self._last_lists: dict[str, set[str]] = {}  # for online evaluation; not checkpointed
-        self.owned: set[int] = set()
-        self.newly_assigned: list[TopicPartition] = []
-        self.serve_only_until: dict[int, int] = {}
         self.worker_id = settings.worker_instance_id or f"{socket.gethostname()}-{os.getpid()}"
-        group_dir = settings.state_dir / "checkpoints" / settings.group_id / settings.topic
-        self.checkpoints = checkpoints or CheckpointStore(group_dir / (settings.worker_instance_id or "worker"))
+        self.group_dir = settings.state_dir / "checkpoints" / settings.group_id / settings.topic
+        self._lock_fd = None
+        if checkpoints is None:
+            folder, self._lock_fd = _claim(self.group_dir / "workers", settings.worker_instance_id or socket.gethostname())
+            checkpoints = CheckpointStore(folder)
+        self.checkpoints = checkpoints
+        self.deltas = DeltaLog(self.worker_id)
+        self.shares_items = self._shares_items()
+        self._delta_items: dict[str, float] = {}  # items this worker's events touched since its last delta
+        self._delta_metadata: dict[str, dict] = {}  # item metadata it learned since then
+        self._first_learned_at: float | None = None  # wall time of the first event in the next delta
+        self.metrics = WorkerMetrics()
         self._restore()
         self.store = store or RecommendationStore(
             make_client(settings.redis_url, retries=-1), settings.redis_prefix, settings.user_list_ttl_s
         )
-        self.dlq = dlq_producer or make_producer(settings.kafka_bootstrap)
-        self.membership: KafkaConsumer | None = None
+        self.dlq = dlq_producer or make_producer(settings.kafka_bootstrap, max_request_size=MAX_DELTA_BYTES)
+        self.side: KafkaConsumer | None = None  # control, impressions and item deltas: every partition
+        self.in_group = consumer is None
         if consumer is None:
-            consumer, self.membership = self._connect()
+            consumer, self.side = self._connect()
         self.consumer = consumer
+        self._publish_pending(self.deltas.pending)
         self._popular_written_at = 0.0
         self._similar_written_at = 0.0
         self._items_touched: set[str] = set()
         self._has_similarity = True  # until the model says it has none
         self._dlq_unflushed = False
-        self.metrics = WorkerMetrics()
         self._events_since_checkpoint = 0
         self._checkpointed_at = time.monotonic()
 
+    def _shares_items(self) -> bool:
+        """Whether the model can share item state (``item_delta``); without it, each of
+        several workers learns items only from its own partitions' events."""
+        try:
+            for model in {id(m): m for m in (self.model, self.popularity)}.values():
+                model.clone().item_delta()
+        except NotImplementedError:
+            log.warning("model %s does not share item state: with several workers, each learns items only "
+                        "from the events of its own partitions", self.model.name)
+            return False
+        return True
+
     def _connect(self) -> tuple[KafkaConsumer, KafkaConsumer]:
-        """The learner (every partition of the event, control and impression topics) and the
-        group member (which partitions of the event topic this worker serves)."""
+        """The group member (the partitions of the event topic this worker owns) and the side
+        reader (every partition of the control, impression and item-delta topics)."""
         settings = self.settings
-        side_topics = (settings.control_topic, settings.impressions_topic)
+        side_topics = (settings.control_topic, settings.impressions_topic, settings.item_deltas_topic)
         ensure_topics(settings.kafka_bootstrap,
-                      {name: settings.topic_partitions for name in (settings.topic, settings.dlq_topic, *side_topics)})
-        learner = KafkaConsumer(
+                      {name: settings.topic_partitions for name in (settings.topic, settings.dlq_topic, *side_topics)},
+                      configs={settings.item_deltas_topic: {"max.message.bytes": str(MAX_DELTA_BYTES)}})
+        side = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=2 * MAX_DELTA_BYTES,
+            max_partition_fetch_bytes=MAX_DELTA_BYTES,
+        )
+        partitions = []
+        for topic in side_topics:
+            partitions += [TopicPartition(topic, p) for p in sorted(wait_for_partitions(side, topic))]
+        side.assign(partitions)
+        for tp in partitions:
+            offset = self.control_offsets.get(tp.topic, {}).get(tp.partition)
+            if offset is not None:
+                side.seek(tp, offset)
+        member = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.max_poll_records,
             fetch_max_bytes=32 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
-        partitions = []
-        for topic in (settings.topic, *side_topics):
-            found = wait_for_partitions(learner, topic)
-            partitions += [TopicPartition(topic, p) for p in sorted(found)]
-        learner.assign(partitions)
-        for tp in partitions:
-            offset = self._learned_offset(tp)
-            if offset is not None:
-                learner.seek(tp, offset)
-        membership = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=settings.group_id,
-            enable_auto_commit=False,
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=max(settings.session_timeout_ms // 5, 500),
             group_instance_id=settings.worker_instance_id,
             max_poll_interval_ms=max(settings.session_timeout_ms * 3, 30_000),  # a stuck loop loses its partitions
         )
-        membership.subscribe([settings.topic], listener=_Ownership(self))
-        return learner, membership
+        member.subscribe([settings.topic], listener=_Ownership(self))
+        return member, side
 
-    def _learned_offset(self, tp: TopicPartition) -> int | None:
-        if tp.topic == self.settings.topic:
-            state = self.partitions.get(tp.partition)
-            return state.next_offset if state else None
-        return self.control_offsets.get(tp.topic, {}).get(tp.partition)
+    # -- ownership ---------------------------------------------------------------------
+    def release(self, partitions: list[int]) -> None:
+        """Before the group moves partitions: checkpoint, so their next owner resumes here.
 
-    def owns(self, partition: int) -> bool:
-        """Whether this worker serves the partition (all of them without a consumer group)."""
-        return self.membership is None or partition in self.owned
+        The users stay until the new assignment is known (it often gives them back)."""
+        if partitions and self.partitions:
+            self.checkpoint()
 
-    def poll_membership(self, timeout_ms: int | None = None) -> None:
-        """Heartbeat the group; take over the partitions it has just assigned.
+    def take_over(self, assigned: list[int]) -> None:
+        """Own exactly ``assigned``: drop the other partitions' users, and for each assigned
+        partition keep what this worker has, unless a peer's checkpoint holds it further on:
+        then adopt the users from that checkpoint, and publish its pending delta again."""
+        for p in [p for p in self.partitions if p not in assigned]:
+            self._drop_partition(p)
+        peers: dict[Path, dict | None] = {}
+        for p in sorted(assigned):
+            mine = self.partitions[p].next_offset if p in self.partitions else -1
+            best, source = mine, None
+            for folder in self.group_dir.glob("workers/*"):
+                if folder == self.checkpoints.directory:
+                    continue
+                offset = ((CheckpointStore(folder).summary() or {}).get("partitions") or {}).get(p, -1)
+                if offset > best:
+                    best, source = offset, folder
+            if source is not None:
+                if source not in peers:
+                    peers[source] = CheckpointStore(source).load()
+                self._adopt_partition(p, peers[source])
+            state = self.partitions.setdefault(p, PartitionState())
+            self.consumer.seek(TopicPartition(self.settings.topic, p), state.next_offset)
+        for state in peers.values():
+            if state is not None:
+                self._publish_pending(state["deltas"].pending)
+        log.info("serving partitions %s", sorted(assigned))
 
-        A rebalance revokes every partition first (the eager protocol), and a join needs a
-        poll that waits: while this worker serves nothing, the poll waits up to 100 ms.
-        """
-        if timeout_ms is None:
-            timeout_ms = 0 if self.owned else 100
-        self.membership.poll(timeout_ms=timeout_ms)  # records never come: every partition is paused
-        if self.newly_assigned:
-            assigned, self.newly_assigned = self.newly_assigned, []
-            self.membership.pause(*assigned)
-            self.take_ownership(tp.partition for tp in assigned)
+    def _adopt_partition(self, p: int, peer: dict | None) -> None:
+        """Take partition ``p``'s users and position from a peer's checkpoint."""
+        if p in self.partitions:
+            self._drop_partition(p)
+        if peer is None:
+            return
+        self._check_model(peer["model"], "a peer's checkpoint")
+        state = peer["partitions"][p]
+        self.model.import_users(peer["model"].export_users(state.users))
+        if self.popularity is not self.model:
+            self.popularity.import_users(peer["popularity"].export_users(state.users))
+        for user_id in state.users:
+            if user_id in peer["seen"]:
+                self.seen[user_id] = peer["seen"][user_id]
+            if user_id in peer["last_active"]:
+                self.last_active[user_id] = peer["last_active"][user_id]
+        self.partitions[p] = state
+        log.info("partition %d: took %d users over at offset %d", p, len(state.users), state.next_offset)
 
-    def take_ownership(self, partitions: Iterable[int]) -> None:
-        """Serve newly assigned partitions from where their last owner committed.
-
-        What lies between that commit and what this replica has learned is re-read to be
-        served (lists, dead letters, counters) but not learned again.
-        """
-        caught_up = []
-        for p in partitions:
-            tp = TopicPartition(self.settings.topic, p)
-            committed = self.membership.committed(tp) or 0
-            learned = self._learned_offset(tp) or 0
-            if committed < learned:
-                log.info("partition %d: serving again from %d (learned up to %d)", p, committed, learned)
-                self.consumer.seek(tp, committed)
-                self.serve_only_until[p] = learned
-            else:
-                caught_up.append(p)
-            self.owned.add(p)
-        log.info("serving partitions %s", sorted(self.owned))
-        # counts of a partition reach Redis once all it counts has been served
-        self.store.write_batch({}, self.model.name, time.time(), counters=self._counters(caught_up))
-
-    def wait_for_ownership(self, timeout_s: float) -> None:
-        """Join the group before learning, so the first events are served as they are learned."""
-        deadline = time.monotonic() + timeout_s
-        while self.membership is not None and not self.owned and time.monotonic() < deadline:
-            self.poll_membership(timeout_ms=100)
+    def _drop_partition(self, p: int) -> None:
+        for user_id in self.partitions.pop(p).users:
+            self.forget_user(user_id)
 
     # -- state and checkpoints ---------------------------------------------------------
     @property
@@ -318,38 +366,104 @@ class Worker:
             "partitions": self.partitions,
             "control_offsets": self.control_offsets,
             "impressions": self.impressions,
+            "deltas": self.deltas,
         }
 
-    def _restore(self) -> None:
-        """This worker's newest checkpoint; a new worker starts from a peer's (state transfer)."""
-        state = self.checkpoints.load()
-        if state is None:
-            peers = [CheckpointStore(d) for d in self.checkpoints.directory.parent.glob("*") if d.is_dir()]
-            state = next((s for s in (p.load() for p in sorted(peers, key=_newest_first)) if s), None)
-        if state is None:
-            return
-        saved = state["model"]
+    def _check_model(self, saved: Recommender, where: str) -> None:
         if type(saved) is not type(self.model) or saved._get_params() != self.model._get_params():
             raise StreamrecError(
-                f"the checkpoint in {self.checkpoints.directory} holds {saved!r}, not {self.model!r}: "
-                "serve the same model, or move the checkpoint away to start afresh"
+                f"{where} in {self.group_dir} holds {saved!r}, not {self.model!r}: "
+                "serve the same model, or move the checkpoints away to start afresh"
             )
-        self.model = saved
-        self.popularity = saved if state["popularity"] is None else state["popularity"]
+
+    def _restore(self) -> None:
+        """This worker's newest checkpoint; a new worker starts from the newest of a peer's
+        (state transfer: the item state, and users it drops unless given their partitions)."""
+        state = self.checkpoints.load()
+        if state is None:
+            peers = sorted(self.group_dir.glob("workers/*/checkpoint-*.bin"), key=lambda f: f.stat().st_mtime)
+            state = next((s for s in (CheckpointStore(f.parent).load() for f in reversed(peers)) if s), None)
+        if state is None:
+            return
+        self._check_model(state["model"], "the checkpoint")
+        self.model = state["model"]
+        self.popularity = self.model if state["popularity"] is None else state["popularity"]
         self.seen = state["seen"]
         self.last_active = state["last_active"]
-        self.item_last_active = state.get("item_last_active", {})  # absent from older checkpoints
+        self.item_last_active = state["item_last_active"]
         self.partitions = state["partitions"]
         self.control_offsets = state["control_offsets"]
         self.impressions = state["impressions"]
+        self.deltas = state["deltas"]
+        self.deltas.adopt(self.worker_id)
         log.info("restored checkpoint: offsets %s", {p: s.next_offset for p, s in self.partitions.items()})
 
     def checkpoint(self) -> None:
-        """Save the state and the offsets it reflects (atomically; see ``stream.checkpoint``)."""
+        """Save the state and the offsets it reflects (atomically; see ``stream.checkpoint``),
+        then publish the item delta that goes with it."""
         self.expire_idle()
-        self.checkpoints.save(self._state())
+        pending = self._make_delta()
+        self.checkpoints.save(self._state(), summary={
+            "worker": self.worker_id, "partitions": {p: s.next_offset for p, s in self.partitions.items()}})
+        self._publish_pending(pending)
         self._events_since_checkpoint = 0
         self._checkpointed_at = time.monotonic()
+
+    # -- item deltas -------------------------------------------------------------------
+    def _make_delta(self) -> tuple[str, int, bytes] | None:
+        """Number and encode what this worker's own learning changed in item state."""
+        if not self.shares_items:
+            return None
+        parts = {"model": self.model.item_delta()}  # drained even without peers, so tallies stay small
+        if self.popularity is not self.model:
+            parts["popularity"] = self.popularity.item_delta()
+        if not self.in_group or (all(is_empty(part) for part in parts.values()) and not self._delta_metadata):
+            return None
+        items, metadata = self._delta_items, self._delta_metadata
+        parts["worker"] = {
+            "item_ids": np.array(list(items), dtype=str), "item_ts": np.fromiter(items.values(), float, len(items)),
+            "metadata_ids": np.array(list(metadata), dtype=str),
+            "metadata_json": np.array([orjson.dumps(m).decode() for m in metadata.values()], dtype=str),
+            "first_learned_at": self._first_learned_at or time.time(),
+        }
+        self._delta_items, self._delta_metadata, self._first_learned_at = {}, {}, None
+        return self.deltas.make(encode(parts))
+
+    def _publish_pending(self, pending: tuple[str, int, bytes] | None) -> None:
+        """Publish a delta (again: merging is idempotent); durable before this returns."""
+        if pending is None or not self.in_group:
+            return
+        source, seq, payload = pending
+        self.dlq.send(self.settings.item_deltas_topic, key=source.encode(), value=payload,
+                      headers=sharing_headers(source, seq))
+        self.dlq.flush()
+
+    def _merge_deltas(self, records: list[ConsumerRecord]) -> None:
+        """Add the peers' item deltas not merged yet; a malformed one goes to the DLQ."""
+        for record in records:
+            self.control_offsets.setdefault(record.topic, {})[record.partition] = record.offset + 1
+            try:
+                head = {key: value.decode() for key, value in record.headers}
+                source, seq = head["source"], int(head["seq"])
+                if not self.deltas.take(source, seq):
+                    continue
+                parts = decode(record.value)
+            except (KeyError, ValueError, OSError, UnicodeDecodeError) as exc:
+                self._dead_letter(Reject(record, f"bad item delta: {exc}"))
+                continue
+            self.model.merge_item_delta(parts.get("model", {}))
+            if self.popularity is not self.model:
+                self.popularity.merge_item_delta(parts.get("popularity", {}))
+            shared = parts.get("worker", {})
+            for item_id, ts in zip(shared.get("item_ids", ()), shared.get("item_ts", ())):
+                item_id = str(item_id)
+                self.item_last_active[item_id] = max(float(ts), self.item_last_active.get(item_id, 0.0))
+            for item_id, text in zip(shared.get("metadata_ids", ()), shared.get("metadata_json", ())):
+                self.model.learn_item(str(item_id), orjson.loads(str(text)))
+            self.metrics.deltas_merged += 1
+            self._events_since_checkpoint += 1  # so a checkpoint follows: it holds the merge
+            if "first_learned_at" in shared:
+                self.metrics.item_staleness_seconds.observe(time.time() - float(shared["first_learned_at"]))
 
     def expire_idle(self) -> None:
         """Forget users idle longer than ``user_idle_expiry_s`` and items idle longer than
@@ -392,6 +506,8 @@ class Worker:
         self.last_active.pop(user_id, None)
         self.seen.pop(user_id, None)
         self._last_lists.pop(user_id, None)
+        for state in self.partitions.values():
+            state.users.discard(user_id)
         self.model.forget_user(user_id)
 
     # -- the batch ---------------------------------------------------------------------
@@ -402,20 +518,11 @@ class Worker:
         batch = Counts(consumed=len(records))
         events: list[Event] = []
         item_metadata: dict[str, dict] = {}
-        served_users: dict[str, None] = {}  # users of served partitions, in order
-        served_items: set[str] = set()
+        touched_users: dict[str, None] = {}  # in order
+        touched_items: set[str] = set()
         touched_partitions = set()
-        commit: dict[int, int] = {}
         for record in records:
-            p, owned = record.partition, self.owns(record.partition)
-            if owned:
-                commit[p] = record.offset + 1
-            if record.offset < self.serve_only_until.get(p, -1):
-                self._serve_again(record, served_users)  # learned already, never served
-                if record.offset + 1 == self.serve_only_until[p]:
-                    touched_partitions.add(p)  # served up to what was counted
-                continue
-            self.serve_only_until.pop(p, None)
+            p = record.partition
             state = self.partitions.get(p)
             if state is None:
                 state = self.partitions[p] = PartitionState()
@@ -425,8 +532,7 @@ class Worker:
             try:
                 event = parse_record(record, self.settings.max_event_bytes)
             except InvalidEvent as exc:
-                if owned:
-                    self._dead_letter(Reject(record, exc.reason))
+                self._dead_letter(Reject(record, exc.reason))
                 state.counts.dead_lettered += 1
                 batch.dead_lettered += 1
                 continue
@@ -442,22 +548,28 @@ class Worker:
                 self.model.learn_item(event.item_id, item_metadata[event.item_id])
             else:
                 events.append(event)
-                if owned:
-                    served_users[event.user_id] = None
-                    served_items.add(event.item_id)
-                    self._judge(event)
+                state.users.add(event.user_id)
+                touched_users[event.user_id] = None
+                touched_items.add(event.item_id)
+                self._judge(event)
         if events:
             self.model.learn_many(events)
             if self.popularity is not self.model:
                 self.popularity.learn_many(events)
             seen_types = self.settings.seen_types
+            item_last_active = self.item_last_active
             for event in events:
                 if event.type in seen_types:
                     self.seen.setdefault(event.user_id, set()).add(event.item_id)
                 self.last_active[event.user_id] = max(event.ts, self.last_active.get(event.user_id, 0.0))
-                self.item_last_active[event.item_id] = max(event.ts, self.item_last_active.get(event.item_id, 0.0))
+                item_last_active[event.item_id] = max(event.ts, item_last_active.get(event.item_id, 0.0))
+            if self.shares_items:
+                self._delta_items.update((item, item_last_active[item]) for item in touched_items)
+                self._first_learned_at = self._first_learned_at or time.time()
+        if self.shares_items:
+            self._delta_metadata.update(item_metadata)
         forgotten = self._obey(commands)
-        users = [u for u in served_users if u not in forgotten and u in self.last_active]
+        users = [u for u in touched_users if u not in forgotten and u in self.last_active]
         lists, seen_flags = self._rank(users)
         explanations = {}
         for user_id, items in lists.items():
@@ -470,8 +582,8 @@ class Worker:
         if events and now - self._popular_written_at >= self.settings.popular_refresh_s:
             popular = self.popularity.top(self.settings.top_k)
             self._popular_written_at = now
-        counters = self._counters(touched_partitions)  # not mid-replay: those counts are not served yet
-        similar = self._similar_lists(served_items, now)
+        counters = self._counters(touched_partitions)
+        similar = self._similar_lists(touched_items, now)
         self._measure(records, started, now)
         if self._dlq_unflushed:  # dead letters are durable before the counters claim them
             self.dlq.flush()
@@ -481,7 +593,7 @@ class Worker:
         for user_id in forgotten:
             self.store.delete_user(user_id)
         self._events_since_checkpoint += len(records) + len(commands)
-        self._commit(commit)
+        self._commit()
         return batch
 
     def _rank(self, users: list[str]) -> tuple[dict[str, list], dict[str, list[bool]]]:
@@ -515,31 +627,18 @@ class Worker:
             self.metrics.online_hits += event.item_id in last
 
     def _counters(self, partitions: Iterable[int]) -> dict[str, int]:
-        """Absolute counts of the served ones among ``partitions``, as Redis hash fields."""
-        return {
-            f"{f.name}:{p}": getattr(self.partitions[p].counts, f.name)
-            for p in partitions
-            if self.owns(p) and p in self.partitions
-            for f in fields(Counts)
-        }
+        """Absolute counts of ``partitions``, as Redis hash fields."""
+        return {f"{f.name}:{p}": getattr(self.partitions[p].counts, f.name)
+                for p in partitions if p in self.partitions for f in fields(Counts)}
 
-    def _serve_again(self, record: ConsumerRecord, served_users: dict[str, None]) -> None:
-        """A record this replica learned while another worker served its partition."""
-        try:
-            event = parse_record(record, self.settings.max_event_bytes)
-        except InvalidEvent as exc:
-            self._dead_letter(Reject(record, exc.reason))  # at least once: the old owner may have too
-            return
-        if event.type != ITEM_TYPE:
-            served_users[event.user_id] = None
-
-    def _commit(self, offsets: dict[int, int]) -> None:
-        """Commit the served partitions' offsets (once the batch's effects are durable)."""
-        if self.membership is None:
+    def _commit(self) -> None:
+        """Commit the consumed offsets (once the batch's effects are durable). They show
+        the group's lag; a worker resumes from the offsets in its checkpoints."""
+        if not self.in_group:
             self.consumer.commit()
-        elif offsets:
-            self.membership.commit({TopicPartition(self.settings.topic, p): OffsetAndMetadata(o, "", -1)
-                                    for p, o in offsets.items() if p in self.owned})
+        elif self.partitions:
+            self.consumer.commit({TopicPartition(self.settings.topic, p): OffsetAndMetadata(s.next_offset, "", -1)
+                                  for p, s in self.partitions.items()})
 
     def _measure(self, records: list[ConsumerRecord], started: float, now: float) -> None:
         """Batch latency (up to the Redis write), per-event freshness, consumer lag."""
@@ -567,7 +666,7 @@ class Worker:
                     served = {i["item_id"]: (i["strategy"], i["position"]) for i in impression["items"]}
                     self.impressions[impression["recomm_id"]] = served
             except (ValueError, KeyError, TypeError) as exc:
-                if self.owns(record.partition):
+                if self._owns_side(record.partition):
                     self._dead_letter(Reject(record, f"bad impression: {exc}"))
             while len(self.impressions) > self.settings.impressions_window:
                 self.impressions.popitem(last=False)
@@ -596,7 +695,7 @@ class Worker:
                 if not isinstance(user_id, str):
                     raise ValueError("user_id must be a string")
             except (ValueError, KeyError) as exc:
-                if self.owns(record.partition):
+                if self._owns_side(record.partition):
                     self._dead_letter(Reject(record, f"bad control command: {exc}"))
                 continue
             self.forget_user(user_id)
@@ -629,26 +728,24 @@ class Worker:
         self.dlq.send(self.settings.dlq_topic, key=record.key, value=record.value, headers=headers)
         self._dlq_unflushed = True
 
+    def _owns_side(self, partition: int) -> bool:
+        """Every worker reads the side topics whole; the owner of the event partition of the
+        same number dead-letters a bad side record, so it is dead-lettered once."""
+        return not self.in_group or partition in self.partitions
+
     def poll_once(self) -> Counts | None:
         """Poll one batch, apply it, commit its offsets; None when nothing came."""
-        if self.membership is not None:
-            self.poll_membership()
-        batches = self.consumer.poll(
-            timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records
-        )
-        records, commands, impressions = [], [], []
-        for tp, partition_records in batches.items():
-            if tp.topic == self.settings.topic:
-                records.extend(partition_records)
-            elif tp.topic == self.settings.control_topic:
-                commands.extend(partition_records)
-            else:
-                impressions.extend(partition_records)
+        polled = list(self.side.poll(timeout_ms=0).items()) if self.side is not None else []
+        polled += self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms,
+                                     max_records=self.settings.max_poll_records).items()
+        records, commands, impressions, deltas = [], [], [], []
+        by_topic = {self.settings.topic: records, self.settings.control_topic: commands,
+                    self.settings.impressions_topic: impressions, self.settings.item_deltas_topic: deltas}
+        for tp, partition_records in polled:
+            by_topic[tp.topic].extend(partition_records)
         self._remember_impressions(impressions)
-        if records or commands:
-            batch = self.process(records, commands)
-        else:
-            batch = None
+        self._merge_deltas(deltas)
+        batch = self.process(records, commands) if records or commands else None
         if self._events_since_checkpoint and (
             self._events_since_checkpoint >= self.settings.checkpoint_every_events
             or time.monotonic() - self._checkpointed_at >= self.settings.checkpoint_interval_s
@@ -659,7 +756,6 @@ class Worker:
     def run(self, stop: threading.Event | None = None) -> Counts:
         """Consume until ``stop`` is set; Redis outages block (with backoff) rather than lose events."""
         stop = stop or threading.Event()
-        self.wait_for_ownership(self.settings.session_timeout_ms / 1000.0)
         log.info("worker consuming %s as group %s, model %s", self.settings.topic, self.settings.group_id,
                  self.model.name)
         while not stop.is_set():
@@ -667,12 +763,14 @@ class Worker:
         return self.totals
 
     def close(self) -> None:
-        """Checkpoint, then release the consumer, the DLQ producer and the store."""
+        """Checkpoint, then release the consumers, the producer, the store and the folder."""
         if self._events_since_checkpoint:
             self.checkpoint()
         self.consumer.close()
-        if self.membership is not None:
-            self.membership.close()
+        if self.side is not None:
+            self.side.close()
         self.dlq.flush()
         self.dlq.close()
         self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)

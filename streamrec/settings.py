@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         return f"{self.topic}.impressions"
 
     @property
+    def item_deltas_topic(self) -> str:
+        """What each worker's learning changed in item state, for the other workers."""
+        return f"{self.topic}.item-deltas"
+
+    @property
     def control_topic(self) -> str:
         """Commands for the worker (forget a user), keyed by user like the events."""
         return f"{self.topic}.control"

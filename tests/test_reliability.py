@@ -133,8 +133,8 @@ def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(settings, tmp
     assert len({dict(r.headers)["source"] for r in dead}) == bad  # each reject at least once
 
     # the model after three crashes equals one that learned every event exactly once
-    state = CheckpointStore(settings.state_dir / "checkpoints" / settings.group_id / settings.topic / "worker").load()
-    recovered = state["model"]
+    folders = (settings.state_dir / "checkpoints" / settings.group_id / settings.topic / "workers").iterdir()
+    recovered = CheckpointStore(max(folders, key=lambda f: f.stat().st_mtime)).load()["model"]
     reference = Cooc()
     reference.learn_many(good)
     for user in sorted({e.user_id for e in good}):

@@ -1,6 +1,7 @@
 """Three worker processes in one consumer group on a 6-partition topic; one is killed
-mid-stream. Its partitions move, nothing is lost or learned twice, and every survivor's
-model equals one that learned each event once."""
+mid-stream. Its partitions move with their users, nothing is lost or learned twice, and
+every user's state, with the item state the survivors share, equals that of one model that
+learned each event once."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def test_killing_one_of_three_workers_moves_its_partitions_and_loses_nothing(set
         wait_for(lambda: counters(settings).get("consumed") == len(stream), 120,
                  lambda: f"all {len(stream)} records served, got {counters(settings)}")
         moved_s = time.monotonic() - started
+        time.sleep(3)  # a few checkpoint intervals (0.5 s): the last item deltas reach the other survivor
     finally:
         for worker in workers[1:]:
             worker.send_signal(signal.SIGTERM)
@@ -92,12 +94,67 @@ def test_killing_one_of_three_workers_moves_its_partitions_and_loses_nothing(set
 
     reference = Cooc()
     reference.learn_many(good)
+    workers_dir = settings.state_dir / "checkpoints" / settings.group_id / settings.topic / "workers"
+    owners: dict[str, int] = {}
     for n in (1, 2):
-        state = CheckpointStore(settings.state_dir / "checkpoints" / settings.group_id / settings.topic / f"w{n}").load()
-        replica = state["model"]
-        for user in users[::10]:
+        state = CheckpointStore(workers_dir / f"w{n}").load()
+        replica, mine = state["model"], set().union(*(s.users for s in state["partitions"].values()))
+        assert not mine & owners.keys(), "a user has one owner"
+        owners.update(dict.fromkeys(mine, n))
+        for user in sorted(mine):
             got, want = dict(replica.recommend(user, k=1000)), dict(reference.recommend(user, k=1000))
-            assert got.keys() == want.keys()
+            assert got.keys() == want.keys(), user
             assert [got[i] for i in want] == pytest.approx(list(want.values()), rel=1e-9, abs=1e-12)
+        assert replica.state_sizes()["users"] == len(mine), "a survivor keeps only its own users"
+    assert owners.keys() == set(users)
     print(f"\n3 workers, 6 partitions, one killed: sent {len(stream)}, applied {len(good)}, dead-lettered {bad}, "
           f"deduplicated {duplicates}, lost 0, applied twice 0; all served {moved_s:.1f} s after the last send")
+
+
+def _survivor_states(settings, names: list[str]) -> dict[str, dict]:
+    workers_dir = settings.state_dir / "checkpoints" / settings.group_id / settings.topic / "workers"
+    return {name: CheckpointStore(workers_dir / name).load() for name in names}
+
+
+def test_a_worker_that_joins_takes_over_users_with_their_state(settings, tmp_path):
+    """A clean rebalance: the first worker checkpoints as it lets partitions go, the newcomer
+    takes their users from that checkpoint; both end with each user's exact state."""
+    settings = settings.model_copy(update={"topic_partitions": PARTITIONS})
+    ensure_topics(settings.kafka_bootstrap, {name: PARTITIONS for name in (
+        settings.topic, settings.dlq_topic, settings.control_topic, settings.impressions_topic)})
+    events = synthetic_events(3000, n_users=200, seed=31)
+    env = {"TOPIC_PARTITIONS": str(PARTITIONS), "SESSION_TIMEOUT_MS": "6000"}
+    logs = [tmp_path / f"w{n}.log" for n in range(2)]
+    first = start_worker_process(settings, logs[0], {**env, "WORKER_INSTANCE_ID": "w0"})
+    workers = [first]
+    try:
+        wait_for(lambda: logs[0].exists() and b"serving partitions" in logs[0].read_bytes(), 90, "w0 to join")
+        with EventProducer(settings.kafka_bootstrap, settings.topic) as producer:
+            producer.send_many(events[:1500])
+        wait_for(lambda: counters(settings).get("applied") == 1500, 60, "the first half served by w0")
+        workers.append(start_worker_process(settings, logs[1], {**env, "WORKER_INSTANCE_ID": "w1"}))
+        wait_for(lambda: logs[1].exists() and b"serving partitions" in logs[1].read_bytes(), 90, "w1 to join")
+        with EventProducer(settings.kafka_bootstrap, settings.topic) as producer:
+            producer.send_many(events[1500:])
+        wait_for(lambda: counters(settings).get("applied") == 3000, 60,
+                 lambda: f"all 3000 served, got {counters(settings)}")
+        time.sleep(3)  # the last item deltas reach the other worker
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=60)
+    assert [w.returncode for w in workers] == [0, 0], [log.read_text()[-2000:] for log in logs]
+    assert counters(settings) == {"consumed": 3000, "applied": 3000, "dead_lettered": 0, "deduplicated": 0}
+
+    reference = Cooc()
+    reference.learn_many(events)
+    states = _survivor_states(settings, ["w0", "w1"])
+    owned = [set().union(*(s.users for s in state["partitions"].values())) for state in states.values()]
+    assert owned[0] and owned[1] and not owned[0] & owned[1]
+    assert owned[0] | owned[1] == {e.user_id for e in events}
+    for state, users in zip(states.values(), owned):
+        for user in sorted(users):
+            got, want = dict(state["model"].recommend(user, k=1000)), dict(reference.recommend(user, k=1000))
+            assert got.keys() == want.keys(), user
+            assert [got[i] for i in want] == pytest.approx(list(want.values()), rel=1e-9, abs=1e-12)
