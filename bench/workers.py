@@ -1,6 +1,6 @@
-"""Scale-out: throughput with 1, 2 and 3 worker processes in one consumer group, and how
-well they recommend: online HR@10, each served event judged against the list its worker
-last wrote for the user, before learning it.
+"""Scale-out: throughput with 1, 2 and 3 worker processes in one consumer group, how well
+they recommend (online HR@10: each event judged against the list its worker last wrote for
+the user, before learning it), and how stale the item state shared between them is.
 
 ``python -m bench.workers [--log PATH --format movielens] [--workers 1,2,3] [--model cooc] [--json FILE]``
 
@@ -33,7 +33,23 @@ from stream.topics import ensure_topics
 PARTITIONS = 6
 
 
-def run(bootstrap: str, redis_url: str, events: list, n_workers: int, model: str, state_dir: Path) -> dict:
+def staleness(histograms: list[dict]) -> dict:
+    """Mean, and the bucket bound under which half and 99% of the merges fell."""
+    count = sum(h["count"] for h in histograms)
+    if not count:
+        return {"merges": 0}
+    buckets = histograms[0]["buckets"]
+    cumulative = [sum(h["counts"][i] for h in histograms) for i in range(len(buckets))]
+
+    def bound(q: float) -> float | None:
+        return next((b for b, c in zip(buckets, cumulative) if c >= q * count), None)  # None: above the last
+
+    return {"merges": count, "mean_s": sum(h["sum"] for h in histograms) / count, "p50_at_most_s": bound(0.5),
+            "p99_at_most_s": bound(0.99)}
+
+
+def run(bootstrap: str, redis_url: str, events: list, n_workers: int, model: str, state_dir: Path,
+        checkpoint_interval_s: float) -> dict:
     run_id = uuid.uuid4().hex[:8]
     topic, prefix = f"bench-workers-{run_id}", f"bench-workers:{run_id}"
     ensure_topics(bootstrap, {f"{topic}{suffix}": PARTITIONS for suffix in ("", ".dlq", ".control", ".impressions")})
@@ -42,7 +58,8 @@ def run(bootstrap: str, redis_url: str, events: list, n_workers: int, model: str
     env = {**os.environ, "STREAMREC_KAFKA_BOOTSTRAP": bootstrap, "STREAMREC_REDIS_URL": redis_url,
            "STREAMREC_TOPIC": topic, "STREAMREC_GROUP_ID": f"g-{run_id}", "STREAMREC_REDIS_PREFIX": prefix,
            "STREAMREC_MODEL": model, "STREAMREC_TOPIC_PARTITIONS": str(PARTITIONS),
-           "STREAMREC_STATE_DIR": str(state_dir / run_id), "STREAMREC_SIMILAR_K": "0"}
+           "STREAMREC_STATE_DIR": str(state_dir / run_id), "STREAMREC_SIMILAR_K": "0",
+           "STREAMREC_CHECKPOINT_INTERVAL_S": str(checkpoint_interval_s)}
     store = RecommendationStore(redis.Redis.from_url(redis_url), prefix)
     logs = [state_dir / f"{run_id}-w{n}.log" for n in range(n_workers)]
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +85,8 @@ def run(bootstrap: str, redis_url: str, events: list, n_workers: int, model: str
     evaluated = sum(r["online_evaluated"] for r in reports)
     hits = sum(r["online_hits"] for r in reports)
     return {"workers": n_workers, "seconds": seconds, "events_per_s": len(events) / seconds,
-            "online_hr_at_10": hits / evaluated if evaluated else 0.0, "online_evaluated": evaluated, "lists": lists}
+            "online_hr_at_10": hits / evaluated if evaluated else 0.0, "online_evaluated": evaluated,
+            "item_staleness": staleness([r["item_staleness_seconds"] for r in reports]), "lists": lists}
 
 
 def overlap(a: dict[str, list[str]], b: dict[str, list[str]]) -> float:
@@ -83,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2,3")
     parser.add_argument("--model", default="cooc")
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--checkpoint-interval-s", type=float, default=2.0,
+                        help="also how often the workers exchange item deltas")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if not Path(args.log).exists():
@@ -91,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with services() as svc:
         for n in map(int, args.workers.split(",")):
-            result = run(svc.kafka_bootstrap, svc.redis_url, events, n, args.model, Path(".streamrec/bench-workers"))
+            result = run(svc.kafka_bootstrap, svc.redis_url, events, n, args.model, Path(".streamrec/bench-workers"),
+                         args.checkpoint_interval_s)
             results.append(result)
             print(f"{n} worker(s): {result['events_per_s']:,.0f} events/s ({result['seconds']:.1f} s "
                   f"for {len(events):,} events, model {args.model}, {os.cpu_count()} cores); online HR@10 "
-                  f"{result['online_hr_at_10']:.4f} over {result['online_evaluated']:,} events", flush=True)
+                  f"{result['online_hr_at_10']:.4f} over {result['online_evaluated']:,} events; item deltas "
+                  f"merged: {result['item_staleness']}", flush=True)
     single = results[0]["lists"]
     for result in results[1:]:
         result["overlap_at_10_vs_single"] = overlap(single, result["lists"])
