@@ -118,7 +118,9 @@ def run(bootstrap: str, redis_url: str, events: list, n_workers: int, model: str
     hits = sum(r["online_hits"] for r in reports)
     return {"workers": n_workers, "seconds": seconds, "events_per_s": len(events) / seconds,
             "online_hr_at_10": hits / evaluated if evaluated else 0.0, "online_evaluated": evaluated,
-            "item_staleness": staleness([r["item_staleness_seconds"] for r in reports]), "lists": lists}
+            "item_staleness": staleness([r["item_staleness_seconds"] for r in reports]),
+            "delta_kib_mean": sum(r["delta_bytes_published"] for r in reports) / 1024
+            / max(sum(r["deltas_published"] for r in reports), 1), "lists": lists}
 
 
 def overlap(a: dict[str, list[str]], b: dict[str, list[str]]) -> float:
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{kind}, {n} worker(s){f' at {rate:,.0f} events/s' if rate else ''}: "
                       f"{result['events_per_s']:,.0f} events/s ({result['seconds']:.1f} s for {len(events):,} events, "
                       f"model {args.model}, {os.cpu_count()} cores); online HR@10 {result['online_hr_at_10']:.4f} "
-                      f"over {result['online_evaluated']:,} events; item deltas merged: {result['item_staleness']}",
+                      f"over {result['online_evaluated']:,} events; item deltas merged: {result['item_staleness']}, "
+                      f"{result['delta_kib_mean']:,.0f} KiB each on average",
                       flush=True)
             single = results[kind][0]
             for result in results[kind][1:]:

@@ -64,6 +64,8 @@ class WorkerMetrics:
     online_hits: int = 0  # ... whose item was in that list's top online_eval_k
     bandit_arms: dict[str, dict] = field(default_factory=dict)  # arm -> pulls, rewards, share
     deltas_merged: int = 0  # peers' item deltas added to this worker's item state
+    deltas_published: int = 0  # this worker's own (and restored checkpoints' pending) deltas sent
+    delta_bytes_published: int = 0
     item_staleness_seconds: Histogram = field(default_factory=Histogram)  # peer learned it -> merged here
 
     def as_dict(self) -> dict:
@@ -71,4 +73,5 @@ class WorkerMetrics:
                 "freshness_seconds": self.freshness_seconds.as_dict(), "consumer_lag": self.consumer_lag,
                 "attributed": self.attributed, "online_evaluated": self.online_evaluated,
                 "online_hits": self.online_hits, "bandit_arms": self.bandit_arms,
-                "deltas_merged": self.deltas_merged, "item_staleness_seconds": self.item_staleness_seconds.as_dict()}
+                "deltas_merged": self.deltas_merged, "deltas_published": self.deltas_published,
+                "delta_bytes_published": self.delta_bytes_published, "item_staleness_seconds": self.item_staleness_seconds.as_dict()}

@@ -437,6 +437,8 @@ class Worker:
         self.dlq.send(self.settings.item_deltas_topic, key=source.encode(), value=payload,
                       headers=sharing_headers(source, seq))
         self.dlq.flush()
+        self.metrics.deltas_published += 1
+        self.metrics.delta_bytes_published += len(payload)
 
     def _merge_deltas(self, records: list[ConsumerRecord]) -> None:
         """Add the peers' item deltas not merged yet; a malformed one goes to the DLQ."""
