@@ -16,7 +16,12 @@ from online_models.base import Recommender
 from stream.schema import Event
 from tests.test_models import FAST, group_stream, implicit, seen_by
 
-SHARING = ["trending", "cooc", "embeddings", "blend"]
+SHARING = [  # one per line: each model's entry comes with its implementation
+    "trending",
+    "cooc",
+    "embeddings",
+    "blend",
+]
 EXACT = {"trending", "cooc"}  # item state is a sum: two replicas add up to one model exactly
 STREAM = implicit(group_stream(n_users=12, per_user=12, seed=1))
 
