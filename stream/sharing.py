@@ -7,7 +7,9 @@ learned) as one record, numbered per worker. Every worker merges the others' rec
 A record is merged at most once: ``merged[source]`` is the highest number taken from each
 source, and a worker's own records count as merged when it makes them. So a record may be
 published again after a crash (``pending`` travels in the checkpoint it goes with) without
-being counted twice.
+being counted twice. A source is one run of one worker (its name and start time): a worker
+that restarts from an older checkpoint than its last run reached numbers afresh, so it
+never reuses a number its previous run published.
 
 The wire format is numpy's npz with pickle refused: a record read from Kafka cannot run code.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import io
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +45,13 @@ def encode(parts: dict[str, dict[str, Any]]) -> bytes:
 def decode(data: bytes) -> dict[str, dict[str, Any]]:
     """The parts of an ``encode``-d payload; raises ``ValueError`` on anything else."""
     parts: dict[str, dict[str, Any]] = {}
-    with np.load(io.BytesIO(data), allow_pickle=False) as loaded:
+    try:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"not an item delta: {exc}") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError("not an item delta: an array, not an npz archive")
+    with loaded:
         for key in loaded.files:
             name, sep, rest = key.partition(_SEP)
             if not sep:
@@ -83,9 +92,8 @@ class DeltaLog:
         return True
 
     def adopt(self, source: str) -> None:
-        """Continue as ``source`` (a restored checkpoint's worker was someone else)."""
-        if source != self.source:
-            self.source, self.seq = source, self.merged.get(source, 0)
+        """Continue a restored checkpoint's log as this run, ``source``."""
+        self.source, self.seq = source, 0
 
 
 def headers(source: str, seq: int) -> list[tuple[str, bytes]]:

@@ -204,14 +204,16 @@ class Worker:
         self.control_offsets: dict[str, dict[int, int]] = {}  # side topic -> partition -> next offset
         self.impressions: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
         self._last_lists: dict[str, set[str]] = {}  # for online evaluation; not checkpointed
-        self.worker_id = settings.worker_instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.group_dir = settings.state_dir / "checkpoints" / settings.group_id / settings.topic
         self._lock_fd = None
         if checkpoints is None:
             folder, self._lock_fd = _claim(self.group_dir / "workers", settings.worker_instance_id or socket.gethostname())
             checkpoints = CheckpointStore(folder)
         self.checkpoints = checkpoints
-        self.deltas = DeltaLog(self.worker_id)
+        # also the static group membership id: a restarted worker rejoins at once, without
+        # waiting for its previous run's session to time out
+        self.worker_id = settings.worker_instance_id or checkpoints.directory.name
+        self.deltas = DeltaLog(f"{self.worker_id}@{time.time_ns()}")  # this run
         self.shares_items = self._shares_items()
         self._delta_items: dict[str, float] = {}  # items this worker's events touched since its last delta
         self._delta_metadata: dict[str, dict] = {}  # item metadata it learned since then
@@ -255,7 +257,10 @@ class Worker:
         side_topics = (settings.control_topic, settings.impressions_topic, settings.item_deltas_topic)
         ensure_topics(settings.kafka_bootstrap,
                       {name: settings.topic_partitions for name in (settings.topic, settings.dlq_topic, *side_topics)},
-                      configs={settings.item_deltas_topic: {"max.message.bytes": str(MAX_DELTA_BYTES)}})
+                      configs={settings.item_deltas_topic: {
+                          "max.message.bytes": str(MAX_DELTA_BYTES),
+                          # a worker restores the group's newest checkpoint: it needs only the deltas since
+                          "retention.ms": str(24 * 3600 * 1000)}})
         side = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=None,
@@ -282,7 +287,7 @@ class Worker:
             max_partition_fetch_bytes=8 * 1024 * 1024,
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=max(settings.session_timeout_ms // 5, 500),
-            group_instance_id=settings.worker_instance_id,
+            group_instance_id=self.worker_id,
             max_poll_interval_ms=max(settings.session_timeout_ms * 3, 30_000),  # a stuck loop loses its partitions
         )
         member.subscribe([settings.topic], listener=_Ownership(self))
@@ -298,17 +303,16 @@ class Worker:
 
     def take_over(self, assigned: list[int]) -> None:
         """Own exactly ``assigned``: drop the other partitions' users, and for each assigned
-        partition keep what this worker has, unless a peer's checkpoint holds it further on:
-        then adopt the users from that checkpoint, and publish its pending delta again."""
+        partition keep what this worker has, unless a checkpoint in the group holds it
+        further on: then adopt the users from that checkpoint, and publish its pending delta
+        again."""
         for p in [p for p in self.partitions if p not in assigned]:
             self._drop_partition(p)
         peers: dict[Path, dict | None] = {}
         for p in sorted(assigned):
             mine = self.partitions[p].next_offset if p in self.partitions else -1
             best, source = mine, None
-            for folder in self.group_dir.glob("workers/*"):
-                if folder == self.checkpoints.directory:
-                    continue
+            for folder in self.group_dir.glob("workers/*"):  # this worker's own too: it may have restored a peer's
                 offset = ((CheckpointStore(folder).summary() or {}).get("partitions") or {}).get(p, -1)
                 if offset > best:
                     best, source = offset, folder
@@ -377,14 +381,16 @@ class Worker:
             )
 
     def _restore(self) -> None:
-        """This worker's newest checkpoint; a new worker starts from the newest of a peer's
-        (state transfer: the item state, and users it drops unless given their partitions)."""
-        state = self.checkpoints.load()
-        if state is None:
-            peers = sorted(self.group_dir.glob("workers/*/checkpoint-*.bin"), key=lambda f: f.stat().st_mtime)
-            state = next((s for s in (CheckpointStore(f.parent).load() for f in reversed(peers)) if s), None)
+        """The group's newest checkpoint, this worker's or a peer's: its item state is the
+        freshest, so the fewest item deltas are needed after it. Users whose partitions
+        this worker is not given are dropped at the first assignment."""
+        files = sorted(self.group_dir.glob("workers/*/checkpoint-*.bin"), key=lambda f: f.stat().st_mtime)
+        if self.checkpoints.directory not in {f.parent for f in files}:  # a store passed in (tests)
+            files += sorted(self.checkpoints.directory.glob("checkpoint-*.bin"))
+        state = next((s for s in (CheckpointStore(f.parent).load() for f in reversed(files)) if s), None)
         if state is None:
             return
+        source = self.deltas.source
         self._check_model(state["model"], "the checkpoint")
         self.model = state["model"]
         self.popularity = self.model if state["popularity"] is None else state["popularity"]
@@ -395,7 +401,7 @@ class Worker:
         self.control_offsets = state["control_offsets"]
         self.impressions = state["impressions"]
         self.deltas = state["deltas"]
-        self.deltas.adopt(self.worker_id)
+        self.deltas.adopt(source)
         log.info("restored checkpoint: offsets %s", {p: s.next_offset for p, s in self.partitions.items()})
 
     def checkpoint(self) -> None:
@@ -450,12 +456,15 @@ class Worker:
                 if not self.deltas.take(source, seq):
                     continue
                 parts = decode(record.value)
-            except (KeyError, ValueError, OSError, UnicodeDecodeError) as exc:
-                self._dead_letter(Reject(record, f"bad item delta: {exc}"))
+                self.model.merge_item_delta(parts.get("model", {}))
+                if self.popularity is not self.model:
+                    self.popularity.merge_item_delta(parts.get("popularity", {}))
+            except (KeyError, ValueError, IndexError, TypeError, UnicodeDecodeError) as exc:
+                # e.g. a peer running another model: say why, once, rather than stop every worker
+                log.error("item delta %s/%d/%d not merged: %r", record.topic, record.partition, record.offset, exc)
+                if self._owns_side(record.partition):
+                    self._dead_letter(Reject(record, f"bad item delta: {exc!r}"))
                 continue
-            self.model.merge_item_delta(parts.get("model", {}))
-            if self.popularity is not self.model:
-                self.popularity.merge_item_delta(parts.get("popularity", {}))
             shared = parts.get("worker", {})
             for item_id, ts in zip(shared.get("item_ids", ()), shared.get("item_ts", ())):
                 item_id = str(item_id)

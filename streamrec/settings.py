@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     poll_timeout_ms: int = Field(default=200, ge=1)
     session_timeout_ms: int = Field(default=10_000, ge=1000, description="a crashed worker's partitions move after this")
     worker_instance_id: str | None = Field(
-        default=None, description="static group membership (KIP-345): a restarted worker keeps its partitions"
+        default=None, description="static group membership (KIP-345): a restarted worker keeps its partitions; "
+        "unset: the host name (the host name and process id for a second worker on one host)",
     )
     max_poll_records: int = Field(default=2000, ge=1)
     max_event_bytes: int = Field(default=64 * 1024, ge=1)
