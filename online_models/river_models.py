@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import math
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
@@ -15,6 +17,7 @@ from river import linear_model, optim, reco
 from online_models._arrays import IdIndex, grow, top_k
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.embeddings import top_k_by_product
+from online_models.trending import id_array
 
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders equally scored items
 
@@ -31,6 +34,12 @@ class RiverMF(Recommender):
 
     The defaults are River's documented MovieLens 100K settings (MAE about 0.75).
 
+    Scale-out: an item's latents start from ``(seed, item id)`` alone (``initial_latent``;
+    River would draw them in arrival order), so replicas that meet it apart start alike and
+    exchange only their own steps to the item biases and latents, the item counts and the
+    global mean (``item_delta``, diffed against a shadow copy that the first call builds;
+    learning never touches it). Users move with their bias and latent vector.
+
     Parameters
     ----------
     n_factors
@@ -46,7 +55,8 @@ class RiverMF(Recommender):
     init_std
         Standard deviation of the Normal latent initialiser.
     seed
-        Seed of the latent initialiser.
+        Seeds the latent initialiser: River's generator for users, an item's from this seed
+        and its id.
     event_weights
         Target of events without a ``value``; defaults to ``EVENT_WEIGHTS``.
 
@@ -59,7 +69,7 @@ class RiverMF(Recommender):
     >>> [item for item, _ in model.recommend("a", k=2)]
     ['x', 'y']
     >>> round(model.predict_one("b", "x"), 2)
-    3.04
+    3.06
     """
 
     name = "river-mf"
@@ -96,6 +106,8 @@ class RiverMF(Recommender):
         self._item_vecs = np.zeros((0, n_factors), dtype=np.float32)  # ranking runs in float32
         self._item_base = np.zeros(0, dtype=np.float32)  # item bias + popularity tie-break
         self._counts = np.zeros(0, dtype=np.float64)
+        self._shadow: dict[str, np.ndarray] | None = None  # item state as of the last delta; see item_delta
+        self._mean_reported = np.zeros(2)  # the global mean's ratings as reported, and their sum
 
     def target(self, interaction: Interaction) -> float:
         """What the model regresses on: the rating if there is one, else the event weight."""
@@ -104,15 +116,50 @@ class RiverMF(Recommender):
 
     def learn_one(self, interaction: Interaction) -> None:
         user, item = interaction.user_id, interaction.item_id
-        self._mf.learn_one(user, item, self.target(interaction))
-        row = self._items.add(item)
+        row = self._items.get(item)
+        if row is None:
+            row = self._add_item(item)
+        mf = self._mf
+        mf.learn_one(user, item, self.target(interaction))
+        self._item_vecs[row] = mf.i_latents[item]
+        self._counts[row] += 1.0
+        self._item_base[row] = mf.i_biases[item] + _TIE_BREAK * math.log1p(self._counts[row])
+
+    def initial_latent(self, item_id: str) -> np.ndarray:
+        """The item's starting latent vector (float64): Normal draws seeded by ``(seed,
+        item id)`` alone.
+
+        River would draw it from one generator in the order items arrive, so replicas that
+        meet an item apart would start it differently and could not add up their steps.
+
+        >>> model = RiverMF(n_factors=3)
+        >>> bool((model.initial_latent("x") == RiverMF(n_factors=3).initial_latent("x")).all())
+        True
+        """
+        key = int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little")
+        seed = 0 if self.seed is None else self.seed & (2**64 - 1)
+        return np.random.default_rng([seed, key]).normal(0.0, self.init_std, self.n_factors)
+
+    def _add_item(self, item_id: str) -> int:
+        """The item's row; an unknown item is created with its initial latent, a zero bias
+        and no count (in River's dicts, the ranking mirror and the shadow, if any)."""
+        row = self._items.add(item_id)
         if row >= len(self._item_base):
             self._item_vecs = grow(self._item_vecs, row + 1)
             self._item_base = grow(self._item_base, row + 1)
             self._counts = grow(self._counts, row + 1)
-        self._item_vecs[row] = self._mf.i_latents[item]
-        self._counts[row] += 1.0
-        self._item_base[row] = self._mf.i_biases[item] + _TIE_BREAK * math.log1p(self._counts[row])
+        mf = self._mf
+        if item_id not in mf.i_latents:
+            mf.i_latents[item_id] = latent = self.initial_latent(item_id)
+            mf.i_biases[item_id] = 0.0
+            self._item_vecs[row] = latent
+            self._item_base[row] = 0.0  # a freed row's base is -inf: a new item must rank
+            self._counts[row] = 0.0
+            shadow = self.__dict__.get("_shadow")
+            if shadow is not None:  # a new item's tally starts from its initial state
+                self._grow_shadow()
+                shadow["latents"][row], shadow["biases"][row], shadow["counts"][row] = latent, 0.0, 0.0
+        return row
 
     def predict_one(self, user_id: str, item_id: str) -> float:
         """Predicted rating; unseen users or items contribute no bias and no latent term.
@@ -188,9 +235,131 @@ class RiverMF(Recommender):
         self._item_vecs[rows] = 0.0
         self._item_base[rows] = -np.inf
         self._counts[rows] = 0.0
+        shadow = self.__dict__.get("_shadow")
+        if shadow is not None:  # a freed row has nothing to report
+            shadow["counts"][rows[rows < len(shadow["counts"])]] = 0.0
 
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._mf.u_latents), "items": self._items.live()}
+
+    # -- scale-out ---------------------------------------------------------------------
+    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
+        """The users' biases and latent vectors, for ``import_users``.
+
+        Returns
+        -------
+        dict
+            ``users`` (str), ``biases`` (float64) and ``latents`` ``(n, n_factors)``
+            (float64, as River keeps them). Unknown users are left out.
+        """
+        mf = self._mf
+        users = [u for u in dict.fromkeys(user_ids) if u in mf.u_latents]
+        return {
+            "users": np.array(users, dtype=str),
+            "biases": np.array([mf.u_biases.get(u, 0.0) for u in users], dtype=np.float64),
+            "latents": np.array([mf.u_latents[u] for u in users], dtype=np.float64).reshape(-1, self.n_factors),
+        }
+
+    def import_users(self, state: Mapping[str, Any]) -> None:
+        """Adopt ``export_users``' users, replacing their bias and latent vector here."""
+        users = np.asarray(state.get("users", ())).tolist()
+        mf = self._mf
+        latents = np.asarray(state.get("latents", ()), dtype=np.float64).reshape(-1, self.n_factors)
+        for user_id, bias, latent in zip(users, np.asarray(state.get("biases", ())).tolist(), latents):
+            mf.u_biases[user_id] = float(bias)
+            mf.u_latents[user_id] = latent.copy()  # its own array: River's SGD steps it in place
+
+    def item_delta(self) -> dict[str, Any]:
+        """What this model's own learning changed in the item biases and latents, the item
+        counts and the global mean since the last call; starts a new tally.
+
+        A shadow copy of the item state as of the last call (or merge) is kept, row by row.
+        Each event adds 1 to its item's count and steps only that item's weights, so the
+        rows whose count differs from the shadow's are the rows to report; the shadow takes
+        their values. An item met since then reports its change from its initial latents
+        (``initial_latent``), which a peer that has not met it starts from too. The first
+        call builds the shadow (nothing is kept before, so a model that shares nothing pays
+        nothing) and reports everything learned so far.
+
+        Returns
+        -------
+        dict
+            ``items`` (str), ``counts``, ``biases`` and ``latents`` ``(n, n_factors)``
+            (float64), one entry per item; ``mean_n`` and ``mean_sum`` (floats), the own
+            ratings added to the global mean: their number and their sum.
+        """
+        shadow = self._ensure_shadow()
+        n = len(self._items)
+        rows = np.flatnonzero(self._counts[:n] != shadow["counts"][:n])
+        ids = id_array(self._items, rows)
+        mf = self._mf
+        latents = np.array([mf.i_latents[i] for i in ids.tolist()], dtype=np.float64).reshape(-1, self.n_factors)
+        biases = np.array([mf.i_biases[i] for i in ids.tolist()], dtype=np.float64)
+        counts = self._counts[rows]
+        delta: dict[str, Any] = {
+            "items": ids, "counts": counts - shadow["counts"][rows],
+            "biases": biases - shadow["biases"][rows], "latents": latents - shadow["latents"][rows],
+        }
+        shadow["counts"][rows], shadow["biases"][rows], shadow["latents"][rows] = counts, biases, latents
+        mean, reported = mf.global_mean, self._mean_reported
+        gained = float(mean.n - reported[0])
+        total = float(mean.n * mean._mean)
+        # no own rating, no own sum: the rounding of a merged mean must not echo back
+        delta["mean_n"], delta["mean_sum"] = gained, (total - reported[1] if gained else 0.0)
+        if gained:
+            reported[:] = mean.n, total
+        return delta
+
+    def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
+        """Add a peer's ``item_delta``: its steps to the item biases and latents (and to
+        the shadow, so that they are not reported back), its counts, and its ratings to the
+        global mean. Items not met yet start from their initial latents."""
+        shadow = self._ensure_shadow()  # before the peer's steps mix in: what is here now is own
+        mean_n = float(delta.get("mean_n", 0.0))
+        if mean_n:
+            mean, mean_sum = self._mf.global_mean, float(delta["mean_sum"])
+            # River's Mean keeps n and the mean: the two replicas' sums, over their counts
+            n = mean.n + mean_n
+            mean._mean = (mean.n * mean._mean + mean_sum) / n if n else 0.0
+            mean.n = n
+            self._mean_reported += (mean_n, mean_sum)
+        ids = np.asarray(delta.get("items", ())).tolist()
+        if not ids:
+            return
+        rows = np.array([self._add_item(i) for i in ids], dtype=np.int64)
+        mf = self._mf
+        counts = np.asarray(delta["counts"], dtype=np.float64)
+        biases = np.asarray(delta["biases"], dtype=np.float64)
+        latents = np.asarray(delta["latents"], dtype=np.float64).reshape(-1, self.n_factors)
+        new_latents = np.array([mf.i_latents[i] for i in ids], dtype=np.float64).reshape(-1, self.n_factors) + latents
+        new_biases = np.array([mf.i_biases[i] for i in ids], dtype=np.float64) + biases
+        for item_id, latent, bias in zip(ids, new_latents, new_biases.tolist()):
+            mf.i_latents[item_id] = latent.copy()  # its own array: River's SGD steps it in place
+            mf.i_biases[item_id] = bias
+        self._counts[rows] += counts
+        shadow["counts"][rows] += counts
+        shadow["biases"][rows] += biases
+        shadow["latents"][rows] += latents
+        self._item_vecs[rows] = new_latents
+        self._item_base[rows] = new_biases + _TIE_BREAK * np.log1p(self._counts[rows])
+
+    def _ensure_shadow(self) -> dict[str, np.ndarray]:
+        """The shadow, built on first use: live items at their initial state, freed rows
+        (count 0) as they are; the global mean at no rating."""
+        if self.__dict__.get("_shadow") is None:
+            n, ids = len(self._items), self._items.ids
+            self._shadow = {"counts": np.zeros(n), "biases": np.zeros(n), "latents": np.zeros((n, self.n_factors))}
+            live = np.array([r for r, i in enumerate(ids) if i is not None], dtype=np.int64)
+            if len(live):
+                self._shadow["latents"][live] = [self.initial_latent(ids[r]) for r in live.tolist()]
+            self._mean_reported = np.zeros(2)  # ratings in the global mean, and their sum
+        self._grow_shadow()
+        return self._shadow
+
+    def _grow_shadow(self) -> None:
+        n = len(self._items)
+        for key, array in self._shadow.items():
+            self._shadow[key] = grow(array, n)
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items with the closest latent vectors (cosine)."""
@@ -224,6 +393,12 @@ class PurchaseRerank(Recommender):
     ``(1 - purchase_weight) * relevance + purchase_weight * P(purchase)``, relevance being
     the base score min-max scaled over the candidates. Until the classifier has seen
     ``min_purchases`` purchases (logs without purchases) the base order is kept.
+
+    Scale-out: the item statistics and the purchases seen are sums, and the classifier's
+    weights are shared like a parameter server's (each replica sends the change its own
+    steps made and adds the others'): ``item_delta`` reports them, with the base model's
+    delta. Users move with their statistics, touches and open exposures, and with the base
+    model's user state.
 
     Parameters
     ----------
@@ -288,6 +463,11 @@ class PurchaseRerank(Recommender):
         self._open: dict[tuple[str, str], dict[str, float]] = {}  # exposure -> features
         self._queue: deque[tuple[float, str, str]] = deque()
         self._purchases = 0
+        # item statistics, classifier weights and purchases as last reported by item_delta,
+        # plus what peers added since: the difference is this model's own learning. None
+        # until sharing starts, so that learn_one pays nothing for it but a test
+        self._reported: dict[str, Any] | None = None
+        self._dirty: set[str] | None = None  # items whose statistics own events changed since
 
     def _features(self, user_id: str, item_id: str, kind: float, ts: float | None) -> dict[str, float]:
         events, carts, purchases, last_ts = self._user_stats.get(user_id, (0.0, 0.0, 0.0, None))
@@ -340,6 +520,8 @@ class PurchaseRerank(Recommender):
         touch[0] += 1
         ustats[0] += 1
         ustats[3] = ts
+        if self._dirty is not None:
+            self._dirty.add(item)
         self._base.learn_one(interaction)
 
     def purchase_probabilities(self, user_id: str, item_ids: list[str]) -> np.ndarray:
@@ -425,18 +607,24 @@ class PurchaseRerank(Recommender):
 
     def forget_user(self, user_id: str) -> None:
         """Drop the user's statistics and open exposures, and forget them in the base model."""
+        self._forget_own(user_id)
+        self._base.forget_user(user_id)
+
+    def _forget_own(self, user_id: str) -> None:
+        """Drop the user's statistics, touches and open exposures (not the base model's)."""
         self._user_stats.pop(user_id, None)
         touched = self._touches.pop(user_id, {})
         for item_id in touched:
             self._open.pop((user_id, item_id), None)  # an open exposure is a touch too
-        self._base.forget_user(user_id)
 
     def forget_items(self, item_ids: Collection[str]) -> None:
         """Drop the items' statistics, their touches and open exposures, and forget them in
         the base model (one pass over the users' touches)."""
         gone = set(item_ids)
+        reported = self._reported["items"] if self._reported is not None else {}
         for item_id in gone:
             self._item_stats.pop(item_id, None)
+            reported.pop(item_id, None)  # an item that comes back starts afresh, here and in the tally
         for touched in self._touches.values():
             if not gone.isdisjoint(touched):
                 for item_id in gone.intersection(touched):
@@ -448,6 +636,163 @@ class PurchaseRerank(Recommender):
     def state_sizes(self) -> dict[str, int]:
         return self._base.state_sizes()
 
+    # -- scale-out ---------------------------------------------------------------------
+    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
+        """The users' statistics, touches and open exposures, and the base model's export
+        (its keys prefixed with ``base/``), as flat arrays.
+
+        An open exposure goes with its user, so that the new owner closes it: as a
+        positive on the user's purchase, or as a negative once it expires.
+
+        Returns
+        -------
+        dict
+            ``users`` (str); ``stats`` ``(n, 3)`` (events, carts, purchases) and ``last_ts``
+            (NaN where unknown); the touches one user after the other, cut by
+            ``touch_len``: ``touch_items`` (str) and ``touches`` ``(m, 2)`` (count,
+            strongest type); per open exposure ``open_user`` (position in ``users``),
+            ``open_item`` (str), ``open_ts`` (when it expires, less the window) and
+            ``open_features`` ``(m, 9)`` (in the order of ``_FEATURES``). Unknown users are
+            left out.
+        """
+        users = [u for u in dict.fromkeys(user_ids) if u in self._user_stats]
+        position = {u: j for j, u in enumerate(users)}
+        stats = [self._user_stats[u] for u in users]
+        touched = [self._touches.get(u, {}) for u in users]
+        opened: dict[tuple[str, str], float] = {}
+        for ts, user_id, item_id in self._queue:  # the first entry of an exposure closes it
+            key = (user_id, item_id)
+            if user_id in position and key in self._open and key not in opened:
+                opened[key] = ts
+        state = {
+            "users": np.array(users, dtype=str),
+            "stats": np.array([s[:3] for s in stats], dtype=np.float64).reshape(-1, 3),
+            "last_ts": np.array([np.nan if s[3] is None else s[3] for s in stats], dtype=np.float64),
+            "touch_len": np.array([len(t) for t in touched], dtype=np.int64),
+            "touch_items": np.array([i for t in touched for i in t], dtype=str),
+            "touches": np.array([v for t in touched for v in t.values()], dtype=np.float64).reshape(-1, 2),
+            "open_user": np.array([position[u] for u, _ in opened], dtype=np.int64),
+            "open_item": np.array([i for _, i in opened], dtype=str),
+            "open_ts": np.array(list(opened.values()), dtype=np.float64),
+            "open_features": np.array([[self._open[key][f] for f in _FEATURES] for key in opened],
+                                      dtype=np.float64).reshape(-1, len(_FEATURES)),
+        }
+        state.update({f"base/{key}": value for key, value in self._base.export_users(user_ids).items()})
+        return state
+
+    def import_users(self, state: Mapping[str, Any]) -> None:
+        """Adopt ``export_users``' users, replacing what this model and its base knew of
+        them; their open exposures join the expiry queue in time order."""
+        self._base.import_users({key[5:]: value for key, value in state.items() if key.startswith("base/")})
+        users = np.asarray(state.get("users", ())).tolist()
+        if not users:
+            return
+        for user_id in users:
+            self._forget_own(user_id)
+        last = np.asarray(state["last_ts"], dtype=np.float64).tolist()
+        for user_id, (events, carts, purchases), ts in zip(users, np.asarray(state["stats"]).tolist(), last):
+            self._user_stats[user_id] = [events, carts, purchases, None if math.isnan(ts) else ts]
+        items, values = np.asarray(state["touch_items"]).tolist(), np.asarray(state["touches"]).tolist()
+        start = 0
+        for user_id, size in zip(users, np.asarray(state["touch_len"]).tolist()):
+            self._touches[user_id] = dict(zip(items[start : start + size], values[start : start + size]))
+            start += size
+        entries = []
+        for j, item_id, ts, features in zip(np.asarray(state["open_user"]).tolist(),
+                                            np.asarray(state["open_item"]).tolist(),
+                                            np.asarray(state["open_ts"]).tolist(),
+                                            np.asarray(state["open_features"]).tolist()):
+            self._open[(users[j], item_id)] = dict(zip(_FEATURES, features))
+            entries.append((ts, users[j], item_id))
+        if entries:  # expiry pops from the left: the queue stays in time order
+            self._queue = deque(heapq.merge(self._queue, sorted(entries), key=lambda entry: entry[0]))
+
+    def item_delta(self) -> dict[str, Any]:
+        """What this model's own learning changed since the last call: the items' exposure
+        and purchase counts, the classifier's weights and intercept, the purchases seen;
+        and the base model's delta. Starts a new tally.
+
+        Counts add up. The classifier is shared like a parameter server's weights: each
+        replica sends the change its own SGD steps made, and adds the others'. The first
+        call starts the tally (until then nothing is kept) and reports everything learned
+        so far; from then on ``learn_one`` notes the items its events touch.
+
+        Returns
+        -------
+        dict
+            ``items`` (str), ``exposures`` and ``purchases`` (float64), one entry per
+            item; ``features`` (str) and ``weights`` (float64), the changed weights;
+            ``intercept`` (float) and ``purchase_count`` (int), the gains; the base
+            model's delta under keys prefixed with ``base/``.
+        """
+        reported = self._start_sharing()
+        stats, seen = self._item_stats, reported["items"]
+        items, gains = [], []
+        for item_id in self._dirty:
+            now = stats.get(item_id)
+            if now is None:  # forgotten since: nothing to report
+                continue
+            was = seen.get(item_id, _NO_ITEM)
+            gain = (now[0] - was[0], now[1] - was[1])
+            if gain != (0.0, 0.0):
+                items.append(item_id)
+                gains.append(gain)
+                seen[item_id] = list(now)
+        self._dirty = set()
+        weights, was_weights = self._clf._weights, reported["weights"]
+        features, steps = [], []
+        for name in list(weights.keys()):
+            step = weights[name] - was_weights.get(name, 0.0)
+            if step:
+                features.append(name)
+                steps.append(step)
+                was_weights[name] = weights[name]
+        intercept = self._clf.intercept - reported["intercept"]
+        purchases = self._purchases - reported["purchases"]
+        reported["intercept"], reported["purchases"] = self._clf.intercept, self._purchases
+        per_item = np.array(gains, dtype=np.float64).reshape(-1, 2)
+        delta = {
+            "items": np.array(items, dtype=str), "exposures": per_item[:, 0], "purchases": per_item[:, 1],
+            "features": np.array(features, dtype=str), "weights": np.array(steps, dtype=np.float64),
+            "intercept": float(intercept), "purchase_count": int(purchases),
+        }
+        delta.update({f"base/{key}": value for key, value in self._base.item_delta().items()})
+        return delta
+
+    def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
+        """Add a peer's ``item_delta`` to the item counts, the classifier and the purchases
+        seen, and to the tally (so that none of it is reported back); pass the base model
+        its part."""
+        self._base.merge_item_delta({key[5:]: value for key, value in delta.items() if key.startswith("base/")})
+        reported = self._start_sharing()  # before the peer's changes mix in: what is here now is own
+        stats, seen = self._item_stats, reported["items"]
+        for item_id, exposures, purchases in zip(np.asarray(delta.get("items", ())).tolist(),
+                                                 np.asarray(delta.get("exposures", ())).tolist(),
+                                                 np.asarray(delta.get("purchases", ())).tolist()):
+            for table in (stats, seen):
+                entry = table.setdefault(item_id, [0.0, 0.0])
+                entry[0] += exposures
+                entry[1] += purchases
+        weights, was_weights = self._clf._weights, reported["weights"]
+        for name, step in zip(np.asarray(delta.get("features", ())).tolist(),
+                              np.asarray(delta.get("weights", ())).tolist()):
+            weights[name] = weights.get(name, 0.0) + step
+            was_weights[name] = was_weights.get(name, 0.0) + step
+        intercept = float(delta.get("intercept", 0.0))
+        self._clf.intercept += intercept
+        reported["intercept"] += intercept
+        purchases = int(delta.get("purchase_count", 0))
+        self._purchases += purchases
+        reported["purchases"] += purchases
+
+    def _start_sharing(self) -> dict[str, Any]:
+        """The tally, started on first use: everything learned so far is own and unreported
+        (River's classifier starts from zero weights and intercept)."""
+        if self.__dict__.get("_reported") is None:
+            self._reported = {"items": {}, "weights": {}, "intercept": 0.0, "purchases": 0}
+            self._dirty = set(self._item_stats)
+        return self._reported
+
     def __setstate__(self, state: dict) -> None:
         touches = state.get("_touches", {})
         if touches and isinstance(next(iter(touches)), tuple):  # saved when touches were keyed by pairs
@@ -456,6 +801,16 @@ class PurchaseRerank(Recommender):
                 by_user.setdefault(user_id, {})[item_id] = touch
             state = {**state, "_touches": by_user}
         self.__dict__.update(state)
+        self._upgrade()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a model saved by an older version up to date."""
+        for key in ("_reported", "_dirty"):  # saved before sharing
+            self.__dict__.setdefault(key, None)
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         return self._base.similar_items(item_id, k)
