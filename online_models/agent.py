@@ -260,6 +260,82 @@ class Agent(Recommender):
     def state_sizes(self) -> dict[str, int]:
         return largest_sizes(self._models.values())
 
+    # -- scale-out ---------------------------------------------------------------------
+    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
+        """The users' event counts and unsettled served lists, and each strategy's export.
+
+        Returns
+        -------
+        dict
+            Flat (it travels as npz when the strategies' exports do): each strategy's
+            export under ``"<strategy>/"``; ``users`` (str) and ``n_events`` (int64) for the
+            users with an event count; ``served_users`` (str), ``served_segments`` (str, the
+            bandit segment each list was served in: all the bandit reads of its context),
+            ``served_lengths`` (int64) and ``served_items``, ``served_strategies`` (str) and
+            ``served_slots`` (int64), the lists one after the other. Unknown users are left out.
+        """
+        wanted = list(dict.fromkeys(user_ids))
+        out = {f"{name}/{key}": value for name, model in self._models.items()
+               for key, value in model.export_users(wanted).items()}
+        counted = [u for u in wanted if u in self._n_events]
+        served = [u for u in wanted if u in self._served]
+        entries = [self._served[u][1] for u in served]
+        names, segment_of = self._bandit.segment_names, self._bandit.segment_of
+        out.update({
+            "users": np.array(counted, dtype=str),
+            "n_events": np.array([self._n_events[u] for u in counted], dtype=np.int64),
+            "served_users": np.array(served, dtype=str),
+            "served_segments": np.array([names[segment_of(self._served[u][0])] for u in served], dtype=str),
+            "served_lengths": np.array([len(e) for e in entries], dtype=np.int64),
+            "served_items": np.array([item for e in entries for item, _, _ in e], dtype=str),
+            "served_strategies": np.array([arm for e in entries for _, arm, _ in e], dtype=str),
+            "served_slots": np.array([slot for e in entries for _, _, slot in e], dtype=np.int64),
+        })
+        return out
+
+    def import_users(self, state: Mapping[str, Any]) -> None:
+        """Adopt ``export_users``' users, replacing their event counts and served lists here
+        (a user exported without one has none here either), and pass each strategy its part."""
+        own, parts = _split_keys(state, self._models)
+        for name, model in self._models.items():
+            model.import_users(parts[name])
+        counted = np.asarray(own.get("users", ())).tolist()
+        served = np.asarray(own.get("served_users", ())).tolist()
+        for user_id in set(counted) | set(served):
+            self._n_events.pop(user_id, None)
+            self._served.pop(user_id, None)
+        self._n_events.update(zip(counted, np.asarray(own.get("n_events", ()), dtype=np.int64).tolist()))
+        if not served:
+            return
+        entries = list(zip(np.asarray(own["served_items"]).tolist(), np.asarray(own["served_strategies"]).tolist(),
+                           np.asarray(own["served_slots"], dtype=np.int64).tolist()))
+        end = 0
+        for user_id, segment, size in zip(served, np.asarray(own["served_segments"]).tolist(),
+                                          np.asarray(own["served_lengths"]).tolist()):
+            start, end = end, end + size
+            self._served[user_id] = ({"segment": segment}, [e for e in entries[start:end] if e[1] in self._models])
+        while len(self._served) > self.max_served_users:
+            self._served.popitem(last=False)
+
+    def item_delta(self) -> dict[str, Any]:
+        """Each strategy's delta, its keys prefixed with the strategy's name and ``/``, and
+        the bandit's (``SlotBandit.delta``: its statistics are global sums) under its own
+        keys, which hold no ``/``."""
+        out = {f"{name}/{key}": value for name, model in self._models.items()
+               for key, value in model.item_delta().items()}
+        out.update(self._bandit.delta())
+        return out
+
+    def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
+        """Pass each strategy its part and add the bandit's; the count of bandit updates that
+        moves the draws on follows the updates merged in, so replicas with the same
+        statistics draw alike."""
+        own, parts = _split_keys(delta, self._models)
+        for name, model in self._models.items():
+            model.merge_item_delta(parts[name])
+        self._bandit.merge_delta(own)
+        self._feedback += int(np.asarray(own.get("pulls", ()), dtype=np.int64).sum())
+
     # -- ranking ---------------------------------------------------------------------
     def _rng(self, user_id: str) -> np.random.Generator:
         return np.random.default_rng([self.seed & 0xFFFFFFFF, stable_hash(user_id), self._feedback])
@@ -438,6 +514,20 @@ class Agent(Recommender):
         stats["feedback"] = self._feedback
         stats["users"] = len(self._n_events)
         return stats
+
+
+def _split_keys(state: Mapping[str, Any], names: Iterable[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The agent's own entries (keys without ``/``) and each strategy's (``"<name>/<key>"``,
+    the prefix taken off)."""
+    own: dict[str, Any] = {}
+    parts: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for key, value in state.items():
+        name, slash, part_key = key.partition("/")
+        if slash:
+            parts[name][part_key] = value
+        else:
+            own[key] = value
+    return own, parts
 
 
 class _NotFetched(Exception):

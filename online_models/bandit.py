@@ -98,6 +98,9 @@ class SlotBandit:
         self._rewards_total = np.zeros(len(self.arms), dtype=np.float64)  # undiscounted, all time
         self._pulls_total = np.zeros(len(self.arms), dtype=np.int64)
         self._rng = np.random.default_rng(seed)
+        # the four statistics as last reported by ``delta``, plus what peers added since: the
+        # difference is this bandit's own learning. None until sharing starts
+        self._reported: tuple[np.ndarray, ...] | None = None
 
     # -- context -------------------------------------------------------------------------
     @property
@@ -166,7 +169,8 @@ class SlotBandit:
         s, n = self._successes[seg, slots], self._trials[seg, slots]
         if self.policy == "thompson":
             a, b = self.prior
-            return a + s, b + np.maximum(n - s, 0.0)
+            # a peer's decay (``discount``) merged in may leave a statistic a little below 0
+            return a + np.maximum(s, 0.0), b + np.maximum(n - s, 0.0)
         total = n.sum(axis=1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             bound = s / n + self.ucb_c * np.sqrt(2.0 * np.log(np.maximum(total, 1.0)) / n)
@@ -199,6 +203,79 @@ class SlotBandit:
         self._trials[seg, slot, i] += 1.0
         self._rewards_total[i] += reward
         self._pulls_total[i] += 1
+
+    # -- sharing between replicas ---------------------------------------------------------
+    def _statistics(self) -> tuple[np.ndarray, ...]:
+        return self._successes, self._trials, self._rewards_total, self._pulls_total
+
+    def delta(self) -> dict[str, np.ndarray]:
+        """What this bandit's own updates changed in its statistics since the last call, and
+        starts a new tally; a replica with the same arms, slots and segments adds it with
+        :meth:`merge_delta`.
+
+        Returns
+        -------
+        dict
+            ``cells`` (int64, flat positions in the (segment, slot, arm) statistics),
+            ``successes`` and ``trials`` (float64, their gains); ``arms`` (int64 arm
+            positions), ``rewards`` (float64) and ``pulls`` (int64), the gains of the
+            all-time totals. Every array is empty when nothing changed.
+
+        Notes
+        -----
+        Without ``discount`` the statistics are sums, so replicas that exchange deltas hold
+        the sums of all their updates. With one, an update's decay of the statistics (the
+        peers' part included) is a change like any other and travels as a negative gain,
+        so the replicas approximate one bandit that saw every update.
+
+        >>> one, two = SlotBandit(["a", "b"], n_slots=2), SlotBandit(["a", "b"], n_slots=2)
+        >>> one.update(0, "a", 1.0, slot=1); two.update(0, "b", 0.0)
+        >>> one.merge_delta(two.delta()); two.merge_delta(one.delta())
+        >>> [b.stats()["arms"]["a"]["rewards"] for b in (one, two)], one.stats() == two.stats()
+        ([1.0, 1.0], True)
+        >>> [v.size for v in one.delta().values()]  # merged in: never reported again
+        [0, 0, 0, 0, 0, 0]
+        """
+        reported = self._reported_statistics()
+        succ, trials, rewards, pulls = self._statistics()
+        rep_succ, rep_trials, rep_rewards, rep_pulls = reported
+        cells = np.flatnonzero((succ != rep_succ) | (trials != rep_trials))
+        arms = np.flatnonzero((rewards != rep_rewards) | (pulls != rep_pulls))
+        out = {
+            "cells": cells,
+            "successes": succ.flat[cells] - rep_succ.flat[cells],
+            "trials": trials.flat[cells] - rep_trials.flat[cells],
+            "arms": arms,
+            "rewards": rewards[arms] - rep_rewards[arms],
+            "pulls": pulls[arms] - rep_pulls[arms],
+        }
+        self._reported = tuple(x.copy() for x in self._statistics())
+        return out
+
+    def merge_delta(self, delta: Mapping[str, Any]) -> None:
+        """Add a peer's :meth:`delta` to the statistics (never part of this bandit's own)."""
+        cells = np.asarray(delta.get("cells", ()), dtype=np.int64)
+        arms = np.asarray(delta.get("arms", ()), dtype=np.int64)
+        if not len(cells) and not len(arms):
+            return
+        if (len(cells) and cells.max() >= self._successes.size) or (len(arms) and arms.max() >= len(self.arms)):
+            raise ValueError("a bandit delta from a bandit with other arms, slots or segments")
+        self._reported_statistics()  # before the peer's sums mix in: what is here now is own
+        succ = np.asarray(delta["successes"], dtype=np.float64)
+        trials = np.asarray(delta["trials"], dtype=np.float64)
+        rewards = np.asarray(delta["rewards"], dtype=np.float64)
+        pulls = np.asarray(delta["pulls"], dtype=np.int64)
+        for state in (self._statistics(), self._reported):  # the same sums: no own change appears
+            state[0].flat[cells] += succ  # cells and arms are distinct: plain fancy-index adds
+            state[1].flat[cells] += trials
+            state[2][arms] += rewards
+            state[3][arms] += pulls
+
+    def _reported_statistics(self) -> tuple[np.ndarray, ...]:
+        """``_reported``, started at zero: everything learned until sharing starts is own."""
+        if getattr(self, "_reported", None) is None:  # checkpoints from before sharing lack it
+            self._reported = tuple(np.zeros_like(x) for x in self._statistics())
+        return self._reported
 
     # -- reading -------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -239,6 +316,7 @@ class SlotBandit:
         return copy.deepcopy({
             "successes": self._successes, "trials": self._trials, "rewards_total": self._rewards_total,
             "pulls_total": self._pulls_total, "rng": self._rng.bit_generator.state,
+            "reported": getattr(self, "_reported", None),  # so merged statistics never count as own
         })
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -249,6 +327,7 @@ class SlotBandit:
         self._rewards_total, self._pulls_total = state["rewards_total"], state["pulls_total"]
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = state["rng"]
+        self._reported = state.get("reported")  # a state from before sharing has none
 
     def __repr__(self) -> str:
         return (f"SlotBandit(arms={self.arms!r}, policy={self.policy!r}, n_slots={self.n_slots}, "
