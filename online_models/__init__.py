@@ -4,8 +4,19 @@ Every model follows :class:`online_models.base.Recommender`; the registry maps t
 the CLI, the settings and the reports use to model classes.
 """
 
+import importlib
+
 from online_models.base import EVENT_WEIGHTS, Recommender
-from online_models.embeddings import set_torch_threads
-from online_models.registry import MODELS, make_model
+
+# loaded on first use, so that importing one light module (the API reads item categories
+# with ``online_models.content.categories_of``) does not import torch with every model
+_LAZY = {"MODELS": "online_models.registry", "make_model": "online_models.registry",
+         "set_torch_threads": "online_models.embeddings"}
 
 __all__ = ["EVENT_WEIGHTS", "MODELS", "Recommender", "make_model", "set_torch_threads"]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'online_models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
