@@ -308,14 +308,15 @@ class Worker:
         again."""
         for p in [p for p in self.partitions if p not in assigned]:
             self._drop_partition(p)
+        # each checkpoint's partition -> offset, read once; this worker's own too: it may have restored a peer's
+        held = {folder: (CheckpointStore(folder).summary() or {}).get("partitions") or {}
+                for folder in self.group_dir.glob("workers/*")}
         peers: dict[Path, dict | None] = {}
         for p in sorted(assigned):
-            mine = self.partitions[p].next_offset if p in self.partitions else -1
-            best, source = mine, None
-            for folder in self.group_dir.glob("workers/*"):  # this worker's own too: it may have restored a peer's
-                offset = ((CheckpointStore(folder).summary() or {}).get("partitions") or {}).get(p, -1)
-                if offset > best:
-                    best, source = offset, folder
+            best, source = self.partitions[p].next_offset if p in self.partitions else -1, None
+            for folder, offsets in held.items():
+                if offsets.get(p, -1) > best:
+                    best, source = offsets[p], folder
             if source is not None:
                 if source not in peers:
                     peers[source] = CheckpointStore(source).load()
