@@ -43,6 +43,10 @@ class IdIndex:
         """How many ids hold a row."""
         return len(self.rows)
 
+    def live_rows(self) -> np.ndarray:
+        """The rows that hold an id, in order (freed rows left out)."""
+        return np.array([row for row, key in enumerate(self.ids) if key is not None], dtype=np.int64)
+
     def __contains__(self, key: str) -> bool:
         return key in self.rows
 
@@ -343,6 +347,27 @@ def grow(array: np.ndarray, min_rows: int) -> np.ndarray:
     new = np.zeros((max(min_rows, 2 * len(array), 16),) + array.shape[1:], dtype=array.dtype)
     new[: len(array)] = array
     return new
+
+
+def grow_all(tables: dict[str, np.ndarray], min_rows: int) -> None:
+    """``grow`` every table of ``tables``, in place of the dict's values."""
+    for key, array in tables.items():
+        tables[key] = grow(array, min_rows)
+
+
+def take_gains(values: np.ndarray, reported: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows where ``values`` differ from ``reported`` (their values as last reported),
+    and by how much; ``reported`` takes the new values, so the next call starts a new tally.
+
+    >>> reported = np.array([1.0, 2.0, 0.0])
+    >>> rows, gains = take_gains(np.array([1.0, 5.0, 0.5]), reported)
+    >>> rows.tolist(), gains.tolist(), reported.tolist()
+    ([1, 2], [3.0, 0.5], [1.0, 5.0, 0.5])
+    """
+    rows = np.flatnonzero(values != reported[: len(values)])
+    gains = values[rows] - reported[rows]
+    reported[rows] = values[rows]
+    return rows, gains
 
 
 def top_k(scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow, top_k, top_k_of, top_k_per_user
+from online_models._arrays import IdIndex, grow, take_gains, top_k, top_k_of, top_k_per_user
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.trending import Trending, id_array
 
@@ -363,12 +363,7 @@ class Content(Recommender):
         The first call (or first merge) starts the tally: everything learned until then
         is this model's own, so it reports all of it.
         """
-        n = len(self._items)
-        reported = self._reported_counts()
-        counts = self._counts[:n]
-        count_rows = np.flatnonzero(counts != reported[:n])
-        count_gains = counts[count_rows] - reported[count_rows]
-        reported[count_rows] = counts[count_rows]
+        count_rows, count_gains = take_gains(self._counts[: len(self._items)], self._reported_counts())
         trend_rows, trend_gains = self._trending._take_gains()
         trend_ids, get = self._trending._items.ids, self._items.get
         # the trending model numbers items its own way: to this model's rows by id (every

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow, top_k, top_rows
+from online_models._arrays import IdIndex, grow, take_gains, top_k, top_rows
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.trending import Trending, id_array
 
@@ -568,12 +568,7 @@ class Cooc(Recommender):
         its co-occurrence gains, which are summed here.
         """
         self._start_sharing()
-        n = len(self._items)
-        counts = self._counts[:n]
-        reported = self._counts_reported
-        count_rows = np.flatnonzero(counts != reported[:n])
-        count_gains = counts[count_rows] - reported[count_rows]
-        reported[count_rows] = counts[count_rows]
+        count_rows, count_gains = take_gains(self._counts[: len(self._items)], self._counts_reported)
         trend_rows, trend_gains = self._trending._take_gains()
         a, b, w = self._pending_pairs()
         self._pair_log, self._pairs_carried = [], None

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from online_models._arrays import IdIndex, grow, top_k, top_k_per_user
+from online_models._arrays import IdIndex, grow, grow_all, top_k, top_k_per_user
 from online_models.base import Interaction, Ranking, Recommender
 
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders items before any training step
@@ -311,7 +311,7 @@ class TorchEmbeddings(Recommender):
             self._item_bias[row] = 0.0  # a freed row's bias is -inf: it must never rank
             self._counts = grow(self._counts, row + 1)
             if self.__dict__.get("_shadow") is not None:  # the item's tally starts from its init
-                self._grow_shadow()
+                grow_all(self._shadow, len(self._items))
                 self._copy_to_shadow(np.array([row]))
         return row
 
@@ -608,19 +608,14 @@ class TorchEmbeddings(Recommender):
         if self.__dict__.get("_shadow") is None:
             ids = self._items.ids
             self._shadow = shadow = {key: now.copy() for key, now in self._item_state(len(ids)).items()}
-            live = np.array([r for r, i in enumerate(ids) if i is not None], dtype=np.int64)
+            live = self._items.live_rows()
             if len(live):
                 shadow["in"][live], shadow["out"][live] = initial_item_vectors(
                     [ids[r] for r in live.tolist()], self.seed, self.n_factors, self.init_std)
                 for key in ("bias", "acc_in", "acc_out", "acc_bias", "counts"):
                     shadow[key][live] = 0.0
-        self._grow_shadow()
+        grow_all(self._shadow, len(self._items))
         return self._shadow
-
-    def _grow_shadow(self) -> None:
-        n = len(self._items)
-        for key, array in self._shadow.items():
-            self._shadow[key] = grow(array, n)
 
     def _copy_to_shadow(self, rows: np.ndarray) -> None:
         """The shadow of these rows takes their current values (a new item's init, a freed row)."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from river import linear_model, optim, reco
 
-from online_models._arrays import IdIndex, grow, top_k
+from online_models._arrays import IdIndex, grow, grow_all, top_k
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.embeddings import top_k_by_product
 from online_models.trending import id_array
@@ -157,7 +157,7 @@ class RiverMF(Recommender):
             self._counts[row] = 0.0
             shadow = self.__dict__.get("_shadow")
             if shadow is not None:  # a new item's tally starts from its initial state
-                self._grow_shadow()
+                grow_all(shadow, len(self._items))
                 shadow["latents"][row], shadow["biases"][row], shadow["counts"][row] = latent, 0.0, 0.0
         return row
 
@@ -349,17 +349,12 @@ class RiverMF(Recommender):
         if self.__dict__.get("_shadow") is None:
             n, ids = len(self._items), self._items.ids
             self._shadow = {"counts": np.zeros(n), "biases": np.zeros(n), "latents": np.zeros((n, self.n_factors))}
-            live = np.array([r for r, i in enumerate(ids) if i is not None], dtype=np.int64)
+            live = self._items.live_rows()
             if len(live):
                 self._shadow["latents"][live] = [self.initial_latent(ids[r]) for r in live.tolist()]
             self._mean_reported = np.zeros(2)  # ratings in the global mean, and their sum
-        self._grow_shadow()
+        grow_all(self._shadow, len(self._items))
         return self._shadow
-
-    def _grow_shadow(self) -> None:
-        n = len(self._items)
-        for key, array in self._shadow.items():
-            self._shadow[key] = grow(array, n)
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items with the closest latent vectors (cosine)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow, top_k_of, top_rows
+from online_models._arrays import IdIndex, grow, take_gains, top_k_of, top_rows
 from online_models.base import Interaction, Ranking, Recommender
 
 _RESCALE_AT = 50.0  # rescale once the growth factor passes e**50, long before float64 overflows
@@ -194,13 +194,7 @@ class Trending(Recommender):
     def _take_gains(self) -> tuple[np.ndarray, np.ndarray]:
         """Rows whose score changed by this model's own learning since the last call, and
         by how much; starts a new tally. One pass over the rows, once per delta."""
-        n = len(self._items)
-        reported = self._reported_scores()
-        scores = self._scores[:n]
-        rows = np.flatnonzero(scores != reported[:n])
-        gains = scores[rows] - reported[rows]
-        reported[rows] = scores[rows]
-        return rows, gains
+        return take_gains(self._scores[: len(self._items)], self._reported_scores())
 
     def _reported_scores(self) -> np.ndarray:
         """``_reported``, started (zeros: everything learned so far is own) and grown to the rows."""
