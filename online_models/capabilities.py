@@ -86,3 +86,15 @@ class ReportsArms(Protocol):
     rewards and share for the metrics."""
 
     def stats(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class UsesPopularity(Protocol):
+    """Ranks with item popularity (a ``Trending``) it need not learn itself.
+
+    Standalone, such a model owns and learns its own popularity. Whoever drives several
+    (the worker, the evaluator, a composite model) owns one ``Trending``, hands it over
+    once with ``use_popularity``, and learns each batch into it before the models learn
+    it; from then on the model reads it and no longer learns it."""
+
+    def use_popularity(self, popularity: Any) -> None: ...
