@@ -9,7 +9,7 @@ install:  ## Python package, Redis (Debian), the Kafka jars (Maven Central)
 	  (apt-get install -y -qq redis-server >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq redis-server)); } \
 	  || { echo "redis-server is missing: install Debian's redis-server package" >&2; exit 1; }
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
-	$(PYTHON) -c "from streamrec.services import LocalKafka; from streamrec.settings import Settings; LocalKafka(Settings().state_dir).install()"
+	$(PYTHON) -c "from streamrec.services import LocalKafka; from core.settings import Settings; LocalKafka(Settings().state_dir).install()"
 
 run: install  ## start Kafka, Redis, the worker and the API; Ctrl-C stops all
 	$(PYTHON) -m streamrec up

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Response
 
-from serving.store import RecommendationStore, make_client
-from streamrec.settings import Settings
+from core.keys import make_client
+from core.settings import Settings
+from serving.store import RecommendationStore
 
 
 def create_app() -> FastAPI:

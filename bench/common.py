@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from stream.schema import INTERACTION_TYPES
+from core.schema import INTERACTION_TYPES
 
 BENCH_STATE_DIR = Path(".streamrec/bench-services")
 KAFKA_PORT = 9192
@@ -63,7 +63,7 @@ def services(state_dir: Path = BENCH_STATE_DIR) -> Iterator[Services]:
 
 def _share_kafka_jars(kafka) -> None:
     """Reuse the jars that ``streamrec services start`` already collected (no second download)."""
-    from streamrec.settings import STATE_DIR
+    from core.settings import STATE_DIR
 
     shared = (STATE_DIR / "kafka" / "libs").resolve()
     if not kafka.libs.exists() and shared.is_dir():
@@ -73,9 +73,9 @@ def _share_kafka_jars(kafka) -> None:
 
 def bench_settings(svc: Services, **overrides):
     """Settings for one benchmark run: its own topic, group and Redis prefix."""
-    from streamrec.settings import Settings
-
     import tempfile
+
+    from core.settings import Settings
 
     run = uuid.uuid4().hex[:8]
     values = dict(

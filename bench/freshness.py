@@ -20,7 +20,14 @@ import uuid
 
 import orjson
 
-from bench.common import Catalogue, Services, Spread, bench_settings, drop_prefix, percentile
+from bench.common import (
+    Catalogue,
+    Services,
+    Spread,
+    bench_settings,
+    drop_prefix,
+    percentile,
+)
 from bench.serve import start_server
 
 LOAD_RPS = 1000
@@ -30,7 +37,7 @@ POLL_S = 0.005
 
 
 def _load(settings, rate: int, stop_file: str, out) -> None:
-    from stream.producer import make_producer
+    from core.kafka import make_producer
 
     catalogue = Catalogue(10_000, 100_000, seed=11)
     producer = make_producer(settings.kafka_bootstrap)
@@ -58,9 +65,9 @@ def _worker(settings, stop_file: str, out) -> None:
 
 
 def _wait_consuming(settings, timeout_s: float = 90.0) -> None:
-    from serving.store import RecommendationStore, make_client
-
     from bench.common import wait_until
+    from core.keys import make_client
+    from serving.store import RecommendationStore
 
     store = RecommendationStore(make_client(settings.redis_url, retries=2), settings.redis_prefix)
     try:
@@ -80,7 +87,7 @@ def _probe_event(user: str) -> bytes:
 
 
 def probe_api(settings, port: int, n: int, timeout_s: float = 5.0) -> list[float]:
-    from stream.producer import make_producer
+    from core.kafka import make_producer
 
     producer = make_producer(settings.kafka_bootstrap)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -119,7 +126,7 @@ def probe_bare_consumer(settings, n: int, timeout_s: float = 5.0) -> list[float]
     """Produce-to-consume latency of a bare consumer (own group) on the same loaded topic."""
     from kafka import KafkaConsumer
 
-    from stream.producer import make_producer
+    from core.kafka import make_producer
 
     consumer = KafkaConsumer(settings.topic, bootstrap_servers=settings.kafka_bootstrap,
                              group_id=f"{settings.group_id}-bare", enable_auto_commit=False,
@@ -149,8 +156,8 @@ def probe_bare_consumer(settings, n: int, timeout_s: float = 5.0) -> list[float]
 def run(svc: Services, *, quick: bool, repeats: int | None = None, log=print, **_) -> dict:
     import multiprocessing as mp
 
+    from core.kafka import ensure_topics
     from streamrec.services import free_port
-    from stream.topics import ensure_topics
 
     repeats = repeats or (2 if quick else 5)
     probes = 30 if quick else 200

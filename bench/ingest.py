@@ -16,7 +16,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 
-from bench.common import Catalogue, Services, Spread, bench_settings, drop_prefix, in_process
+from bench.common import (
+    Catalogue,
+    Services,
+    Spread,
+    bench_settings,
+    drop_prefix,
+    in_process,
+)
 
 ITEMS = 10_000
 USERS = 100_000
@@ -24,8 +31,7 @@ USERS = 100_000
 
 def produce(settings, n: int, seed: int = 7) -> float:
     """Fill ``settings.topic`` with ``n`` events; returns the producer's events/s."""
-    from stream.producer import make_producer
-    from stream.topics import ensure_topics
+    from core.kafka import ensure_topics, make_producer
 
     ensure_topics(settings.kafka_bootstrap, {settings.topic: settings.topic_partitions,
                                              settings.dlq_topic: settings.topic_partitions})
@@ -64,9 +70,7 @@ def _drain_worker(settings, n: int, profile_path: str | None, out: mp.Queue) -> 
 
 def _drain_bare(settings, n: int, out: mp.Queue) -> None:
     import orjson
-    from kafka import KafkaConsumer
-
-    from kafka import TopicPartition
+    from kafka import KafkaConsumer, TopicPartition
 
     from stream.worker import wait_for_partitions
 

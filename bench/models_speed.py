@@ -28,8 +28,8 @@ import torch
 if __package__ in (None, ""):  # run as a script: the repository root holds the packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.schema import Event
 from online_models import MODELS, make_model
-from stream.schema import Event
 
 TYPES = np.array(["view", "click", "add_to_cart", "purchase"])
 

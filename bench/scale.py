@@ -2,7 +2,7 @@
 
 Redis: synthetic top-10 lists (10 items, no seen flags, model ``cooc``: what the issue's
 "300 MB per 1M users' top-10 lists" counts) over a 100k-item catalogue are written with
-``RecommendationStore.write_batch`` (the worker's write path) for up to 1M users; Redis's
+``ListSink.write_batch`` (the worker's write path) for up to 1M users; Redis's
 ``used_memory`` is read at each step. Baseline: the bytes of the encoded values themselves
 (what any store must hold), so the ratio is Redis's per-key overhead factor. The worker's
 lists are ``STREAMREC_TOP_K`` long (50 by default; the user's seen items, flagged among them,
@@ -22,7 +22,15 @@ import random
 import time
 import uuid
 
-from bench.common import Nothing, Record, Services, bench_settings, drop_prefix, in_process, rss_bytes
+from bench.common import (
+    Nothing,
+    Record,
+    Services,
+    bench_settings,
+    drop_prefix,
+    in_process,
+    rss_bytes,
+)
 
 ITEMS = 100_000
 
@@ -30,11 +38,12 @@ ITEMS = 100_000
 def redis_memory(svc: Services, steps: list[int], log=print, list_len: int = 10) -> dict:
     import redis
 
-    from serving.store import RecommendationStore, encode_list, make_client
+    from core.keys import encode_list, make_client
+    from stream.sink import ListSink
 
     settings = bench_settings(svc, redis_prefix=f"sr{uuid.uuid4().hex[:8]}")  # as long as "streamrec"
     client = redis.Redis.from_url(svc.redis_url)
-    store = RecommendationStore(make_client(svc.redis_url, retries=2), settings.redis_prefix, settings.user_list_ttl_s)
+    store = ListSink(make_client(svc.redis_url, retries=2), settings.redis_prefix, settings.user_list_ttl_s)
     rng = random.Random(1)
     base = client.info("memory")["used_memory"]
     payload, written, points = 0, 0, []

@@ -1,7 +1,7 @@
 """Serving: GET latency at a fixed arrival rate, and maximum throughput, against a bare endpoint.
 
 Redis holds ``USERS`` top-``STREAMREC_TOP_K`` lists (50 by default) written by
-``RecommendationStore.write_batch``; requests ask for the top 10. The API
+``ListSink.write_batch``; requests ask for the top 10. The API
 (``serving.app``) and the baseline (``bench.bare_app``: one Redis GET returned as it is) run
 in turn under uvicorn, one process pinned to the server cores; the load generator
 (``bench.loadgen``) runs in its own process pinned to the other cores. Redis and Kafka are
@@ -23,7 +23,16 @@ import time
 import urllib.request
 
 from bench import loadgen
-from bench.common import Services, Spread, bench_settings, drop_prefix, in_process, percentile, pin, split_cores
+from bench.common import (
+    Services,
+    Spread,
+    bench_settings,
+    drop_prefix,
+    in_process,
+    percentile,
+    pin,
+    split_cores,
+)
 
 USERS = 10_000
 ITEMS = 10_000
@@ -31,9 +40,10 @@ RATE = 500
 
 
 def populate(settings) -> list[str]:
-    from serving.store import RecommendationStore, make_client
+    from core.keys import make_client
+    from stream.sink import ListSink
 
-    store = RecommendationStore(make_client(settings.redis_url, retries=2), settings.redis_prefix)
+    store = ListSink(make_client(settings.redis_url, retries=2), settings.redis_prefix)
     rng = random.Random(5)
     users = [f"u{n}" for n in range(USERS)]
     now = time.time()

@@ -22,7 +22,16 @@ from itertools import accumulate
 
 import orjson
 
-from bench.common import TYPE_MIX, Nothing, Record, bench_settings, drop_prefix, in_process, rss_bytes, services
+from bench.common import (
+    TYPE_MIX,
+    Nothing,
+    Record,
+    bench_settings,
+    drop_prefix,
+    in_process,
+    rss_bytes,
+    services,
+)
 
 DAY_S = 86_400.0
 

@@ -37,10 +37,9 @@ from pathlib import Path
 import redis
 
 from bench.common import drop_prefix, services
+from core.kafka import EventProducer, ensure_topics
 from serving.store import RecommendationStore
 from stream.logs import read_log
-from stream.producer import EventProducer
-from stream.topics import ensure_topics
 
 PARTITIONS = 6
 

@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 
 from online_models.bandit import DEFAULT_SEGMENTS, SlotBandit, stable_hash
-from online_models.base import Interaction, Ranking, Recommender, largest_sizes
+from online_models.base import (
+    Interaction,
+    Ranking,
+    Recommender,
+    largest_sizes,
+    make_part,
+)
 
 DEFAULT_STRATEGIES: dict[str, dict[str, Any]] = {
     "cooc": {"model": "cooc"},
@@ -78,7 +84,7 @@ class Agent(Recommender):
 
     Examples
     --------
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> agent = Agent(strategies={"cooc": {}, "trending": {"params": {"half_life_s": None}}})
     >>> for user, items in {"a": "xy", "b": "xy", "c": "xz"}.items():
     ...     for item in items:
@@ -110,8 +116,6 @@ class Agent(Recommender):
         max_served_users: int = 100_000,
         seed: int = 0,
     ):
-        from online_models.registry import make_model
-
         self.strategies = strategies
         self.policy = policy
         self.n_slots = n_slots
@@ -128,7 +132,7 @@ class Agent(Recommender):
         if not specs:
             raise ValueError("an agent needs at least one strategy")
         self._models: dict[str, Recommender] = {
-            name: make_model(spec.get("model", name), **dict(spec.get("params") or {}))
+            name: make_part(spec.get("model", name), spec.get("params"))
             for name, spec in ((n, dict(s or {})) for n, s in specs.items())
         }
         self._bandit = SlotBandit(list(self._models), policy=policy, n_slots=n_slots, segments=segments,

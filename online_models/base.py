@@ -9,7 +9,7 @@
   and the evaluator track what each user has already seen, by their own policy).
 
 An interaction is any object with ``user_id``, ``item_id``, ``type``, ``ts`` and ``value``
-attributes; ``stream.schema.Event`` is the one the worker passes.
+attributes; ``core.schema.Event`` is the one the worker passes.
 """
 
 from __future__ import annotations
@@ -169,3 +169,14 @@ class Recommender(abc.ABC):
             delattr(self, key)
         for key, value in copy.deepcopy(dict(state)).items():
             setattr(self, key, value)
+
+
+def make_part(name: str, params: Mapping[str, Any] | None = None) -> Recommender:
+    """A composite model's part (blend's, the agent's, purchase-rerank's base) by registry name.
+
+    The registry imports every model, the composites among them, so this is the one place
+    a model imports it, and lazily.
+    """
+    from online_models.registry import make_model
+
+    return make_model(name, **dict(params or {}))

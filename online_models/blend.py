@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from online_models.base import Interaction, Ranking, Recommender, largest_sizes
+from online_models.base import (
+    Interaction,
+    Ranking,
+    Recommender,
+    largest_sizes,
+    make_part,
+)
 
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {"cooc": {}, "embeddings": {}}
 DEFAULT_WEIGHTS: dict[str, float] = {"cooc": 1.0, "embeddings": 0.5}
@@ -34,7 +40,7 @@ class Blend(Recommender):
 
     Examples
     --------
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> model = Blend(models={"cooc": {}, "trending": {"half_life_s": None}}, weights={"trending": 0.5})
     >>> for user, items in {"a": "xy", "b": "xy", "c": "xz"}.items():
     ...     for item in items:
@@ -52,14 +58,12 @@ class Blend(Recommender):
         n_candidates: int = 100,
         rank_offset: float | None = None,
     ):
-        from online_models.registry import make_model
-
         self.models = models
         self.weights = weights
         self.n_candidates = n_candidates
         self.rank_offset = rank_offset
         specs = DEFAULT_MODELS if models is None else models
-        self._models = {name: make_model(name, **dict(params or {})) for name, params in specs.items()}
+        self._models = {name: make_part(name, params) for name, params in specs.items()}
 
     def _weight(self, name: str) -> float:
         weights = DEFAULT_WEIGHTS if self.weights is None else self.weights

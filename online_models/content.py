@@ -32,7 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow, take_gains, top_k, top_k_of, top_k_per_user
+from online_models._arrays import (
+    IdIndex,
+    grow,
+    take_gains,
+    top_k,
+    top_k_of,
+    top_k_per_user,
+)
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.trending import Trending, id_array
 
@@ -135,7 +142,7 @@ class Content(Recommender):
 
     Examples
     --------
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> model = Content(popularity_weight=0.0)
     >>> model.learn_item("a", {"title": "Alien", "genres": "Horror|Sci-Fi"})
     >>> model.learn_item("b", {"title": "Aliens", "genres": "Action|Horror|Sci-Fi"})

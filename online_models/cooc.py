@@ -191,7 +191,7 @@ class Cooc(Recommender):
 
     Examples
     --------
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> model = Cooc()
     >>> for user, items in {"a": "xy", "b": "xy", "c": "xz"}.items():
     ...     for item in items:

@@ -215,7 +215,7 @@ class TorchEmbeddings(Recommender):
 
     Examples
     --------
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> model = TorchEmbeddings(n_factors=8, batch_size=4, seed=1)
     >>> log = [("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")] * 30 + [("c", "x")]
     >>> for t, (user, item) in enumerate(log):

@@ -211,7 +211,7 @@ def prequential(
 
     Examples
     --------
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> from online_models.trending import Trending
     >>> log = [Event(user_id=u, item_id=i, type="view", ts=t)
     ...        for t, (u, i) in enumerate([("a", "x"), ("b", "x"), ("a", "y"), ("b", "y")])]

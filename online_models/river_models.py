@@ -15,7 +15,7 @@ import torch
 from river import linear_model, optim, reco
 
 from online_models._arrays import IdIndex, grow, grow_all, top_k
-from online_models.base import Interaction, Ranking, Recommender
+from online_models.base import Interaction, Ranking, Recommender, make_part
 from online_models.embeddings import top_k_by_product
 from online_models.trending import id_array
 
@@ -62,7 +62,7 @@ class RiverMF(Recommender):
 
     Examples
     --------
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> model = RiverMF()
     >>> for user, item, rating in [("a", "x", 5), ("a", "y", 1), ("b", "x", 4), ("b", "y", 2)]:
     ...     model.learn_one(Event(user_id=user, item_id=item, type="view", ts=0, value=rating))
@@ -416,7 +416,7 @@ class PurchaseRerank(Recommender):
 
     Examples
     --------
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> model = PurchaseRerank(base="trending", base_params={"half_life_s": None}, min_purchases=1)
     >>> log = [("u1", "cheap", "click"), ("u1", "cheap", "purchase"), ("u2", "cheap", "click"),
     ...        ("u2", "cheap", "purchase"), ("u1", "toy", "click"), ("u2", "toy", "click"),
@@ -440,8 +440,6 @@ class PurchaseRerank(Recommender):
         min_purchases: int = 10,
         event_weights: Mapping[str, float] | None = None,
     ):
-        from online_models.registry import make_model
-
         self.base = base
         self.base_params = base_params
         self.n_candidates = n_candidates
@@ -450,7 +448,7 @@ class PurchaseRerank(Recommender):
         self.lr = lr
         self.min_purchases = min_purchases
         self.event_weights = event_weights
-        self._base = make_model(base, **dict(base_params or {}))
+        self._base = make_part(base, base_params)
         self._clf = linear_model.LogisticRegression(optimizer=optim.SGD(lr))
         self._user_stats: dict[str, list[float]] = {}  # events, carts, purchases, last ts
         self._item_stats: dict[str, list[float]] = {}  # exposures, purchases

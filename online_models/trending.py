@@ -47,7 +47,7 @@ class Trending(Recommender):
 
     Examples
     --------
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> model = Trending(half_life_s=3600)
     >>> for ts, item in [(0, "old"), (0, "old"), (7200, "new")]:
     ...     model.learn_one(Event(user_id="u", item_id=item, type="click", ts=ts))

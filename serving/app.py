@@ -9,12 +9,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from serving.metrics import ImpressionCollector, PipelineCollector, RequestTimer, make_registry
-from serving.routes import health, items, metrics, recommendations, writes
+from core import __version__
+from core.keys import make_client
+from core.settings import Settings
+from serving.metrics import (
+    ImpressionCollector,
+    PipelineCollector,
+    RequestTimer,
+    make_registry,
+)
 from serving.publisher import ImpressionQueue, Publisher
-from serving.store import PopularCache, RecommendationStore, make_client
-from streamrec import __version__
-from streamrec.settings import Settings
+from serving.routes import health, items, metrics, recommendations, writes
+from serving.store import PopularCache, RecommendationStore
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -28,7 +34,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = RecommendationStore(
             make_client(settings.redis_url, retries=2, socket_timeout_s=0.5),
             settings.redis_prefix,
-            settings.user_list_ttl_s,
             cooldown_s=1.0,
         )
         app.state.popular_cache = PopularCache(app.state.store)

@@ -10,8 +10,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from core.settings import Settings
 from serving.store import PopularCache, RecommendationStore
-from streamrec.settings import Settings
 
 
 async def get_settings(request: Request) -> Settings:

@@ -9,11 +9,15 @@ from __future__ import annotations
 from time import perf_counter
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
+from core.errors import StoreUnavailable
+from core.metrics import LATENCY_BUCKETS_S
 from serving.store import RecommendationStore
-from stream.metrics import LATENCY_BUCKETS_S
-from streamrec.errors import StoreUnavailable
 
 REQUEST_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 

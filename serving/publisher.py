@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 from collections import deque
-
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +15,7 @@ import orjson
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from stream.producer import EventProducer, make_producer
+from core.kafka import EventProducer, make_producer
 
 log = logging.getLogger("streamrec.api")
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamrec.errors import StreamrecError
+from core.errors import StreamrecError
 
 DEFAULT_DEST = Path("data")
 

@@ -3,7 +3,7 @@
 Formats (``FORMATS``):
 
 ``jsonl``
-    One event per line in the streamrec event schema, checked by ``stream.schema``.
+    One event per line in the streamrec event schema, checked by ``core.schema``.
 ``csv``
     A header naming event fields (``user_id``, ``item_id``, ``type``, ``ts``, ``value``,
     ``event_id``; others are ignored); ``type`` defaults to ``click``.
@@ -43,8 +43,8 @@ from operator import attrgetter
 from pathlib import Path
 from typing import IO
 
-from stream.schema import Event, decode_json, validate_event
-from streamrec.errors import InvalidEvent, StreamrecError
+from core.errors import InvalidEvent, StreamrecError
+from core.schema import Event, decode_json, validate_event
 
 FORMATS = ("jsonl", "csv", "movielens", "yoochoose")
 DEFAULT_TYPE = "click"

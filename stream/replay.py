@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from stream.schema import Event
-from streamrec.errors import StreamrecError
+from core.errors import StreamrecError
+from core.schema import Event
 
 _MIN_SLEEP_S = 0.002
 
@@ -121,8 +121,7 @@ def replay_to_kafka(
     """
     from kafka.errors import KafkaError
 
-    from stream.producer import EventProducer
-    from stream.topics import ensure_topics
+    from core.kafka import EventProducer, ensure_topics
 
     try:
         if partitions:

@@ -48,23 +48,28 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaConsumer,
+    KafkaProducer,
+    TopicPartition,
+)
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
+from core.errors import InvalidEvent, StreamrecError
+from core.kafka import ensure_topics, make_producer
+from core.keys import make_client
+from core.metrics import WorkerMetrics
+from core.schema import ITEM_TYPE, Event, parse_event
+from core.settings import Settings
 from online_models import Recommender, make_model, set_torch_threads
 from online_models.agent import Agent
 from online_models.trending import Trending
-from serving.store import RecommendationStore, make_client
 from stream.checkpoint import CheckpointStore
-from stream.metrics import WorkerMetrics
-from stream.producer import make_producer
-from stream.schema import ITEM_TYPE, Event, parse_event
 from stream.sharing import DeltaLog, decode, encode, is_empty
 from stream.sharing import headers as sharing_headers
-from stream.topics import ensure_topics
-from streamrec.errors import InvalidEvent, StreamrecError
-from streamrec.settings import Settings
+from stream.sink import ListSink
 
 log = logging.getLogger("streamrec.worker")
 
@@ -187,7 +192,7 @@ class Worker:
         self,
         settings: Settings,
         model: Recommender | None = None,
-        store: RecommendationStore | None = None,
+        sink: ListSink | None = None,
         consumer: KafkaConsumer | None = None,
         dlq_producer: KafkaProducer | None = None,
         checkpoints: CheckpointStore | None = None,
@@ -220,7 +225,7 @@ class Worker:
         self._first_learned_at: float | None = None  # wall time of the first event in the next delta
         self.metrics = WorkerMetrics()
         self._restore()
-        self.store = store or RecommendationStore(
+        self.sink = sink or ListSink(
             make_client(settings.redis_url, retries=-1), settings.redis_prefix, settings.user_list_ttl_s
         )
         self.dlq = dlq_producer or make_producer(settings.kafka_bootstrap, max_request_size=MAX_DELTA_BYTES)
@@ -600,10 +605,9 @@ class Worker:
         if self._dlq_unflushed:  # dead letters are durable before the counters claim them
             self.dlq.flush()
             self._dlq_unflushed = False
-        self.store.write_batch(lists, self.model.name, now, popular, counters, similar,
+        self.sink.write_batch(lists, self.model.name, now, popular, counters, similar,
                                (self.worker_id, self.metrics.as_dict()), explanations, item_metadata, seen_flags)
-        for user_id in forgotten:
-            self.store.delete_user(user_id)
+        self.sink.delete_users(sorted(forgotten))
         self._events_since_checkpoint += len(records) + len(commands)
         self._commit()
         return batch
@@ -783,6 +787,6 @@ class Worker:
             self.side.close()
         self.dlq.flush()
         self.dlq.close()
-        self.store.close()
+        self.sink.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

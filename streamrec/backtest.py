@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import StreamrecError
 from online_models import set_torch_threads
 from online_models.evaluation import PrequentialResult, prequential, sliding_rate
 from stream.logs import Log, read_log
-from streamrec.errors import StreamrecError
 
 PROGRESS_MIN_EVENTS = 10_000
 PLOT_POINTS = 400

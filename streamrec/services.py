@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from streamrec.errors import ServiceError
+from core.errors import ServiceError
 
 KAFKA_FILES = resources.files("streamrec") / "kafka"
 DEFAULT_KAFKA_PORT = 9092

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.settings import Settings
+from core.settings import Settings
 
 KAFKA_IMAGE = "apache/kafka:4.1.1"
 REDIS_IMAGE = "redis:7.2"

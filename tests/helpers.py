@@ -10,8 +10,10 @@ from typing import TypeVar
 
 from kafka import KafkaConsumer
 
+from core.keys import make_client
+from core.settings import Settings
+from serving.store import RecommendationStore
 from stream.worker import Worker
-from streamrec.settings import Settings
 
 T = TypeVar("T")
 
@@ -32,9 +34,14 @@ def wait_for(check: Callable[[], T], timeout_s: float, what: str, interval_s: fl
         time.sleep(interval_s)
 
 
+def store_of(settings: Settings) -> RecommendationStore:
+    """The API's view of what the workers of ``settings`` wrote to Redis."""
+    return RecommendationStore(make_client(settings.redis_url, retries=2), settings.redis_prefix)
+
+
 def served(worker: Worker) -> int:
     """Events applied *and* written to Redis (the counters travel with the lists)."""
-    return worker.store.counters().get("applied", 0)
+    return store_of(worker.settings).counters().get("applied", 0)
 
 
 @contextmanager

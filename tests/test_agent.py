@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.schema import Event
 from online_models import make_model
 from online_models.agent import Agent
 from online_models.bandit import SlotBandit, ips_estimate, ips_value
 from online_models.content import Content, text_extra_available
-from stream.schema import Event
 
 torch.set_num_threads(1)
 

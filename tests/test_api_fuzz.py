@@ -15,8 +15,8 @@ import redis
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
-from pydantic import SecretStr
 from hypothesis import settings as hypothesis_settings
+from pydantic import SecretStr
 from schemathesis import GenerationMode
 
 from serving.app import create_app

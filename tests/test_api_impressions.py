@@ -11,10 +11,11 @@ import redis
 from fastapi.testclient import TestClient
 from kafka.errors import KafkaTimeoutError
 
+from core.kafka import ensure_topics
+from core.keys import encode_list
 from serving.app import create_app
 from serving.publisher import ImpressionQueue
-from serving.store import RecommendationStore, encode_list
-from stream.topics import ensure_topics
+from serving.store import RecommendationStore
 from tests.helpers import read_topic
 
 
@@ -108,12 +109,12 @@ def test_metrics_count_impressions(settings):
 
 
 def test_the_worker_reads_arrays_and_single_impressions(tmp_path):
-    from stream.worker import Worker
-    from streamrec.settings import Settings
     from bench.common import Nothing, Record
+    from core.settings import Settings
+    from stream.worker import Worker
 
     settings = Settings(_env_file=None, state_dir=tmp_path, topic="t")
-    worker = Worker(settings, consumer=Nothing(), dlq_producer=Nothing(), store=Nothing())
+    worker = Worker(settings, consumer=Nothing(), dlq_producer=Nothing(), sink=Nothing())
     item = {"item_id": "a", "position": 0, "strategy": "cooc"}
     values = [orjson.dumps([{"recomm_id": "r1", "items": [item]}, {"recomm_id": "r2", "items": []}]),
               orjson.dumps({"recomm_id": "r3", "items": [item]}),  # one impression per record, as before

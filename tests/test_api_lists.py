@@ -15,8 +15,9 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from core.keys import encode_list, encode_list_json
 from serving.app import create_app
-from serving.store import RecommendationStore, encode_list, encode_list_json
+from serving.store import RecommendationStore
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +91,7 @@ def test_the_default_query_and_the_popular_fallback(api_and_store):
     api, store = api_and_store
     spec = LISTS["seen"]
     store.client.set(store.user_key("someone"), encode_list(spec["items"], "cooc", UPDATED_AT, None, spec["seen"]))
-    store.client.set(store._popular_key, encode_list([("p1", 3.0), ("p2", 2.0)], "trending", UPDATED_AT))
+    store.client.set(store.keys.popular, encode_list([("p1", 3.0), ("p2", 2.0)], "trending", UPDATED_AT))
     answer = api.get("/users/someone/recommendations").json()
     assert answer["items"] == expected(spec, "someone", k=10, offset=0, exclude_seen=True, explain=False)["items"]
     newcomer = api.get("/users/newcomer/recommendations", params={"k": 1}).json()

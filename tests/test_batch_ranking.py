@@ -85,8 +85,8 @@ def _autograd_step(model, users, items, hists, weights, negatives, neg_probs) ->
 def test_embeddings_gradient_step_matches_autograd(loss: str, l2: float) -> None:
     import copy
 
+    from core.schema import Event
     from online_models import make_model
-    from stream.schema import Event
 
     model = make_model("embeddings", n_factors=8, window=5, loss=loss, l2=l2, batch_size=10_000, seed=4)
     rng = np.random.default_rng(0)

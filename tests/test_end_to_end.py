@@ -9,10 +9,10 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from core.kafka import EventProducer
+from core.schema import Event
 from serving.app import create_app
-from stream.producer import EventProducer
-from stream.schema import Event
-from tests.helpers import read_topic, running_worker, served, wait_for
+from tests.helpers import read_topic, running_worker, served, store_of, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +98,7 @@ def test_bad_input_goes_to_the_dead_letter_topic(settings):
         assert "streamrec_consumer_lag 0.0" in scrape and "streamrec_workers 1.0" in scrape
         assert 'streamrec_freshness_seconds_bucket{le="+Inf"}' in scrape
         assert 'streamrec_request_seconds_count{method="GET",route="/users/{user_id}/recommendations"} 1.0' in scrape
-        counters = worker.store.counters()
+        counters = store_of(worker.settings).counters()
         assert counters == {"consumed": total + 1, "applied": len(good) + 1, "dead_lettered": len(bad),
                             "deduplicated": 0}
         assert counters["consumed"] == counters["applied"] + counters["dead_lettered"]

@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from core.schema import Event
 from online_models.base import Recommender
 from online_models.evaluation import (
     coverage,
@@ -21,7 +22,6 @@ from online_models.evaluation import (
     reciprocal_rank,
     sliding_rate,
 )
-from stream.schema import Event
 
 # -- metric functions --------------------------------------------------------------------
 

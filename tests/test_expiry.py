@@ -8,14 +8,14 @@ import pickle
 import orjson
 import pytest
 
+from bench.common import Nothing, Record
+from core.schema import Event
+from core.settings import Settings
 from online_models import MODELS
 from online_models import cooc as cooc_module
 from online_models import trending as trending_module
 from online_models.base import Recommender
-from stream.schema import Event
 from stream.worker import Worker
-from streamrec.settings import Settings
-from bench.common import Nothing, Record
 from tests.test_models import LEARN, PROBE_USERS, fresh, seen_by, trained
 
 # models whose learning of unrelated items leaves the others' rankings alone (no shared
@@ -132,7 +132,7 @@ def test_worker_forgets_idle_users_and_items(tmp_path) -> None:
     day = 86_400.0
     settings = Settings(_env_file=None, state_dir=tmp_path, topic="t", user_idle_expiry_s=7 * day,
                         item_idle_expiry_s=7 * day)
-    worker = Worker(settings, consumer=Nothing(), dlq_producer=Nothing(), store=Nothing())
+    worker = Worker(settings, consumer=Nothing(), dlq_producer=Nothing(), sink=Nothing())
     events = [("old-user", "old-item", 0.0), ("old-user", "kept-item", 1.0),
               ("new-user", "kept-item", 10 * day), ("new-user", "new-item", 10 * day + 1)]
     t0 = 1_600_000_000.0

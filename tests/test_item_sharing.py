@@ -11,9 +11,9 @@ import zlib
 import numpy as np
 import pytest
 
+from core.schema import Event
 from online_models import make_model
 from online_models.base import Recommender
-from stream.schema import Event
 from tests.test_models import FAST, group_stream, implicit, seen_by
 
 SHARING = [  # one per line: each model's entry comes with its implementation

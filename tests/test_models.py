@@ -9,9 +9,9 @@ import random
 import pytest
 import torch
 
+from core.schema import Event
 from online_models import MODELS, make_model
 from online_models.base import Recommender
-from stream.schema import Event
 
 torch.set_num_threads(1)
 

@@ -17,10 +17,10 @@ import pytest
 
 import online_models.cooc as cooc_module
 import online_models.trending as trending_module
+from core.schema import Event
 from online_models import make_model
 from online_models._arrays import IdIndex, SeenItems, top_k, top_k_of, top_rows
 from online_models.evaluation import prequential
-from stream.schema import Event
 
 TYPES = ("view", "click", "add_to_cart", "purchase")
 

@@ -12,11 +12,13 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from core.kafka import EventProducer
+from core.keys import make_client
+from core.schema import Event
 from online_models.cooc import Cooc
 from serving.app import create_app
-from serving.store import RecommendationStore, make_client
-from stream.producer import EventProducer
-from stream.schema import Event
+from serving.store import RecommendationStore
+from stream.sink import ListSink
 from streamrec.services import LocalRedisCluster
 from tests.helpers import running_worker, served, wait_for
 
@@ -39,7 +41,7 @@ def test_lists_spread_over_the_shards_and_read_back(cluster_url, settings):
     client = make_client(cluster_url, retries=2)
     store = RecommendationStore(client, settings.redis_prefix)
     lists = {f"user {n}/ü": [(f"i{n}", 1.0), ("shared", 0.5)] for n in range(300)}
-    store.write_batch(lists, "cooc", 5.0, popular=[("p", 2.0)], counters={"applied:0": 290, "applied:1": 10},
+    ListSink(client, settings.redis_prefix).write_batch(lists, "cooc", 5.0, popular=[("p", 2.0)], counters={"applied:0": 290, "applied:1": 10},
                       similar={"shared": [("i1", 0.25)]}, worker_metrics=("w1", {"lag": 3}))
 
     for user, items in lists.items():

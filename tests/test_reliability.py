@@ -19,14 +19,14 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from core.kafka import EventProducer
+from core.schema import Event
+from core.settings import Settings
 from online_models.cooc import Cooc
 from serving.app import create_app
 from stream.checkpoint import CheckpointStore
-from stream.producer import EventProducer
-from stream.schema import Event
 from streamrec.services import LocalKafka, LocalRedis, free_port
-from streamrec.settings import Settings
-from tests.helpers import read_topic, running_worker, served, wait_for
+from tests.helpers import read_topic, running_worker, served, store_of, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -94,7 +94,7 @@ def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(settings, tmp
                     producer.flush()
                     time.sleep(0.15)
 
-    from stream.topics import ensure_topics
+    from core.kafka import ensure_topics
 
     ensure_topics(settings.kafka_bootstrap, {settings.topic: 3, settings.dlq_topic: 3})
     producer = threading.Thread(target=produce)
@@ -179,12 +179,12 @@ def test_redis_outage_degrades_the_api_and_loses_nothing(settings, own_redis):
 
         redis_server.start(port=port)
         back = time.monotonic()
-        wait_for(lambda: worker.store.counters().get("applied") == 2000, 60, "the worker to catch up")
+        wait_for(lambda: store_of(worker.settings).counters().get("applied") == 2000, 60, "the worker to catch up")
         recovery_s = time.monotonic() - back
         assert api.get("/readyz").status_code == 200
         body = api.get(f"/users/{user}/recommendations").json()
         assert body["degraded"] is False and body["source"] == "personal"
-        assert worker.store.counters() == {"consumed": 2000, "applied": 2000, "dead_lettered": 0, "deduplicated": 0}
+        assert store_of(worker.settings).counters() == {"consumed": 2000, "applied": 2000, "dead_lettered": 0, "deduplicated": 0}
     print(f"\nRedis down ~3 s: sent 2000, applied 2000, dead-lettered 0, lost 0, duplicates applied 0; "
           f"caught up {recovery_s:.2f} s after Redis came back")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from core.errors import StreamrecError
+from core.schema import Event
 from stream.logs import read_log
 from stream.replay import parse_speed, replay, replay_to_kafka
-from stream.schema import Event
 from streamrec.cli import main
-from streamrec.errors import StreamrecError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -133,7 +133,7 @@ def check_arrived(records, events):
 
 @pytest.mark.integration
 def test_replay_into_kafka_every_row_once_in_order_per_user(settings):
-    from stream.topics import ensure_topics
+    from core.kafka import ensure_topics
 
     ensure_topics(settings.kafka_bootstrap, {settings.topic: 3})
     events = interleaved_log()

@@ -13,12 +13,11 @@ import time
 import pytest
 import redis
 
+from core.kafka import EventProducer, ensure_topics
+from core.schema import Event
 from online_models.cooc import Cooc
 from serving.store import RecommendationStore
 from stream.checkpoint import CheckpointStore
-from stream.producer import EventProducer
-from stream.schema import Event
-from stream.topics import ensure_topics
 from tests.helpers import read_topic, wait_for
 from tests.test_reliability import counters, start_worker_process, synthetic_events
 

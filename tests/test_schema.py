@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.schema import EVENT_TYPES, MAX_ID_CHARS, Event, parse_event, validate_event
-from streamrec.errors import InvalidEvent
+from core.errors import InvalidEvent
+from core.schema import EVENT_TYPES, MAX_ID_CHARS, Event, parse_event, validate_event
 
 NOW = 1_800_000_000.0
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from bench.common import Nothing
+from core.schema import Event
+from core.settings import Settings
 from online_models.cooc import Cooc
 from online_models.trending import Trending
-from stream.schema import Event
 from stream.sharing import DeltaLog, decode, encode, headers, is_empty
 from stream.worker import Worker
-from streamrec.settings import Settings
 
 
 def test_own_deltas_count_as_merged_and_peers_merge_once() -> None:
@@ -77,7 +77,7 @@ class RecordingProducer:
 def test_the_worker_merges_a_peer_delta_once_and_dead_letters_a_bad_one(tmp_path) -> None:
     settings = Settings(_env_file=None, state_dir=tmp_path)
     dlq = RecordingProducer()
-    worker = Worker(settings, model=Cooc(), consumer=Nothing(), dlq_producer=dlq, store=Nothing())
+    worker = Worker(settings, model=Cooc(), consumer=Nothing(), dlq_producer=dlq, sink=Nothing())
     peer = Cooc()
     peer.learn_many([Event(user_id="u", item_id=i, type="view", ts=1.0) for i in ("x", "y", "x")])
     payload = encode({"model": peer.item_delta(), "popularity": Trending().item_delta(),

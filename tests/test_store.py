@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 import redis
 
-from serving.store import (
-    FORMAT_V1,
-    RecommendationStore,
-    StoredList,
-    decode_list,
-    encode_list,
-    encode_list_json,
-)
+from core.keys import FORMAT_V1, StoredList, decode_list, encode_list, encode_list_json
+from serving.store import RecommendationStore
+from stream.sink import ListSink
 
 
 def random_list(rng: random.Random, n: int, scale: float = 1.0):
@@ -100,10 +95,11 @@ def test_a_top10_list_is_small():
 @pytest.mark.integration
 def test_written_lists_expire_and_read_back(services):
     client = redis.Redis.from_url(services.redis_url)
-    store = RecommendationStore(client, prefix=f"test-store-{random.randrange(10**9)}", user_list_ttl_s=600)
+    prefix = f"test-store-{random.randrange(10**9)}"
+    store, sink = RecommendationStore(client, prefix), ListSink(client, prefix, user_list_ttl_s=600)
     try:
         lists = {"ü 1": [("a", 0.5), ("b", 0.25)], "u2": []}
-        store.write_batch(lists, "cooc", 10.0, popular=[("p", 3.0)], seen={"ü 1": [True, False]},
+        sink.write_batch(lists, "cooc", 10.0, popular=[("p", 3.0)], seen={"ü 1": [True, False]},
                           similar={"a": [("b", 0.9)]})
         stored = store.user_list("ü 1")
         assert stored == StoredList(items=[("a", 0.5), ("b", 0.25)], model="cooc", updated_at=10.0,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from bench.common import Nothing
+from core.settings import Settings
 from stream.worker import Worker
-from streamrec.settings import Settings
 
 
 def test_the_worker_serves_the_blend_on_the_torch_threads_it_is_given(tmp_path, monkeypatch) -> None:
@@ -14,7 +14,7 @@ def test_the_worker_serves_the_blend_on_the_torch_threads_it_is_given(tmp_path, 
     before = torch.get_num_threads()
     try:
         worker = Worker(Settings(_env_file=None, state_dir=tmp_path, torch_threads=3),
-                        consumer=Nothing(), dlq_producer=Nothing(), store=Nothing())
+                        consumer=Nothing(), dlq_producer=Nothing(), sink=Nothing())
         assert worker.model.name == "blend"  # the best on the backtests (README)
         assert torch.get_num_threads() == 3
     finally:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from core.kafka import kafka_reachable
 from serving.deps import SettingsDep, StoreDep
-from stream.topics import kafka_reachable
 
 router = APIRouter(tags=["health"])
 

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
+from core.errors import StoreUnavailable
+from core.schema import MAX_ID_CHARS
 from serving.deps import StoreDep
 from serving.routes.recommendations import ID_PATTERN, ScoredItem
-from stream.schema import MAX_ID_CHARS
-from streamrec.errors import StoreUnavailable
 
 router = APIRouter(tags=["items"])
 ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]

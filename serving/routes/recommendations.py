@@ -28,10 +28,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from core.errors import StoreUnavailable
+from core.keys import StoredList
+from core.schema import MAX_ID_CHARS
 from online_models.content import categories_of
-from serving.store import StoredList
-from stream.schema import MAX_ID_CHARS
-from streamrec.errors import StoreUnavailable
 
 # printable characters only: the same rule the event schema applies to ids
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"

@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from kafka.errors import KafkaError
 from pydantic import BaseModel
 
+from core.errors import InvalidEvent, StoreUnavailable
+from core.kafka import EventProducer
+from core.schema import EVENT_TYPES, parse_event
 from serving.deps import SettingsDep, StoreDep
 from serving.routes.recommendations import UserId
-from stream.producer import EventProducer
-from stream.schema import EVENT_TYPES, parse_event
-from streamrec.errors import InvalidEvent, StoreUnavailable
 
 router = APIRouter(tags=["writes"])
 ACK_TIMEOUT_S = 10.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from streamrec.cli import command
+from streamrec.commands.registry import command
 
 FORMATS = ("jsonl", "csv", "movielens", "yoochoose")  # stream.logs.FORMATS, without importing it here
 
@@ -84,9 +84,9 @@ def _replay_arguments(p: argparse.ArgumentParser) -> None:
 @command("replay", "publish a historical log into Kafka, keyed by user, at its original pace or faster",
          _replay_arguments)
 def replay(args: argparse.Namespace) -> int:
+    from core.settings import Settings
     from stream.logs import read_log
     from stream.replay import parse_speed, replay_to_kafka
-    from streamrec.settings import Settings
 
     speed = parse_speed(args.speed)
     settings = Settings()

@@ -8,10 +8,10 @@ import time
 from collections.abc import Iterator
 from typing import IO
 
-from stream.schema import INTERACTION_TYPES, Event, new_event_id, parse_event
-from streamrec.cli import command
-from streamrec.errors import InvalidEvent, StreamrecError
-from streamrec.settings import Settings
+from core.errors import InvalidEvent, StreamrecError
+from core.schema import INTERACTION_TYPES, Event, new_event_id, parse_event
+from core.settings import Settings
+from streamrec.commands.registry import command
 
 
 def _lines(path: str) -> Iterator[tuple[int, bytes]]:
@@ -36,7 +36,7 @@ def _publish_arguments(p: argparse.ArgumentParser) -> None:
 @command("publish", "send events to the topic: one from flags, or JSON lines from a file or stdin",
          _publish_arguments)
 def publish(args: argparse.Namespace) -> int:
-    from stream.producer import EventProducer
+    from core.kafka import EventProducer
 
     settings = Settings()
     topic = args.topic or settings.topic
@@ -94,7 +94,7 @@ def _items_arguments(p: argparse.ArgumentParser) -> None:
 def items(args: argparse.Namespace) -> int:
     import orjson
 
-    from stream.producer import EventProducer
+    from core.kafka import EventProducer
 
     settings = Settings()
     topic = args.topic or settings.topic

@@ -12,9 +12,9 @@ import threading
 import time
 import urllib.request
 
-from streamrec.cli import command
-from streamrec.errors import ServiceError
-from streamrec.settings import Settings
+from core.errors import ServiceError
+from core.settings import Settings
+from streamrec.commands.registry import command
 
 
 def _logging(verbose: bool = False) -> None:

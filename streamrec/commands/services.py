@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from streamrec.cli import command
-from streamrec.settings import SERVICES_ENV_FILE, Settings
+from core.settings import SERVICES_ENV_FILE, Settings
+from streamrec.commands.registry import command
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ not dropped: the worker sends it to the dead-letter topic with that reason.
 >>> parse_event(b'{"user_id": "u1", "type": "click"}')
 Traceback (most recent call last):
 ...
-streamrec.errors.InvalidEvent: missing field 'item_id'
+core.errors.InvalidEvent: missing field 'item_id'
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from streamrec.errors import InvalidEvent
+from core.errors import InvalidEvent
 
 INTERACTION_TYPES = ("view", "click", "add_to_cart", "purchase")
 ITEM_TYPE = "item"

@@ -1,0 +1,281 @@
+"""The Redis key layout and the list encoding: what the worker writes and the API reads.
+
+The one module that knows them (``stream.sink`` writes, ``serving.store`` reads).
+
+Keys (``P`` is ``Settings.redis_prefix``; ids are percent-encoded, never used raw, so no
+id can reach into another key or a pattern):
+
+- ``P:recs:<user>``  a user's top-k list (binary, see below), with a TTL (``user_list_ttl_s``);
+- ``P:popular``      the current popular list, for users without history;
+- ``P:similar:<item>`` an item's most similar items, same encoding and TTL as user lists;
+- ``P:workers:<id>`` each worker's metrics (lag, latency histograms), JSON, expiring a
+  minute after the worker's last batch;
+- ``P:items``        a hash of item metadata (item id -> JSON: title, category, ...), from
+  ``item`` events (hash fields are binary-safe: ids go in as they are);
+- ``P:counters``     a hash of the worker's counts per partition (``consumed:<partition>`` ...),
+  written as absolute values from the worker's checkpointed state, so a batch applied
+  again after a crash never counts twice.
+
+A list is stored in a compact binary form (``encode_list``): about 120 bytes for a top-10
+list instead of about 210 as JSON, with the same ids and scores coming back; with Redis's
+per-key overhead that keeps 1M users' top-10 lists under 300 MB. Values of the older JSON
+forms (``{"m", "t", "i", "s"}`` and ``"i": [[item_id, score], ...]``) are still read: a
+binary value starts with a version byte, a JSON one with ``{``. (So an API from before the
+binary form cannot read what a newer worker writes: upgrade the APIs first.) The users'
+lists of a batch are written by one Lua script inside the batch's transaction: one command
+and one reply per batch rather than per user.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import numpy as np
+import orjson
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+Ranking = Sequence[tuple[str, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredList:
+    items: list[tuple[str, float]]
+    model: str
+    updated_at: float
+    explained: list[tuple[str, str | None]] | None = None
+    """Per item: the strategy that chose it and a reason in words (when the model says)."""
+    seen: list[bool] | None = None
+    """Per item: whether the user has already interacted with it (None: nothing is)."""
+
+
+SCORE_DECIMALS = 5
+
+FORMAT_V1 = 1
+"""First byte of a binary list (a JSON one starts with ``{``)."""
+ID_SEPARATOR = "\x1f"
+"""ASCII unit separator between ids: ids are printable (``stream/schema.py``), so never inside one."""
+MODEL_CODES = ("cooc", "trending", "blend", "embeddings", "river-mf", "purchase-rerank", "content", "agent")
+"""Model names stored as one byte (index + 1); append only, the codes are in Redis. 0: name inline."""
+_MODEL_CODE = {name: n + 1 for n, name in enumerate(MODEL_CODES)}
+_HEAD = struct.Struct("<BBBdH")  # version, flags, model code, updated_at, number of items
+_SEEN, _EXPLAINED, _FLOAT32 = 1, 2, 4  # flags
+_FIXED_SCALE = 10**SCORE_DECIMALS
+_FIXED_MAX = 2**31 - 1
+_U32 = struct.Struct("<I")
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def encode_list(
+    items: Ranking,
+    model: str,
+    updated_at: float,
+    explained: Sequence[tuple[str, str | None]] | None = None,
+    seen: Sequence[bool] | None = None,
+) -> bytes:
+    """One list in the binary form ``decode_list`` reads.
+
+    Layout: header (version, flags, model code, ``updated_at`` rounded to ms as a float64,
+    item count), the model name when it has no code (length byte + UTF-8), the scores rounded
+    to ``SCORE_DECIMALS`` decimals as int32 counts of 1e-5 (read back as exactly the floats
+    the JSON form held; float32 when one is beyond +-21474.8 or not finite), a bitmap of the
+    items the user has seen (only when some are), the strategies and reasons as JSON (only
+    when the model explains), then the ids joined by ``ID_SEPARATOR``. A list this form cannot
+    hold (an id with the separator, a model name over 255 bytes, over 65535 items) is stored
+    as JSON instead.
+
+    >>> decode_list(encode_list([("a", 0.1234567), ("b", 2.0)], "cooc", 1.0))
+    StoredList(items=[('a', 0.12346), ('b', 2.0)], model='cooc', updated_at=1.0, explained=None, seen=None)
+    """
+    ids, scores = zip(*items) if items else ((), ())
+    n = len(ids)
+    joined = ID_SEPARATOR.join(ids).encode()
+    code = _MODEL_CODE.get(model, 0)
+    name = b"" if code else model.encode()
+    if n > 0xFFFF or len(name) > 255 or joined.count(b"\x1f") != max(n - 1, 0):
+        return encode_list_json(items, model, updated_at, explained, seen)
+    values = np.array(scores, dtype=np.float64)
+    fixed = np.rint(values * _FIXED_SCALE)  # what np.round(values, 5) rounds to, in units of 1e-5
+    if not n or np.abs(fixed).max() <= _FIXED_MAX:  # False for NaN too
+        flags, packed = 0, fixed.astype("<i4").tobytes()
+    else:
+        flags, packed = _FLOAT32, np.round(values, SCORE_DECIMALS).astype("<f4").tobytes()
+    parts = [b"", bytes((len(name),)) + name if not code else b"", packed]
+    if seen is not None and any(seen):
+        flags |= _SEEN
+        parts.append(np.packbits(np.asarray(seen, dtype=bool), bitorder="little").tobytes())
+    if explained is not None:
+        flags |= _EXPLAINED
+        blob = orjson.dumps([list(x) for x in zip(*explained)] if explained else [[], []])
+        parts.append(_U32.pack(len(blob)) + blob)
+    parts[0] = _HEAD.pack(FORMAT_V1, flags, code, round(updated_at, 3), n)
+    parts.append(joined)
+    return b"".join(parts)
+
+
+def encode_list_json(
+    items: Ranking,
+    model: str,
+    updated_at: float,
+    explained: Sequence[tuple[str, str | None]] | None = None,
+    seen: Sequence[bool] | None = None,
+) -> bytes:
+    """The older JSON form (still read; written only for lists the binary form cannot hold).
+
+    >>> encode_list_json([("a", 0.1234567), ("b", 2.0)], "cooc", 1.0)
+    b'{"m":"cooc","t":1.0,"i":["a","b"],"s":[0.12346,2.0]}'
+    """
+    ids, scores = zip(*items) if items else ((), ())
+    scores = np.round(np.array(scores, dtype=np.float64), SCORE_DECIMALS)
+    obj = {"m": model, "t": round(updated_at, 3), "i": ids, "s": scores}
+    if explained is not None:
+        obj["x"], obj["r"] = zip(*explained) if explained else ((), ())
+    if seen is not None and any(seen):
+        obj["u"] = [n for n, is_seen in enumerate(seen) if is_seen]
+    return orjson.dumps(obj, option=_NUMPY)
+
+
+def decode_list(raw: bytes, *, unseen_only: bool = False, limit: int | None = None) -> StoredList:
+    """The inverse of ``encode_list``; also reads both older JSON forms.
+
+    ``unseen_only`` leaves out the items the user has seen (``seen`` is then None) and
+    ``limit`` keeps the first so many of the rest: a request decodes only the page it serves.
+
+    >>> decode_list(b'{"m":"cooc","t":1.0,"i":[["a",0.5]]}')
+    StoredList(items=[('a', 0.5)], model='cooc', updated_at=1.0, explained=None, seen=None)
+    """
+    if raw[:1] == b"{":
+        return _head(_decode_json(raw), unseen_only, limit)
+    version, flags, code, updated_at, n = _HEAD.unpack_from(raw)
+    if version != FORMAT_V1:
+        raise ValueError(f"unknown list format {version}")
+    pos = _HEAD.size
+    if code:
+        model = MODEL_CODES[code - 1]
+    else:
+        model = raw[pos + 1 : pos + 1 + raw[pos]].decode()
+        pos += 1 + raw[pos]
+    scores = np.frombuffer(raw, "<f4" if flags & _FLOAT32 else "<i4", n, pos)
+    pos += 4 * n
+    seen = keep = None
+    if flags & _SEEN:
+        size = (n + 7) // 8
+        bits = np.unpackbits(np.frombuffer(raw, np.uint8, size, pos), count=n, bitorder="little")
+        pos += size
+        if unseen_only:
+            keep = np.flatnonzero(bits == 0)[:limit].tolist()
+        else:
+            seen = bits[:limit].astype(bool).tolist()
+    explained = None
+    if flags & _EXPLAINED:
+        (size,) = _U32.unpack_from(raw, pos)
+        strategies, reasons = orjson.loads(raw[pos + 4 : pos + 4 + size])
+        explained = list(zip(strategies, reasons))
+        pos += 4 + size
+    if keep is None:  # the first ``limit`` items: split no further than needed
+        stop = n if limit is None else min(n, limit)
+        ids = raw[pos:].decode().split(ID_SEPARATOR, stop)[:stop] if stop else []
+        scores = scores[:stop]
+        explained = explained[:stop] if explained is not None else None
+    else:
+        every = raw[pos:].decode().split(ID_SEPARATOR)
+        ids = [every[i] for i in keep]
+        scores = scores[keep]
+        explained = [explained[i] for i in keep] if explained is not None else None
+    if flags & _FLOAT32:  # orjson writes a float32 as its shortest decimal: 12345678.0, not 12345678.00000001
+        scores = orjson.loads(orjson.dumps(scores, option=_NUMPY))
+    else:  # exactly the floats np.round(x, 5) gave the JSON form: rint(x * 1e5) / 1e5
+        scores = (scores / _FIXED_SCALE).tolist()
+    return StoredList(items=list(zip(ids, scores)), model=model, updated_at=updated_at, explained=explained, seen=seen)
+
+
+def _head(stored: StoredList, unseen_only: bool, limit: int | None) -> StoredList:
+    """``stored`` without the seen items if asked, cut to ``limit`` items (for the JSON forms)."""
+    items, explained, seen = stored.items, stored.explained, stored.seen
+    if unseen_only and seen:
+        kept = [n for n, is_seen in enumerate(seen) if not is_seen]
+        items = [items[n] for n in kept]
+        explained = [explained[n] for n in kept] if explained is not None else None
+    if unseen_only:
+        seen = None
+    if limit is not None:
+        items = items[:limit]
+        explained = explained[:limit] if explained is not None else None
+        seen = seen[:limit] if seen is not None else None
+    return StoredList(items=items, model=stored.model, updated_at=stored.updated_at, explained=explained, seen=seen)
+
+
+def _decode_json(raw: bytes) -> StoredList:
+    obj = orjson.loads(raw)
+    scores = obj.get("s")
+    items = list(zip(obj["i"], scores)) if scores is not None else [(i, s) for i, s in obj["i"]]
+    explained = list(zip(obj["x"], obj["r"])) if "x" in obj else None
+    seen = None
+    if "u" in obj:
+        seen = [False] * len(items)
+        for n in obj["u"]:
+            seen[n] = True
+    return StoredList(items=items, model=obj["m"], updated_at=obj["t"], explained=explained, seen=seen)
+
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_CLUSTER_FOREVER = 1_000_000  # retries: about 23 days at the 2 s backoff cap
+
+
+def make_client(url: str, *, retries: int, socket_timeout_s: float = 2.0) -> redis.Redis | RedisCluster:
+    """A client that retries connection errors with exponential backoff (-1: retry forever).
+
+    ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) names any node of a Redis
+    Cluster: the client learns the others and routes each key to its shard.
+    """
+    scheme, sep, rest = url.partition("://")
+    cluster = bool(sep) and scheme in CLUSTER_SCHEMES
+    if cluster and retries < 0:  # the cluster client counts attempts down and knows no "forever"
+        retries = _CLUSTER_FOREVER
+    options = dict(
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
+    )
+    if cluster:
+        return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **options)
+    return redis.Redis.from_url(
+        url, retry_on_error=[RedisConnectionError, RedisTimeoutError], health_check_interval=30, **options
+    )
+
+
+class KeyLayout:
+    """The keys under one prefix (see the module docstring); ids are percent-encoded.
+
+    >>> keys = KeyLayout("p")
+    >>> keys.user("a b"), keys.similar("x/y"), keys.popular, keys.worker("w1")
+    ('p:recs:a%20b', 'p:similar:x%2Fy', 'p:popular', 'p:workers:w1')
+    """
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.popular = f"{prefix}:popular"
+        self.counters = f"{prefix}:counters"
+        self.items = f"{prefix}:items"
+        self.workers_pattern = f"{prefix}:workers:*"
+
+    def user(self, user_id: str) -> str:
+        return f"{self.prefix}:recs:{quote(user_id, safe='')}"
+
+    def similar(self, item_id: str) -> str:
+        return f"{self.prefix}:similar:{quote(item_id, safe='')}"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:workers:{quote(worker_id, safe='')}"
+
+
+def is_cluster(client) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (no transaction or script spans its shards)."""
+    return isinstance(client, RedisCluster)
