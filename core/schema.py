@@ -20,9 +20,11 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
+from msgspec import Meta
 
 from core.errors import InvalidEvent
 
@@ -33,7 +35,8 @@ EVENT_TYPES = (*INTERACTION_TYPES, ITEM_TYPE)
 MAX_ID_CHARS = 256
 MAX_EVENT_BYTES = 64 * 1024
 MAX_FUTURE_S = 24 * 3600
-_REQUIRED = ("item_id", "type")
+_Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)] | int
+"""An id: 1-256 printable characters; integers are accepted and turned into strings."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -56,14 +59,11 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-def _check_id(name: str, value: Any) -> str:
-    if type(value) is str and 0 < len(value) <= MAX_ID_CHARS and value.isprintable():
+def _check_id(name: str, value: str | int) -> str:
+    """An id as a string: ``EventIn`` checked its type and length; ints become strings."""
+    if type(value) is str and value.isprintable():
         return value  # the common case, checked in one go
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InvalidEvent(f"field '{name}' must be a string, got {type(value).__name__}")
     value = str(value)
-    if not value:
-        raise InvalidEvent(f"field '{name}' is empty")
     if len(value) > MAX_ID_CHARS:
         raise InvalidEvent(f"field '{name}' is longer than {MAX_ID_CHARS} characters")
     if not value.isprintable():
@@ -71,7 +71,7 @@ def _check_id(name: str, value: Any) -> str:
     return value
 
 
-def _check_ts(value: Any, now: float) -> float:
+def _check_ts(value: float | str, now: float) -> float:
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -80,10 +80,8 @@ def _check_ts(value: Any, now: float) -> float:
         if parsed.tzinfo is None:
             raise InvalidEvent("field 'ts' has no time zone")
         ts = parsed.timestamp()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        ts = float(value)
     else:
-        raise InvalidEvent(f"field 'ts' must be a number or an ISO-8601 string, got {type(value).__name__}")
+        ts = float(value)
     if not math.isfinite(ts):
         raise InvalidEvent("field 'ts' is not finite")
     if ts < 0:
@@ -91,6 +89,59 @@ def _check_ts(value: Any, now: float) -> float:
     if ts > now + MAX_FUTURE_S:
         raise InvalidEvent("field 'ts' is more than a day in the future")
     return ts
+
+
+class EventIn(msgspec.Struct, frozen=True):
+    """An event as producers publish it: one JSON object per Kafka message, keyed by ``user_id``.
+
+    The one definition of the wire format: the worker, ``POST /events`` (and its OpenAPI
+    document) and ``streamrec validate`` all check events against it (``parse_event``).
+    Fields it does not name are ignored, so producers can add their own.
+    """
+
+    item_id: _Id
+    type: Literal["view", "click", "add_to_cart", "purchase", "item"]
+    user_id: Annotated[str, Meta(max_length=MAX_ID_CHARS)] | int | None = None
+    """Required but for ``item`` events, which carry none (or an empty one)."""
+    ts: Annotated[float | str, Meta(description="epoch seconds, or ISO-8601 with a time zone; "
+                                    "default: the broker timestamp")] | None = None
+    event_id: _Id | None = None
+    value: Annotated[float, Meta(description="price, rating")] | None = None
+    context: Annotated[dict[str, Any], Meta(description="recomm_id credits a click to the answer that "
+                                            "showed the item; an item event's metadata")] | None = None
+
+
+def event_json_schema() -> dict[str, Any]:
+    """``EventIn`` as a JSON Schema (the API's OpenAPI document shows it for ``POST /events``).
+
+    >>> schema = event_json_schema()
+    >>> schema["required"], schema["properties"]["type"]["enum"][:2]
+    (['item_id', 'type'], ['add_to_cart', 'click'])
+    """
+    return msgspec.json.schema(EventIn)["$defs"]["EventIn"]
+
+
+_EXPECTED = {"user_id": "a string", "item_id": "a string", "event_id": "a string", "value": "a number",
+             "ts": "a number or an ISO-8601 string", "context": "an object"}
+
+
+def _reason(error: msgspec.ValidationError, obj: dict) -> str:
+    """``msgspec``'s message about ``obj``, in the words the dead-letter topic has always used."""
+    message = str(error)
+    if message.startswith("Object missing required field"):
+        return f"missing field '{message.split('`')[1]}'"
+    text, _, at = message.partition(" - at `$.")
+    name = at.rstrip("`").split(".")[0].split("[")[0]
+    if not name:
+        return f"event must be a JSON object, got {text.rpartition('got ')[2].strip('`')}"
+    if name == "type":
+        return f"unknown event type {str(obj.get('type'))[:40]!r}; expected one of {', '.join(EVENT_TYPES)}"
+    if "length >=" in text:
+        return f"field '{name}' is empty"
+    if "length <=" in text:
+        return f"field '{name}' is longer than {MAX_ID_CHARS} characters"
+    got = text.rpartition("got ")[2].strip("`") if "got " in text else "an invalid value"
+    return f"field '{name}' must be {_EXPECTED.get(name, 'valid')}, got {got}"
 
 
 def validate_event(
@@ -102,43 +153,33 @@ def validate_event(
     ``default_event_id`` for a missing ``event_id`` (the worker passes one derived from the
     record's topic, partition and offset, so a re-read record gets the same id).
     """
-    if not isinstance(obj, dict):
-        raise InvalidEvent(f"event must be a JSON object, got {type(obj).__name__}")
-    is_item = obj.get("type") == ITEM_TYPE
-    for name in _REQUIRED if is_item else ("user_id", *_REQUIRED):
-        if name not in obj:
-            raise InvalidEvent(f"missing field '{name}'")
+    try:
+        wire = msgspec.convert(obj, EventIn)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(_reason(exc, obj if isinstance(obj, dict) else {})) from None
+    is_item = wire.type == ITEM_TYPE
+    if not is_item and (wire.user_id is None or wire.user_id == ""):
+        raise InvalidEvent("missing field 'user_id'" if wire.user_id is None else "field 'user_id' is empty")
     now = time.time() if now is None else now
-    event_type = obj["type"]
-    if event_type not in EVENT_TYPES:
-        raise InvalidEvent(f"unknown event type {str(event_type)[:40]!r}; expected one of {', '.join(EVENT_TYPES)}")
-    if obj.get("ts") is not None:
-        ts = _check_ts(obj["ts"], now)
+    if wire.ts is not None:
+        ts = _check_ts(wire.ts, now)
     else:
         ts = now if default_ts is None else default_ts
-    value = obj.get("value")
-    if value is not None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidEvent(f"field 'value' must be a number, got {type(value).__name__}")
-        if not math.isfinite(value):
-            raise InvalidEvent("field 'value' is not finite")
-        value = float(value)
-    context = obj.get("context")
-    if context is not None and not isinstance(context, dict):
-        raise InvalidEvent(f"field 'context' must be an object, got {type(context).__name__}")
-    event_id = obj.get("event_id")
-    if event_id is None:
+    value = wire.value
+    if value is not None and not math.isfinite(value):
+        raise InvalidEvent("field 'value' is not finite")
+    if wire.event_id is None:
         event_id = default_event_id or new_event_id()
     else:
-        event_id = _check_id("event_id", event_id)
+        event_id = _check_id("event_id", wire.event_id)
     return Event(
-        user_id="" if is_item and not obj.get("user_id") else _check_id("user_id", obj["user_id"]),
-        item_id=_check_id("item_id", obj["item_id"]),
-        type=event_type,
+        user_id="" if is_item and not wire.user_id else _check_id("user_id", wire.user_id),
+        item_id=_check_id("item_id", wire.item_id),
+        type=wire.type,
         ts=ts,
         event_id=event_id,
         value=value,
-        context=context,
+        context=wire.context,
     )
 
 
@@ -160,14 +201,17 @@ def decode_json(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Any:
     if len(raw) > max_bytes:
         raise InvalidEvent(f"event is {len(raw)} bytes, over the {max_bytes}-byte limit")
     try:
-        obj = orjson.loads(raw)  # fast path; orjson rejects NaN and Infinity itself
-    except orjson.JSONDecodeError as exc:
+        obj = _decode(raw)  # NaN and Infinity are not JSON: rejected here
+    except msgspec.DecodeError as exc:
         raise InvalidEvent(f"not valid JSON: {exc}") from None
     if isinstance(obj, dict) and raw.count(b":") > len(obj) and _maybe_duplicate_keys(raw, obj):
         import json
 
         json.loads(raw, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
     return obj
+
+
+_decode = msgspec.json.Decoder().decode
 
 
 def _maybe_duplicate_keys(raw: bytes, obj: dict) -> bool:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from core.errors import InvalidEvent, StoreUnavailable
 from core.kafka import EventProducer
-from core.schema import EVENT_TYPES, parse_event
+from core.schema import event_json_schema, parse_event
 from serving.deps import SettingsDep, StoreDep
 from serving.routes.recommendations import UserId
 
@@ -44,20 +44,6 @@ Producer = Annotated[EventProducer, Depends(get_producer)]
 WriteAllowed = Depends(require_api_key)
 
 
-class EventIn(BaseModel):
-    """The event schema (see the README); validated exactly as the worker validates it."""
-
-    user_id: str
-    item_id: str
-    type: str
-    ts: float | str | None = None
-    event_id: str | None = None
-    value: float | None = None
-    context: dict | None = None
-
-    model_config = {"json_schema_extra": {"properties": {"type": {"enum": list(EVENT_TYPES)}}}}
-
-
 class Accepted(BaseModel):
     event_id: str
 
@@ -78,7 +64,7 @@ def _acknowledged(future) -> None:
     "/events", status_code=202, dependencies=[WriteAllowed], response_model=Accepted,
     summary="Publish one event",
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": EventIn.model_json_schema()}}}},
+        "schema": event_json_schema()}}}},
     responses={401: {"description": "no or wrong API key"}, 403: {"description": "writes disabled"},
                422: {"description": "the event is invalid; `detail` says why"}},
 )
