@@ -4,7 +4,6 @@ chose the item; items carry categories the API filters on."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -53,7 +52,7 @@ def test_click_on_a_served_item_rewards_its_strategy(settings):
         everything = api.get("/users/probe/recommendations", params={"k": 50}).json()["items"]
         second_page = api.get("/users/probe/recommendations", params={"k": 2, "offset": 2}).json()["items"]
         assert [e["item_id"] for e in second_page] == [e["item_id"] for e in everything[2:4]]
-        time.sleep(1.5)  # one more batch for the worker's metrics snapshot
+        # the next batch writes the worker's metrics snapshot, attribution included
         api.post("/events", json={"user_id": "u1", "item_id": "a1", "type": "view"}, headers=KEY)
         wait_for(lambda: "streamrec_feedback_attributed_total 1.0" in api.get("/metrics").text, 30,
                  "the attribution in /metrics")

@@ -3,7 +3,6 @@ worker and real Redis; similar items read back."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -66,7 +65,9 @@ def test_delete_user_forgets_everywhere(write_settings):
         wait_for(lambda: "gone" not in worker.seen, 30, "the worker to obey the control command")
         assert "gone" not in worker.last_active
         assert worker.model.recommend("gone", 5) == worker.model.recommend("never-seen", 5)
-        time.sleep(0.5)  # a late batch must not bring the list back
+        # a later batch must not bring the list back: wait for a marker event behind the command
+        api.post("/events", json={"user_id": "stay", "item_id": "w", "type": "click"}, headers=KEY)
+        wait_for(lambda: served(worker) == 5, 30, "the marker event applied")
         assert api.get("/users/gone/recommendations").json()["source"] == "popular"
         assert api.get("/users/stay/recommendations").json()["source"] == "personal"
 
