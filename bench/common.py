@@ -107,7 +107,7 @@ def drop_prefix(redis_url: str, prefix: str) -> None:
 
 @dataclass
 class Record:
-    """Just what ``Worker.process`` reads of a ``ConsumerRecord``."""
+    """Just what ``Pipeline.process`` reads of a ``ConsumerRecord``."""
 
     topic: str
     partition: int

@@ -98,9 +98,9 @@ def _worker_memory(settings, steps: list[int], span_days: float, out) -> None:
                     offset += 1
             worker.process(batch)
             users_done = min(step, users_done + 700)
-        worker.expire_idle()
+        worker.pipeline.expire_idle()
         points.append({"users": users_done, "events": offset, "rss_bytes": rss_bytes(),
-                       "users_in_memory": len(worker.seen), "seconds": time.perf_counter() - started})
+                       "users_in_memory": len(worker.pipeline.seen), "seconds": time.perf_counter() - started})
     out.put({"points": points, "rss_start": rss0, "rss_after_init": rss_model0, "model": worker.model.name})
 
 

@@ -88,11 +88,11 @@ def _soak(settings, args, out) -> None:
             worker.process(records)
             done = stop
         if not args.no_expiry:
-            worker.expire_idle()
+            worker.pipeline.expire_idle()
         points.append({"events": done, "day": round(done / args.events * args.days, 1), "rss_bytes": rss_bytes(),
-                       **worker.state_sizes(), "seconds": round(time.perf_counter() - started, 1)})
+                       **worker.pipeline.state_sizes(), "seconds": round(time.perf_counter() - started, 1)})
         print(f"  day {points[-1]['day']:5.1f}: {done:>9,} events, RSS {points[-1]['rss_bytes'] / 2**20:7.1f} MiB, "
-              f"{json.dumps(worker.state_sizes())}, {points[-1]['seconds']:.0f} s", flush=True)
+              f"{json.dumps(worker.pipeline.state_sizes())}, {points[-1]['seconds']:.0f} s", flush=True)
     out.put({"points": points, "rss_after_init": rss0, "model": worker.model.name})
 
 

@@ -1,5 +1,8 @@
 """Shared item state between workers: numbered item deltas on ``<topic>.item-deltas``.
 
+:class:`ItemSharing` tallies what the pipeline's learning changed in item state, makes
+each checkpoint's delta, publishes it, and merges the peers' deltas into the pipeline.
+
 Each worker, at each checkpoint, publishes what its own learning changed in item state
 (the model's ``item_delta``, the item times that drive idle expiry, the item metadata it
 learned) as one record, numbered per worker. Every worker merges the others' records.
@@ -23,12 +26,22 @@ The wire format is numpy's npz with pickle refused: a record read from Kafka can
 from __future__ import annotations
 
 import io
+import logging
 import time
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
+
+from online_models.capabilities import SharesItems
+from stream.pipeline import Pipeline, Reject, declares
+
+log = logging.getLogger("streamrec.sharing")
+
+MAX_DELTA_BYTES = 64 * 1024 * 1024  # one checkpoint's item delta: the topic, producer and reader allow it
 
 _SEP = "::"  # between a part's name and its keys (the models' own keys may hold "/")
 
@@ -98,3 +111,109 @@ class DeltaLog:
 
 def headers(source: str, seq: int) -> list[tuple[str, bytes]]:
     return [("source", source.encode()), ("seq", str(seq).encode()), ("sent_at", repr(time.time()).encode())]
+
+
+class ItemSharing:
+    """This worker's side of item sharing: it tallies the items its own events touched,
+    makes a numbered delta at each checkpoint, publishes it, and merges the peers' deltas.
+
+    It reads and merges into the pipeline's ``model``, ``popularity`` and item times.
+    ``with_peers`` is False for a worker that serves every partition alone: its deltas
+    are drained (so the tallies stay small) but not made.
+    """
+
+    def __init__(self, pipeline: Pipeline, metrics: Any, with_peers: bool):
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.with_peers = with_peers
+        self.log = DeltaLog("")  # named by ``begin``
+        self.enabled = all(declares(m, SharesItems) for m in self._models().values())
+        if not self.enabled:
+            log.warning("model %s does not share item state: with several workers, each learns items only "
+                        "from the events of its own partitions", pipeline.model.name)
+        self._items: dict[str, float] = {}  # items this worker's events touched since its last delta
+        self._metadata: dict[str, dict] = {}  # item metadata it learned since then
+        self._first_learned_at: float | None = None  # wall time of the first event in the next delta
+
+    def _models(self) -> dict[str, Any]:
+        return {"model": self.pipeline.model, "popularity": self.pipeline.popularity}
+
+    def begin(self, source: str) -> None:
+        """Number this run's deltas as ``source`` (one run of one worker)."""
+        self.log.adopt(source)
+
+    def resume(self, restored: DeltaLog) -> None:
+        """Continue a restored checkpoint's log, numbering afresh as this run."""
+        source, self.log = self.log.source, restored
+        self.log.adopt(source)
+
+    def note(self, touched_items: Iterable[str], item_metadata: dict[str, dict]) -> None:
+        """Tally one batch: the items its events touched and the metadata it learned."""
+        if not self.enabled:
+            return
+        if touched_items:
+            item_last_active = self.pipeline.item_last_active
+            self._items.update((item, item_last_active[item]) for item in touched_items)
+            self._first_learned_at = self._first_learned_at or time.time()
+        self._metadata.update(item_metadata)
+
+    def make_delta(self) -> tuple[str, int, bytes] | None:
+        """Number and encode what this worker's own learning changed in item state."""
+        if not self.enabled:
+            return None
+        parts = {name: model.item_delta() for name, model in self._models().items()}  # drained even alone
+        if not self.with_peers or (all(is_empty(part) for part in parts.values()) and not self._metadata):
+            return None
+        items, metadata = self._items, self._metadata
+        parts["worker"] = {
+            "item_ids": np.array(list(items), dtype=str), "item_ts": np.fromiter(items.values(), float, len(items)),
+            "metadata_ids": np.array(list(metadata), dtype=str),
+            "metadata_json": np.array([orjson.dumps(m).decode() for m in metadata.values()], dtype=str),
+            "first_learned_at": self._first_learned_at or time.time(),
+        }
+        self._items, self._metadata, self._first_learned_at = {}, {}, None
+        return self.log.make(encode(parts))
+
+    def publish(self, producer: Any, topic: str, pending: tuple[str, int, bytes] | None) -> None:
+        """Send a delta (again: merging is idempotent); durable before this returns."""
+        if pending is None or not self.with_peers:
+            return
+        source, seq, payload = pending
+        producer.send(topic, key=source.encode(), value=payload, headers=headers(source, seq))
+        producer.flush()
+        self.metrics.deltas_published += 1
+        self.metrics.delta_bytes_published += len(payload)
+
+    def merge(self, records: Iterable[Any]) -> tuple[int, list[Reject]]:
+        """Add the peers' deltas not merged yet; returns how many were merged, and the
+        malformed records with their reason."""
+        pipeline, merged, rejects = self.pipeline, 0, []
+        for record in records:
+            pipeline.control_offsets.setdefault(record.topic, {})[record.partition] = record.offset + 1
+            try:
+                head = {key: value.decode() for key, value in record.headers}
+                source, seq = head["source"], int(head["seq"])
+                if not self.log.take(source, seq):
+                    continue
+                parts = decode(record.value)
+                for name, model in self._models().items():
+                    model.merge_item_delta(parts.get(name, {}))
+            except (KeyError, ValueError, IndexError, TypeError, UnicodeDecodeError) as exc:
+                # e.g. a peer running another model: say why, once, rather than stop every worker
+                log.error("item delta %s/%d/%d not merged: %r", record.topic, record.partition, record.offset, exc)
+                rejects.append(Reject(record, f"bad item delta: {exc!r}"))
+                continue
+            shared = parts.get("worker", {})
+            item_last_active = pipeline.item_last_active
+            for item_id, ts in zip(shared.get("item_ids", ()), shared.get("item_ts", ())):
+                item_id = str(item_id)
+                item_last_active[item_id] = max(float(ts), item_last_active.get(item_id, 0.0))
+            if pipeline.learns_items:
+                for item_id, text in zip(shared.get("metadata_ids", ()), shared.get("metadata_json", ())):
+                    pipeline.model.learn_item(str(item_id), orjson.loads(str(text)))
+            self.metrics.deltas_merged += 1
+            merged += 1
+            if "first_learned_at" in shared:
+                self.metrics.item_staleness_seconds.observe(time.time() - float(shared["first_learned_at"]))
+        return merged, rejects
+

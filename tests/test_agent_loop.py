@@ -39,7 +39,7 @@ def test_click_on_a_served_item_rewards_its_strategy(settings):
         assert body["model"] == "agent" and len(body["recomm_id"]) == 32
         assert all(e["strategy"] and e["reason"] for e in body["items"]), body["items"]
         clicked = body["items"][0]
-        wait_for(lambda: body["recomm_id"] in worker.impressions, 30, "the impression to reach the worker")
+        wait_for(lambda: body["recomm_id"] in worker.pipeline.impressions, 30, "the impression to reach the worker")
 
         before = worker.model.stats()["arms"][clicked["strategy"]]["rewards"]
         api.post("/events", headers=KEY, json={"user_id": "probe", "item_id": clicked["item_id"], "type": "click",

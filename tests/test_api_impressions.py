@@ -119,6 +119,6 @@ def test_the_worker_reads_arrays_and_single_impressions(tmp_path):
     values = [orjson.dumps([{"recomm_id": "r1", "items": [item]}, {"recomm_id": "r2", "items": []}]),
               orjson.dumps({"recomm_id": "r3", "items": [item]}),  # one impression per record, as before
               b"not json"]
-    worker._remember_impressions([Record(settings.impressions_topic, 0, n, 0, b"", v) for n, v in enumerate(values)])
-    assert worker.impressions == {"r1": {"a": ("cooc", 0)}, "r2": {}, "r3": {"a": ("cooc", 0)}}
-    assert worker.control_offsets[settings.impressions_topic] == {0: 3}
+    worker.pipeline.remember_impressions([Record(settings.impressions_topic, 0, n, 0, b"", v) for n, v in enumerate(values)])
+    assert worker.pipeline.impressions == {"r1": {"a": ("cooc", 0)}, "r2": {}, "r3": {"a": ("cooc", 0)}}
+    assert worker.pipeline.control_offsets[settings.impressions_topic] == {0: 3}

@@ -62,8 +62,8 @@ def test_delete_user_forgets_everywhere(write_settings):
         answer = api.delete("/users/gone", headers=KEY)
         assert answer.status_code == 202 and answer.json() == {"user_id": "gone", "status": "forgetting"}
         assert api.get("/users/gone/recommendations").json()["source"] == "popular"
-        wait_for(lambda: "gone" not in worker.seen, 30, "the worker to obey the control command")
-        assert "gone" not in worker.last_active
+        wait_for(lambda: "gone" not in worker.pipeline.seen, 30, "the worker to obey the control command")
+        assert "gone" not in worker.pipeline.last_active
         assert worker.model.recommend("gone", 5) == worker.model.recommend("never-seen", 5)
         # a later batch must not bring the list back: wait for a marker event behind the command
         api.post("/events", json={"user_id": "stay", "item_id": "w", "type": "click"}, headers=KEY)

@@ -139,11 +139,11 @@ def test_worker_forgets_idle_users_and_items(tmp_path) -> None:
     worker.process([Record("t", 0, n, int((t0 + ts) * 1000), user.encode(),
                             orjson.dumps({"user_id": user, "item_id": item, "type": "view", "ts": t0 + ts}))
                     for n, (user, item, ts) in enumerate(events)])
-    assert worker.state_sizes()["model_items"] == 3
+    assert worker.pipeline.state_sizes()["model_items"] == 3
 
-    worker.expire_idle()
-    assert set(worker.last_active) == {"new-user"} and set(worker.item_last_active) == {"kept-item", "new-item"}
-    sizes = worker.state_sizes()
+    worker.pipeline.expire_idle()
+    assert set(worker.pipeline.last_active) == {"new-user"} and set(worker.pipeline.item_last_active) == {"kept-item", "new-item"}
+    sizes = worker.pipeline.state_sizes()
     assert sizes["model_items"] == 2 and sizes["users"] == 1 and sizes["items"] == 2
     assert "old-item" not in [i for i, _ in worker.model.recommend("new-user", 100)]
-    assert "old-item" not in [i for i, _ in worker.popularity.top(100)]
+    assert "old-item" not in [i for i, _ in worker.pipeline.popularity.top(100)]

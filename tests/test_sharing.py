@@ -85,14 +85,14 @@ def test_the_worker_merges_a_peer_delta_once_and_dead_letters_a_bad_one(tmp_path
                                  "metadata_ids": np.array(["x"]), "metadata_json": np.array(['{"title": "X"}']),
                                  "first_learned_at": 0.0}})
     good = DeltaRecord(settings.item_deltas_topic, 0, 0, payload, headers(source="peer@1", seq=1))
-    worker._merge_deltas([good])
+    worker.sharing.merge([good])
     assert worker.model.recommend("new-user", 2) == peer.recommend("new-user", 2)
-    assert set(worker.item_last_active) == {"x", "y"} and worker.metrics.deltas_merged == 1
+    assert set(worker.pipeline.item_last_active) == {"x", "y"} and worker.metrics.deltas_merged == 1
 
     again = DeltaRecord(settings.item_deltas_topic, 0, 1, payload, headers(source="peer@1", seq=1))
     bad = DeltaRecord(settings.item_deltas_topic, 1, 0, b"garbage", headers(source="peer@1", seq=2))
-    worker._merge_deltas([again, bad])
+    merged, rejects = worker.sharing.merge([again, bad])
+    assert merged == 0
     assert worker.model.recommend("new-user", 2) == peer.recommend("new-user", 2), "published twice, merged once"
-    assert [d["topic"] for d in dlq.sent] == [settings.dlq_topic]
-    assert dlq.sent[0]["headers"]["reason"].startswith(b"bad item delta")
-    assert worker.control_offsets[settings.item_deltas_topic] == {0: 2, 1: 1}
+    assert [reject.record for reject in rejects] == [bad] and rejects[0].reason.startswith("bad item delta")
+    assert worker.pipeline.control_offsets[settings.item_deltas_topic] == {0: 2, 1: 1}

@@ -1,0 +1,508 @@
+"""The worker's processor, without Kafka or Redis: records and state in, a batch of effects out.
+
+In the Kafka Streams / Flink spirit, :class:`Pipeline` is a function of the records it is
+given and the state it holds; a shell (``stream.worker``) polls the records, writes the
+effects and commits. Per batch of event records and control commands:
+
+1. parse each record into an event, or a dead letter with its reason (errors are data);
+2. drop duplicates (an ``event_id`` seen recently on the same partition);
+3. credit a click to the impression that showed its item (``recomm_id``);
+4. learn: item metadata, then popularity and the model (``learn_many``);
+5. obey control commands (forget a user);
+6. rank the touched users, explain their lists, refresh the popular and similar-item lists.
+
+The :class:`Effects` say what should now be durable: lists, popular list, similar lists,
+counters, dead letters, explanations, forgotten users, item metadata. Idle users and
+items are forgotten on :meth:`Pipeline.expire_idle` (the shell calls it at checkpoints).
+
+What a model can do beyond the contract is read once from its declared capabilities
+(``online_models.capabilities``), never by calling and catching.
+
+>>> import orjson
+>>> from core.settings import Settings
+>>> from online_models.cooc import Cooc
+>>> pipeline = Pipeline(Settings(_env_file=None, topic="t"), Cooc())
+>>> view = lambda offset, item: Record("t", 0, offset, 0, b"u", orjson.dumps(
+...     {"user_id": "u", "item_id": item, "type": "view", "ts": 1.0}))
+>>> effects = pipeline.process([view(0, "a"), view(1, "b"), Record("t", 0, 2, 0, b"u", b"{")])
+>>> effects.counts
+Counts(consumed=3, applied=2, dead_lettered=1, deduplicated=0)
+>>> [reject.reason[:16] for reject in effects.dead_letters], sorted(effects.lists)
+(['not valid JSON: '], ['u'])
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+import orjson
+
+from core.errors import InvalidEvent
+from core.metrics import WorkerMetrics
+from core.schema import ITEM_TYPE, Event, parse_event
+from core.settings import Settings
+from online_models import Recommender
+from online_models.capabilities import (
+    Explains,
+    ForgetsItems,
+    ForgetsUsers,
+    HandsOverUsers,
+    LearnsItems,
+    ReportsArms,
+    SimilarItems,
+    UsesPopularity,
+)
+from online_models.trending import Trending
+
+log = logging.getLogger("streamrec.pipeline")
+
+Ranking = list[tuple[str, float]]
+
+
+def declares(model: Any, capability: type) -> bool:
+    """Whether ``model`` declares ``capability``: ``isinstance``, not counting methods
+    inherited unchanged from ``Recommender`` (its placeholders do nothing or raise)."""
+    if not isinstance(model, capability):
+        return False
+    names = [name for name, value in vars(capability).items() if callable(value) and not name.startswith("_")]
+    return all(getattr(type(model), name) is not getattr(Recommender, name, None) for name in names)
+
+
+class RecordLike(Protocol):
+    """What the pipeline reads of a record (a kafka-python ``ConsumerRecord`` is one)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Record:
+    """A plain record: what a Kafka consumer hands over, without Kafka (``timestamp`` in ms)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+@dataclass
+class Reject:
+    """A record that goes to the dead-letter topic, and why."""
+
+    record: RecordLike
+    reason: str
+
+
+@dataclass
+class Counts:
+    consumed: int = 0
+    applied: int = 0
+    dead_lettered: int = 0
+    deduplicated: int = 0
+
+    def add(self, other: Counts) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class PartitionState:
+    """What the pipeline knows of one partition: where to resume, its counts, recent ids, and
+    its users (whose state moves with the partition)."""
+
+    next_offset: int = 0
+    counts: Counts = field(default_factory=Counts)
+    recent_ids: deque = field(default_factory=deque)
+    recent_set: set = field(default_factory=set)
+    users: set = field(default_factory=set)
+
+    def is_duplicate(self, event_id: str, window: int) -> bool:
+        """True when ``event_id`` came within the last ``window`` ids; remembers it otherwise."""
+        if event_id in self.recent_set:
+            return True
+        if window:
+            self.recent_ids.append(event_id)
+            self.recent_set.add(event_id)
+            if len(self.recent_ids) > window:
+                self.recent_set.discard(self.recent_ids.popleft())
+        return False
+
+
+@dataclass
+class Effects:
+    """What one batch changed that must become durable before its offsets are committed."""
+
+    counts: Counts  # this batch's
+    model: str  # the name the lists are stored under
+    written_at: float  # wall time the lists were computed
+    lists: dict[str, Ranking] = field(default_factory=dict)  # user -> ranking, seen items flagged
+    seen_flags: dict[str, list[bool]] = field(default_factory=dict)
+    explanations: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
+    popular: Ranking | None = None  # None: not due for a refresh
+    similar: dict[str, Ranking] | None = None
+    counters: dict[str, int] = field(default_factory=dict)  # absolute, "<count>:<partition>"
+    item_metadata: dict[str, dict] = field(default_factory=dict)
+    forgotten: set[str] = field(default_factory=set)
+    dead_letters: list[Reject] = field(default_factory=list)
+    touched_items: set[str] = field(default_factory=set)  # items this batch's events learned
+
+
+def parse_record(record: RecordLike, max_event_bytes: int) -> Event:
+    return parse_event(
+        record.value,
+        default_ts=record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else None,
+        default_event_id=f"{record.topic}/{record.partition}/{record.offset}",
+        max_bytes=max_event_bytes,
+    )
+
+
+def idle(last_active: dict[str, float], expiry_s: float | None, newest: float | None = None) -> list[str]:
+    """The ids whose newest event is more than ``expiry_s`` older than ``newest`` (default:
+    the newest of all).
+
+    >>> idle({"a": 0.0, "b": 5.0, "c": 10.0}, 6.0)
+    ['a']
+    """
+    if expiry_s is None or not last_active:
+        return []
+    horizon = (max(last_active.values()) if newest is None else newest) - expiry_s
+    return [key for key, ts in last_active.items() if ts < horizon]
+
+
+class Pipeline:
+    """Learns from batches of records and says what to write; holds all learned state.
+
+    Parameters
+    ----------
+    settings
+        What it reads: ``top_k``, ``seen_types``, ``dedupe_window``, ``max_event_bytes``,
+        ``online_eval_k``, ``impressions_window``, ``similar_k``, the refresh periods and
+        the idle expiries.
+    model
+        The served model. Models that declare ``UsesPopularity`` are handed the pipeline's
+        one popularity (a ``Trending``), which learns each batch before the model does.
+    metrics
+        Where online HR, attributed clicks and the bandit's arms are counted.
+    clock
+        Wall time, for the refresh periods and ``Effects.written_at``.
+    """
+
+    def __init__(self, settings: Settings, model: Recommender, metrics: WorkerMetrics | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else WorkerMetrics()
+        self.clock = clock
+        self.model = model
+        self.popularity = Trending()
+        self.seen: dict[str, set[str]] = {}
+        self.last_active: dict[str, float] = {}  # user -> newest event time
+        self.item_last_active: dict[str, float] = {}  # item -> newest event time
+        self.partitions: dict[int, PartitionState] = {}
+        self.control_offsets: dict[str, dict[int, int]] = {}  # side topic -> partition -> next offset
+        self.impressions: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
+        self._last_lists: dict[str, set[str]] = {}  # for online evaluation; not checkpointed
+        self._items_expired_at = float("-inf")  # event time of the last item expiry
+        self._popular_written_at = 0.0
+        self._similar_written_at = 0.0
+        self._items_touched: set[str] = set()  # since the last similar-item refresh
+        self._bind()
+
+    def _bind(self) -> None:
+        """Read the model's capabilities (once per model) and hand it the popularity."""
+        model = self.model
+        if isinstance(model, UsesPopularity):
+            model.use_popularity(self.popularity)
+        self.learns_items = declares(model, LearnsItems)
+        self.explains = declares(model, Explains)
+        self.has_similarity = declares(model, SimilarItems)
+        self.reports_arms = isinstance(model, ReportsArms)
+        self.forgets_users = declares(model, ForgetsUsers)
+        self.forgets_items = declares(model, ForgetsItems)
+        self.hands_over_users = declares(model, HandsOverUsers)
+        if self.settings.similar_k and not self.has_similarity:
+            log.warning("model %s has no item similarity: no similar-item lists", model.name)
+        if not self.forgets_users:
+            log.warning("model %s cannot forget a user: only the worker's own records of them go", model.name)
+
+    # -- state -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything learned, as live objects (a checkpoint pickles them at once)."""
+        return {"model": self.model, "popularity": self.popularity, "seen": self.seen,
+                "last_active": self.last_active, "item_last_active": self.item_last_active,
+                "partitions": self.partitions, "control_offsets": self.control_offsets,
+                "impressions": self.impressions}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Continue from a ``state()`` (a restored checkpoint)."""
+        self.model = state["model"]
+        # checkpoints from before the one popularity held none when the model was it
+        self.popularity = state["popularity"] if state["popularity"] is not None else copy.deepcopy(self.model)
+        self.seen = state["seen"]
+        self.last_active = state["last_active"]
+        self.item_last_active = state["item_last_active"]
+        self.partitions = state["partitions"]
+        self.control_offsets = state["control_offsets"]
+        self.impressions = state["impressions"]
+        self._bind()
+
+    @property
+    def totals(self) -> Counts:
+        totals = Counts()
+        for state in self.partitions.values():
+            totals.add(state.counts)
+        return totals
+
+    def state_sizes(self) -> dict[str, int]:
+        """How many ids each table holds (what expiry bounds)."""
+        return {"users": len(self.last_active), "items": len(self.item_last_active),
+                "seen_entries": sum(map(len, self.seen.values())), "impressions": len(self.impressions),
+                **{f"model_{name}": n for name, n in self.model.state_sizes().items()}}
+
+    # -- partitions move between workers -----------------------------------------------
+    def adopt_partition(self, p: int, peer: dict[str, Any]) -> None:
+        """Take partition ``p``'s users and position from a peer's ``state()``."""
+        if p in self.partitions:
+            self.drop_partition(p)
+        state = peer["partitions"][p]
+        if self.hands_over_users:
+            self.model.import_users(peer["model"].export_users(state.users))
+        if peer["popularity"] is not None:
+            self.popularity.import_users(peer["popularity"].export_users(state.users))
+        for user_id in state.users:
+            if user_id in peer["seen"]:
+                self.seen[user_id] = peer["seen"][user_id]
+            if user_id in peer["last_active"]:
+                self.last_active[user_id] = peer["last_active"][user_id]
+        self.partitions[p] = state
+        log.info("partition %d: took %d users over at offset %d", p, len(state.users), state.next_offset)
+
+    def drop_partition(self, p: int) -> None:
+        """Forget partition ``p`` and its users (another worker serves them now)."""
+        for user_id in self.partitions.pop(p).users:
+            self.forget_user(user_id)
+
+    # -- forgetting --------------------------------------------------------------------
+    def forget_user(self, user_id: str) -> None:
+        """Drop what the pipeline and its model know of one user (not their stored list)."""
+        self.last_active.pop(user_id, None)
+        self.seen.pop(user_id, None)
+        self._last_lists.pop(user_id, None)
+        for state in self.partitions.values():
+            state.users.discard(user_id)
+        if self.forgets_users:
+            self.model.forget_user(user_id)
+
+    def forget_items(self, item_ids: list[str]) -> None:
+        """Drop what the model learned of these items (their similar-item lists expire)."""
+        if not item_ids:
+            return
+        for item_id in item_ids:
+            self.item_last_active.pop(item_id, None)
+        if self.forgets_items:
+            self.model.forget_items(item_ids)
+        self.popularity.forget_items(item_ids)
+
+    def expire_idle(self) -> None:
+        """Forget users idle longer than ``user_idle_expiry_s`` and items idle longer than
+        ``item_idle_expiry_s`` (event time), so memory stays bounded on an endless stream.
+
+        Items go in one batch at most every tenth of their expiry time: forgetting items
+        costs the model a pass over its users, however many items go.
+        """
+        users = idle(self.last_active, self.settings.user_idle_expiry_s)
+        for user_id in users:
+            self.forget_user(user_id)
+        items: list[str] = []
+        expiry_s = self.settings.item_idle_expiry_s
+        newest = max(self.item_last_active.values(), default=None)
+        if expiry_s is not None and newest is not None and newest - self._items_expired_at >= expiry_s / 10:
+            items = idle(self.item_last_active, expiry_s, newest)
+            self._items_expired_at = newest
+            self.forget_items(items)
+        if users or items:
+            log.info("forgot %d idle users and %d idle items", len(users), len(items))
+
+    # -- side records ------------------------------------------------------------------
+    def _advance(self, record: RecordLike) -> None:
+        self.control_offsets.setdefault(record.topic, {})[record.partition] = record.offset + 1
+
+    def remember_impressions(self, records: Iterable[RecordLike]) -> list[Reject]:
+        """Keep the recent impressions (recomm_id -> item -> (strategy, position)), bounded;
+        returns the malformed records."""
+        rejects = []
+        for record in records:
+            self._advance(record)
+            try:
+                payload = orjson.loads(record.value or b"")
+                for impression in payload if isinstance(payload, list) else [payload]:  # the API sends arrays
+                    served = {i["item_id"]: (i["strategy"], i["position"]) for i in impression["items"]}
+                    self.impressions[impression["recomm_id"]] = served
+            except (ValueError, KeyError, TypeError) as exc:
+                rejects.append(Reject(record, f"bad impression: {exc}"))
+            while len(self.impressions) > self.settings.impressions_window:
+                self.impressions.popitem(last=False)
+        return rejects
+
+    def _obey(self, commands: Iterable[RecordLike], rejects: list[Reject]) -> set[str]:
+        """Apply control commands (``{"action": "forget_user", "user_id": ...}``); returns the
+        users forgotten. A malformed command is rejected like a malformed event."""
+        forgotten = set()
+        for record in commands:
+            self._advance(record)
+            try:
+                command = orjson.loads(record.value or b"")
+                if not isinstance(command, dict) or command.get("action") != "forget_user":
+                    raise ValueError("unknown command")
+                user_id = command["user_id"]
+                if not isinstance(user_id, str):
+                    raise ValueError("user_id must be a string")
+            except (ValueError, KeyError) as exc:
+                rejects.append(Reject(record, f"bad control command: {exc}"))
+                continue
+            self.forget_user(user_id)
+            forgotten.add(user_id)
+        return forgotten
+
+    def _attribute(self, event: Event) -> Event:
+        """An event that names the answer it came from learns which strategy served its item."""
+        recomm_id = (event.context or {}).get("recomm_id")
+        served = self.impressions.get(recomm_id) if isinstance(recomm_id, str) else None
+        if served is None or event.item_id not in served:
+            return event
+        strategy, position = served[event.item_id]
+        self.metrics.attributed += 1
+        return dataclasses.replace(event, context={**event.context, "strategy": strategy, "slot": position})
+
+    # -- the batch ---------------------------------------------------------------------
+    def process(self, records: Sequence[RecordLike], commands: Sequence[RecordLike] = ()) -> Effects:
+        """Learn one batch of event records and control commands; returns what to write."""
+        settings, model = self.settings, self.model
+        counts = Counts(consumed=len(records))
+        rejects: list[Reject] = []
+        events: list[Event] = []
+        item_metadata: dict[str, dict] = {}
+        touched_users: dict[str, None] = {}  # in order
+        touched_items: set[str] = set()
+        touched_partitions = set()
+        for record in records:
+            p = record.partition
+            state = self.partitions.get(p)
+            if state is None:
+                state = self.partitions[p] = PartitionState()
+            touched_partitions.add(p)
+            state.counts.consumed += 1
+            state.next_offset = record.offset + 1
+            try:
+                event = parse_record(record, settings.max_event_bytes)
+            except InvalidEvent as exc:
+                rejects.append(Reject(record, exc.reason))
+                state.counts.dead_lettered += 1
+                counts.dead_lettered += 1
+                continue
+            if state.is_duplicate(event.event_id, settings.dedupe_window):
+                state.counts.deduplicated += 1
+                counts.deduplicated += 1
+                continue
+            state.counts.applied += 1
+            counts.applied += 1
+            event = self._attribute(event)
+            if event.type == ITEM_TYPE:
+                item_metadata[event.item_id] = event.context or {}
+                if self.learns_items:
+                    model.learn_item(event.item_id, item_metadata[event.item_id])
+            else:
+                events.append(event)
+                state.users.add(event.user_id)
+                touched_users[event.user_id] = None
+                touched_items.add(event.item_id)
+                self._judge(event)
+        if events:
+            self.popularity.learn_many(events)  # first: a model that uses it reads it
+            model.learn_many(events)
+            seen_types, seen, last_active, item_last_active = (
+                settings.seen_types, self.seen, self.last_active, self.item_last_active)
+            for event in events:
+                if event.type in seen_types:
+                    seen.setdefault(event.user_id, set()).add(event.item_id)
+                last_active[event.user_id] = max(event.ts, last_active.get(event.user_id, 0.0))
+                item_last_active[event.item_id] = max(event.ts, item_last_active.get(event.item_id, 0.0))
+        forgotten = self._obey(commands, rejects)
+        users = [u for u in touched_users if u not in forgotten and u in self.last_active]
+        lists, seen_flags = self._rank(users)
+        explanations = {}
+        if self.explains:
+            explanations = {user_id: model.explain_items(user_id, [item for item, _ in items])
+                            for user_id, items in lists.items()}
+        now = self.clock()
+        popular = None
+        if events and now - self._popular_written_at >= settings.popular_refresh_s:
+            popular = self.popularity.top(settings.top_k)
+            self._popular_written_at = now
+        if self.reports_arms:
+            arms = model.stats()["arms"]
+            self.metrics.bandit_arms = {a: {k: arms[a][k] for k in ("pulls", "rewards", "share")} for a in arms}
+        return Effects(counts=counts, model=model.name, written_at=now, lists=lists, seen_flags=seen_flags,
+                       explanations=explanations, popular=popular, similar=self._similar_lists(touched_items, now),
+                       counters=self._counters(touched_partitions), item_metadata=item_metadata,
+                       forgotten=forgotten, dead_letters=rejects, touched_items=touched_items)
+
+    def _rank(self, users: list[str]) -> tuple[dict[str, Ranking], dict[str, list[bool]]]:
+        """Each user's ranking with their seen items left in but flagged, so a request can
+        include or exclude them: ``top_k`` unseen items, and the seen ones ranked among them."""
+        top_k, eval_k = self.settings.top_k, self.settings.online_eval_k
+        depth = top_k + max((min(len(self.seen.get(u, ())), top_k) for u in users), default=0)
+        lists, flags = {}, {}
+        for user_id, ranked in self.model.recommend_many(users, depth).items():
+            seen = self.seen.get(user_id)
+            if seen and not seen.isdisjoint([item for item, _ in ranked]):
+                marks = [item in seen for item, _ in ranked]
+                unseen_at = [n for n, is_seen in enumerate(marks) if not is_seen]
+                cut = unseen_at[top_k - 1] + 1 if len(unseen_at) >= top_k else len(ranked)
+                kept, marks = ranked[:cut], marks[:cut]
+                shown = [kept[n][0] for n in unseen_at[:eval_k]]
+            else:  # nothing seen among them: the common case on a busy stream
+                kept = ranked[:top_k]
+                marks = [False] * len(kept)
+                shown = [item for item, _ in kept[:eval_k]]
+            lists[user_id], flags[user_id] = kept, marks
+            if eval_k:
+                self._last_lists[user_id] = set(shown)
+        return lists, flags
+
+    def _judge(self, event: Event) -> None:
+        """Online HR@k: was the event's item in the list last computed for the user?"""
+        last = self._last_lists.get(event.user_id)
+        if last is not None:
+            self.metrics.online_evaluated += 1
+            self.metrics.online_hits += event.item_id in last
+
+    def _counters(self, partitions: Iterable[int]) -> dict[str, int]:
+        """Absolute counts of ``partitions``, as Redis hash fields."""
+        return {f"{f.name}:{p}": getattr(self.partitions[p].counts, f.name)
+                for p in partitions if p in self.partitions for f in fields(Counts)}
+
+    def _similar_lists(self, items: set[str], now: float) -> dict[str, Ranking] | None:
+        """Similar-item lists of the items touched since the last refresh, when one is due."""
+        if not (self.settings.similar_k and self.has_similarity):
+            return None
+        self._items_touched.update(items)
+        if not self._items_touched or now - self._similar_written_at < self.settings.similar_refresh_s:
+            return None
+        similar = {i: self.model.similar_items(i, self.settings.similar_k) for i in self._items_touched}
+        self._items_touched = set()
+        self._similar_written_at = now
+        return similar
