@@ -56,6 +56,7 @@ from online_models.capabilities import (
     HandsOverUsers,
     LearnsItems,
     ReportsArms,
+    SharesItems,
     SimilarItems,
     UsesPopularity,
 )
@@ -67,12 +68,45 @@ Ranking = list[tuple[str, float]]
 
 
 def declares(model: Any, capability: type) -> bool:
-    """Whether ``model`` declares ``capability``: ``isinstance``, not counting methods
-    inherited unchanged from ``Recommender`` (its placeholders do nothing or raise)."""
+    """Whether ``model`` declares ``capability``: ``isinstance``, not counting a method that
+    is ``Recommender``'s own placeholder (one that does nothing or raises).
+
+    >>> class Counts(Recommender):
+    ...     name = "counts"
+    ...     def learn_one(self, interaction): ...
+    ...     def recommend(self, user_id, k=10, exclude=None): return []
+    ...     def similar_items(self, item_id, k=10): return []
+    >>> declares(Counts(), SimilarItems), declares(Counts(), ForgetsUsers)
+    (True, False)
+    """
     if not isinstance(model, capability):
         return False
-    names = [name for name, value in vars(capability).items() if callable(value) and not name.startswith("_")]
-    return all(getattr(type(model), name) is not getattr(Recommender, name, None) for name in names)
+    for name in (n for n, value in vars(capability).items() if callable(value) and not n.startswith("_")):
+        placeholder = getattr(Recommender, name, None)
+        if placeholder is not None and getattr(getattr(model, name), "__func__", None) is placeholder:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model does beyond the contract, read once from its declarations."""
+
+    learns_items: bool  # item metadata
+    explains: bool
+    similar_items: bool
+    forgets_users: bool
+    forgets_items: bool
+    hands_over_users: bool
+    shares_items: bool
+    reports_arms: bool
+
+    @classmethod
+    def of(cls, model: Recommender) -> Capabilities:
+        return cls(learns_items=declares(model, LearnsItems), explains=declares(model, Explains),
+                   similar_items=declares(model, SimilarItems), forgets_users=declares(model, ForgetsUsers),
+                   forgets_items=declares(model, ForgetsItems), hands_over_users=declares(model, HandsOverUsers),
+                   shares_items=declares(model, SharesItems), reports_arms=declares(model, ReportsArms))
 
 
 class RecordLike(Protocol):
@@ -226,16 +260,10 @@ class Pipeline:
         model = self.model
         if isinstance(model, UsesPopularity):
             model.use_popularity(self.popularity)
-        self.learns_items = declares(model, LearnsItems)
-        self.explains = declares(model, Explains)
-        self.has_similarity = declares(model, SimilarItems)
-        self.reports_arms = isinstance(model, ReportsArms)
-        self.forgets_users = declares(model, ForgetsUsers)
-        self.forgets_items = declares(model, ForgetsItems)
-        self.hands_over_users = declares(model, HandsOverUsers)
-        if self.settings.similar_k and not self.has_similarity:
+        self.can = Capabilities.of(model)
+        if self.settings.similar_k and not self.can.similar_items:
             log.warning("model %s has no item similarity: no similar-item lists", model.name)
-        if not self.forgets_users:
+        if not self.can.forgets_users:
             log.warning("model %s cannot forget a user: only the worker's own records of them go", model.name)
 
     # -- state -------------------------------------------------------------------------
@@ -278,7 +306,7 @@ class Pipeline:
         if p in self.partitions:
             self.drop_partition(p)
         state = peer["partitions"][p]
-        if self.hands_over_users:
+        if self.can.hands_over_users:
             self.model.import_users(peer["model"].export_users(state.users))
         if peer["popularity"] is not None:
             self.popularity.import_users(peer["popularity"].export_users(state.users))
@@ -303,7 +331,7 @@ class Pipeline:
         self._last_lists.pop(user_id, None)
         for state in self.partitions.values():
             state.users.discard(user_id)
-        if self.forgets_users:
+        if self.can.forgets_users:
             self.model.forget_user(user_id)
 
     def forget_items(self, item_ids: list[str]) -> None:
@@ -312,7 +340,7 @@ class Pipeline:
             return
         for item_id in item_ids:
             self.item_last_active.pop(item_id, None)
-        if self.forgets_items:
+        if self.can.forgets_items:
             self.model.forget_items(item_ids)
         self.popularity.forget_items(item_ids)
 
@@ -422,7 +450,7 @@ class Pipeline:
             event = self._attribute(event)
             if event.type == ITEM_TYPE:
                 item_metadata[event.item_id] = event.context or {}
-                if self.learns_items:
+                if self.can.learns_items:
                     model.learn_item(event.item_id, item_metadata[event.item_id])
             else:
                 events.append(event)
@@ -444,7 +472,7 @@ class Pipeline:
         users = [u for u in touched_users if u not in forgotten and u in self.last_active]
         lists, seen_flags = self._rank(users)
         explanations = {}
-        if self.explains:
+        if self.can.explains:
             explanations = {user_id: model.explain_items(user_id, [item for item, _ in items])
                             for user_id, items in lists.items()}
         now = self.clock()
@@ -452,7 +480,7 @@ class Pipeline:
         if events and now - self._popular_written_at >= settings.popular_refresh_s:
             popular = self.popularity.top(settings.top_k)
             self._popular_written_at = now
-        if self.reports_arms:
+        if self.can.reports_arms:
             arms = model.stats()["arms"]
             self.metrics.bandit_arms = {a: {k: arms[a][k] for k in ("pulls", "rewards", "share")} for a in arms}
         return Effects(counts=counts, model=model.name, written_at=now, lists=lists, seen_flags=seen_flags,
@@ -497,7 +525,7 @@ class Pipeline:
 
     def _similar_lists(self, items: set[str], now: float) -> dict[str, Ranking] | None:
         """Similar-item lists of the items touched since the last refresh, when one is due."""
-        if not (self.settings.similar_k and self.has_similarity):
+        if not (self.settings.similar_k and self.can.similar_items):
             return None
         self._items_touched.update(items)
         if not self._items_touched or now - self._similar_written_at < self.settings.similar_refresh_s:

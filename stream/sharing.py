@@ -36,8 +36,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from online_models.capabilities import SharesItems
-from stream.pipeline import Pipeline, Reject, declares
+from stream.pipeline import Pipeline, Reject
 
 log = logging.getLogger("streamrec.sharing")
 
@@ -127,7 +126,7 @@ class ItemSharing:
         self.metrics = metrics
         self.with_peers = with_peers
         self.log = DeltaLog("")  # named by ``begin``
-        self.enabled = all(declares(m, SharesItems) for m in self._models().values())
+        self.enabled = pipeline.can.shares_items  # the popularity (a Trending) shares too
         if not self.enabled:
             log.warning("model %s does not share item state: with several workers, each learns items only "
                         "from the events of its own partitions", pipeline.model.name)
@@ -208,7 +207,7 @@ class ItemSharing:
             for item_id, ts in zip(shared.get("item_ids", ()), shared.get("item_ts", ())):
                 item_id = str(item_id)
                 item_last_active[item_id] = max(float(ts), item_last_active.get(item_id, 0.0))
-            if pipeline.learns_items:
+            if pipeline.can.learns_items:
                 for item_id, text in zip(shared.get("metadata_ids", ()), shared.get("metadata_json", ())):
                     pipeline.model.learn_item(str(item_id), orjson.loads(str(text)))
             self.metrics.deltas_merged += 1

@@ -296,3 +296,20 @@ def test_a_batch_of_only_rejects_learns_nothing(model) -> None:
     effects = pipeline.process([raw(0, b"[]"), raw(1, b"")])
     assert effects.counts == Counts(consumed=2, dead_lettered=2)
     assert effects.lists == {} and effects.popular is None and effects.touched_items == set()
+
+
+def test_a_capability_bound_on_the_instance_counts_and_a_base_placeholder_does_not() -> None:
+    class Composite(Plain):
+        """Declares forgetting per instance (as a composite does when all its parts forget)."""
+
+        def _forget_user(self, user_id) -> None:
+            self.learned = [i for i in self.learned if i.user_id != user_id]
+
+    whole, parts_forget = Composite(), Composite()
+    parts_forget.forget_user = parts_forget._forget_user
+    assert not Pipeline(settings(), whole).can.forgets_users
+    pipeline = Pipeline(settings(), parts_forget)
+    assert pipeline.can.forgets_users and not pipeline.can.similar_items
+    pipeline.process([event(0, "u", "a")], [raw(0, orjson.dumps({"action": "forget_user", "user_id": "u"}),
+                                                topic="control")])
+    assert parts_forget.learned == []
