@@ -313,3 +313,21 @@ def test_a_capability_bound_on_the_instance_counts_and_a_base_placeholder_does_n
     pipeline.process([event(0, "u", "a")], [raw(0, orjson.dumps({"action": "forget_user", "user_id": "u"}),
                                                 topic="control")])
     assert parts_forget.learned == []
+
+
+def test_an_item_event_carries_metadata_and_touches_no_user() -> None:
+    model = Capable()
+    pipeline = Pipeline(settings(), model)
+    effects = pipeline.process([event(0, None, "a", type="item", context={"title": "A", "category": "c"})])
+    assert effects.counts == Counts(consumed=1, applied=1)
+    assert effects.item_metadata == {"a": {"title": "A", "category": "c"}} and model.items == effects.item_metadata
+    assert effects.lists == {} and effects.touched_items == set() and model.learned == []
+    assert effects.popular is None  # nothing learned: the popular list is not rewritten
+
+
+def test_a_recomm_id_that_is_not_a_string_credits_nothing() -> None:
+    pipeline = Pipeline(settings(), Plain())
+    pipeline.remember_impressions([raw(0, orjson.dumps({"recomm_id": "1", "items": [
+        {"item_id": "a", "strategy": "cooc", "position": 0}]}), topic="imp")])
+    pipeline.process([event(0, "u", "a", type="click", context={"recomm_id": 1})])
+    assert pipeline.metrics.attributed == 0 and pipeline.model.learned[0].context == {"recomm_id": 1}
