@@ -19,13 +19,13 @@ state (the same list when asked twice, ``recommend_many`` equals ``recommend``) 
 exploration still moves on as feedback arrives.
 
 :meth:`Agent.recommend_explained` gives ``(item_id, score, strategy, reason)`` with a reason
-in words ("often viewed with X you viewed", "in Drama, which you like", "trending now").
+in words, each from its strategy's ``explain_items`` ("often viewed with X, which you viewed",
+"in Drama, which you like", "popular now").
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
@@ -40,6 +40,7 @@ from online_models.base import (
     largest_sizes,
     make_part,
 )
+from online_models.capabilities import Explains
 
 DEFAULT_STRATEGIES: dict[str, dict[str, Any]] = {
     "cooc": {"model": "cooc"},
@@ -93,7 +94,7 @@ class Agent(Recommender):
     >>> item, strategy in ("cooc", "trending")
     ('y', True)
     >>> agent.reason("c", "y", "cooc")
-    'often viewed with x you viewed'
+    'often viewed with x, which you viewed'
     >>> agent.learn_one(Event(user_id="c", item_id="y", type="click", ts=1))  # a hit: the strategy is rewarded
     >>> agent.bandit.stats()["arms"][strategy]["rewards"]
     1.0
@@ -475,38 +476,33 @@ class Agent(Recommender):
 
     def explain_items(self, user_id: str, item_ids: Sequence[str], with_reasons: int = 10) -> list[tuple[str, str | None]]:
         """The strategy of each item of the list last served to the user, and a reason for the
-        first ``with_reasons`` (reasons cost a look into the strategies' state)."""
+        first ``with_reasons``, each from its strategy's ``explain_items`` (reasons cost a look
+        into the strategies' state)."""
         strategy_of = {item: arm for item, arm, _ in self.last_served(user_id)}
-        explained = []
-        for rank, item in enumerate(item_ids):
-            arm = strategy_of.get(item, "agent")
-            reason = self.reason(user_id, item, arm, rank) if rank < with_reasons and arm in self._models else None
-            explained.append((arm, reason))
+        explained: list[tuple[str, str | None]] = [(strategy_of.get(item, "agent"), None) for item in item_ids]
+        by_arm: dict[str, list[int]] = {}
+        for rank, (arm, _) in enumerate(explained[:with_reasons]):
+            if arm in self._models:
+                by_arm.setdefault(arm, []).append(rank)
+        for arm, ranks in by_arm.items():
+            reasons = self._reasons(arm, user_id, [item_ids[r] for r in ranks])
+            for rank, reason in zip(ranks, reasons):
+                explained[rank] = (arm, reason)
         return explained
 
     def reason(self, user_id: str, item_id: str, strategy: str, rank: int | None = None) -> str:
         """Why ``strategy`` proposed ``item_id`` to the user, in words."""
+        return self._reasons(strategy, user_id, [item_id])[0]
+
+    def _reasons(self, strategy: str, user_id: str, item_ids: list[str]) -> list[str]:
+        """The strategy's own explanation of each item (``Explains``), else its name."""
+        fallback = f"recommended by {strategy}"
         model = self._models[strategy]
-        kind = getattr(model, "name", "")
         try:
-            if kind == "cooc":
-                because = cooc_because(model, user_id, item_id)
-                if because:
-                    return f"often viewed with {because} you viewed"
-                return "popular right now"
-            if kind == "embeddings":
-                because = embeddings_because(model, user_id, item_id)
-                if because:
-                    return f"people who liked {because} also liked this"
-                return "matches your taste"
-            if kind == "trending":
-                return "trending now" + (f" (#{rank + 1} among items you have not seen)" if rank is not None else "")
-            explain = getattr(model, "explain", None)
-            if callable(explain):
-                return explain(user_id, item_id)
+            explained = model.explain_items(user_id, item_ids) if isinstance(model, Explains) else None
         except Exception:  # an explanation must never break serving
-            pass
-        return f"recommended by {strategy}"
+            explained = None
+        return [reason or fallback for _, reason in explained] if explained else [fallback] * len(item_ids)
 
     # -- reporting -------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -548,38 +544,3 @@ def _fetched(fetched: Mapping[str, Mapping[str, Ranking]], user_id: str, arm: st
     if ranking is None:
         raise _NotFetched(arm)
     return ranking
-
-
-# -- reasons from the strategies' learned state (read-only helpers) -------------------
-
-
-def cooc_because(model, user_id: str, item_id: str) -> str | None:
-    """Which of the user's recent items co-occurs most with ``item_id`` (recency-weighted)."""
-    row = model._items.get(item_id)
-    recent = model.recent(user_id)
-    if row is None or not recent:
-        return None
-    rows, weights = model._neighbour_arrays(row)
-    if not len(rows):
-        return None
-    weight_of = dict(zip(rows.tolist(), weights.tolist()))
-    best, best_w, factor = None, 0.0, 1.0
-    for r, _ in reversed(recent):
-        w = weight_of.get(r, 0.0) * factor / math.sqrt(max(model._counts[r], 1e-12))
-        if w > best_w:
-            best, best_w = r, w
-        factor *= model.recency_decay
-    return None if best is None else model._items.ids[best]
-
-
-def embeddings_because(model, user_id: str, item_id: str) -> str | None:
-    """The user's recent item whose input vector is closest to ``item_id``'s output vector."""
-    row = model._items.get(item_id)
-    recent = model._recent.get(user_id)
-    if row is None or not recent:
-        return None
-    rows = list(dict.fromkeys(recent))
-    vecs = model._item_in.numpy()[rows]
-    target = model._item_out.numpy()[row]
-    sims = vecs @ target / (np.linalg.norm(vecs, axis=1) * np.linalg.norm(target) + 1e-12)
-    return model._items.ids[rows[int(np.argmax(sims))]]

@@ -79,23 +79,40 @@ class Blend(Recommender):
         for model in self._models.values():
             model.learn_many(interactions)
 
-    def _fuse(self, lists: Mapping[str, Ranking], k: int) -> Ranking:
-        fused: dict[str, float] = {}  # item -> blend score
-        used: list[tuple[str, ...]] = []  # the items of each list taken, for ties
-        rank_offset = self.rank_offset
+    def _scaled(self, ranking: Ranking, weight: float) -> tuple[tuple[str, ...], list[float]]:
+        """A component's items and their weighted scaled scores (what each adds to the fusion)."""
+        items, scores = zip(*ranking)
+        if self.rank_offset is not None:  # reciprocal rank fusion
+            top = self.rank_offset + 1
+            return items, [weight * top / (top + pos) for pos in range(len(items))]
+        high, low = scores[0], scores[-1]  # min-max scaled scores
+        span = high - low
+        if span <= 0:
+            return items, [weight] * len(items)
+        scale = weight / span
+        return items, [(score - low) * scale for score in scores]
+
+    def _parts_of(self, lists: Mapping[str, Ranking], item_ids: Sequence[str]) -> dict[str, str]:
+        """For each item, the component whose scaled score added most to its blend score."""
+        best: dict[str, tuple[float, str]] = {item: (-1.0, "") for item in item_ids}
         for name, ranking in lists.items():
             weight = self._weight(name)
             if not ranking or weight == 0:
                 continue
-            items, scores = zip(*ranking)
-            if rank_offset is not None:  # reciprocal rank fusion
-                top = rank_offset + 1
-                scaled_scores = [weight * top / (top + pos) for pos in range(len(items))]
-            else:  # min-max scaled scores
-                high, low = scores[0], scores[-1]
-                span = high - low
-                scale = weight / span if span > 0 else 0.0
-                scaled_scores = [(score - low) * scale for score in scores] if span > 0 else [weight] * len(items)
+            for item, value in zip(*self._scaled(ranking, weight)):
+                held = best.get(item)
+                if held is not None and value > held[0]:
+                    best[item] = (value, name)
+        return {item: name for item, (_, name) in best.items() if name}
+
+    def _fuse(self, lists: Mapping[str, Ranking], k: int) -> Ranking:
+        fused: dict[str, float] = {}  # item -> blend score
+        used: list[tuple[str, ...]] = []  # the items of each list taken, for ties
+        for name, ranking in lists.items():
+            weight = self._weight(name)
+            if not ranking or weight == 0:
+                continue
+            items, scaled_scores = self._scaled(ranking, weight)
             used.append(items)
             if not fused and len(set(items)) == len(items):  # the first list: built at C speed
                 fused = dict(zip(items, scaled_scores))
@@ -124,15 +141,55 @@ class Blend(Recommender):
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         n = max(k, self.n_candidates)
-        return self._fuse({name: m.recommend(user_id, n, exclude) for name, m in self._models.items()}, k)
+        lists = {name: m.recommend(user_id, n, exclude) for name, m in self._models.items()}
+        self._last_lists = {name: {user_id: ranking} for name, ranking in lists.items()}
+        return self._fuse(lists, k)
 
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
     ) -> dict[str, Ranking]:
-        """Each component's ``recommend_many`` (batched where it is), then the fusion per user."""
+        """Each component's ``recommend_many`` (batched where it is), then the fusion per user.
+
+        The components' lists are kept until the next call, for ``explain_items``."""
         n = max(k, self.n_candidates)
         per_model = {name: m.recommend_many(user_ids, n, exclude) for name, m in self._models.items()}
+        self._last_lists = per_model
         return {u: self._fuse({name: lists[u] for name, lists in per_model.items()}, k) for u in user_ids}
+
+    def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
+        """Each item explained by the component that ranked it: whose scaled score added most
+        to the item's blend score in the last ranking (ranked again if the user was not in it).
+
+        >>> from stream.schema import Event
+        >>> model = Blend(models={"cooc": {}, "trending": {"half_life_s": None}}, weights={"trending": 0.5})
+        >>> for user, items in {"a": "xy", "b": "xy", "c": "xz"}.items():
+        ...     for item in items:
+        ...         model.learn_one(Event(user_id=user, item_id=item, type="view", ts=0))
+        >>> ranking = model.recommend("c", k=2, exclude={"x", "z"})
+        >>> model.explain_items("c", [item for item, _ in ranking])
+        [('cooc', 'often viewed with x, which you viewed')]
+        """
+        last = self.__dict__.get("_last_lists") or {}
+        if all(user_id in lists for lists in last.values()) and last.keys() == self._models.keys():
+            ranked_by = self._parts_of({name: lists[user_id] for name, lists in last.items()}, item_ids)
+        else:
+            n = max(len(item_ids), self.n_candidates)
+            ranked_by = self._parts_of({name: m.recommend(user_id, n) for name, m in self._models.items()}, item_ids)
+        by_part: dict[str, list[int]] = {}
+        for position, item in enumerate(item_ids):
+            by_part.setdefault(ranked_by.get(item, ""), []).append(position)
+        explained: list[tuple[str, str | None]] = [(self.name, None)] * len(item_ids)
+        for name, positions in by_part.items():
+            model = self._models.get(name)
+            reasons = model.explain_items(user_id, [item_ids[p] for p in positions]) if model is not None else None
+            for position, reason in zip(positions, reasons or [(name or self.name, None)] * len(positions)):
+                explained[position] = reason
+        return explained
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_last_lists", None)  # the last ranking, kept for explanations: not learned state
+        return state
 
     def forget_user(self, user_id: str) -> None:
         """Every component forgets the user."""

@@ -460,6 +460,10 @@ class Content(Recommender):
         scores = self._cat[:n, : pc.shape[1]] @ pc[0] + self._text[:n] @ pt[0]
         return {self._items.ids[r]: float(s) for r, s in enumerate(scores.tolist()) if s}
 
+    def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
+        """``explain`` for each item."""
+        return [(self.name, self.explain(user_id, item_id)) for item_id in item_ids]
+
     def explain(self, user_id: str, item_id: str) -> str:
         """Why ``item_id`` suits the user's content profile, in words."""
         row = self._items.get(item_id)

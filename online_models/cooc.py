@@ -11,7 +11,7 @@ import numpy as np
 
 from online_models._arrays import IdIndex, grow, take_gains, top_k, top_rows
 from online_models.base import Interaction, Ranking, Recommender
-from online_models.trending import Trending, id_array
+from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, Trending, id_array
 
 _DENSE_ITEMS = 4096  # below this many items the co-occurrence is one dense float32 matrix
 _SCRATCH_SLOTS = 1 << 20  # (user, item) slots summed at once on the sparse path: 4 MiB of int32 stay in cache
@@ -708,6 +708,58 @@ class Cooc(Recommender):
                 for row, weight in history:
                     table.push(u, row, weight)
             self._recent = table
+
+    def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
+        """Per item, the user's recent items that led to it: those whose co-occurrence with it
+        weighs most in the user's score (recency-weighted as in ``recommend``; the second one
+        is named too when it weighs at least half as much). An item none of them co-occurs
+        with was ranked for its popularity: ``("trending", "popular now")``.
+
+        >>> from stream.schema import Event
+        >>> model = Cooc()
+        >>> for user, items in {"a": "xy", "b": "xy", "c": "xz"}.items():
+        ...     for item in items:
+        ...         model.learn_one(Event(user_id=user, item_id=item, type="view", ts=0))
+        >>> model.explain_items("c", ["y"]), model.explain_items("new-user", ["y"])
+        ([('cooc', 'often viewed with x, which you viewed')], [('trending', 'popular now')])
+        """
+        recent = self._recent.get(user_id)
+        rows = [self._items.get(item) for item in item_ids]
+        known = [n for n, row in enumerate(rows) if row is not None]
+        explained: list[tuple[str, str | None]] = [(self.name, None)] * len(item_ids)
+        if recent is None or not known:
+            return [(POPULAR_STRATEGY, POPULAR_NOW) if row is not None else (self.name, None) for row in rows]
+        history = recent[0][::-1]  # most recent first, as recommend weighs them
+        mine, at = np.unique(history, return_inverse=True)  # an item met twice in the window counts once
+        factors = np.zeros(len(mine))
+        np.add.at(factors, at, self._decay_powers(len(history)) * self._inv_norm[history])
+        targets = np.array([rows[n] for n in known], dtype=np.int64)
+        if self._dense is not None:
+            weights = self._dense[np.ix_(mine, targets)].astype(np.float64)
+        else:
+            weights = np.zeros((len(mine), len(targets)))
+            target_list = targets.tolist()
+            for j, row in enumerate(mine.tolist()):
+                nb = self._neighbours[row]
+                pos, nb_weights = nb.pos, nb.weights
+                for t, target in enumerate(target_list):
+                    i = pos.get(target)
+                    if i is not None:
+                        weights[j, t] = nb_weights[i]
+        contributions = weights * factors[:, None]
+        order = np.argsort(-contributions, axis=0, kind="stable")
+        ids = self._items.ids
+        for t, n in enumerate(known):
+            first = order[0, t]
+            top = contributions[first, t]
+            if top <= 0:
+                explained[n] = (POPULAR_STRATEGY, POPULAR_NOW)
+                continue
+            names = [ids[mine[first]]]
+            if len(mine) > 1 and contributions[order[1, t], t] >= top / 2:
+                names.append(ids[mine[order[1, t]]])
+            explained[n] = (self.name, f"often viewed with {' and '.join(names)}, which you viewed")
+        return explained
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         row = self._items.get(item_id)

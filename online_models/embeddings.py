@@ -13,6 +13,7 @@ import torch
 
 from online_models._arrays import IdIndex, grow, grow_all, top_k, top_k_per_user
 from online_models.base import Interaction, Ranking, Recommender
+from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders items before any training step
 _CHUNK_CELLS = 1 << 22  # users x items scored at once: 16 MB of float32 scores
@@ -662,6 +663,38 @@ class TorchEmbeddings(Recommender):
         best = top_k_by_product(self._item_out[:n], torch.from_numpy(self._bias()), self._representations,
                                 self._items, user_ids, k, exclude or {})
         return {u: list(zip(map(ids.__getitem__, rows), vals)) for u, (rows, vals) in zip(user_ids, best)}
+
+    def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
+        """Per item, the nearest of the user's recent items: the one whose input vector is
+        closest (cosine) to the item's output vector, the vector the item is ranked by. A
+        user without history was served the items with the largest biases: "popular now".
+
+        >>> from stream.schema import Event
+        >>> model = TorchEmbeddings(n_factors=4, batch_size=1)
+        >>> for item in "xy":
+        ...     model.learn_one(Event(user_id="a", item_id=item, type="view", ts=0))
+        >>> model.explain_items("a", ["x"]), model.explain_items("new", ["x"])
+        ([('embeddings', 'close to y, which you viewed recently')], [('trending', 'popular now')])
+        """
+        rows = [self._items.get(item) for item in item_ids]
+        recent = self._recent.get(user_id)
+        if not recent:
+            return [(POPULAR_STRATEGY, POPULAR_NOW) if row is not None else (self.name, None) for row in rows]
+        mine = np.array(list(dict.fromkeys(reversed(recent))), dtype=np.int64)  # most recent first
+        known = [n for n, row in enumerate(rows) if row is not None]
+        explained: list[tuple[str, str | None]] = [(self.name, None)] * len(item_ids)
+        if not known:
+            return explained
+        targets = np.array([rows[n] for n in known], dtype=np.int64)
+        vecs, outs = self._item_in.numpy()[mine], self._item_out.numpy()[targets]
+        sims = (vecs @ outs.T) / (np.linalg.norm(vecs, axis=1)[:, None] * np.linalg.norm(outs, axis=1) + 1e-12)
+        sims[mine[:, None] == targets[None, :]] = -np.inf  # an item does not explain itself
+        best = np.argmax(sims, axis=0)
+        ids = self._items.ids
+        for t, n in enumerate(known):
+            if np.isfinite(sims[best[t], t]):
+                explained[n] = (self.name, f"close to {ids[mine[best[t]]]}, which you viewed recently")
+        return explained
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items whose output vectors are closest (cosine) to this item's input vector."""

@@ -16,8 +16,9 @@ from river import linear_model, optim, reco
 
 from online_models._arrays import IdIndex, grow, grow_all, top_k
 from online_models.base import Interaction, Ranking, Recommender, make_part
+from online_models.capabilities import Explains
 from online_models.embeddings import top_k_by_product
-from online_models.trending import id_array
+from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, id_array
 
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders equally scored items
 
@@ -182,6 +183,13 @@ class RiverMF(Recommender):
         if u is not None:
             scores = scores + self._item_vecs[:n] @ u
         return scores
+
+    def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
+        """Latent factors name no single reason: "matches your taste" for a user with
+        factors, "popular now" (the item biases) for one without."""
+        if self._mf.u_latents.get(user_id) is None:
+            return [(POPULAR_STRATEGY, POPULAR_NOW)] * len(item_ids)
+        return [(self.name, "matches your taste")] * len(item_ids)
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         """One user's scores with one numpy product (a backtest asks one user at a time)."""
@@ -568,6 +576,11 @@ class PurchaseRerank(Recommender):
         user_ids = list(user_ids)
         lists = self._base.recommend_many(user_ids, max(k, self.n_candidates), exclude)
         return dict(zip(user_ids, self._rerank(user_ids, [lists[u] for u in user_ids], k)))
+
+    def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
+        """The base model's reasons: it proposed every candidate (re-ranking moves them)."""
+        explained = self._base.explain_items(user_id, item_ids) if isinstance(self._base, Explains) else None
+        return explained or [(self.name, None)] * len(item_ids)
 
     def _rerank(self, user_ids: list[str], lists: list[Ranking], k: int) -> list[Ranking]:
         """Each user's candidates ordered by the mix of scaled relevance and P(purchase)."""

@@ -15,6 +15,9 @@ from online_models.base import Interaction, Ranking, Recommender
 _RESCALE_AT = 50.0  # rescale once the growth factor passes e**50, long before float64 overflows
 _MIN_CACHE = 256  # rows kept in the cached popularity order
 _DENSE_BELOW = 4096  # catalogues this small are ranked whole
+POPULAR_STRATEGY = "trending"
+POPULAR_NOW = "popular now"
+"""The explanation of an item ranked for its popularity (by this model or another's fallback)."""
 
 
 def id_array(index: IdIndex, rows: np.ndarray) -> np.ndarray:
@@ -138,6 +141,14 @@ class Trending(Recommender):
         newer = dirty >= len(self._in_cache)  # rows added since the cache was built
         older = dirty[~newer]
         return np.concatenate([self._cache, older[~self._in_cache[older]], dirty[newer]])
+
+    def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
+        """Every item is here for its popularity.
+
+        >>> Trending().explain_items("u", ["a"])
+        [('trending', 'popular now')]
+        """
+        return [(POPULAR_STRATEGY, POPULAR_NOW)] * len(item_ids)
 
     def forget_user(self, user_id: str) -> None:
         """Nothing to do: trending keeps no per-user state."""
