@@ -14,7 +14,18 @@ id can reach into another key or a pattern):
   ``item`` events (hash fields are binary-safe: ids go in as they are);
 - ``P:counters``     a hash of the worker's counts per partition (``consumed:<partition>`` ...),
   written as absolute values from the worker's checkpointed state, so a batch applied
-  again after a crash never counts twice.
+  again after a crash never counts twice;
+- ``P:workers``      a sorted set of worker ids by the time of their last report (the
+  dashboard and ``/metrics`` find the live workers without scanning the keys);
+- ``P:history:<user>`` the user's recent events for the dashboard: a list, newest batch first,
+  of JSON arrays ``[[item, type, ts], ...]``, cut to ``user_history_events`` batches, with
+  the list's TTL;
+- ``P:series:<minute>`` a hash per minute (epoch minutes) of what the workers did in it
+  (``consumed``, ``applied``, ``online_hits``, ``shown:<strategy>``, ``fresh:<bucket>`` ...,
+  see ``core.metrics.increments``), expiring after ``SERIES_TTL_S``;
+- ``P:exposure:5m:<n>`` and ``P:exposure:1h:<n>`` hashes of impressions per item, in
+  5-minute and hourly buckets of serve time (epoch seconds // 300 or // 3600), expiring
+  after 2 hours and ``SERIES_TTL_S``.
 
 A list is stored in a compact binary form (``encode_list``): about 120 bytes for a top-10
 list instead of about 210 as JSON, with the same ids and scores coming back; with Redis's
@@ -251,6 +262,14 @@ def make_client(url: str, *, retries: int, socket_timeout_s: float = 2.0) -> red
     )
 
 
+SERIES_TTL_S = 25 * 3600
+"""Per-minute series and hourly exposure live a day (and an hour to spare)."""
+EXPOSURE_BUCKETS_S = {"5m": 300, "1h": 3600}
+EXPOSURE_TTL_S = {"5m": 2 * 3600, "1h": SERIES_TTL_S}
+WORKER_REPORT_TTL_S = 60
+"""A worker that has not reported for this long is not live."""
+
+
 class KeyLayout:
     """The keys under one prefix (see the module docstring); ids are percent-encoded.
 
@@ -265,6 +284,7 @@ class KeyLayout:
         self.counters = f"{prefix}:counters"
         self.items = f"{prefix}:items"
         self.workers_pattern = f"{prefix}:workers:*"
+        self.workers_index = f"{prefix}:workers"
 
     def user(self, user_id: str) -> str:
         return f"{self.prefix}:recs:{quote(user_id, safe='')}"
@@ -274,6 +294,15 @@ class KeyLayout:
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:workers:{quote(worker_id, safe='')}"
+
+    def history(self, user_id: str) -> str:
+        return f"{self.prefix}:history:{quote(user_id, safe='')}"
+
+    def series(self, minute: int) -> str:
+        return f"{self.prefix}:series:{minute}"
+
+    def exposure(self, size: str, bucket: int) -> str:
+        return f"{self.prefix}:exposure:{size}:{bucket}"
 
 
 def is_cluster(client) -> bool:

@@ -77,7 +77,18 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="required by write endpoints (X-API-Key); unset: writes are refused"
     )
+    read_api_key: SecretStr | None = Field(
+        default=None, description="when set, every read of a user's data (/users/..., the dashboard's user panel) "
+        "needs it in X-API-Key; unset: such reads are open, except exclude_seen=false and explain=true, which need "
+        "STREAMREC_API_KEY whenever that is set",
+    )
     publish_impressions: bool = Field(default=True, description="publish what each GET served, for attribution")
+    user_history_events: int = Field(
+        default=20, ge=0, le=1000, description="batches of each user's recent events kept in Redis for the "
+        "dashboard's user panel (0: none)",
+    )
+    reports_dir: Path = Field(default=Path("reports"), description="backtest reports (report.md, report.png in "
+                              "each folder) the dashboard lists")
     similar_k: int = Field(default=20, ge=0, le=1000, description="length of stored similar-item lists (0: none)")
     similar_refresh_s: float = Field(default=2.0, ge=0)
 

@@ -14,7 +14,7 @@ import redis
 from redis.exceptions import RedisError
 
 from core.errors import StoreUnavailable
-from core.keys import KeyLayout, StoredList, decode_list, is_cluster
+from core.keys import WORKER_REPORT_TTL_S, KeyLayout, StoredList, decode_list, is_cluster
 
 
 class RecommendationStore:
@@ -44,8 +44,11 @@ class RecommendationStore:
         return self.keys.user(user_id)
 
     def workers_metrics(self) -> list[dict]:
-        """The metrics every live worker last reported."""
-        keys = list(self._call(self.client.scan_iter, self.keys.workers_pattern))
+        """The metrics every live worker last reported (those in the workers' index that
+        reported in the last minute: no scan over the keys, which grow with the users)."""
+        since = time.time() - WORKER_REPORT_TTL_S
+        ids = self._call(self.client.zrangebyscore, self.keys.workers_index, since, "+inf")
+        keys = [self.keys.worker(worker_id.decode()) for worker_id in ids]
         mget = self.client.mget_nonatomic if self._cluster else self.client.mget  # keys on several shards
         values = self._call(mget, keys) if keys else []
         return [orjson.loads(v) for v in values if v]
@@ -65,8 +68,39 @@ class RecommendationStore:
         return [orjson.loads(v) if v else None for v in raw]
 
     def delete_user(self, user_id: str) -> None:
-        """Remove the user's list: the next read answers as for a new user."""
-        self._call(self.client.delete, self.user_key(user_id))
+        """Remove the user's list and recent events: the next read answers as for a new user."""
+        self._call(self.client.delete, self.user_key(user_id), self.keys.history(user_id))
+
+    def history(self, user_id: str) -> list[tuple[str, str, float]]:
+        """The user's recent events, newest first."""
+        batches = self._call(self.client.lrange, self.keys.history(user_id), 0, -1)
+        return [tuple(event) for raw in batches for event in reversed(orjson.loads(raw))]
+
+    def series(self, minutes: Sequence[int]) -> list[dict[str, float]]:
+        """The per-minute series of each of ``minutes`` (epoch minutes; empty where none)."""
+        pipe = self.client.pipeline(transaction=False)
+        for minute in minutes:
+            pipe.hgetall(self.keys.series(minute))
+        return [{k.decode(): float(v) for k, v in found.items()} for found in self._call(pipe.execute)]
+
+    def exposure(self, size: str, buckets: Sequence[int]) -> dict[str, int]:
+        """Impressions per item summed over ``buckets`` of ``size`` (``"5m"`` or ``"1h"``)."""
+        pipe = self.client.pipeline(transaction=False)
+        for bucket in buckets:
+            pipe.hgetall(self.keys.exposure(size, bucket))
+        totals: dict[str, int] = {}
+        for found in self._call(pipe.execute):
+            for item, count in found.items():
+                item = item.decode()
+                totals[item] = totals.get(item, 0) + int(count)
+        return totals
+
+    def exposure_of(self, item_id: str, size: str, buckets: Sequence[int]) -> int:
+        """One item's impressions summed over ``buckets`` of ``size``."""
+        pipe = self.client.pipeline(transaction=False)
+        for bucket in buckets:
+            pipe.hget(self.keys.exposure(size, bucket), item_id)
+        return sum(int(n) for n in self._call(pipe.execute) if n)
 
     def user_list(self, user_id: str, *, unseen_only: bool = False, limit: int | None = None) -> StoredList | None:
         """The user's list (see ``decode_list`` for ``unseen_only`` and ``limit``); None if there is none."""

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import orjson
 
 from core.errors import InvalidEvent
-from core.metrics import WorkerMetrics
+from core.metrics import Exposures, WorkerMetrics
 from core.schema import ITEM_TYPE, Event, parse_event
 from core.settings import Settings
 from online_models import Recommender
@@ -193,6 +193,7 @@ class Effects:
     forgotten: set[str] = field(default_factory=set)
     dead_letters: list[Reject] = field(default_factory=list)
     touched_items: set[str] = field(default_factory=set)  # items this batch's events learned
+    history: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)  # user -> (item, type, ts)
 
 
 def parse_record(record: RecordLike, max_event_bytes: int) -> Event:
@@ -248,6 +249,7 @@ class Pipeline:
         self.partitions: dict[int, PartitionState] = {}
         self.control_offsets: dict[str, dict[int, int]] = {}  # side topic -> partition -> next offset
         self.impressions: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
+        self.exposures = Exposures()  # items served, counted from the impressions read, until written
         self._last_lists: dict[str, set[str]] = {}  # for online evaluation; not checkpointed
         self._items_expired_at = float("-inf")  # event time of the last item expiry
         self._popular_written_at = 0.0
@@ -368,17 +370,26 @@ class Pipeline:
     def _advance(self, record: RecordLike) -> None:
         self.control_offsets.setdefault(record.topic, {})[record.partition] = record.offset + 1
 
-    def remember_impressions(self, records: Iterable[RecordLike]) -> list[Reject]:
+    def remember_impressions(self, records: Iterable[RecordLike],
+                             counts: Callable[[int], bool] = lambda partition: True) -> list[Reject]:
         """Keep the recent impressions (recomm_id -> item -> (strategy, position)), bounded;
-        returns the malformed records."""
+        returns the malformed records. The items served in records of the partitions that
+        ``counts`` takes (each worker counts its own) go to ``exposures`` and to the metrics'
+        ``shown`` per strategy."""
         rejects = []
+        shown = self.metrics.shown
         for record in records:
             self._advance(record)
             try:
                 payload = orjson.loads(record.value or b"")
+                counted = counts(record.partition)
                 for impression in payload if isinstance(payload, list) else [payload]:  # the API sends arrays
                     served = {i["item_id"]: (i["strategy"], i["position"]) for i in impression["items"]}
                     self.impressions[impression["recomm_id"]] = served
+                    if counted:
+                        self.exposures.add(impression.get("ts") or time.time(), served)
+                        for strategy, _ in served.values():
+                            shown[strategy or "unknown"] = shown.get(strategy or "unknown", 0) + 1
             except (ValueError, KeyError, TypeError) as exc:
                 rejects.append(Reject(record, f"bad impression: {exc}"))
             while len(self.impressions) > self.settings.impressions_window:
@@ -413,6 +424,7 @@ class Pipeline:
             return event
         strategy, position = served[event.item_id]
         self.metrics.attributed += 1
+        self.metrics.clicks[strategy or "unknown"] = self.metrics.clicks.get(strategy or "unknown", 0) + 1
         return dataclasses.replace(event, context={**event.context, "strategy": strategy, "slot": position})
 
     # -- the batch ---------------------------------------------------------------------
@@ -483,7 +495,13 @@ class Pipeline:
         if self.can.reports_arms:
             arms = model.stats()["arms"]
             self.metrics.bandit_arms = {a: {k: arms[a][k] for k in ("pulls", "rewards", "share")} for a in arms}
+        history: dict[str, list[tuple[str, str, float]]] = {}
+        if settings.user_history_events:  # the users' events of this batch, for the dashboard
+            for event in events:
+                if event.user_id in lists:
+                    history.setdefault(event.user_id, []).append((event.item_id, event.type, event.ts))
         return Effects(counts=counts, model=model.name, written_at=now, lists=lists, seen_flags=seen_flags,
+                       history=history,
                        explanations=explanations, popular=popular, similar=self._similar_lists(touched_items, now),
                        counters=self._counters(touched_partitions), item_metadata=item_metadata,
                        forgotten=forgotten, dead_letters=rejects, touched_items=touched_items)

@@ -6,6 +6,7 @@ The key layout and the encoding are ``core.keys``'; the API reads what this writ
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import orjson
@@ -13,9 +14,28 @@ import redis
 from redis.exceptions import RedisError
 
 from core.errors import StoreUnavailable
-from core.keys import KeyLayout, encode_list, is_cluster
+from core.keys import (
+    EXPOSURE_BUCKETS_S,
+    EXPOSURE_TTL_S,
+    SERIES_TTL_S,
+    WORKER_REPORT_TTL_S,
+    KeyLayout,
+    encode_list,
+    is_cluster,
+)
 
 Ranking = Sequence[tuple[str, float]]
+
+# LPUSH ARGV[i + 2] to every KEYS[i], keep its first ARGV[2] entries, with a TTL of ARGV[1] seconds
+_PUSH_ALL_CAPPED = """
+local ttl, keep = ARGV[1], tonumber(ARGV[2]) - 1
+for i, key in ipairs(KEYS) do
+    redis.call('LPUSH', key, ARGV[i + 2])
+    redis.call('LTRIM', key, 0, keep)
+    redis.call('EXPIRE', key, ttl)
+end
+return #KEYS
+"""
 
 # SET every KEYS[i] to ARGV[i + 1] with a TTL of ARGV[1] seconds
 _SET_ALL_WITH_TTL = """
@@ -39,15 +59,20 @@ class ListSink:
         Namespace of every key.
     user_list_ttl_s
         Time to live of each user's list: lists of users gone quiet expire on their own.
+    history_events
+        Batches of each user's recent events kept for the dashboard (0: none).
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "streamrec", user_list_ttl_s: int = 30 * 24 * 3600):
+    def __init__(self, client: redis.Redis, prefix: str = "streamrec", user_list_ttl_s: int = 30 * 24 * 3600,
+                 history_events: int = 20):
         self.client = client
         self.keys = KeyLayout(prefix)
         self.user_list_ttl_s = user_list_ttl_s
+        self.history_events = history_events
         self._cluster = is_cluster(client)
         # a script and a transaction must keep to one shard's keys: in a cluster, plain pipelines
         self._set_all = None if self._cluster else client.register_script(_SET_ALL_WITH_TTL)
+        self._push_all = None if self._cluster else client.register_script(_PUSH_ALL_CAPPED)
 
     def write_batch(
         self,
@@ -61,8 +86,16 @@ class ListSink:
         explanations: Mapping[str, Sequence[tuple[str, str | None]]] | None = None,
         item_metadata: Mapping[str, Mapping] | None = None,
         seen: Mapping[str, Sequence[bool]] | None = None,
+        *,
+        history: Mapping[str, Sequence[tuple[str, str, float]]] | None = None,
+        series: Mapping[str, float] | None = None,
+        exposures: Mapping[int, Mapping[str, int]] | None = None,
     ) -> None:
         """Write users' lists, the popular list, similar-item lists and counter values in one transaction.
+
+        With them, for the dashboard: each user's events of this batch (``history``), what
+        the batch adds to this minute's ``series``, and the ``exposures`` read since the last
+        batch (impressions per item, per 5-minute bucket of serve time; see ``add_series``).
 
         On a Redis Cluster the keys live on several shards, which no transaction spans: the
         lists go first, and the rest only once every shard took them, so the counters never
@@ -87,6 +120,9 @@ class ListSink:
             pipe = self.client.pipeline(transaction=True)
             if keys:
                 self._set_all(keys=keys, args=[self.user_list_ttl_s, *values], client=pipe)
+        if history and self.history_events:
+            self._push_history(pipe, history)
+        self._add_series(pipe, series, exposures, updated_at)
         if popular is not None:
             pipe.set(self.keys.popular, encode_list(popular, "trending", updated_at))
         if counters:
@@ -95,13 +131,52 @@ class ListSink:
             pipe.hset(self.keys.items, mapping={item: orjson.dumps(meta) for item, meta in item_metadata.items()})
         if worker_metrics is not None:
             worker_id, metrics = worker_metrics
-            pipe.set(self.keys.worker(worker_id), orjson.dumps(metrics), ex=60)
+            report = {**metrics, "worker": worker_id, "model": model, "reported_at": round(updated_at, 3)}
+            pipe.set(self.keys.worker(worker_id), orjson.dumps(report), ex=WORKER_REPORT_TTL_S)
+            pipe.zadd(self.keys.workers_index, {worker_id: updated_at})
+            pipe.zremrangebyscore(self.keys.workers_index, "-inf", updated_at - SERIES_TTL_S)
+        self._call(pipe.execute)
+
+    def _push_history(self, pipe, history: Mapping[str, Sequence[tuple[str, str, float]]]) -> None:
+        keys = [self.keys.history(user_id) for user_id in history]
+        values = [orjson.dumps(events[-self.history_events:]) for events in history.values()]
+        if self._push_all is not None:
+            self._push_all(keys=keys, args=[self.user_list_ttl_s, self.history_events, *values], client=pipe)
+            return
+        for key, value in zip(keys, values):
+            pipe.lpush(key, value)
+            pipe.ltrim(key, 0, self.history_events - 1)
+            pipe.expire(key, self.user_list_ttl_s)
+
+    def _add_series(self, pipe, series: Mapping[str, float] | None, exposures: Mapping[int, Mapping[str, int]] | None,
+                    now: float) -> None:
+        if series:
+            key = self.keys.series(int(now // 60))
+            for name, value in series.items():
+                pipe.hincrbyfloat(key, name, value)
+            pipe.expire(key, SERIES_TTL_S)
+        horizon = now - SERIES_TTL_S
+        for bucket, counts in (exposures or {}).items():
+            if bucket * EXPOSURE_BUCKETS_S["5m"] < horizon or not counts:
+                continue  # older than anything the dashboard shows (a first start reads the whole topic)
+            for size, seconds in EXPOSURE_BUCKETS_S.items():
+                key = self.keys.exposure(size, bucket * EXPOSURE_BUCKETS_S["5m"] // seconds)
+                for item, count in counts.items():
+                    pipe.hincrby(key, item, count)
+                pipe.expire(key, EXPOSURE_TTL_S[size])
+
+    def add_series(self, series: Mapping[str, float] | None, exposures: Mapping[int, Mapping[str, int]] | None,
+                   now: float | None = None) -> None:
+        """Add to the per-minute series and the exposure buckets outside a batch (the worker
+        read impressions while no events came)."""
+        pipe = self.client.pipeline(transaction=False)
+        self._add_series(pipe, series, exposures, time.time() if now is None else now)
         self._call(pipe.execute)
 
     def delete_users(self, user_ids: Sequence[str]) -> None:
-        """Remove the users' lists (forgotten users)."""
+        """Remove the users' lists and recent events (forgotten users)."""
         if user_ids:
-            self._call(self.client.delete, *[self.keys.user(u) for u in user_ids])
+            self._call(self.client.delete, *[key for u in user_ids for key in (self.keys.user(u), self.keys.history(u))])
 
     def close(self) -> None:
         self.client.close()

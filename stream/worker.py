@@ -16,6 +16,7 @@ Several workers share one consumer group: see ``stream.ownership`` and ``docs/sc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -28,7 +29,7 @@ from kafka.structs import OffsetAndMetadata
 from core.errors import StreamrecError
 from core.kafka import ensure_topics, make_producer
 from core.keys import make_client
-from core.metrics import WorkerMetrics
+from core.metrics import WorkerMetrics, increments
 from core.settings import Settings
 from online_models import Recommender, make_model, set_torch_threads
 from stream.checkpoint import CheckpointStore
@@ -93,7 +94,8 @@ class Worker:
         self.ownership = Ownership(settings, self.pipeline, self.sharing, checkpoints)  # restores
         self.worker_id = self.ownership.worker_id
         self.sink = sink or ListSink(make_client(settings.redis_url, retries=-1), settings.redis_prefix,
-                                     settings.user_list_ttl_s)
+                                     settings.user_list_ttl_s, history_events=settings.user_history_events)
+        self._metrics_written = self.metrics.as_dict()  # what the per-minute series last took from it
         self.producer = dlq_producer or make_producer(settings.kafka_bootstrap, max_request_size=MAX_DELTA_BYTES)
         self.side: KafkaConsumer | None = None  # control, impressions and item deltas: every partition
         if consumer is None:
@@ -170,6 +172,7 @@ class Worker:
     def checkpoint(self) -> None:
         """Save the state and the offsets it reflects, then publish the item delta that goes with it."""
         self._publish(self.ownership.checkpoint())
+        self.metrics.last_checkpoint_at = time.time()
 
     def _publish(self, pending) -> None:
         self.sharing.publish(self.producer, self.settings.item_deltas_topic, pending)
@@ -186,9 +189,12 @@ class Worker:
         if self._dlq_unflushed:  # dead letters are durable before the counters claim them
             self.producer.flush()
             self._dlq_unflushed = False
+        series = {name: n for name, n in dataclasses.asdict(effects.counts).items() if n}
+        series.update(self._metrics_grown())
         self.sink.write_batch(effects.lists, effects.model, effects.written_at, effects.popular, effects.counters,
-                              effects.similar, (self.worker_id, self.metrics.as_dict()), effects.explanations,
-                              effects.item_metadata, effects.seen_flags)
+                              effects.similar, (self.worker_id, self._metrics_written), effects.explanations,
+                              effects.item_metadata, effects.seen_flags, history=effects.history, series=series,
+                              exposures=self.pipeline.exposures.drain())
         self.sink.delete_users(sorted(effects.forgotten))
         self.ownership.note(len(records) + len(commands))
         self._commit()
@@ -216,6 +222,19 @@ class Worker:
             if tp.topic == self.settings.topic and highwater is not None and state is not None:
                 lag += max(highwater - state.next_offset, 0)
         self.metrics.consumer_lag = lag
+        self.metrics.partitions = sorted(partitions)
+        self.metrics.users, self.metrics.items = len(self.pipeline.last_active), len(self.pipeline.item_last_active)
+
+    def _metrics_grown(self) -> dict[str, float]:
+        """What the metrics gained since they were last written (the dashboard's per-minute series)."""
+        now = self.metrics.as_dict()
+        grown, self._metrics_written = increments(self._metrics_written, now), now
+        return grown
+
+    def _owns_side(self, partition: int) -> bool:
+        """Every worker reads the side topics whole; the owner of the event partition of the
+        same number answers for a side record (dead-letters it, counts its exposure)."""
+        return not self.in_group or partition in self.pipeline.partitions
 
     def _dead_letter(self, rejects: list[Reject]) -> None:
         """Send rejects to the DLQ. Every worker reads the side topics whole: the owner of
@@ -242,11 +261,13 @@ class Worker:
                     self.settings.impressions_topic: impressions, self.settings.item_deltas_topic: deltas}
         for tp, partition_records in polled:
             by_topic[tp.topic].extend(partition_records)
-        self._dead_letter(self.pipeline.remember_impressions(impressions))
+        self._dead_letter(self.pipeline.remember_impressions(impressions, self._owns_side))
         merged, rejects = self.sharing.merge(deltas)
         self._dead_letter(rejects)
         self.ownership.note(merged)  # so a checkpoint follows: it holds the merge
         batch = self.process(records, commands) if records or commands else None
+        if batch is None and impressions:  # served items are counted while no events come too
+            self.sink.add_series(self._metrics_grown(), self.pipeline.exposures.drain())
         if self.ownership.due():
             self.checkpoint()
         return batch
