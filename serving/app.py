@@ -19,7 +19,7 @@ from serving.metrics import (
     make_registry,
 )
 from serving.publisher import ImpressionQueue, Publisher
-from serving.routes import health, items, metrics, recommendations, writes
+from serving.routes import dashboard, health, items, metrics, recommendations, writes
 from serving.store import PopularCache, RecommendationStore
 
 
@@ -68,4 +68,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(items.router)
     app.include_router(writes.router)
+    app.include_router(dashboard.router)
     return app

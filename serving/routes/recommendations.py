@@ -32,6 +32,7 @@ from core.errors import StoreUnavailable
 from core.keys import StoredList
 from core.schema import MAX_ID_CHARS
 from online_models.content import categories_of
+from serving.deps import read_refusal
 
 # printable characters only: the same rule the event schema applies to ids
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
@@ -79,6 +80,8 @@ def _openapi_parameters() -> list[dict]:
         if "description" in schema:
             param["description"] = schema["description"]
         params.append(param)
+    params.append({"name": "X-API-Key", "in": "header", "required": False, "schema": {"type": "string"},
+                   "description": "the read key (STREAMREC_READ_API_KEY) or the write key"})
     return params
 
 
@@ -147,9 +150,13 @@ def add_route(app: FastAPI) -> None:
         "current popular items, with `source` set to `popular`. While Redis is unavailable the "
         "answer is the last popular list this process saw, marked `degraded`. Each answer has a "
         "`recomm_id`; the items served are published as an impression, so a click that sends the "
-        "`recomm_id` back (`context.recomm_id`) is credited to the strategy that chose the item.",
+        "`recomm_id` back (`context.recomm_id`) is credited to the strategy that chose the item. "
+        "With `STREAMREC_READ_API_KEY` set, the `X-API-Key` header must carry it (or the write key); "
+        "`explain=true` and `exclude_seen=false` reveal the user's history and need a key whenever "
+        "either key is set.",
         response_model=Recommendations,
-        responses={422: _VALIDATION_ERROR,
+        responses={401: {"description": "a key is needed for this read (see above): none or a wrong one was sent"},
+                   422: _VALIDATION_ERROR,
                    503: {"description": "the store is unavailable and no popular list is cached"}},
         openapi_extra={"parameters": _openapi_parameters()},
     )
@@ -163,6 +170,11 @@ async def recommendations(request: Request) -> Response:
         raise RequestValidationError(errors + (query if type(query) is list else []))
     k, offset, category, exclude_seen = query.k, query.offset, query.category, query.exclude_seen
     state = request.app.state
+    settings = state.settings
+    if settings.read_api_key is not None or settings.api_key is not None:  # else reads are open: no header lookup
+        refusal = read_refusal(settings, request.headers.get("x-api-key"), query.explain or not exclude_seen)
+        if refusal is not None:
+            raise HTTPException(status_code=401, detail=refusal)
     popular, degraded = state.popular_cache, False
     try:
         fallback = popular.get()
