@@ -86,32 +86,50 @@ def validate(args: argparse.Namespace) -> int:
 
 def _items_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["load"])
-    p.add_argument("file", help='JSON lines, one item each: {"item_id": ..., "title": ..., "category": ...} (- for stdin)')
+    p.add_argument("file", help="item metadata, one item per row or line: CSV or JSON lines ('-' for stdin)")
+    p.add_argument("--format", choices=["csv", "jsonl"],
+                   help="csv or jsonl (default: csv for a .csv file, else jsonl)")
+    p.add_argument("--id", dest="id_column", help="column of the item id (default: the first of item_id, id, movieId...)")
+    p.add_argument("--title", dest="title_column", help="column of the title (default: title or name)")
+    p.add_argument("--category", dest="category_column",
+                   help="column of the categories, '|'-separated as MovieLens' genres (default: category, genres...)")
+    p.add_argument("--columns", help="CSV without a header line: its column names, comma-separated "
+                   "(MovieLens movies.csv: id,title,genres)")
     p.add_argument("--topic", help="topic (default: STREAMREC_TOPIC)")
 
 
-@command("items", "load item metadata (title, description, category) as item events", _items_arguments)
+@command("items", "load item metadata (title, category, ...) from CSV or JSON lines, as item events",
+         _items_arguments)
 def items(args: argparse.Namespace) -> int:
     import orjson
 
     from core.kafka import EventProducer
+    from stream.items import read_items
 
     settings = Settings()
     topic = args.topic or settings.topic
+    fmt = args.format or ("csv" if args.file.lower().endswith(".csv") else "jsonl")
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     sent = bad = 0
-    with EventProducer(settings.kafka_bootstrap, topic) as producer:
-        for number, line in _lines(args.file):
-            try:
-                metadata = orjson.loads(line)
-                if not isinstance(metadata, dict) or "item_id" not in metadata:
-                    raise InvalidEvent("an item needs an object with 'item_id'")
-                item_id = metadata.pop("item_id")
-                event = parse_event(orjson.dumps({"type": "item", "item_id": item_id, "context": metadata}))
-            except (orjson.JSONDecodeError, InvalidEvent) as exc:
-                bad += 1
-                print(f"line {number}: {getattr(exc, 'reason', exc)} (not sent)", file=sys.stderr)
-                continue
-            producer.send(event)
-            sent += 1
+    # newline="": the csv module reads CRLF and quoted line breaks itself
+    stream: IO[str] = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8-sig", errors="replace",
+                                                              newline="")
+    with stream, EventProducer(settings.kafka_bootstrap, topic) as producer:
+        try:
+            for number, found in read_items(stream, fmt, id_column=args.id_column, title_column=args.title_column,
+                                            category_column=args.category_column, columns=columns):
+                try:
+                    if isinstance(found, str):
+                        raise InvalidEvent(found)
+                    item_id = found.pop("item_id")
+                    event = parse_event(orjson.dumps({"type": "item", "item_id": item_id, "context": found}))
+                except InvalidEvent as exc:
+                    bad += 1
+                    print(f"line {number}: {exc.reason} (not sent)", file=sys.stderr)
+                    continue
+                producer.send(event)
+                sent += 1
+        except ValueError as exc:  # the columns asked for are not in the file
+            raise StreamrecError(str(exc)) from exc
     print(f"sent {sent} item(s) to {topic}" + (f"; {bad} bad line(s) skipped" if bad else ""))
     return 1 if bad else 0
