@@ -4,10 +4,14 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 
 .PHONY: install run test test-all services-start services-stop bench clean
 
-install:  ## Python package, Redis (Debian), the Kafka jars (Maven Central)
+install:  ## Python package, Redis and Chromium (Debian), the Kafka jars (Maven Central)
 	@command -v redis-server >/dev/null || { command -v apt-get >/dev/null && \
 	  (apt-get install -y -qq redis-server >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq redis-server)); } \
 	  || { echo "redis-server is missing: install Debian's redis-server package" >&2; exit 1; }
+	@# the dashboard's browser test drives a headless Chromium; without it that test skips, saying why
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { command -v apt-get >/dev/null && \
+	  (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)); } \
+	  || echo "chromium and chromium-driver are missing: the dashboard's browser test will skip" >&2
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
 	$(PYTHON) -c "from streamrec.services import LocalKafka; from core.settings import Settings; LocalKafka(Settings().state_dir).install()"
 

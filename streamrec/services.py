@@ -10,6 +10,8 @@ file under ``<state_dir>/<service>/``; ``services.env`` records their addresses 
 from __future__ import annotations
 
 import base64
+import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -306,22 +308,40 @@ class LocalKafka(LocalService):
         return (broker, controller) if reusable else None
 
 
+@contextlib.contextmanager
+def _quiet_kafka_client():
+    """While probing a broker that is starting, kafka-python's connection errors are expected:
+    its loggers say nothing below CRITICAL (a normal start prints no ERROR lines)."""
+    logger = logging.getLogger("kafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _kafka_answers(bootstrap: str) -> bool:
-    """True when the broker serves metadata (a TCP accept alone comes too early)."""
+    """True when the broker serves metadata (a TCP accept alone comes too early). No client
+    is made before the port accepts connections."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
-    except (KafkaError, OSError, ValueError):
+    host, _, port = bootstrap.rpartition(":")
+    if host in ("127.0.0.1", "localhost") and not _port_open(int(port)):
         return False
-    try:
-        admin.list_topics()
-        return True
-    except (KafkaError, OSError):
-        return False
-    finally:
-        admin.close()
+    with _quiet_kafka_client():
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        except (KafkaError, OSError, ValueError):
+            return False
+        try:
+            admin.list_topics()
+            return True
+        except (KafkaError, OSError):
+            return False
+        finally:
+            admin.close()
 
 
 def write_env_file(path: Path, values: dict[str, str]) -> None:
