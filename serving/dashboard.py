@@ -179,7 +179,7 @@ class UserView:
 
 
 def read_user(store: RecommendationStore, user_id: str, k: int = 20) -> UserView:
-    stored = store.user_list(user_id, limit=k)
+    stored = store.user_list(user_id, unseen_only=True, limit=k)  # as the API serves it by default
     source = "personal"
     if stored is None:
         stored, source = store.popular_list(), "popular"

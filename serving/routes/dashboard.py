@@ -103,8 +103,8 @@ def stream_panel(o: data.Overview) -> str:
         f"<td class='n'>{_num(w.get('users', 0))}</td><td class='n'>{_num(w.get('items', 0))}</td>"
         f"<td class='n'>{_num(w.get('consumer_lag', 0))}</td><td>{_ago(w.get('reported_at'), o.now)}</td>"
         f"<td>{_ago(w.get('last_checkpoint_at'), o.now)}</td></tr>" for w in o.workers)
-    workers = (f'<table class="workers"><tr><th>worker</th><th>model</th><th>partitions</th><th>users</th><th>items</th>'
-               f'<th>lag</th><th>last batch</th><th>last checkpoint</th></tr>{rows}</table>' if o.workers
+    workers = (f'<table class="workers"><tr><th>worker</th><th>model</th><th>partitions</th><th class=n>users</th><th class=n>items</th>'
+               f'<th class=n>lag</th><th>last batch</th><th>last checkpoint</th></tr>{rows}</table>' if o.workers
                else '<p class="empty">No worker has reported in the last minute.</p>')
     return (f'<section class="card wide" id="stream"><h2>Stream</h2><div class="stats">{stats}</div>'
             f'<div class="charts"><figure>{rates}<figcaption>events per second, per '
@@ -134,7 +134,7 @@ def quality_panel(o: data.Overview) -> str:
         f"<td class='n'>{_num(int(s.window.get(f'clicks:{x}', 0)))}</td>"
         f"<td class='n'>{_num(s.window.get(f'clicks:{x}', 0) / s.window[f'shown:{x}'] if s.window.get(f'shown:{x}') else None)}</td>"
         f"</tr>" for x in strategies)
-    table = (f'<table><tr><th>strategy</th><th>shown</th><th>clicked</th><th>click rate</th></tr>{rows}</table>'
+    table = (f'<table><tr><th>strategy</th><th class=n>shown</th><th class=n>clicked</th><th class=n>click rate</th></tr>{rows}</table>'
              if strategies else "")
     arms = s.prefixed("pulls")
     bandit = ""
@@ -162,8 +162,8 @@ def fairness_panel(o: data.Overview) -> str:
         rows = "".join(f"<tr><td>{_item_link(i, o.titles.get(i, ''))}</td><td class='n'>{n:,}</td>"
                        f"<td class='n'>{x:g}×</td></tr>" for i, n, x in top)
         parts.append(bars([(o.titles.get(i) or i, n) for i, n, _ in top]))
-        parts.append(f'<table id="over-exposed"><tr><th>most over-exposed (day)</th><th>impressions</th>'
-                     f'<th>vs a fair share</th></tr>{rows}</table>')
+        parts.append(f'<table id="over-exposed"><tr><th>most over-exposed (day)</th><th class=n>impressions</th>'
+                     f'<th class=n>vs a fair share</th></tr>{rows}</table>')
     else:
         parts.append('<p class="empty">No impressions yet.</p>')
     return f'<section class="card" id="fairness"><h2>Fairness</h2>{"".join(parts)}</section>'
@@ -189,7 +189,8 @@ def user_html(u: data.UserView, now: float) -> str:
             f'<p><b>{escape(u.user_id)}</b> gets {source}, by <b>{escape(u.model or "–")}</b>, written '
             f'{_ago(u.updated_at, now)}. <button class="danger" id="forget" '
             f'data-user="{escape(u.user_id, quote=True)}">Forget this user</button></p>'
-            f'<div class="split"><div><h3>Current list</h3><table id="user-list"><tr><th>#</th><th>item</th><th>score</th>'
+            f'<div class="split"><div><h3>Current list <span class="id">as served (items they already '
+            f'interacted with left out)</span></h3><table id="user-list"><tr><th class=n>#</th><th>item</th><th class=n>score</th>'
             f'<th>strategy</th><th>reason</th></tr>{rows}</table></div>'
             f'<div><h3>Recent events</h3>'
             + (f'<table id="user-events"><tr><th>type</th><th>item</th><th>time</th></tr>{events}</table>' if events
@@ -205,7 +206,7 @@ def item_html(item: data.ItemView) -> str:
             f'last hour, {item.impressions_day:,} in the last day</p><div class="split"><div><h3>Metadata</h3>'
             + (f"<table>{meta}</table>" if meta else '<p class="empty">No metadata loaded (streamrec items load).</p>')
             + '</div><div><h3>Similar items</h3>'
-            + (f'<table id="similar"><tr><th>item</th><th>similarity</th></tr>{similar}</table>' if similar
+            + (f'<table id="similar"><tr><th>item</th><th class=n>similarity</th></tr>{similar}</table>' if similar
                else '<p class="empty">None computed yet.</p>')
             + "</div></div></div>")
 
