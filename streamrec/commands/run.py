@@ -102,6 +102,7 @@ def up(args: argparse.Namespace) -> int:
             f"  send events : streamrec publish --user u1 --item i9 --type click"
             f"   (Kafka {settings.kafka_bootstrap}, topic {settings.topic})\n"
             f"  get recs    : curl '{base}/users/u1/recommendations?k=10'\n"
+            f"  dashboard   : {base}/dashboard\n"
             f"  API docs    : {base}/docs\n"
             f"Ctrl-C stops everything.\n",
             flush=True,
