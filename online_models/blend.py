@@ -160,7 +160,7 @@ class Blend(Recommender):
         """Each item explained by the component that ranked it: whose scaled score added most
         to the item's blend score in the last ranking (ranked again if the user was not in it).
 
-        >>> from stream.schema import Event
+        >>> from core.schema import Event
         >>> model = Blend(models={"cooc": {}, "trending": {"half_life_s": None}}, weights={"trending": 0.5})
         >>> for user, items in {"a": "xy", "b": "xy", "c": "xz"}.items():
         ...     for item in items:

@@ -715,7 +715,7 @@ class Cooc(Recommender):
         is named too when it weighs at least half as much). An item none of them co-occurs
         with was ranked for its popularity: ``("trending", "popular now")``.
 
-        >>> from stream.schema import Event
+        >>> from core.schema import Event
         >>> model = Cooc()
         >>> for user, items in {"a": "xy", "b": "xy", "c": "xz"}.items():
         ...     for item in items:

@@ -669,7 +669,7 @@ class TorchEmbeddings(Recommender):
         closest (cosine) to the item's output vector, the vector the item is ranked by. A
         user without history was served the items with the largest biases: "popular now".
 
-        >>> from stream.schema import Event
+        >>> from core.schema import Event
         >>> model = TorchEmbeddings(n_factors=4, batch_size=1)
         >>> for item in "xy":
         ...     model.learn_one(Event(user_id="a", item_id=item, type="view", ts=0))

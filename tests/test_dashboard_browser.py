@@ -19,8 +19,8 @@ import uvicorn
 from pydantic import SecretStr
 
 from serving.app import create_app
-from stream.producer import EventProducer
-from stream.schema import Event, new_event_id
+from core.kafka import EventProducer
+from core.schema import Event, new_event_id
 from streamrec.services import free_port
 from tests.helpers import running_worker, served, wait_for
 

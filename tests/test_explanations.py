@@ -7,7 +7,7 @@ import pytest
 
 from online_models import make_model
 from online_models.capabilities import Explains
-from stream.schema import Event
+from core.schema import Event
 
 # x is always viewed after a, y after b: the planted pairs
 PAIRS = {"a": "x", "b": "y"}

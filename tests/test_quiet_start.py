@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from streamrec.services import free_port
-from streamrec.settings import Settings
+from core.settings import Settings
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from serving.app import create_app
-from serving.store import RecommendationStore, make_client
+from core.keys import make_client
+from stream.sink import ListSink
 
 pytestmark = pytest.mark.integration
 
@@ -25,11 +26,11 @@ NOT_USER_SPECIFIC = ["/dashboard", "/dashboard/panels", "/healthz", "/metrics"]
 
 def _client(settings, **keys):
     settings = settings.model_copy(update={k: SecretStr(v) for k, v in keys.items()} | {"publish_impressions": False})
-    store = RecommendationStore(make_client(settings.redis_url, retries=1), settings.redis_prefix)
-    store.write_batch({"u1": [("i1", 0.9), ("i2", 0.5)]}, "blend", time.time(),
+    sink = ListSink(make_client(settings.redis_url, retries=1), settings.redis_prefix)
+    sink.write_batch({"u1": [("i1", 0.9), ("i2", 0.5)]}, "blend", time.time(),
                       explanations={"u1": [("cooc", "often viewed with i0, which you viewed"), ("trending", "popular now")]},
                       seen={"u1": [True, False]}, history={"u1": [("i0", "view", time.time())]})
-    store.close()
+    sink.close()
     return TestClient(create_app(settings))
 
 
