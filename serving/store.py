@@ -14,7 +14,19 @@ import redis
 from redis.exceptions import RedisError
 
 from core.errors import StoreUnavailable
-from core.keys import WORKER_REPORT_TTL_S, KeyLayout, StoredList, decode_list, is_cluster
+from core.keys import (
+    EXPOSURE_BUCKETS_S,
+    SERIES_TTL_S,
+    WORKER_REPORT_TTL_S,
+    KeyLayout,
+    StoredList,
+    decode_list,
+    is_cluster,
+)
+
+EXPOSURE_GRACE_S = 300
+"""Impressions reach Redis through Kafka and a worker's next batch: a bucket is taken as
+final this long after it ends."""
 
 
 class RecommendationStore:
@@ -39,6 +51,8 @@ class RecommendationStore:
         self._unavailable_until = float("-inf")
         self.keys = KeyLayout(prefix)
         self._cluster = is_cluster(client)
+        self._closed_exposure: dict[tuple[str, int], dict[str, int]] = {}  # see exposure
+        self._closed_sums: dict[str, tuple[tuple[int, ...], dict[str, int]]] = {}
 
     def user_key(self, user_id: str) -> str:
         return self.keys.user(user_id)
@@ -84,15 +98,41 @@ class RecommendationStore:
         return [{k.decode(): float(v) for k, v in found.items()} for found in self._call(pipe.execute)]
 
     def exposure(self, size: str, buckets: Sequence[int]) -> dict[str, int]:
-        """Impressions per item summed over ``buckets`` of ``size`` (``"5m"`` or ``"1h"``)."""
+        """Impressions per item summed over ``buckets`` of ``size`` (``"5m"`` or ``"1h"``).
+
+        A bucket that ended over ``EXPOSURE_GRACE_S`` ago no longer changes: it is read once
+        and kept in this process (a day's worth at most), so the dashboard's refresh reads
+        only the open buckets."""
+        closed_before = time.time() - EXPOSURE_GRACE_S
+        seconds = EXPOSURE_BUCKETS_S[size]
+        cached = self._closed_exposure
+        wanted = [b for b in buckets if (size, b) not in cached]
         pipe = self.client.pipeline(transaction=False)
-        for bucket in buckets:
+        for bucket in wanted:
             pipe.hgetall(self.keys.exposure(size, bucket))
-        totals: dict[str, int] = {}
-        for found in self._call(pipe.execute):
-            for item, count in found.items():
-                item = item.decode()
-                totals[item] = totals.get(item, 0) + int(count)
+        fetched = dict(zip(wanted, self._call(pipe.execute) if wanted else ()))
+        open_parts = []
+        for bucket, found in fetched.items():
+            counts = {item.decode(): int(count) for item, count in found.items()}
+            if (bucket + 1) * seconds < closed_before:
+                cached[(size, bucket)] = counts
+            else:
+                open_parts.append(counts)
+        closed = tuple(b for b in buckets if (size, b) in cached)
+        summed = self._closed_sums.get(size)
+        if summed is None or summed[0] != closed:  # the closed buckets' sum, kept until they change
+            totals: dict[str, int] = {}
+            for bucket in closed:
+                for item, count in cached[(size, bucket)].items():
+                    totals[item] = totals.get(item, 0) + count
+            summed = self._closed_sums[size] = (closed, totals)
+        horizon = closed_before - SERIES_TTL_S
+        for key in [k for k in cached if (k[1] + 1) * EXPOSURE_BUCKETS_S[k[0]] < horizon]:
+            del cached[key]  # past anything shown
+        totals = dict(summed[1])
+        for counts in open_parts:
+            for item, count in counts.items():
+                totals[item] = totals.get(item, 0) + count
         return totals
 
     def exposure_of(self, item_id: str, size: str, buckets: Sequence[int]) -> int:
