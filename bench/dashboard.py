@@ -123,48 +123,53 @@ def main() -> None:
         ratio = f"   {median / statistics.median(baseline):.2f}x the baseline" if baseline else ""
         print(f"{name:<44} median {median * 1000:7.1f} ms   max {max(times) * 1000:7.1f} ms{ratio}", flush=True)
 
+    routes = {
+        "page 1 h": ("/dashboard?hours=1", None),
+        "page 24 h": ("/dashboard?hours=24", None),
+        "panels 1 h (the 5 s refresh)": ("/dashboard/panels?hours=1", None),
+        "user panel": ("/dashboard/users/u77", {"X-API-Key": KEY}),
+        "item panel": ("/dashboard/items/i7", None),
+        "GET /healthz (floor)": ("/healthz", None),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         redis = LocalRedis(Path(tmp))
         url = redis.start(port=free_port())
         try:
             now = time.time()
-            results = {}
+            apps = {}
             for prefix, with_users in (("empty", False), ("full", True)):
                 started = time.perf_counter()
-                store = ListSink(make_client(url, retries=2), prefix)
-                populate(store, args.users, args.items, with_users, now)
-                keys = store.client.dbsize()
-                print(f"{prefix}: wrote {args.users if with_users else 0:,} users ({keys:,} keys in Redis so far) "
-                      f"in {time.perf_counter() - started:.0f} s", flush=True)
-                settings = Settings(_env_file=None, redis_url=url, redis_prefix=prefix, kafka_bootstrap="127.0.0.1:1",
-                                    publish_impressions=False, read_api_key=SecretStr(KEY),
-                                    reports_dir=Path(__file__).parent / "agent_report")
-                app = create_app(settings)
-                with TestClient(app) as client:
-                    cold = timed(client, "/dashboard?hours=24", 1)  # nothing cached yet: every bucket read
+                sink = ListSink(make_client(url, retries=2), prefix)
+                populate(sink, args.users, args.items, with_users, now)
+                print(f"{prefix}: wrote {args.users if with_users else 0:,} users ({sink.client.dbsize():,} keys in "
+                      f"Redis so far) in {time.perf_counter() - started:.0f} s", flush=True)
+                sink.close()
+                apps[prefix] = create_app(Settings(
+                    _env_file=None, redis_url=url, redis_prefix=prefix, kafka_bootstrap="127.0.0.1:1",
+                    publish_impressions=False, read_api_key=SecretStr(KEY),
+                    reports_dir=Path(__file__).parent / "agent_report"))
+            results: dict[str, dict[str, list[float]]] = {"empty": {}, "full": {}}
+            with TestClient(apps["empty"]) as empty, TestClient(apps["full"]) as full:
+                clients = {"empty": empty, "full": full}
+                for prefix, client in clients.items():  # nothing cached yet: every bucket is read
+                    results[prefix]["page 24 h, first load (cold)"] = timed(client, "/dashboard?hours=24", 1)
+                for client in clients.values():
                     timed(client, "/dashboard", 3)  # warm-up
-                    results[prefix] = {
-                        "page 24 h, first load (cold)": cold,
-                        "page 1 h": timed(client, "/dashboard?hours=1", args.repeat),
-                        "page 24 h": timed(client, "/dashboard?hours=24", args.repeat),
-                        "panels 1 h (the 5 s refresh)": timed(client, "/dashboard/panels?hours=1", args.repeat),
-                        "user panel": timed(client, "/dashboard/users/u77", args.repeat, {"X-API-Key": KEY}),
-                        "item panel": timed(client, "/dashboard/items/i7", args.repeat),
-                        "GET /healthz (floor)": timed(client, "/healthz", args.repeat),
-                    }
-                if with_users:
-                    results["browser"] = browser_load_ms(app, "/dashboard", max(args.repeat // 4, 3))
-                store.close()
-            print(f"\n{args.users:,} users, {args.items:,} items, a day of series; {args.repeat} requests each:")
+                for name, (path, headers) in routes.items():
+                    for _ in range(args.repeat):  # alternated: both see the same machine load
+                        for prefix, client in clients.items():
+                            results[prefix].setdefault(name, []).extend(timed(client, path, 1, headers))
+            browser = browser_load_ms(apps["full"], "/dashboard", max(args.repeat // 4, 3))
+            print(f"\n{args.users:,} users, {args.items:,} items, a day of series; {args.repeat} requests each, "
+                  f"alternating with the baseline (the same Redis data without users):")
             for name, times in results["full"].items():
                 show(name, times, results["empty"][name])
-            if results["browser"]:
-                show("Chromium: /dashboard navigation to load", results["browser"])
+            if browser:
+                show("Chromium: /dashboard navigation to load", browser)
             else:
                 print("Chromium: not installed, browser load not measured")
         finally:
             redis.stop()
-
 
 if __name__ == "__main__":
     main()
