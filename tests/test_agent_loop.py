@@ -33,7 +33,8 @@ def test_click_on_a_served_item_rewards_its_strategy(settings):
         wait_for(lambda: served(worker) == len(GENRE) + len(history), 60,
                  lambda: f"{len(GENRE) + len(history)} items and events applied, got {worker.totals}")
 
-        body = wait_for(lambda: (b := api.get("/users/probe/recommendations",
+        # explain=true reveals the user's history: it needs a key once one is configured
+        body = wait_for(lambda: (b := api.get("/users/probe/recommendations", headers=KEY,
                                               params={"k": 6, "explain": "true"}).json())["source"] == "personal" and b,
                         30, "the probe's list")
         assert body["model"] == "agent" and len(body["recomm_id"]) == 32

@@ -140,7 +140,7 @@ def test_the_openapi_document_lists_every_parameter(api_and_store):
     api, _ = api_and_store
     operation = api.get("/openapi.json").json()["paths"]["/users/{user_id}/recommendations"]["get"]
     params = {p["name"]: p for p in operation["parameters"]}
-    assert list(params) == ["user_id", "k", "offset", "category", "explain", "exclude_seen"]
+    assert list(params) == ["user_id", "k", "offset", "category", "explain", "exclude_seen", "X-API-Key"]
     assert params["user_id"]["in"] == "path" and params["user_id"]["schema"]["maxLength"] == 256
     assert params["k"]["schema"] == {"default": 10, "maximum": 1000, "minimum": 1, "title": "K", "type": "integer"}
     assert "422" in operation["responses"]
