@@ -133,8 +133,9 @@ class ListSink:
             worker_id, metrics = worker_metrics
             report = {**metrics, "worker": worker_id, "model": model, "reported_at": round(updated_at, 3)}
             pipe.set(self.keys.worker(worker_id), orjson.dumps(report), ex=WORKER_REPORT_TTL_S)
-            pipe.zadd(self.keys.workers_index, {worker_id: updated_at})
-            pipe.zremrangebyscore(self.keys.workers_index, "-inf", updated_at - SERIES_TTL_S)
+            reported = time.time()  # wall time, as the report's TTL counts
+            pipe.zadd(self.keys.workers_index, {worker_id: reported})
+            pipe.zremrangebyscore(self.keys.workers_index, "-inf", reported - SERIES_TTL_S)
         self._call(pipe.execute)
 
     def _push_history(self, pipe, history: Mapping[str, Sequence[tuple[str, str, float]]]) -> None:

@@ -82,6 +82,6 @@ def test_seen_items_per_event_type_and_per_request(write_settings):
         default = [e["item_id"] for e in api.get("/users/c/recommendations").json()["items"]]
         assert "soap" in default, "a purchase does not make an item seen here"
         assert "sponge" not in default, "a view does"
-        everything = [e["item_id"] for e in api.get("/users/c/recommendations",
+        everything = [e["item_id"] for e in api.get("/users/c/recommendations", headers=KEY,  # history: keyed
                                                     params={"exclude_seen": "false"}).json()["items"]]
         assert {"soap", "sponge", "towel"} <= set(everything)

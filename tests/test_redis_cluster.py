@@ -49,7 +49,7 @@ def test_lists_spread_over_the_shards_and_read_back(cluster_url, settings):
     assert store.popular_list().items == [("p", 2.0)]
     assert store.similar_list("shared").items == [("i1", 0.25)]
     assert store.counters() == {"applied": 300}
-    assert store.workers_metrics() == [{"lag": 3}]
+    assert store.workers_metrics() == [{"lag": 3, "worker": "w1", "model": "cooc", "reported_at": 5.0}]
     shards = [client.get_redis_connection(node).dbsize() for node in client.get_primaries()]
     assert len(shards) >= 2 and sum(n > 0 for n in shards) >= 2, shards
 
