@@ -736,29 +736,29 @@ class Cooc(Recommender):
         targets = np.array([rows[n] for n in known], dtype=np.int64)
         if self._dense is not None:
             weights = self._dense[np.ix_(mine, targets)].astype(np.float64)
-        else:
+        else:  # the neighbours ranking used (the strongest), all at once, matched to the targets by a binary search
             weights = np.zeros((len(mine), len(targets)))
-            target_list = targets.tolist()
-            for j, row in enumerate(mine.tolist()):
-                nb = self._neighbours[row]
-                pos, nb_weights = nb.pos, nb.weights
-                for t, target in enumerate(target_list):
-                    i = pos.get(target)
-                    if i is not None:
-                        weights[j, t] = nb_weights[i]
+            hoods = [(j, hood) for j, row in enumerate(mine.tolist()) if (hood := self._strongest_neighbours(row))]
+            if hoods:
+                rows = np.concatenate([np.frombuffer(hood[0], dtype=np.int64) for _, hood in hoods])
+                values = np.concatenate([np.frombuffer(hood[1], dtype=np.float64) for _, hood in hoods])
+                owner = np.repeat([j for j, _ in hoods], [hood[3] for _, hood in hoods])
+                order = np.argsort(targets, kind="stable")
+                at = np.minimum(np.searchsorted(targets[order], rows), len(targets) - 1)
+                hit = targets[order][at] == rows
+                weights[owner[hit], order[at[hit]]] = values[hit]
         contributions = weights * factors[:, None]
-        order = np.argsort(-contributions, axis=0, kind="stable")
-        ids = self._items.ids
-        for t, n in enumerate(known):
-            first = order[0, t]
-            top = contributions[first, t]
+        order = np.argsort(-contributions, axis=0, kind="stable")[:2]
+        best = np.take_along_axis(contributions, order, axis=0)
+        ids, mine = self._items.ids, mine.tolist()
+        firsts, tops = order[0].tolist(), best[0].tolist()
+        seconds, runners = (order[1].tolist(), best[1].tolist()) if len(order) > 1 else ([0] * len(known), [0.0] * len(known))
+        for n, first, top, second, runner in zip(known, firsts, tops, seconds, runners):
             if top <= 0:
                 explained[n] = (POPULAR_STRATEGY, POPULAR_NOW)
                 continue
-            names = [ids[mine[first]]]
-            if len(mine) > 1 and contributions[order[1, t], t] >= top / 2:
-                names.append(ids[mine[order[1, t]]])
-            explained[n] = (self.name, f"often viewed with {' and '.join(names)}, which you viewed")
+            names = ids[mine[first]] + (f" and {ids[mine[second]]}" if runner >= top / 2 else "")
+            explained[n] = (self.name, f"often viewed with {names}, which you viewed")
         return explained
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
