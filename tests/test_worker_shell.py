@@ -60,9 +60,12 @@ class Sink:
     def __init__(self, calls: Calls):
         self.calls, self.batches = calls, []
 
-    def write_batch(self, lists, model, updated_at, popular=None, counters=None, *rest):
+    def write_batch(self, lists, model, updated_at, popular=None, counters=None, *rest, **for_the_dashboard):
         self.calls.append("write_batch")
         self.batches.append({"lists": lists, "counters": counters})
+
+    def add_series(self, series, exposures, now=None):
+        self.calls.append("add_series")
 
     def delete_users(self, user_ids):
         if user_ids:
