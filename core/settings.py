@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,10 @@ class Settings(BaseSettings):
     popular_refresh_s: float = Field(default=1.0, ge=0)
     checkpoint_every_events: int = Field(default=20_000, ge=1)
     checkpoint_interval_s: float = Field(default=10.0, gt=0)
+    checkpoint_store: Literal["file", "kafka"] = Field(
+        default="file", description="where checkpoints live: file (STATE_DIR, shared by the workers of a group) or "
+        "kafka (the compacted topic <topic>.checkpoints: workers on many machines share nothing but Kafka and Redis)",
+    )
     torch_threads: int = Field(
         default=1, ge=1, description="torch threads in the worker: its steps are small, and on a busy host more "
         "threads wait for each other (seen: multi-second stalls on 2 cores)",
@@ -107,6 +112,11 @@ class Settings(BaseSettings):
     def item_deltas_topic(self) -> str:
         """What each worker's learning changed in item state, for the other workers."""
         return f"{self.topic}.item-deltas"
+
+    @property
+    def checkpoints_topic(self) -> str:
+        """The workers' checkpoints, when ``checkpoint_store`` is kafka (compacted)."""
+        return f"{self.topic}.checkpoints"
 
     @property
     def control_topic(self) -> str:

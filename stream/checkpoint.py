@@ -1,19 +1,29 @@
 """Durable worker checkpoints: model state and the Kafka offsets it reflects, saved together.
 
-A checkpoint is one file, written atomically (temporary file, fsync, rename, fsync of the
-folder), named by a growing sequence number and guarded by a SHA-256 checksum. Loading
-takes the newest file whose checksum holds, so a checkpoint cut short by a crash is
-skipped in favour of the one before it. A small summary travels ahead of the state, so a
-peer can see what a checkpoint holds (which partitions, up to which offsets) without
+Workers of one consumer group save and read checkpoints through a ``CheckpointStore``, a
+protocol with two implementations, chosen by ``STREAMREC_CHECKPOINT_STORE``:
+
+- ``file`` (``FileCheckpointStore``, the default): one folder per worker under the group's
+  folder, which must be shared by the workers (one machine, or a network file system);
+- ``kafka`` (``stream.kafka_checkpoints.KafkaCheckpointStore``): a compacted topic
+  ``<topic>.checkpoints``, so workers share nothing but Kafka and Redis.
+
+In a folder (``CheckpointFolder``), a checkpoint is one file, written atomically (temporary
+file, fsync, rename, fsync of the folder), named by a growing sequence number and guarded
+by a SHA-256 checksum. Loading takes the newest file whose checksum holds, so a checkpoint
+cut short by a crash is skipped in favour of the one before it. A small summary (partition
+-> offset) travels ahead of the state, so a peer can see what a checkpoint holds without
 reading all of it.
 
 >>> import tempfile
->>> store = CheckpointStore(tempfile.mkdtemp())
->>> store.save({"offsets": {0: 42}}, summary={"partitions": {0: 42}})
->>> store.load()
+>>> store = FileCheckpointStore(tempfile.mkdtemp(), worker="w0")
+>>> store.save({"offsets": {0: 42}}, offsets={0: 42})
+>>> store.summaries()
+{'w0': {0: 42}}
+>>> store.load("w0")
 {'offsets': {0: 42}}
->>> store.summary()
-{'partitions': {0: 42}}
+>>> store.load_newest()
+{'offsets': {0: 42}}
 """
 
 from __future__ import annotations
@@ -23,18 +33,49 @@ import logging
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger("streamrec.checkpoint")
+
+STORE_KINDS = ("file", "kafka")
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """Where the workers of one consumer group keep their checkpoints.
+
+    Each worker saves under its own name; any worker reads any worker's. A checkpoint is
+    the worker's state (a dict of live objects, pickled by the store) and a summary of
+    the event partitions it holds: partition -> next offset.
+    """
+
+    worker: str | None  # the name this store saves under; None: it only reads
+
+    def save(self, state: dict[str, Any], offsets: Mapping[int, int]) -> None:
+        """Save ``state`` as this worker's newest checkpoint; durable when this returns."""
+
+    def summaries(self) -> dict[str, dict[int, int]]:
+        """Each worker's newest checkpoint's partition -> offset, read without the states."""
+
+    def load(self, worker: str) -> dict[str, Any] | None:
+        """``worker``'s newest valid checkpoint (a damaged one is passed over for the one
+        before it); None when it has none."""
+
+    def load_newest(self) -> dict[str, Any] | None:
+        """The group's newest valid checkpoint, whoever saved it; None when there is none."""
+
+    def close(self) -> None:
+        """Release connections (the checkpoints stay)."""
 
 MAGIC = b"SRCK2\n"  # then: SHA-256 of the rest, summary length (8 bytes), summary, state
 _HEADER = len(MAGIC) + 32 + 8
 _NAME = re.compile(r"^checkpoint-(\d{12})\.bin$")
 
 
-class CheckpointStore:
-    """Checkpoints of one consumer group's worker state under ``directory``.
+class CheckpointFolder:
+    """One worker's checkpoint files under ``directory``.
 
     Parameters
     ----------
@@ -100,3 +141,78 @@ class CheckpointStore:
                     continue
                 return pickle.loads(f.read(int.from_bytes(header[-8:], "big")))
         return None
+
+
+class FileCheckpointStore:
+    """Checkpoints in folders: ``<directory>/workers/<worker>/``, one per worker.
+
+    Peers read each other's folders, so with several workers ``directory`` must be shared
+    by them all (one machine, or a network file system).
+
+    Parameters
+    ----------
+    directory
+        The group's folder (created when missing).
+    worker
+        The name this store saves under (its folder); None for a store that only reads.
+    keep
+        How many recent checkpoints each worker keeps.
+    """
+
+    def __init__(self, directory: str | os.PathLike, worker: str | None = None, keep: int = 3):
+        self.directory = Path(directory)
+        self.worker = worker
+        self.keep = keep
+
+    def _folder(self, worker: str) -> CheckpointFolder:
+        return CheckpointFolder(self.directory / "workers" / worker, keep=self.keep)
+
+    def _workers(self) -> list[str]:
+        root = self.directory / "workers"
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def save(self, state: dict[str, Any], offsets: Mapping[int, int]) -> None:
+        if self.worker is None:
+            raise ValueError("this checkpoint store only reads: it was given no worker name")
+        self._folder(self.worker).save(state, summary={"worker": self.worker, "partitions": dict(offsets)})
+
+    def summaries(self) -> dict[str, dict[int, int]]:
+        found = {}
+        for worker in self._workers():
+            summary = self._folder(worker).summary()
+            if summary is not None:
+                found[worker] = dict(summary.get("partitions") or {})
+        return found
+
+    def load(self, worker: str) -> dict[str, Any] | None:
+        return self._folder(worker).load()
+
+    def load_newest(self) -> dict[str, Any] | None:
+        newest = []  # (mtime of the newest file, worker)
+        for worker in self._workers():
+            files = self._folder(worker)._files()
+            if files:
+                newest.append((files[0][1].stat().st_mtime, worker))
+        for _, worker in sorted(newest, reverse=True):
+            state = self.load(worker)
+            if state is not None:
+                return state
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def make_checkpoint_store(settings, worker: str | None = None) -> CheckpointStore:
+    """The store ``settings.checkpoint_store`` names, for ``settings``' group and topic."""
+    if settings.checkpoint_store == "kafka":
+        from stream.kafka_checkpoints import KafkaCheckpointStore
+
+        return KafkaCheckpointStore(settings.kafka_bootstrap, settings.checkpoints_topic, settings.group_id,
+                                    worker=worker, chunk_partitions=settings.topic_partitions)
+    return FileCheckpointStore(checkpoint_directory(settings), worker=worker)
+
+
+def checkpoint_directory(settings) -> Path:
+    """The group's folder of file checkpoints; with the Kafka store, only the workers' locks."""
+    return settings.state_dir / "checkpoints" / settings.group_id / settings.topic

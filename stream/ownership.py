@@ -13,7 +13,9 @@ before revoke); a worker given a partition takes its users from the newest check
 the group that holds it further on (``export_users`` / ``import_users``), resumes at that
 checkpoint's offset, and publishes that checkpoint's pending item delta again.
 
-Checkpoints are read and written only by the four methods under "storage" below.
+Checkpoints are read and written only by the four methods under "storage" below, through
+a ``CheckpointStore`` (``stream.checkpoint``): files in a folder the workers share, or the
+compacted topic ``<topic>.checkpoints`` (``STREAMREC_CHECKPOINT_STORE``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 from core.errors import StreamrecError
 from core.settings import Settings
 from online_models import Recommender
-from stream.checkpoint import CheckpointStore
+from stream.checkpoint import CheckpointStore, checkpoint_directory, make_checkpoint_store
 from stream.pipeline import PartitionState, Pipeline
 from stream.sharing import ItemSharing
 
@@ -56,8 +58,8 @@ def _claim(directory: Path, name: str) -> tuple[Path, int]:
 class Ownership:
     """Partition ownership, checkpoints and their cadence for one worker.
 
-    On creation it claims this worker's checkpoint folder (unless ``checkpoints`` is passed
-    in), names the run, and restores the group's newest checkpoint into ``pipeline`` and
+    On creation it claims this worker's name, locked in its state folder (unless
+    ``checkpoints`` is passed in), opens the checkpoint store under that name, names the run, and restores the group's newest checkpoint into ``pipeline`` and
     ``sharing``. It touches no Kafka consumer: ``take_over`` says where to seek, and the
     item deltas to publish are returned to the caller.
     """
@@ -67,47 +69,45 @@ class Ownership:
         self.settings = settings
         self.pipeline = pipeline
         self.sharing = sharing
-        self.group_dir = settings.state_dir / "checkpoints" / settings.group_id / settings.topic
         self._lock_fd = None
         if checkpoints is None:
-            folder, self._lock_fd = _claim(self.group_dir / "workers", settings.worker_instance_id or socket.gethostname())
-            checkpoints = CheckpointStore(folder)
+            # the folder is the checkpoints' own with the file store (shared by the workers);
+            # with the kafka store it holds only the lock, in the worker's own scratch folder
+            folder, self._lock_fd = _claim(checkpoint_directory(settings) / "workers",
+                                           settings.worker_instance_id or socket.gethostname())
+            checkpoints = make_checkpoint_store(settings, worker=folder.name)
         self.checkpoints = checkpoints
         # also the static group membership id: a restarted worker rejoins at once, without
         # waiting for its previous run's session to time out
-        self.worker_id = settings.worker_instance_id or checkpoints.directory.name
+        self.worker_id = settings.worker_instance_id or checkpoints.worker
         sharing.begin(f"{self.worker_id}@{time.time_ns()}")
         self.events_since_checkpoint = 0
         self.checkpointed_at = time.monotonic()
         self.restore()
 
     # -- storage: the only reads and writes of checkpoints ------------------------------
-    def _save(self, state: dict[str, Any], summary: dict[str, Any]) -> None:
-        self.checkpoints.save(state, summary=summary)
+    def _save(self, state: dict[str, Any], offsets: dict[int, int]) -> None:
+        self.checkpoints.save(state, offsets)
 
     def _load_newest(self) -> dict[str, Any] | None:
         """The group's newest valid checkpoint, this worker's or a peer's."""
-        files = sorted(self.group_dir.glob("workers/*/checkpoint-*.bin"), key=lambda f: f.stat().st_mtime)
-        if self.checkpoints.directory not in {f.parent for f in files}:  # a store passed in (tests)
-            files += sorted(self.checkpoints.directory.glob("checkpoint-*.bin"))
-        return next((s for s in (CheckpointStore(f.parent).load() for f in reversed(files)) if s), None)
+        return self.checkpoints.load_newest()
 
-    def _held_offsets(self) -> dict[Path, dict[int, int]]:
-        """Each checkpoint's partition -> offset, from its summary (this worker's own too:
-        it may have restored a peer's)."""
-        return {folder: (CheckpointStore(folder).summary() or {}).get("partitions") or {}
-                for folder in self.group_dir.glob("workers/*")}
+    def _held_offsets(self) -> dict[str, dict[int, int]]:
+        """Each worker's newest checkpoint's partition -> offset, from its summary (this
+        worker's own too: it may have restored a peer's)."""
+        return self.checkpoints.summaries()
 
-    def _load(self, source: Path) -> dict[str, Any] | None:
+    def _load(self, source: str) -> dict[str, Any] | None:
         """The newest valid checkpoint of one worker (a key of ``_held_offsets``)."""
-        return CheckpointStore(source).load()
+        return self.checkpoints.load(source)
 
     # -- restore and checkpoint --------------------------------------------------------
     def _check_model(self, saved: Recommender, where: str) -> None:
         model = self.pipeline.model
         if type(saved) is not type(model) or saved._get_params() != model._get_params():
             raise StreamrecError(
-                f"{where} in {self.group_dir} holds {saved!r}, not {model!r}: "
+                f"{where} ({self.settings.checkpoint_store} store, group {self.settings.group_id}) holds {saved!r}, not {model!r}: "
                 "serve the same model, or move the checkpoints away to start afresh"
             )
 
@@ -130,7 +130,7 @@ class Ownership:
         pending = self.sharing.make_delta()
         partitions = self.pipeline.partitions
         self._save({**self.pipeline.state(), "deltas": self.sharing.log},
-                   summary={"worker": self.worker_id, "partitions": {p: s.next_offset for p, s in partitions.items()}})
+                   offsets={p: s.next_offset for p, s in partitions.items()})
         self.events_since_checkpoint = 0
         self.checkpointed_at = time.monotonic()
         return pending
@@ -163,13 +163,13 @@ class Ownership:
         for p in [p for p in pipeline.partitions if p not in assigned]:
             pipeline.drop_partition(p)
         held = self._held_offsets()
-        peers: dict[Path, dict | None] = {}
+        peers: dict[str, dict | None] = {}
         resume_at = {}
         for p in sorted(assigned):
             best, source = pipeline.partitions[p].next_offset if p in pipeline.partitions else -1, None
-            for folder, offsets in held.items():
+            for worker, offsets in held.items():
                 if offsets.get(p, -1) > best:
-                    best, source = offsets[p], folder
+                    best, source = offsets[p], worker
             if source is not None:
                 if source not in peers:
                     peers[source] = self._load(source)
@@ -185,7 +185,8 @@ class Ownership:
         return resume_at, [state["deltas"].pending for state in peers.values() if state is not None]
 
     def close(self) -> None:
-        """Release the checkpoint folder."""
+        """Release the checkpoint store and this worker's name."""
+        self.checkpoints.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

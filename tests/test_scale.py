@@ -1,7 +1,8 @@
 """Three worker processes in one consumer group on a 6-partition topic; one is killed
 mid-stream. Its partitions move with their users, nothing is lost or learned twice, and
 every user's state, with the item state the survivors share, equals that of one model that
-learned each event once."""
+learned each event once. With the kafka checkpoint store the workers share no folder: each
+has its own, and every hand-over goes through the topic ``<topic>.checkpoints``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from core.kafka import EventProducer, ensure_topics
 from core.schema import Event
 from online_models.cooc import Cooc
 from serving.store import RecommendationStore
-from stream.checkpoint import CheckpointStore
+from stream.checkpoint import make_checkpoint_store
 from tests.helpers import read_topic, wait_for
 from tests.test_reliability import counters, start_worker_process, synthetic_events
 
@@ -25,8 +26,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.scale]
 PARTITIONS = 6
 
 
-def test_killing_one_of_three_workers_moves_its_partitions_and_loses_nothing(settings, tmp_path):
-    settings = settings.model_copy(update={"topic_partitions": PARTITIONS})
+@pytest.mark.parametrize(("checkpoint_store", "joins_late"), [
+    ("file", False),  # three workers from the start, one shared state folder
+    ("kafka", True),  # two from the start, the third after the kill; a state folder each
+])
+def test_killing_one_of_three_workers_moves_its_partitions_and_loses_nothing(settings, tmp_path, checkpoint_store,
+                                                                           joins_late):
+    settings = settings.model_copy(update={"topic_partitions": PARTITIONS, "checkpoint_store": checkpoint_store})
     ensure_topics(settings.kafka_bootstrap, {name: PARTITIONS for name in (
         settings.topic, settings.dlq_topic, settings.control_topic, settings.impressions_topic)})
     good = synthetic_events(6000, n_users=300, seed=21)
@@ -42,27 +48,40 @@ def test_killing_one_of_three_workers_moves_its_partitions_and_loses_nothing(set
             stream.append(b"{broken")
             bad += 1
 
-    def produce():
+    def produce(start: int, stop: int):
         with EventProducer(settings.kafka_bootstrap, settings.topic) as producer:
-            for i, item in enumerate(stream):
+            for i in range(start, stop):
+                item = stream[i]
                 producer.send(item) if isinstance(item, Event) else producer.send_raw(item, key=str(i).encode())
                 if i % 200 == 199:
                     producer.flush()
                     time.sleep(0.2)
 
     logs = [tmp_path / f"w{n}.log" for n in range(3)]
-    env = {"TOPIC_PARTITIONS": str(PARTITIONS), "SESSION_TIMEOUT_MS": "6000"}
-    workers = [start_worker_process(settings, log, {**env, "WORKER_INSTANCE_ID": f"w{n}"})
-               for n, log in enumerate(logs)]
+    env = {"TOPIC_PARTITIONS": str(PARTITIONS), "SESSION_TIMEOUT_MS": "6000", "CHECKPOINT_STORE": checkpoint_store}
+
+    def start(n: int):
+        own = {"STATE_DIR": str(tmp_path / f"w{n}-state")} if checkpoint_store == "kafka" else {}
+        return start_worker_process(settings, logs[n], {**env, "WORKER_INSTANCE_ID": f"w{n}", **own})
+
+    def wait_until_logged(n: int, line: bytes) -> None:
+        wait_for(lambda: logs[n].exists() and line in logs[n].read_bytes(), 90, f"w{n} to log {line!r}")
+
+    workers = [start(n) for n in range(2 if joins_late else 3)]
+    before_join = 2 * len(stream) // 3 if joins_late else len(stream)
     try:
-        for log in logs:
-            wait_for(lambda log=log: log.exists() and b"worker consuming" in log.read_bytes(), 90, f"{log.name} to start")
-        producer = threading.Thread(target=produce)
+        for n in range(len(workers)):
+            wait_until_logged(n, b"worker consuming")
+        producer = threading.Thread(target=produce, args=(0, before_join))
         producer.start()
         time.sleep(2.5)
         workers[0].send_signal(signal.SIGKILL)  # mid-stream, without a goodbye
         workers[0].wait()
         producer.join()
+        if joins_late:  # the survivor lets partitions go to the newcomer, which learns the rest of the stream
+            workers.append(start(2))
+            wait_until_logged(2, b"serving partitions")
+            produce(before_join, len(stream))
         started = time.monotonic()
         wait_for(lambda: counters(settings).get("consumed") == len(stream), 120,
                  lambda: f"all {len(stream)} records served, got {counters(settings)}")
@@ -76,6 +95,11 @@ def test_killing_one_of_three_workers_moves_its_partitions_and_loses_nothing(set
     assert [w.returncode for w in workers[1:]] == [0, 0], [log.read_text()[-2000:] for log in logs[1:]]
     survivors_served = [log.read_text().count("serving partitions") for log in logs[1:]]
     assert all(survivors_served), "each survivor took ownership at least once"
+    if joins_late:
+        newcomer = logs[2].read_text()  # it starts from the group's newest checkpoint, or adopts a newer one
+        assert "restored checkpoint" in newcomer or "users over" in newcomer, "the newcomer took state from a peer"
+    if checkpoint_store == "kafka":
+        assert not list(tmp_path.rglob("checkpoint-*.bin")), "no checkpoint files: the topic holds them"
 
     assert counters(settings) == {"consumed": len(stream), "applied": len(good), "dead_lettered": bad,
                                   "deduplicated": duplicates}
@@ -93,10 +117,10 @@ def test_killing_one_of_three_workers_moves_its_partitions_and_loses_nothing(set
 
     reference = Cooc()
     reference.learn_many(good)
-    workers_dir = settings.state_dir / "checkpoints" / settings.group_id / settings.topic / "workers"
+    checkpoints = make_checkpoint_store(settings)
     owners: dict[str, int] = {}
     for n in (1, 2):
-        state = CheckpointStore(workers_dir / f"w{n}").load()
+        state = checkpoints.load(f"w{n}")
         replica, mine = state["model"], set().union(*(s.users for s in state["partitions"].values()))
         assert not mine & owners.keys(), "a user has one owner"
         owners.update(dict.fromkeys(mine, n))
@@ -106,13 +130,19 @@ def test_killing_one_of_three_workers_moves_its_partitions_and_loses_nothing(set
             assert [got[i] for i in want] == pytest.approx(list(want.values()), rel=1e-9, abs=1e-12)
         assert replica.state_sizes()["users"] == len(mine), "a survivor keeps only its own users"
     assert owners.keys() == set(users)
-    print(f"\n3 workers, 6 partitions, one killed: sent {len(stream)}, applied {len(good)}, dead-lettered {bad}, "
+    assert set(owners.values()) == {1, 2}, "both survivors own users"
+    checkpoints.close()
+    print(f"\n{checkpoint_store} checkpoints, 3 workers{' (one joining late)' if joins_late else ''}, 6 partitions, "
+          f"one killed: sent {len(stream)}, applied {len(good)}, dead-lettered {bad}, "
           f"deduplicated {duplicates}, lost 0, applied twice 0; all served {moved_s:.1f} s after the last send")
 
 
 def _survivor_states(settings, names: list[str]) -> dict[str, dict]:
-    workers_dir = settings.state_dir / "checkpoints" / settings.group_id / settings.topic / "workers"
-    return {name: CheckpointStore(workers_dir / name).load() for name in names}
+    checkpoints = make_checkpoint_store(settings)
+    try:
+        return {name: checkpoints.load(name) for name in names}
+    finally:
+        checkpoints.close()
 
 
 def test_a_worker_that_joins_takes_over_users_with_their_state(settings, tmp_path):
