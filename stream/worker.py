@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata
 
 from core.errors import StreamrecError
@@ -206,8 +207,13 @@ class Worker:
         if not self.in_group:
             self.consumer.commit()
         elif self.pipeline.partitions:
-            self.consumer.commit({TopicPartition(self.settings.topic, p): OffsetAndMetadata(s.next_offset, "", -1)
-                                  for p, s in self.pipeline.partitions.items()})
+            try:
+                self.consumer.commit({TopicPartition(self.settings.topic, p): OffsetAndMetadata(s.next_offset, "", -1)
+                                      for p, s in self.pipeline.partitions.items()})
+            except CommitFailedError as exc:
+                # the group moved on while this worker was held up (a broker restart, a long
+                # checkpoint): the next poll rejoins, and the checkpoints say where to resume
+                log.warning("offsets not committed: %s", exc)
 
     def _measure(self, records: Sequence[RecordLike], started: float, now: float) -> None:
         """Batch latency (up to the Redis write), per-event freshness, consumer lag."""
