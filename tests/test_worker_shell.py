@@ -9,7 +9,7 @@ import orjson
 
 from core.settings import Settings
 from online_models.cooc import Cooc
-from stream.checkpoint import CheckpointStore
+from stream.checkpoint import FileCheckpointStore
 from stream.pipeline import Record
 from stream.worker import Worker
 
@@ -84,7 +84,7 @@ def make_worker(tmp_path, batches, **settings):
     calls = Calls()
     settings = Settings(_env_file=None, state_dir=tmp_path, topic="t", **settings)
     worker = Worker(settings, model=Cooc(), sink=Sink(calls), consumer=Consumer(calls, batches),
-                    dlq_producer=Producer(calls), checkpoints=CheckpointStore(tmp_path / "checkpoints"))
+                    dlq_producer=Producer(calls), checkpoints=FileCheckpointStore(tmp_path / "checkpoints", worker="w"))
     return worker, calls
 
 
@@ -104,10 +104,10 @@ def test_a_checkpoint_follows_when_due_and_a_restarted_worker_resumes_from_it(tm
     worker, calls = make_worker(tmp_path, [[view("t", 0, "u", "a"), view("t", 1, "u", "b")], [view("t", 2, "v", "a")]],
                                 checkpoint_every_events=2)
     worker.poll_once()
-    assert CheckpointStore(tmp_path / "checkpoints").summary()["partitions"] == {0: 2}
+    assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {"w": {0: 2}}
     worker.poll_once()  # one more event: not due yet; close() saves it
     worker.close()
-    assert CheckpointStore(tmp_path / "checkpoints").summary()["partitions"] == {0: 3}
+    assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {"w": {0: 3}}
     again, _ = make_worker(tmp_path, [])
     assert again.totals.applied == 3 and again.pipeline.partitions[0].next_offset == 3
     assert again.model.recommend("u", 5) == worker.model.recommend("u", 5)
