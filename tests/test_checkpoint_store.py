@@ -215,7 +215,6 @@ def test_the_checksum_catches_a_corrupt_chunk_and_the_previous_generation_is_use
 BIG_BYTES = 200 * 1024 * 1024
 
 
-@pytest.mark.slow  # about 25 s on 2 shared cores: python -m pytest -m slow tests/test_checkpoint_store.py
 def test_a_200_mb_state_round_trips_through_the_topic(settings):
     big = {"item_vectors": incompressible(BIG_BYTES, seed=5).view(np.float32).reshape(-1, 64),
            "users": {f"u{i}": i for i in range(1000)}}
