@@ -147,6 +147,105 @@ def initial_item_vectors(
     return (radius * np.cos(angle)).astype(np.float32), (radius * np.sin(angle)).astype(np.float32)
 
 
+def sample_negatives(counts: np.ndarray, n: int, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` item rows drawn with replacement, in proportion to ``counts ** alpha``, and the
+    probability of each draw (for the logQ correction of a sampled softmax).
+
+    Rows with a count of 0 (freed rows) are never drawn.
+
+    >>> rows, probs = sample_negatives(np.array([0.0, 4.0, 1.0]), 5, 0.5, np.random.default_rng(0))
+    >>> 0 in rows.tolist(), sorted(set(np.round(probs, 3).tolist()))
+    (False, [0.333, 0.667])
+    """
+    cdf = np.cumsum(counts**alpha)  # unnormalised: two passes over the catalogue
+    total = cdf[-1]
+    rows = np.minimum(np.searchsorted(cdf, rng.random(n) * total, side="right"), len(counts) - 1)
+    return rows, counts[rows] ** alpha / total
+
+
+def rowwise_adagrad(table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads: np.ndarray, lr: float,
+                    l2: float = 0.0) -> None:
+    """Row-wise Adagrad on ``table`` (in place): one squared-gradient sum per row (``acc``,
+    the mean over the row's columns), gradients of repeated rows summed first.
+
+    numpy only: torch would run these small ops on its thread pool, which stalls while
+    another process holds the other core. ``l2`` adds ``l2 * row`` to each row's gradient.
+
+    >>> table, acc = np.ones((3, 2), dtype=np.float32), np.zeros(3, dtype=np.float32)
+    >>> rowwise_adagrad(table, acc, np.array([2, 0, 2]), np.full((3, 2), 0.5, dtype=np.float32), lr=0.1)
+    >>> [round(x, 3) for x in table[:, 0].tolist()], acc.tolist()
+    ([0.9, 1.0, 0.9], [0.25, 0.0, 1.0])
+    """
+    if len(rows) == 0:
+        return
+    order = np.argsort(rows, kind="stable")  # stable: repeats are summed in event order
+    rows = rows[order]
+    starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
+    uniq = rows[starts]
+    grad = np.add.reduceat(grads[order].astype(np.float32, copy=False), starts, axis=0)
+    leaf = table[uniq]
+    if l2:
+        grad += l2 * leaf
+    acc[uniq] += (grad**2).mean(1)
+    table[uniq] = leaf - lr * grad / (np.sqrt(acc[uniq]) + 1e-8)[:, None]
+
+
+def ring_slots(capacity: int, length: int, position: int, m: int) -> tuple[np.ndarray, slice, int, int]:
+    """Where ``m`` new entries go in a ring buffer of ``capacity`` slots holding ``length``
+    entries, ``position`` being the oldest once it is full: free slots first, then the
+    oldest entries.
+
+    Returns the slots, the slice of the new entries that get them (the last ones, when
+    there are more entries than slots), and the new length and position.
+
+    >>> slots, kept, length, position = ring_slots(4, 3, 0, 3)
+    >>> slots.tolist(), kept, length, position
+    ([3, 0, 1], slice(0, 3, None), 4, 2)
+    """
+    fill = min(capacity - length, m)
+    wrap = (position + np.arange(m - fill)) % capacity
+    slots = np.concatenate([np.arange(length, length + fill), wrap])
+    last = slice(max(m - capacity, 0), m)  # more events than slots: the last ones win
+    return slots[last], last, length + fill, (position + m - fill) % capacity
+
+
+def take_item_changes(current: Mapping[str, np.ndarray], shadow: dict[str, np.ndarray],
+                      ids: Sequence[str | None]) -> dict[str, Any]:
+    """An ``item_delta``: the live rows (``ids`` not ``None``) where any table of ``current``
+    differs from ``shadow``, and by how much; the shadow takes their values.
+
+    ``current`` and ``shadow`` map the same names to arrays with one row per item (``shadow``
+    at least ``len(ids)`` rows long).
+
+    >>> shadow = {"x": np.zeros(3)}
+    >>> delta = take_item_changes({"x": np.array([0.0, 2.0, 5.0])}, shadow, ["a", "b", None])
+    >>> delta["ids"].tolist(), delta["x"].tolist(), shadow["x"].tolist()
+    (['b'], [2.0], [0.0, 2.0, 0.0])
+    """
+    n = len(ids)
+    changed = np.zeros(n, dtype=bool)
+    for key, now in current.items():
+        was = shadow[key][:n]
+        changed |= (now != was).any(1) if now.ndim == 2 else now != was
+    changed &= np.array([i is not None for i in ids], dtype=bool)
+    rows = np.flatnonzero(changed)
+    delta: dict[str, Any] = {"ids": np.array([ids[r] for r in rows], dtype=str)}
+    for key, now in current.items():
+        delta[key] = now[rows] - shadow[key][rows]
+        shadow[key][rows] = now[rows]
+    return delta
+
+
+def add_item_changes(current: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray], rows: np.ndarray,
+                     delta: Mapping[str, Any]) -> None:
+    """Add a peer's ``take_item_changes`` (its ids already mapped to ``rows``) to the tables
+    and to the shadow, so that it is not reported back."""
+    for key, now in current.items():
+        change = np.asarray(delta[key], dtype=now.dtype)
+        now[rows] += change
+        shadow[key][rows] += change
+
+
 def _grow_tensor(table: torch.Tensor, rows: int) -> torch.Tensor:
     if len(table) >= rows:
         return table
@@ -347,25 +446,14 @@ class TorchEmbeddings(Recommender):
             self._buf_item = np.resize(self._buf_item, size)
             self._buf_hist = np.resize(self._buf_hist, (size, self.window))
             self._buf_weight = np.resize(self._buf_weight, size)
-        cap, m = len(self._buf_user), len(users)
-        if cap == 0:
+        if len(self._buf_user) == 0:
             return
-        fill = min(cap - self._buf_len, m)  # free slots first, then the oldest entries
-        wrap = (self._buf_pos + np.arange(m - fill)) % cap
-        pos = np.concatenate([np.arange(self._buf_len, self._buf_len + fill), wrap])
-        self._buf_len += fill
-        self._buf_pos = (self._buf_pos + m - fill) % cap
-        last = slice(max(m - cap, 0), m)  # more events than slots: the last ones win
-        pos = pos[last]
+        pos, last, self._buf_len, self._buf_pos = ring_slots(len(self._buf_user), self._buf_len, self._buf_pos, len(users))
         self._buf_user[pos], self._buf_item[pos] = users[last], items[last]
         self._buf_hist[pos], self._buf_weight[pos] = hists[last], weights[last]
 
     def _sample_negatives(self) -> tuple[np.ndarray, np.ndarray]:
-        n = len(self._items)
-        cdf = np.cumsum(self._counts[:n] ** self.pop_alpha)  # unnormalised: two passes over the catalogue
-        total = cdf[-1]
-        rows = np.minimum(np.searchsorted(cdf, self._rng.random(self.n_negatives) * total, side="right"), n - 1)
-        return rows, self._counts[rows] ** self.pop_alpha / total
+        return sample_negatives(self._counts[: len(self._items)], self.n_negatives, self.pop_alpha, self._rng)
 
     def _step(self) -> None:
         pending, self._pending = self._pending, []
@@ -437,19 +525,7 @@ class TorchEmbeddings(Recommender):
         numpy only: torch would run these small ops on its thread pool, which stalls
         while another process holds the other core.
         """
-        if len(rows) == 0:
-            return
-        order = np.argsort(rows, kind="stable")  # stable: repeats are summed in event order
-        rows = rows[order]
-        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
-        uniq = rows[starts]
-        grad = np.add.reduceat(grads[order].astype(np.float32, copy=False), starts, axis=0)
-        leaf = table[uniq]
-        if self.l2:
-            grad += (2.0 * self.l2 / b) * leaf
-        acc = self._acc[name].numpy()
-        acc[uniq] += (grad**2).mean(1)
-        table[uniq] = leaf - self.lr * grad / (np.sqrt(acc[uniq]) + 1e-8)[:, None]
+        rowwise_adagrad(table, self._acc[name].numpy(), rows, grads, self.lr, 2.0 * self.l2 / b)
 
     def forget_user(self, user_id: str) -> None:
         """Drop the user's vector, recent items and queued or replayable events, and free
@@ -569,19 +645,7 @@ class TorchEmbeddings(Recommender):
             ``acc_out``, ``acc_bias`` (float32) and ``counts`` (float64), one entry per item.
         """
         shadow = self._ensure_shadow()
-        n = len(self._items)
-        current = self._item_state(n)
-        changed = np.zeros(n, dtype=bool)
-        for key, now in current.items():
-            was = shadow[key][:n]
-            changed |= (now != was).any(1) if now.ndim == 2 else now != was
-        changed &= np.array([i is not None for i in self._items.ids], dtype=bool)
-        rows = np.flatnonzero(changed)
-        delta: dict[str, Any] = {"ids": np.array([self._items.ids[r] for r in rows], dtype=str)}
-        for key, now in current.items():
-            delta[key] = now[rows] - shadow[key][rows]
-            shadow[key][rows] = now[rows]
-        return delta
+        return take_item_changes(self._item_state(len(self._items)), shadow, self._items.ids)
 
     def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
         """Add a peer's ``item_delta`` to the item state and to the shadow (so that it is
@@ -590,11 +654,7 @@ class TorchEmbeddings(Recommender):
             return
         shadow = self._ensure_shadow()
         rows = np.array([self._add_item(str(i)) for i in delta["ids"]], dtype=np.int64)
-        current = self._item_state(len(self._items))
-        for key, now in current.items():
-            change = np.asarray(delta[key], dtype=now.dtype)
-            now[rows] += change
-            shadow[key][rows] += change
+        add_item_changes(self._item_state(len(self._items)), shadow, rows, delta)
         self._refresh_tie()
 
     def _item_state(self, n: int) -> dict[str, np.ndarray]:
