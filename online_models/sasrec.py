@@ -220,14 +220,16 @@ class SASRec(Recommender):
         for layer in range(self.n_layers):
             last = layer == self.n_layers - 1  # only the most recent position's output is used
             a = F.layer_norm(x, (d,), params[f"ln1_w{layer}"], params[f"ln1_b{layer}"])
-            queries = a[:, :1] if last else a
-            n_q = queries.shape[1]
-            q = (queries @ params[f"wq{layer}"]).view(b, n_q, heads, d // heads).transpose(1, 2)
-            k = (a @ params[f"wk{layer}"]).view(b, width, heads, d // heads).transpose(1, 2)
-            v = (a @ params[f"wv{layer}"]).view(b, width, heads, d // heads).transpose(1, 2)
-            scores = (q @ k.transpose(2, 3)).masked_fill_(blocked[:, None, :n_q], -torch.inf)
-            att = torch.softmax(scores * scale, 3) @ v
-            x = (x[:, :1] if last else x) + att.transpose(1, 2).reshape(b, n_q, d) @ params[f"wo{layer}"]
+            n_q = 1 if last else width
+            if width == 1:  # one item: attention over one key returns its value
+                mixed = a @ params[f"wv{layer}"]
+            else:
+                q = (a[:, :n_q] @ params[f"wq{layer}"]).view(b, n_q, heads, d // heads).transpose(1, 2)
+                k = (a @ params[f"wk{layer}"]).view(b, width, heads, d // heads).transpose(1, 2)
+                v = (a @ params[f"wv{layer}"]).view(b, width, heads, d // heads).transpose(1, 2)
+                scores = (q @ k.transpose(2, 3)).masked_fill_(blocked[:, None, :n_q], -torch.inf)
+                mixed = (torch.softmax(scores * scale, 3) @ v).transpose(1, 2).reshape(b, n_q, d)
+            x = x[:, :n_q] + mixed @ params[f"wo{layer}"]
             h = F.layer_norm(x, (d,), params[f"ln2_w{layer}"], params[f"ln2_b{layer}"])
             x = x + torch.relu(h @ params[f"w1{layer}"] + params[f"b1{layer}"]) @ params[f"w2{layer}"] + params[f"b2{layer}"]
         rep = F.layer_norm(x[:, 0], (d,), params["ln_w"], params["ln_b"])
@@ -556,22 +558,26 @@ class SASRec(Recommender):
                                 self._items, user_ids, k, exclude or {})
         return {u: list(zip(map(ids.__getitem__, rows), vals)) for u, (rows, vals) in zip(user_ids, best)}
 
+    def _after(self, rows: Sequence[int]) -> np.ndarray:
+        """The representations of one-item sequences: what the model expects after each item."""
+        with torch.inference_mode():
+            hists = np.asarray(rows, dtype=np.int64).reshape(-1, 1)
+            return self._encode(self._unflatten(self._dense), self._item_vecs, hists).numpy()
+
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
-        """Items whose vectors are closest (cosine) to this item's."""
+        """The items the model ranks first after ``item_id`` alone (what is clicked after it)."""
         row = self._items.get(item_id)
         if row is None:
             return []
         n = len(self._items)
-        vecs = self._item_vecs.numpy()[:n]
-        query = vecs[row]
-        sims = vecs @ query / (np.linalg.norm(vecs, axis=1) * np.linalg.norm(query) + 1e-12)
-        rows, vals = top_k(sims, k + 1, np.array([row, *self._items.free]))
-        return self._items.ranking(rows[:k], vals[:k])
+        scores = self._item_vecs.numpy()[:n] @ self._after([row])[0] + self._bias()
+        rows, vals = top_k(scores, k, np.array([row]))  # freed rows score -inf
+        return self._items.ranking(rows, vals)
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
         """``("sasrec", reason)`` per item; a reason for the first ten: an item in the user's
-        sequence was "in your recent items"; another names the recent item whose vector is
-        closest to its own (the one the model links it to)."""
+        sequence is "in your recent items"; another is "often clicked after X", X being the
+        recent item after which the model scores it highest."""
         recent = list(dict.fromkeys(reversed(self._recent.get(user_id, ()))))  # most recent first
         explained: list[tuple[str, str | None]] = [(self.name, None)] * len(item_ids)
         if not recent:
@@ -581,12 +587,9 @@ class SASRec(Recommender):
         head = [(pos, row) for pos, row in head if row is not None]
         if not head:
             return explained
-        vecs = self._item_vecs.numpy()
-        mine = vecs[recent]
-        mine = mine / (np.linalg.norm(mine, axis=1, keepdims=True) + 1e-12)
-        nearest = np.argmax(vecs[[row for _, row in head]] @ mine.T, axis=1).tolist()
+        after = self._item_vecs.numpy()[[row for _, row in head]] @ self._after(recent).T  # the bias is alike per item
         in_recent = set(recent)
-        for (pos, row), near in zip(head, nearest):
-            reason = "in your recent items" if row in in_recent else f"often clicked after {ids[recent[near]]}"
+        for (pos, row), best in zip(head, np.argmax(after, axis=1).tolist()):
+            reason = "in your recent items" if row in in_recent else f"often clicked after {ids[recent[best]]}"
             explained[pos] = (self.name, reason)
         return explained

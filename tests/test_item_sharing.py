@@ -25,6 +25,7 @@ SHARING = [  # one per line: each model's entry comes with its implementation
     "agent",
     "river-mf",
     "purchase-rerank",
+    "sasrec",
 ]
 EXACT = {"trending", "cooc", "content"}  # item state is a sum: two replicas add up to one model exactly
 STREAM = implicit(group_stream(n_users=12, per_user=12, seed=1))

@@ -20,10 +20,11 @@ FAST: dict[str, dict] = {
     "embeddings": {"n_factors": 8, "batch_size": 8, "n_negatives": 16, "seed": 3},
     "purchase-rerank": {"min_purchases": 1, "n_candidates": 20},
     "blend": {"models": {"cooc": {}, "embeddings": {"n_factors": 8, "batch_size": 8, "n_negatives": 16}}},
+    "sasrec": {"n_factors": 8, "window": 5, "batch_size": 8, "n_negatives": 16, "seed": 3},
 }
 TYPES = ("view", "click", "add_to_cart", "purchase")
 # models whose forget_user leaves the user exactly like a never-seen one (no per-call randomness)
-FORGET_LIKE_NEW = {"trending", "cooc", "embeddings", "river-mf", "purchase-rerank", "blend"}
+FORGET_LIKE_NEW = {"trending", "cooc", "embeddings", "river-mf", "purchase-rerank", "blend", "sasrec"}
 
 
 def group_stream(n_users: int = 10, n_items: int = 20, per_user: int = 12, seed: int = 0) -> list[Event]:
