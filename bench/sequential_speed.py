@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
 
 from bench.models_speed import synthetic_stream
 from online_models import make_model
-from stream.schema import Event
+from core.schema import Event
 
 N_ITEMS, N_USERS, BATCH = 100_000, 20_000, 1_000
 

@@ -25,9 +25,9 @@ from online_models.embeddings import (
     take_item_changes,
     top_k_by_product,
 )
+from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
 _ADAM_BETAS = (0.9, 0.999)
-_EXPLAINED = 10  # items per list given a reason (each costs a look at the user's recent items)
 
 
 def _dense_layout(n_factors: int, window: int, n_layers: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -109,7 +109,7 @@ class SASRec(Recommender):
 
     Examples
     --------
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> model = SASRec(n_factors=8, batch_size=8, n_negatives=4, seed=1)
     >>> for user in range(40):
     ...     for t, item in enumerate("abc"):
@@ -575,21 +575,32 @@ class SASRec(Recommender):
         return self._items.ranking(rows, vals)
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
-        """``("sasrec", reason)`` per item; a reason for the first ten: an item in the user's
-        sequence is "in your recent items"; another is "often clicked after X", X being the
-        recent item after which the model scores it highest."""
+        """Per item, why: an item of the user's sequence is "in your recent items"; another
+        is "often viewed after X", X being the recent item after which the model scores it
+        highest. A user without a sequence was served the items with the largest biases:
+        "popular now". Unknown items get no reason.
+
+        >>> from core.schema import Event
+        >>> model = SASRec(n_factors=8, batch_size=8, n_negatives=4, seed=1)
+        >>> for user in range(40):
+        ...     for t, item in enumerate("abc"):
+        ...         model.learn_one(Event(user_id=f"u{user}", item_id=item, type="click", ts=t))
+        >>> model.learn_one(Event(user_id="new", item_id="b", type="click", ts=0))
+        >>> model.explain_items("new", ["c", "b", "zz"]), model.explain_items("nobody", ["c"])
+        ([('sasrec', 'often viewed after b, which you viewed'), ('sasrec', 'in your recent items'), ('sasrec', None)], [('trending', 'popular now')])
+        """
+        rows = [self._items.get(item) for item in item_ids]
         recent = list(dict.fromkeys(reversed(self._recent.get(user_id, ()))))  # most recent first
-        explained: list[tuple[str, str | None]] = [(self.name, None)] * len(item_ids)
         if not recent:
+            return [(POPULAR_STRATEGY, POPULAR_NOW) if row is not None else (self.name, None) for row in rows]
+        explained: list[tuple[str, str | None]] = [(self.name, None)] * len(item_ids)
+        known = [(pos, row) for pos, row in enumerate(rows) if row is not None]
+        if not known:
             return explained
-        ids, get = self._items.ids, self._items.get
-        head = [(pos, get(item)) for pos, item in enumerate(item_ids[:_EXPLAINED])]
-        head = [(pos, row) for pos, row in head if row is not None]
-        if not head:
-            return explained
-        after = self._item_vecs.numpy()[[row for _, row in head]] @ self._after(recent).T  # the bias is alike per item
-        in_recent = set(recent)
-        for (pos, row), best in zip(head, np.argmax(after, axis=1).tolist()):
-            reason = "in your recent items" if row in in_recent else f"often clicked after {ids[recent[best]]}"
+        after = self._item_vecs.numpy()[[row for _, row in known]] @ self._after(recent).T  # the bias is alike per item
+        ids, in_recent = self._items.ids, set(recent)
+        for (pos, row), best in zip(known, np.argmax(after, axis=1).tolist()):
+            because = ids[recent[best]]
+            reason = "in your recent items" if row in in_recent else f"often viewed after {because}, which you viewed"
             explained[pos] = (self.name, reason)
         return explained

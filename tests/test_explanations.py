@@ -27,7 +27,7 @@ def planted(model, crowd: int = 60):
 
 
 @pytest.mark.parametrize("name", ["trending", "cooc", "embeddings", "blend", "river-mf", "purchase-rerank", "content",
-                                  "agent"])
+                                  "agent", "sasrec"])
 def test_every_registered_model_explains_every_item(name):
     model = planted(make_model(name))
     assert isinstance(model, Explains)
@@ -55,6 +55,13 @@ def test_embeddings_names_the_nearest_recent_item():
     reasons = dict(zip("xy", model.explain_items("me", ["x", "y"])))
     assert reasons["x"] == ("embeddings", "close to a, which you viewed recently")
     assert reasons["y"] == ("embeddings", "close to b, which you viewed recently")
+    assert model.explain_items("nobody", ["x"]) == [("trending", "popular now")]
+
+
+def test_sasrec_names_the_item_each_follows():
+    model = planted(make_model("sasrec"))
+    assert model.explain_items("me", ["x", "y"]) == [("sasrec", "often viewed after a, which you viewed"),
+                                                     ("sasrec", "often viewed after b, which you viewed")]
     assert model.explain_items("nobody", ["x"]) == [("trending", "popular now")]
 
 
