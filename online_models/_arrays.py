@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from operator import itemgetter
+from typing import NamedTuple
 
 import numpy as np
 
@@ -237,20 +238,49 @@ def top_k_per_user(scores: np.ndarray, k: int) -> list[tuple[list[int], list[flo
     """Each user's ``k`` best scores, best first, ties to the lower item row.
 
     What ``_arrays.top_k`` gives for each row (``-inf`` and NaN never rank), for all rows
-    at once.
+    at once: ``top_k_arrays`` as Python lists, each user's cut to its length.
+
+    Examples
+    --------
+    >>> scores = np.array([[0.25, 0.75, 0.5, 0.75], [2.0, -np.inf, 2.0, 1.0]])
+    >>> top_k_per_user(scores, 2)
+    [([1, 3], [0.75, 0.75]), ([0, 2], [2.0, 2.0])]
+    """
+    rows, vals = top_k_arrays(scores, k)
+    return rows_to_lists(rows, vals)
+
+
+def rows_to_lists(rows: np.ndarray, vals: np.ndarray) -> list[tuple[list[int], list[float]]]:
+    """Padded per-user ``(rows, vals)`` arrays (``-1`` rows after a user's list) as Python
+    lists, each cut to its length.
+
+    >>> rows_to_lists(np.array([[2, -1], [0, 1]]), np.array([[0.5, -np.inf], [1.0, 0.25]]))
+    [([2], [0.5]), ([0, 1], [1.0, 0.25])]
+    """
+    lengths = (rows >= 0).sum(axis=1).tolist()
+    width = rows.shape[1] if rows.ndim == 2 else 0
+    out = []
+    for r, v, m in zip(rows.tolist(), vals.tolist(), lengths):
+        out.append((r, v) if m == width else (r[:m], v[:m]))
+    return out
+
+
+def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's ``k`` best scores, best first, ties to the lower item row, as arrays.
 
     Parameters
     ----------
     scores
         A C-contiguous ``(n_users, n_items)`` float array, ``-inf`` where an item is
-        excluded for a user (it is not modified).
+        excluded for a user (it is not modified). ``-inf`` and NaN never rank.
     k
         How many items per user.
 
     Returns
     -------
-    list of (rows, values)
-        Per user, the item rows and their scores as Python lists.
+    (rows, values)
+        ``(n_users, min(k, n_items))`` arrays: item rows (int64) and their scores (float64),
+        best first; a user with fewer rankable items has ``-1`` / ``-inf`` after them.
 
     Notes
     -----
@@ -264,16 +294,18 @@ def top_k_per_user(scores: np.ndarray, k: int) -> list[tuple[list[int], list[flo
 
     Examples
     --------
-    >>> scores = np.array([[0.25, 0.75, 0.5, 0.75], [2.0, -np.inf, 2.0, 1.0]])
-    >>> top_k_per_user(scores, 2)
-    [([1, 3], [0.75, 0.75]), ([0, 2], [2.0, 2.0])]
+    >>> rows, vals = top_k_arrays(np.array([[0.25, 0.75, 0.5], [-np.inf, -np.inf, 1.0]]), 2)
+    >>> rows.tolist(), vals.tolist()
+    ([[1, 2], [2, -1]], [[0.75, 0.5], [1.0, -inf]])
     """
     n_users, n = scores.shape
-    k = min(k, n)
-    if k <= 0:
-        return [([], []) for _ in range(n_users)]
+    k = max(min(k, n), 0)
+    out_rows = np.full((n_users, k), -1, dtype=np.int64)
+    out_vals = np.full((n_users, k), -np.inf, dtype=np.float64)
+    if k == 0 or n_users == 0:
+        return out_rows, out_vals
     if n < 8 * _GROUP * (k + 2):  # small catalogue: select among all items
-        return _top_k_small(scores, k)
+        return _top_k_small(scores, k, out_rows, out_vals)
     n_groups = n // _GROUP
     full = n_groups * _GROUP
     # group g holds the items g, g + n_groups, g + 2 * n_groups, ...: its maximum is an
@@ -300,18 +332,21 @@ def top_k_per_user(scores: np.ndarray, k: int) -> list[tuple[list[int], list[flo
     vals, users, pos = vals[ranked], users[ranked], pos[ranked]
     rows = np.where(pos < _GROUP * k, (pos // k) * n_groups + chosen[users, pos % k], full + pos - _GROUP * k)
     order = np.lexsort((-vals, users))  # stable: equal scores stay in row order
-    vals, rows = vals[order].tolist(), rows[order].tolist()
-    ends = np.cumsum(np.bincount(users, minlength=n_users)).tolist()
-    out = []
-    for j, (ok, end) in enumerate(zip(exact.tolist(), ends)):
-        start = ends[j - 1] if j else 0
-        end = min(end, start + k)
-        out.append((rows[start:end], vals[start:end]) if ok else _exact_row(scores[j], k))
-    return out
+    vals, rows, users = vals[order], rows[order], users[order]
+    starts = np.cumsum(np.bincount(users, minlength=n_users)) - np.bincount(users, minlength=n_users)
+    place = np.arange(len(users)) - starts[users]
+    fits = place < k
+    out_rows[users[fits], place[fits]] = rows[fits]
+    out_vals[users[fits], place[fits]] = vals[fits]
+    for j in np.flatnonzero(~exact).tolist():
+        _fill_exact(scores[j], k, out_rows[j], out_vals[j])
+    return out_rows, out_vals
 
 
-def _top_k_small(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
-    """``top_k_per_user`` over all items: the k + 1 best by one partition, ordered by one lexsort."""
+def _top_k_small(
+    scores: np.ndarray, k: int, out_rows: np.ndarray, out_vals: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k_arrays`` over all items: the k + 1 best by one partition, ordered by one lexsort."""
     n = scores.shape[1]
     take = min(k + 1, n)
     best = np.argpartition(scores, n - take, axis=1)[:, n - take :]
@@ -321,11 +356,22 @@ def _top_k_small(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float
     redo = np.isnan(scores).any(axis=1)  # NaN, or a tie at the cut: only a full sort is exact
     if take > k:
         redo |= (vals[:, k] == vals[:, k - 1]) & (vals[:, k] > -np.inf)
-    ranked = np.minimum((vals > -np.inf).sum(axis=1), k).tolist()
-    out = []
-    for j, (v, r, m, exact) in enumerate(zip(vals.tolist(), best.tolist(), ranked, redo.tolist())):
-        out.append(_exact_row(scores[j], k) if exact else (r[:m], v[:m]))
-    return out
+    vals, best = vals[:, :k], best[:, :k]
+    ranked = vals > -np.inf  # -inf sorts last: the rankable ones come first
+    out_rows[ranked] = best[ranked]
+    out_vals[ranked] = vals[ranked]
+    for j in np.flatnonzero(redo).tolist():
+        _fill_exact(scores[j], k, out_rows[j], out_vals[j])
+    return out_rows, out_vals
+
+
+def _fill_exact(scores: np.ndarray, k: int, rows_out: np.ndarray, vals_out: np.ndarray) -> None:
+    """One user's row of ``top_k_arrays`` from ``_exact_row``."""
+    rows, vals = _exact_row(scores, k)
+    rows_out[:] = -1
+    vals_out[:] = -np.inf
+    rows_out[: len(rows)] = rows
+    vals_out[: len(vals)] = vals
 
 
 def _exact_row(scores: np.ndarray, k: int) -> tuple[list[int], list[float]]:
@@ -493,3 +539,183 @@ def top_k_of(
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=scores.dtype)
     candidates = _at_least_kth(scores, k) if k < n else _rankable(scores)
     return _ordered(rows[candidates], scores[candidates], k)
+
+
+class RankedRows(NamedTuple):
+    """Several users' top lists as arrays, in the item rows of one ``IdIndex``.
+
+    ``rows`` (int64) and ``scores`` (float64) are ``(n_users, width)``, best first; a list
+    shorter than ``width`` has ``-1`` / ``-inf`` after it. What ``recommend_rows`` gives:
+    the lists ``recommend_many`` would give, before any id is looked up.
+    """
+
+    rows: np.ndarray
+    scores: np.ndarray
+    index: IdIndex
+
+    def rankings(self, user_ids: Sequence[str]) -> dict[str, list[tuple[str, float]]]:
+        """The lists as ``recommend_many`` returns them: user id -> ``(item id, score)``."""
+        ids = self.index.ids
+        return {u: list(zip(map(ids.__getitem__, r), v)) for u, (r, v) in
+                zip(user_ids, rows_to_lists(self.rows, self.scores))}
+
+    @classmethod
+    def of_rankings(cls, rankings: Sequence[list[tuple[str, float]]], index: IdIndex, width: int) -> RankedRows:
+        """Lists of ``(item id, score)`` as arrays in ``index``'s rows (new ids are added):
+        for a model without ``recommend_rows``."""
+        rows = np.full((len(rankings), width), -1, dtype=np.int64)
+        scores = np.full((len(rankings), width), -np.inf)
+        add = index.add
+        for j, ranking in enumerate(rankings):
+            if ranking:
+                ranking = ranking[:width]
+                rows[j, : len(ranking)] = [add(item) for item, _ in ranking]
+                scores[j, : len(ranking)] = [score for _, score in ranking]
+        return cls(rows, scores, index)
+
+
+class RowMap:
+    """Rows of other ``IdIndex``es as rows of one shared index, for fusing the lists of
+    several models whose indexes number the same items differently.
+
+    The map of each index is extended as the index grows and rebuilt when rows change
+    hands (freed, or a freed row reused). Ids of the shared index are never freed.
+
+    >>> shared, a = IdIndex(), IdIndex()
+    >>> _ = shared.add("y"), a.add("x"), a.add("y")
+    >>> RowMap(shared)(a).tolist(), shared.ids
+    ([1, 0], ['y', 'x'])
+    """
+
+    def __init__(self, shared: IdIndex) -> None:
+        self.shared = shared
+        self._maps: dict[int, tuple[IdIndex, tuple[int, int, int], np.ndarray]] = {}
+
+    def __call__(self, index: IdIndex) -> np.ndarray:
+        """``map[row]``: the shared row of ``index``'s row (``-1`` for a freed row)."""
+        key = (len(index.ids), index.generation, len(index.free))
+        held = self._maps.get(id(index))
+        if held is not None and held[0] is index and held[1] == key:
+            return held[2]
+        start = 0
+        if held is not None and held[0] is index and held[1][1:] == key[1:]:
+            start = len(held[2])  # only new rows since: extend
+        add = self.shared.add
+        new = np.fromiter((-1 if i is None else add(i) for i in index.ids[start:]), dtype=np.int64,
+                          count=len(index.ids) - start)
+        mapping = np.concatenate([held[2], new]) if start else new
+        self._maps[id(index)] = (index, key, mapping)
+        return mapping
+
+
+def fuse_top_k(
+    parts: Sequence[tuple[np.ndarray, np.ndarray, float]], k: int, rank_offset: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted fusion of several top lists per user, then each user's ``k`` best.
+
+    Each part's list is scaled per user: min-max to ``[0, weight]`` (its last item scores
+    0, like the items outside it; a list whose scores are all equal scores ``weight``), or
+    with ``rank_offset`` ``c``, ``weight * (c + 1) / (c + 1 + rank)``. An item's score is
+    the sum over the parts that list it, added in part order. Ties go to the item with
+    the better position in any list, then to the one listed first (part by part, in
+    list order); parts of weight 0 and empty lists take no part.
+
+    Parameters
+    ----------
+    parts
+        ``(rows, scores, weight)`` per part: ``(n_users, width)`` arrays in one shared row
+        space, best first, ``-1`` / ``-inf`` after each list (an item listed twice counts
+        twice).
+    k
+        How many items per user.
+    rank_offset
+        ``None``: min-max scaled scores; a number: reciprocal ranks.
+
+    Returns
+    -------
+    (rows, scores)
+        ``(n_users, k)`` int64 and float64, ``-1`` / ``-inf`` after a shorter list.
+
+    Examples
+    --------
+    >>> a = (np.array([[3, 1, 2]]), np.array([[0.9, 0.5, 0.1]]), 1.0)
+    >>> b = (np.array([[1, 4, -1]]), np.array([[2.0, 1.0, -np.inf]]), 0.5)
+    >>> rows, scores = fuse_top_k([a, b], 3)
+    >>> rows.tolist(), scores.tolist()
+    ([[3, 1, 4]], [[1.0, 1.0, 0.0]])
+    """
+    used = [(r, s, float(w)) for r, s, w in parts if w != 0 and r.shape[1]]
+    n_users = parts[0][0].shape[0] if parts else 0
+    out_rows = np.full((n_users, max(k, 0)), -1, dtype=np.int64)
+    out_scores = np.full((n_users, max(k, 0)), -np.inf)
+    if not used or k <= 0 or n_users == 0:
+        return out_rows, out_scores
+    all_rows, all_scaled, all_pos = [], [], []
+    for rows, scores, weight in used:
+        listed = rows >= 0
+        width = rows.shape[1]
+        pos = np.broadcast_to(np.arange(width), rows.shape)
+        if rank_offset is not None:
+            top = rank_offset + 1
+            scaled = np.broadcast_to(weight * top / (top + np.arange(width, dtype=np.float64)), rows.shape)
+        else:
+            lengths = listed.sum(axis=1)
+            high = scores[:, 0]
+            low = scores[np.arange(n_users), np.maximum(lengths - 1, 0)]
+            with np.errstate(invalid="ignore"):  # empty lists: -inf - -inf, never used
+                span = high - low
+                spread = span > 0
+                scale = np.divide(weight, span, out=np.zeros_like(span), where=spread)
+                scaled = np.where(spread[:, None], (scores - low[:, None]) * scale[:, None], weight)
+        all_rows.append(np.where(listed, rows, np.iinfo(np.int64).max))  # unlisted slots sort last
+        all_scaled.append(scaled)
+        all_pos.append(pos)
+    rows = np.concatenate(all_rows, axis=1)
+    scaled = np.concatenate(all_scaled, axis=1)
+    pos = np.concatenate(all_pos, axis=1)
+    width = rows.shape[1]
+    # group each user's entries by item; stable, so an item's entries stay in part order
+    order = np.argsort(rows, axis=1, kind="stable")
+    rows = np.take_along_axis(rows, order, 1).ravel()
+    scaled = np.take_along_axis(scaled, order, 1).ravel()
+    pos = np.take_along_axis(pos, order, 1).ravel()
+    first_col = order.ravel()  # where each entry was listed: the tie-break of last resort
+    starts = np.ones(len(rows), dtype=bool)
+    starts[1:] = rows[1:] != rows[:-1]
+    starts[::width] = True
+    leader = np.maximum.accumulate(np.where(starts, np.arange(len(rows)), 0))
+    rank = np.arange(len(rows)) - leader  # 0 for an item's first part, 1 for its second...
+    total = np.zeros(len(rows))
+    best_pos = pos.copy()
+    for r in range(int(rank.max()) + 1):  # summed in part order, as one would by hand
+        at = np.flatnonzero(rank == r)
+        total[leader[at]] += scaled[at]
+        np.minimum.at(best_pos, leader[at], pos[at])
+    keep = starts & (rows != np.iinfo(np.int64).max)
+    fused = np.where(keep, total, -np.inf).reshape(n_users, width)
+    # per user: score descending, better position, then first listed
+    flat_first = np.where(keep, first_col, width).reshape(n_users, width)
+    ranked = np.lexsort((flat_first, best_pos.reshape(n_users, width), -fused), axis=1)[:, :k]
+    got_scores = np.take_along_axis(fused, ranked, 1)
+    got_rows = np.take_along_axis(rows.reshape(n_users, width), ranked, 1)
+    valid = got_scores > -np.inf
+    m = ranked.shape[1]
+    out_rows[:, :m] = np.where(valid, got_rows, -1)
+    out_scores[:, :m] = np.where(valid, got_scores, -np.inf)
+    return out_rows, out_scores
+
+
+def excluded_cells(index: IdIndex, users: Sequence[str], exclude: Mapping[str, Collection[str]]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``(user positions, item rows)`` of what each of ``users`` excludes (known ids
+    only), for one scatter of ``-inf`` into a ``(len(users), n_items)`` score matrix.
+
+    >>> index = IdIndex(); _ = index.add("a"), index.add("b")
+    >>> [x.tolist() for x in excluded_cells(index, ["u", "v"], {"v": {"b", "zz"}})]
+    [[1], [1]]
+    """
+    found = [(j, index.rows_of(seen)) for j, seen in enumerate(map(exclude.get, users)) if seen]
+    if not found:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    lengths = [len(rows) for _, rows in found]
+    return np.repeat(np.array([j for j, _ in found], dtype=np.int64), lengths), np.concatenate([r for _, r in found])

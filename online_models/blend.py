@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from online_models._arrays import IdIndex, RankedRows, RowMap, fuse_top_k
 from online_models.base import (
     Interaction,
     Ranking,
@@ -12,9 +16,14 @@ from online_models.base import (
     largest_sizes,
     make_part,
 )
+from online_models.capabilities import RanksRows
 
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {"cooc": {}, "embeddings": {}}
 DEFAULT_WEIGHTS: dict[str, float] = {"cooc": 1.0, "embeddings": 0.5}
+
+# Each blend's shared item rows for fusing its parts' lists: derived from the parts'
+# indexes, so kept beside the model rather than in its (checkpointed) state.
+_ROW_MAPS: weakref.WeakKeyDictionary[Blend, RowMap] = weakref.WeakKeyDictionary()
 
 
 class Blend(Recommender):
@@ -148,13 +157,48 @@ class Blend(Recommender):
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
     ) -> dict[str, Ranking]:
-        """Each component's ``recommend_many`` (batched where it is), then the fusion per user.
+        """``recommend`` for each user, fused on arrays (``recommend_rows``).
 
         The components' lists are kept until the next call, for ``explain_items``."""
+        user_ids = list(user_ids)
+        return self.recommend_rows(user_ids, k, exclude).rankings(user_ids)
+
+    def recommend_rows(
+        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
+    ) -> RankedRows:
+        """Each part's lists for all users as arrays (its ``recommend_rows``, else its
+        ``recommend_many``), moved to one shared row space and fused by ``fuse_top_k``:
+        per-row scaling, weighted sums and one top-``k`` per user, no per-user Python.
+        The parts' lists are kept until the next call (``explain_items`` reads them)."""
+        user_ids = list(user_ids)
+        row_map = _ROW_MAPS.get(self)
+        if row_map is None:
+            row_map = _ROW_MAPS[self] = RowMap(IdIndex())
+        shared = row_map.shared
         n = max(k, self.n_candidates)
-        per_model = {name: m.recommend_many(user_ids, n, exclude) for name, m in self._models.items()}
-        self._last_lists = per_model
-        return {u: self._fuse({name: lists[u] for name, lists in per_model.items()}, k) for u in user_ids}
+        parts, last = [], {}
+        for name, model in self._models.items():
+            weight = self._weight(name)
+            if weight == 0:  # adds nothing to the fusion nor to an explanation
+                last[name] = _ListsByUser(user_ids, None)
+                continue
+            if isinstance(model, RanksRows):
+                lists = model.recommend_rows(user_ids, n, exclude)
+                mapping = row_map(lists.index)
+                listed = lists.rows >= 0
+                rows = np.where(listed, mapping[np.where(listed, lists.rows, 0)] if len(mapping) else -1, -1)
+                parts.append((rows, lists.scores, weight))
+            else:
+                got = model.recommend_many(user_ids, n, exclude)
+                lists = RankedRows.of_rankings([got[u] for u in user_ids], shared, n)
+                parts.append((lists.rows, lists.scores, weight))
+            last[name] = _ListsByUser(user_ids, lists)
+        self._last_lists = last
+        if not parts:
+            empty = np.zeros((len(user_ids), 0))
+            return RankedRows(empty.astype(np.int64), empty, shared)
+        rows, scores = fuse_top_k(parts, k, self.rank_offset)
+        return RankedRows(rows, scores, shared)
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
         """Each item explained by the component that ranked it: whose scaled score added most
@@ -233,3 +277,27 @@ class Blend(Recommender):
             except NotImplementedError:
                 continue
         raise NotImplementedError("no component of this blend has item similarity")
+
+
+class _ListsByUser(Mapping[str, Ranking]):
+    """One part's lists of a batch by user, as ``(item id, score)`` pairs made only for the
+    users asked for (``explain_items``); ``None``: an empty list for every user."""
+
+    def __init__(self, user_ids: Sequence[str], ranked: RankedRows | None) -> None:
+        self._at = {user_id: j for j, user_id in enumerate(user_ids)}
+        self._ranked = ranked
+
+    def __getitem__(self, user_id: str) -> Ranking:
+        j = self._at[user_id]
+        if self._ranked is None:
+            return []
+        rows, scores = self._ranked.rows[j], self._ranked.scores[j]
+        listed = rows >= 0
+        ids = self._ranked.index.ids
+        return list(zip(map(ids.__getitem__, rows[listed].tolist()), scores[listed].tolist()))
+
+    def __iter__(self):
+        return iter(self._at)
+
+    def __len__(self) -> int:
+        return len(self._at)

@@ -98,3 +98,15 @@ class UsesPopularity(Protocol):
     it; from then on the model reads it and no longer learns it."""
 
     def use_popularity(self, popularity: Any) -> None: ...
+
+
+@runtime_checkable
+class RanksRows(Protocol):
+    """Ranks a batch of users on arrays: ``recommend_rows`` gives the lists
+    ``recommend_many`` would, as an ``online_models._arrays.RankedRows`` (item rows and
+    scores per user, and the index that names the rows), so that a fusion of several
+    models never builds per-user Python lists."""
+
+    def recommend_rows(
+        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
+    ) -> Any: ...

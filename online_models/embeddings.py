@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from online_models._arrays import IdIndex, grow, grow_all, top_k, top_k_per_user
+from online_models._arrays import (IdIndex, RankedRows, excluded_cells, grow, grow_all, rows_to_lists, top_k,
+                                  top_k_arrays)
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
@@ -35,6 +36,20 @@ def top_k_by_product(
     k: int,
     exclude: Mapping[str, Collection[str]],
 ) -> list[tuple[list[int], list[float]]]:
+    """Each user's ``k`` best items by ``<representation, item vector> + bias``, as lists
+    (``top_k_rows_by_product``'s arrays, each user's cut to its length)."""
+    return rows_to_lists(*top_k_rows_by_product(items, bias, representations, index, user_ids, k, exclude))
+
+
+def top_k_rows_by_product(
+    items: torch.Tensor,
+    bias: torch.Tensor,
+    representations: Callable[[list[str]], np.ndarray],
+    index: IdIndex,
+    user_ids: list[str],
+    k: int,
+    exclude: Mapping[str, Collection[str]],
+) -> tuple[np.ndarray, np.ndarray]:
     """Each user's ``k`` best items by ``<representation, item vector> + bias``.
 
     Parameters
@@ -52,15 +67,19 @@ def top_k_by_product(
 
     Returns
     -------
-    list of (rows, values)
-        Per user, as ``top_k_per_user``.
+    (rows, values)
+        As ``top_k_arrays``: ``(len(user_ids), min(k, n_items))``, ``-1`` / ``-inf`` padded.
+        Each chunk of users is one matrix product, its excluded cells one scatter.
     """
     if len(user_ids) == 1:  # one user (a backtest asks for one at a time): numpy has less overhead
         seen = exclude.get(user_ids[0])
         scores = items.numpy() @ representations(user_ids)[0] + bias.numpy()
         rows, vals = top_k(scores, k, index.rows_of(seen) if seen else None)
-        return [(rows.tolist(), vals.tolist())]
-    step = max(1, _CHUNK_CELLS // len(items))
+        width = max(min(k, len(scores)), 0)
+        out_rows, out_vals = np.full((1, width), -1, dtype=np.int64), np.full((1, width), -np.inf)
+        out_rows[0, : len(rows)], out_vals[0, : len(vals)] = rows, vals
+        return out_rows, out_vals
+    step = max(1, _CHUNK_CELLS // max(len(items), 1))
     if len(user_ids) >= _COPY_FROM:
         # Many users: one transposed copy of the items with the bias as one more row (a
         # faster product, the bias added inside it) and one score buffer for all chunks
@@ -77,16 +96,16 @@ def top_k_by_product(
         def product(reps: np.ndarray) -> torch.Tensor:
             return torch.addmm(bias, torch.from_numpy(reps), items.T)
 
-    out: list[tuple[list[int], list[float]]] = []
+    rows_out, vals_out = [], []
     for start in range(0, len(user_ids), step):
         chunk = user_ids[start : start + step]
-        scores = product(representations(chunk))
-        view = scores.numpy()
-        for j, seen in enumerate(map(exclude.get, chunk)):
-            if seen:
-                view[j, index.rows_of(seen)] = -np.inf
-        out += top_k_per_user(view, k)
-    return out
+        view = product(representations(chunk)).numpy()
+        at_user, at_item = excluded_cells(index, chunk, exclude)
+        view[at_user, at_item] = -np.inf
+        rows, vals = top_k_arrays(view, k)
+        rows_out.append(rows)
+        vals_out.append(vals)
+    return np.concatenate(rows_out), np.concatenate(vals_out)
 
 
 @functools.lru_cache(maxsize=16)
@@ -714,15 +733,22 @@ class TorchEmbeddings(Recommender):
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
     ) -> dict[str, Ranking]:
         """Users scored by one float32 matrix product per chunk (as many as fit in cache),
-        each user's best items picked by ``top_k_per_user``."""
+        each user's best items picked by ``top_k_arrays``."""
+        user_ids = list(user_ids)
+        return self.recommend_rows(user_ids, k, exclude).rankings(user_ids)
+
+    def recommend_rows(
+        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
+    ) -> RankedRows:
+        """``recommend_many``'s lists as arrays of item rows and scores (see ``RankedRows``)."""
         n = len(self._items)
         user_ids = list(user_ids)
         if n == 0:
-            return {u: [] for u in user_ids}
-        ids = self._items.ids
-        best = top_k_by_product(self._item_out[:n], torch.from_numpy(self._bias()), self._representations,
-                                self._items, user_ids, k, exclude or {})
-        return {u: list(zip(map(ids.__getitem__, rows), vals)) for u, (rows, vals) in zip(user_ids, best)}
+            empty = np.zeros((len(user_ids), 0))
+            return RankedRows(empty.astype(np.int64), empty, self._items)
+        rows, vals = top_k_rows_by_product(self._item_out[:n], torch.from_numpy(self._bias()), self._representations,
+                                           self._items, user_ids, k, exclude or {})
+        return RankedRows(rows, vals, self._items)
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
         """Per item, the nearest of the user's recent items: the one whose input vector is

@@ -231,3 +231,90 @@ def test_blend_fusion_matches_its_definition(rank_offset) -> None:
             lists[name] = list(zip(items, scores))
         for k in (0, 1, 10, 100):
             assert blend._fuse(lists, k) == _fuse_reference(blend, lists, k)
+
+
+def _as_arrays(lists: dict, names, index, width: int):
+    from online_models._arrays import RankedRows
+
+    return {name: RankedRows.of_rankings([lists[name]], index, width) for name in names}
+
+
+@pytest.mark.parametrize("rank_offset", [None, 60.0])
+def test_fuse_top_k_equals_blends_dict_fusion(rank_offset) -> None:
+    """The array fusion (several users at once, one shared row space) gives, for every
+    user, the list the dict fusion gives, ties included."""
+    import random
+
+    from online_models._arrays import IdIndex, fuse_top_k
+    from online_models.blend import Blend
+
+    rng = random.Random(5)
+    names = ("cooc", "trending", "embeddings", "sequence")
+    blend = Blend(models={"cooc": {}, "trending": {}, "embeddings": {}},
+                  weights={"cooc": 1.0, "trending": 0.0, "embeddings": 0.5, "sequence": 0.7}, rank_offset=rank_offset)
+    for trial in range(60):
+        index = IdIndex()
+        users = []
+        for _ in range(rng.choice([1, 3, 12])):
+            lists = {}
+            for name in names:
+                size = rng.choice([0, 1, 5, 30])
+                items = rng.sample([f"i{j}" for j in range(40)], size)
+                if size and trial % 7 == 0:
+                    items[-1] = items[0]  # a repeated item
+                scores = sorted((rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in items), reverse=True)
+                lists[name] = list(zip(items, scores))
+            users.append(lists)
+        width = 30
+        for k in (0, 1, 10, 100):
+            parts = []
+            for name in names:
+                arrays = [_as_arrays(u, [name], index, width)[name] for u in users]
+                parts.append((np.concatenate([a.rows for a in arrays]), np.concatenate([a.scores for a in arrays]),
+                              blend._weight(name)))
+            rows, scores = fuse_top_k(parts, k, rank_offset)
+            for j, lists in enumerate(users):
+                got = [(index.ids[r], s) for r, s in zip(rows[j].tolist(), scores[j].tolist()) if r >= 0]
+                assert got == blend._fuse(lists, k) == _fuse_reference(blend, lists, k)
+
+
+def _trained_blend(parts: dict, events, batch: int = 200):
+    from online_models.blend import Blend
+
+    model = Blend(models=parts, weights={"cooc": 1.0, "embeddings": 0.5, "trending": 0.3})
+    for start in range(0, len(events), batch):
+        model.learn_many(events[start : start + batch])
+    return model
+
+
+@pytest.mark.parametrize("with_exclude", [False, True])
+def test_blend_recommend_many_equals_recommend(with_exclude: bool) -> None:
+    """Batch fusion (parts with ``recommend_rows`` and one without) ranks as ``recommend``:
+    the same items in the same order, scores equal up to the float32 rounding of the
+    embeddings' batched product."""
+    from tests.test_ranking_paths import random_stream, seen_by
+
+    events = random_stream(3000, 90, 500, seed=4)
+    model = _trained_blend({"cooc": {}, "embeddings": {"n_factors": 8, "batch_size": 16}, "trending": {}}, events)
+    users = ["nobody", *sorted({e.user_id for e in events})]
+    exclude = seen_by(events) if with_exclude else None
+    for k in (1, 10, 100):
+        many = model.recommend_many(users, k, exclude)
+        assert list(many) == users
+        for user in users:
+            one = model.recommend(user, k, (exclude or {}).get(user))
+            assert_same_ranking(many[user], one)
+
+
+def assert_same_ranking(got: list, expected: list, rel: float = 1e-5) -> None:
+    """Same items in the same order with scores equal to ``rel``, except that items whose
+    scores are equal to ``rel`` (ties up to float rounding) may come in either order."""
+    assert len(got) == len(expected)
+    assert [s for _, s in got] == pytest.approx([s for _, s in expected], rel=rel, abs=1e-9)
+    g_items, e_items = [i for i, _ in got], [i for i, _ in expected]
+    for pos, (a, b) in enumerate(zip(g_items, e_items)):
+        if a != b:
+            score = expected[pos][1]
+            tied = {i for i, s in expected if s == pytest.approx(score, rel=rel, abs=1e-9)}
+            assert a in tied or pos == len(got) - 1 or score == pytest.approx(expected[-1][1], rel=rel), \
+                (pos, a, b, score)
