@@ -31,11 +31,20 @@ def summary(results: dict) -> dict:
     """The headline numbers (medians over the runs) under the names the issue asks for."""
     out: dict = {}
     if "ingest" in results:
-        out["ingest_events_per_s"] = results["ingest"]["worker"]["median"]
-        out["ingest_ratio_vs_bare_consumer"] = results["ingest"]["ratio"]["median"]
+        r = results["ingest"]
+        out["ingest_events_per_s"] = r["worker"]["median"]
+        out["ingest_ratio_vs_bare_consumer"] = r["ratio"]["median"]  # information, no target
+        if "by_model" in r:
+            out["ingest_events_per_s_by_model"] = {m: v["worker"]["median"] for m, v in r["by_model"].items()}
+            out["ingest_learn_only_events_per_s"] = r["learn_only"]["worker"]["median"]
+            out["refresh_users_per_s"] = r["refresh_users_per_s"]["median"]
     if "freshness" in results:
-        out["freshness_p50_ms"] = results["freshness"]["p50_ms"]["median"]
-        out["freshness_p99_ms"] = results["freshness"]["p99_ms"]["median"]
+        r = results["freshness"]
+        out["freshness_p50_ms"] = r["p50_ms"]["median"]  # under 5,000 events/s
+        out["freshness_p99_ms"] = r["p99_ms"]["median"]
+        if "at_1k" in r:
+            out["freshness_p50_ms_at_1k"] = r["at_1k"]["p50_ms"]["median"]
+            out["freshness_p99_ms_at_1k"] = r["at_1k"]["p99_ms"]["median"]
     if "serve" in results:
         out["serve_p99_ms_at_500rps"] = results["serve"]["api"]["p99_ms"]["median"]
         out["serve_max_rps_ratio_vs_bare"] = results["serve"]["max_rps_ratio_vs_bare"]["median"]
@@ -57,18 +66,30 @@ def rows(results: dict) -> list[tuple]:
     if "ingest" in results:
         r = results["ingest"]
         add(f"ingest events/s ({r['model']}, worker)", r["worker"], r["bare_consumer"]["median"],
-            r["ratio"]["median"], ">= 20,000 and >= 0.50 of bare",
-            r["worker"]["median"] >= 20_000 and r["ratio"]["median"] >= 0.5)
+            r["ratio"]["median"], ">= 10,000", r["worker"]["median"] >= 10_000)
         add("ingest events/s (bare consumer)", r["bare_consumer"])
         add("ingest events per CPU-second (worker)", r["worker_per_cpu_s"], r["bare_per_cpu_s"]["median"],
             r["worker_per_cpu_s"]["median"] / r["bare_per_cpu_s"]["median"])
+        targets = {"blend": 12_000, "cooc": 25_000}
+        for name, v in r.get("by_model", {}).items():
+            if name == "default":
+                continue
+            goal = targets.get(name)
+            add(f"ingest events/s ({name})", v["worker"], None, None, f">= {goal:,}" if goal else "",
+                v["worker"]["median"] >= goal if goal else None)
+        if "learn_only" in r:
+            add(f"ingest events/s ({r['model']}, learning only)", r["learn_only"]["worker"])
+            add("list refresh users/s", r["refresh_users_per_s"])
     if "freshness" in results:
         r = results["freshness"]
-        add("freshness p50 ms", r["p50_ms"], r["bare_p50_ms"]["median"], r["p50_ratio_vs_bare"]["median"],
+        add("freshness p50 ms at 5,000 ev/s", r["p50_ms"], r["bare_p50_ms"]["median"], r["p50_ratio_vs_bare"]["median"],
             "<= 100", r["p50_ms"]["median"] <= 100)
-        add("freshness p99 ms", r["p99_ms"], r["bare_p99_ms"]["median"],
+        add("freshness p99 ms at 5,000 ev/s", r["p99_ms"], r["bare_p99_ms"]["median"],
             r["p99_ms"]["median"] / r["bare_p99_ms"]["median"], "<= 500", r["p99_ms"]["median"] <= 500)
         add("freshness probes timed out (5 s)", r["timeouts"])
+        if "at_1k" in r:
+            add("freshness p50 ms at 1,000 ev/s", r["at_1k"]["p50_ms"])
+            add("freshness p99 ms at 1,000 ev/s", r["at_1k"]["p99_ms"])
     if "serve" in results:
         r = results["serve"]
         add("serve p50 ms at 500 req/s", r["api"]["p50_ms"], r["bare"]["p50_ms"]["median"],

@@ -1,7 +1,8 @@
 """Freshness: from ``produce()`` of a user's event to the API answering with that user's new list.
 
 A worker process (the default served model) and the API (uvicorn) run against a topic that a
-third process loads with ``LOAD_RPS`` events/s. The probe (this process) sends one event for
+third process loads with ``LOAD_RPS`` events/s (and again with ``LOAD_RPS_LOW``, reported
+under ``at_1k``). The probe (this process) sends one event for
 a user never seen before, flushes the producer, and polls ``GET /users/{id}/recommendations``
 over a keep-alive connection every ``POLL_S`` until the answer is the user's own list
 (``source`` turns ``personal`` and ``updated_at`` moves); the time since the send is one
@@ -30,7 +31,8 @@ from bench.common import (
 )
 from bench.serve import start_server
 
-LOAD_RPS = 1000
+LOAD_RPS = 5000
+LOAD_RPS_LOW = 1000
 # between two GETs of one probe: every answer is published as an impression that the worker
 # consumes, so a tighter poll would load the pipeline it measures (resolution: +-POLL_S)
 POLL_S = 0.005
@@ -154,12 +156,19 @@ def probe_bare_consumer(settings, n: int, timeout_s: float = 5.0) -> list[float]
 
 
 def run(svc: Services, *, quick: bool, repeats: int | None = None, log=print, **_) -> dict:
+    repeats = repeats or (2 if quick else 5)
+    result = _run_at(svc, LOAD_RPS, repeats, quick, log)
+    log(f"  and at {LOAD_RPS_LOW:,} events/s:")
+    result["at_1k"] = _run_at(svc, LOAD_RPS_LOW, 1 if quick else repeats, quick, log)
+    return result
+
+
+def _run_at(svc: Services, rate: int, repeats: int, quick: bool, log) -> dict:
     import multiprocessing as mp
 
     from core.kafka import ensure_topics
     from streamrec.services import free_port
 
-    repeats = repeats or (2 if quick else 5)
     probes = 30 if quick else 200
     ctx = mp.get_context("spawn")
     runs = []
@@ -170,7 +179,7 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, log=print, **
         stop_file = str(settings.state_dir / "stop")
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         out = ctx.Queue()
-        load = ctx.Process(target=_load, args=(settings, LOAD_RPS, stop_file, out))
+        load = ctx.Process(target=_load, args=(settings, rate, stop_file, out))
         worker = ctx.Process(target=_worker, args=(settings, stop_file, out))
         load.start()
         worker.start()
@@ -203,7 +212,7 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, log=print, **
             f"(max {stats['max_ms']:.0f}); bare consumer p50 {stats['bare_p50_ms']:.0f} ms, "
             f"p99 {stats['bare_p99_ms']:.0f} ms")
     return {
-        "load_events_per_s": LOAD_RPS, "probes_per_run": probes,
+        "load_events_per_s": rate, "probes_per_run": probes,
         **{key: Spread.of([r[key] for r in runs]).as_dict() for key in runs[0]},
         "p50_ratio_vs_bare": Spread.of([r["p50_ms"] / r["bare_p50_ms"] for r in runs]).as_dict(),
     }

@@ -14,6 +14,7 @@ the wall-clock rate also measures the neighbours.
 from __future__ import annotations
 
 import multiprocessing as mp
+import statistics
 import time
 
 from bench.common import (
@@ -46,13 +47,26 @@ def produce(settings, n: int, seed: int = 7) -> float:
     return n / elapsed
 
 
-def _drain_worker(settings, n: int, profile_path: str | None, out: mp.Queue) -> None:
+def _drain_worker(settings, n: int, profile_path: str | None, refresh_lists: bool, out: mp.Queue) -> None:
     from stream.worker import Worker
 
     worker = Worker(settings)
+    refresh = {"seconds": 0.0, "users": 0}
+    rank = worker._rank
+
+    def timed_rank(users):  # list refresh alone, as the worker runs it
+        started = time.perf_counter()
+        lists = rank(users)
+        refresh["seconds"] += time.perf_counter() - started
+        refresh["users"] += len(users)
+        return lists
+
+    # learning only: no lists computed nor written (the learning ceiling)
+    worker._rank = timed_rank if refresh_lists else (lambda users: ({}, {}))
     first = None
     while first is None:
         first = worker.poll_once()
+    refresh["seconds"], refresh["users"] = 0.0, 0
     profiler = _start_profiler(profile_path)
     consumed, batches = first.consumed, 0
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -64,7 +78,8 @@ def _drain_worker(settings, n: int, profile_path: str | None, out: mp.Queue) -> 
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     _stop_profiler(profiler, profile_path)
     out.put({"events": consumed - first.consumed, "seconds": elapsed, "cpu_seconds": cpu, "batches": batches,
-             "model": worker.model.name, "applied": worker.totals.applied})
+             "model": worker.model.name, "applied": worker.totals.applied,
+             "refresh_seconds": refresh["seconds"], "refreshed_users": refresh["users"]})
     worker.close()
 
 
@@ -115,6 +130,9 @@ def _stop_profiler(profiler, path) -> None:
             f.write(profiler.output_text(unicode=False, color=False, show_all=False))
 
 
+BY_MODEL = ("trending", "cooc", "embeddings", "blend")
+
+
 def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: str | None = None,
         log=print) -> dict:
     n = 20_000 if quick else 200_000
@@ -123,11 +141,11 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
     log(f"ingest: producing {n} events ({ITEMS} items, {USERS} users) to {base.topic}")
     produced = in_process(_produce_proc, base, n)
     worker_rates, bare_rates, ratios, model = [], [], [], None
-    worker_cpu_rates, bare_cpu_rates = [], []
+    worker_cpu_rates, bare_cpu_rates, refresh_rates = [], [], []
     for rep in range(repeats):
         run_settings = bench_settings(svc, topic=base.topic)
         profile = f"{profile_dir}/ingest-worker-{rep}.txt" if profile_dir and rep == 0 else None
-        w = in_process(_drain_worker, run_settings, n, profile)
+        w = in_process(_drain_worker, run_settings, n, profile, True)
         drop_prefix(svc.redis_url, run_settings.redis_prefix)
         b = in_process(_drain_bare, bench_settings(svc, topic=base.topic), n)
         model = w["model"]
@@ -137,9 +155,30 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
         ratios.append(wr / br)
         worker_cpu_rates.append(w["events"] / w["cpu_seconds"])
         bare_cpu_rates.append(b["events"] / b["cpu_seconds"])
+        refresh_rates.append(w["refreshed_users"] / max(w["refresh_seconds"], 1e-9))
         log(f"  run {rep + 1}/{repeats}: worker {wr:,.0f} ev/s ({w['batches']} batches; "
-            f"{worker_cpu_rates[-1]:,.0f} per CPU-second), bare {br:,.0f} ev/s "
-            f"({bare_cpu_rates[-1]:,.0f} per CPU-second), ratio {wr / br:.2f}")
+            f"{worker_cpu_rates[-1]:,.0f} per CPU-second; list refresh {refresh_rates[-1]:,.0f} users/s), "
+            f"bare {br:,.0f} ev/s ({bare_cpu_rates[-1]:,.0f} per CPU-second), ratio {wr / br:.2f}")
+    # each model, and the default model learning only (list refresh off), one after the
+    # other in the same run, so that their ratios hold on a shared machine
+    per_model_repeats = 1 if quick else 3
+    by_model: dict[str, dict] = {}
+    for name in (*BY_MODEL, None):
+        label = name or "learn_only"
+        rates, cpu_rates = [], []
+        for _ in range(per_model_repeats):
+            extra = {"model": name} if name else {}
+            run_settings = bench_settings(svc, topic=base.topic, **extra)
+            w = in_process(_drain_worker, run_settings, n, None, name is not None)
+            drop_prefix(svc.redis_url, run_settings.redis_prefix)
+            rates.append(w["events"] / w["seconds"])
+            cpu_rates.append(w["events"] / w["cpu_seconds"])
+        by_model[label] = {"worker": Spread.of(rates).as_dict(), "worker_per_cpu_s": Spread.of(cpu_rates).as_dict()}
+        log(f"  {label if name else f'{model}, learning only'}: {statistics.median(rates):,.0f} ev/s "
+            f"({statistics.median(cpu_rates):,.0f} per CPU-second)")
+    learn_only = by_model.pop("learn_only")
+    by_model["default"] = {"worker": Spread.of(worker_rates).as_dict(),
+                           "worker_per_cpu_s": Spread.of(worker_cpu_rates).as_dict()}
     return {
         "events": n, "items": ITEMS, "users": USERS, "model": model, "producer_events_per_s": produced,
         "worker": Spread.of(worker_rates).as_dict(), "bare_consumer": Spread.of(bare_rates).as_dict(),
@@ -148,6 +187,9 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
         # (this machine's cores are shared, so wall-clock rates move with the neighbours' load)
         "worker_per_cpu_s": Spread.of(worker_cpu_rates).as_dict(),
         "bare_per_cpu_s": Spread.of(bare_cpu_rates).as_dict(),
+        "by_model": by_model,
+        "learn_only": learn_only,
+        "refresh_users_per_s": Spread.of(refresh_rates).as_dict(),
     }
 
 

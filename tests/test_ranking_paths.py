@@ -125,6 +125,7 @@ def sparse(monkeypatch):
     """Small catalogues take the sparse paths; the scratch holds only a few users at a time."""
     monkeypatch.setattr(cooc_module, "_DENSE_ITEMS", 64)
     monkeypatch.setattr(cooc_module, "_SCRATCH_SLOTS", 1000)
+    monkeypatch.setattr(cooc_module, "_CHUNK_CELLS", 300)  # the batch path ranks a few users per chunk
     monkeypatch.setattr(trending_module, "_DENSE_BELOW", 32)
 
 
