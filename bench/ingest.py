@@ -167,8 +167,10 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
         label = name or "learn_only"
         rates, cpu_rates = [], []
         for _ in range(per_model_repeats):
-            extra = {"model": name} if name else {}
-            run_settings = bench_settings(svc, topic=base.topic, **extra)
+            # a topic of its own (the same events): a worker merges the item deltas that
+            # earlier workers of its topic published, and another model's do not fit
+            run_settings = bench_settings(svc, **({"model": name} if name else {}))
+            in_process(_produce_proc, run_settings, n)
             w = in_process(_drain_worker, run_settings, n, None, name is not None)
             drop_prefix(svc.redis_url, run_settings.redis_prefix)
             rates.append(w["events"] / w["seconds"])
