@@ -11,9 +11,9 @@ from online_models.base import EVENT_WEIGHTS, Recommender
 # loaded on first use, so that importing one light module (the API reads item categories
 # with ``online_models.content.categories_of``) does not import torch with every model
 _LAZY = {"MODELS": "online_models.registry", "make_model": "online_models.registry",
-         "set_torch_threads": "online_models.embeddings"}
+         "set_torch_threads": "online_models.embeddings", "set_scoring": "online_models.embeddings"}
 
-__all__ = ["EVENT_WEIGHTS", "MODELS", "Recommender", "make_model", "set_torch_threads"]
+__all__ = ["EVENT_WEIGHTS", "MODELS", "Recommender", "make_model", "set_scoring", "set_torch_threads"]
 
 
 def __getattr__(name: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import weakref
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -19,6 +20,26 @@ from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders items before any training step
 _CHUNK_CELLS = 1 << 22  # users x items scored at once: 16 MB of float32 scores
 _COPY_FROM = 64  # users per call from which a transposed copy of the item table pays for itself
+
+
+_SCORING = {"device": None, "candidates_from": None}  # see set_scoring
+_CANDIDATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> ItemCandidates (derived state)
+
+
+def set_scoring(device: str = "cpu", candidates_from: int | None = None) -> None:
+    """How ``recommend_many`` scores large batches in this process.
+
+    Parameters
+    ----------
+    device
+        ``"cpu"``, or a torch device (``"cuda"``) for the exact matrix product and top-k.
+    candidates_from
+        From this many items on, users' candidates come from an approximate index
+        (``online_models.candidates.ItemCandidates``) and only those are scored exactly;
+        ``None``: every item is scored. ``recommend`` (one user) always scores every item.
+    """
+    _SCORING["device"] = None if device == "cpu" else torch.device(device)
+    _SCORING["candidates_from"] = candidates_from
 
 
 def set_torch_threads(n: int) -> None:
@@ -49,6 +70,7 @@ def top_k_rows_by_product(
     user_ids: list[str],
     k: int,
     exclude: Mapping[str, Collection[str]],
+    device: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each user's ``k`` best items by ``<representation, item vector> + bias``.
 
@@ -64,6 +86,9 @@ def top_k_rows_by_product(
         The items' id-to-row map, for ``exclude``.
     user_ids, k, exclude
         As in ``Recommender.recommend_many`` (``exclude`` maps users to item ids).
+    device
+        A torch device for the product and a first top-k (``None``: numpy and torch on
+        the CPU, as below).
 
     Returns
     -------
@@ -79,6 +104,8 @@ def top_k_rows_by_product(
         out_rows, out_vals = np.full((1, width), -1, dtype=np.int64), np.full((1, width), -np.inf)
         out_rows[0, : len(rows)], out_vals[0, : len(vals)] = rows, vals
         return out_rows, out_vals
+    if device is not None:
+        return _top_k_rows_on_device(items, bias, representations, index, user_ids, k, exclude, device)
     step = max(1, _CHUNK_CELLS // max(len(items), 1))
     if len(user_ids) >= _COPY_FROM:
         # Many users: one transposed copy of the items with the bias as one more row (a
@@ -105,6 +132,43 @@ def top_k_rows_by_product(
         rows, vals = top_k_arrays(view, k)
         rows_out.append(rows)
         vals_out.append(vals)
+    return np.concatenate(rows_out), np.concatenate(vals_out)
+
+
+_DEVICE_SLACK = 32  # extra places of the device's top-k, to see ties at the cut
+
+
+def _top_k_rows_on_device(items, bias, representations, index, user_ids, k, exclude, device):
+    """``top_k_rows_by_product`` with the product and a first top-``k + slack`` on ``device``;
+    the few survivors are ordered on the CPU (score descending, ties to the lower row). A
+    user whose ties reach past the slack gets the exact CPU path."""
+    n = len(items)
+    items_t = torch.cat([items.T, bias[None, :]]).to(device)
+    take = min(k + _DEVICE_SLACK, n)
+    width = max(min(k, n), 0)
+    step = max(1, (1 << 26) // max(n, 1))  # 256 MB of float32 scores per chunk
+    rows_out, vals_out = [], []
+    for start in range(0, len(user_ids), step):
+        chunk = user_ids[start : start + step]
+        reps = representations(chunk)
+        reps = torch.from_numpy(np.hstack([reps, np.ones((len(reps), 1), dtype=np.float32)])).to(device)
+        scores = reps @ items_t
+        at_user, at_item = excluded_cells(index, chunk, exclude)
+        if len(at_user):
+            scores[torch.from_numpy(at_user).to(device), torch.from_numpy(at_item).to(device)] = -torch.inf
+        vals, rows = torch.topk(scores, take, dim=1)
+        vals, rows = vals.cpu().numpy().astype(np.float64), rows.cpu().numpy()
+        order = np.lexsort((rows, -vals), axis=1)
+        vals, rows = np.take_along_axis(vals, order, 1), np.take_along_axis(rows, order, 1)
+        out_rows = np.where(vals[:, :width] > -np.inf, rows[:, :width], -1)
+        out_vals = np.where(vals[:, :width] > -np.inf, vals[:, :width], -np.inf)
+        if take > width and width:  # the last kept score ties with the last one seen: redo
+            unsure = (vals[:, -1] == vals[:, width - 1]) & (vals[:, -1] > -np.inf)
+            for j in np.flatnonzero(unsure).tolist():
+                r, v = top_k_rows_by_product(items, bias, representations, index, [chunk[j]], k, exclude)
+                out_rows[j], out_vals[j] = r[0], v[0]
+        rows_out.append(out_rows)
+        vals_out.append(out_vals)
     return np.concatenate(rows_out), np.concatenate(vals_out)
 
 
@@ -746,8 +810,40 @@ class TorchEmbeddings(Recommender):
         if n == 0:
             empty = np.zeros((len(user_ids), 0))
             return RankedRows(empty.astype(np.int64), empty, self._items)
+        candidates_from = _SCORING["candidates_from"]
+        if candidates_from is not None and n >= candidates_from and len(user_ids) > 1:
+            return self._rows_from_candidates(user_ids, k, exclude or {})
         rows, vals = top_k_rows_by_product(self._item_out[:n], torch.from_numpy(self._bias()), self._representations,
-                                           self._items, user_ids, k, exclude or {})
+                                           self._items, user_ids, k, exclude or {}, _SCORING["device"])
+        return RankedRows(rows, vals, self._items)
+
+    def _rows_from_candidates(self, user_ids: list[str], k: int, exclude: Mapping[str, Collection[str]]
+                              ) -> RankedRows:
+        """Each user's candidates from the approximate index, scored exactly; their top ``k``."""
+        from online_models.candidates import ItemCandidates
+
+        n = len(self._items)
+        index = _CANDIDATES.get(self)
+        if index is None:
+            index = _CANDIDATES[self] = ItemCandidates()
+        items, bias = self._item_out.numpy()[:n], self._bias()
+        live = bias > -np.inf  # a freed row's bias is -inf
+        vectors = np.hstack([items, np.where(live, bias, 0.0)[:, None]]).astype(np.float32)
+        reps = self._representations(user_ids)
+        at_user, at_item = excluded_cells(self._items, user_ids, exclude)
+        most_excluded = int(np.bincount(at_user).max()) if len(at_user) else 0
+        n_candidates = min(n, 4 * k + most_excluded)
+        found = index.search(vectors, np.hstack([reps, np.ones((len(reps), 1), dtype=np.float32)]),
+                             n_candidates, live)
+        found = np.sort(np.where(found >= 0, found, n), axis=1)  # row order: ties go to the lower row
+        held = found < n
+        safe = np.where(held, found, 0)
+        scores = (np.einsum("ucd,ud->uc", items[safe], reps) + bias[safe]).astype(np.float64)
+        scores[~held] = -np.inf
+        if len(at_user):
+            scores[np.isin(np.arange(len(user_ids))[:, None] * n + found, at_user * n + at_item)] = -np.inf
+        cols, vals = top_k_arrays(scores, k)
+        rows = np.where(cols >= 0, np.take_along_axis(found, np.maximum(cols, 0), 1), -1)
         return RankedRows(rows, vals, self._items)
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:

@@ -32,7 +32,7 @@ from core.kafka import ensure_topics, make_producer
 from core.keys import make_client
 from core.metrics import WorkerMetrics, increments
 from core.settings import Settings
-from online_models import Recommender, make_model, set_torch_threads
+from online_models import Recommender, make_model, set_scoring, set_torch_threads
 from stream.checkpoint import CheckpointStore
 from stream.ownership import Ownership
 from stream.pipeline import Counts, Pipeline, RecordLike, Reject
@@ -88,6 +88,7 @@ class Worker:
         self.settings = settings
         model = model if model is not None else make_model(settings.model)
         set_torch_threads(settings.torch_threads)
+        set_scoring(settings.torch_device, settings.candidate_index_min_items)
         self.metrics = WorkerMetrics()
         self.pipeline = Pipeline(settings, model, self.metrics)
         self.in_group = consumer is None

@@ -318,3 +318,77 @@ def assert_same_ranking(got: list, expected: list, rel: float = 1e-5) -> None:
             tied = {i for i, s in expected if s == pytest.approx(score, rel=rel, abs=1e-9)}
             assert a in tied or pos == len(got) - 1 or score == pytest.approx(expected[-1][1], rel=rel), \
                 (pos, a, b, score)
+
+
+def test_device_top_k_path_ranks_as_the_cpu_path() -> None:
+    """The device path (product and a first top-k in torch, survivors ordered on the CPU),
+    run here on the CPU device: the same rows and the same ties as the numpy path."""
+    import online_models.embeddings as emb
+    from online_models._arrays import IdIndex
+
+    rng = np.random.default_rng(2)
+    n, d = 3000, 4
+    items = torch.from_numpy(np.round(rng.normal(size=(n, d)), 1).astype(np.float32))  # many ties
+    bias = torch.zeros(n)
+    reps = np.round(rng.normal(size=(80, d)), 1).astype(np.float32)
+    reps[5] = 0.0  # every item ties for this user: the slack is not enough, the CPU path answers
+    index = IdIndex()
+    for row in range(n):
+        index.add(f"i{row}")
+    users = [f"u{j}" for j in range(len(reps))]
+    by_user = dict(zip(users, reps))
+    exclude = {u: {f"i{r}" for r in rng.integers(0, n, 30)} for u in users[::3]}
+    represent = lambda chunk: np.stack([by_user[u] for u in chunk])  # noqa: E731
+    for k in (1, 10, 100):
+        want = emb.top_k_rows_by_product(items, bias, represent, index, users, k, exclude)
+        got = emb.top_k_rows_by_product(items, bias, represent, index, users, k, exclude, torch.device("cpu"))
+        assert np.array_equal(got[0], want[0])
+        assert np.allclose(got[1], want[1], rtol=1e-6)
+
+
+def test_candidate_index_follows_item_updates() -> None:
+    """The approximate stage re-indexes moved, new and freed items; probing every group it
+    finds exactly what scoring every item finds."""
+    from online_models.candidates import ItemCandidates
+
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(4000, 9)).astype(np.float32)
+    queries = rng.normal(size=(20, 9)).astype(np.float32)
+    index = ItemCandidates(n_lists=16, n_probe=16)
+    live = np.ones(len(items), dtype=bool)
+
+    def exact(vectors, alive):
+        scores = queries @ vectors.T
+        scores[:, ~alive] = -np.inf
+        return [set(r) for r in np.argsort(-scores, axis=1, kind="stable")[:, :10].tolist()]
+
+    assert [set(r) for r in index.search(items, queries, 10, live).tolist()] == exact(items, live)
+    items[:50] *= 10.0  # moved far: they must be found where they are now
+    items = np.concatenate([items, rng.normal(size=(30, 9)).astype(np.float32) * 10])  # new items
+    live = np.ones(len(items), dtype=bool)
+    live[100:110] = False  # freed rows are left out
+    assert index.sync(items, live) >= 80
+    assert [set(r) for r in index.search(items, queries, 10, live).tolist()] == exact(items, live)
+    assert index.sync(items, live) == 0  # nothing moved since
+
+
+def test_embeddings_candidate_stage_with_every_group_probed_is_exact(monkeypatch) -> None:
+    """``set_scoring(candidates_from=...)``: the batch ranking takes candidates from the
+    index and scores them exactly; probing every group, the lists are the exact ones."""
+    import online_models.embeddings as emb
+    from online_models import make_model
+    from online_models.candidates import ItemCandidates
+    from tests.test_ranking_paths import random_stream, seen_by
+
+    events = random_stream(3000, 60, 800, seed=9)
+    model = make_model("embeddings", n_factors=8, batch_size=16)
+    model.learn_many(events)
+    users = ["nobody", *sorted({e.user_id for e in events})]
+    seen = seen_by(events)
+    want = model.recommend_many(users, 20, seen)
+    monkeypatch.setitem(emb._SCORING, "candidates_from", 1)
+    emb._CANDIDATES[model] = ItemCandidates(n_lists=16, n_probe=16)
+    got = model.recommend_many(users, 20, seen)
+    for user in users:
+        assert [i for i, _ in got[user]] == [i for i, _ in want[user]]
+        assert [s for _, s in got[user]] == pytest.approx([s for _, s in want[user]], rel=1e-5, abs=1e-6)
