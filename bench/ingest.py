@@ -52,7 +52,7 @@ def _drain_worker(settings, n: int, profile_path: str | None, refresh_lists: boo
 
     worker = Worker(settings)
     refresh = {"seconds": 0.0, "users": 0}
-    rank = worker._rank
+    rank = worker.pipeline._rank
 
     def timed_rank(users):  # list refresh alone, as the worker runs it
         started = time.perf_counter()
@@ -62,7 +62,7 @@ def _drain_worker(settings, n: int, profile_path: str | None, refresh_lists: boo
         return lists
 
     # learning only: no lists computed nor written (the learning ceiling)
-    worker._rank = timed_rank if refresh_lists else (lambda users: ({}, {}))
+    worker.pipeline._rank = timed_rank if refresh_lists else (lambda users: ({}, {}))
     first = None
     while first is None:
         first = worker.poll_once()
