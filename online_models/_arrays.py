@@ -555,9 +555,11 @@ class RankedRows(NamedTuple):
 
     def rankings(self, user_ids: Sequence[str]) -> dict[str, list[tuple[str, float]]]:
         """The lists as ``recommend_many`` returns them: user id -> ``(item id, score)``."""
-        ids = self.index.ids
-        return {u: list(zip(map(ids.__getitem__, r), v)) for u, (r, v) in
-                zip(user_ids, rows_to_lists(self.rows, self.scores))}
+        listed = self.rows >= 0
+        # one list of pairs for all users, then a slice each: fewer Python calls per item
+        ranked = list(zip(map(self.index.ids.__getitem__, self.rows[listed].tolist()), self.scores[listed].tolist()))
+        ends = np.cumsum(listed.sum(axis=1)).tolist()
+        return {u: ranked[start:end] for u, start, end in zip(user_ids, [0, *ends[:-1]], ends)}
 
     @classmethod
     def of_rankings(cls, rankings: Sequence[list[tuple[str, float]]], index: IdIndex, width: int) -> RankedRows:
