@@ -304,11 +304,6 @@ class Content(Recommender):
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._recent), "items": self._items.live()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Replace the learned state (a state from before ``_has_content`` was kept works too)."""
-        super().load_state_dict(state)
-        self._derive_content_mask()
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._derive_content_mask()

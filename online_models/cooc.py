@@ -689,10 +689,6 @@ class Cooc(Recommender):
             neighbours[x].add(y, v)
             neighbours[y].add(x, v)
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._upgrade()
-
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._upgrade()
