@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from online_models import tables
 from online_models.bandit import DEFAULT_SEGMENTS, SlotBandit, stable_hash
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.capabilities import Explains, LearnsItems, SimilarItems, declare_from_parts, largest_sizes, undeclared
@@ -286,8 +287,7 @@ class Agent(Recommender):
             ``served_slots`` (int64), the lists one after the other. Unknown users are left out.
         """
         wanted = list(dict.fromkeys(user_ids))
-        out = {f"{name}/{key}": value for name, model in self._models.items()
-               for key, value in model.export_users(wanted).items()}
+        out = tables.prefixed({name: model.export_users(wanted) for name, model in self._models.items()})
         counted = [u for u in wanted if u in self._n_events]
         served = [u for u in wanted if u in self._served]
         entries = [self._served[u][1] for u in served]
@@ -307,7 +307,7 @@ class Agent(Recommender):
     def _import_users(self, state: Mapping[str, Any]) -> None:
         """Adopt ``export_users``' users, replacing their event counts and served lists here
         (a user exported without one has none here either), and pass each strategy its part."""
-        own, parts = _split_keys(state, self._models)
+        own, parts = tables.split(state, self._models)
         for name, model in self._models.items():
             model.import_users(parts[name])
         counted = np.asarray(own.get("users", ())).tolist()
@@ -332,8 +332,7 @@ class Agent(Recommender):
         """Each strategy's delta, its keys prefixed with the strategy's name and ``/``, and
         the bandit's (``SlotBandit.delta``: its statistics are global sums) under its own
         keys, which hold no ``/``."""
-        out = {f"{name}/{key}": value for name, model in self._models.items()
-               for key, value in model.item_delta().items()}
+        out = tables.prefixed({name: model.item_delta() for name, model in self._models.items()})
         out.update(self._bandit.delta())
         return out
 
@@ -341,7 +340,7 @@ class Agent(Recommender):
         """Pass each strategy its part and add the bandit's; the count of bandit updates that
         moves the draws on follows the updates merged in, so replicas with the same
         statistics draw alike."""
-        own, parts = _split_keys(delta, self._models)
+        own, parts = tables.split(delta, self._models)
         for name, model in self._models.items():
             model.merge_item_delta(parts[name])
         self._bandit.merge_delta(own)
@@ -514,20 +513,6 @@ class Agent(Recommender):
         stats["feedback"] = self._feedback
         stats["users"] = len(self._n_events)
         return stats
-
-
-def _split_keys(state: Mapping[str, Any], names: Iterable[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The agent's own entries (keys without ``/``) and each strategy's (``"<name>/<key>"``,
-    the prefix taken off)."""
-    own: dict[str, Any] = {}
-    parts: dict[str, dict[str, Any]] = {name: {} for name in names}
-    for key, value in state.items():
-        name, slash, part_key = key.partition("/")
-        if slash:
-            parts[name][part_key] = value
-        else:
-            own[key] = value
-    return own, parts
 
 
 class _NotFetched(Exception):

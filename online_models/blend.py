@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from online_models import tables
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.capabilities import Explains, LearnsItems, SimilarItems, declare_from_parts, largest_sizes, undeclared
 from online_models.parts import make_part
@@ -214,23 +215,20 @@ class Blend(Recommender):
         return largest_sizes(self._models.values())
 
     def _export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
-        """Each component's export, under its name."""
-        return {name: model.export_users(user_ids) for name, model in self._models.items()}
+        """Each component's export, its keys prefixed with the component's name and ``/``."""
+        return tables.prefixed({name: model.export_users(user_ids) for name, model in self._models.items()})
 
     def _import_users(self, state: Mapping[str, Any]) -> None:
+        _, parts = tables.split(state, self._models)
         for name, model in self._models.items():
-            model.import_users(state[name])
+            model.import_users(parts[name])
 
     def _item_delta(self) -> dict[str, Any]:
         """Each component's delta, its keys prefixed with the component's name and ``/``."""
-        return {f"{name}/{key}": value for name, model in self._models.items()
-                for key, value in model.item_delta().items()}
+        return tables.prefixed({name: model.item_delta() for name, model in self._models.items()})
 
     def _merge_item_delta(self, delta: Mapping[str, Any]) -> None:
-        parts: dict[str, dict[str, Any]] = {name: {} for name in self._models}
-        for key, value in delta.items():
-            name, _, part_key = key.partition("/")
-            parts[name][part_key] = value
+        _, parts = tables.split(delta, self._models)
         for name, model in self._models.items():
             model.merge_item_delta(parts[name])
 

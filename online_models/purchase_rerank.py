@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from river import linear_model, optim
 
+from online_models import tables
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.capabilities import Explains, declare_from_parts, undeclared
 from online_models.parts import make_part
@@ -325,13 +326,12 @@ class PurchaseRerank(Recommender):
             "open_features": np.array([[self._open[key][f] for f in _FEATURES] for key in opened],
                                       dtype=np.float64).reshape(-1, len(_FEATURES)),
         }
-        state.update({f"base/{key}": value for key, value in self._base.export_users(user_ids).items()})
-        return state
+        return {**state, **tables.prefixed({"base": self._base.export_users(user_ids)})}
 
     def _import_users(self, state: Mapping[str, Any]) -> None:
         """Adopt ``export_users``' users, replacing what this model and its base knew of
         them; their open exposures join the expiry queue in time order."""
-        self._base.import_users({key[5:]: value for key, value in state.items() if key.startswith("base/")})
+        self._base.import_users(tables.split(state, ["base"])[1]["base"])
         users = np.asarray(state.get("users", ())).tolist()
         if not users:
             return
@@ -404,14 +404,13 @@ class PurchaseRerank(Recommender):
             "features": np.array(features, dtype=str), "weights": np.array(steps, dtype=np.float64),
             "intercept": float(intercept), "purchase_count": int(purchases),
         }
-        delta.update({f"base/{key}": value for key, value in self._base.item_delta().items()})
-        return delta
+        return {**delta, **tables.prefixed({"base": self._base.item_delta()})}
 
     def _merge_item_delta(self, delta: Mapping[str, Any]) -> None:
         """Add a peer's ``item_delta`` to the item counts, the classifier and the purchases
         seen, and to the tally (so that none of it is reported back); pass the base model
         its part."""
-        self._base.merge_item_delta({key[5:]: value for key, value in delta.items() if key.startswith("base/")})
+        self._base.merge_item_delta(tables.split(delta, ["base"])[1]["base"])
         reported = self._start_sharing()  # before the peer's changes mix in: what is here now is own
         stats, seen = self._item_stats, reported["items"]
         for item_id, exposures, purchases in zip(np.asarray(delta.get("items", ())).tolist(),

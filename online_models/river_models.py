@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from river import optim, reco
 
+from online_models import tables
 from online_models._arrays import IdIndex, grow, grow_all, top_k
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.embeddings import top_k_by_product
-from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, id_array
+from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders equally scored items
 
@@ -70,6 +71,8 @@ class RiverMF(Recommender):
     """
 
     name = "river-mf"
+    ITEM_TABLES = {"counts": "sum", "biases": "sum", "latents": "step"}
+    USER_TABLES = {"biases": "vector", "latents": "vector"}
 
     def __init__(
         self,
@@ -239,51 +242,39 @@ class RiverMF(Recommender):
         self._item_vecs[rows] = 0.0
         self._item_base[rows] = -np.inf
         self._counts[rows] = 0.0
-        shadow = self.__dict__.get("_shadow")
-        if shadow is not None:  # a freed row has nothing to report
-            shadow["counts"][rows[rows < len(shadow["counts"])]] = 0.0
 
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._mf.u_latents), "items": self._items.live()}
 
-    # -- scale-out ---------------------------------------------------------------------
+    # -- scale-out (online_models.tables) ---------------------------------------------
     def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
-        """The users' biases and latent vectors, for ``import_users``.
-
-        Returns
-        -------
-        dict
-            ``users`` (str), ``biases`` (float64) and ``latents`` ``(n, n_factors)``
-            (float64, as River keeps them). Unknown users are left out.
-        """
-        mf = self._mf
-        users = [u for u in dict.fromkeys(user_ids) if u in mf.u_latents]
-        return {
-            "users": np.array(users, dtype=str),
-            "biases": np.array([mf.u_biases.get(u, 0.0) for u in users], dtype=np.float64),
-            "latents": np.array([mf.u_latents[u] for u in users], dtype=np.float64).reshape(-1, self.n_factors),
-        }
+        """The users' biases and latent vectors (float64, as River keeps them)."""
+        return tables.export_users(self, user_ids)
 
     def import_users(self, state: Mapping[str, Any]) -> None:
         """Adopt ``export_users``' users, replacing their bias and latent vector here."""
-        users = np.asarray(state.get("users", ())).tolist()
+        tables.import_users(self, state)
+
+    def _has_user(self, user_id: str) -> bool:
+        return user_id in self._mf.u_latents
+
+    def _user_get(self, name: str, user_id: str) -> np.ndarray:
         mf = self._mf
-        latents = np.asarray(state.get("latents", ()), dtype=np.float64).reshape(-1, self.n_factors)
-        for user_id, bias, latent in zip(users, np.asarray(state.get("biases", ())).tolist(), latents):
-            mf.u_biases[user_id] = float(bias)
-            mf.u_latents[user_id] = latent.copy()  # its own array: River's SGD steps it in place
+        return np.array([mf.u_biases.get(user_id, 0.0)]) if name == "biases" else mf.u_latents[user_id]
+
+    def _user_put(self, name: str, user_id: str, value: np.ndarray) -> None:
+        if name == "biases":
+            self._mf.u_biases[user_id] = float(value[0])
+        else:
+            self._mf.u_latents[user_id] = np.asarray(value, dtype=np.float64)  # its own array: SGD steps it in place
 
     def item_delta(self) -> dict[str, Any]:
         """What this model's own learning changed in the item biases and latents, the item
         counts and the global mean since the last call; starts a new tally.
 
-        A shadow copy of the item state as of the last call (or merge) is kept, row by row.
-        Each event adds 1 to its item's count and steps only that item's weights, so the
-        rows whose count differs from the shadow's are the rows to report; the shadow takes
-        their values. An item met since then reports its change from its initial latents
-        (``initial_latent``), which a peer that has not met it starts from too. The first
-        call builds the shadow (nothing is kept before, so a model that shares nothing pays
-        nothing) and reports everything learned so far.
+        An item met since then reports its change from its initial latents
+        (``initial_latent``), which a peer that has not met it starts from too (see
+        ``online_models.tables``).
 
         Returns
         -------
@@ -292,20 +283,9 @@ class RiverMF(Recommender):
             (float64), one entry per item; ``mean_n`` and ``mean_sum`` (floats), the own
             ratings added to the global mean: their number and their sum.
         """
-        shadow = self._ensure_shadow()
-        n = len(self._items)
-        rows = np.flatnonzero(self._counts[:n] != shadow["counts"][:n])
-        ids = id_array(self._items, rows)
-        mf = self._mf
-        latents = np.array([mf.i_latents[i] for i in ids.tolist()], dtype=np.float64).reshape(-1, self.n_factors)
-        biases = np.array([mf.i_biases[i] for i in ids.tolist()], dtype=np.float64)
-        counts = self._counts[rows]
-        delta: dict[str, Any] = {
-            "items": ids, "counts": counts - shadow["counts"][rows],
-            "biases": biases - shadow["biases"][rows], "latents": latents - shadow["latents"][rows],
-        }
-        shadow["counts"][rows], shadow["biases"][rows], shadow["latents"][rows] = counts, biases, latents
-        mean, reported = mf.global_mean, self._mean_reported
+        self._start_mean_tally()
+        delta = tables.item_delta(self)
+        mean, reported = self._mf.global_mean, self._mean_reported
         gained = float(mean.n - reported[0])
         total = float(mean.n * mean._mean)
         # no own rating, no own sum: the rounding of a merged mean must not echo back
@@ -315,10 +295,9 @@ class RiverMF(Recommender):
         return delta
 
     def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
-        """Add a peer's ``item_delta``: its steps to the item biases and latents (and to
-        the shadow, so that they are not reported back), its counts, and its ratings to the
-        global mean. Items not met yet start from their initial latents."""
-        shadow = self._ensure_shadow()  # before the peer's steps mix in: what is here now is own
+        """Add a peer's ``item_delta``: its steps to the item biases and latents, its counts,
+        and its ratings to the global mean. Items not met yet start from their initial latents."""
+        self._start_mean_tally()
         mean_n = float(delta.get("mean_n", 0.0))
         if mean_n:
             mean, mean_sum = self._mf.global_mean, float(delta["mean_sum"])
@@ -327,38 +306,38 @@ class RiverMF(Recommender):
             mean._mean = (mean.n * mean._mean + mean_sum) / n if n else 0.0
             mean.n = n
             self._mean_reported += (mean_n, mean_sum)
-        ids = np.asarray(delta.get("items", ())).tolist()
-        if not ids:
-            return
-        rows = np.array([self._add_item(i) for i in ids], dtype=np.int64)
-        mf = self._mf
-        counts = np.asarray(delta["counts"], dtype=np.float64)
-        biases = np.asarray(delta["biases"], dtype=np.float64)
-        latents = np.asarray(delta["latents"], dtype=np.float64).reshape(-1, self.n_factors)
-        new_latents = np.array([mf.i_latents[i] for i in ids], dtype=np.float64).reshape(-1, self.n_factors) + latents
-        new_biases = np.array([mf.i_biases[i] for i in ids], dtype=np.float64) + biases
-        for item_id, latent, bias in zip(ids, new_latents, new_biases.tolist()):
-            mf.i_latents[item_id] = latent.copy()  # its own array: River's SGD steps it in place
-            mf.i_biases[item_id] = bias
-        self._counts[rows] += counts
-        shadow["counts"][rows] += counts
-        shadow["biases"][rows] += biases
-        shadow["latents"][rows] += latents
-        self._item_vecs[rows] = new_latents
-        self._item_base[rows] = new_biases + _TIE_BREAK * np.log1p(self._counts[rows])
+        tables.merge_item_delta(self, delta)
 
-    def _ensure_shadow(self) -> dict[str, np.ndarray]:
-        """The shadow, built on first use: live items at their initial state, freed rows
-        (count 0) as they are; the global mean at no rating."""
-        if self.__dict__.get("_shadow") is None:
-            n, ids = len(self._items), self._items.ids
-            self._shadow = {"counts": np.zeros(n), "biases": np.zeros(n), "latents": np.zeros((n, self.n_factors))}
-            live = self._items.live_rows()
-            if len(live):
-                self._shadow["latents"][live] = [self.initial_latent(ids[r]) for r in live.tolist()]
-            self._mean_reported = np.zeros(2)  # ratings in the global mean, and their sum
-        grow_all(self._shadow, len(self._items))
-        return self._shadow
+    def _start_mean_tally(self) -> None:
+        if self.__dict__.get("_shadow") is None:  # sharing starts: every rating so far is own
+            self._mean_reported = np.zeros(2)
+
+    def _item_tables(self) -> dict[str, np.ndarray]:
+        """The item state, gathered from River's dicts (freed rows: zeros); ``_merged``
+        writes merged rows back."""
+        n, ids, mf = len(self._items), self._items.ids, self._mf
+        live = [(row, ids[row]) for row in self._items.live_rows().tolist()]
+        biases, latents = np.zeros(n), np.zeros((n, self.n_factors))
+        if live:
+            rows = [row for row, _ in live]
+            biases[rows] = [mf.i_biases[i] for _, i in live]
+            latents[rows] = [mf.i_latents[i] for _, i in live]
+        return {"counts": self._counts[:n], "biases": biases, "latents": latents}
+
+    def _initial_items(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return {"latents": np.array([self.initial_latent(i) for i in ids]).reshape(len(ids), self.n_factors)}
+
+    def _add_items(self, ids: Sequence[str]) -> np.ndarray:
+        return np.array([self._add_item(i) for i in ids], dtype=np.int64)
+
+    def _merged(self, rows: np.ndarray, item_tables: dict[str, np.ndarray]) -> None:
+        mf, ids = self._mf, self._items.ids
+        biases, latents = item_tables["biases"][rows], item_tables["latents"][rows]
+        for row, bias, latent in zip(rows.tolist(), biases.tolist(), latents):
+            mf.i_latents[ids[row]] = latent.copy()  # its own array: River's SGD steps it in place
+            mf.i_biases[ids[row]] = bias
+        self._item_vecs[rows] = latents
+        self._item_base[rows] = biases + _TIE_BREAK * np.log1p(self._counts[rows])
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items with the closest latent vectors (cosine)."""
