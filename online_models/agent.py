@@ -35,8 +35,10 @@ import numpy as np
 from online_models import tables
 from online_models.bandit import DEFAULT_SEGMENTS, SlotBandit, stable_hash
 from online_models.base import Interaction, Ranking, Recommender
-from online_models.capabilities import Explains, LearnsItems, SimilarItems, declare_from_parts, largest_sizes, undeclared
+from online_models.capabilities import (Explains, LearnsItems, SimilarItems, UsesPopularity, declare_from_parts,
+                                        largest_sizes, undeclared)
 from online_models.parts import make_part
+from online_models.trending import Trending
 
 DEFAULT_STRATEGIES: dict[str, dict[str, Any]] = {
     "cooc": {"model": "cooc"},
@@ -132,6 +134,10 @@ class Agent(Recommender):
             name: make_part(spec.get("model", name), spec.get("params"))
             for name, spec in ((n, dict(s or {})) for n, s in specs.items())
         }
+        # one popularity: a trending strategy, learned before the others, is the one they read
+        self._popularity = next((m for m in self._models.values() if isinstance(m, Trending)), None)
+        if self._popularity is not None:
+            self._use_popularity(self._popularity)
         self._bandit = SlotBandit(list(self._models), policy=policy, n_slots=n_slots, segments=segments,
                                   prior=prior, ucb_c=ucb_c, discount=discount, seed=seed)
         self._n_events: dict[str, int] = {}
@@ -234,7 +240,7 @@ class Agent(Recommender):
             self._learn_item(interaction.item_id, context)
             return
         self._settle(interaction)
-        for model in self._models.values():
+        for model in self._learners():
             model.learn_one(interaction)
         self._n_events[interaction.user_id] = self._n_events.get(interaction.user_id, 0) + 1
 
@@ -254,8 +260,20 @@ class Agent(Recommender):
 
     def _flush(self, batch: list[Interaction]) -> None:
         if batch:
-            for model in self._models.values():
+            for model in self._learners():
                 model.learn_many(batch)
+
+    def _learners(self) -> list[Recommender]:
+        """The strategies in the order they learn: the popularity the others read first."""
+        popularity = self.__dict__.get("_popularity")
+        return [popularity, *(m for m in self._models.values() if m is not popularity)] if popularity else [
+            *self._models.values()]
+
+    def _use_popularity(self, popularity: Any) -> bool:
+        """Hand ``popularity`` to every strategy that ranks with one (the trending strategy
+        stays a strategy of its own)."""
+        return any([m.use_popularity(popularity) for m in self._models.values()
+                    if m is not popularity and isinstance(m, UsesPopularity)])
 
     def _forget_user(self, user_id: str) -> None:
         """Drop the user's event count, served list and everything each strategy knows of them."""

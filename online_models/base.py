@@ -12,7 +12,7 @@
   the Protocols of :mod:`online_models.capabilities` and checked with ``isinstance``.
 
 An interaction is any object with ``user_id``, ``item_id``, ``type``, ``ts`` and ``value``
-attributes; ``stream.schema.Event`` is the one the worker passes.
+attributes; ``core.schema.Event`` is the one the worker passes.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ from typing import Any
 
 from online_models import tables
 from online_models.base import Interaction, Ranking, Recommender
-from online_models.capabilities import Explains, LearnsItems, SimilarItems, declare_from_parts, largest_sizes, undeclared
+from online_models.capabilities import (Explains, LearnsItems, SimilarItems, UsesPopularity, declare_from_parts,
+                                        largest_sizes, undeclared)
 from online_models.parts import make_part
 
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {"cooc": {}, "embeddings": {}}
@@ -205,6 +206,10 @@ class Blend(Recommender):
         """Every component forgets the user."""
         for model in self._models.values():
             model.forget_user(user_id)
+
+    def _use_popularity(self, popularity: Any) -> bool:
+        """Hand ``popularity`` to every component that ranks with one."""
+        return any([m.use_popularity(popularity) for m in self._models.values() if isinstance(m, UsesPopularity)])
 
     def _forget_items(self, item_ids: Collection[str]) -> None:
         """Every component forgets the items."""

@@ -34,7 +34,7 @@ Check = Callable[[Recommender], None]
 
 @dataclasses.dataclass
 class Interaction:
-    """An event as the checks feed it (``stream.schema.Event`` is not imported: models are pure)."""
+    """An event as the checks feed it (``core.schema.Event`` is not imported: models are pure)."""
 
     user_id: str
     item_id: str

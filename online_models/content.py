@@ -187,6 +187,8 @@ class Content(Recommender):
         self._trend_row = np.zeros(0, dtype=np.int64)  # each item's row in the trending model, -1 none
         self._recent: dict[str, deque[tuple[int, float]]] = {}
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
+        self._owns_popularity = True  # False once handed one (use_popularity): its owner learns it
+        self._trend_generation = 0  # the trending's generation when _trend_row was linked
         self._powers = (recency_decay ** np.arange(window)).astype(np.float32)
         self._shadow: dict[str, np.ndarray] | None = None  # see online_models.tables
 
@@ -268,7 +270,8 @@ class Content(Recommender):
             self.learn_item(interaction.item_id, context["item"])
         row = self._add_item(interaction.item_id)
         self._counts[row] += 1
-        self._trending.learn_one(interaction)
+        if self._owns_popularity:
+            self._trending.learn_one(interaction)
         if self._trend_row[row] < 0:
             self._trend_row[row] = self._trending._items.get(interaction.item_id)
         recent = self._recent.get(interaction.user_id)
@@ -292,7 +295,8 @@ class Content(Recommender):
         for user_id, recent in self._recent.items():
             if any(r in gone for r, _ in recent):
                 self._recent[user_id] = deque(((r, w) for r, w in recent if r not in gone), maxlen=self.window)
-        self._trending.forget_items(item_ids)
+        if self._owns_popularity:
+            self._trending.forget_items(item_ids)
 
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._recent), "items": self._items.live()}
@@ -304,6 +308,8 @@ class Content(Recommender):
     def _derive_content_mask(self) -> None:
         if "_has_content" not in vars(self):  # a checkpoint from before the mask was kept
             self._has_content = self._cat.any(axis=1) | self._text.any(axis=1)
+        self.__dict__.setdefault("_owns_popularity", True)  # saved before use_popularity
+        self.__dict__.setdefault("_trend_generation", 0)
         if "_shadow" not in vars(self):  # saved before online_models.tables
             reported = self.__dict__.pop("_counts_reported", None)
             self._shadow = None if reported is None else {"counts": reported}
@@ -341,15 +347,19 @@ class Content(Recommender):
             trending's delta under keys prefixed ``popularity/``. Content features are not
             in it: they come from item metadata, which reaches every replica apart.
         """
-        return {**tables.item_delta(self), **tables.prefixed({"popularity": self._trending.item_delta()})}
+        delta = tables.item_delta(self)
+        if self._owns_popularity:
+            delta.update(tables.prefixed({"popularity": self._trending.item_delta()}))
+        return delta
 
     def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
         """Add a peer's ``item_delta``: counts and trending scores add up; items not met
         yet are created without content (their metadata comes apart)."""
         own, parts = tables.split(delta, ["popularity"])
         tables.merge_item_delta(self, own)
-        self._add_items(np.asarray(parts["popularity"].get("items", ())).tolist())
-        self._trending.merge_item_delta(parts["popularity"])
+        if self._owns_popularity and parts["popularity"]:
+            self._add_items(np.asarray(parts["popularity"].get("items", ())).tolist())
+            self._trending.merge_item_delta(parts["popularity"])
 
     def _item_tables(self) -> dict[str, np.ndarray]:
         return {"counts": self._counts[: len(self._items)]}
@@ -394,8 +404,27 @@ class Content(Recommender):
         pt[found] /= norms[found, None]
         return pc, pt, found
 
+    def use_popularity(self, popularity: Trending) -> bool:
+        """Rank with ``popularity`` (learned, forgotten and shared by its owner) instead of
+        this model's own trending, when it has the same hyperparameters as this model's."""
+        if popularity is self._trending:
+            return True
+        if type(popularity) is not Trending or popularity._get_params() != self._trending._get_params():
+            return False
+        self._trending, self._owns_popularity = popularity, False
+        self._relink()
+        return True
+
+    def _relink(self) -> None:
+        """Each item row's row in the trending model, looked up again (it freed rows)."""
+        get = self._trending._items.rows.get
+        self._trend_row[: len(self._items)] = [-1 if i is None else get(i, -1) for i in self._items.ids]
+        self._trend_generation = self._trending._items.generation
+
     def _popularity(self) -> np.ndarray:
         n = len(self._items)
+        if not self._owns_popularity and self._trend_generation != self._trending._items.generation:
+            self._relink()
         pop = np.zeros(n, dtype=np.float32)
         top = self._trending.max_score()
         if top > 0 and self.popularity_weight:

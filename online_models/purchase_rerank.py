@@ -462,3 +462,6 @@ class PurchaseRerank(Recommender):
 
     def _learn_item(self, item_id: str, metadata: Mapping[str, Any]) -> None:
         self._base.learn_item(item_id, metadata)
+
+    def _use_popularity(self, popularity: Any) -> bool:
+        return self._base.use_popularity(popularity)
