@@ -13,7 +13,7 @@ from online_models import tables
 from online_models._arrays import IdIndex, grow, top_k, top_rows
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.tables import id_array
-from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, Trending
+from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, PopularityLink, Trending
 
 _DENSE_ITEMS = 4096  # below this many items the co-occurrence is one dense float32 matrix
 _SCRATCH_SLOTS = 1 << 20  # (user, item) slots summed at once on the sparse path: 4 MiB of int32 stay in cache
@@ -231,10 +231,9 @@ class Cooc(Recommender):
         self._dense = np.zeros((0, 0), dtype=np.float32)  # dense co-occurrence while it is small
         self._recent = _RecentItems(window)
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
-        # None: the trending above is this model's own, its rows are these rows. Handed one
-        # (use_popularity): each row's row there (-1: none), relinked once it frees rows
-        self._pop_rows: np.ndarray | None = None
-        self._pop_generation = 0
+        # None: the trending above is this model's own, its rows are these rows; handed one
+        # (use_popularity): these rows linked to its rows
+        self._pop_link: PopularityLink | None = None
         # what item_delta has to report: None until sharing starts (see online_models.tables
         # and _start_pair_log), so that a model nobody shares pays one ``is None`` test per event
         self._shadow: dict[str, np.ndarray] | None = None
@@ -285,10 +284,10 @@ class Cooc(Recommender):
                         mine.add(other, w * w_other)
                         neighbours[other].add(row, w * w_other)
         recent.push(u, row, w)
-        if self._pop_rows is None:
+        if self._pop_link is None:
             self._trending.learn_one(interaction)
         else:  # learned by its owner first
-            self._link_popularity([row], [interaction.item_id])
+            self._pop_link.link(self._items, [row], [interaction.item_id])
 
     def _grow_dense(self, n: int) -> None:
         dense = self._dense
@@ -369,7 +368,7 @@ class Cooc(Recommender):
         by_popularity = self._raw_popularity() * self._popularity_factor()
         by_popularity[self._items.free] = -np.inf  # freed rows never rank
         depth = k + max((len(rows) for rows in excluded if rows is not None), default=0)
-        cand = self._trending.candidate_rows(depth) if self._pop_rows is None else None
+        cand = self._trending.candidate_rows(depth) if self._pop_link is None else None
         popular = top_rows(by_popularity, depth) if cand is None else top_rows(by_popularity[cand], depth, cand)
         step = max(1, _SCRATCH_SLOTS // n)
         scratch = np.empty(min(len(user_ids), step) * n, dtype=np.int32)
@@ -513,10 +512,10 @@ class Cooc(Recommender):
                         neighbours[other].discard(row)
                 neighbours[row] = _Neighbours()
         self._recent.drop_items(rows)
-        if self._pop_rows is None:
+        if self._pop_link is None:
             self._trending.forget_items(item_ids)  # its rows are these rows: both indexes free them alike
         else:  # its owner forgets them there
-            self._pop_rows[rows[rows < len(self._pop_rows)]] = -1
+            self._pop_link.unlink(rows)
 
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._recent), "items": self._items.live()}
@@ -567,7 +566,7 @@ class Cooc(Recommender):
         self._pair_log, self._pairs_carried = [], None
         delta = {**tables.item_delta(self), "pair_a": id_array(self._items, a),
                  "pair_b": id_array(self._items, b), "pair_w": w}
-        if self._pop_rows is None:
+        if self._pop_link is None:
             delta.update(tables.prefixed({"popularity": self._trending.item_delta()}))
         return delta
 
@@ -582,7 +581,7 @@ class Cooc(Recommender):
             b = self._add_items(np.asarray(own["pair_b"]).tolist())
             self._add_pairs(a, b, np.asarray(own["pair_w"], dtype=np.float64))
         popularity = parts["popularity"]
-        if self._pop_rows is None and popularity:
+        if self._pop_link is None and popularity:
             self._add_items(np.asarray(popularity.get("items", ())).tolist())  # its rows are these rows
             self._trending.merge_item_delta(popularity)
 
@@ -657,9 +656,9 @@ class Cooc(Recommender):
                 self._grow_dense(row + 1)  # may move to sparse rows
         if self._dense is None:
             self._neighbours.extend(_Neighbours() for _ in range(n - len(self._neighbours)))
-        if self._pop_rows is not None:  # created there too, so that the owner's merge finds them
+        if self._pop_link is not None:  # created there too, so that the owner's merge finds them
             self._trending._add_items(ids)
-            self._link_popularity(rows, ids)
+            self._pop_link.link(self._items, rows, ids)
         elif not np.array_equal(self._trending._add_items(ids), rows):
             raise AssertionError("cooc and its trending gave an item different rows")
         return rows
@@ -672,31 +671,13 @@ class Cooc(Recommender):
             return True
         if type(popularity) is not Trending or popularity._get_params() != self._trending._get_params():
             return False
-        self._trending, self._pop_rows = popularity, np.zeros(0, dtype=np.int64)
-        self._link_popularity(np.arange(len(self._items)), self._items.ids)
+        self._trending, self._pop_link = popularity, PopularityLink(popularity)
+        self._pop_link.relink(self._items)
         return True
-
-    def _link_popularity(self, rows: np.ndarray | list[int], ids: Sequence[str | None]) -> None:
-        """Note the popularity's row of each of ``rows`` (items ``ids``)."""
-        if len(self._pop_rows) < len(self._items):
-            old = len(self._pop_rows)
-            self._pop_rows = grow(self._pop_rows, len(self._items))
-            self._pop_rows[old:] = -1
-        get = self._trending._items.rows.get
-        self._pop_rows[rows] = [-1 if i is None else get(i, -1) for i in ids]
-        self._pop_generation = self._trending._items.generation
 
     def _raw_popularity(self) -> np.ndarray:
         """Unscaled popularity per item row (not to be modified)."""
-        if self._pop_rows is None:
-            return self._trending.raw_scores()
-        if self._pop_generation != self._trending._items.generation:  # it freed rows: relink all
-            self._link_popularity(np.arange(len(self._items)), self._items.ids)
-        rows = self._pop_rows[: len(self._items)]
-        scores = np.zeros(len(self._items))
-        known = rows >= 0
-        scores[known] = self._trending.raw_scores()[rows[known]]
-        return scores
+        return self._trending.raw_scores() if self._pop_link is None else self._pop_link.scores(self._items)
 
     def _add_pairs(self, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> None:
         """Add co-occurrence ``w`` to the distinct unordered pairs ``(a, b)``, both halves."""
@@ -718,9 +699,8 @@ class Cooc(Recommender):
 
     def _upgrade(self) -> None:
         """Bring a model saved by an older version up to date."""
-        for key in ("_pair_log", "_pairs_carried", "_pop_rows"):  # saved before sharing, before use_popularity
+        for key in ("_pair_log", "_pairs_carried", "_pop_link"):  # saved before sharing, before use_popularity
             self.__dict__.setdefault(key, None)
-        self.__dict__.setdefault("_pop_generation", 0)
         if "_shadow" not in self.__dict__:  # saved before online_models.tables
             reported = self.__dict__.pop("_counts_reported", None)
             self._shadow = None if reported is None else {"counts": reported}

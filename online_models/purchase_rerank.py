@@ -374,34 +374,16 @@ class PurchaseRerank(Recommender):
             model's delta under keys prefixed with ``base/``.
         """
         reported = self._start_sharing()
-        stats, seen = self._item_stats, reported["items"]
-        items, gains = [], []
-        for item_id in self._dirty:
-            now = stats.get(item_id)
-            if now is None:  # forgotten since: nothing to report
-                continue
-            was = seen.get(item_id, _NO_ITEM)
-            gain = (now[0] - was[0], now[1] - was[1])
-            if gain != (0.0, 0.0):
-                items.append(item_id)
-                gains.append(gain)
-                seen[item_id] = list(now)
+        items, gains = tables.take_keyed(self._item_stats, reported["items"], self._dirty)
         self._dirty = set()
-        weights, was_weights = self._clf._weights, reported["weights"]
-        features, steps = [], []
-        for name in list(weights.keys()):
-            step = weights[name] - was_weights.get(name, 0.0)
-            if step:
-                features.append(name)
-                steps.append(step)
-                was_weights[name] = weights[name]
+        features, steps = tables.take_keyed(self._clf._weights, reported["weights"], list(self._clf._weights))
         intercept = self._clf.intercept - reported["intercept"]
         purchases = self._purchases - reported["purchases"]
         reported["intercept"], reported["purchases"] = self._clf.intercept, self._purchases
-        per_item = np.array(gains, dtype=np.float64).reshape(-1, 2)
+        per_item = gains.reshape(-1, 2)
         delta = {
             "items": np.array(items, dtype=str), "exposures": per_item[:, 0], "purchases": per_item[:, 1],
-            "features": np.array(features, dtype=str), "weights": np.array(steps, dtype=np.float64),
+            "features": np.array(features, dtype=str), "weights": steps.reshape(-1),
             "intercept": float(intercept), "purchase_count": int(purchases),
         }
         return {**delta, **tables.prefixed({"base": self._base.item_delta()})}
@@ -412,19 +394,10 @@ class PurchaseRerank(Recommender):
         its part."""
         self._base.merge_item_delta(tables.split(delta, ["base"])[1]["base"])
         reported = self._start_sharing()  # before the peer's changes mix in: what is here now is own
-        stats, seen = self._item_stats, reported["items"]
-        for item_id, exposures, purchases in zip(np.asarray(delta.get("items", ())).tolist(),
-                                                 np.asarray(delta.get("exposures", ())).tolist(),
-                                                 np.asarray(delta.get("purchases", ())).tolist()):
-            for table in (stats, seen):
-                entry = table.setdefault(item_id, [0.0, 0.0])
-                entry[0] += exposures
-                entry[1] += purchases
-        weights, was_weights = self._clf._weights, reported["weights"]
-        for name, step in zip(np.asarray(delta.get("features", ())).tolist(),
-                              np.asarray(delta.get("weights", ())).tolist()):
-            weights[name] = weights.get(name, 0.0) + step
-            was_weights[name] = was_weights.get(name, 0.0) + step
+        tables.add_keyed(self._item_stats, reported["items"], np.asarray(delta.get("items", ())).tolist(),
+                         np.stack([np.asarray(delta.get(key, ()), dtype=np.float64) for key in ("exposures", "purchases")], 1))
+        tables.add_keyed(self._clf._weights, reported["weights"], np.asarray(delta.get("features", ())).tolist(),
+                         np.asarray(delta.get("weights", ()), dtype=np.float64))
         intercept = float(delta.get("intercept", 0.0))
         self._clf.intercept += intercept
         reported["intercept"] += intercept

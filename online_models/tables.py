@@ -144,6 +144,43 @@ def forget_shadow(model: Any) -> None:
     model.__dict__["_shadow"] = None
 
 
+# -- state kept in dicts by key (an item id, a feature name) ---------------------------
+def take_keyed(now: Mapping[str, Any], seen: dict[str, Any], keys: Iterable[str]) -> tuple[list[str], np.ndarray]:
+    """The ``keys`` whose value in ``now`` (a number, or a list of numbers) differs from
+    ``seen`` (absent: 0), and by how much; ``seen`` takes the new values. Absent in ``now``:
+    skipped (forgotten).
+
+    >>> seen = {"a": [1.0, 0.0]}
+    >>> take_keyed({"a": [1.0, 2.0], "b": [3.0, 0.0], "c": [0.0, 0.0]}, seen, ["a", "b", "c", "gone"])
+    (['a', 'b'], array([[0., 2.],
+           [3., 0.]]))
+    """
+    changed, gains = [], []
+    for key in keys:
+        value = now.get(key)
+        if value is None:
+            continue
+        gain = np.subtract(value, seen.get(key, 0.0))
+        if np.any(gain):
+            changed.append(key)
+            gains.append(gain)
+            seen[key] = list(value) if isinstance(value, list) else value
+    return changed, np.array(gains, dtype=np.float64)
+
+
+def add_keyed(now: dict[str, Any], seen: dict[str, Any], keys: Iterable[str], gains: np.ndarray) -> None:
+    """Add a peer's ``take_keyed`` gains to ``now`` and to ``seen`` (so that they are not
+    reported back); a list value stays a list (learning adds to it in place)."""
+    for key, gain in zip(keys, np.asarray(gains, dtype=np.float64).tolist()):
+        for table in (now, seen):
+            if isinstance(gain, list):
+                entry = table.setdefault(key, [0.0] * len(gain))
+                for j, value in enumerate(gain):
+                    entry[j] += value
+            else:
+                table[key] = table.get(key, 0.0) + gain
+
+
 # -- user state ------------------------------------------------------------------------
 def export_users(model: Any, user_ids: Collection[str]) -> dict[str, Any]:
     """The declared user tables' rows of the known ``user_ids``, as flat arrays.

@@ -238,3 +238,62 @@ class Trending(Recommender):
             return self._items.top(self.scores(), k, exclude_rows)
         best, vals = top_k_of(rows, self._scores[rows] / self._max, k, exclude_rows, len(self._items))
         return self._items.ranking(best, vals)
+
+
+class PopularityLink:
+    """A model's item rows linked to the rows of a popularity it reads but does not own
+    (``use_popularity``), by item id.
+
+    The owner learns each event before the model, so an item the model learns is known
+    there; items the model creates otherwise (merges, imports) are created there too.
+    Once the owner frees rows (idle expiry), every row is looked up again.
+
+    >>> popularity, index = Trending(half_life_s=None), IdIndex()
+    >>> popularity._add_items(["x", "y"]).tolist()
+    [0, 1]
+    >>> popularity._scores[:2] = [3.0, 5.0]
+    >>> link = PopularityLink(popularity); _ = index.add("y"), index.add("new")
+    >>> link.relink(index); link.scores(index).tolist()
+    [5.0, 0.0]
+    """
+
+    __slots__ = ("popularity", "rows", "generation")
+
+    def __init__(self, popularity: Trending) -> None:
+        self.popularity = popularity
+        self.rows = np.zeros(0, dtype=np.int64)  # the popularity's row of each model row, -1: none
+        self.generation = popularity._items.generation
+
+    def link(self, index: IdIndex, rows: np.ndarray | list[int], ids: Sequence[str | None]) -> None:
+        """Look up the popularity's rows of the model's ``rows`` (items ``ids``)."""
+        if len(self.rows) < len(index):
+            old = len(self.rows)
+            self.rows = grow(self.rows, len(index))
+            self.rows[old:] = -1
+        get = self.popularity._items.rows.get
+        self.rows[rows] = [-1 if i is None else get(i, -1) for i in ids]
+
+    def relink(self, index: IdIndex) -> None:
+        """Look every row up again."""
+        self.link(index, np.arange(len(index)), index.ids)
+        self.generation = self.popularity._items.generation
+
+    def unlink(self, rows: np.ndarray) -> None:
+        """The model freed these rows."""
+        self.rows[rows[rows < len(self.rows)]] = -1
+
+    def scores(self, index: IdIndex) -> np.ndarray:
+        """Unscaled popularity per row of ``index`` (0 where the item has none)."""
+        if self.generation != self.popularity._items.generation:  # it freed rows since
+            self.relink(index)
+        rows = self.rows[: len(index)]
+        scores = np.zeros(len(index))
+        known = rows >= 0
+        scores[known] = self.popularity.raw_scores()[rows[known]]
+        return scores
+
+    def __getstate__(self):
+        return self.popularity, self.rows, self.generation
+
+    def __setstate__(self, state):
+        self.popularity, self.rows, self.generation = state
