@@ -401,21 +401,6 @@ def grow_all(tables: dict[str, np.ndarray], min_rows: int) -> None:
         tables[key] = grow(array, min_rows)
 
 
-def take_gains(values: np.ndarray, reported: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rows where ``values`` differ from ``reported`` (their values as last reported),
-    and by how much; ``reported`` takes the new values, so the next call starts a new tally.
-
-    >>> reported = np.array([1.0, 2.0, 0.0])
-    >>> rows, gains = take_gains(np.array([1.0, 5.0, 0.5]), reported)
-    >>> rows.tolist(), gains.tolist(), reported.tolist()
-    ([1, 2], [3.0, 0.5], [1.0, 5.0, 0.5])
-    """
-    rows = np.flatnonzero(values != reported[: len(values)])
-    gains = values[rows] - reported[rows]
-    reported[rows] = values[rows]
-    return rows, gains
-
-
 def top_k(scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows and scores of the ``k`` best scores, best first; ties go to the lower row.
 

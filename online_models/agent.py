@@ -32,15 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from online_models import tables
 from online_models.bandit import DEFAULT_SEGMENTS, SlotBandit, stable_hash
-from online_models.base import (
-    Interaction,
-    Ranking,
-    Recommender,
-    largest_sizes,
-    make_part,
-)
-from online_models.capabilities import Explains
+from online_models.base import Interaction, Ranking, Recommender
+from online_models.capabilities import (Explains, LearnsItems, SimilarItems, UsesPopularity, declare_from_parts,
+                                        largest_sizes, undeclared)
+from online_models.parts import make_part
+from online_models.trending import Trending
 
 DEFAULT_STRATEGIES: dict[str, dict[str, Any]] = {
     "cooc": {"model": "cooc"},
@@ -136,6 +134,10 @@ class Agent(Recommender):
             name: make_part(spec.get("model", name), spec.get("params"))
             for name, spec in ((n, dict(s or {})) for n, s in specs.items())
         }
+        # one popularity: a trending strategy, learned before the others, is the one they read
+        self._popularity = next((m for m in self._models.values() if isinstance(m, Trending)), None)
+        if self._popularity is not None:
+            self._use_popularity(self._popularity)
         self._bandit = SlotBandit(list(self._models), policy=policy, n_slots=n_slots, segments=segments,
                                   prior=prior, ucb_c=ucb_c, discount=discount, seed=seed)
         self._n_events: dict[str, int] = {}
@@ -143,6 +145,14 @@ class Agent(Recommender):
         self._served: OrderedDict[str, tuple[dict, list[tuple[str, str, int]]]] = OrderedDict()
         self._feedback = 0  # bandit updates so far: moves the draws on
         self._served_slots: dict[str, int] = {name: 0 for name in self._models}  # slots filled, all lists
+        declare_from_parts(self, self._models.values())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return undeclared(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(undeclared(state))
+        declare_from_parts(self, self._models.values())
 
     # -- parts -----------------------------------------------------------------------
     @property
@@ -159,15 +169,21 @@ class Agent(Recommender):
         return {"n_events": self._n_events.get(user_id, 0)}
 
     # -- catalogue -------------------------------------------------------------------
-    def learn_item(self, item_id: str, metadata: Mapping[str, Any]) -> None:
+    def _learn_item(self, item_id: str, metadata: Mapping[str, Any]) -> None:
         """Pass an item's metadata to the strategies that use content."""
-        self.learn_items({item_id: metadata})
+        for model in self._models.values():
+            if isinstance(model, LearnsItems):
+                model.learn_item(item_id, metadata)
 
     def learn_items(self, catalogue: Mapping[str, Mapping[str, Any]]) -> None:
+        """Pass a catalogue to the strategies that use content (in batches where they can)."""
         for model in self._models.values():
             learn = getattr(model, "learn_items", None)
             if callable(learn):
                 learn(catalogue)
+            elif isinstance(model, LearnsItems):
+                for item_id, metadata in catalogue.items():
+                    model.learn_item(item_id, metadata)
 
     # -- feedback --------------------------------------------------------------------
     def _is_positive(self, interaction: Interaction) -> bool:
@@ -221,10 +237,10 @@ class Agent(Recommender):
     def learn_one(self, interaction: Interaction) -> None:
         if interaction.type == "item":
             context = getattr(interaction, "context", None) or {}
-            self.learn_item(interaction.item_id, context)
+            self._learn_item(interaction.item_id, context)
             return
         self._settle(interaction)
-        for model in self._models.values():
+        for model in self._learners():
             model.learn_one(interaction)
         self._n_events[interaction.user_id] = self._n_events.get(interaction.user_id, 0) + 1
 
@@ -244,29 +260,38 @@ class Agent(Recommender):
 
     def _flush(self, batch: list[Interaction]) -> None:
         if batch:
-            for model in self._models.values():
+            for model in self._learners():
                 model.learn_many(batch)
 
-    def forget_user(self, user_id: str) -> None:
+    def _learners(self) -> list[Recommender]:
+        """The strategies in the order they learn: the popularity the others read first."""
+        popularity = self.__dict__.get("_popularity")
+        return [popularity, *(m for m in self._models.values() if m is not popularity)] if popularity else [
+            *self._models.values()]
+
+    def _use_popularity(self, popularity: Any) -> bool:
+        """Hand ``popularity`` to every strategy that ranks with one (the trending strategy
+        stays a strategy of its own)."""
+        return any([m.use_popularity(popularity) for m in self._models.values()
+                    if m is not popularity and isinstance(m, UsesPopularity)])
+
+    def _forget_user(self, user_id: str) -> None:
         """Drop the user's event count, served list and everything each strategy knows of them."""
         self._n_events.pop(user_id, None)
         self._served.pop(user_id, None)
         for model in self._models.values():
-            try:
-                model.forget_user(user_id)
-            except NotImplementedError:
-                pass
+            model.forget_user(user_id)
 
-    def forget_items(self, item_ids: Collection[str]) -> None:
+    def _forget_items(self, item_ids: Collection[str]) -> None:
         """Every strategy forgets the items (lists already served keep naming them)."""
         for model in self._models.values():
             model.forget_items(item_ids)
 
-    def state_sizes(self) -> dict[str, int]:
+    def _state_sizes(self) -> dict[str, int]:
         return largest_sizes(self._models.values())
 
     # -- scale-out ---------------------------------------------------------------------
-    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
+    def _export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
         """The users' event counts and unsettled served lists, and each strategy's export.
 
         Returns
@@ -280,8 +305,7 @@ class Agent(Recommender):
             ``served_slots`` (int64), the lists one after the other. Unknown users are left out.
         """
         wanted = list(dict.fromkeys(user_ids))
-        out = {f"{name}/{key}": value for name, model in self._models.items()
-               for key, value in model.export_users(wanted).items()}
+        out = tables.prefixed({name: model.export_users(wanted) for name, model in self._models.items()})
         counted = [u for u in wanted if u in self._n_events]
         served = [u for u in wanted if u in self._served]
         entries = [self._served[u][1] for u in served]
@@ -298,10 +322,10 @@ class Agent(Recommender):
         })
         return out
 
-    def import_users(self, state: Mapping[str, Any]) -> None:
+    def _import_users(self, state: Mapping[str, Any]) -> None:
         """Adopt ``export_users``' users, replacing their event counts and served lists here
         (a user exported without one has none here either), and pass each strategy its part."""
-        own, parts = _split_keys(state, self._models)
+        own, parts = tables.split(state, self._models)
         for name, model in self._models.items():
             model.import_users(parts[name])
         counted = np.asarray(own.get("users", ())).tolist()
@@ -322,20 +346,19 @@ class Agent(Recommender):
         while len(self._served) > self.max_served_users:
             self._served.popitem(last=False)
 
-    def item_delta(self) -> dict[str, Any]:
+    def _item_delta(self) -> dict[str, Any]:
         """Each strategy's delta, its keys prefixed with the strategy's name and ``/``, and
         the bandit's (``SlotBandit.delta``: its statistics are global sums) under its own
         keys, which hold no ``/``."""
-        out = {f"{name}/{key}": value for name, model in self._models.items()
-               for key, value in model.item_delta().items()}
+        out = tables.prefixed({name: model.item_delta() for name, model in self._models.items()})
         out.update(self._bandit.delta())
         return out
 
-    def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
+    def _merge_item_delta(self, delta: Mapping[str, Any]) -> None:
         """Pass each strategy its part and add the bandit's; the count of bandit updates that
         moves the draws on follows the updates merged in, so replicas with the same
         statistics draw alike."""
-        own, parts = _split_keys(delta, self._models)
+        own, parts = tables.split(delta, self._models)
         for name, model in self._models.items():
             model.merge_item_delta(parts[name])
         self._bandit.merge_delta(own)
@@ -452,19 +475,13 @@ class Agent(Recommender):
             pending = waiting
         return {u: self._serve(u, picked[u]) for u in user_ids}
 
-    def similar_items(self, item_id: str, k: int = 10) -> Ranking:
+    def _similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The first strategy's item similarity that has one and knows the item."""
-        found = False
         for model in self._models.values():
-            try:
+            if isinstance(model, SimilarItems):
                 similar = model.similar_items(item_id, k)
-            except NotImplementedError:
-                continue
-            found = True
-            if similar:
-                return similar
-        if not found:
-            raise NotImplementedError("no strategy of this agent has item similarity")
+                if similar:
+                    return similar
         return []
 
     # -- explanations ----------------------------------------------------------------
@@ -514,20 +531,6 @@ class Agent(Recommender):
         stats["feedback"] = self._feedback
         stats["users"] = len(self._n_events)
         return stats
-
-
-def _split_keys(state: Mapping[str, Any], names: Iterable[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The agent's own entries (keys without ``/``) and each strategy's (``"<name>/<key>"``,
-    the prefix taken off)."""
-    own: dict[str, Any] = {}
-    parts: dict[str, dict[str, Any]] = {name: {} for name in names}
-    for key, value in state.items():
-        name, slash, part_key = key.partition("/")
-        if slash:
-            parts[name][part_key] = value
-        else:
-            own[key] = value
-    return own, parts
 
 
 class _NotFetched(Exception):

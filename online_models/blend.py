@@ -8,15 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from online_models import tables
 from online_models._arrays import IdIndex, RankedRows, RowMap, fuse_top_k
-from online_models.base import (
-    Interaction,
-    Ranking,
-    Recommender,
-    largest_sizes,
-    make_part,
-)
-from online_models.capabilities import RanksRows
+from online_models.base import Interaction, Ranking, Recommender
+from online_models.capabilities import (Explains, LearnsItems, RanksRows, SimilarItems, UsesPopularity,
+                                        declare_from_parts, largest_sizes, undeclared)
+from online_models.parts import make_part
 
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {"cooc": {}, "embeddings": {}}
 DEFAULT_WEIGHTS: dict[str, float] = {"cooc": 1.0, "embeddings": 0.5}
@@ -73,6 +70,16 @@ class Blend(Recommender):
         self.rank_offset = rank_offset
         specs = DEFAULT_MODELS if models is None else models
         self._models = {name: make_part(name, params) for name, params in specs.items()}
+        declare_from_parts(self, self._models.values())
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = undeclared(self.__dict__)
+        state.pop("_last_lists", None)  # the last ranking, kept for explanations: not learned state
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(undeclared(state))
+        declare_from_parts(self, self._models.values())
 
     def _weight(self, name: str) -> float:
         weights = DEFAULT_WEIGHTS if self.weights is None else self.weights
@@ -225,58 +232,57 @@ class Blend(Recommender):
         explained: list[tuple[str, str | None]] = [(self.name, None)] * len(item_ids)
         for name, positions in by_part.items():
             model = self._models.get(name)
-            reasons = model.explain_items(user_id, [item_ids[p] for p in positions]) if model is not None else None
+            reasons = (model.explain_items(user_id, [item_ids[p] for p in positions])
+                       if isinstance(model, Explains) else None)
             for position, reason in zip(positions, reasons or [(name or self.name, None)] * len(positions)):
                 explained[position] = reason
         return explained
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_last_lists", None)  # the last ranking, kept for explanations: not learned state
-        return state
+    # -- capabilities, declared when the components make them sound (declare_from_parts) --
+    def _learn_item(self, item_id: str, metadata: Mapping[str, Any]) -> None:
+        """Pass an item's metadata to the components that use it."""
+        for model in self._models.values():
+            if isinstance(model, LearnsItems):
+                model.learn_item(item_id, metadata)
 
-    def forget_user(self, user_id: str) -> None:
+    def _forget_user(self, user_id: str) -> None:
         """Every component forgets the user."""
         for model in self._models.values():
             model.forget_user(user_id)
 
-    def forget_items(self, item_ids: Collection[str]) -> None:
+    def _use_popularity(self, popularity: Any) -> bool:
+        """Hand ``popularity`` to every component that ranks with one."""
+        return any([m.use_popularity(popularity) for m in self._models.values() if isinstance(m, UsesPopularity)])
+
+    def _forget_items(self, item_ids: Collection[str]) -> None:
         """Every component forgets the items."""
         for model in self._models.values():
             model.forget_items(item_ids)
 
-    def state_sizes(self) -> dict[str, int]:
+    def _state_sizes(self) -> dict[str, int]:
         return largest_sizes(self._models.values())
 
-    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
-        """Each component's export, under its name."""
-        return {name: model.export_users(user_ids) for name, model in self._models.items()}
+    def _export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
+        """Each component's export, its keys prefixed with the component's name and ``/``."""
+        return tables.prefixed({name: model.export_users(user_ids) for name, model in self._models.items()})
 
-    def import_users(self, state: Mapping[str, Any]) -> None:
+    def _import_users(self, state: Mapping[str, Any]) -> None:
+        _, parts = tables.split(state, self._models)
         for name, model in self._models.items():
-            model.import_users(state[name])
+            model.import_users(parts[name])
 
-    def item_delta(self) -> dict[str, Any]:
+    def _item_delta(self) -> dict[str, Any]:
         """Each component's delta, its keys prefixed with the component's name and ``/``."""
-        return {f"{name}/{key}": value for name, model in self._models.items()
-                for key, value in model.item_delta().items()}
+        return tables.prefixed({name: model.item_delta() for name, model in self._models.items()})
 
-    def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
-        parts: dict[str, dict[str, Any]] = {name: {} for name in self._models}
-        for key, value in delta.items():
-            name, _, part_key = key.partition("/")
-            parts[name][part_key] = value
+    def _merge_item_delta(self, delta: Mapping[str, Any]) -> None:
+        _, parts = tables.split(delta, self._models)
         for name, model in self._models.items():
             model.merge_item_delta(parts[name])
 
-    def similar_items(self, item_id: str, k: int = 10) -> Ranking:
+    def _similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The first component's item similarity that has one."""
-        for model in self._models.values():
-            try:
-                return model.similar_items(item_id, k)
-            except NotImplementedError:
-                continue
-        raise NotImplementedError("no component of this blend has item similarity")
+        return next(m.similar_items(item_id, k) for m in self._models.values() if isinstance(m, SimilarItems))
 
 
 class _ListsByUser(Mapping[str, Ranking]):

@@ -32,16 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from online_models._arrays import (
-    IdIndex,
-    grow,
-    take_gains,
-    top_k,
-    top_k_of,
-    top_k_per_user,
-)
+from online_models import tables
+from online_models._arrays import IdIndex, grow, top_k, top_k_of, top_k_per_user
 from online_models.base import Interaction, Ranking, Recommender
-from online_models.trending import Trending, id_array
+from online_models.trending import Trending
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _STOP = frozenset("a an and the of in on at to for with from by is it its de la le les el der die das".split())
@@ -153,6 +147,8 @@ class Content(Recommender):
     """
 
     name = "content"
+    ITEM_TABLES = {"counts": "sum"}
+    USER_TABLES = {"recent": "weighted-items"}
 
     def __init__(
         self,
@@ -191,10 +187,10 @@ class Content(Recommender):
         self._trend_row = np.zeros(0, dtype=np.int64)  # each item's row in the trending model, -1 none
         self._recent: dict[str, deque[tuple[int, float]]] = {}
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
+        self._owns_popularity = True  # False once handed one (use_popularity): its owner learns it
+        self._trend_generation = 0  # the trending's generation when _trend_row was linked
         self._powers = (recency_decay ** np.arange(window)).astype(np.float32)
-        # counts as last reported by item_delta, plus what peers added since: the difference
-        # is this model's own learning. None until sharing starts, so learn_one pays nothing
-        self._counts_reported: np.ndarray | None = None
+        self._shadow: dict[str, np.ndarray] | None = None  # see online_models.tables
 
     # -- items -------------------------------------------------------------------------
     @property
@@ -274,7 +270,8 @@ class Content(Recommender):
             self.learn_item(interaction.item_id, context["item"])
         row = self._add_item(interaction.item_id)
         self._counts[row] += 1
-        self._trending.learn_one(interaction)
+        if self._owns_popularity:
+            self._trending.learn_one(interaction)
         if self._trend_row[row] < 0:
             self._trend_row[row] = self._trending._items.get(interaction.item_id)
         recent = self._recent.get(interaction.user_id)
@@ -293,21 +290,16 @@ class Content(Recommender):
             return
         self._cat[rows], self._text[rows], self._counts[rows], self._trend_row[rows] = 0.0, 0.0, 0, -1
         self._has_content[rows] = False
-        if self._counts_reported is not None:  # a reused row must not report the old item's count
-            self._counts_reported[rows[rows < len(self._counts_reported)]] = 0
+        tables.rebase(self, rows)  # a reused row must not report the old item's count
         gone = set(rows.tolist())
         for user_id, recent in self._recent.items():
             if any(r in gone for r, _ in recent):
                 self._recent[user_id] = deque(((r, w) for r, w in recent if r not in gone), maxlen=self.window)
-        self._trending.forget_items(item_ids)
+        if self._owns_popularity:
+            self._trending.forget_items(item_ids)
 
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._recent), "items": self._items.live()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Replace the learned state (a state from before ``_has_content`` was kept works too)."""
-        super().load_state_dict(state)
-        self._derive_content_mask()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -316,42 +308,33 @@ class Content(Recommender):
     def _derive_content_mask(self) -> None:
         if "_has_content" not in vars(self):  # a checkpoint from before the mask was kept
             self._has_content = self._cat.any(axis=1) | self._text.any(axis=1)
-        self.__dict__.setdefault("_counts_reported", None)  # saved before sharing
+        self.__dict__.setdefault("_owns_popularity", True)  # saved before use_popularity
+        self.__dict__.setdefault("_trend_generation", 0)
+        if "_shadow" not in vars(self):  # saved before online_models.tables
+            reported = self.__dict__.pop("_counts_reported", None)
+            self._shadow = None if reported is None else {"counts": reported}
 
-    # -- scale-out ---------------------------------------------------------------------
+    # -- scale-out (online_models.tables) ---------------------------------------------
     def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
-        """The users' recent items (their profiles), by id, for ``import_users``.
-
-        Returns
-        -------
-        dict
-            Flat arrays (they travel as npz too): ``users`` (str), ``lengths`` (int64, each
-            user's number of recent items), ``items`` (str) and ``weights`` (float64, the
-            event weights), the users' histories one after the other, each oldest first.
-            Unknown users are left out.
-        """
-        users = [u for u in dict.fromkeys(user_ids) if u in self._recent]
-        histories = [self._recent[u] for u in users]
-        rows = np.fromiter((r for h in histories for r, _ in h), dtype=np.int64)
-        return {
-            "users": np.array(users, dtype=str),
-            "lengths": np.array([len(h) for h in histories], dtype=np.int64),
-            "items": id_array(self._items, rows),
-            "weights": np.fromiter((w for h in histories for _, w in h), dtype=np.float64, count=len(rows)),
-        }
+        """The users' recent items (their profiles: ids, each user's oldest first) and
+        their event weights."""
+        return tables.export_users(self, user_ids)
 
     def import_users(self, state: Mapping[str, Any]) -> None:
         """Adopt ``export_users``' users, replacing their recent items here; items not met
         yet are created with no content, count or popularity (their metadata comes apart)."""
-        users = np.asarray(state.get("users", ())).tolist()
-        if not users:
-            return
-        rows = [self._add_item(item_id) for item_id in np.asarray(state["items"]).tolist()]
-        weights = np.asarray(state["weights"], dtype=np.float64).tolist()
-        end = 0
-        for user_id, size in zip(users, np.asarray(state["lengths"]).tolist()):
-            start, end = end, end + size
-            self._recent[user_id] = deque(zip(rows[start:end], weights[start:end]), maxlen=self.window)
+        tables.import_users(self, state)
+
+    def _has_user(self, user_id: str) -> bool:
+        return user_id in self._recent
+
+    def _user_get(self, name: str, user_id: str) -> tuple[np.ndarray, np.ndarray]:
+        recent = self._recent[user_id]
+        return (np.fromiter((r for r, _ in recent), dtype=np.int64, count=len(recent)),
+                np.fromiter((w for _, w in recent), dtype=np.float64, count=len(recent)))
+
+    def _user_put(self, name: str, user_id: str, value: tuple[np.ndarray, np.ndarray]) -> None:
+        self._recent[user_id] = deque(zip(value[0].tolist(), value[1].tolist()), maxlen=self.window)
 
     def item_delta(self) -> dict[str, Any]:
         """What this model's own events added to the item counts and trending scores since
@@ -360,55 +343,33 @@ class Content(Recommender):
         Returns
         -------
         dict
-            ``items`` (str array); ``counts`` (int64) and ``trending`` (float64), one per
-            item: the gains in interactions and in trending score (relative to the time
-            origin ``t0``, a float: see ``Trending.item_delta``). Content features are not
+            ``items`` (str array) and ``counts`` (int64), the gains in interactions; its
+            trending's delta under keys prefixed ``popularity/``. Content features are not
             in it: they come from item metadata, which reaches every replica apart.
-
-        Notes
-        -----
-        The first call (or first merge) starts the tally: everything learned until then
-        is this model's own, so it reports all of it.
         """
-        count_rows, count_gains = take_gains(self._counts[: len(self._items)], self._reported_counts())
-        trend_rows, trend_gains = self._trending._take_gains()
-        trend_ids, get = self._trending._items.ids, self._items.get
-        # the trending model numbers items its own way: to this model's rows by id (every
-        # item it holds is here too, as learn_one, merges and forget_items keep them in step)
-        at = np.fromiter((get(trend_ids[r]) for r in trend_rows.tolist()), dtype=np.int64, count=len(trend_rows))
-        rows = np.unique(np.concatenate([count_rows, at]))
-        gains = np.zeros(len(rows), dtype=np.int64)
-        gains[np.searchsorted(rows, count_rows)] = count_gains
-        trending = np.zeros(len(rows), dtype=np.float64)
-        trending[np.searchsorted(rows, at)] = trend_gains
-        return {"items": id_array(self._items, rows), "counts": gains, "trending": trending,
-                "t0": self._trending._origin()}
+        delta = tables.item_delta(self)
+        if self._owns_popularity:
+            delta.update(tables.prefixed({"popularity": self._trending.item_delta()}))
+        return delta
 
     def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
         """Add a peer's ``item_delta``: counts and trending scores add up; items not met
         yet are created without content (their metadata comes apart)."""
-        ids = delta.get("items")
-        if ids is None or not len(ids):
-            return
-        self._reported_counts()  # before the peer's sums mix in: what is here now is own
-        ids = np.asarray(ids).tolist()
-        rows = np.fromiter(map(self._add_item, ids), dtype=np.int64, count=len(ids))
-        trend_rows = self._trending._add_items(ids)
-        self._trend_row[rows] = trend_rows
-        gains = np.asarray(delta["counts"], dtype=np.int64)
-        self._counts[rows] += gains
-        reported = self._reported_counts()
-        reported[rows] += gains  # the same sums: a row without own gains stays equal
-        self._trending._add_gains(trend_rows, np.asarray(delta["trending"], dtype=np.float64), float(delta["t0"]))
+        own, parts = tables.split(delta, ["popularity"])
+        tables.merge_item_delta(self, own)
+        if self._owns_popularity and parts["popularity"]:
+            self._add_items(np.asarray(parts["popularity"].get("items", ())).tolist())
+            self._trending.merge_item_delta(parts["popularity"])
 
-    def _reported_counts(self) -> np.ndarray:
-        """``_counts_reported``, started (zeros: everything learned so far is own) and grown
-        to the rows."""
-        reported = self._counts_reported
-        if reported is None:
-            reported = np.zeros(len(self._counts), dtype=np.int64)
-        self._counts_reported = reported = grow(reported, len(self._counts))
-        return reported
+    def _item_tables(self) -> dict[str, np.ndarray]:
+        return {"counts": self._counts[: len(self._items)]}
+
+    def _add_items(self, ids: Sequence[str]) -> np.ndarray:
+        """Rows of ``ids``, created (without content) where unknown, each linked to its
+        row in the trending model."""
+        rows = np.fromiter(map(self._add_item, ids), dtype=np.int64, count=len(ids))
+        self._trend_row[rows] = self._trending._add_items(ids)
+        return rows
 
     # -- ranking -----------------------------------------------------------------------
     def _profiles(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -443,8 +404,27 @@ class Content(Recommender):
         pt[found] /= norms[found, None]
         return pc, pt, found
 
+    def use_popularity(self, popularity: Trending) -> bool:
+        """Rank with ``popularity`` (learned, forgotten and shared by its owner) instead of
+        this model's own trending, when it has the same hyperparameters as this model's."""
+        if popularity is self._trending:
+            return True
+        if type(popularity) is not Trending or popularity._get_params() != self._trending._get_params():
+            return False
+        self._trending, self._owns_popularity = popularity, False
+        self._relink()
+        return True
+
+    def _relink(self) -> None:
+        """Each item row's row in the trending model, looked up again (it freed rows)."""
+        get = self._trending._items.rows.get
+        self._trend_row[: len(self._items)] = [-1 if i is None else get(i, -1) for i in self._items.ids]
+        self._trend_generation = self._trending._items.generation
+
     def _popularity(self) -> np.ndarray:
         n = len(self._items)
+        if not self._owns_popularity and self._trend_generation != self._trending._items.generation:
+            self._relink()
         pop = np.zeros(n, dtype=np.float32)
         top = self._trending.max_score()
         if top > 0 and self.popularity_weight:

@@ -11,10 +11,11 @@ import numpy as np
 
 from scipy.sparse import csr_matrix
 
-from online_models._arrays import (IdIndex, RankedRows, excluded_cells, grow, take_gains, top_k, top_k_arrays,
-                                  top_rows)
+from online_models import tables
+from online_models._arrays import (IdIndex, RankedRows, excluded_cells, grow, top_k, top_rows)
 from online_models.base import Interaction, Ranking, Recommender
-from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, Trending, id_array
+from online_models.tables import id_array
+from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, PopularityLink, Trending
 
 _DENSE_ITEMS = 4096  # below this many items the co-occurrence is one dense float32 matrix
 _SCRATCH_SLOTS = 1 << 20  # (user, item) slots summed at once on the sparse path: 4 MiB of int32 stay in cache
@@ -207,6 +208,8 @@ class Cooc(Recommender):
     """
 
     name = "cooc"
+    ITEM_TABLES = {"counts": "sum"}
+    USER_TABLES = {"recent": "weighted-items"}
 
     def __init__(
         self,
@@ -231,9 +234,12 @@ class Cooc(Recommender):
         self._dense = np.zeros((0, 0), dtype=np.float32)  # dense co-occurrence while it is small
         self._recent = _RecentItems(window)
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
-        # what item_delta has to report (see _start_sharing): None until sharing starts,
-        # so that a model nobody shares pays one ``is None`` test per event for it
-        self._counts_reported: np.ndarray | None = None  # counts as reported, plus merged-in
+        # None: the trending above is this model's own, its rows are these rows; handed one
+        # (use_popularity): these rows linked to its rows
+        self._pop_link: PopularityLink | None = None
+        # what item_delta has to report: None until sharing starts (see online_models.tables
+        # and _start_pair_log), so that a model nobody shares pays one ``is None`` test per event
+        self._shadow: dict[str, np.ndarray] | None = None
         self._pair_log: list[tuple[int, np.ndarray, np.ndarray]] | None = None  # own (row, cols, weights)
         self._pairs_carried: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (a, b, w) not yet reported
 
@@ -281,7 +287,10 @@ class Cooc(Recommender):
                         mine.add(other, w * w_other)
                         neighbours[other].add(row, w * w_other)
         recent.push(u, row, w)
-        self._trending.learn_one(interaction)
+        if self._pop_link is None:
+            self._trending.learn_one(interaction)
+        else:  # learned by its owner first
+            self._pop_link.link(self._items, [row], [interaction.item_id])
 
     def _grow_dense(self, n: int) -> None:
         dense = self._dense
@@ -312,7 +321,7 @@ class Cooc(Recommender):
     def _dense_scores(self, user_id: str, pop: float) -> np.ndarray:
         """Every item's score for the user, from the dense matrix: one gather, one product."""
         n = len(self._items)
-        scores = self._trending.raw_scores() * pop
+        scores = self._raw_popularity() * pop
         recent = self._recent.get(user_id)
         if recent is not None:
             rows = recent[0][::-1]  # most recent first
@@ -459,10 +468,10 @@ class Cooc(Recommender):
         excluded = [None] * len(user_ids)
         if exclude is not None:
             excluded = [self._items.rows_of(e) if e else None for e in exclude]
-        by_popularity = self._trending.raw_scores() * self._popularity_factor()
+        by_popularity = self._raw_popularity() * self._popularity_factor()
         by_popularity[self._items.free] = -np.inf  # freed rows never rank
         depth = k + max((len(rows) for rows in excluded if rows is not None), default=0)
-        cand = self._trending.candidate_rows(depth)
+        cand = self._trending.candidate_rows(depth) if self._pop_link is None else None
         popular = top_rows(by_popularity, depth) if cand is None else top_rows(by_popularity[cand], depth, cand)
         step = max(1, _SCRATCH_SLOTS // n)
         scratch = np.empty(min(len(user_ids), step) * n, dtype=np.int32)
@@ -589,8 +598,7 @@ class Cooc(Recommender):
             return
         gone = set(rows.tolist())
         self._counts[rows] = 0.0
-        if self._counts_reported is not None:  # a reused row must not report the old item's count
-            self._counts_reported[rows[rows < len(self._counts_reported)]] = 0.0
+        tables.rebase(self, rows)  # a reused row must not report the old item's count
         if self._pair_log is not None:  # nor its unreported co-occurrences (they go with it)
             a, b, w = self._pending_pairs()
             keep = ~(np.isin(a, rows) | np.isin(b, rows))
@@ -607,49 +615,36 @@ class Cooc(Recommender):
                         neighbours[other].discard(row)
                 neighbours[row] = _Neighbours()
         self._recent.drop_items(rows)
-        self._trending.forget_items(item_ids)  # its rows are these rows: both indexes free them alike
+        if self._pop_link is None:
+            self._trending.forget_items(item_ids)  # its rows are these rows: both indexes free them alike
+        else:  # its owner forgets them there
+            self._pop_link.unlink(rows)
 
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._recent), "items": self._items.live()}
 
-    # -- scale-out ---------------------------------------------------------------------
+    # -- scale-out (online_models.tables) ---------------------------------------------
     def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
-        """The users' recent items, by id, for ``import_users``.
-
-        Returns
-        -------
-        dict
-            Flat arrays (they travel as npz too): ``users`` (str), ``lengths`` (int64, each
-            user's number of recent items), ``items`` (str) and ``weights`` (float64), the
-            users' histories one after the other, each oldest first. Unknown users are
-            left out; a known user without recent items has length 0.
-        """
-        recent = self._recent
-        users = [u for u in dict.fromkeys(user_ids) if u in recent.users]
-        histories = [recent.history(recent.users.rows[u]) for u in users]
-        rows = np.concatenate([h[0] for h in histories]) if users else np.zeros(0, dtype=np.int64)
-        return {
-            "users": np.array(users, dtype=str),
-            "lengths": np.array([len(h[0]) for h in histories], dtype=np.int64),
-            "items": id_array(self._items, rows),
-            "weights": np.concatenate([h[1] for h in histories]) if users else np.zeros(0),
-        }
+        """The users' recent items (ids, each user's oldest first) and their event weights."""
+        return tables.export_users(self, user_ids)
 
     def import_users(self, state: Mapping[str, Any]) -> None:
         """Adopt ``export_users``' users, replacing their recent items here; items not met
         yet are created with no count and no co-occurrence."""
-        users = np.asarray(state.get("users", ())).tolist()
-        if not users:
-            return
-        rows = self._add_items(np.asarray(state["items"]).tolist())
-        weights = np.asarray(state["weights"], dtype=np.float64)
-        recent, ends = self._recent, np.cumsum(state["lengths"]).tolist()
-        for user_id, end, size in zip(users, ends, np.asarray(state["lengths"]).tolist()):
-            u = recent.user_row(user_id)
-            size = min(size, self.window)  # the newest ``window``
-            recent.rows[u, self.window - size :] = rows[end - size : end]
-            recent.weights[u, self.window - size :] = weights[end - size : end]
-            recent.sizes[u] = size
+        tables.import_users(self, state)
+
+    def _has_user(self, user_id: str) -> bool:
+        return user_id in self._recent.users
+
+    def _user_get(self, name: str, user_id: str) -> tuple[np.ndarray, np.ndarray]:
+        return self._recent.history(self._recent.users.rows[user_id])
+
+    def _user_put(self, name: str, user_id: str, value: tuple[np.ndarray, np.ndarray]) -> None:
+        recent, (rows, weights) = self._recent, value
+        u, size = recent.user_row(user_id), min(len(rows), self.window)  # the newest ``window``
+        recent.rows[u, self.window - size :] = rows[len(rows) - size :]
+        recent.weights[u, self.window - size :] = weights[len(rows) - size :]
+        recent.sizes[u] = size
 
     def item_delta(self) -> dict[str, Any]:
         """What this model's own events added to the item counts, co-occurrences and
@@ -658,12 +653,10 @@ class Cooc(Recommender):
         Returns
         -------
         dict
-            ``items`` (str array) names every item below by position. ``counts`` and
-            ``trending`` (float64, one per item) are the gains in weighted occurrences and
-            in trending score (relative to the time origin ``t0``, a float: see
-            ``Trending.item_delta``). ``pair_a``, ``pair_b`` (int64 positions in ``items``,
-            ``a < b``) and ``pair_w`` (float64) are the co-occurrence gains, each pair once
-            (the matrix is symmetric).
+            ``items`` (str array) and ``counts`` (float64), the gains in weighted
+            occurrences; ``pair_a``, ``pair_b`` (str, ``a`` before ``b`` in row order) and
+            ``pair_w`` (float64), the co-occurrence gains, each pair once (the matrix is
+            symmetric); its trending's delta under keys prefixed ``popularity/``.
 
         Notes
         -----
@@ -671,48 +664,39 @@ class Cooc(Recommender):
         is this model's own, so it reports all of it; from then on each event also logs
         its co-occurrence gains, which are summed here.
         """
-        self._start_sharing()
-        count_rows, count_gains = take_gains(self._counts[: len(self._items)], self._counts_reported)
-        trend_rows, trend_gains = self._trending._take_gains()
+        self._start_pair_log()
         a, b, w = self._pending_pairs()
         self._pair_log, self._pairs_carried = [], None
-        rows = np.unique(np.concatenate([count_rows, trend_rows, a, b]))
-        per_item = np.zeros((2, len(rows)))
-        per_item[0, np.searchsorted(rows, count_rows)] = count_gains
-        per_item[1, np.searchsorted(rows, trend_rows)] = trend_gains
-        return {
-            "items": id_array(self._items, rows), "counts": per_item[0], "trending": per_item[1],
-            "t0": self._trending._origin(),
-            "pair_a": np.searchsorted(rows, a), "pair_b": np.searchsorted(rows, b), "pair_w": w,
-        }
+        delta = {**tables.item_delta(self), "pair_a": id_array(self._items, a),
+                 "pair_b": id_array(self._items, b), "pair_w": w}
+        if self._pop_link is None:
+            delta.update(tables.prefixed({"popularity": self._trending.item_delta()}))
+        return delta
 
     def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
         """Add a peer's ``item_delta``: counts, co-occurrences (both halves of the symmetric
         matrix) and trending scores add up; the inverse norms follow the counts."""
-        ids = delta.get("items")
-        if ids is None or not len(ids):
-            return
-        self._start_sharing()  # before the peer's sums mix in: what is here now is own
-        rows = self._add_items(np.asarray(ids).tolist())
-        counts = np.asarray(delta["counts"], dtype=np.float64)
-        changed = counts != 0
-        if changed.any():
-            at, gains = rows[changed], counts[changed]
-            self._counts[at] += gains
-            self._counts_reported = grow(self._counts_reported, len(self._counts))
-            self._counts_reported[at] += gains  # the same sums: a row without own gains stays equal
-            total = self._counts[at]  # learn_one's 1 / sqrt(count), rounded alike
-            self._inv_norm[at] = np.where(total > 0, 1.0 / np.sqrt(np.maximum(total, 1e-300)), 0.0)
-        a = rows[np.asarray(delta["pair_a"], dtype=np.int64)]
-        b = rows[np.asarray(delta["pair_b"], dtype=np.int64)]
-        self._add_pairs(a, b, np.asarray(delta["pair_w"], dtype=np.float64))
-        self._trending._add_gains(rows, np.asarray(delta["trending"], dtype=np.float64), float(delta["t0"]))
+        own, parts = tables.split(delta, ["popularity"])
+        self._start_pair_log()  # before the peer's sums mix in: what is here now is own
+        tables.merge_item_delta(self, own)
+        if len(own.get("pair_w", ())):
+            a = self._add_items(np.asarray(own["pair_a"]).tolist())
+            b = self._add_items(np.asarray(own["pair_b"]).tolist())
+            self._add_pairs(a, b, np.asarray(own["pair_w"], dtype=np.float64))
+        popularity = parts["popularity"]
+        if self._pop_link is None and popularity:
+            self._add_items(np.asarray(popularity.get("items", ())).tolist())  # its rows are these rows
+            self._trending.merge_item_delta(popularity)
 
-    def _start_sharing(self) -> None:
-        """Start tallying own changes: what was learned so far is all own and unreported."""
-        if self._counts_reported is None:
-            self._counts_reported = np.zeros(len(self._counts), dtype=np.float64)
-        self._counts_reported = grow(self._counts_reported, len(self._counts))
+    def _item_tables(self) -> dict[str, np.ndarray]:
+        return {"counts": self._counts[: len(self._items)]}
+
+    def _merged(self, rows: np.ndarray, item_tables: dict[str, np.ndarray]) -> None:
+        total = self._counts[rows]  # learn_one's 1 / sqrt(count), rounded alike
+        self._inv_norm[rows] = np.where(total > 0, 1.0 / np.sqrt(np.maximum(total, 1e-300)), 0.0)
+
+    def _start_pair_log(self) -> None:
+        """Start logging own co-occurrence gains: what was learned so far is all own and unreported."""
         if self._pair_log is None:
             self._pairs_carried = self._all_pairs()
             self._pair_log = []
@@ -775,9 +759,28 @@ class Cooc(Recommender):
                 self._grow_dense(row + 1)  # may move to sparse rows
         if self._dense is None:
             self._neighbours.extend(_Neighbours() for _ in range(n - len(self._neighbours)))
-        if not np.array_equal(self._trending._add_items(ids), rows):
+        if self._pop_link is not None:  # created there too, so that the owner's merge finds them
+            self._trending._add_items(ids)
+            self._pop_link.link(self._items, rows, ids)
+        elif not np.array_equal(self._trending._add_items(ids), rows):
             raise AssertionError("cooc and its trending gave an item different rows")
         return rows
+
+    # -- popularity ----------------------------------------------------------------------
+    def use_popularity(self, popularity: Trending) -> bool:
+        """Rank with ``popularity`` (learned, forgotten and shared by its owner) instead of
+        this model's own trending, when it has the same hyperparameters as this model's."""
+        if popularity is self._trending:
+            return True
+        if type(popularity) is not Trending or popularity._get_params() != self._trending._get_params():
+            return False
+        self._trending, self._pop_link = popularity, PopularityLink(popularity)
+        self._pop_link.relink(self._items)
+        return True
+
+    def _raw_popularity(self) -> np.ndarray:
+        """Unscaled popularity per item row (not to be modified)."""
+        return self._trending.raw_scores() if self._pop_link is None else self._pop_link.scores(self._items)
 
     def _add_pairs(self, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> None:
         """Add co-occurrence ``w`` to the distinct unordered pairs ``(a, b)``, both halves."""
@@ -793,18 +796,17 @@ class Cooc(Recommender):
             neighbours[x].add(y, v)
             neighbours[y].add(x, v)
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._upgrade()
-
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._upgrade()
 
     def _upgrade(self) -> None:
         """Bring a model saved by an older version up to date."""
-        for key in ("_counts_reported", "_pair_log", "_pairs_carried"):  # saved before sharing
+        for key in ("_pair_log", "_pairs_carried", "_pop_link"):  # saved before sharing, before use_popularity
             self.__dict__.setdefault(key, None)
+        if "_shadow" not in self.__dict__:  # saved before online_models.tables
+            reported = self.__dict__.pop("_counts_reported", None)
+            self._shadow = None if reported is None else {"counts": reported}
         if isinstance(self._recent, dict):  # saved before _RecentItems: user -> deque of (row, weight)
             table = _RecentItems(self.window)
             for user_id, history in self._recent.items():

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from online_models._arrays import (IdIndex, RankedRows, excluded_cells, grow, grow_all, rows_to_lists, top_k,
+from online_models import tables
+from online_models._arrays import (IdIndex, RankedRows, excluded_cells, grow, rows_to_lists, top_k,
                                   top_k_arrays)
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
@@ -408,6 +409,9 @@ class TorchEmbeddings(Recommender):
     """
 
     name = "embeddings"
+    ITEM_TABLES = {"in": "step", "out": "step", "bias": "sum", "acc_in": "sum", "acc_out": "sum", "acc_bias": "sum",
+                   "counts": "sum"}
+    USER_TABLES = {"vectors": "vector", "acc": "vector", "recent": "items"}
 
     def __init__(
         self,
@@ -493,9 +497,7 @@ class TorchEmbeddings(Recommender):
             self._item_out[row] = torch.from_numpy(vec_out[0])
             self._item_bias[row] = 0.0  # a freed row's bias is -inf: it must never rank
             self._counts = grow(self._counts, row + 1)
-            if self.__dict__.get("_shadow") is not None:  # the item's tally starts from its init
-                grow_all(self._shadow, len(self._items))
-                self._copy_to_shadow(np.array([row]))
+            tables.rebase(self, np.array([row]))  # the item's tally starts from its init
         return row
 
     # -- learning ----------------------------------------------------------------------
@@ -635,8 +637,7 @@ class TorchEmbeddings(Recommender):
         self._item_bias[rows] = -torch.inf
         self._counts[rows] = 0.0
         self._tie = _TIE_BREAK * np.log1p(self._counts).astype(np.float32)
-        if self.__dict__.get("_shadow") is not None:  # a freed row has nothing to report
-            self._copy_to_shadow(rows)
+        tables.rebase(self, rows)  # a freed row has nothing to report
         gone = set(rows.tolist())
         self._pending = [(u, i, tuple(h for h in hist if h not in gone), w)
                          for u, i, hist, w in self._pending if i not in gone]
@@ -650,7 +651,7 @@ class TorchEmbeddings(Recommender):
     def state_sizes(self) -> dict[str, int]:
         return {"users": self._users.live(), "items": self._items.live()}
 
-    # -- scale-out ---------------------------------------------------------------------
+    # -- scale-out (online_models.tables) ---------------------------------------------
     def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
         """The users' vectors, Adagrad sums, recent items and queued events, as flat arrays.
 
@@ -661,24 +662,16 @@ class TorchEmbeddings(Recommender):
         Returns
         -------
         dict
-            ``users`` (ids), ``vectors`` ``(n, n_factors)``, ``acc``; ``recent`` (item ids,
-            each user's oldest first) cut by ``recent_len``; per queued event ``pending_user``
-            (position in ``users``), ``pending_item``, ``pending_weight``, and its history
-            (most recent first) in ``pending_hist`` cut by ``pending_hist_len``. Arrays only:
-            the hand-over needs no pickle.
+            The user tables (``online_models.tables.export_users``); per queued event
+            ``pending_user`` (position in ``users``), ``pending_item``, ``pending_weight``,
+            and its history (most recent first) in ``pending_hist`` cut by ``pending_hist_len``.
         """
+        state = tables.export_users(self, user_ids)
         ids = self._items.ids
-        users = [u for u in dict.fromkeys(user_ids) if u in self._users]
-        rows = [self._users.rows[u] for u in users]
-        recent = [list(self._recent.get(u, ())) for u in users]
-        position = {row: j for j, row in enumerate(rows)}
+        position = {self._users.rows[u]: j for j, u in enumerate(state["users"].tolist())}
         pending = [(position[p[0]], p) for p in self._pending if p[0] in position]
         return {
-            "users": np.array(users, dtype=str),
-            "vectors": self._user_vecs.numpy()[rows].reshape(-1, self.n_factors).copy(),
-            "acc": self._acc["user"].numpy()[rows].copy(),
-            "recent": np.array([ids[r] for rec in recent for r in rec], dtype=str),
-            "recent_len": np.array([len(rec) for rec in recent], dtype=np.int64),
+            **state,
             "pending_user": np.array([j for j, _ in pending], dtype=np.int64),
             "pending_item": np.array([ids[p[1]] for _, p in pending], dtype=str),
             "pending_weight": np.array([p[3] for _, p in pending], dtype=np.float32),
@@ -689,82 +682,75 @@ class TorchEmbeddings(Recommender):
     def import_users(self, state: Mapping[str, Any]) -> None:
         """Adopt users from ``export_users``: what this model knew of them is forgotten
         first; their queued events join this model's queue (stepped with its next batch)."""
-        users = [str(u) for u in state["users"]]
+        for user_id in np.asarray(state.get("users", ())).tolist():
+            self.forget_user(user_id)
+        users = tables.import_users(self, state)
         if not users:
             return
-        for user_id in users:
-            self.forget_user(user_id)
-        rows = [self._add_user(u) for u in users]
-        self._user_vecs[rows] = torch.as_tensor(np.asarray(state["vectors"], dtype=np.float32))
-        self._acc["user"][rows] = torch.as_tensor(np.asarray(state["acc"], dtype=np.float32))
-        add_item = self._add_item
-        recent = iter([add_item(str(i)) for i in state["recent"]])
-        for user_id, n in zip(users, np.asarray(state["recent_len"]).tolist()):
-            self._recent[user_id] = deque((next(recent) for _ in range(n)), maxlen=self.window)
-        hists = iter([add_item(str(i)) for i in state["pending_hist"]])
+        rows = [self._users.rows[u] for u in users]
+        hists = iter(self._add_items(np.asarray(state["pending_hist"]).tolist()).tolist())
         for j, item, weight, n in zip(np.asarray(state["pending_user"]).tolist(), state["pending_item"],
                                       np.asarray(state["pending_weight"]).tolist(),
                                       np.asarray(state["pending_hist_len"]).tolist()):
             hist = tuple(next(hists) for _ in range(n))
-            self._pending.append((rows[j], add_item(str(item)), hist, weight))
+            self._pending.append((rows[j], self._add_item(str(item)), hist, weight))
         self._refresh_tie()
+
+    def _has_user(self, user_id: str) -> bool:
+        return user_id in self._users
+
+    def _user_get(self, name: str, user_id: str) -> Any:
+        if name == "recent":
+            return np.array(self._recent.get(user_id, ()), dtype=np.int64), None
+        row = self._users.rows[user_id]
+        return (self._user_vecs if name == "vectors" else self._acc["user"]).numpy()[row]
+
+    def _user_put(self, name: str, user_id: str, value: Any) -> None:
+        if name == "recent":
+            self._recent[user_id] = deque(value[0].tolist(), maxlen=self.window)
+            return
+        row = self._add_user(user_id)
+        table = self._user_vecs if name == "vectors" else self._acc["user"]
+        table.numpy()[row] = np.asarray(value, dtype=np.float32).reshape(table.shape[1:])
 
     def item_delta(self) -> dict[str, Any]:
         """The change of every item row this model's own learning touched since the last
         call: input and output vectors, biases, their Adagrad sums and the item counts.
 
-        A shadow copy of the item state as of the last call (or merge) is kept; the rows
-        that differ from it are reported, and the shadow takes their values. An item met
-        since then reports its change from its starting vectors (``initial_item_vectors``),
-        which a peer that has not met it starts from too. Counts include the events still
-        queued; their gradient step is reported by the call after it is taken. The first
-        call builds the shadow (nothing is kept before, so models that share nothing pay
-        nothing) and reports everything learned so far.
+        An item met since then reports its change from its starting vectors
+        (``initial_item_vectors``), which a peer that has not met it starts from too.
+        Counts include the events still queued; their gradient step is reported by the
+        call after it is taken (see ``online_models.tables``).
 
         Returns
         -------
         dict
-            ``ids`` (str), ``in`` and ``out`` ``(n, n_factors)``, ``bias``, ``acc_in``,
+            ``items`` (str), ``in`` and ``out`` ``(n, n_factors)``, ``bias``, ``acc_in``,
             ``acc_out``, ``acc_bias`` (float32) and ``counts`` (float64), one entry per item.
         """
-        shadow = self._ensure_shadow()
-        return take_item_changes(self._item_state(len(self._items)), shadow, self._items.ids)
+        return tables.item_delta(self)
 
     def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
-        """Add a peer's ``item_delta`` to the item state and to the shadow (so that it is
-        not reported back); items not met yet start from their initial vectors."""
-        if not len(delta.get("ids", ())):
-            return
-        shadow = self._ensure_shadow()
-        rows = np.array([self._add_item(str(i)) for i in delta["ids"]], dtype=np.int64)
-        add_item_changes(self._item_state(len(self._items)), shadow, rows, delta)
-        self._refresh_tie()
+        """Add a peer's ``item_delta``; items not met yet start from their initial vectors."""
+        tables.merge_item_delta(self, delta)
 
-    def _item_state(self, n: int) -> dict[str, np.ndarray]:
-        """Writable views of the first ``n`` rows of each shared item table."""
+    def _item_tables(self) -> dict[str, np.ndarray]:
+        """Writable views of the shared item tables' rows."""
+        n = len(self._items)
         return {"in": self._item_in.numpy()[:n], "out": self._item_out.numpy()[:n],
                 "bias": self._item_bias.numpy()[:n, 0], "acc_in": self._acc["in"].numpy()[:n],
                 "acc_out": self._acc["out"].numpy()[:n], "acc_bias": self._acc["bias"].numpy()[:n],
                 "counts": self._counts[:n]}
 
-    def _ensure_shadow(self) -> dict[str, np.ndarray]:
-        """The shadow, built on first use: live items at their initial state, freed rows as they are."""
-        if self.__dict__.get("_shadow") is None:
-            ids = self._items.ids
-            self._shadow = shadow = {key: now.copy() for key, now in self._item_state(len(ids)).items()}
-            live = self._items.live_rows()
-            if len(live):
-                shadow["in"][live], shadow["out"][live] = initial_item_vectors(
-                    [ids[r] for r in live.tolist()], self.seed, self.n_factors, self.init_std)
-                for key in ("bias", "acc_in", "acc_out", "acc_bias", "counts"):
-                    shadow[key][live] = 0.0
-        grow_all(self._shadow, len(self._items))
-        return self._shadow
+    def _initial_items(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        vec_in, vec_out = initial_item_vectors(ids, self.seed, self.n_factors, self.init_std)
+        return {"in": vec_in, "out": vec_out}
 
-    def _copy_to_shadow(self, rows: np.ndarray) -> None:
-        """The shadow of these rows takes their current values (a new item's init, a freed row)."""
-        for key, now in self._item_state(len(self._items)).items():
-            self._shadow[key][rows] = now[rows]
+    def _add_items(self, ids: Sequence[str]) -> np.ndarray:
+        return np.array([self._add_item(str(i)) for i in ids], dtype=np.int64)
+
+    def _merged(self, rows: np.ndarray, item_tables: dict[str, np.ndarray]) -> None:
+        self._refresh_tie()
 
     def _refresh_tie(self) -> None:
         self._tie = _TIE_BREAK * np.log1p(self._counts).astype(np.float32)

@@ -27,6 +27,8 @@ import numpy as np
 
 from online_models._arrays import SeenItems
 from online_models.base import Interaction, Recommender
+from online_models.capabilities import UsesPopularity
+from online_models.trending import Trending
 
 # -- metric functions ------------------------------------------------------------------
 # ``recommended`` is a ranked list of item ids, best first; ``relevant`` the items that
@@ -227,6 +229,14 @@ def prequential(
     if not callable(predict):
         predict = None
     recommend, learn = model.recommend, model.learn_one
+    # one popularity, owned here and learned before the model, for a model that ranks with one
+    popularity = Trending() if isinstance(model, UsesPopularity) else None
+    if popularity is not None and model.use_popularity(popularity):
+        learn_model, learn_popularity = learn, popularity.learn_one
+
+        def learn(event: Interaction) -> None:
+            learn_popularity(event)
+            learn_model(event)
     log2 = math.log2
 
     seen: dict[str, SeenItems] = {}  # append-only: models convert only new ids to rows

@@ -7,14 +7,11 @@ from typing import Any
 from online_models.agent import Agent
 from online_models.base import Recommender
 from online_models.blend import Blend
-from online_models.content import Content
-from online_models.cooc import Cooc
-from online_models.embeddings import TorchEmbeddings
-from online_models.river_models import PurchaseRerank, RiverMF
-from online_models.sasrec import SASRec
-from online_models.trending import Trending
+from online_models.parts import PARTS
+from online_models.purchase_rerank import PurchaseRerank
 
-MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (Trending, Cooc, TorchEmbeddings, RiverMF, PurchaseRerank, Blend, Content, Agent, SASRec)}
+MODELS: dict[str, type[Recommender]] = {**PARTS, **{cls.name: cls for cls in (PurchaseRerank, Blend, Agent)}}
+"""Every model by name: the single ones (``online_models.parts``) and the composites."""
 
 
 def make_model(name: str, **params: Any) -> Recommender:

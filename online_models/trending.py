@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow, take_gains, top_k_of, top_rows
+from online_models import tables
+from online_models._arrays import IdIndex, grow, top_k_of, top_rows
 from online_models.base import Interaction, Ranking, Recommender
 
 _RESCALE_AT = 50.0  # rescale once the growth factor passes e**50, long before float64 overflows
@@ -18,17 +19,6 @@ _DENSE_BELOW = 4096  # catalogues this small are ranked whole
 POPULAR_STRATEGY = "trending"
 POPULAR_NOW = "popular now"
 """The explanation of an item ranked for its popularity (by this model or another's fallback)."""
-
-
-def id_array(index: IdIndex, rows: np.ndarray) -> np.ndarray:
-    """The ids at ``rows`` of ``index`` as a numpy ``str`` array (what a delta carries).
-
-    >>> index = IdIndex(); _ = index.add("a"), index.add("bc")
-    >>> id_array(index, np.array([1, 0])).tolist(), id_array(index, np.array([], dtype=int)).size
-    (['bc', 'a'], 0)
-    """
-    ids = index.ids
-    return np.array([ids[row] for row in rows.tolist()], dtype=str)
 
 
 class Trending(Recommender):
@@ -59,6 +49,7 @@ class Trending(Recommender):
     """
 
     name = "trending"
+    ITEM_TABLES = {"scores": "sum"}
 
     def __init__(self, half_life_s: float | None = 3 * 24 * 3600.0, event_weights: Mapping[str, float] | None = None):
         self.half_life_s = half_life_s
@@ -70,10 +61,7 @@ class Trending(Recommender):
         self._in_cache = np.zeros(0, dtype=bool)
         self._cache = np.zeros(0, dtype=np.int64)  # rows of the top scores when last built
         self._dirty: set[int] = set()  # rows whose score rose since the cache was built
-        # scores as last reported by item_delta, plus what peers added since: the difference
-        # is this model's own learning. None until sharing starts (all scores are own then),
-        # so that learn_one pays nothing for it
-        self._reported: np.ndarray | None = None
+        self._shadow: dict[str, np.ndarray] | None = None  # see online_models.tables
 
     def _growth(self, ts: float) -> float:
         if self.half_life_s is None:
@@ -85,8 +73,7 @@ class Trending(Recommender):
             scale = math.exp(-exponent)
             self._scores *= scale
             self._max *= scale
-            if getattr(self, "_reported", None) is not None:  # checkpoints before sharing lack it
-                self._reported *= scale  # the same product: rows without own gains stay equal
+            tables.scale_shadow(self, "scores", scale)  # the same product: rows without own gains stay equal
             self._t0, exponent = ts, 0.0
             self._cache = self._cache[:0]  # rounding may have made new ties: rebuild the top list
         return math.exp(exponent)
@@ -159,9 +146,7 @@ class Trending(Recommender):
         if not len(rows):
             return
         self._scores[rows] = 0.0
-        reported = getattr(self, "_reported", None)
-        if reported is not None:  # a freed row holds no gain: a reused one starts from nothing
-            reported[rows[rows < len(reported)]] = 0.0
+        tables.rebase(self, rows)  # a freed row holds no gain: a reused one starts from nothing
         self._max = float(self._scores.max(initial=0.0))
         self._cache = self._cache[:0]  # the cached top lost rows: rebuild it
 
@@ -187,33 +172,34 @@ class Trending(Recommender):
             before any event). A receiver multiplies the gains by ``2 ** ((t0 - its t0) /
             half_life_s)``, computed as one exponent, so real epoch times never overflow.
         """
-        rows, gains = self._take_gains()
-        return {"items": id_array(self._items, rows), "scores": gains, "t0": self._origin()}
+        return {**tables.item_delta(self), "t0": self._origin()}
 
     def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
-        """Add a peer's ``item_delta`` (rescaled to this model's time origin)."""
-        ids = delta.get("items")
-        if ids is None or not len(ids):
+        """Add a peer's ``item_delta`` (rescaled to this model's time origin); they are not
+        this model's own: they never return in its ``item_delta``."""
+        gains = np.asarray(delta.get("scores", ()), dtype=np.float64)
+        if not gains.any():
             return
-        rows = self._add_items(np.asarray(ids).tolist())
-        self._add_gains(rows, np.asarray(delta["scores"], dtype=np.float64), float(delta["t0"]))
+        if self.half_life_s is not None:
+            t0 = float(delta["t0"])
+            self._growth(t0)  # adopts t0 when there is none; rescales first when t0 is far ahead
+            # ratio of the origins' growth factors: one exponent, so epoch times never
+            # overflow; a peer origin this far behind underflows only for scores ~e**-700 smaller
+            gains = gains * math.exp((t0 - self._t0) / self.half_life_s * math.log(2))
+        rows = tables.merge_item_delta(self, {"items": delta["items"], "scores": gains})
+        if (gains >= 0).all():  # only gains: the cached top list still bounds the rest
+            self._max = max(self._max, float(self._scores[rows].max()))
+            self._dirty.update(rows.tolist())
+        else:  # a peer's loss (negative event weights): rebuild the maximum and the top list
+            self._max = float(self._scores[: len(self._items)].max(initial=0.0))
+            self._cache = self._cache[:0]
+
+    def _item_tables(self) -> dict[str, np.ndarray]:
+        return {"scores": self._scores[: len(self._items)]}
 
     def _origin(self) -> float:
         """The time origin the raw scores are relative to (0.0 without one)."""
         return float(self._t0) if self._t0 is not None and self.half_life_s is not None else 0.0
-
-    def _take_gains(self) -> tuple[np.ndarray, np.ndarray]:
-        """Rows whose score changed by this model's own learning since the last call, and
-        by how much; starts a new tally. One pass over the rows, once per delta."""
-        return take_gains(self._scores[: len(self._items)], self._reported_scores())
-
-    def _reported_scores(self) -> np.ndarray:
-        """``_reported``, started (zeros: everything learned so far is own) and grown to the rows."""
-        reported = getattr(self, "_reported", None)
-        if reported is None:
-            reported = np.zeros(len(self._scores), dtype=np.float64)
-        self._reported = reported = grow(reported, len(self._scores))
-        return reported
 
     def _add_items(self, ids: Sequence[str]) -> np.ndarray:
         """Rows of ``ids``, the unknown ones created with no score (as ``learn_one`` adds
@@ -223,27 +209,11 @@ class Trending(Recommender):
             self._scores = grow(self._scores, len(self._items))
         return rows
 
-    def _add_gains(self, rows: np.ndarray, gains: np.ndarray, t0: float) -> None:
-        """Add a peer's gains (relative to its time origin ``t0``) to distinct ``rows``;
-        they are not this model's own: they never return in its ``item_delta``."""
-        changed = gains != 0
-        rows, gains = rows[changed], gains[changed]
-        if not len(rows):
-            return
-        if self.half_life_s is not None:
-            self._growth(t0)  # adopts t0 when there is none; rescales first when t0 is far ahead
-            # ratio of the origins' growth factors: one exponent, so epoch times never
-            # overflow; a peer origin this far behind underflows only for scores ~e**-700 smaller
-            gains = gains * math.exp((t0 - self._t0) / self.half_life_s * math.log(2))
-        reported = self._reported_scores()
-        self._scores[rows] += gains
-        reported[rows] += gains  # the same sums: a row without own gains stays equal
-        if (gains >= 0).all():  # only gains: the cached top list still bounds the rest
-            self._max = max(self._max, float(self._scores[rows].max()))
-            self._dirty.update(rows.tolist())
-        else:  # a peer's loss (negative event weights): rebuild the maximum and the top list
-            self._max = float(self._scores[: len(self._items)].max(initial=0.0))
-            self._cache = self._cache[:0]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        reported = state.pop("_reported", None)  # saved before online_models.tables
+        self.__dict__.update(state)
+        if "_shadow" not in state:
+            self._shadow = None if reported is None else {"scores": reported}
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         return self.top(k, exclude)
@@ -268,3 +238,62 @@ class Trending(Recommender):
             return self._items.top(self.scores(), k, exclude_rows)
         best, vals = top_k_of(rows, self._scores[rows] / self._max, k, exclude_rows, len(self._items))
         return self._items.ranking(best, vals)
+
+
+class PopularityLink:
+    """A model's item rows linked to the rows of a popularity it reads but does not own
+    (``use_popularity``), by item id.
+
+    The owner learns each event before the model, so an item the model learns is known
+    there; items the model creates otherwise (merges, imports) are created there too.
+    Once the owner frees rows (idle expiry), every row is looked up again.
+
+    >>> popularity, index = Trending(half_life_s=None), IdIndex()
+    >>> popularity._add_items(["x", "y"]).tolist()
+    [0, 1]
+    >>> popularity._scores[:2] = [3.0, 5.0]
+    >>> link = PopularityLink(popularity); _ = index.add("y"), index.add("new")
+    >>> link.relink(index); link.scores(index).tolist()
+    [5.0, 0.0]
+    """
+
+    __slots__ = ("popularity", "rows", "generation")
+
+    def __init__(self, popularity: Trending) -> None:
+        self.popularity = popularity
+        self.rows = np.zeros(0, dtype=np.int64)  # the popularity's row of each model row, -1: none
+        self.generation = popularity._items.generation
+
+    def link(self, index: IdIndex, rows: np.ndarray | list[int], ids: Sequence[str | None]) -> None:
+        """Look up the popularity's rows of the model's ``rows`` (items ``ids``)."""
+        if len(self.rows) < len(index):
+            old = len(self.rows)
+            self.rows = grow(self.rows, len(index))
+            self.rows[old:] = -1
+        get = self.popularity._items.rows.get
+        self.rows[rows] = [-1 if i is None else get(i, -1) for i in ids]
+
+    def relink(self, index: IdIndex) -> None:
+        """Look every row up again."""
+        self.link(index, np.arange(len(index)), index.ids)
+        self.generation = self.popularity._items.generation
+
+    def unlink(self, rows: np.ndarray) -> None:
+        """The model freed these rows."""
+        self.rows[rows[rows < len(self.rows)]] = -1
+
+    def scores(self, index: IdIndex) -> np.ndarray:
+        """Unscaled popularity per row of ``index`` (0 where the item has none)."""
+        if self.generation != self.popularity._items.generation:  # it freed rows since
+            self.relink(index)
+        rows = self.rows[: len(index)]
+        scores = np.zeros(len(index))
+        known = rows >= 0
+        scores[known] = self.popularity.raw_scores()[rows[known]]
+        return scores
+
+    def __getstate__(self):
+        return self.popularity, self.rows, self.generation
+
+    def __setstate__(self, state):
+        self.popularity, self.rows, self.generation = state

@@ -56,6 +56,7 @@ from online_models.capabilities import (
     HandsOverUsers,
     LearnsItems,
     ReportsArms,
+    ReportsSizes,
     SharesItems,
     SimilarItems,
     UsesPopularity,
@@ -300,7 +301,8 @@ class Pipeline:
         """How many ids each table holds (what expiry bounds)."""
         return {"users": len(self.last_active), "items": len(self.item_last_active),
                 "seen_entries": sum(map(len, self.seen.values())), "impressions": len(self.impressions),
-                **{f"model_{name}": n for name, n in self.model.state_sizes().items()}}
+                **{f"model_{name}": n for name, n in (
+                    self.model.state_sizes() if isinstance(self.model, ReportsSizes) else {}).items()}}
 
     # -- partitions move between workers -----------------------------------------------
     def adopt_partition(self, p: int, peer: dict[str, Any]) -> None:

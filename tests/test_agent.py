@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 import random
 
@@ -242,14 +243,11 @@ def test_content_state_from_before_the_content_mask() -> None:
     model = Content(text_encoder="hash")
     model.learn_items(CATALOGUE)
     model.learn_many(category_stream())
-    old_state = model.state_dict()
+    old_state = copy.deepcopy(vars(model))
     del old_state["_has_content"]
-    restored = model.clone()
-    restored.load_state_dict(old_state)
     unpickled = Content.__new__(Content)
-    unpickled.__setstate__(dict(old_state, **model._get_params()))
-    for twin in (restored, unpickled):
-        assert twin.has_content("A1") and twin.recommend("a0", 5) == model.recommend("a0", 5)
+    unpickled.__setstate__(old_state)
+    assert unpickled.has_content("A1") and unpickled.recommend("a0", 5) == model.recommend("a0", 5)
 
 
 # -- the agent -------------------------------------------------------------------------
@@ -342,17 +340,14 @@ def test_agent_round_trips_with_its_bandit() -> None:
         agent.learn_one(e)
     assert agent.stats()["feedback"] > 0
     pickled = pickle.loads(pickle.dumps(agent))
-    restored = agent.clone()
-    restored.load_state_dict(agent.state_dict())
-    for twin in (pickled, restored):
-        assert twin.bandit.stats() == agent.bandit.stats()
-        for user in ("a0", "b15", "new"):
-            assert twin.recommend_explained(user, 10, seen.get(user)) == agent.recommend_explained(user, 10, seen.get(user))
+    assert pickled.bandit.stats() == agent.bandit.stats()
+    for user in ("a0", "b15", "new"):
+        assert pickled.recommend_explained(user, 10, seen.get(user)) == agent.recommend_explained(user, 10, seen.get(user))
     later = Event(user_id="a0", item_id="A-new", type="click", ts=1e6)
-    for m in (agent, pickled, restored):
+    for m in (agent, pickled):
         m.learn_item("A-new", NEW["A-new"])
         m.learn_one(later)
-    assert pickled.recommend("a0", 10) == agent.recommend("a0", 10) == restored.recommend("a0", 10)
+    assert pickled.recommend("a0", 10) == agent.recommend("a0", 10)
 
 
 def test_agent_batch_asks_each_strategy_only_for_the_users_who_need_it() -> None:

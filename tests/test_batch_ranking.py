@@ -113,7 +113,7 @@ def test_embeddings_gradient_step_matches_autograd(loss: str, l2: float) -> None
 
 def _rerank_one_by_one(model, user_id: str, candidates: list, k: int) -> list:
     """purchase-rerank's re-ranking of one user, each candidate's features from ``_features``."""
-    from online_models.river_models import _FEATURES
+    from online_models.purchase_rerank import _FEATURES
 
     ids = [item for item, _ in candidates]
     base = np.array([score for _, score in candidates])

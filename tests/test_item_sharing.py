@@ -173,10 +173,10 @@ def test_embeddings_freed_rows_report_only_the_new_item() -> None:
     model.learn_many(STREAM)
     model.item_delta()
     model.forget_items(["A1", "B2"])
-    assert np.size(model.item_delta()["ids"]) == 0
+    assert np.size(model.item_delta()["items"]) == 0
     model.learn_one(Event(user_id="a1", item_id="new", type="view", ts=1e6))
     delta = model.item_delta()
-    assert delta["ids"].tolist() == ["new"] and delta["counts"].tolist() == [1.0]
+    assert delta["items"].tolist() == ["new"] and delta["counts"].tolist() == [1.0]
     assert not delta["in"].any() and not delta["out"].any()
 
 

@@ -78,9 +78,12 @@ def test_the_worker_merges_a_peer_delta_once_and_dead_letters_a_bad_one(tmp_path
     settings = Settings(_env_file=None, state_dir=tmp_path)
     dlq = RecordingProducer()
     worker = Worker(settings, model=Cooc(), consumer=Nothing(), dlq_producer=dlq, sink=Nothing())
-    peer = Cooc()
-    peer.learn_many([Event(user_id="u", item_id=i, type="view", ts=1.0) for i in ("x", "y", "x")])
-    payload = encode({"model": peer.item_delta(), "popularity": Trending().item_delta(),
+    peer, peer_popularity = Cooc(), Trending()  # as a peer worker holds them: one popularity, learned first
+    assert peer.use_popularity(peer_popularity)
+    events = [Event(user_id="u", item_id=i, type="view", ts=1.0) for i in ("x", "y", "x")]
+    peer_popularity.learn_many(events)
+    peer.learn_many(events)
+    payload = encode({"model": peer.item_delta(), "popularity": peer_popularity.item_delta(),
                       "worker": {"item_ids": np.array(["x", "y"]), "item_ts": np.array([1.0, 1.0]),
                                  "metadata_ids": np.array(["x"]), "metadata_json": np.array(['{"title": "X"}']),
                                  "first_learned_at": 0.0}})
