@@ -97,6 +97,9 @@ def top_k_rows_by_product(
         As ``top_k_arrays``: ``(len(user_ids), min(k, n_items))``, ``-1`` / ``-inf`` padded.
         Each chunk of users is one matrix product, its excluded cells one scatter.
     """
+    if not user_ids:
+        width = max(min(k, len(items)), 0)
+        return np.full((0, width), -1, dtype=np.int64), np.full((0, width), -np.inf)
     if len(user_ids) == 1:  # one user (a backtest asks for one at a time): numpy has less overhead
         seen = exclude.get(user_ids[0])
         scores = items.numpy() @ representations(user_ids)[0] + bias.numpy()

@@ -98,7 +98,19 @@ def test_dashboard_shows_the_stream_and_a_user_changing(settings, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     def text(css: str) -> str:
-        return browser.find_element(By.CSS_SELECTOR, css).text
+        return read(lambda: browser.find_element(By.CSS_SELECTOR, css).text)
+
+    def read(look):
+        """What ``look`` reads off the page; the page redraws its panels every few seconds,
+        so an element found a moment ago may be gone: look again."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for _ in range(20):
+            try:
+                return look()
+            except StaleElementReferenceException:
+                continue
+        return look()
 
     def until(check, what, timeout_s: float = 40):
         try:
@@ -107,7 +119,8 @@ def test_dashboard_shows_the_stream_and_a_user_changing(settings, tmp_path):
             raise AssertionError(f"the page never showed {what() if callable(what) else what}") from exc
 
     def user_list() -> list[str]:
-        return [a.get_attribute("data-item") for a in browser.find_elements(By.CSS_SELECTOR, "#user-list a.item-link")]
+        return read(lambda: [a.get_attribute("data-item")
+                             for a in browser.find_elements(By.CSS_SELECTOR, "#user-list a.item-link")])
 
     # a crowd: users of group g view g0 -> g1 -> g2 (so each item has neighbours), titles known
     crowd = [(f"c{n}", f"{'ab'[n % 2]}{step}", "view") for n in range(40) for step in range(3)]
@@ -138,14 +151,14 @@ def test_dashboard_shows_the_stream_and_a_user_changing(settings, tmp_path):
             until(lambda: len(user_list()) >= 3, "u1's list")
             before = user_list()
             assert before[0] == "a1", before  # what follows a0 for the crowd
-            first_row = browser.find_element(By.CSS_SELECTOR, "#user-list tr:nth-child(2)").text
+            first_row = text("#user-list tr:nth-child(2)")
             assert "Film A1" in first_row and "often viewed with a0, which you viewed" in first_row, first_row
             assert "Film A0" in text("#user-events")
 
             # u1 turns to the b items: their list changes on the page
             _send(producer, [("u1", "b0", "purchase"), ("u1", "b1", "purchase")])
             until(lambda: user_list()[:1] == ["b2"], lambda: f"u1's list led by b2, not {user_list()}")
-            assert "often viewed with b1" in browser.find_element(By.CSS_SELECTOR, "#user-list tr:nth-child(2)").text
+            assert "often viewed with b1" in text("#user-list tr:nth-child(2)")
 
             # served lists come back as impressions, counted for the fairness panel
             import httpx
