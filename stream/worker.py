@@ -244,12 +244,11 @@ class Worker:
         return not self.in_group or partition in self.pipeline.partitions
 
     def _dead_letter(self, rejects: list[Reject]) -> None:
-        """Send rejects to the DLQ. Every worker reads the side topics whole: the owner of
-        the event partition of the same number dead-letters a bad side record, so it is
-        dead-lettered once."""
+        """Send rejects to the DLQ: the event records' all, a side record's only by its owner
+        (``_owns_side``), so that it is dead-lettered once."""
         for reject in rejects:
             record = reject.record
-            if record.topic != self.settings.topic and self.in_group and record.partition not in self.pipeline.partitions:
+            if record.topic != self.settings.topic and not self._owns_side(record.partition):
                 continue
             headers = [
                 ("reason", reject.reason.encode()),

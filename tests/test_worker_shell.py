@@ -116,3 +116,13 @@ def test_a_checkpoint_follows_when_due_and_a_restarted_worker_resumes_from_it(tm
 def test_a_worker_with_no_batch_writes_and_commits_nothing(tmp_path) -> None:
     worker, calls = make_worker(tmp_path, [])
     assert worker.poll_once() is None and calls == []
+
+
+def test_in_a_group_a_bad_side_record_is_dead_lettered_by_its_partitions_owner_only(tmp_path) -> None:
+    worker, calls = make_worker(tmp_path, [[view("t", 0, "u", "a")]])
+    worker.poll_once()  # this worker now owns event partition 0
+    worker.in_group = True  # as a group member: side topics are read whole, by every member
+    bad_here, bad_elsewhere = (Record("t.impressions", p, 0, 0, b"", b"{") for p in (0, 1))
+    worker.consumer.batches.append([bad_here, bad_elsewhere])
+    worker.poll_once()
+    assert [(topic, headers["source"]) for topic, _, headers in worker.producer.sent] == [("t.dlq", b"t.impressions/0/0")]
