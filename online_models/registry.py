@@ -12,9 +12,10 @@ from online_models.cooc import Cooc
 from online_models.embeddings import TorchEmbeddings
 from online_models.river_models import PurchaseRerank, RiverMF
 from online_models.sasrec import SASRec
+from online_models.sequence import Sequential
 from online_models.trending import Trending
 
-MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (Trending, Cooc, TorchEmbeddings, RiverMF, PurchaseRerank, Blend, Content, Agent, SASRec)}
+MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (Trending, Cooc, TorchEmbeddings, RiverMF, PurchaseRerank, Sequential, Blend, Content, Agent, SASRec)}
 
 
 def make_model(name: str, **params: Any) -> Recommender:
