@@ -10,9 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow, take_gains
+from online_models._arrays import IdIndex, grow, take_gains, top_k_per_user
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.trending import Trending, id_array
+
+
+_DENSE_SLOTS = 1 << 20  # (user, item) scores held at once on the dense ranking path
 
 
 class _Successors:
@@ -54,11 +57,11 @@ class _Successors:
         self.cached = None
 
     def strongest(self, m: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and weights (copies) of the ``m`` heaviest successors (``None``: all); while a
+        """Rows and weights of the ``m`` heaviest successors (``None``: all); while a
         row holds fewer than ``m``, all of them, always current."""
         size = len(self.rows)
-        if m is None or size <= m:
-            return np.array(self.rows, dtype=np.int64), np.array(self.weights, dtype=np.float64)
+        if m is None or size <= m:  # views: the caller copies them before the row can grow again
+            return np.frombuffer(self.rows, dtype=np.int64), np.frombuffer(self.weights, dtype=np.float64)
         if self.cached is None or len(self.cached[0]) != m or self.stale > max(size // 10, 16):
             weights = np.frombuffer(self.weights, dtype=np.float64)
             top = np.sort(np.argpartition(weights, size - m)[size - m :])
@@ -216,15 +219,15 @@ class Sequential(Recommender):
         window: int = 20,
         steps: int = 10,
         distance_power: float = 1.0,
-        recency_decay: float = 0.5,
+        recency_decay: float = 0.4,
         recency_half_life_s: float | None = None,
-        shrinkage: float = 1.0,
-        repeat_weight: float = 1.0,
+        shrinkage: float = 20.0,
+        repeat_weight: float = 0.8,
         repeat_prior: float = 10.0,
         half_life_s: float | None = 3 * 24 * 3600.0,
         event_weights: Mapping[str, float] | None = None,
         max_successors: int | None = 500,
-        backward_weight: float = 0.0,
+        backward_weight: float = 0.5,
         repeat_counts: int = 3,
     ):
         self.window = window
@@ -398,27 +401,23 @@ class Sequential(Recommender):
         else:
             seq_keys, seq_vals = np.zeros(0, dtype=np.int64), np.zeros(0)
 
-        keys, at = np.unique(np.concatenate([seq_keys, key[latest]]), return_inverse=True)
-        scores = np.bincount(at, np.concatenate([seq_vals, repeat]), minlength=len(keys))
-        cand_user, cand_row = np.divmod(keys, n)
-        keep = scores > 0
+        keys = np.concatenate([seq_keys, key[latest]])
+        vals = np.concatenate([seq_vals, repeat])
         excluded = [self._items.rows_of(e) if e else None for e in excludes]
         marked = [r + j * n for j, r in enumerate(excluded) if r is not None and len(r)]
-        if marked:
-            keep &= ~np.isin(keys, np.concatenate(marked))
-        cand_user, cand_row, scores = cand_user[keep], cand_row[keep], scores[keep]
-        order = np.lexsort((cand_row, -scores, cand_user))
-        counts = np.bincount(cand_user, minlength=len(users)).tolist()
+        marked_keys = np.concatenate(marked) if marked else None
+        if len(keys) * 8 >= len(users) * n:  # dense enough: per-user score rows, no sort of the entries
+            best = self._dense_top(keys, vals, marked_keys, len(users), n, k)
+        else:
+            best = self._sparse_top(keys, vals, marked_keys, len(users), n, k)
         ids = self._items.ids
-        ranked = list(zip(map(ids.__getitem__, cand_row[order].tolist()), scores[order].tolist()))
-        out, start, short = {}, 0, []
-        for j, (user_id, count) in enumerate(zip(users, counts)):
-            out[user_id] = ranked[start : start + min(count, k)]
-            start += count
-            if count < k:
+        out, short = {}, []
+        for j, (user_id, (rows_j, scores_j)) in enumerate(zip(users, best)):
+            out[user_id] = list(zip(map(ids.__getitem__, rows_j), scores_j))
+            if len(rows_j) < k:
                 short.append(j)
         if short:  # fill with popular items, scored 0
-            depth = k + max(counts[j] + (len(excluded[j]) if excluded[j] is not None else 0) for j in short)
+            depth = k + max(len(out[users[j]]) + (len(excluded[j]) if excluded[j] is not None else 0) for j in short)
             popular = [item for item, _ in self._trending.top(depth)]
             for j in short:
                 user_id = users[j]
@@ -427,6 +426,44 @@ class Sequential(Recommender):
                     taken.update(excludes[j])
                 fill = [item for item in popular if item not in taken][: k - len(out[user_id])]
                 out[user_id] = out[user_id] + [(item, 0.0) for item in fill]
+        return out
+
+    @staticmethod
+    def _sparse_top(keys: np.ndarray, vals: np.ndarray, marked: np.ndarray | None, n_users: int, n: int,
+                    k: int) -> list[tuple[list[int], list[float]]]:
+        """Each user's top ``k`` positive-scored rows from ``(user * n + row, value)`` entries
+        (summed per key), leaving out the ``marked`` keys: one sort of the distinct keys."""
+        keys, at = np.unique(keys, return_inverse=True)
+        scores = np.bincount(at, vals, minlength=len(keys))
+        keep = scores > 0
+        if marked is not None:
+            keep &= ~np.isin(keys, marked)
+        user, row = np.divmod(keys[keep], n)
+        scores = scores[keep]
+        order = np.lexsort((row, -scores, user))
+        rows, scores = row[order].tolist(), scores[order].tolist()
+        out, start = [], 0
+        for count in np.bincount(user, minlength=n_users).tolist():
+            out.append((rows[start : start + min(count, k)], scores[start : start + min(count, k)]))
+            start += count
+        return out
+
+    @staticmethod
+    def _dense_top(keys: np.ndarray, vals: np.ndarray, marked: np.ndarray | None, n_users: int, n: int,
+                   k: int) -> list[tuple[list[int], list[float]]]:
+        """``_sparse_top`` through a dense score row per user, a chunk of users at a time."""
+        step = max(1, _DENSE_SLOTS // n)
+        out = []
+        for first in range(0, n_users, step):
+            users = min(step, n_users - first)
+            lo, hi = first * n, (first + users) * n
+            inside = (keys >= lo) & (keys < hi)
+            scores = np.bincount(keys[inside] - lo, vals[inside], minlength=users * n)
+            scores[scores <= 0] = -np.inf
+            if marked is not None:
+                mine = marked[(marked >= lo) & (marked < hi)]
+                scores[mine - lo] = -np.inf
+            out.extend(top_k_per_user(scores.reshape(users, n), k))
         return out
 
     # -- explanations and similar items --------------------------------------------------
