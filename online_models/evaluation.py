@@ -325,7 +325,7 @@ def next_item_split(train: Sequence[Interaction], test: Sequence[Interaction]) -
     Test clicks whose item never occurs in ``train`` are dropped, then test sessions
     (``user_id``) left with fewer than 2 clicks. What remains is stably sorted by ``ts``.
 
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> ev = lambda u, i, t: Event(user_id=u, item_id=i, type="click", ts=t)
     >>> split = next_item_split([ev("s0", "a", 0), ev("s0", "b", 1)],
     ...                         [ev("s1", "a", 3), ev("s1", "z", 4), ev("s2", "b", 2), ev("s2", "a", 5)])
@@ -368,7 +368,7 @@ def next_item(
 
     Examples
     --------
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> from online_models.trending import Trending
     >>> ev = lambda u, i, t: Event(user_id=u, item_id=i, type="click", ts=t)
     >>> split = next_item_split([ev("s0", "a", 0), ev("s0", "a", 1), ev("s0", "b", 2)],

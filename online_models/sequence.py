@@ -202,7 +202,7 @@ class Sequential(Recommender):
 
     Examples
     --------
-    >>> from stream.schema import Event
+    >>> from core.schema import Event
     >>> model = Sequential()
     >>> for t, (user, item) in enumerate([("a", "x"), ("a", "y"), ("a", "z"), ("b", "x"), ("b", "y")]):
     ...     model.learn_one(Event(user_id=user, item_id=item, type="click", ts=t))
@@ -485,7 +485,14 @@ class Sequential(Recommender):
         return f"often clicked after {self._items.ids[best]}" if best is not None else "popular right now"
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
-        return [(self.name, self.explain(user_id, item)) for item in item_ids]
+        """Per item, ``("sequence", "often clicked after X")`` (the recent item whose
+        transition weighs most) or ``("sequence", "you clicked it recently")``; an item no
+        transition reaches was ranked for its popularity: ``("trending", "popular now")``."""
+        out = []
+        for item in item_ids:
+            reason = self.explain(user_id, item)
+            out.append(("trending", "popular now") if reason == "popular right now" else (self.name, reason))
+        return out
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The items most often clicked next after ``item_id`` (share of its transitions)."""

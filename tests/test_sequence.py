@@ -12,7 +12,7 @@ import pytest
 from online_models import make_model
 from online_models.evaluation import next_item, next_item_split
 from stream.logs import read_log
-from stream.schema import Event
+from core.schema import Event
 
 
 def clicks(sessions: dict[str, str], start: float = 0.0) -> list[Event]:
