@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from itertools import islice
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -418,14 +419,17 @@ class Sequential(Recommender):
                 short.append(j)
         if short:  # fill with popular items, scored 0
             depth = k + max(len(out[users[j]]) + (len(excluded[j]) if excluded[j] is not None else 0) for j in short)
-            popular = [item for item, _ in self._trending.top(depth)]
+            popular = [(item, 0.0) for item, _ in self._trending.top(depth)]
             for j in short:
                 user_id = users[j]
-                taken = {item for item, _ in out[user_id]}
+                ranked = out[user_id]
+                if not ranked and not excludes[j]:  # most users of a batch: the popular list as it is
+                    out[user_id] = popular[:k]
+                    continue
+                taken = {item for item, _ in ranked}
                 if excludes[j]:
                     taken.update(excludes[j])
-                fill = [item for item in popular if item not in taken][: k - len(out[user_id])]
-                out[user_id] = out[user_id] + [(item, 0.0) for item in fill]
+                ranked.extend(islice((pair for pair in popular if pair[0] not in taken), k - len(ranked)))
         return out
 
     @staticmethod
