@@ -473,30 +473,41 @@ class Sequential(Recommender):
     # -- explanations and similar items --------------------------------------------------
     def explain(self, user_id: str, item_id: str) -> str:
         """Why ``item_id`` ranks for the user, in words."""
-        row = self._items.get(item_id)
-        user, rows, weight, back = self._sources_of([user_id])
-        if row is None:
-            return "popular right now"
-        if row in rows.tolist():
-            return "you clicked it recently"
-        best, best_score = None, 0.0
-        for source, a in zip(rows.tolist(), weight.tolist()):
-            i = self._successors[source].pos.get(row)
-            if i is not None:
-                score = a * self._successors[source].weights[i] / (self._out_total[source] + self.shrinkage)
-                if score > best_score:
-                    best, best_score = source, score
-        return f"often clicked after {self._items.ids[best]}" if best is not None else "popular right now"
+        return self._reasons(user_id, [item_id])[0]
+
+    def _reasons(self, user_id: str, item_ids: Sequence[str]) -> list[str]:
+        """``explain`` for several items: the user's recent items are read once."""
+        history = self._histories.get(user_id)
+        sources: list[tuple[int, float]] = []
+        if history is not None:
+            _, rows, weight, _ = self._sources_of([user_id])
+            totals = (self._out_total[rows] + self.shrinkage).tolist()
+            sources = [(r, a / t) for r, a, t in zip(rows.tolist(), weight.tolist(), totals)]
+        recent = {r for r, _ in sources}
+        reasons = []
+        for item_id in item_ids:
+            row = self._items.get(item_id)
+            if row is None:
+                reasons.append("popular right now")
+                continue
+            if row in recent:
+                reasons.append("you clicked it recently")
+                continue
+            best, best_score = None, 0.0
+            for source, factor in sources:
+                successors = self._successors[source]
+                i = successors.pos.get(row)
+                if i is not None and factor * successors.weights[i] > best_score:
+                    best, best_score = source, factor * successors.weights[i]
+            reasons.append(f"often clicked after {self._items.ids[best]}" if best is not None else "popular right now")
+        return reasons
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
         """Per item, ``("sequence", "often clicked after X")`` (the recent item whose
         transition weighs most) or ``("sequence", "you clicked it recently")``; an item no
         transition reaches was ranked for its popularity: ``("trending", "popular now")``."""
-        out = []
-        for item in item_ids:
-            reason = self.explain(user_id, item)
-            out.append(("trending", "popular now") if reason == "popular right now" else (self.name, reason))
-        return out
+        return [("trending", "popular now") if reason == "popular right now" else (self.name, reason)
+                for reason in self._reasons(user_id, item_ids)]
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The items most often clicked next after ``item_id`` (share of its transitions)."""
