@@ -106,6 +106,10 @@ class Blend(Recommender):
         for model in self._models.values():
             model.learn_many(interactions)
 
+    def _power_of(self, name: str) -> float | None:
+        """The power a calibrated part's scores are raised to (``None``: scaled per list)."""
+        return self.calibrated_power if name in self._calibrated else None
+
     def _scaled(self, ranking: Ranking, weight: float, name: str = "") -> tuple[tuple[str, ...], list[float]]:
         """A component's items and their weighted scaled scores (what each adds to the fusion)."""
         items, scores = zip(*ranking)
@@ -208,11 +212,11 @@ class Blend(Recommender):
                 mapping = row_map(lists.index)
                 listed = lists.rows >= 0
                 rows = np.where(listed, mapping[np.where(listed, lists.rows, 0)] if len(mapping) else -1, -1)
-                parts.append((rows, lists.scores, weight))
+                parts.append((rows, lists.scores, weight, self._power_of(name)))
             else:
                 got = model.recommend_many(user_ids, n, exclude)
                 lists = RankedRows.of_rankings([got[u] for u in user_ids], shared, n)
-                parts.append((lists.rows, lists.scores, weight))
+                parts.append((lists.rows, lists.scores, weight, self._power_of(name)))
             last[name] = _ListsByUser(user_ids, lists)
         self._last_lists = last
         if not parts:
