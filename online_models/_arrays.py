@@ -612,7 +612,8 @@ def fuse_top_k(
     parts
         ``(rows, scores, weight)`` per part: ``(n_users, width)`` arrays in one shared row
         space, best first, ``-1`` / ``-inf`` after each list (an item listed twice counts
-        twice).
+        twice). A fourth element ``power`` (not ``None``) marks a calibrated part: its
+        scores are probabilities, fused as ``weight * score ** power``, not scaled.
     k
         How many items per user.
     rank_offset
@@ -631,18 +632,20 @@ def fuse_top_k(
     >>> rows.tolist(), scores.tolist()
     ([[3, 1, 4]], [[1.0, 1.0, 0.0]])
     """
-    used = [(r, s, float(w)) for r, s, w in parts if w != 0 and r.shape[1]]
+    used = [(p[0], p[1], float(p[2]), p[3] if len(p) > 3 else None) for p in parts if p[2] != 0 and p[0].shape[1]]
     n_users = parts[0][0].shape[0] if parts else 0
     out_rows = np.full((n_users, max(k, 0)), -1, dtype=np.int64)
     out_scores = np.full((n_users, max(k, 0)), -np.inf)
     if not used or k <= 0 or n_users == 0:
         return out_rows, out_scores
     all_rows, all_scaled, all_pos = [], [], []
-    for rows, scores, weight in used:
+    for rows, scores, weight, power in used:
         listed = rows >= 0
         width = rows.shape[1]
         pos = np.broadcast_to(np.arange(width), rows.shape)
-        if rank_offset is not None:
+        if power is not None:  # a calibrated part: its scores as they are, sharpened
+            scaled = np.where(listed, weight * np.maximum(np.where(listed, scores, 0.0), 0.0) ** power, 0.0)
+        elif rank_offset is not None:
             top = rank_offset + 1
             scaled = np.broadcast_to(weight * top / (top + np.arange(width, dtype=np.float64)), rows.shape)
         else:

@@ -1,6 +1,6 @@
 """The recommendation agent: a bandit learns from feedback which strategy fills each slot.
 
-:class:`Agent` holds several strategies (registered models: co-occurrence, embeddings,
+:class:`Agent` holds several strategies (registered models: co-occurrence, sequential rules, embeddings,
 trending, content, and content restricted to new items as exploration). For each list it
 asks a :class:`online_models.bandit.SlotBandit` which strategy serves each slot (per
 user-activity segment: new / casual / heavy), takes that strategy's best item not yet in
@@ -42,6 +42,7 @@ from online_models.trending import Trending
 
 DEFAULT_STRATEGIES: dict[str, dict[str, Any]] = {
     "cooc": {"model": "cooc"},
+    "sequence": {"model": "sequence"},
     "embeddings": {"model": "embeddings"},
     "trending": {"model": "trending"},
     "content": {"model": "content"},

@@ -16,9 +16,10 @@ from online_models.cooc import Cooc
 from online_models.embeddings import TorchEmbeddings
 from online_models.river_models import RiverMF
 from online_models.sasrec import SASRec
+from online_models.sequence import Sequential
 from online_models.trending import Trending
 
-PARTS: dict[str, type[Recommender]] = {cls.name: cls for cls in (Trending, Cooc, TorchEmbeddings, RiverMF, Content, SASRec)}
+PARTS: dict[str, type[Recommender]] = {cls.name: cls for cls in (Trending, Cooc, Sequential, TorchEmbeddings, RiverMF, Content, SASRec)}
 
 
 def make_part(name: str, params: Mapping[str, Any] | None = None) -> Recommender:

@@ -22,10 +22,11 @@ import numpy as np
 
 from core.errors import StreamrecError
 from online_models import set_torch_threads
-from online_models.evaluation import PrequentialResult, prequential, sliding_rate
+from online_models.evaluation import PrequentialResult, next_item, next_item_split, prequential, sliding_rate
 from stream.logs import Log, read_log
 
 PROGRESS_MIN_EVENTS = 10_000
+PROTOCOLS = ("prequential", "next-item")
 PLOT_POINTS = 400
 
 
@@ -93,8 +94,21 @@ def run_backtest(
     on_result: Callable[[PrequentialResult], object] | None = None,
     make: Callable[[str], object] | None = None,
     torch_threads: int | None = 1,
+    protocol: str = "prequential",
+    test_paths: str | Path | Iterable[str | Path] | None = None,
 ) -> Backtest:
-    """Read the log, then judge each model on it in turn (each starts unfitted)."""
+    """Read the log, then judge each model on it in turn (each starts unfitted).
+
+    ``protocol`` is ``"prequential"`` (test-then-learn over the log) or ``"next-item"``
+    (learn the log, then judge each click of the ``test_paths`` sessions after their first:
+    see ``online_models.evaluation.next_item``; ``warmup`` and ``stride`` do not apply).
+    """
+    if protocol not in PROTOCOLS:
+        raise BacktestError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if protocol == "next-item" and test_paths is None:
+        raise BacktestError("the next-item protocol needs a test log (--test)")
+    if protocol == "prequential" and test_paths is not None:
+        raise BacktestError("a test log (--test) goes with --protocol next-item")
     if k < 1:
         raise BacktestError("k must be at least 1")
     if stride < 1:
@@ -118,20 +132,34 @@ def run_backtest(
     if not data.events:
         raise BacktestError("the log has no valid events")
     settings = {"k": k, "exclude_seen": exclude_seen, "warmup": warmup, "stride": stride, "limit": limit,
-                "models": names}
+                "models": names, "protocol": protocol}
+    split = None
+    if protocol == "next-item":
+        test = read_log(test_paths, fmt, strict=strict)
+        split = next_item_split(data.events, test.events)
+        settings.update(test_files=[str(p) for p in test.files], predictions=split.predictions,
+                        dropped_unknown_items=split.dropped_unknown_items,
+                        dropped_short_sessions=split.dropped_short_sessions)
+        log(f"test: {test.summary()}; {split.dropped_unknown_items:,} clicks of items not in train and "
+            f"{split.dropped_short_sessions:,} sessions under 2 clicks dropped; {split.predictions:,} predictions")
     backtest = Backtest(log=data, results=[], settings=settings)
-    show_bar = progress and len(data.events) >= PROGRESS_MIN_EVENTS
+    total = len(data.events) + (len(split.test) if split is not None else 0)
+    show_bar = progress and total >= PROGRESS_MIN_EVENTS
     for name in names:
         model = make(name)
         bar = None
         if show_bar:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(data.events), desc=f"{name:>16}", unit="ev", unit_scale=True,
+            bar = tqdm(total=total, desc=f"{name:>16}", unit="ev", unit_scale=True,
                        file=sys.stderr, mininterval=1.0, leave=True, dynamic_ncols=True)
         try:
-            result = prequential(model, data.events, k, exclude_seen=exclude_seen, warmup=warmup, stride=stride,
-                                 progress=bar.update if bar is not None else None)
+            if split is not None:
+                result = next_item(model, split, k, exclude_seen=exclude_seen,
+                                   progress=bar.update if bar is not None else None)
+            else:
+                result = prequential(model, data.events, k, exclude_seen=exclude_seen, warmup=warmup, stride=stride,
+                                     progress=bar.update if bar is not None else None)
         except Exception as exc:  # one broken model must not sink the comparison
             backtest.errors[name] = f"{type(exc).__name__}: {exc}"
             log(f"{name}: failed: {backtest.errors[name]}")
@@ -141,7 +169,7 @@ def run_backtest(
                 bar.close()
         result.model = name
         backtest.results.append(result)
-        log(f"{name}: HR@{k} {result.hr:.4f}  NDCG@{k} {result.ndcg:.4f}  "
+        log(f"{name}: HR@{k} {result.hr:.4f}  MRR@{k} {result.mrr:.4f}  NDCG@{k} {result.ndcg:.4f}  "
             f"{result.evaluated:,} evaluated  {result.events_per_s:,.0f} events/s")
         if on_result is not None:
             on_result(result)
@@ -203,11 +231,18 @@ def _window(results: Sequence[PrequentialResult]) -> int:
     return max(100, min(5000, evaluated // 40))
 
 
+_PROTOCOL_TEXT = {
+    "prequential": "prequential test-then-learn, timestamp order (stable sort)",
+    "next-item": "next-item: learn train, then each test session's clicks after its first are ranked "
+                 "from its prefix and learned after (streaming), timestamp order",
+}
+
+
 def report_dict(backtest: Backtest) -> dict:
     window = _window(backtest.results)
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "protocol": "prequential test-then-learn, timestamp order (stable sort)",
+        "protocol": _PROTOCOL_TEXT[backtest.settings.get("protocol", "prequential")],
         "dataset": backtest.meta(),
         "settings": backtest.settings,
         "models": [{**_finite(r.as_dict()), "hr_over_time": hr_over_time(r, window)} for r in backtest.results],
@@ -256,7 +291,9 @@ def write_report(backtest: Backtest, directory: str | Path) -> dict[str, Path]:
     lines = [
         f"# Backtest: {names}",
         "",
-        f"Prequential (test-then-learn) in timestamp order: {meta['events']:,} events, {meta['users']:,} users, "
+        (f"Next-item protocol on {s.get('predictions', 0):,} test clicks after a session's first, trained on "
+         if s.get("protocol") == "next-item" else "Prequential (test-then-learn) in timestamp order: ")
+        + f"{meta['events']:,} events, {meta['users']:,} users, "
         f"{meta['items']:,} items ({meta['format']}); k={s['k']}, exclude seen={s['exclude_seen']}, "
         f"warmup={s['warmup']}, stride={s['stride']}" + (f", limit={s['limit']:,}" if s["limit"] else "") + ".",
         "",

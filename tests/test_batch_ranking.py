@@ -251,7 +251,11 @@ def test_fuse_top_k_equals_blends_dict_fusion(rank_offset) -> None:
     rng = random.Random(5)
     names = ("cooc", "trending", "embeddings", "sequence")
     blend = Blend(models={"cooc": {}, "trending": {}, "embeddings": {}},
-                  weights={"cooc": 1.0, "trending": 0.0, "embeddings": 0.5, "sequence": 0.7}, rank_offset=rank_offset)
+                  weights={"cooc": 1.0, "trending": 0.0, "embeddings": 0.5, "sequence": 0.7}, rank_offset=rank_offset,
+                  calibrated=())
+    # the same with "sequence" calibrated (its scores fused as weight * score ** 2, not scaled)
+    calibrated = Blend(models={"cooc": {}, "trending": {}, "embeddings": {}}, weights=blend.weights,
+                       rank_offset=rank_offset, calibrated=("sequence",))
     for trial in range(60):
         index = IdIndex()
         users = []
@@ -276,6 +280,11 @@ def test_fuse_top_k_equals_blends_dict_fusion(rank_offset) -> None:
             for j, lists in enumerate(users):
                 got = [(index.ids[r], s) for r, s in zip(rows[j].tolist(), scores[j].tolist()) if r >= 0]
                 assert got == blend._fuse(lists, k) == _fuse_reference(blend, lists, k)
+            parts = [part[:3] + (calibrated._power_of(name),) for part, name in zip(parts, names)]
+            rows, scores = fuse_top_k(parts, k, rank_offset)
+            for j, lists in enumerate(users):
+                got = [(index.ids[r], s) for r, s in zip(rows[j].tolist(), scores[j].tolist()) if r >= 0]
+                assert got == calibrated._fuse(lists, k)
 
 
 def _trained_blend(parts: dict, events, batch: int = 200):

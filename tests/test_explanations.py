@@ -66,7 +66,7 @@ def test_sasrec_names_the_item_each_follows():
 
 
 def test_blend_delegates_each_item_to_the_part_that_ranked_it():
-    model = planted(make_model("blend"))  # the default served model: cooc + embeddings
+    model = planted(make_model("blend"))  # the default served model: cooc + embeddings + sequence
     ranked = model.recommend_many(["me", "nobody"], 5, {"me": {"a", "b"}})
     items = [item for item, _ in ranked["me"]]
     assert set(items[:2]) == {"x", "y"}
@@ -79,7 +79,8 @@ def test_blend_delegates_each_item_to_the_part_that_ranked_it():
         assert strategy in parts and reason == parts[strategy].explain_items("me", [item])[0][1]
     for item, because in (("x", "a"), ("y", "b")):
         assert explained[item][1] in (f"often viewed with {because}, which you viewed",
-                                      f"close to {because}, which you viewed recently")
+                                      f"close to {because}, which you viewed recently",
+                                      f"often clicked after {because}")
     # a user the last ranking did not hold is ranked again; one without history gets "popular now"
     assert model.explain_items("nobody", [i for i, _ in ranked["nobody"]][:1]) == [("trending", "popular now")]
     model.recommend("someone-else", 3)

@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 FAST: dict[str, dict] = {
     "embeddings": {"n_factors": 8, "batch_size": 8, "n_negatives": 16, "seed": 3},
     "purchase-rerank": {"min_purchases": 1, "n_candidates": 20},
-    "blend": {"models": {"cooc": {}, "embeddings": {"n_factors": 8, "batch_size": 8, "n_negatives": 16}}},
+    "blend": {"models": {"cooc": {}, "embeddings": {"n_factors": 8, "batch_size": 8, "n_negatives": 16}, "sequence": {}}},
     "sasrec": {"n_factors": 8, "window": 5, "batch_size": 8, "n_negatives": 16, "seed": 3},
 }
 TYPES = ("view", "click", "add_to_cart", "purchase")
@@ -86,7 +86,7 @@ def _group_first(model: Recommender, events: list[Event], users=("a1", "b2", "a7
         assert rec and all(i[0] == u[0].upper() for i in rec), f"{type(model).__name__}: {u} got {rec}"
 
 
-@pytest.mark.parametrize("name", ["cooc", "embeddings", "purchase-rerank", "blend"])
+@pytest.mark.parametrize("name", ["cooc", "sequence", "embeddings", "purchase-rerank", "blend"])
 def test_planted_groups_implicit(name: str) -> None:
     events = implicit(group_stream(n_users=12, per_user=12, seed=1))
     model = fresh(name)

@@ -36,11 +36,21 @@ def _backtest_arguments(p: argparse.ArgumentParser) -> None:
     _log_arguments(p)
     p.add_argument("--models", "-m", default=None,
                    help="comma-separated registry names (default: every registered model)")
-    p.add_argument("--k", type=_positive_int, default=10, help="length of each ranking (default 10)")
+    p.add_argument("--k", type=_positive_int, default=None,
+                   help="length of each ranking (default 10; 20 with --protocol next-item)")
+    p.add_argument("--protocol", choices=("prequential", "next-item"), default="prequential",
+                   help="prequential (default): test-then-learn over the log; next-item: learn the log, then "
+                        "rank before each click of the --test sessions after their first (repeats allowed)")
+    p.add_argument("--test", nargs="+", metavar="TEST", default=None,
+                   help="the test log(s) of --protocol next-item, in the same format")
     p.add_argument("--report", metavar="DIR", default=None, help="write report.json, report.md and report.png here")
     p.add_argument("--json", action="store_true", help="print one JSON object per model on stdout, nothing else")
-    p.add_argument("--no-exclude-seen", dest="exclude_seen", action="store_false",
-                   help="let rankings include items the user already interacted with")
+    seen = p.add_mutually_exclusive_group()
+    seen.add_argument("--no-exclude-seen", dest="exclude_seen", action="store_false", default=None,
+                      help="let rankings include items the user already interacted with (prequential default: "
+                           "excluded)")
+    seen.add_argument("--exclude-seen", dest="exclude_seen", action="store_true", default=None,
+                      help="leave out items the user already interacted with (next-item default: kept)")
     p.add_argument("--warmup", type=_non_negative_int, default=0, help="learn the first N events without judging")
     p.add_argument("--stride", type=_positive_int, default=1, help="judge every N-th eligible event")
     p.add_argument("--torch-threads", type=_positive_int, default=1,
@@ -58,10 +68,14 @@ def backtest(args: argparse.Namespace) -> int:
         def on_result(result) -> None:
             print(result_json(result), flush=True)
 
+    next_item = args.protocol == "next-item"
+    k = args.k if args.k is not None else (20 if next_item else 10)
+    exclude_seen = args.exclude_seen if args.exclude_seen is not None else not next_item
     bt = run_backtest(
-        args.paths, args.format, models=args.models, k=args.k, exclude_seen=args.exclude_seen,
+        args.paths, args.format, models=args.models, k=k, exclude_seen=exclude_seen,
         warmup=args.warmup, stride=args.stride, limit=args.limit, strict=args.strict,
         progress=args.progress, on_result=on_result, torch_threads=args.torch_threads,
+        protocol=args.protocol, test_paths=args.test,
     )
     if not args.json:
         print(text_table(bt.results))

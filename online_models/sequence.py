@@ -1,0 +1,706 @@
+"""Sequence: what users click next, from the order of their recent clicks (sequential rules)
+and their repeats, learned exactly and incrementally, one event at a time."""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Collection, Mapping, Sequence
+from itertools import islice
+from typing import Any
+
+import numpy as np
+
+from online_models import tables
+from online_models._arrays import IdIndex, grow, top_k_per_user
+from online_models.base import Interaction, Ranking, Recommender
+from online_models.tables import id_array
+from online_models.trending import Trending
+
+_DENSE_SLOTS = 1 << 20  # (user, item) scores held at once on the dense ranking path
+
+
+class _Successors:
+    """One item's outgoing transitions: successor rows and weights in append-only arrays.
+
+    ``array.array`` keeps each update a plain Python operation, and numpy reads them
+    zero-copy when ranking. ``strongest`` caches the heaviest ``m`` (rows and weights),
+    refreshed once the row changed by a tenth.
+    """
+
+    __slots__ = ("pos", "rows", "weights", "cached", "stale")
+
+    def __init__(self) -> None:
+        self.pos: dict[int, int] = {}
+        self.rows = array("q")
+        self.weights = array("d")
+        self.cached: tuple[np.ndarray, np.ndarray] | None = None
+        self.stale = 0
+
+    def add(self, row: int, weight: float) -> None:
+        i = self.pos.get(row)
+        if i is None:
+            self.pos[row] = len(self.rows)
+            self.rows.append(row)
+            self.weights.append(weight)
+        else:
+            self.weights[i] += weight
+        self.stale += 1
+
+    def discard(self, row: int) -> None:
+        """Remove a successor: the last entry takes its place."""
+        i = self.pos.pop(row, None)
+        if i is None:
+            return
+        last_row, last_weight = self.rows.pop(), self.weights.pop()
+        if i < len(self.rows):
+            self.rows[i], self.weights[i] = last_row, last_weight
+            self.pos[last_row] = i
+        self.cached = None
+
+    def strongest(self, m: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and weights of the ``m`` heaviest successors (``None``: all); while a
+        row holds fewer than ``m``, all of them, always current."""
+        size = len(self.rows)
+        if m is None or size <= m:  # views: the caller copies them before the row can grow again
+            return np.frombuffer(self.rows, dtype=np.int64), np.frombuffer(self.weights, dtype=np.float64)
+        if self.cached is None or len(self.cached[0]) != m or self.stale > max(size // 10, 16):
+            weights = np.frombuffer(self.weights, dtype=np.float64)
+            top = np.sort(np.argpartition(weights, size - m)[size - m :])
+            self.cached = (np.frombuffer(self.rows, dtype=np.int64)[top].copy(), top)
+            self.stale = 0
+        rows, top = self.cached
+        return rows, np.frombuffer(self.weights, dtype=np.float64)[top]  # current weights at the cached positions
+
+    def __getstate__(self):
+        return self.rows, self.weights
+
+    def __setstate__(self, state):
+        self.rows, self.weights = state
+        self.pos = {row: i for i, row in enumerate(self.rows)}
+        self.cached, self.stale = None, 0
+
+
+class _Histories:
+    """Each user's last ``window`` items (rows) and event times: one table row per user,
+    the ``n`` entries in the last ``n`` columns, oldest first."""
+
+    def __init__(self, window: int):
+        self.window = window
+        self.users = IdIndex()
+        self.rows = np.zeros((0, window), dtype=np.int64)
+        self.ts = np.zeros((0, window), dtype=np.float64)
+        self.sizes = np.zeros(0, dtype=np.int64)
+
+    def user_row(self, user_id: str) -> int:
+        u = self.users.add(user_id)
+        if u >= len(self.sizes):
+            self.rows, self.ts, self.sizes = grow(self.rows, u + 1), grow(self.ts, u + 1), grow(self.sizes, u + 1)
+        return u
+
+    def history(self, u: int) -> tuple[np.ndarray, np.ndarray]:
+        """Views of table row ``u``'s item rows and times, oldest first."""
+        start = self.window - int(self.sizes[u])
+        return self.rows[u, start:], self.ts[u, start:]
+
+    def get(self, user_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        u = self.users.rows.get(user_id)
+        return None if u is None or not self.sizes[u] else self.history(u)
+
+    def push(self, u: int, row: int, ts: float) -> None:
+        rows, times = self.rows[u], self.ts[u]
+        rows[:-1] = rows[1:]
+        rows[-1] = row
+        times[:-1] = times[1:]
+        times[-1] = ts
+        if self.sizes[u] < self.window:
+            self.sizes[u] += 1
+
+    def set(self, user_id: str, rows: np.ndarray, ts: np.ndarray) -> None:
+        u = self.user_row(user_id)
+        m = min(len(rows), self.window)
+        self.rows[u, self.window - m :] = rows[len(rows) - m :]
+        self.ts[u, self.window - m :] = ts[len(ts) - m :]
+        self.sizes[u] = m
+
+    def forget(self, user_ids: Collection[str]) -> None:
+        self.sizes[self.users.remove(user_ids)] = 0
+
+    def drop_items(self, gone: np.ndarray) -> None:
+        """Take the item rows ``gone`` out of every history."""
+        n = len(self.users)
+        held = np.arange(self.window) >= (self.window - self.sizes[:n])[:, None]
+        hit = np.isin(self.rows[:n], gone) & held
+        for u in np.flatnonzero(hit.any(axis=1)).tolist():
+            rows, ts = self.history(u)
+            keep = ~hit[u, self.window - int(self.sizes[u]) :]
+            rows, ts = rows[keep].copy(), ts[keep].copy()
+            self.sizes[u] = 0
+            if len(rows):
+                self.rows[u, self.window - len(rows) :], self.ts[u, self.window - len(rows) :] = rows, ts
+                self.sizes[u] = len(rows)
+
+    def __len__(self) -> int:
+        return self.users.live()
+
+    def __getstate__(self):
+        n = len(self.users)
+        return {"window": self.window, "users": self.users, "rows": self.rows[:n].copy(),
+                "ts": self.ts[:n].copy(), "sizes": self.sizes[:n].copy()}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+class Sequential(Recommender):
+    """What users click next: sequential rules over each user's recent items, plus repeats.
+
+    Learning an event of item ``i`` by a user whose recent items are ``h_1`` (the last
+    one), ``h_2``, ... adds ``w_i / d ** distance_power`` to the transition ``h_d -> i``
+    for ``d <= steps`` (``w_i``: the event type's weight), and to ``h_d``'s outgoing
+    total. It also counts repeats: how often the next event is the item whose latest
+    click was ``d`` steps back, out of the events that had such an item.
+
+    A user's score for item ``x`` is a probability that ``x`` comes next:
+
+        repeat(x) + (1 - sum of repeat) * sum_d a_d * T(h_d -> x) / (out(h_d) + shrinkage)
+
+    where ``repeat(x)`` is the learned repeat rate of the step ``x`` was last clicked at
+    (times ``repeat_weight``; 0 for items not in the user's last ``window``), and the
+    source weights ``a_d`` fall by ``recency_decay`` per step back and, with
+    ``recency_half_life_s``, with the time between the user's last event and ``h_d``;
+    they sum to 1. Repeats take part only when the request does not exclude the user's
+    items. Items no transition reaches follow, by popularity (``Trending``), scored 0.
+
+    Everything learned about items is a sum, so replicas that exchange ``item_delta``
+    rank like one model that learned every event.
+
+    Parameters
+    ----------
+    window
+        Recent items of each user kept for ranking and repeats.
+    steps
+        How far back in a user's history a new event makes transitions.
+    distance_power
+        A transition ``d`` steps back weighs ``1 / d ** distance_power``.
+    recency_decay
+        Factor per step back applied to a source item's weight when ranking.
+    recency_half_life_s
+        Time after which a source item weighs half (from the user's last event), or
+        ``None``.
+    shrinkage
+        Added to each source's outgoing total: a source seen once is not trusted fully.
+    repeat_weight
+        Multiplies the learned repeat rates (0: no repeats).
+    repeat_prior
+        Pseudo-trials without a repeat added to each step's repeat rate.
+    half_life_s
+        Half-life of the popularity fallback.
+    event_weights
+        Weight per event type; defaults to ``EVENT_WEIGHTS``.
+    max_successors
+        Each source adds only its ``max_successors`` heaviest transitions to a ranking
+        (``None``: all), which bounds the cost per user.
+
+    Examples
+    --------
+    >>> from core.schema import Event
+    >>> model = Sequential()
+    >>> for t, (user, item) in enumerate([("a", "x"), ("a", "y"), ("a", "z"), ("b", "x"), ("b", "y")]):
+    ...     model.learn_one(Event(user_id=user, item_id=item, type="click", ts=t))
+    >>> model.recommend("b", k=1, exclude={"x", "y"})[0][0]
+    'z'
+    >>> model.explain("b", "z")
+    'often clicked after y'
+    """
+
+    name = "sequence"
+
+    def __init__(
+        self,
+        window: int = 20,
+        steps: int = 10,
+        distance_power: float = 1.0,
+        recency_decay: float = 0.4,
+        recency_half_life_s: float | None = None,
+        shrinkage: float = 20.0,
+        repeat_weight: float = 0.8,
+        repeat_prior: float = 10.0,
+        half_life_s: float | None = 3 * 24 * 3600.0,
+        event_weights: Mapping[str, float] | None = None,
+        max_successors: int | None = 500,
+        backward_weight: float = 0.5,
+        repeat_counts: int = 3,
+    ):
+        self.window = window
+        self.steps = steps
+        self.distance_power = distance_power
+        self.recency_decay = recency_decay
+        self.recency_half_life_s = recency_half_life_s
+        self.shrinkage = shrinkage
+        self.repeat_weight = repeat_weight
+        self.repeat_prior = repeat_prior
+        self.half_life_s = half_life_s
+        self.event_weights = event_weights
+        self.max_successors = max_successors
+        self.backward_weight = backward_weight
+        self.repeat_counts = repeat_counts
+        self._items = IdIndex()
+        self._successors: list[_Successors] = []
+        self._sources: list[set[int]] = []  # rows with a transition into each row (for forget_items)
+        self._out_total = np.zeros(0, dtype=np.float64)
+        self._histories = _Histories(window)
+        # per (steps back d of an item's latest click, its clicks c in the window), at
+        # d * repeat_counts + c - 1: events with such an item, and those that repeated it
+        self._repeat_hits = [0.0] * (window * repeat_counts)
+        self._repeat_trials = [0.0] * (window * repeat_counts)
+        self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
+        # what item_delta reports (see _start_sharing): None until sharing starts
+        self._out_reported: np.ndarray | None = None
+        self._repeats_reported: np.ndarray | None = None
+        self._pair_log: tuple[array, array, array] | None = None  # own (source, target, weight) since the last delta
+        self._pairs_carried: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    # -- learning ----------------------------------------------------------------------
+    def _step_weights(self) -> list[float]:
+        weights = self.__dict__.get("_step_weight_cache")
+        if weights is None:
+            weights = self._step_weight_cache = [1.0 / (d + 1) ** self.distance_power for d in range(self.steps)]
+        return weights
+
+    def _add_item(self, item_id: str) -> int:
+        row = self._items.add(item_id)
+        if row >= len(self._out_total):
+            self._out_total = grow(self._out_total, row + 1)
+        while len(self._successors) <= row:
+            self._successors.append(_Successors())
+            self._sources.append(set())
+        return row
+
+    def learn_one(self, interaction: Interaction) -> None:
+        w = self.weight(interaction)
+        row = self._add_item(interaction.item_id)
+        histories = self._histories
+        u = histories.user_row(interaction.user_id)
+        size = int(histories.sizes[u])
+        if size:
+            recent = histories.rows[u, self.window - size :].tolist()
+            recent.reverse()  # most recent first
+            latest: dict[int, int] = {}  # row -> steps back of its latest click
+            clicks: dict[int, int] = {}  # row -> its clicks in the window
+            steps, step_weights = self.steps, self._step_weights()
+            backward = self.backward_weight
+            successors, totals, sources, log = self._successors, self._out_total, self._sources[row], self._pair_log
+            for d, source in enumerate(recent):
+                if source in latest:
+                    clicks[source] += 1
+                else:
+                    latest[source] = d
+                    clicks[source] = 1
+                if d < steps and source != row:
+                    gain = w * step_weights[d]
+                    successors[source].add(row, gain)
+                    totals[source] += gain
+                    sources.add(source)
+                    if log is not None:
+                        log[0].append(source)
+                        log[1].append(row)
+                        log[2].append(gain)
+                    if backward:
+                        back_gain = gain * backward
+                        successors[row].add(source, back_gain)
+                        totals[row] += back_gain
+                        self._sources[source].add(row)
+                        if log is not None:
+                            log[0].append(row)
+                            log[1].append(source)
+                            log[2].append(back_gain)
+            trials, most = self._repeat_trials, self.repeat_counts
+            for source, d in latest.items():
+                trials[d * most + min(clicks[source], most) - 1] += 1.0
+            d = latest.get(row)
+            if d is not None:
+                self._repeat_hits[d * most + min(clicks[row], most) - 1] += 1.0
+        histories.push(u, row, interaction.ts)
+        self._trending.learn_one(interaction)
+
+    # -- ranking -----------------------------------------------------------------------
+    def repeat_rates(self) -> np.ndarray:
+        """The learned chance that the next event repeats the item last clicked ``d`` steps
+        back, per ``d`` (times ``repeat_weight``)."""
+        hits = np.asarray(self._repeat_hits, dtype=np.float64)
+        trials = np.asarray(self._repeat_trials, dtype=np.float64)
+        return self.repeat_weight * hits / (trials + self.repeat_prior + 1e-12)
+
+    def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
+        return self._rank([user_id], k, [exclude])[user_id]
+
+    def recommend_many(
+        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
+    ) -> dict[str, Ranking]:
+        """All users ranked together in a few numpy calls (no per-user scoring in Python)."""
+        users = list(dict.fromkeys(user_ids))
+        return self._rank(users, k, [exclude.get(u) for u in users] if exclude else [None] * len(users))
+
+    def _sources_of(self, users: list[str]) -> tuple[np.ndarray, ...]:
+        """Every user's recent items as flat arrays: user position, item row, source weight
+        (``a_d``, summing to 1 per user), and steps back."""
+        histories, window = self._histories, self.window
+        table = histories.users.rows
+        at = np.array([table.get(u, -1) for u in users], dtype=np.int64)
+        known = at >= 0
+        sizes = np.zeros(len(users), dtype=np.int64)
+        sizes[known] = histories.sizes[at[known]]
+        held = np.arange(window) >= (window - sizes)[:, None]
+        user, col = np.nonzero(held)  # per user, oldest first
+        table_rows = at[user]
+        rows = histories.rows[table_rows, col]
+        back = window - 1 - col
+        weight = self._decay_powers()[back]
+        if self.recency_half_life_s is not None and len(user):
+            age = histories.ts[table_rows, window - 1] - histories.ts[table_rows, col]
+            weight = weight * np.exp2(-age / self.recency_half_life_s)
+        total = np.bincount(user, weight, minlength=len(users))
+        return user, rows, weight / np.maximum(total[user], 1e-300), back
+
+    def _decay_powers(self) -> np.ndarray:
+        powers = self.__dict__.get("_powers_cache")
+        if powers is None:
+            powers = self._powers_cache = self.recency_decay ** np.arange(self.window, dtype=np.float64)
+        return powers
+
+    def _rank(self, users: list[str], k: int, excludes: list[Collection[str] | None]) -> dict[str, Ranking]:
+        n = len(self._items)
+        if n == 0 or k <= 0:
+            return {u: [] for u in users}
+        user, rows, weight, back = self._sources_of(users)
+
+        # repeats: each distinct recent item at the steps back of its latest click
+        key = user * n + rows
+        order = np.lexsort((back, key))  # per (user, item), the latest click first
+        first = np.ones(len(key), dtype=bool)
+        first[1:] = key[order][1:] != key[order][:-1]
+        latest = order[first]
+        clicks = np.bincount(np.cumsum(first) - 1, minlength=len(latest))
+        most = self.repeat_counts
+        repeat = self.repeat_rates()[back[latest] * most + np.minimum(clicks, most) - 1]
+        repeat_total = np.bincount(user[latest], repeat, minlength=len(users))
+
+        # transitions: each recent item's strongest successors, gathered for all users at once
+        source_weight = weight * np.maximum(1.0 - repeat_total[user], 0.0) / (self._out_total[rows] + self.shrinkage)
+        distinct, which = np.unique(rows, return_inverse=True)
+        parts = [self._successors[r].strongest(self.max_successors) for r in distinct.tolist()]
+        lengths = np.array([len(p[0]) for p in parts], dtype=np.int64)
+        if lengths.sum():
+            succ_rows = np.concatenate([p[0] for p in parts])
+            succ_weights = np.concatenate([p[1] for p in parts])
+            per_entry = lengths[which]
+            starts = np.cumsum(lengths) - lengths
+            ends = np.cumsum(per_entry)
+            at = np.repeat(starts[which] - (ends - per_entry), per_entry) + np.arange(ends[-1] if len(ends) else 0)
+            seq_keys = np.repeat(user, per_entry) * n + succ_rows[at]
+            seq_vals = succ_weights[at] * np.repeat(source_weight, per_entry)
+        else:
+            seq_keys, seq_vals = np.zeros(0, dtype=np.int64), np.zeros(0)
+
+        keys = np.concatenate([seq_keys, key[latest]])
+        vals = np.concatenate([seq_vals, repeat])
+        excluded = [self._items.rows_of(e) if e else None for e in excludes]
+        marked = [r + j * n for j, r in enumerate(excluded) if r is not None and len(r)]
+        marked_keys = np.concatenate(marked) if marked else None
+        if len(keys) * 8 >= len(users) * n:  # dense enough: per-user score rows, no sort of the entries
+            best = self._dense_top(keys, vals, marked_keys, len(users), n, k)
+        else:
+            best = self._sparse_top(keys, vals, marked_keys, len(users), n, k)
+        ids = self._items.ids
+        out, short = {}, []
+        for j, (user_id, (rows_j, scores_j)) in enumerate(zip(users, best)):
+            out[user_id] = list(zip(map(ids.__getitem__, rows_j), scores_j))
+            if len(rows_j) < k:
+                short.append(j)
+        if short:  # fill with popular items, scored 0
+            depth = k + max(len(out[users[j]]) + (len(excluded[j]) if excluded[j] is not None else 0) for j in short)
+            popular = [(item, 0.0) for item, _ in self._trending.top(depth)]
+            for j in short:
+                user_id = users[j]
+                ranked = out[user_id]
+                if not ranked and not excludes[j]:  # most users of a batch: the popular list as it is
+                    out[user_id] = popular[:k]
+                    continue
+                taken = {item for item, _ in ranked}
+                if excludes[j]:
+                    taken.update(excludes[j])
+                ranked.extend(islice((pair for pair in popular if pair[0] not in taken), k - len(ranked)))
+        return out
+
+    @staticmethod
+    def _sparse_top(keys: np.ndarray, vals: np.ndarray, marked: np.ndarray | None, n_users: int, n: int,
+                    k: int) -> list[tuple[list[int], list[float]]]:
+        """Each user's top ``k`` positive-scored rows from ``(user * n + row, value)`` entries
+        (summed per key), leaving out the ``marked`` keys: one sort of the distinct keys."""
+        keys, at = np.unique(keys, return_inverse=True)
+        scores = np.bincount(at, vals, minlength=len(keys))
+        keep = scores > 0
+        if marked is not None:
+            keep &= ~np.isin(keys, marked)
+        user, row = np.divmod(keys[keep], n)
+        scores = scores[keep]
+        order = np.lexsort((row, -scores, user))
+        rows, scores = row[order].tolist(), scores[order].tolist()
+        out, start = [], 0
+        for count in np.bincount(user, minlength=n_users).tolist():
+            out.append((rows[start : start + min(count, k)], scores[start : start + min(count, k)]))
+            start += count
+        return out
+
+    @staticmethod
+    def _dense_top(keys: np.ndarray, vals: np.ndarray, marked: np.ndarray | None, n_users: int, n: int,
+                   k: int) -> list[tuple[list[int], list[float]]]:
+        """``_sparse_top`` through a dense score row per user, a chunk of users at a time."""
+        step = max(1, _DENSE_SLOTS // n)
+        out = []
+        for first in range(0, n_users, step):
+            users = min(step, n_users - first)
+            lo, hi = first * n, (first + users) * n
+            inside = (keys >= lo) & (keys < hi)
+            scores = np.bincount(keys[inside] - lo, vals[inside], minlength=users * n)
+            scores[scores <= 0] = -np.inf
+            if marked is not None:
+                mine = marked[(marked >= lo) & (marked < hi)]
+                scores[mine - lo] = -np.inf
+            out.extend(top_k_per_user(scores.reshape(users, n), k))
+        return out
+
+    # -- explanations and similar items --------------------------------------------------
+    def explain(self, user_id: str, item_id: str) -> str:
+        """Why ``item_id`` ranks for the user, in words."""
+        return self._reasons(user_id, [item_id])[0]
+
+    def _reasons(self, user_id: str, item_ids: Sequence[str]) -> list[str]:
+        """``explain`` for several items: the user's recent items are read once."""
+        history = self._histories.get(user_id)
+        sources: list[tuple[int, float]] = []
+        if history is not None:
+            _, rows, weight, _ = self._sources_of([user_id])
+            totals = (self._out_total[rows] + self.shrinkage).tolist()
+            sources = [(r, a / t) for r, a, t in zip(rows.tolist(), weight.tolist(), totals)]
+        recent = {r for r, _ in sources}
+        reasons = []
+        for item_id in item_ids:
+            row = self._items.get(item_id)
+            if row is None:
+                reasons.append("popular right now")
+                continue
+            if row in recent:
+                reasons.append("you clicked it recently")
+                continue
+            best, best_score = None, 0.0
+            for source, factor in sources:
+                successors = self._successors[source]
+                i = successors.pos.get(row)
+                if i is not None and factor * successors.weights[i] > best_score:
+                    best, best_score = source, factor * successors.weights[i]
+            reasons.append(f"often clicked after {self._items.ids[best]}" if best is not None else "popular right now")
+        return reasons
+
+    def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
+        """Per item, ``("sequence", "often clicked after X")`` (the recent item whose
+        transition weighs most) or ``("sequence", "you clicked it recently")``; an item no
+        transition reaches was ranked for its popularity: ``("trending", "popular now")``."""
+        return [("trending", "popular now") if reason == "popular right now" else (self.name, reason)
+                for reason in self._reasons(user_id, item_ids)]
+
+    def similar_items(self, item_id: str, k: int = 10) -> Ranking:
+        """The items most often clicked next after ``item_id`` (share of its transitions)."""
+        row = self._items.get(item_id)
+        if row is None or k <= 0:
+            return []
+        rows, weights = self._successors[row].strongest(None)
+        if not len(rows):
+            return []
+        scores = weights / (self._out_total[row] + self.shrinkage)
+        order = np.lexsort((rows, -scores))[:k]
+        return self._items.ranking(rows[order], scores[order])
+
+    # -- forgetting --------------------------------------------------------------------
+    def forget_user(self, user_id: str) -> None:
+        self._histories.forget([user_id])
+
+    def forget_items(self, item_ids: Collection[str]) -> None:
+        """Drop the items' transitions (both ways) and popularity, take them out of users'
+        histories, and free their rows. Outgoing totals of other items keep what went to
+        them (totals only grow, so replicas stay sums of each other)."""
+        rows = self._items.remove(item_ids)
+        if not len(rows):
+            return
+        gone = set(rows.tolist())
+        for row in gone:
+            for source in self._sources[row]:
+                if source not in gone:
+                    self._successors[source].discard(row)
+            for target in self._successors[row].rows:
+                if target not in gone:
+                    self._sources[target].discard(row)
+            self._successors[row] = _Successors()
+            self._sources[row] = set()
+        self._out_total[rows] = 0.0
+        if self._out_reported is not None:
+            self._out_reported[rows[rows < len(self._out_reported)]] = 0.0
+        if self._pair_log is not None:
+            a, b, w = self._pending_pairs()
+            keep = ~(np.isin(a, rows) | np.isin(b, rows))
+            self._pairs_carried = a[keep], b[keep], w[keep]
+        self._histories.drop_items(rows)
+        self._trending.forget_items(item_ids)
+
+    def state_sizes(self) -> dict[str, int]:
+        return {"users": len(self._histories), "items": self._items.live()}
+
+    # -- scale-out ---------------------------------------------------------------------
+    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
+        """The users' recent items, by id, with their times.
+
+        Returns
+        -------
+        dict
+            ``users`` (str), ``lengths`` (int64), ``items`` (str) and ``ts`` (float64): the
+            users' histories one after the other, each oldest first. Unknown users are left out.
+        """
+        histories = self._histories
+        users = [u for u in dict.fromkeys(user_ids) if u in histories.users]
+        parts = [histories.history(histories.users.rows[u]) for u in users]
+        rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        return {
+            "users": np.array(users, dtype=str),
+            "lengths": np.array([len(p[0]) for p in parts], dtype=np.int64),
+            "items": id_array(self._items, rows),
+            "ts": np.concatenate([p[1] for p in parts]) if parts else np.zeros(0),
+        }
+
+    def import_users(self, state: Mapping[str, Any]) -> None:
+        """Adopt ``export_users``' users, replacing their histories here."""
+        users = np.asarray(state.get("users", ())).tolist()
+        if not users:
+            return
+        rows = self._add_items(np.asarray(state["items"]).tolist())
+        ts = np.asarray(state["ts"], dtype=np.float64)
+        lengths = np.asarray(state["lengths"], dtype=np.int64).tolist()
+        end = 0
+        for user_id, size in zip(users, lengths):
+            start, end = end, end + size
+            self._histories.set(user_id, rows[start:end], ts[start:end])
+
+    def item_delta(self) -> dict[str, Any]:
+        """What this model's own events added to its item state since the last call.
+
+        Returns
+        -------
+        dict
+            ``items`` (str) names the items below by position; ``out_total`` (float64,
+            one per item) the gains in outgoing totals; ``popularity/...`` the item delta
+            of its trending (see ``Trending.item_delta``);
+            ``pair_source``, ``pair_target`` (int64 positions in ``items``) and
+            ``pair_w`` (float64) the transition gains; ``repeat_hits`` and
+            ``repeat_trials`` (float64, one per step back) the repeat counts' gains.
+        """
+        self._start_sharing()
+        n = len(self._items)
+        out_rows = np.flatnonzero(self._out_total[:n] != self._out_reported[:n])
+        out_gains = self._out_total[out_rows] - self._out_reported[out_rows]
+        self._out_reported[out_rows] = self._out_total[out_rows]
+        repeats = np.array([self._repeat_hits, self._repeat_trials], dtype=np.float64)
+        repeat_gains = repeats - self._repeats_reported
+        self._repeats_reported = repeats
+        a, b, w = self._pending_pairs()
+        self._pairs_carried = None
+        rows = np.unique(np.concatenate([out_rows, a, b]))
+        out_total = np.zeros(len(rows))
+        out_total[np.searchsorted(rows, out_rows)] = out_gains
+        changed = bool(repeat_gains.any())
+        return {
+            **tables.prefixed({"popularity": self._trending.item_delta()}),
+            "items": id_array(self._items, rows), "out_total": out_total,
+            "pair_source": np.searchsorted(rows, a), "pair_target": np.searchsorted(rows, b), "pair_w": w,
+            "repeat_hits": repeat_gains[0] if changed else np.zeros(0),
+            "repeat_trials": repeat_gains[1] if changed else np.zeros(0),
+        }
+
+    def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
+        """Add a peer's ``item_delta``: transitions, totals, repeat counts and trending add up."""
+        self._start_sharing()
+        delta, parts = tables.split(delta, ["popularity"])
+        popular = parts["popularity"]
+        if len(popular.get("items", ())):  # items first met here get the same row in both tables
+            self._add_items(np.asarray(popular["items"]).tolist())
+            self._trending.merge_item_delta(popular)
+        hits = np.asarray(delta.get("repeat_hits", ()), dtype=np.float64)
+        if len(hits):
+            trials = np.asarray(delta["repeat_trials"], dtype=np.float64)
+            m = min(len(hits), len(self._repeat_hits))
+            for d in range(m):
+                self._repeat_hits[d] += float(hits[d])
+                self._repeat_trials[d] += float(trials[d])
+            self._repeats_reported[0, :m] += hits[:m]
+            self._repeats_reported[1, :m] += trials[:m]
+        ids = delta.get("items")
+        if ids is None or not len(ids):
+            return
+        rows = self._add_items(np.asarray(ids).tolist())
+        gains = np.asarray(delta["out_total"], dtype=np.float64)
+        changed = gains != 0
+        self._out_total[rows[changed]] += gains[changed]
+        self._out_reported = grow(self._out_reported, len(self._out_total))
+        self._out_reported[rows[changed]] += gains[changed]
+        sources = rows[np.asarray(delta["pair_source"], dtype=np.int64)]
+        targets = rows[np.asarray(delta["pair_target"], dtype=np.int64)]
+        successors, into = self._successors, self._sources
+        for source, target, w in zip(sources.tolist(), targets.tolist(),
+                                     np.asarray(delta["pair_w"], dtype=np.float64).tolist()):
+            successors[source].add(target, w)
+            into[target].add(source)
+
+    def _start_sharing(self) -> None:
+        """Start tallying own changes: what was learned so far is all own and unreported."""
+        if self._out_reported is None:
+            self._out_reported = np.zeros(len(self._out_total), dtype=np.float64)
+        self._out_reported = grow(self._out_reported, len(self._out_total))
+        if self._repeats_reported is None:
+            self._repeats_reported = np.zeros((2, len(self._repeat_hits)), dtype=np.float64)
+        if self._pair_log is None:
+            self._pairs_carried = self._all_pairs()
+            self._pair_log = (array("q"), array("q"), array("d"))
+
+    def _all_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parts = [(np.full(len(s.rows), row, dtype=np.int64),) + s.strongest(None)
+                 for row, s in enumerate(self._successors) if len(s.rows)]
+        if not parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+    def _pending_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The unreported own transition gains summed per pair ``(source, target, weight)``;
+        they replace the log."""
+        log = self._pair_log
+        parts = [self._pairs_carried] if self._pairs_carried is not None else []
+        if log is not None and len(log[0]):
+            parts.append((np.frombuffer(log[0], dtype=np.int64).copy(), np.frombuffer(log[1], dtype=np.int64).copy(),
+                          np.frombuffer(log[2], dtype=np.float64).copy()))
+        if not parts:
+            a, b, w = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+        else:
+            a, b, w = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        n = max(len(self._items), 1)
+        keys, at = np.unique(a * n + b, return_inverse=True)
+        w = np.bincount(at, weights=w, minlength=len(keys))
+        kept = w != 0
+        a, b = np.divmod(keys[kept], n)
+        w = w[kept]
+        self._pair_log = (array("q"), array("q"), array("d"))
+        self._pairs_carried = (a, b, w)
+        return a, b, w
+
+    def _add_items(self, ids: Sequence[str]) -> np.ndarray:
+        """Rows of ``ids``, unknown ones created with no learned state, here and in trending."""
+        rows = np.fromiter(map(self._add_item, ids), dtype=np.int64, count=len(ids))
+        if not np.array_equal(self._trending._add_items(ids), rows):
+            raise AssertionError("sequence and its trending gave an item different rows")
+        return rows
