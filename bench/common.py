@@ -105,20 +105,9 @@ def drop_prefix(redis_url: str, prefix: str) -> None:
 
 # -- a worker without Kafka ------------------------------------------------------------
 
-@dataclass
-class Record:
-    """Just what ``Pipeline.process`` reads of a ``ConsumerRecord``."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes
-    value: bytes
-
-
 class Nothing:
-    """Stands in for a worker's consumer, DLQ producer or store: assigned nothing, every call a no-op."""
+    """Stands in for a worker's consumer and DLQ producer in a benchmark without Kafka: assigned
+    nothing, every call a no-op."""
 
     def assignment(self) -> set:
         return set()

@@ -112,9 +112,9 @@ def main() -> None:
 
     from fastapi.testclient import TestClient
 
-    from serving.app import create_app
     from core.keys import make_client
     from core.settings import Settings
+    from serving.app import create_app
     from stream.sink import ListSink
     from streamrec.services import LocalRedis, free_port
 

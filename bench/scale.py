@@ -24,13 +24,13 @@ import uuid
 
 from bench.common import (
     Nothing,
-    Record,
     Services,
     bench_settings,
     drop_prefix,
     in_process,
     rss_bytes,
 )
+from stream.pipeline import Record
 
 ITEMS = 100_000
 

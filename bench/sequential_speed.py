@@ -21,8 +21,8 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.models_speed import synthetic_stream
-from online_models import make_model
 from core.schema import Event
+from online_models import make_model
 
 N_ITEMS, N_USERS, BATCH = 100_000, 20_000, 1_000
 

@@ -25,13 +25,13 @@ import orjson
 from bench.common import (
     TYPE_MIX,
     Nothing,
-    Record,
     bench_settings,
     drop_prefix,
     in_process,
     rss_bytes,
     services,
 )
+from stream.pipeline import Record
 
 DAY_S = 86_400.0
 

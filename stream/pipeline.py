@@ -68,27 +68,6 @@ log = logging.getLogger("streamrec.pipeline")
 Ranking = list[tuple[str, float]]
 
 
-def declares(model: Any, capability: type) -> bool:
-    """Whether ``model`` declares ``capability``: ``isinstance``, not counting a method that
-    is ``Recommender``'s own placeholder (one that does nothing or raises).
-
-    >>> class Counts(Recommender):
-    ...     name = "counts"
-    ...     def learn_one(self, interaction): ...
-    ...     def recommend(self, user_id, k=10, exclude=None): return []
-    ...     def similar_items(self, item_id, k=10): return []
-    >>> declares(Counts(), SimilarItems), declares(Counts(), ForgetsUsers)
-    (True, False)
-    """
-    if not isinstance(model, capability):
-        return False
-    for name in (n for n, value in vars(capability).items() if callable(value) and not n.startswith("_")):
-        placeholder = getattr(Recommender, name, None)
-        if placeholder is not None and getattr(getattr(model, name), "__func__", None) is placeholder:
-            return False
-    return True
-
-
 @dataclass(frozen=True)
 class Capabilities:
     """What a model does beyond the contract, read once from its declarations."""
@@ -104,10 +83,10 @@ class Capabilities:
 
     @classmethod
     def of(cls, model: Recommender) -> Capabilities:
-        return cls(learns_items=declares(model, LearnsItems), explains=declares(model, Explains),
-                   similar_items=declares(model, SimilarItems), forgets_users=declares(model, ForgetsUsers),
-                   forgets_items=declares(model, ForgetsItems), hands_over_users=declares(model, HandsOverUsers),
-                   shares_items=declares(model, SharesItems), reports_arms=declares(model, ReportsArms))
+        return cls(learns_items=isinstance(model, LearnsItems), explains=isinstance(model, Explains),
+                   similar_items=isinstance(model, SimilarItems), forgets_users=isinstance(model, ForgetsUsers),
+                   forgets_items=isinstance(model, ForgetsItems), hands_over_users=isinstance(model, HandsOverUsers),
+                   shares_items=isinstance(model, SharesItems), reports_arms=isinstance(model, ReportsArms))
 
 
 class RecordLike(Protocol):

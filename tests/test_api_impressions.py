@@ -109,9 +109,10 @@ def test_metrics_count_impressions(settings):
 
 
 def test_the_worker_reads_arrays_and_single_impressions(tmp_path):
-    from bench.common import Nothing, Record
     from core.settings import Settings
+    from stream.pipeline import Record
     from stream.worker import Worker
+    from tests.doubles import Nothing
 
     settings = Settings(_env_file=None, state_dir=tmp_path, topic="t")
     worker = Worker(settings, consumer=Nothing(), dlq_producer=Nothing(), sink=Nothing())

@@ -8,7 +8,6 @@ import pickle
 import orjson
 import pytest
 
-from bench.common import Nothing, Record
 from core.schema import Event
 from core.settings import Settings
 from online_models import MODELS
@@ -16,7 +15,9 @@ from online_models import cooc as cooc_module
 from online_models import trending as trending_module
 from online_models.base import Recommender
 from online_models.capabilities import SimilarItems
+from stream.pipeline import Record
 from stream.worker import Worker
+from tests.doubles import Nothing
 from tests.test_models import LEARN, PROBE_USERS, fresh, seen_by, trained
 
 # models whose learning of unrelated items leaves the others' rankings alone (no shared

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from bench.common import Nothing
 from core.schema import Event
 from core.settings import Settings
 from online_models.cooc import Cooc
 from online_models.trending import Trending
 from stream.sharing import DeltaLog, decode, encode, headers, is_empty
 from stream.worker import Worker
+from tests.doubles import Nothing
 
 
 def test_own_deltas_count_as_merged_and_peers_merge_once() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.common import Nothing
 from core.settings import Settings
 from stream.worker import Worker
+from tests.doubles import Nothing
 
 
 def test_the_worker_serves_the_blend_on_the_torch_threads_it_is_given(tmp_path, monkeypatch) -> None:
