@@ -9,17 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from scipy.sparse import csr_matrix
 
 from online_models import tables
-from online_models._arrays import (IdIndex, RankedRows, excluded_cells, grow, top_k, top_rows)
+from online_models._arrays import (IdIndex, grow, top_k)
 from online_models.base import Interaction, Ranking, Recommender
+from online_models.cooc_ranking import CoocRanking
 from online_models.tables import id_array
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, PopularityLink, Trending
 
 _DENSE_ITEMS = 4096  # below this many items the co-occurrence is one dense float32 matrix
-_SCRATCH_SLOTS = 1 << 20  # (user, item) slots summed at once on the sparse path: 4 MiB of int32 stay in cache
-_CHUNK_CELLS = 1 << 22  # padded (user, candidate) cells ranked at once: 32 MB of float64
 
 
 class _Neighbours:
@@ -161,7 +159,7 @@ class _RecentItems:
         self.rows = self.rows.astype(np.int64)
 
 
-class Cooc(Recommender):
+class Cooc(CoocRanking, Recommender):
     """Items that co-occur with the user's recent items, cosine-normalised, plus trending.
 
     When a user interacts with item ``i``, each of the user's last ``window`` items ``j``
@@ -351,236 +349,6 @@ class Cooc(Recommender):
         """``recommend`` for each user, all users scored at once (``recommend_rows``)."""
         user_ids = list(user_ids)
         return self.recommend_rows(user_ids, k, exclude).rankings(user_ids)
-
-    def recommend_rows(
-        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
-    ) -> RankedRows:
-        """``recommend_many``'s lists as arrays (see ``RankedRows``), scored as sparse
-        matrix products in scipy.
-
-        The users' recent items are one sparse users x items matrix ``W`` (weight
-        ``decay**age / sqrt(n_j)``). On the dense path ``W`` times the co-occurrence matrix
-        gives every item's score (float32, summed in the order ``recommend`` sums). On the
-        sparse path ``W`` times the recent items' neighbour rows in
-        CSR gives each user's neighbourhood sums, in the order ``recommend`` adds them
-        (most recent item first); the candidates are those plus the most popular items,
-        and each user's top ``k`` is found by one partition per chunk and one sort of the
-        few at or above each user's ``k``-th score.
-        """
-        user_ids = list(user_ids)
-        n = len(self._items)
-        width = max(min(k, n), 0)
-        if n == 0 or width == 0 or not user_ids:
-            return RankedRows(np.full((len(user_ids), width), -1, dtype=np.int64),
-                              np.full((len(user_ids), width), -np.inf), self._items)
-        at_user, at_item = excluded_cells(self._items, user_ids, exclude or {})
-        rows, scores = self._rows_from_sums(user_ids, k, at_user, at_item)
-        return RankedRows(rows, scores, self._items)
-
-    def _history_table(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The users' recent item rows, most recent first, and which entries are held:
-        two ``(len(user_ids), window)`` arrays."""
-        recent = self._recent
-        get = recent.users.rows.get
-        table_rows = np.fromiter((get(u, -1) for u in user_ids), dtype=np.int64, count=len(user_ids))
-        known = table_rows >= 0
-        sizes = np.zeros(len(user_ids), dtype=np.int64)
-        if known.any():
-            sizes[known] = np.asarray(recent.sizes, dtype=np.int64)[table_rows[known]]
-        history = recent.rows[np.where(known, table_rows, 0)][:, ::-1] if len(recent.rows) else \
-            np.zeros((len(user_ids), self.window), dtype=np.int64)
-        held = np.arange(self.window) < sizes[:, None]
-        return history, held
-
-    def _rows_from_sums(self, user_ids: list[str], k: int, at_user: np.ndarray, at_item: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray]:
-        """All users' neighbourhood sums as one sparse product, then each user's top ``k``
-        among them and the most popular items."""
-        n, n_users = len(self._items), len(user_ids)
-        history, held = self._history_table(user_ids)
-        by_popularity = self._trending.raw_scores() * self._popularity_factor()
-        by_popularity[self._items.free] = -np.inf  # freed rows never rank
-        excluded_per_user = np.bincount(at_user, minlength=n_users) if len(at_user) else np.zeros(n_users, np.int64)
-        depth = k + int(excluded_per_user.max(initial=0))
-        cand = self._trending.candidate_rows(depth)
-        popular = top_rows(by_popularity, depth) if cand is None else top_rows(by_popularity[cand], depth, cand)
-        popular = np.sort(popular)
-
-        # W: users x their distinct recent items, most recent first; C: those items' rows of
-        # the co-occurrence matrix (dense path) or their strongest neighbours (sparse path)
-        users_of, ages = np.nonzero(held)
-        items = history[users_of, ages]
-        distinct, column = np.unique(items, return_inverse=True)
-        column = column.reshape(-1)
-        if self._dense is not None:  # float32, as recommend: decay**age / sqrt(n_j) in float32
-            c = csr_matrix(self._dense[distinct, :n])
-            factors = self._decay_powers(self.window)[ages] * self._inv_norm[items]
-        else:  # float64: (decay * decay * ...) / sqrt(n_j), as recommend
-            c = self._neighbour_rows(distinct, n)
-            decay = np.cumprod(np.concatenate([[1.0], np.full(self.window - 1, self.recency_decay)]))
-            factors = decay[ages] / np.sqrt(self._counts[items])
-        sums = _csr_in_order(users_of, column, factors, n_users, len(distinct)) @ c
-        entry_user = np.repeat(np.arange(n_users), np.diff(sums.indptr))
-        entry_rows = sums.indices.astype(np.int64)
-        entry_scores = by_popularity[entry_rows] + sums.data * self._inv_norm[entry_rows]
-
-        # the popular items each user does not have among its sums (nor excludes)
-        pop_at = np.full(n, -1, dtype=np.int64)
-        pop_at[popular] = np.arange(len(popular))
-        listed = np.zeros((n_users, len(popular)), dtype=bool)
-        hit = pop_at[entry_rows]
-        listed[entry_user[hit >= 0], hit[hit >= 0]] = True
-        hit = pop_at[at_item]
-        listed[at_user[hit >= 0], hit[hit >= 0]] = True
-        pop_user, pop_slot = np.nonzero(~listed)
-        if len(at_user):  # excluded entries never rank
-            entry_scores[np.isin(entry_user * n + entry_rows, at_user * n + at_item)] = -np.inf
-        all_user = np.concatenate([entry_user, pop_user])
-        all_rows = np.concatenate([entry_rows, popular[pop_slot]])
-        all_scores = np.concatenate([entry_scores, by_popularity[popular][pop_slot]])
-        return _top_k_of_entries(all_user, all_rows, all_scores, n_users, k)
-
-    def _neighbour_rows(self, rows: np.ndarray, n: int) -> csr_matrix:
-        """The (strongest, see ``max_neighbours``) neighbours of ``rows`` as a CSR matrix."""
-        hoods = [self._strongest_neighbours(row) for row in rows.tolist()]
-        lengths = np.array([0 if h is None else h[3] for h in hoods], dtype=np.int64)
-        c_rows, c_weights = array("q"), array("d")
-        for hood in hoods:
-            if hood is not None:
-                c_rows += hood[0]
-                c_weights += hood[1]
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        return csr_matrix((np.frombuffer(c_weights, dtype=np.float64), np.frombuffer(c_rows, dtype=np.int64), indptr),
-                          shape=(len(rows), n))
-
-    def _sparse_rankings(
-        self, user_ids: list[str], k: int, exclude: list[Collection[str] | None] | None
-    ) -> dict[str, Ranking]:
-        """Rankings from the sparse neighbour rows (``exclude``: one collection per user, or ``None``).
-
-        Each user's candidates are the items of their neighbourhood and the ``k + e`` most
-        popular items, ``e`` being the most excluded items of any user: an item outside both
-        ranks below at least ``k`` of those popular ones that the user has not excluded.
-        """
-        n = len(self._items)
-        if n == 0 or k <= 0:
-            return {u: [] for u in user_ids}
-        excluded = [None] * len(user_ids)
-        if exclude is not None:
-            excluded = [self._items.rows_of(e) if e else None for e in exclude]
-        by_popularity = self._raw_popularity() * self._popularity_factor()
-        by_popularity[self._items.free] = -np.inf  # freed rows never rank
-        depth = k + max((len(rows) for rows in excluded if rows is not None), default=0)
-        cand = self._trending.candidate_rows(depth) if self._pop_link is None else None
-        popular = top_rows(by_popularity, depth) if cand is None else top_rows(by_popularity[cand], depth, cand)
-        step = max(1, _SCRATCH_SLOTS // n)
-        scratch = np.empty(min(len(user_ids), step) * n, dtype=np.int32)
-        hoods: dict[int, tuple[array, array, float, int] | None] = {}  # per recent item, see _strongest_neighbours
-        rankings: dict[str, Ranking] = {}
-        for start in range(0, len(user_ids), step):
-            chunk = slice(start, start + step)
-            rankings.update(
-                self._rank_chunk(user_ids[chunk], excluded[chunk], k, by_popularity, popular,
-                                 scratch, hoods)
-            )
-        return rankings
-
-    def _rank_chunk(
-        self, users: list[str], excluded: list[np.ndarray | None], k: int, by_popularity: np.ndarray,
-        popular: np.ndarray, scratch: np.ndarray, hoods: dict[int, tuple[array, array, float, int] | None],
-    ) -> dict[str, Ranking]:
-        """Top-``k`` of a chunk of users: their neighbour rows and the popular rows in one
-        array, summed per (user, item), then ranked segment by segment."""
-        n = len(self._items)
-        # each user's segment: the neighbour rows of the recent items, most recent first,
-        # weighted decay**age * cooc / sqrt(n_j); then the popular rows, with weight 0.
-        # Gathered in array.array buffers: extending one copies in C, no numpy call per part
-        all_rows, all_weights, factors, lengths, segment = array("q"), array("d"), [], [], []
-        popular_rows, no_weight = array("q", popular.astype(np.int64).tobytes()), array("d", bytes(8 * len(popular)))
-        decay, recent_of = self.recency_decay, self._recent
-        for user_id in users:
-            size, factor = len(popular), 1.0
-            recent = recent_of.get(user_id)
-            for row in recent[0][::-1].tolist() if recent is not None else ():
-                hood = hoods.get(row, False)
-                if hood is False:
-                    hood = hoods[row] = self._strongest_neighbours(row)
-                if hood is not None:
-                    all_rows += hood[0]
-                    all_weights += hood[1]
-                    factors.append(factor / hood[2])
-                    lengths.append(hood[3])
-                    size += hood[3]
-                factor *= decay
-            all_rows += popular_rows
-            all_weights += no_weight
-            factors.append(0.0)
-            lengths.append(len(popular))
-            segment.append(size)
-        rows = np.frombuffer(all_rows, dtype=np.int64).astype(np.int32)  # rows < n: int32 halves the traffic
-        weights = np.frombuffer(all_weights, dtype=np.float64) * np.repeat(factors, lengths)
-        keys = np.repeat(np.arange(0, len(users) * n, n, dtype=np.int32), segment)
-        keys += rows  # (user, item) slot: user * n + row
-
-        # sum repeated keys in O(entries), in entry order: each entry points at its key's last
-        # entry (the scratch is never cleared: only the slots just written are read back)
-        entries = np.arange(len(keys), dtype=np.int32)
-        scratch[keys] = entries
-        owner = scratch[keys]
-        sums = np.bincount(owner, weights, minlength=len(keys))
-        keep = owner == entries
-        marked = [rows_j + j * n for j, rows_j in enumerate(excluded) if rows_j is not None and len(rows_j)]
-        if marked:  # drop the excluded keys that are candidates
-            ex_keys = np.concatenate(marked)
-            at = scratch[ex_keys]
-            valid = (at >= 0) & (at < len(keys))
-            at = at[valid]
-            keep[at[keys[at] == ex_keys[valid]]] = False
-        if self._items.free:
-            keep &= by_popularity[rows] > -np.inf
-        per_user = np.add.reduceat(keep, np.cumsum(segment) - segment, dtype=np.int64)
-        kept = np.flatnonzero(keep)
-        rows = rows[kept]
-        scores = by_popularity[rows] + sums[kept] * self._inv_norm[rows]
-
-        # each user's k-th best score; only the rows at or above it are sorted
-        user_of = np.repeat(np.arange(len(users)), per_user)
-        crowded = np.flatnonzero(per_user > k).tolist()
-        if crowded:
-            cut = np.full(len(users), -np.inf)
-            ends = np.cumsum(per_user).tolist()
-            for j, size in zip(crowded, per_user[crowded].tolist()):
-                segment_scores = scores[ends[j] - size : ends[j]].copy()
-                segment_scores.partition(size - k)
-                cut[j] = segment_scores[size - k]
-            top = np.flatnonzero(scores >= cut[user_of])
-            rows, scores, user_of = rows[top], scores[top], user_of[top]
-        order = np.lexsort((rows, -scores, user_of))
-        per_user = np.bincount(user_of, minlength=len(users)).tolist()
-        ranked = list(zip(map(self._items.ids.__getitem__, rows[order].tolist()), scores[order].tolist()))
-        rankings, start = {}, 0
-        for user_id, size in zip(users, per_user):
-            rankings[user_id] = ranked[start : start + min(size, k)]
-            start += size
-        return rankings
-
-    def _strongest_neighbours(self, row: int) -> tuple[array, array, float, int] | None:
-        """An item's neighbour rows and weights (only its ``max_neighbours`` heaviest),
-        ``sqrt(n_j)`` and how many; ``None`` without neighbours."""
-        nb = self._neighbours[row]
-        if not nb.rows:
-            return None
-        if self.max_neighbours is not None and len(nb.rows) > self.max_neighbours:
-            top = nb.strongest(self.max_neighbours)
-            weights = array("d", np.frombuffer(nb.weights, dtype=np.float64)[top].tobytes())
-            return nb.top_rows, weights, math.sqrt(self._counts[row]), len(top)
-        return nb.rows, nb.weights, math.sqrt(self._counts[row]), len(nb.rows)
-
-    def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._dense is not None:
-            cols = np.flatnonzero(self._dense[row, : len(self._items)])
-            return cols, self._dense[row, cols].astype(np.float64)
-        return self._neighbours[row].arrays()
 
     def recent(self, user_id: str) -> list[tuple[int, float]]:
         """The user's recent items as ``(row, weight)``, oldest first."""
@@ -876,60 +644,3 @@ class Cooc(Recommender):
         sims = weights / (counts * math.sqrt(max(self._counts[row], 1e-12)))
         best, vals = top_k(sims, k)
         return self._items.ranking(rows[best], vals)
-
-
-def _csr_in_order(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, n_cols: int) -> csr_matrix:
-    """A CSR matrix of entries given row by row (``rows`` ascending), keeping their order
-    within each row and any repeated columns: scipy's products then add them in that order."""
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-    return csr_matrix((values, cols.astype(np.int64), indptr), shape=(n_rows, n_cols))
-
-
-def _top_k_of_entries(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, n_users: int, k: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's ``k`` best ``(row, score)`` entries (distinct rows per user; ``-inf``
-    never ranks), score descending, ties to the lower row, as ``(n_users, k)`` arrays.
-
-    Each user's ``k``-th best score comes from one partition of a padded chunk of users;
-    only the entries at or above it are sorted.
-    """
-    out_rows = np.full((n_users, k), -1, dtype=np.int64)
-    out_scores = np.full((n_users, k), -np.inf)
-    ranked = scores > -np.inf
-    users, rows, scores = users[ranked], rows[ranked], scores[ranked]
-    if not len(users):
-        return out_rows, out_scores
-    order = np.argsort(users, kind="stable")
-    users, rows, scores = users[order], rows[order], scores[order]
-    counts = np.bincount(users, minlength=n_users)
-    starts = np.cumsum(counts) - counts
-    place = np.arange(len(users)) - starts[users]
-    cut = np.full(n_users, -np.inf)
-    crowded = np.flatnonzero(counts > k)
-    if len(crowded):
-        # the crowded users' scores in padded chunks (entries are sorted by user, so a
-        # chunk's entries are one slice of them)
-        step = max(1, _CHUNK_CELLS // int(counts[crowded].max()))
-        for start in range(0, len(crowded), step):
-            part = crowded[start : start + step]
-            width = int(counts[part].max())
-            lo, hi = starts[part[0]], starts[part[-1]] + counts[part[-1]]
-            at = np.arange(lo, hi)
-            slot = np.full(n_users, -1, dtype=np.int64) if start == 0 else slot
-            slot[part] = np.arange(len(part))
-            inside = at[slot[users[at]] >= 0]
-            padded = np.full((len(part), width), -np.inf)
-            padded[slot[users[inside]], place[inside]] = scores[inside]
-            slot[part] = -1
-            cut[part] = np.partition(padded, width - k, axis=1)[:, width - k]
-    top = scores >= cut[users]
-    users, rows, scores = users[top], rows[top], scores[top]
-    order = np.lexsort((rows, -scores, users))
-    users, rows, scores = users[order], rows[order], scores[order]
-    counts = np.bincount(users, minlength=n_users)
-    place = np.arange(len(users)) - (np.cumsum(counts) - counts)[users]
-    fits = place < k
-    out_rows[users[fits], place[fits]] = rows[fits]
-    out_scores[users[fits], place[fits]] = scores[fits]
-    return out_rows, out_scores

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import online_models.cooc as cooc_module
+import online_models.cooc_ranking as cooc_ranking
 import online_models.trending as trending_module
 from core.schema import Event
 from online_models import make_model
@@ -124,8 +125,8 @@ def reference_cooc(model, user_id: str, k: int, exclude=()) -> list[tuple[str, f
 def sparse(monkeypatch):
     """Small catalogues take the sparse paths; the scratch holds only a few users at a time."""
     monkeypatch.setattr(cooc_module, "_DENSE_ITEMS", 64)
-    monkeypatch.setattr(cooc_module, "_SCRATCH_SLOTS", 1000)
-    monkeypatch.setattr(cooc_module, "_CHUNK_CELLS", 300)  # the batch path ranks a few users per chunk
+    monkeypatch.setattr(cooc_ranking, "_SCRATCH_SLOTS", 1000)
+    monkeypatch.setattr(cooc_ranking, "_CHUNK_CELLS", 300)  # the batch path ranks a few users per chunk
     monkeypatch.setattr(trending_module, "_DENSE_BELOW", 32)
 
 
