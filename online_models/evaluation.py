@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import chain
+from typing import Any
 
 import numpy as np
 
@@ -186,6 +187,43 @@ class PrequentialResult:
 _FLUSH_EXPOSURE = 2048
 
 
+class _Judged:
+    """What both protocols tally of the lists they judge: hits, NDCG and reciprocal ranks,
+    and each judgement's hit and time (for HR over time)."""
+
+    __slots__ = ("hits", "ndcg", "rr", "hit_seq", "ts_seq")
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.ndcg = self.rr = 0.0
+        self.hit_seq = bytearray()
+        self.ts_seq = array("d")
+
+    def judge(self, ids: list[str], item: str, ts: float) -> None:
+        """One judged list ``ids`` (best first) against the event's ``item``."""
+        if item in ids:
+            rank = ids.index(item)
+            self.hits += 1
+            self.ndcg += 1.0 / math.log2(rank + 2)
+            self.rr += 1.0 / (rank + 1)
+            self.hit_seq.append(1)
+        else:
+            self.hit_seq.append(0)
+        self.ts_seq.append(ts)
+
+    def result(self, model: Any, k: int, events: int, elapsed: float, **measures: Any) -> PrequentialResult:
+        """The result, with the catalogue and rating ``measures`` the protocol took itself."""
+        evaluated = len(self.hit_seq)
+        n = max(evaluated, 1)
+        hr = self.hits / n
+        return PrequentialResult(
+            model=getattr(model, "name", type(model).__name__), k=k, events=events, evaluated=evaluated,
+            hr=hr, ndcg=self.ndcg / n, mrr=self.rr / n, events_per_s=events / elapsed if elapsed else 0.0,
+            precision=hr / k, recall=hr, f1=2 * hr / (k + 1),  # one target: P = HR/k, R = HR
+            elapsed_s=elapsed, hits=self.hit_seq, hit_ts=self.ts_seq, **measures,
+        )
+
+
 def prequential(
     model: Recommender,
     interactions: Iterable[Interaction],
@@ -237,17 +275,16 @@ def prequential(
         def learn(event: Interaction) -> None:
             learn_popularity(event)
             learn_model(event)
-    log2 = math.log2
+    judged = _Judged()
+    judge = judged.judge
 
     seen: dict[str, SeenItems] = {}  # append-only: models convert only new ids to rows
     catalogue: set[str] = set()
     add_item = catalogue.add
     exposure: Counter[str] = Counter()
     pending: list[list[str]] = []
-    hits_seq = bytearray()
-    ts_seq = array("d")
-    events = evaluated = hits = eligible = rated = 0
-    ndcg = rr = abs_err = sq_err = 0.0
+    events = eligible = rated = 0
+    abs_err = sq_err = 0.0
     every = max(1, int(progress_every))
     next_progress = every
 
@@ -263,16 +300,7 @@ def prequential(
                     ranked = recommend(user, k, user_items if exclude_seen else None)
                     ids = [pair[0] for pair in ranked[:k]]
                     pending.append(ids)
-                    if item in ids:
-                        rank = ids.index(item)
-                        hits += 1
-                        ndcg += 1.0 / log2(rank + 2)
-                        rr += 1.0 / (rank + 1)
-                        hits_seq.append(1)
-                    else:
-                        hits_seq.append(0)
-                    ts_seq.append(event.ts)
-                    evaluated += 1
+                    judge(ids, item, event.ts)
                     if len(pending) >= _FLUSH_EXPOSURE:
                         exposure.update(chain.from_iterable(pending))
                         pending.clear()
@@ -297,18 +325,12 @@ def prequential(
         progress(events - (next_progress - every))
     exposure.update(chain.from_iterable(pending))
 
-    n = max(evaluated, 1)
-    hr = hits / n
     exposed = [exposure.get(i, 0) for i in catalogue]
     exposed.extend(c for i, c in exposure.items() if i not in catalogue)
-    return PrequentialResult(
-        model=getattr(model, "name", type(model).__name__), k=k, events=events, evaluated=evaluated,
-        hr=hr, ndcg=ndcg / n, mrr=rr / n, events_per_s=events / elapsed if elapsed else 0.0,
-        precision=hr / k, recall=hr, f1=2 * hr / (k + 1),  # one target: P = HR/k, R = HR
-        coverage=coverage(exposure.keys(), catalogue), gini=gini(exposed), catalogue=len(catalogue),
-        elapsed_s=elapsed, rated=rated,
+    return judged.result(
+        model, k, events, elapsed, coverage=coverage(exposure.keys(), catalogue), gini=gini(exposed),
+        catalogue=len(catalogue), rated=rated,
         mae=abs_err / rated if rated else None, rmse=math.sqrt(sq_err / rated) if rated else None,
-        hits=hits_seq, hit_ts=ts_seq,
     )
 
 
@@ -397,27 +419,15 @@ def next_item(
         if progress is not None:
             progress(len(chunk))
     recommend, learn = model.recommend, model.learn_one
-    log2 = math.log2
     prefix: dict[str, SeenItems] = {}
     exposure: Counter[str] = Counter()
-    hits_seq = bytearray()
-    ts_seq = array("d")
-    hits = 0
-    ndcg = rr = 0.0
+    judged = _Judged()
     for n, event in enumerate(split.test, 1):
         earlier = prefix.get(event.user_id)
         if earlier is not None:
             ids = [item for item, _ in recommend(event.user_id, k, earlier if exclude_seen else None)[:k]]
             exposure.update(ids)
-            if event.item_id in ids:
-                rank = ids.index(event.item_id)
-                hits += 1
-                ndcg += 1.0 / log2(rank + 2)
-                rr += 1.0 / (rank + 1)
-                hits_seq.append(1)
-            else:
-                hits_seq.append(0)
-            ts_seq.append(event.ts)
+            judged.judge(ids, event.item_id, event.ts)
         else:
             earlier = prefix[event.user_id] = SeenItems()
         learn(event)
@@ -427,16 +437,8 @@ def next_item(
     elapsed = time.perf_counter() - start
     if progress is not None and len(split.test) % 1024:
         progress(len(split.test) % 1024)
-    evaluated = len(hits_seq)
-    n = max(evaluated, 1)
-    hr = hits / n
     catalogue = {e.item_id for e in train} | {e.item_id for e in split.test}
-    events = len(train) + len(split.test)
-    return PrequentialResult(
-        model=getattr(model, "name", type(model).__name__), k=k, events=events, evaluated=evaluated,
-        hr=hr, ndcg=ndcg / n, mrr=rr / n, events_per_s=events / elapsed if elapsed else 0.0,
-        precision=hr / k, recall=hr, f1=2 * hr / (k + 1),
-        coverage=coverage(exposure.keys(), catalogue),
+    return judged.result(
+        model, k, len(train) + len(split.test), elapsed, coverage=coverage(exposure.keys(), catalogue),
         gini=gini([exposure.get(i, 0) for i in catalogue]), catalogue=len(catalogue),
-        elapsed_s=elapsed, hits=hits_seq, hit_ts=ts_seq,
     )
