@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from operator import itemgetter
@@ -234,6 +235,58 @@ class _KnownRows:
 _GROUP = 32  # items per group when a large catalogue is cut in groups to find the top-k
 
 
+class WeightedRow:
+    """One item's weighted links to other rows (co-occurrence neighbours, next items), in
+    append-only arrays.
+
+    ``array.array`` keeps each update a plain Python operation (no numpy scalar overhead)
+    while numpy reads the arrays zero-copy for vectorised scoring. ``stale`` counts the
+    updates since a subclass last derived something from the weights; ``_changed`` drops
+    what it derived from positions, which a removal moves.
+
+    >>> row = WeightedRow(); row.add(7, 1.0); row.add(3, 2.0); row.add(7, 0.5); row.discard(7)
+    >>> list(row.rows), list(row.weights), row.pos
+    ([3], [2.0], {3: 0})
+    """
+
+    __slots__ = ("pos", "rows", "weights", "stale")
+
+    def __init__(self) -> None:
+        self.pos: dict[int, int] = {}
+        self.rows = array("q")
+        self.weights = array("d")
+        self.stale = 0
+
+    def add(self, row: int, weight: float) -> None:
+        i = self.pos.get(row)
+        if i is None:
+            self.pos[row] = len(self.rows)
+            self.rows.append(row)
+            self.weights.append(weight)
+        else:
+            self.weights[i] += weight
+        self.stale += 1
+
+    def discard(self, row: int) -> None:
+        """Remove a link: the last entry takes its place (positions change)."""
+        i = self.pos.pop(row, None)
+        if i is None:
+            return
+        last_row, last_weight = self.rows.pop(), self.weights.pop()
+        if i < len(self.rows):
+            self.rows[i], self.weights[i] = last_row, last_weight
+            self.pos[last_row] = i
+        self._changed()
+
+    def _changed(self) -> None:
+        """Positions moved: drop what was derived from them."""
+
+    def _load(self, rows: array, weights: array) -> None:
+        """Take checkpointed arrays; the positions are derived from them."""
+        self.rows, self.weights = rows, weights
+        self.pos = {row: i for i, row in enumerate(rows)}
+
+
 def top_k_per_user(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
     """Each user's ``k`` best scores, best first, ties to the lower item row.
 
@@ -397,8 +450,8 @@ def grow(array: np.ndarray, min_rows: int) -> np.ndarray:
 
 def grow_all(tables: dict[str, np.ndarray], min_rows: int) -> None:
     """``grow`` every table of ``tables``, in place of the dict's values."""
-    for key, array in tables.items():
-        tables[key] = grow(array, min_rows)
+    for key, table in tables.items():
+        tables[key] = grow(table, min_rows)
 
 
 def top_k(scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

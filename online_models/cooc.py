@@ -11,7 +11,7 @@ import numpy as np
 
 
 from online_models import tables
-from online_models._arrays import (IdIndex, grow, top_k)
+from online_models._arrays import IdIndex, WeightedRow, grow, top_k
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.cooc_ranking import CoocRanking
 from online_models.tables import id_array
@@ -20,44 +20,22 @@ from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, PopularityLink
 _DENSE_ITEMS = 4096  # below this many items the co-occurrence is one dense float32 matrix
 
 
-class _Neighbours:
-    """One item's co-occurrence row: neighbour rows and weights in append-only arrays.
+class _Neighbours(WeightedRow):
+    """One item's co-occurrence row: neighbour rows and weights (see ``WeightedRow``).
 
-    ``array.array`` keeps each update a plain Python operation (no numpy scalar overhead)
-    while numpy reads them zero-copy for the vectorised scoring. ``strongest`` keeps the
-    positions of the heaviest neighbours, refreshed after the row changed by a tenth, and
-    the rows at them (a position's row never changes; only its weight grows).
+    ``strongest`` keeps the positions of the heaviest neighbours, refreshed after the row
+    changed by a tenth, and the rows at them (a position's row never changes; only its
+    weight grows).
     """
 
-    __slots__ = ("pos", "rows", "weights", "top", "stale", "top_rows")
+    __slots__ = ("top", "top_rows")
 
     def __init__(self) -> None:
-        self.pos: dict[int, int] = {}
-        self.rows = array("q")
-        self.weights = array("d")
+        super().__init__()
         self.top: np.ndarray | None = None
-        self.stale = 0
         self.top_rows: array | None = None  # rows at ``top``; derived, not checkpointed
 
-    def add(self, row: int, weight: float) -> None:
-        i = self.pos.get(row)
-        if i is None:
-            self.pos[row] = len(self.rows)
-            self.rows.append(row)
-            self.weights.append(weight)
-        else:
-            self.weights[i] += weight
-        self.stale += 1
-
-    def discard(self, row: int) -> None:
-        """Remove a neighbour: the last entry takes its place (positions change)."""
-        i = self.pos.pop(row, None)
-        if i is None:
-            return
-        last_row, last_weight = self.rows.pop(), self.weights.pop()
-        if i < len(self.rows):
-            self.rows[i], self.weights[i] = last_row, last_weight
-            self.pos[last_row] = i
+    def _changed(self) -> None:
         self.top = self.top_rows = None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +57,8 @@ class _Neighbours:
         return self.rows, self.weights, self.top, self.stale
 
     def __setstate__(self, state):
-        self.rows, self.weights, self.top, self.stale = state
-        self.pos = {row: i for i, row in enumerate(self.rows)}
+        rows, weights, self.top, self.stale = state
+        self._load(rows, weights)
         self.top_rows = None
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from online_models import tables
-from online_models._arrays import IdIndex, grow, top_k_per_user
+from online_models._arrays import IdIndex, WeightedRow, grow, top_k_per_user
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.tables import id_array
 from online_models.trending import Trending
@@ -19,42 +19,20 @@ from online_models.trending import Trending
 _DENSE_SLOTS = 1 << 20  # (user, item) scores held at once on the dense ranking path
 
 
-class _Successors:
-    """One item's outgoing transitions: successor rows and weights in append-only arrays.
+class _Successors(WeightedRow):
+    """One item's outgoing transitions: successor rows and weights (see ``WeightedRow``).
 
-    ``array.array`` keeps each update a plain Python operation, and numpy reads them
-    zero-copy when ranking. ``strongest`` caches the heaviest ``m`` (rows and weights),
-    refreshed once the row changed by a tenth.
+    ``strongest`` caches the heaviest ``m`` (rows and positions), refreshed once the row
+    changed by a tenth.
     """
 
-    __slots__ = ("pos", "rows", "weights", "cached", "stale")
+    __slots__ = ("cached",)
 
     def __init__(self) -> None:
-        self.pos: dict[int, int] = {}
-        self.rows = array("q")
-        self.weights = array("d")
+        super().__init__()
         self.cached: tuple[np.ndarray, np.ndarray] | None = None
-        self.stale = 0
 
-    def add(self, row: int, weight: float) -> None:
-        i = self.pos.get(row)
-        if i is None:
-            self.pos[row] = len(self.rows)
-            self.rows.append(row)
-            self.weights.append(weight)
-        else:
-            self.weights[i] += weight
-        self.stale += 1
-
-    def discard(self, row: int) -> None:
-        """Remove a successor: the last entry takes its place."""
-        i = self.pos.pop(row, None)
-        if i is None:
-            return
-        last_row, last_weight = self.rows.pop(), self.weights.pop()
-        if i < len(self.rows):
-            self.rows[i], self.weights[i] = last_row, last_weight
-            self.pos[last_row] = i
+    def _changed(self) -> None:
         self.cached = None
 
     def strongest(self, m: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +53,7 @@ class _Successors:
         return self.rows, self.weights
 
     def __setstate__(self, state):
-        self.rows, self.weights = state
-        self.pos = {row: i for i, row in enumerate(self.rows)}
+        self._load(*state)
         self.cached, self.stale = None, 0
 
 
