@@ -77,6 +77,11 @@ def rows(results: dict) -> list[tuple]:
             goal = targets.get(name)
             add(f"ingest events/s ({name})", v["worker"], None, None, f">= {goal:,}" if goal else "",
                 v["worker"]["median"] >= goal if goal else None)
+        before = r.get("by_model", {}).get("blend_without_sequence")
+        if before:  # issue 14: the default may cost at most 15% of the ingest of the default before it
+            ratio = r["worker_per_cpu_s"]["median"] / before["worker_per_cpu_s"]["median"]
+            add("ingest per CPU-second, default vs blend without sequence", r["worker_per_cpu_s"],
+                before["worker_per_cpu_s"]["median"], ratio, ">= 0.85", ratio >= 0.85)
         if "learn_only" in r:
             add(f"ingest events/s ({r['model']}, learning only)", r["learn_only"]["worker"])
             add("list refresh users/s", r["refresh_users_per_s"])

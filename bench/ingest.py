@@ -131,6 +131,8 @@ def _stop_profiler(profiler, path) -> None:
 
 
 BY_MODEL = ("trending", "cooc", "embeddings", "blend")
+# the default before sequence joined the blend (issue 14 asks its ingest against this one)
+BLEND_WITHOUT_SEQUENCE = {"models": {"cooc": {}, "embeddings": {}}}
 
 
 def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: str | None = None,
@@ -163,13 +165,16 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
     # other in the same run, so that their ratios hold on a shared machine
     per_model_repeats = 1 if quick else 3
     by_model: dict[str, dict] = {}
-    for name in (*BY_MODEL, None):
+    for name in (*BY_MODEL, "blend_without_sequence", None):
         label = name or "learn_only"
         rates, cpu_rates = [], []
         for _ in range(per_model_repeats):
             # a topic of its own (the same events): a worker merges the item deltas that
             # earlier workers of its topic published, and another model's do not fit
-            run_settings = bench_settings(svc, **({"model": name} if name else {}))
+            if name == "blend_without_sequence":
+                run_settings = bench_settings(svc, model="blend", model_params=BLEND_WITHOUT_SEQUENCE)
+            else:
+                run_settings = bench_settings(svc, **({"model": name} if name else {}))
             in_process(_produce_proc, run_settings, n)
             w = in_process(_drain_worker, run_settings, n, None, name is not None)
             drop_prefix(svc.redis_url, run_settings.redis_prefix)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +35,10 @@ class Settings(BaseSettings):
         default="blend",
         description="the model the worker serves; blend is the best on every backtest, cooc ingests about 2.7 "
         "times as many events per CPU-second (see the README)",
+    )
+    model_params: dict[str, Any] = Field(
+        default={}, description='hyperparameters of the model as JSON, e.g. {"models": {"cooc": {}, '
+        '"embeddings": {}}} for a blend of two parts; {} (the default): the model\'s own defaults',
     )
     top_k: int = Field(default=50, ge=1, le=1000, description="unseen items in each stored list")
     seen_types: list[str] = Field(

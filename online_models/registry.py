@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from online_models.agent import Agent
@@ -20,4 +21,8 @@ def make_model(name: str, **params: Any) -> Recommender:
         cls = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}") from None
+    try:
+        inspect.signature(cls).bind(**params)
+    except TypeError as e:  # an unknown hyperparameter
+        raise ValueError(f"model {name!r} does not take these parameters: {e}") from None
     return cls(**params)

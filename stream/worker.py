@@ -86,7 +86,7 @@ class Worker:
         checkpoints: CheckpointStore | None = None,
     ):
         self.settings = settings
-        model = model if model is not None else make_model(settings.model)
+        model = model if model is not None else make_model(settings.model, **settings.model_params)
         set_torch_threads(settings.torch_threads)
         set_scoring(settings.torch_device, settings.candidate_index_min_items)
         self.metrics = WorkerMetrics()
