@@ -35,7 +35,7 @@ import numpy as np
 from online_models import tables
 from online_models._arrays import IdIndex, grow, top_k, top_k_of, top_k_per_user
 from online_models.base import Interaction, Ranking, Recommender
-from online_models.trending import Trending
+from online_models.trending import PopularityLink, ReadsPopularity, Trending
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _STOP = frozenset("a an and the of in on at to for with from by is it its de la le les el der die das".split())
@@ -106,7 +106,7 @@ def text_of(metadata: Mapping[str, Any]) -> str:
     return " ".join(str(metadata[key]) for key in ("title", "name", "description") if metadata.get(key))
 
 
-class Content(Recommender):
+class Content(ReadsPopularity, Recommender):
     """Items ranked by the cosine of their content features to the user's profile.
 
     Parameters
@@ -184,11 +184,11 @@ class Content(Recommender):
         self._text = np.zeros((0, self._text_dim), dtype=np.float32)
         self._counts = np.zeros(0, dtype=np.int64)  # interactions per item
         self._has_content = np.zeros(0, dtype=bool)  # rows with a non-zero feature vector
-        self._trend_row = np.zeros(0, dtype=np.int64)  # each item's row in the trending model, -1 none
         self._recent: dict[str, deque[tuple[int, float]]] = {}
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
+        # items known from metadata alone have no row there: these rows are linked to its rows
+        self._pop_link: PopularityLink | None = PopularityLink(self._trending)
         self._owns_popularity = True  # False once handed one (use_popularity): its owner learns it
-        self._trend_generation = 0  # the trending's generation when _trend_row was linked
         self._powers = (recency_decay ** np.arange(window)).astype(np.float32)
         self._shadow: dict[str, np.ndarray] | None = None  # see online_models.tables
 
@@ -205,9 +205,6 @@ class Content(Recommender):
             self._has_content = grow(self._has_content, row + 1)
             self._cat = grow(self._cat, row + 1)
             self._text = grow(self._text, row + 1)
-            old = len(self._trend_row)
-            self._trend_row = grow(self._trend_row, row + 1)
-            self._trend_row[old:] = -1
         return row
 
     def _hash_text(self, text: str) -> np.ndarray:
@@ -270,10 +267,7 @@ class Content(Recommender):
             self.learn_item(interaction.item_id, context["item"])
         row = self._add_item(interaction.item_id)
         self._counts[row] += 1
-        if self._owns_popularity:
-            self._trending.learn_one(interaction)
-        if self._trend_row[row] < 0:
-            self._trend_row[row] = self._trending._items.get(interaction.item_id)
+        self._learn_popularity(interaction, row)
         recent = self._recent.get(interaction.user_id)
         if recent is None:
             recent = self._recent[interaction.user_id] = deque(maxlen=self.window)
@@ -288,15 +282,14 @@ class Content(Recommender):
         rows = self._items.remove(item_ids)
         if not len(rows):
             return
-        self._cat[rows], self._text[rows], self._counts[rows], self._trend_row[rows] = 0.0, 0.0, 0, -1
+        self._cat[rows], self._text[rows], self._counts[rows] = 0.0, 0.0, 0
         self._has_content[rows] = False
         tables.rebase(self, rows)  # a reused row must not report the old item's count
         gone = set(rows.tolist())
         for user_id, recent in self._recent.items():
             if any(r in gone for r, _ in recent):
                 self._recent[user_id] = deque(((r, w) for r, w in recent if r not in gone), maxlen=self.window)
-        if self._owns_popularity:
-            self._trending.forget_items(item_ids)
+        self._forget_popularity(item_ids, rows)
 
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._recent), "items": self._items.live()}
@@ -309,7 +302,10 @@ class Content(Recommender):
         if "_has_content" not in vars(self):  # a checkpoint from before the mask was kept
             self._has_content = self._cat.any(axis=1) | self._text.any(axis=1)
         self.__dict__.setdefault("_owns_popularity", True)  # saved before use_popularity
-        self.__dict__.setdefault("_trend_generation", 0)
+        if "_pop_link" not in vars(self):  # saved with its own link (rows and generation) to the trending
+            link = self._pop_link = PopularityLink(self._trending)
+            link.rows = self.__dict__.pop("_trend_row")
+            link.generation = self.__dict__.pop("_trend_generation", 0)
         if "_shadow" not in vars(self):  # saved before online_models.tables
             reported = self.__dict__.pop("_counts_reported", None)
             self._shadow = None if reported is None else {"counts": reported}
@@ -347,19 +343,14 @@ class Content(Recommender):
             trending's delta under keys prefixed ``popularity/``. Content features are not
             in it: they come from item metadata, which reaches every replica apart.
         """
-        delta = tables.item_delta(self)
-        if self._owns_popularity:
-            delta.update(tables.prefixed({"popularity": self._trending.item_delta()}))
-        return delta
+        return {**tables.item_delta(self), **self._popularity_delta()}
 
     def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
         """Add a peer's ``item_delta``: counts and trending scores add up; items not met
         yet are created without content (their metadata comes apart)."""
         own, parts = tables.split(delta, ["popularity"])
         tables.merge_item_delta(self, own)
-        if self._owns_popularity and parts["popularity"]:
-            self._add_items(np.asarray(parts["popularity"].get("items", ())).tolist())
-            self._trending.merge_item_delta(parts["popularity"])
+        self._merge_popularity(parts["popularity"])
 
     def _item_tables(self) -> dict[str, np.ndarray]:
         return {"counts": self._counts[: len(self._items)]}
@@ -368,7 +359,7 @@ class Content(Recommender):
         """Rows of ``ids``, created (without content) where unknown, each linked to its
         row in the trending model."""
         rows = np.fromiter(map(self._add_item, ids), dtype=np.int64, count=len(ids))
-        self._trend_row[rows] = self._trending._add_items(ids)
+        self._add_popularity_items(ids, rows)
         return rows
 
     # -- ranking -----------------------------------------------------------------------
@@ -404,33 +395,12 @@ class Content(Recommender):
         pt[found] /= norms[found, None]
         return pc, pt, found
 
-    def use_popularity(self, popularity: Trending) -> bool:
-        """Rank with ``popularity`` (learned, forgotten and shared by its owner) instead of
-        this model's own trending, when it has the same hyperparameters as this model's."""
-        if popularity is self._trending:
-            return True
-        if type(popularity) is not Trending or popularity._get_params() != self._trending._get_params():
-            return False
-        self._trending, self._owns_popularity = popularity, False
-        self._relink()
-        return True
-
-    def _relink(self) -> None:
-        """Each item row's row in the trending model, looked up again (it freed rows)."""
-        get = self._trending._items.rows.get
-        self._trend_row[: len(self._items)] = [-1 if i is None else get(i, -1) for i in self._items.ids]
-        self._trend_generation = self._trending._items.generation
-
     def _popularity(self) -> np.ndarray:
-        n = len(self._items)
-        if not self._owns_popularity and self._trend_generation != self._trending._items.generation:
-            self._relink()
-        pop = np.zeros(n, dtype=np.float32)
+        """Each item row's popularity term: the trending score scaled to [0, 1], weighted."""
+        pop = np.zeros(len(self._items), dtype=np.float32)
         top = self._trending.max_score()
         if top > 0 and self.popularity_weight:
-            rows = self._trend_row[:n]
-            known = rows >= 0
-            pop[known] = self._trending.raw_scores()[rows[known]] * (self.popularity_weight / top)
+            pop[:] = self._raw_popularity() * (self.popularity_weight / top)
         return pop
 
     def content_scores(self, user_id: str) -> dict[str, float]:

@@ -15,7 +15,7 @@ from online_models._arrays import IdIndex, WeightedRow, grow, top_k
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.cooc_ranking import CoocRanking
 from online_models.tables import id_array
-from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, PopularityLink, Trending
+from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, PopularityLink, ReadsPopularity, Trending
 
 _DENSE_ITEMS = 4096  # below this many items the co-occurrence is one dense float32 matrix
 
@@ -137,7 +137,7 @@ class _RecentItems:
         self.rows = self.rows.astype(np.int64)
 
 
-class Cooc(CoocRanking, Recommender):
+class Cooc(CoocRanking, ReadsPopularity, Recommender):
     """Items that co-occur with the user's recent items, cosine-normalised, plus trending.
 
     When a user interacts with item ``i``, each of the user's last ``window`` items ``j``
@@ -213,6 +213,7 @@ class Cooc(CoocRanking, Recommender):
         # None: the trending above is this model's own, its rows are these rows; handed one
         # (use_popularity): these rows linked to its rows
         self._pop_link: PopularityLink | None = None
+        self._owns_popularity = True
         # what item_delta has to report: None until sharing starts (see online_models.tables
         # and _start_pair_log), so that a model nobody shares pays one ``is None`` test per event
         self._shadow: dict[str, np.ndarray] | None = None
@@ -263,10 +264,7 @@ class Cooc(CoocRanking, Recommender):
                         mine.add(other, w * w_other)
                         neighbours[other].add(row, w * w_other)
         recent.push(u, row, w)
-        if self._pop_link is None:
-            self._trending.learn_one(interaction)
-        else:  # learned by its owner first
-            self._pop_link.link(self._items, [row], [interaction.item_id])
+        self._learn_popularity(interaction, row)
 
     def _grow_dense(self, n: int) -> None:
         dense = self._dense
@@ -361,10 +359,7 @@ class Cooc(CoocRanking, Recommender):
                         neighbours[other].discard(row)
                 neighbours[row] = _Neighbours()
         self._recent.drop_items(rows)
-        if self._pop_link is None:
-            self._trending.forget_items(item_ids)  # its rows are these rows: both indexes free them alike
-        else:  # its owner forgets them there
-            self._pop_link.unlink(rows)
+        self._forget_popularity(item_ids, rows)
 
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._recent), "items": self._items.live()}
@@ -413,11 +408,8 @@ class Cooc(CoocRanking, Recommender):
         self._start_pair_log()
         a, b, w = self._pending_pairs()
         self._pair_log, self._pairs_carried = [], None
-        delta = {**tables.item_delta(self), "pair_a": id_array(self._items, a),
-                 "pair_b": id_array(self._items, b), "pair_w": w}
-        if self._pop_link is None:
-            delta.update(tables.prefixed({"popularity": self._trending.item_delta()}))
-        return delta
+        return {**tables.item_delta(self), "pair_a": id_array(self._items, a), "pair_b": id_array(self._items, b),
+                "pair_w": w, **self._popularity_delta()}
 
     def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
         """Add a peer's ``item_delta``: counts, co-occurrences (both halves of the symmetric
@@ -429,10 +421,7 @@ class Cooc(CoocRanking, Recommender):
             a = self._add_items(np.asarray(own["pair_a"]).tolist())
             b = self._add_items(np.asarray(own["pair_b"]).tolist())
             self._add_pairs(a, b, np.asarray(own["pair_w"], dtype=np.float64))
-        popularity = parts["popularity"]
-        if self._pop_link is None and popularity:
-            self._add_items(np.asarray(popularity.get("items", ())).tolist())  # its rows are these rows
-            self._trending.merge_item_delta(popularity)
+        self._merge_popularity(parts["popularity"])
 
     def _item_tables(self) -> dict[str, np.ndarray]:
         return {"counts": self._counts[: len(self._items)]}
@@ -505,28 +494,8 @@ class Cooc(CoocRanking, Recommender):
                 self._grow_dense(row + 1)  # may move to sparse rows
         if self._dense is None:
             self._neighbours.extend(_Neighbours() for _ in range(n - len(self._neighbours)))
-        if self._pop_link is not None:  # created there too, so that the owner's merge finds them
-            self._trending._add_items(ids)
-            self._pop_link.link(self._items, rows, ids)
-        elif not np.array_equal(self._trending._add_items(ids), rows):
-            raise AssertionError("cooc and its trending gave an item different rows")
+        self._add_popularity_items(ids, rows)
         return rows
-
-    # -- popularity ----------------------------------------------------------------------
-    def use_popularity(self, popularity: Trending) -> bool:
-        """Rank with ``popularity`` (learned, forgotten and shared by its owner) instead of
-        this model's own trending, when it has the same hyperparameters as this model's."""
-        if popularity is self._trending:
-            return True
-        if type(popularity) is not Trending or popularity._get_params() != self._trending._get_params():
-            return False
-        self._trending, self._pop_link = popularity, PopularityLink(popularity)
-        self._pop_link.relink(self._items)
-        return True
-
-    def _raw_popularity(self) -> np.ndarray:
-        """Unscaled popularity per item row (not to be modified)."""
-        return self._trending.raw_scores() if self._pop_link is None else self._pop_link.scores(self._items)
 
     def _add_pairs(self, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> None:
         """Add co-occurrence ``w`` to the distinct unordered pairs ``(a, b)``, both halves."""
@@ -550,6 +519,7 @@ class Cooc(CoocRanking, Recommender):
         """Bring a model saved by an older version up to date."""
         for key in ("_pair_log", "_pairs_carried", "_pop_link"):  # saved before sharing, before use_popularity
             self.__dict__.setdefault(key, None)
+        self.__dict__.setdefault("_owns_popularity", self._pop_link is None)  # saved before ReadsPopularity
         if "_shadow" not in self.__dict__:  # saved before online_models.tables
             reported = self.__dict__.pop("_counts_reported", None)
             self._shadow = None if reported is None else {"counts": reported}

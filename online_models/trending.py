@@ -273,6 +273,23 @@ class PopularityLink:
         get = self.popularity._items.rows.get
         self.rows[rows] = [-1 if i is None else get(i, -1) for i in ids]
 
+    def link_one(self, index: IdIndex, row: int, item_id: str) -> None:
+        """``link`` for one row the model just learned, looked up only if it has no link yet
+        (a linked row stays right until either side frees rows, which ``unlink`` and
+        ``scores`` take care of)."""
+        if row >= len(self.rows):
+            self.link(index, [row], [item_id])
+        elif self.rows[row] < 0:
+            self.rows[row] = self.popularity._items.rows.get(item_id, -1)
+
+    def place(self, index: IdIndex, rows: np.ndarray, popularity_rows: np.ndarray) -> None:
+        """Link the model's ``rows`` to the popularity's ``popularity_rows`` (known already)."""
+        if len(self.rows) < len(index):
+            old = len(self.rows)
+            self.rows = grow(self.rows, len(index))
+            self.rows[old:] = -1
+        self.rows[rows] = popularity_rows
+
     def relink(self, index: IdIndex) -> None:
         """Look every row up again."""
         self.link(index, np.arange(len(index)), index.ids)
@@ -286,9 +303,9 @@ class PopularityLink:
         """Unscaled popularity per row of ``index`` (0 where the item has none)."""
         if self.generation != self.popularity._items.generation:  # it freed rows since
             self.relink(index)
-        rows = self.rows[: len(index)]
+        rows = self.rows[: len(index)]  # shorter while the model's last rows were never linked
         scores = np.zeros(len(index))
-        known = rows >= 0
+        known = np.flatnonzero(rows >= 0)
         scores[known] = self.popularity.raw_scores()[rows[known]]
         return scores
 
@@ -297,3 +314,71 @@ class PopularityLink:
 
     def __setstate__(self, state):
         self.popularity, self.rows, self.generation = state
+
+
+class ReadsPopularity:
+    """Mixin of a model that ranks with item popularity (the ``UsesPopularity`` capability).
+
+    Standalone, the model owns its ``Trending`` and learns, forgets and shares it. Handed
+    one by ``use_popularity``, it reads that one through a ``PopularityLink`` and leaves
+    learning, forgetting and sharing it to its owner. A model whose own trending's rows are
+    its own rows (every item it adds is added there too, in the same order) reads it
+    directly (``_pop_link`` is ``None`` while it owns it); any other links to its own too.
+
+    The model holds ``_items`` (an ``IdIndex``), ``_trending``, ``_pop_link`` and
+    ``_owns_popularity``, and has ``_add_items(ids) -> rows`` (``merge_item_delta``'s).
+    """
+
+    _items: IdIndex
+    _trending: Trending
+    _pop_link: PopularityLink | None
+    _owns_popularity: bool
+
+    def use_popularity(self, popularity: Trending) -> bool:
+        """Rank with ``popularity`` (learned, forgotten and shared by its owner) instead of
+        this model's own trending, when it has the same hyperparameters as this model's."""
+        if popularity is self._trending:
+            return True
+        if type(popularity) is not Trending or popularity._get_params() != self._trending._get_params():
+            return False
+        self._trending, self._pop_link, self._owns_popularity = popularity, PopularityLink(popularity), False
+        self._pop_link.relink(self._items)
+        return True
+
+    def _raw_popularity(self) -> np.ndarray:
+        """Unscaled popularity per item row of this model (not to be modified)."""
+        return self._trending.raw_scores() if self._pop_link is None else self._pop_link.scores(self._items)
+
+    def _learn_popularity(self, interaction: Interaction, row: int) -> None:
+        """After the model learned ``interaction`` at item ``row``: its own trending learns it
+        too (an owner learned it first)."""
+        if self._owns_popularity:
+            self._trending.learn_one(interaction)
+        if self._pop_link is not None:
+            self._pop_link.link_one(self._items, row, interaction.item_id)
+
+    def _add_popularity_items(self, ids: Sequence[str], rows: np.ndarray) -> None:
+        """Items the model created at ``rows`` otherwise than by learning (merges, imports):
+        created in the trending too, so that its owner's merge finds them."""
+        popularity_rows = self._trending._add_items(ids)
+        if self._pop_link is not None:
+            self._pop_link.place(self._items, rows, popularity_rows)
+        elif not np.array_equal(popularity_rows, rows):
+            raise AssertionError(f"{type(self).__name__} and its trending gave an item different rows")
+
+    def _forget_popularity(self, item_ids: Collection[str], rows: np.ndarray) -> None:
+        """The model freed ``rows`` (items ``item_ids``); its own trending forgets them too."""
+        if self._pop_link is not None:
+            self._pop_link.unlink(rows)
+        if self._owns_popularity:
+            self._trending.forget_items(item_ids)  # rows shared with the model: both free them alike
+
+    def _popularity_delta(self) -> dict[str, Any]:
+        """Its own trending's ``item_delta``, keys prefixed ``popularity/`` (none when handed one)."""
+        return tables.prefixed({"popularity": self._trending.item_delta()}) if self._owns_popularity else {}
+
+    def _merge_popularity(self, delta: Mapping[str, Any]) -> None:
+        """Merge a peer's ``popularity/`` part (``tables.split`` of its delta) into its own trending."""
+        if self._owns_popularity and delta:
+            self._add_items(np.asarray(delta.get("items", ())).tolist())
+            self._trending.merge_item_delta(delta)
