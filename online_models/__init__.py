@@ -11,7 +11,7 @@ from online_models.base import EVENT_WEIGHTS, Recommender
 # loaded on first use, so that importing one light module (the API reads item categories
 # with ``online_models.content.categories_of``) does not import torch with every model
 _LAZY = {"MODELS": "online_models.registry", "make_model": "online_models.registry",
-         "set_torch_threads": "online_models.embeddings", "set_scoring": "online_models.embeddings"}
+         "set_torch_threads": "online_models.embeddings", "set_scoring": "online_models.embeddings_ranking"}
 
 __all__ = ["EVENT_WEIGHTS", "MODELS", "Recommender", "make_model", "set_scoring", "set_torch_threads"]
 

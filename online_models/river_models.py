@@ -14,7 +14,7 @@ from river import optim, reco
 from online_models import tables
 from online_models._arrays import IdIndex, grow, grow_all, top_k
 from online_models.base import Interaction, Ranking, Recommender
-from online_models.embeddings import top_k_by_product
+from online_models.embeddings_ranking import top_k_by_product
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
 _TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders equally scored items

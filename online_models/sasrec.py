@@ -3,29 +3,22 @@ learned online on micro-batches."""
 
 from __future__ import annotations
 
+import copy
 import math
-from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from online_models._arrays import IdIndex, grow, grow_all, top_k
-from online_models.base import Interaction, Ranking, Recommender
-from online_models.embeddings import (
-    _TIE_BREAK,
-    _grow_tensor,
-    add_item_changes,
-    initial_item_vectors,
-    ring_slots,
-    rowwise_adagrad,
-    sample_negatives,
-    take_item_changes,
-    top_k_by_product,
-)
-from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
+from online_models import tables
+from online_models._arrays import IdIndex, top_k
+from online_models.base import Interaction, Ranking
+from online_models.embeddings_ranking import top_k_by_product
+from online_models.sampled_softmax import (TIE_BREAK, QueuedItemLearner, initial_item_vectors, rowwise_adagrad,
+                                           sample_negatives)
+from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, PopularityLink, ReadsPopularity, Trending
 
 _ADAM_BETAS = (0.9, 0.999)
 
@@ -41,7 +34,66 @@ def _dense_layout(n_factors: int, window: int, n_layers: int) -> list[tuple[str,
     return layout + [("ln_w", (d,)), ("ln_b", (d,))]
 
 
-class SASRec(Recommender):
+def initial_dense(n_factors: int, window: int, n_layers: int, seed: int, init_std: float) -> torch.Tensor:
+    """The dense weights drawn from ``seed`` alone (every replica starts from the same), flat."""
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for name, shape in _dense_layout(n_factors, window, n_layers):
+        if name.startswith(("ln1_w", "ln2_w", "ln_w")):
+            parts.append(torch.ones(shape))
+        elif name == "pos":
+            parts.append(torch.randn(shape, generator=generator) * init_std)
+        elif len(shape) == 2:
+            parts.append(torch.randn(shape, generator=generator) / math.sqrt(shape[0]))
+        else:
+            parts.append(torch.zeros(shape))
+    return torch.cat([p.reshape(-1) for p in parts])
+
+
+def unflatten(flat: torch.Tensor, n_factors: int, window: int, n_layers: int) -> dict[str, torch.Tensor]:
+    """Each dense weight as a view of the flat vector (one split: its backward is one
+    concatenation, where one slice per weight would write a full-size gradient each)."""
+    layout = _dense_layout(n_factors, window, n_layers)
+    parts = torch.split(flat, [math.prod(shape) for _, shape in layout])
+    return {name: part.view(shape) for (name, shape), part in zip(layout, parts)}
+
+
+def encode(params: dict[str, torch.Tensor], table: torch.Tensor, hists: np.ndarray, n_heads: int,
+           n_layers: int) -> torch.Tensor:
+    """Representations ``(len(hists), n_factors)`` of sequences of rows of ``table`` (most
+    recent first, ``-1`` after the last) through ``n_layers`` pre-norm Transformer blocks
+    with weights ``params`` (``unflatten``); an empty sequence gives zeros."""
+    lengths = (hists >= 0).sum(1)
+    width = max(int(lengths.max(initial=0)), 1)  # padding past the longest sequence changes nothing
+    hists = hists[:, :width]
+    b, d, heads = len(hists), table.shape[1], n_heads
+    valid = torch.from_numpy(hists >= 0)
+    x = table[torch.from_numpy(np.maximum(hists, 0).astype(np.int64))] + params["pos"][:width]
+    x = x * valid[:, :, None]
+    # position j sees positions k >= j (itself and older items); a padding position sees itself only
+    eye = torch.eye(width, dtype=torch.bool)
+    blocked = ~(torch.ones((width, width), dtype=torch.bool).triu()[None] & (valid[:, None, :] | eye[None]))
+    scale = 1.0 / math.sqrt(d // heads)
+    for layer in range(n_layers):
+        last = layer == n_layers - 1  # only the most recent position's output is used
+        a = F.layer_norm(x, (d,), params[f"ln1_w{layer}"], params[f"ln1_b{layer}"])
+        n_q = 1 if last else width
+        if width == 1:  # one item: attention over one key returns its value
+            mixed = a @ params[f"wv{layer}"]
+        else:
+            q = (a[:, :n_q] @ params[f"wq{layer}"]).view(b, n_q, heads, d // heads).transpose(1, 2)
+            k = (a @ params[f"wk{layer}"]).view(b, width, heads, d // heads).transpose(1, 2)
+            v = (a @ params[f"wv{layer}"]).view(b, width, heads, d // heads).transpose(1, 2)
+            scores = (q @ k.transpose(2, 3)).masked_fill_(blocked[:, None, :n_q], -torch.inf)
+            mixed = (torch.softmax(scores * scale, 3) @ v).transpose(1, 2).reshape(b, n_q, d)
+        x = x[:, :n_q] + mixed @ params[f"wo{layer}"]
+        h = F.layer_norm(x, (d,), params[f"ln2_w{layer}"], params[f"ln2_b{layer}"])
+        x = x + torch.relu(h @ params[f"w1{layer}"] + params[f"b1{layer}"]) @ params[f"w2{layer}"] + params[f"b2{layer}"]
+    rep = F.layer_norm(x[:, 0], (d,), params["ln_w"], params["ln_b"])
+    return rep * torch.from_numpy(lengths > 0)[:, None]
+
+
+class SASRec(ReadsPopularity, QueuedItemLearner):
     """Self-attention over each user's last ``window`` items (SASRec), learned online.
 
     A user is the sequence of their last ``window`` items, most recent first. Each item's
@@ -60,15 +112,20 @@ class SASRec(Recommender):
     state is only a list of item ids, recomputed from the current weights, where a GRU's
     carried hidden state goes stale as the weights learn (and must travel at hand-over).
 
-    Learning: ``learn_one`` appends the item to the user's sequence at once (the next
-    ranking already follows it) and queues the event with the sequence before it. Every
-    ``batch_size`` queued events make one gradient step over them plus ``replay`` times as
-    many drawn from a replay buffer of the last ``buffer_size`` events: a sampled softmax
-    of each event's item against ``n_negatives`` items shared by the step, drawn from item
-    counts raised to ``pop_alpha`` (logQ-corrected), weighted by event type. Autograd
-    gives the gradients; item rows take a row-wise Adagrad step (``lr``) on the rows the
-    step touched only, the dense weights an Adam step (``dense_lr``). ``learn_many`` is
-    ``learn_one`` in a loop: steps fall at the same events.
+    Learning (``QueuedItemLearner``): ``learn_one`` appends the item to the user's sequence
+    at once (the next ranking already follows it) and queues the event with the sequence
+    before it. Every ``batch_size`` queued events make one gradient step over them plus
+    ``replay`` times as many drawn from a replay buffer of the last ``buffer_size`` events:
+    a sampled softmax of each event's item against ``n_negatives`` items shared by the
+    step, drawn in proportion to item popularity raised to ``pop_alpha`` (logQ-corrected),
+    weighted by event type. Autograd gives the gradients; item rows take a row-wise Adagrad
+    step (``lr``) on the rows the step touched only, the dense weights an Adam step
+    (``dense_lr``). ``learn_many`` is ``learn_one`` in a loop: steps fall at the same events.
+
+    Popularity (negatives, and a tie-break of ``1e-6 * log1p(popularity)`` in every score)
+    is a ``Trending`` of event weights decayed with ``half_life_s``: the model's own
+    standalone, or the one its owner (the worker, the evaluator) hands over with
+    ``use_popularity`` and learns, forgets and shares.
 
     Tables grow with new ids (no fixed vocabulary). An item's starting vector is drawn
     from ``(seed, item id)`` alone and the dense weights from ``seed``, so replicas start
@@ -89,21 +146,20 @@ class SASRec(Recommender):
     n_negatives
         Negatives sampled per gradient step (shared by the step's events).
     pop_alpha
-        Exponent on item counts for negative sampling (0: uniform).
+        Exponent on item popularity for negative sampling (0: uniform).
     lr
         Adagrad learning rate of item vectors and biases.
     dense_lr
         Adam learning rate of the attention, feed-forward, position and norm weights.
-    batch_size
-        Queued events per gradient step.
-    replay
-        Replayed events per new event in a step.
-    buffer_size
-        Capacity of the replay buffer.
+    batch_size, replay, buffer_size
+        The queue (``QueuedItemLearner``): events per gradient step, replayed events per new
+        event in a step, and the replay buffer's capacity.
     init_std
         Standard deviation of new item vectors and of position embeddings.
     seed
         Seeds the dense weights, item vectors (with each item's id), negatives and replay.
+    half_life_s
+        Half-life of the item popularity (``None``: all-time counts).
     event_weights
         Weight per event type (scales each event's loss); defaults to ``EVENT_WEIGHTS``.
 
@@ -117,9 +173,13 @@ class SASRec(Recommender):
     >>> model.learn_one(Event(user_id="new", item_id="b", type="click", ts=0))
     >>> model.recommend("new", k=1, exclude={"b"})[0][0]
     'c'
+    >>> model.explain_items("new", ["c", "b", "zz"]), model.explain_items("nobody", ["c"])
+    ([('sasrec', 'often viewed after b, which you viewed'), ('sasrec', 'in your recent items'), ('sasrec', None)], [('trending', 'popular now')])
     """
 
     name = "sasrec"
+    ITEM_TABLES = {"vecs": "step", "bias": "sum", "acc_vecs": "sum", "acc_bias": "sum"}
+    _ITEM_TENSORS = (("_item_vecs", "vecs"), ("_item_bias", "bias"))
 
     def __init__(
         self,
@@ -136,6 +196,7 @@ class SASRec(Recommender):
         buffer_size: int = 50_000,
         init_std: float = 0.1,
         seed: int = 42,
+        half_life_s: float | None = 3 * 24 * 3600.0,
         event_weights: Mapping[str, float] | None = None,
     ):
         self.n_factors = n_factors
@@ -151,6 +212,7 @@ class SASRec(Recommender):
         self.buffer_size = buffer_size
         self.init_std = init_std
         self.seed = seed
+        self.half_life_s = half_life_s
         self.event_weights = event_weights
         if n_factors % n_heads:
             raise ValueError(f"n_heads ({n_heads}) must divide n_factors ({n_factors})")
@@ -159,165 +221,39 @@ class SASRec(Recommender):
         self._users = IdIndex()  # rows name a user's events in the queue and the replay buffer
         self._items = IdIndex()
         self._rng = np.random.default_rng(seed)
-        d = n_factors
-        self._item_vecs = torch.zeros((0, d))
+        self._item_vecs = torch.zeros((0, n_factors))
         self._item_bias = torch.zeros((0, 1))
         self._acc = {"vecs": torch.zeros(0), "bias": torch.zeros(0)}  # row-wise Adagrad sums
-        self._counts = np.zeros(0, dtype=np.float64)
-        self._tie = np.zeros(0, dtype=np.float32)  # _TIE_BREAK * log1p(counts), per item
-        self._recent: dict[str, deque[int]] = {}
-        self._pending: list[tuple[int, int, tuple[int, ...], float]] = []  # user, item, history, weight
-        self._buf_user = np.zeros(0, dtype=np.int64)
-        self._buf_item = np.zeros(0, dtype=np.int64)
-        self._buf_hist = np.zeros((0, window), dtype=np.int32)
-        self._buf_weight = np.zeros(0, dtype=np.float32)
-        self._buf_len = 0
-        self._buf_pos = 0
-        self._dense = self._initial_dense()
+        self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
+        self._pop_link: PopularityLink | None = None  # the trending's rows are these rows until handed one
+        self._owns_popularity = True
+        self._init_queue(np.int32)
+        self._dense = initial_dense(n_factors, window, n_layers, seed, init_std)
         self._adam_m = torch.zeros_like(self._dense)
         self._adam_v = torch.zeros_like(self._dense)
         self._adam_steps = 0
         self._shadow: dict[str, np.ndarray] | None = None  # item state as of the last delta; see item_delta
-        self._dense_shadow: torch.Tensor | None = None
+        self._dense_shadow: torch.Tensor | None = None  # the dense weights as of the last delta
 
-    # -- dense weights -------------------------------------------------------------------
-    def _initial_dense(self) -> torch.Tensor:
-        """The dense weights drawn from ``seed`` alone (every replica starts from the same)."""
-        generator = torch.Generator().manual_seed(self.seed)
-        parts = []
-        for name, shape in _dense_layout(self.n_factors, self.window, self.n_layers):
-            if name.startswith(("ln1_w", "ln2_w", "ln_w")):
-                parts.append(torch.ones(shape))
-            elif name == "pos":
-                parts.append(torch.randn(shape, generator=generator) * self.init_std)
-            elif len(shape) == 2:
-                parts.append(torch.randn(shape, generator=generator) / math.sqrt(shape[0]))
-            else:
-                parts.append(torch.zeros(shape))
-        return torch.cat([p.reshape(-1) for p in parts])
-
-    def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each dense weight as a view of the flat vector (one split: its backward is one
-        concatenation, where one slice per weight would write a full-size gradient each)."""
-        layout = _dense_layout(self.n_factors, self.window, self.n_layers)
-        parts = torch.split(flat, [math.prod(shape) for _, shape in layout])
-        return {name: part.view(shape) for (name, shape), part in zip(layout, parts)}
+    # -- the dense weights (module functions above) --------------------------------------
+    def _params(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return unflatten(flat, self.n_factors, self.window, self.n_layers)
 
     def _encode(self, params: dict[str, torch.Tensor], table: torch.Tensor, hists: np.ndarray) -> torch.Tensor:
-        """Representations ``(len(hists), n_factors)`` of sequences of rows of ``table``
-        (most recent first, ``-1`` after the last); an empty sequence gives zeros."""
-        lengths = (hists >= 0).sum(1)
-        width = max(int(lengths.max(initial=0)), 1)  # padding past the longest sequence changes nothing
-        hists = hists[:, :width]
-        b, d, heads = len(hists), self.n_factors, self.n_heads
-        valid = torch.from_numpy(hists >= 0)
-        x = table[torch.from_numpy(np.maximum(hists, 0).astype(np.int64))] + params["pos"][:width]
-        x = x * valid[:, :, None]
-        # position j sees positions k >= j (itself and older items); a padding position sees itself only
-        eye = torch.eye(width, dtype=torch.bool)
-        blocked = ~(torch.ones((width, width), dtype=torch.bool).triu()[None] & (valid[:, None, :] | eye[None]))
-        scale = 1.0 / math.sqrt(d // heads)
-        for layer in range(self.n_layers):
-            last = layer == self.n_layers - 1  # only the most recent position's output is used
-            a = F.layer_norm(x, (d,), params[f"ln1_w{layer}"], params[f"ln1_b{layer}"])
-            n_q = 1 if last else width
-            if width == 1:  # one item: attention over one key returns its value
-                mixed = a @ params[f"wv{layer}"]
-            else:
-                q = (a[:, :n_q] @ params[f"wq{layer}"]).view(b, n_q, heads, d // heads).transpose(1, 2)
-                k = (a @ params[f"wk{layer}"]).view(b, width, heads, d // heads).transpose(1, 2)
-                v = (a @ params[f"wv{layer}"]).view(b, width, heads, d // heads).transpose(1, 2)
-                scores = (q @ k.transpose(2, 3)).masked_fill_(blocked[:, None, :n_q], -torch.inf)
-                mixed = (torch.softmax(scores * scale, 3) @ v).transpose(1, 2).reshape(b, n_q, d)
-            x = x[:, :n_q] + mixed @ params[f"wo{layer}"]
-            h = F.layer_norm(x, (d,), params[f"ln2_w{layer}"], params[f"ln2_b{layer}"])
-            x = x + torch.relu(h @ params[f"w1{layer}"] + params[f"b1{layer}"]) @ params[f"w2{layer}"] + params[f"b2{layer}"]
-        rep = F.layer_norm(x[:, 0], (d,), params["ln_w"], params["ln_b"])
-        return rep * torch.from_numpy(lengths > 0)[:, None]
+        return encode(params, table, hists, self.n_heads, self.n_layers)
 
-    # -- growth ------------------------------------------------------------------------
-    def _add_user(self, user_id: str) -> int:
-        return self._users.add(user_id)
-
-    def _add_item(self, item_id: str) -> int:
-        row = self._items.get(item_id)
-        if row is None:  # a new row, or one a forgotten item freed (reset then)
-            row = self._items.add(item_id)
-            if len(self._item_vecs) <= row:
-                self._item_vecs = _grow_tensor(self._item_vecs, row + 1)
-                self._item_bias = _grow_tensor(self._item_bias, row + 1)
-                for name in self._acc:
-                    self._acc[name] = _grow_tensor(self._acc[name], len(self._item_vecs))
-            vecs, _ = initial_item_vectors([item_id], self.seed, self.n_factors, self.init_std)
-            self._item_vecs[row] = torch.from_numpy(vecs[0])
-            self._item_bias[row] = 0.0  # a freed row's bias is -inf: it must never rank
-            self._counts = grow(self._counts, row + 1)
-            if self._shadow is not None:  # the item's tally starts from its init
-                grow_all(self._shadow, len(self._items))
-                self._copy_to_shadow(np.array([row]))
-        return row
+    # -- growth (QueuedItemLearner) -----------------------------------------------------
+    def _start_item(self, row: int, item_id: str) -> None:
+        vecs, _ = initial_item_vectors([item_id], self.seed, self.n_factors, self.init_std)
+        self._item_vecs[row] = torch.from_numpy(vecs[0])
+        self._add_popularity_items([item_id], np.array([row]))
 
     # -- learning ----------------------------------------------------------------------
-    def learn_one(self, interaction: Interaction) -> None:
-        user_id = interaction.user_id
-        user = self._add_user(user_id)
-        item = self._add_item(interaction.item_id)
-        weight = self.weight(interaction)
-        self._counts[item] += weight
-        self._note_count(item)
-        recent = self._recent.get(user_id)
-        if recent is None:
-            recent = self._recent[user_id] = deque(maxlen=self.window)
-        self._pending.append((user, item, tuple(reversed(recent)), weight))  # the sequence before the event
-        recent.append(item)
-        if len(self._pending) >= self.batch_size:
-            self._step()
-
-    def learn_many(self, interactions: Iterable[Interaction]) -> None:
-        """``learn_one`` in order: the gradient steps fall at the same events."""
-        for interaction in interactions:
-            self.learn_one(interaction)
-
-    def _note_count(self, row: int) -> None:
-        if len(self._tie) < len(self._counts):
-            self._refresh_tie()
-        else:
-            self._tie[row] = _TIE_BREAK * np.log1p(self._counts[row])
-
-    def _refresh_tie(self) -> None:
-        self._tie = _TIE_BREAK * np.log1p(self._counts).astype(np.float32)
-
-    def _remember(self, users: np.ndarray, items: np.ndarray, hists: np.ndarray, weights: np.ndarray) -> None:
-        if len(self._buf_user) < self.buffer_size:
-            size = min(self.buffer_size, max(2 * len(self._buf_user), 1024))
-            self._buf_user = np.resize(self._buf_user, size)
-            self._buf_item = np.resize(self._buf_item, size)
-            self._buf_hist = np.resize(self._buf_hist, (size, self.window))
-            self._buf_weight = np.resize(self._buf_weight, size)
-        if len(self._buf_user) == 0:
-            return
-        slots, last, self._buf_len, self._buf_pos = ring_slots(len(self._buf_user), self._buf_len, self._buf_pos,
-                                                               len(users))
-        self._buf_user[slots], self._buf_item[slots] = users[last], items[last]
-        self._buf_hist[slots], self._buf_weight[slots] = hists[last], weights[last]
+    def _learned(self, interaction: Interaction, item: int, weight: float) -> None:
+        self._learn_popularity(interaction, item)
 
     def _step(self) -> None:
-        pending, self._pending = self._pending, []
-        users = np.array([p[0] for p in pending], dtype=np.int64)
-        items = np.array([p[1] for p in pending], dtype=np.int64)
-        weights = np.array([p[3] for p in pending], dtype=np.float32)
-        hists = np.full((len(pending), self.window), -1, dtype=np.int32)
-        for j, (_, _, hist, _) in enumerate(pending):
-            hists[j, : len(hist)] = hist
-        n_replay = min(self._buf_len, self.replay * len(users))
-        if n_replay:
-            pick = self._rng.integers(0, self._buf_len, n_replay)
-            replayed = self._buf_item[pick], self._buf_hist[pick], self._buf_weight[pick]
-        self._remember(users, items, hists, weights)
-        if n_replay:
-            items = np.concatenate([items, replayed[0]])
-            hists = np.concatenate([hists, replayed[1]])
-            weights = np.concatenate([weights, replayed[2]])
+        _, items, hists, weights = self._take_batch()
         live = weights > 0  # forgotten users' and items' events stay in the buffer with weight 0
         if live.any():
             self._gradient_step(items[live], hists[live], weights[live])
@@ -325,7 +261,7 @@ class SASRec(Recommender):
     def _gradient_step(self, items: np.ndarray, hists: np.ndarray, weights: np.ndarray) -> None:
         """One step on the weighted mean sampled-softmax loss of the events: row-wise Adagrad
         on the item rows involved, Adam on the dense weights."""
-        negatives, neg_probs = sample_negatives(self._counts[: len(self._items)], self.n_negatives, self.pop_alpha,
+        negatives, neg_probs = sample_negatives(self._raw_popularity(), self.n_negatives, self.pop_alpha,
                                                 self._rng)
         used = hists >= 0
         rows, local = np.unique(np.concatenate([items, negatives, hists[used]]), return_inverse=True)
@@ -335,7 +271,7 @@ class SASRec(Recommender):
         vecs = self._item_vecs[torch.from_numpy(rows)].requires_grad_()
         bias = self._item_bias[torch.from_numpy(rows), 0].requires_grad_()
         dense = self._dense.detach().requires_grad_()
-        reps = self._encode(self._unflatten(dense), vecs, local_hists)
+        reps = self._encode(self._params(dense), vecs, local_hists)
         pos_rows, neg_rows = torch.from_numpy(local[:b]), torch.from_numpy(local[b : b + n_neg])
         pos = (reps * vecs[pos_rows]).sum(1) + bias[pos_rows]
         correction = torch.from_numpy(np.log(neg_probs * n_neg).astype(np.float32))
@@ -357,105 +293,23 @@ class SASRec(Recommender):
         denom = (self._adam_v / (1 - beta2**self._adam_steps)).sqrt_().add_(1e-8)
         self._dense.addcdiv_(self._adam_m, denom, value=-step)
 
-    # -- forgetting ----------------------------------------------------------------------
-    def forget_user(self, user_id: str) -> None:
-        """Drop the user's sequence and queued or replayable events, and free the user's row;
-        the item vectors and dense weights keep what they learned."""
-        self._recent.pop(user_id, None)
-        row = self._users.get(user_id)
-        if row is None:
-            return
-        self._users.remove([user_id])
-        self._pending = [p for p in self._pending if p[0] != row]
-        held = slice(0, self._buf_len)
-        self._buf_weight[held][self._buf_user[held] == row] = 0.0
+    # -- forgetting (QueuedItemLearner) ---------------------------------------------------
+    def _forget_item_rows(self, item_ids: Collection[str], rows: np.ndarray) -> None:
+        self._forget_popularity(item_ids, rows)
 
-    def forget_items(self, item_ids: Collection[str]) -> None:
-        """Drop the items' vectors, counts and events (queued, replayable, in users' sequences)
-        and free their rows; a freed row's bias is ``-inf`` until a new item takes it."""
-        rows = self._items.remove(item_ids)
-        if not len(rows):
-            return
-        self._item_vecs[rows] = 0.0
-        self._item_bias[rows] = -torch.inf
-        for acc in self._acc.values():
-            acc[rows] = 0.0
-        self._counts[rows] = 0.0
-        self._refresh_tie()
-        if self._shadow is not None:  # a freed row has nothing to report
-            self._copy_to_shadow(rows)
-        gone = set(rows.tolist())
-        self._pending = [(u, i, tuple(h for h in hist if h not in gone), w)
-                         for u, i, hist, w in self._pending if i not in gone]
-        held = slice(0, self._buf_len)
-        self._buf_weight[held][np.isin(self._buf_item[held], rows)] = 0.0
-        hists = self._buf_hist[held]
-        hit = np.isin(hists, rows).any(1)
-        for j in np.flatnonzero(hit).tolist():  # close the gaps: sequences stay most recent first
+    def _drop_from_buffer(self, rows: np.ndarray) -> None:
+        """Take the freed ``rows`` out of the buffered sequences, closing the gaps (a
+        sequence stays most recent first)."""
+        hists = self._buf_hist[: self._buf_len]
+        for j in np.flatnonzero(np.isin(hists, rows).any(1)).tolist():
             kept = hists[j][(hists[j] >= 0) & ~np.isin(hists[j], rows)]
             hists[j] = -1
             hists[j, : len(kept)] = kept
-        for user_id, recent in self._recent.items():
-            if not gone.isdisjoint(recent):
-                self._recent[user_id] = deque((r for r in recent if r not in gone), maxlen=self.window)
 
-    def state_sizes(self) -> dict[str, int]:
-        return {"users": self._users.live(), "items": self._items.live()}
-
-    # -- scale-out ---------------------------------------------------------------------
-    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
-        """The users' item sequences and queued events, as flat arrays, items named by id.
-
-        Queued events go with their user so that the new owner takes their gradient step;
-        the user's events in the replay buffer stay behind.
-
-        Returns
-        -------
-        dict
-            ``users`` (ids); ``recent`` (item ids, each user's oldest first) cut by
-            ``recent_len``; per queued event ``pending_user`` (position in ``users``),
-            ``pending_item``, ``pending_weight``, and its sequence (most recent first) in
-            ``pending_hist`` cut by ``pending_hist_len``.
-        """
-        ids = self._items.ids
-        users = [u for u in dict.fromkeys(user_ids) if u in self._users]
-        position = {self._users.rows[u]: j for j, u in enumerate(users)}
-        recent = [list(self._recent.get(u, ())) for u in users]
-        pending = [(position[p[0]], p) for p in self._pending if p[0] in position]
-        return {
-            "users": np.array(users, dtype=str),
-            "recent": np.array([ids[r] for rec in recent for r in rec], dtype=str),
-            "recent_len": np.array([len(rec) for rec in recent], dtype=np.int64),
-            "pending_user": np.array([j for j, _ in pending], dtype=np.int64),
-            "pending_item": np.array([ids[p[1]] for _, p in pending], dtype=str),
-            "pending_weight": np.array([p[3] for _, p in pending], dtype=np.float32),
-            "pending_hist": np.array([ids[r] for _, p in pending for r in p[2]], dtype=str),
-            "pending_hist_len": np.array([len(p[2]) for _, p in pending], dtype=np.int64),
-        }
-
-    def import_users(self, state: Mapping[str, Any]) -> None:
-        """Adopt users from ``export_users``, replacing what this model knew of them; their
-        queued events join this model's queue (stepped with its next batch)."""
-        users = [str(u) for u in state["users"]]
-        if not users:
-            return
-        for user_id in users:
-            self.forget_user(user_id)
-        rows = [self._add_user(u) for u in users]
-        recent = iter([self._add_item(str(i)) for i in state["recent"]])
-        for user_id, n in zip(users, np.asarray(state["recent_len"]).tolist()):
-            self._recent[user_id] = deque((next(recent) for _ in range(n)), maxlen=self.window)
-        hists = iter([self._add_item(str(i)) for i in state["pending_hist"]])
-        for j, item, weight, n in zip(np.asarray(state["pending_user"]).tolist(), state["pending_item"],
-                                      np.asarray(state["pending_weight"]).tolist(),
-                                      np.asarray(state["pending_hist_len"]).tolist()):
-            hist = tuple(next(hists) for _ in range(n))
-            self._pending.append((rows[j], self._add_item(str(item)), hist, weight))
-        self._refresh_tie()
-
+    # -- scale-out (online_models.tables and QueuedItemLearner) ------------------------
     def item_delta(self) -> dict[str, Any]:
         """What this model's own learning changed since the last call: per item row its
-        vector, bias, their Adagrad sums and its count; and the dense weights' change.
+        vector, bias and their Adagrad sums; the dense weights' change; its popularity's.
 
         As ``TorchEmbeddings.item_delta``: rows are diffed against a shadow copy that the
         first call builds (items at their initial vectors, dense weights at their seeded
@@ -466,12 +320,12 @@ class SASRec(Recommender):
         Returns
         -------
         dict
-            ``ids`` (str), ``vecs`` ``(n, n_factors)``, ``bias``, ``acc_vecs``,
-            ``acc_bias`` (float32), ``counts`` (float64), one entry per item, and
-            ``dense`` (float32, all dense weights or none).
+            ``items`` (str), ``vecs`` ``(n, n_factors)``, ``bias``, ``acc_vecs``,
+            ``acc_bias`` (float32), one entry per item; ``dense`` (float32, all dense
+            weights or none); its own trending's delta under keys prefixed ``popularity/``.
         """
-        shadow = self._ensure_shadow()
-        delta = take_item_changes(self._item_state(len(self._items)), shadow, self._items.ids)
+        self._start_dense_shadow()
+        delta = {**tables.item_delta(self), **self._popularity_delta()}
         change = self._dense - self._dense_shadow
         if bool(change.any()):
             delta["dense"] = change.numpy()
@@ -481,45 +335,44 @@ class SASRec(Recommender):
         return delta
 
     def merge_item_delta(self, delta: Mapping[str, Any]) -> None:
-        """Add a peer's ``item_delta`` to the item state, the dense weights and the shadows
-        (so that it is not reported back); items not met yet start from their initial vectors."""
-        shadow = self._ensure_shadow()
-        if len(delta.get("ids", ())):
-            rows = np.array([self._add_item(str(i)) for i in delta["ids"]], dtype=np.int64)
-            add_item_changes(self._item_state(len(self._items)), shadow, rows, delta)
-            self._refresh_tie()
-        dense = np.asarray(delta.get("dense", ()), dtype=np.float32)
+        """Add a peer's ``item_delta`` to the item state, the dense weights, the popularity
+        and the shadows (so that it is not reported back); items not met yet start from
+        their initial vectors."""
+        self._start_dense_shadow()
+        own, parts = tables.split(delta, ["popularity"])
+        tables.merge_item_delta(self, own)
+        self._merge_popularity(parts["popularity"])
+        dense = np.asarray(own.get("dense", ()), dtype=np.float32)
         if dense.size:
             change = torch.from_numpy(dense.copy())
             self._dense += change
             self._dense_shadow += change
 
-    def _item_state(self, n: int) -> dict[str, np.ndarray]:
-        """Writable views of the first ``n`` rows of each shared item table."""
+    def _start_dense_shadow(self) -> None:
+        if self._dense_shadow is None:  # sharing starts: all learned so far is own
+            self._dense_shadow = initial_dense(self.n_factors, self.window, self.n_layers, self.seed, self.init_std)
+
+    def _item_tables(self) -> dict[str, np.ndarray]:
+        """Writable views of the shared item tables' rows."""
+        n = len(self._items)
         return {"vecs": self._item_vecs.numpy()[:n], "bias": self._item_bias.numpy()[:n, 0],
-                "acc_vecs": self._acc["vecs"].numpy()[:n], "acc_bias": self._acc["bias"].numpy()[:n],
-                "counts": self._counts[:n]}
+                "acc_vecs": self._acc["vecs"].numpy()[:n], "acc_bias": self._acc["bias"].numpy()[:n]}
 
-    def _ensure_shadow(self) -> dict[str, np.ndarray]:
-        """The shadows, built on first use: live items at their initial state, freed rows
-        as they are, dense weights at their seeded start."""
-        if self._shadow is None:
-            ids = self._items.ids
-            self._shadow = shadow = {key: now.copy() for key, now in self._item_state(len(ids)).items()}
-            live = self._items.live_rows()
-            if len(live):
-                shadow["vecs"][live], _ = initial_item_vectors([ids[r] for r in live.tolist()], self.seed,
-                                                               self.n_factors, self.init_std)
-                for key in ("bias", "acc_vecs", "acc_bias", "counts"):
-                    shadow[key][live] = 0.0
-            self._dense_shadow = self._initial_dense()
-        grow_all(self._shadow, len(self._items))
-        return self._shadow
+    def _initial_items(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return {"vecs": initial_item_vectors(ids, self.seed, self.n_factors, self.init_std)[0]}
 
-    def _copy_to_shadow(self, rows: np.ndarray) -> None:
-        """The shadow of these rows takes their current values (a new item's init, a freed row)."""
-        for key, now in self._item_state(len(self._items)).items():
-            self._shadow[key][rows] = now[rows]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_trending" not in state:  # saved when it kept all-time counts of its own, rows as its items'
+            counts, shadow = self.__dict__.pop("_counts"), self._shadow
+            self.__dict__.pop("_tie", None)
+            self.half_life_s = None
+            trending = self._trending = Trending(half_life_s=None, event_weights=self.event_weights)
+            trending._items, trending._scores = copy.deepcopy(self._items), counts
+            trending._max = float(counts.max(initial=0.0))
+            if shadow is not None:
+                trending._shadow = {"scores": shadow.pop("counts")}
+            self._pop_link, self._owns_popularity = None, True
 
     # -- ranking -----------------------------------------------------------------------
     def _histories(self, user_ids: Sequence[str]) -> np.ndarray:
@@ -534,14 +387,12 @@ class SASRec(Recommender):
     def _representations(self, user_ids: Sequence[str]) -> np.ndarray:
         """Each user's representation (zeros for a user with no sequence): one forward pass."""
         with torch.inference_mode():
-            return self._encode(self._unflatten(self._dense), self._item_vecs, self._histories(user_ids)).numpy()
+            return self._encode(self._params(self._dense), self._item_vecs, self._histories(user_ids)).numpy()
 
     def _bias(self) -> np.ndarray:
+        """The item biases plus the popularity tie-break."""
         n = len(self._items)
-        return self._item_bias.numpy()[:n, 0] + self._tie[:n]
-
-    def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
-        return self.recommend_many([user_id], k, {user_id: exclude} if exclude else None)[user_id]
+        return self._item_bias.numpy()[:n, 0] + (TIE_BREAK * np.log1p(self._raw_popularity())).astype(np.float32)
 
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
@@ -562,7 +413,7 @@ class SASRec(Recommender):
         """The representations of one-item sequences: what the model expects after each item."""
         with torch.inference_mode():
             hists = np.asarray(rows, dtype=np.int64).reshape(-1, 1)
-            return self._encode(self._unflatten(self._dense), self._item_vecs, hists).numpy()
+            return self._encode(self._params(self._dense), self._item_vecs, hists).numpy()
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The items the model ranks first after ``item_id`` alone (what is clicked after it)."""
@@ -578,16 +429,7 @@ class SASRec(Recommender):
         """Per item, why: an item of the user's sequence is "in your recent items"; another
         is "often viewed after X", X being the recent item after which the model scores it
         highest. A user without a sequence was served the items with the largest biases:
-        "popular now". Unknown items get no reason.
-
-        >>> from core.schema import Event
-        >>> model = SASRec(n_factors=8, batch_size=8, n_negatives=4, seed=1)
-        >>> for user in range(40):
-        ...     for t, item in enumerate("abc"):
-        ...         model.learn_one(Event(user_id=f"u{user}", item_id=item, type="click", ts=t))
-        >>> model.learn_one(Event(user_id="new", item_id="b", type="click", ts=0))
-        >>> model.explain_items("new", ["c", "b", "zz"]), model.explain_items("nobody", ["c"])
-        ([('sasrec', 'often viewed after b, which you viewed'), ('sasrec', 'in your recent items'), ('sasrec', None)], [('trending', 'popular now')])
+        "popular now". Unknown items get no reason (examples: the class docstring).
         """
         rows = [self._items.get(item) for item in item_ids]
         recent = list(dict.fromkeys(reversed(self._recent.get(user_id, ()))))  # most recent first

@@ -158,7 +158,7 @@ def test_purchase_rerank_batch_equals_one_by_one(with_exclude: bool) -> None:
 def test_top_k_by_product_ranks_by_the_scores(n_users: int, k: int) -> None:
     """Every path (one user, a few, many with the bias folded into the product, several
     chunks) gives each user the k best non-excluded items of ``<rep, item> + bias``."""
-    import online_models.embeddings as emb
+    import online_models.embeddings_ranking as emb
     from online_models._arrays import IdIndex
 
     rng = np.random.default_rng(n_users + k)
@@ -332,7 +332,7 @@ def assert_same_ranking(got: list, expected: list, rel: float = 1e-5) -> None:
 def test_device_top_k_path_ranks_as_the_cpu_path() -> None:
     """The device path (product and a first top-k in torch, survivors ordered on the CPU),
     run here on the CPU device: the same rows and the same ties as the numpy path."""
-    import online_models.embeddings as emb
+    import online_models.embeddings_ranking as emb
     from online_models._arrays import IdIndex
 
     rng = np.random.default_rng(2)
@@ -384,7 +384,7 @@ def test_candidate_index_follows_item_updates() -> None:
 def test_embeddings_candidate_stage_with_every_group_probed_is_exact(monkeypatch) -> None:
     """``set_scoring(candidates_from=...)``: the batch ranking takes candidates from the
     index and scores them exactly; probing every group, the lists are the exact ones."""
-    import online_models.embeddings as emb
+    import online_models.embeddings_ranking as emb
     from online_models import make_model
     from online_models.candidates import ItemCandidates
     from tests.test_ranking_paths import random_stream, seen_by

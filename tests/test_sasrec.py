@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from online_models import capabilities, make_model
-from online_models.sasrec import SASRec
+from online_models.sasrec import SASRec, initial_dense
+from online_models.trending import Trending
 from core.schema import Event
 from tests.test_item_sharing import STREAM, exchange, half, travel
 
@@ -99,8 +100,25 @@ def test_pickled_mid_batch_learns_on_alike() -> None:
 def test_capabilities() -> None:
     model = make_model("sasrec")
     for capability in (capabilities.ForgetsUsers, capabilities.ForgetsItems, capabilities.Explains,
-                       capabilities.SimilarItems, capabilities.HandsOverUsers, capabilities.SharesItems):
+                       capabilities.SimilarItems, capabilities.HandsOverUsers, capabilities.SharesItems,
+                       capabilities.UsesPopularity):
         assert isinstance(model, capability), capability.__name__
+
+
+def test_the_popularity_it_is_handed_is_the_one_it_reads() -> None:
+    """Handed its owner's trending, sasrec neither learns nor shares a popularity of its own,
+    and ranks as it does with its own; one of other hyperparameters is declined."""
+    own, handed, popularity = SASRec(**SMALL), SASRec(**SMALL), Trending()
+    assert handed.use_popularity(popularity)
+    assert not SASRec(**SMALL, half_life_s=None).use_popularity(Trending())
+    for event in STREAM:
+        popularity.learn_one(event)
+        handed.learn_one(event)
+        own.learn_one(event)
+    assert handed._trending is popularity
+    assert not any(key.startswith("popularity/") for key in handed.item_delta())
+    assert any(key.startswith("popularity/") for key in own.item_delta())
+    assert handed.recommend("a1", 10) == own.recommend("a1", 10)
 
 
 def test_explanations_name_the_users_recent_items() -> None:
@@ -157,7 +175,8 @@ def test_split_replicas_share_the_dense_weights() -> None:
             replica.learn_many([e for e in chunk if half(e.user_id) == n])
         exchange(replicas)
     owner, other = replicas
-    assert not torch.equal(owner._dense, owner._initial_dense())
+    assert not torch.equal(owner._dense, initial_dense(owner.n_factors, owner.window, owner.n_layers, owner.seed,
+                                                       owner.init_std))
     assert torch.allclose(owner._dense, other._dense, atol=1e-5)
     assert np.size(owner.item_delta()["dense"]) == 0  # what was merged in is not reported back
     users = sorted({e.user_id for e in STREAM if half(e.user_id) == 0})

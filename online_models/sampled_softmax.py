@@ -1,0 +1,377 @@
+"""What the two neural models (``embeddings`` and ``sasrec``) share: item tables that grow
+with the stream, a queue of events stepped in micro-batches with a replay buffer, a sampled
+softmax's negatives, row-wise Adagrad, and users that move with their recent items and
+queued events.
+
+:class:`QueuedItemLearner` is their base; the free functions are its building blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from online_models import tables
+from online_models.base import Interaction, Ranking, Recommender
+
+TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders items before any training step
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser, element-wise on ``uint64`` (wrapping arithmetic): well-mixed
+    bits from consecutive counters."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def initial_item_vectors(
+    item_ids: Sequence[str], seed: int, n_factors: int, std: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The starting input and output vectors of items: normal draws that depend only on
+    ``(seed, item id)``.
+
+    Replicas that meet an item on their own then start it from the same vectors, so the
+    steps they share (``item_delta``) add up to one model's; no random state is consumed.
+
+    Parameters
+    ----------
+    item_ids
+        The items.
+    seed, n_factors, std
+        The model's ``seed``, ``n_factors`` and ``init_std``.
+
+    Returns
+    -------
+    (input vectors, output vectors)
+        Two ``(len(item_ids), n_factors)`` float32 arrays.
+
+    Examples
+    --------
+    >>> a_in, a_out = initial_item_vectors(["x", "y"], seed=1, n_factors=4, std=0.1)
+    >>> b_in, _ = initial_item_vectors(["y"], seed=1, n_factors=4, std=0.1)
+    >>> bool((a_in[1] == b_in[0]).all()), bool((a_in[0] == a_in[1]).any()), a_out.shape
+    (True, False, (2, 4))
+    """
+    salt = int(_splitmix64(np.array([seed & (2**64 - 1)], dtype=np.uint64))[0])
+    keys = np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") ^ salt
+                     for i in item_ids], dtype=np.uint64).reshape(-1, 1)
+    counters = np.arange(1, 2 * n_factors + 1, dtype=np.uint64) * _GOLDEN  # one per uniform draw
+    bits = _splitmix64(keys + _splitmix64(counters))
+    uniform = (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53  # 53 bits, in [0, 1)
+    # Box-Muller: each pair of uniforms gives two independent normals (one in, one out)
+    radius = std * np.sqrt(-2.0 * np.log1p(-uniform[:, :n_factors]))
+    angle = 2.0 * np.pi * uniform[:, n_factors:]
+    return (radius * np.cos(angle)).astype(np.float32), (radius * np.sin(angle)).astype(np.float32)
+
+
+def sample_negatives(counts: np.ndarray, n: int, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` item rows drawn with replacement, in proportion to ``counts ** alpha``, and the
+    probability of each draw (for the logQ correction of a sampled softmax).
+
+    Rows with a count of 0 (freed rows) are never drawn.
+
+    >>> rows, probs = sample_negatives(np.array([0.0, 4.0, 1.0]), 5, 0.5, np.random.default_rng(0))
+    >>> 0 in rows.tolist(), sorted(set(np.round(probs, 3).tolist()))
+    (False, [0.333, 0.667])
+    """
+    cdf = np.cumsum(counts**alpha)  # unnormalised: two passes over the catalogue
+    total = cdf[-1]
+    rows = np.minimum(np.searchsorted(cdf, rng.random(n) * total, side="right"), len(counts) - 1)
+    return rows, counts[rows] ** alpha / total
+
+
+def rowwise_adagrad(table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads: np.ndarray, lr: float,
+                    l2: float = 0.0) -> None:
+    """Row-wise Adagrad on ``table`` (in place): one squared-gradient sum per row (``acc``,
+    the mean over the row's columns), gradients of repeated rows summed first.
+
+    numpy only: torch would run these small ops on its thread pool, which stalls while
+    another process holds the other core. ``l2`` adds ``l2 * row`` to each row's gradient.
+
+    >>> table, acc = np.ones((3, 2), dtype=np.float32), np.zeros(3, dtype=np.float32)
+    >>> rowwise_adagrad(table, acc, np.array([2, 0, 2]), np.full((3, 2), 0.5, dtype=np.float32), lr=0.1)
+    >>> [round(x, 3) for x in table[:, 0].tolist()], acc.tolist()
+    ([0.9, 1.0, 0.9], [0.25, 0.0, 1.0])
+    """
+    if len(rows) == 0:
+        return
+    order = np.argsort(rows, kind="stable")  # stable: repeats are summed in event order
+    rows = rows[order]
+    starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
+    uniq = rows[starts]
+    grad = np.add.reduceat(grads[order].astype(np.float32, copy=False), starts, axis=0)
+    leaf = table[uniq]
+    if l2:
+        grad += l2 * leaf
+    acc[uniq] += (grad**2).mean(1)
+    table[uniq] = leaf - lr * grad / (np.sqrt(acc[uniq]) + 1e-8)[:, None]
+
+
+def ring_slots(capacity: int, length: int, position: int, m: int) -> tuple[np.ndarray, slice, int, int]:
+    """Where ``m`` new entries go in a ring buffer of ``capacity`` slots holding ``length``
+    entries, ``position`` being the oldest once it is full: free slots first, then the
+    oldest entries.
+
+    Returns the slots, the slice of the new entries that get them (the last ones, when
+    there are more entries than slots), and the new length and position.
+
+    >>> slots, kept, length, position = ring_slots(4, 3, 0, 3)
+    >>> slots.tolist(), kept, length, position
+    ([3, 0, 1], slice(0, 3, None), 4, 2)
+    """
+    fill = min(capacity - length, m)
+    wrap = (position + np.arange(m - fill)) % capacity
+    slots = np.concatenate([np.arange(length, length + fill), wrap])
+    last = slice(max(m - capacity, 0), m)  # more events than slots: the last ones win
+    return slots[last], last, length + fill, (position + m - fill) % capacity
+
+
+def grow_tensor(table: torch.Tensor, rows: int) -> torch.Tensor:
+    """``table`` with room for at least ``rows`` rows (capacity doubles; new rows are 0)."""
+    if len(table) >= rows:
+        return table
+    new = torch.zeros((max(rows, 2 * len(table), 64),) + tuple(table.shape[1:]), dtype=table.dtype)
+    new[: len(table)] = table
+    return new
+
+
+class QueuedItemLearner(Recommender):
+    """Base of models whose item vectors learn from a queue of events (embeddings, sasrec).
+
+    ``learn_one`` appends the item to the user's recent items at once (the next ranking
+    follows it) and queues the event with the history before it; every ``batch_size``
+    queued events make one step (``_step``) over them plus ``replay`` times as many drawn
+    from a ring buffer of the last ``buffer_size`` events (``_take_batch``). Item tables
+    are torch tensors with row-wise Adagrad sums in ``_acc``, grown as new items arrive,
+    each item starting from ``initial_item_vectors``; a forgotten item's row is zeroed
+    and its bias set to ``-inf`` until a new item takes it. Users move with their recent
+    items and their queued events (``export_users``); the user table ``"recent"`` and
+    the item tables follow ``online_models.tables``.
+
+    A subclass sets ``_ITEM_TENSORS`` and, in ``__init__``, ``_users``, ``_items``,
+    ``_rng``, the tensors and ``_acc``, and ``_init_queue(hist_dtype)``; it implements
+    ``_step``, ``_start_item`` and ``_learned``, and may hook ``_forget_user_row``,
+    ``_forget_item_rows``, ``_drop_from_buffer`` and ``_imported``.
+    """
+
+    USER_TABLES: ClassVar[dict[str, str]] = {"recent": "items"}
+    _ITEM_TENSORS: ClassVar[tuple[tuple[str, str], ...]]
+    """Each item tensor's attribute and the name of its Adagrad sums in ``_acc``."""
+
+    def _init_queue(self, hist_dtype: type) -> None:
+        self._recent: dict[str, deque[int]] = {}
+        self._pending: list[tuple[int, int, tuple[int, ...], float]] = []  # user, item, history, weight
+        self._buf_user = np.zeros(0, dtype=np.int64)
+        self._buf_item = np.zeros(0, dtype=np.int64)
+        self._buf_hist = np.zeros((0, self.window), dtype=hist_dtype)
+        self._buf_weight = np.zeros(0, dtype=np.float32)
+        self._buf_len = 0
+        self._buf_pos = 0
+
+    # -- growth ------------------------------------------------------------------------
+    def _new_rows(self, table: torch.Tensor, acc_name: str, rows: int) -> torch.Tensor:
+        old = len(table)
+        table = grow_tensor(table, rows)
+        if len(table) > old:
+            self._acc[acc_name] = grow_tensor(self._acc[acc_name], len(table))
+        return table
+
+    def _add_user(self, user_id: str) -> int:
+        return self._users.add(user_id)
+
+    def _add_item(self, item_id: str) -> int:
+        row = self._items.get(item_id)
+        if row is None:  # a new row, or one a forgotten item freed (reset then)
+            row = self._items.add(item_id)
+            for name, acc in self._ITEM_TENSORS:
+                setattr(self, name, self._new_rows(getattr(self, name), acc, row + 1))
+            self._item_bias[row] = 0.0  # a freed row's bias is -inf: it must never rank
+            self._start_item(row, item_id)
+            tables.rebase(self, np.array([row]))  # the item's tally starts from its init
+        return row
+
+    def _add_items(self, ids: Sequence[str]) -> np.ndarray:
+        return np.array([self._add_item(str(i)) for i in ids], dtype=np.int64)
+
+    def _start_item(self, row: int, item_id: str) -> None:
+        """Give a new item's row its starting vectors (and whatever else it keeps per item)."""
+        raise NotImplementedError
+
+    # -- learning ----------------------------------------------------------------------
+    def learn_one(self, interaction: Interaction) -> None:
+        user_id = interaction.user_id
+        user = self._add_user(user_id)
+        item = self._add_item(interaction.item_id)
+        weight = self.weight(interaction)
+        self._learned(interaction, item, weight)
+        recent = self._recent.get(user_id)
+        if recent is None:
+            recent = self._recent[user_id] = deque(maxlen=self.window)
+        self._pending.append((user, item, tuple(reversed(recent)), weight))  # the history before the event
+        recent.append(item)
+        if len(self._pending) >= self.batch_size:
+            self._step()
+
+    def _learned(self, interaction: Interaction, item: int, weight: float) -> None:
+        """Count the event for its item's popularity (``item`` is its row)."""
+        raise NotImplementedError
+
+    def _step(self) -> None:
+        """One gradient step over ``_take_batch()``."""
+        raise NotImplementedError
+
+    def _remember(self, users: np.ndarray, items: np.ndarray, hists: np.ndarray, weights: np.ndarray) -> None:
+        if len(self._buf_user) < self.buffer_size:
+            size = min(self.buffer_size, max(2 * len(self._buf_user), 1024))
+            self._buf_user = np.resize(self._buf_user, size)
+            self._buf_item = np.resize(self._buf_item, size)
+            self._buf_hist = np.resize(self._buf_hist, (size, self.window))
+            self._buf_weight = np.resize(self._buf_weight, size)
+        if len(self._buf_user) == 0:
+            return
+        slots, last, self._buf_len, self._buf_pos = ring_slots(len(self._buf_user), self._buf_len, self._buf_pos,
+                                                               len(users))
+        self._buf_user[slots], self._buf_item[slots] = users[last], items[last]
+        self._buf_hist[slots], self._buf_weight[slots] = hists[last], weights[last]
+
+    def _take_batch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The queued events, then ``replay`` times as many drawn from the replay buffer, as
+        arrays: users, items, histories (rows, most recent first, ``-1`` after the last) and
+        weights. The queue empties into the buffer."""
+        pending, self._pending = self._pending, []
+        users = np.array([p[0] for p in pending], dtype=np.int64)
+        items = np.array([p[1] for p in pending], dtype=np.int64)
+        weights = np.array([p[3] for p in pending], dtype=np.float32)
+        hists = np.full((len(pending), self.window), -1, dtype=self._buf_hist.dtype)
+        for j, (_, _, hist, _) in enumerate(pending):
+            hists[j, : len(hist)] = hist
+        n_replay = min(self._buf_len, self.replay * len(users))
+        if n_replay:
+            pick = self._rng.integers(0, self._buf_len, n_replay)
+            replayed = self._buf_user[pick], self._buf_item[pick], self._buf_hist[pick], self._buf_weight[pick]
+        self._remember(users, items, hists, weights)
+        if n_replay:
+            users, items, hists, weights = (np.concatenate(both) for both in zip((users, items, hists, weights),
+                                                                                 replayed))
+        return users, items, hists, weights
+
+    # -- forgetting ----------------------------------------------------------------------
+    def forget_user(self, user_id: str) -> None:
+        """Drop the user's recent items and queued or replayable events, and free the user's
+        row for a new user; the item vectors keep what they learned."""
+        self._recent.pop(user_id, None)
+        row = self._users.get(user_id)
+        if row is None:
+            return
+        self._users.remove([user_id])
+        self._forget_user_row(row)
+        self._pending = [p for p in self._pending if p[0] != row]
+        held = slice(0, self._buf_len)
+        self._buf_weight[held][self._buf_user[held] == row] = 0.0
+
+    def _forget_user_row(self, row: int) -> None:
+        """Reset what the model keeps in a freed user row."""
+
+    def forget_items(self, item_ids: Collection[str]) -> None:
+        """Drop the items' vectors, popularity and events (queued, replayable, in users' recent
+        items) and free their rows; a freed row's bias is ``-inf`` until a new item takes it."""
+        rows = self._items.remove(item_ids)
+        if not len(rows):
+            return
+        for name, acc in self._ITEM_TENSORS:
+            getattr(self, name)[rows] = 0.0
+            self._acc[acc][rows] = 0.0
+        self._item_bias[rows] = -torch.inf
+        self._forget_item_rows(item_ids, rows)
+        tables.rebase(self, rows)  # a freed row has nothing to report
+        gone = set(rows.tolist())
+        self._pending = [(u, i, tuple(h for h in hist if h not in gone), w)
+                         for u, i, hist, w in self._pending if i not in gone]
+        held = slice(0, self._buf_len)
+        self._buf_weight[held][np.isin(self._buf_item[held], rows)] = 0.0
+        self._drop_from_buffer(rows)
+        for user_id, recent in self._recent.items():
+            if not gone.isdisjoint(recent):
+                self._recent[user_id] = deque((r for r in recent if r not in gone), maxlen=self.window)
+
+    def _forget_item_rows(self, item_ids: Collection[str], rows: np.ndarray) -> None:
+        """Drop the popularity of the freed ``rows`` (items ``item_ids``)."""
+        raise NotImplementedError
+
+    def _drop_from_buffer(self, rows: np.ndarray) -> None:
+        """Take the freed ``rows`` out of the buffered histories (left as gaps, ``-1``)."""
+        held = slice(0, self._buf_len)
+        self._buf_hist[held][np.isin(self._buf_hist[held], rows)] = -1
+
+    def state_sizes(self) -> dict[str, int]:
+        return {"users": self._users.live(), "items": self._items.live()}
+
+    # -- scale-out (online_models.tables) ---------------------------------------------
+    def export_users(self, user_ids: Collection[str]) -> dict[str, Any]:
+        """The users' tables and queued events, as flat arrays; items are named by id.
+
+        Queued events go with their user so that the new owner takes their gradient step;
+        the user's events in the replay buffer stay behind (``forget_user`` silences them
+        here; the new owner replays the user's new events).
+
+        Returns
+        -------
+        dict
+            The user tables (``online_models.tables.export_users``); per queued event
+            ``pending_user`` (position in ``users``), ``pending_item``, ``pending_weight``,
+            and its history (most recent first) in ``pending_hist`` cut by ``pending_hist_len``.
+        """
+        state = tables.export_users(self, user_ids)
+        ids = self._items.ids
+        position = {self._users.rows[u]: j for j, u in enumerate(state["users"].tolist())}
+        pending = [(position[p[0]], p) for p in self._pending if p[0] in position]
+        return {
+            **state,
+            "pending_user": np.array([j for j, _ in pending], dtype=np.int64),
+            "pending_item": np.array([ids[p[1]] for _, p in pending], dtype=str),
+            "pending_weight": np.array([p[3] for _, p in pending], dtype=np.float32),
+            "pending_hist": np.array([ids[r] for _, p in pending for r in p[2]], dtype=str),
+            "pending_hist_len": np.array([len(p[2]) for _, p in pending], dtype=np.int64),
+        }
+
+    def import_users(self, state: Mapping[str, Any]) -> None:
+        """Adopt users from ``export_users``: what this model knew of them is forgotten
+        first; their queued events join this model's queue (stepped with its next batch)."""
+        for user_id in np.asarray(state.get("users", ())).tolist():
+            self.forget_user(user_id)
+        users = tables.import_users(self, state)
+        if not users:
+            return
+        rows = [self._users.rows[u] for u in users]
+        hists = iter(self._add_items(np.asarray(state["pending_hist"]).tolist()).tolist())
+        for j, item, weight, n in zip(np.asarray(state["pending_user"]).tolist(), state["pending_item"],
+                                      np.asarray(state["pending_weight"]).tolist(),
+                                      np.asarray(state["pending_hist_len"]).tolist()):
+            hist = tuple(next(hists) for _ in range(n))
+            self._pending.append((rows[j], self._add_item(str(item)), hist, weight))
+        self._imported()
+
+    def _imported(self) -> None:
+        """Called after ``import_users`` created items."""
+
+    def _has_user(self, user_id: str) -> bool:
+        return user_id in self._users
+
+    def _user_get(self, name: str, user_id: str) -> Any:
+        return np.array(self._recent.get(user_id, ()), dtype=np.int64), None  # "recent": oldest first
+
+    def _user_put(self, name: str, user_id: str, value: Any) -> None:
+        self._add_user(user_id)
+        self._recent[user_id] = deque(value[0].tolist(), maxlen=self.window)
+
+    # -- ranking -----------------------------------------------------------------------
+    def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
+        return self.recommend_many([user_id], k, {user_id: exclude} if exclude else None)[user_id]
