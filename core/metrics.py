@@ -65,6 +65,8 @@ class WorkerMetrics:
     bandit_arms: dict[str, dict] = field(default_factory=dict)  # arm -> pulls, rewards, share
     deltas_merged: int = 0  # peers' item deltas added to this worker's item state
     deltas_published: int = 0  # this worker's own (and restored checkpoints' pending) deltas sent
+    # source -> the newest of its item deltas this worker's state holds (its own: the newest made)
+    deltas_merged_through: dict[str, int] = field(default_factory=dict)
     delta_bytes_published: int = 0
     item_staleness_seconds: Histogram = field(default_factory=Histogram)  # peer learned it -> merged here
     shown: dict[str, int] = field(default_factory=dict)  # strategy -> items served (impressions read)
@@ -83,6 +85,7 @@ class WorkerMetrics:
                 "attributed": self.attributed, "online_evaluated": self.online_evaluated,
                 "online_hits": self.online_hits, "bandit_arms": self.bandit_arms,
                 "deltas_merged": self.deltas_merged, "deltas_published": self.deltas_published,
+                "deltas_merged_through": dict(self.deltas_merged_through),
                 "delta_bytes_published": self.delta_bytes_published, "item_staleness_seconds": self.item_staleness_seconds.as_dict()}
 
 

@@ -231,6 +231,15 @@ class Worker:
         self.metrics.consumer_lag = lag
         self.metrics.partitions = sorted(partitions)
         self.metrics.users, self.metrics.items = len(self.pipeline.last_active), len(self.pipeline.item_last_active)
+        self.metrics.deltas_merged_through = dict(self.sharing.log.merged)
+
+    def _report(self) -> None:
+        """Write this worker's metrics outside an event batch: what it merged and published
+        (``deltas_merged_through``, ``last_checkpoint_at``) shows without waiting for events."""
+        self.metrics.deltas_merged_through = dict(self.sharing.log.merged)
+        series = self._metrics_grown()
+        self.sink.write_batch({}, self.model.name, time.time(), worker_metrics=(self.worker_id, self._metrics_written),
+                              series=series)
 
     def _metrics_grown(self) -> dict[str, float]:
         """What the metrics gained since they were last written (the dashboard's per-minute series)."""
@@ -274,8 +283,11 @@ class Worker:
         batch = self.process(records, commands) if records or commands else None
         if batch is None and impressions:  # served items are counted while no events come too
             self.sink.add_series(self._metrics_grown(), self.pipeline.exposures.drain())
-        if self.ownership.due():
+        checkpointed = self.ownership.due()
+        if checkpointed:
             self.checkpoint()
+        if checkpointed or (merged and batch is None):  # reported while no events come too
+            self._report()
         return batch
 
     def run(self, stop: threading.Event | None = None) -> Counts:

@@ -88,3 +88,37 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.
         consumer.close()
     assert allow_fewer or len(records) >= expected, f"{topic}: {len(records)} of {expected} records arrived"
     return records
+
+
+def newest_item_deltas(bootstrap: str, topic: str) -> dict[str, int]:
+    """Each source's newest item delta number on ``topic`` (the ``seq`` header), read to the end."""
+    from kafka import TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    newest: dict[str, int] = {}
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            for batch in consumer.poll(timeout_ms=500).values():
+                for record in batch:
+                    head = {key: value.decode() for key, value in record.headers}
+                    newest[head["source"]] = max(newest.get(head["source"], 0), int(head["seq"]))
+    finally:
+        consumer.close()
+    return newest
+
+
+def item_deltas_settled(settings: Settings, worker_ids: list[str], since: float) -> bool:
+    """Whether each of ``worker_ids`` checkpointed after ``since`` (wall time: its own learning
+    until then went out in a delta) and, as its last report says, holds every item delta on
+    the topic, from every source, up to the newest: nothing learned before ``since`` is on
+    its way between these workers any more."""
+    reports = {m.get("worker"): m for m in store_of(settings).workers_metrics()}
+    if not all((reports.get(w) or {}).get("last_checkpoint_at") or 0.0) > since for w in worker_ids):
+        return False
+    newest = newest_item_deltas(settings.kafka_bootstrap, settings.item_deltas_topic)
+    return all(reports[w].get("deltas_merged_through", {}).get(source, 0) >= seq
+               for w in worker_ids for source, seq in newest.items())

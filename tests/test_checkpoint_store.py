@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -71,9 +72,11 @@ def test_both_stores_keep_the_contract(store_settings):
         writers["w0"].save({"n": 1}, {0: 10, 1: 5})
         writers["w1"].save({"n": 2}, {2: 7})
         writers["w0"].save({"n": 3}, {0: 12, 1: 6})
-        if store_settings.checkpoint_store == "file":
-            time.sleep(0.01)  # the file store orders by modification time
         writers["w1"].save({"n": 4}, {2: 9})
+        if store_settings.checkpoint_store == "file":  # it orders by modification time: w1's is the newer
+            w0_file, w1_file = (writers[name]._folder(name)._files()[0][1] for name in ("w0", "w1"))
+            later = w0_file.stat().st_mtime_ns + 1_000_000_000
+            os.utime(w1_file, ns=(later, later))
         assert reader.summaries() == {"w0": {0: 12, 1: 6}, "w1": {2: 9}}
         assert reader.load("w0") == {"n": 3}
         assert reader.load("w1") == {"n": 4}

@@ -19,7 +19,7 @@ from core.schema import Event
 from online_models.cooc import Cooc
 from serving.store import RecommendationStore
 from stream.checkpoint import make_checkpoint_store
-from tests.helpers import read_topic, wait_for
+from tests.helpers import item_deltas_settled, read_topic, wait_for
 from tests.test_reliability import counters, start_worker_process, synthetic_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.scale]
@@ -86,7 +86,9 @@ def test_killing_one_of_three_workers_moves_its_partitions_and_loses_nothing(set
         wait_for(lambda: counters(settings).get("consumed") == len(stream), 120,
                  lambda: f"all {len(stream)} records served, got {counters(settings)}")
         moved_s = time.monotonic() - started
-        time.sleep(3)  # a few checkpoint intervals (0.5 s): the last item deltas reach the other survivor
+        all_served_at = time.time()
+        wait_for(lambda: item_deltas_settled(settings, ["w1", "w2"], all_served_at), 60,
+                 "the survivors' last item deltas to reach each other")
     finally:
         for worker in workers[1:]:
             worker.send_signal(signal.SIGTERM)
@@ -167,7 +169,9 @@ def test_a_worker_that_joins_takes_over_users_with_their_state(settings, tmp_pat
             producer.send_many(events[1500:])
         wait_for(lambda: counters(settings).get("applied") == 3000, 60,
                  lambda: f"all 3000 served, got {counters(settings)}")
-        time.sleep(3)  # the last item deltas reach the other worker
+        all_served_at = time.time()
+        wait_for(lambda: item_deltas_settled(settings, ["w0", "w1"], all_served_at), 60,
+                 "the workers' last item deltas to reach each other")
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
