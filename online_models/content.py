@@ -304,8 +304,8 @@ class Content(ReadsPopularity, Recommender):
         self.__dict__.setdefault("_owns_popularity", True)  # saved before use_popularity
         if "_pop_link" not in vars(self):  # saved with its own link (rows and generation) to the trending
             link = self._pop_link = PopularityLink(self._trending)
-            link.rows = self.__dict__.pop("_trend_row")
-            link.generation = self.__dict__.pop("_trend_generation", 0)
+            link.rows = self.__dict__.pop("_trend_row", link.rows)
+            link.generation = self.__dict__.pop("_trend_generation", -1)  # -1: looked up again when read
         if "_shadow" not in vars(self):  # saved before online_models.tables
             reported = self.__dict__.pop("_counts_reported", None)
             self._shadow = None if reported is None else {"counts": reported}
