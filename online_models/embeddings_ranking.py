@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,18 +43,9 @@ def set_scoring(device: str = "cpu", candidates_from: int | None = None) -> None
     _SCORING["candidates_from"] = candidates_from
 
 
-def top_k_by_product(
-    items: torch.Tensor,
-    bias: torch.Tensor,
-    representations: Callable[[list[str]], np.ndarray],
-    index: IdIndex,
-    user_ids: list[str],
-    k: int,
-    exclude: Mapping[str, Collection[str]],
-) -> list[tuple[list[int], list[float]]]:
-    """Each user's ``k`` best items by ``<representation, item vector> + bias``, as lists
-    (``top_k_rows_by_product``'s arrays, each user's cut to its length)."""
-    return rows_to_lists(*top_k_rows_by_product(items, bias, representations, index, user_ids, k, exclude))
+def top_k_by_product(*args: Any, **kwargs: Any) -> list[tuple[list[int], list[float]]]:
+    """``top_k_rows_by_product`` (the same arguments) as lists, each user's cut to its length."""
+    return rows_to_lists(*top_k_rows_by_product(*args, **kwargs))
 
 
 def top_k_rows_by_product(
