@@ -8,6 +8,7 @@ queued events.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
@@ -158,8 +159,8 @@ class QueuedItemLearner(Recommender):
 
     A subclass sets ``_ITEM_TENSORS`` and, in ``__init__``, ``_users``, ``_items``,
     ``_rng``, the tensors and ``_acc``, and ``_init_queue(hist_dtype)``; it implements
-    ``_step``, ``_start_item`` and ``_learned``, and may hook ``_forget_user_row``,
-    ``_forget_item_rows``, ``_drop_from_buffer`` and ``_imported``.
+    ``_start_item``, ``_learned``, ``_step`` and ``_forget_item_rows``, and may hook
+    ``_forget_user_row``, ``_drop_from_buffer`` and ``_imported``.
     """
 
     USER_TABLES: ClassVar[dict[str, str]] = {"recent": "items"}
@@ -201,9 +202,9 @@ class QueuedItemLearner(Recommender):
     def _add_items(self, ids: Sequence[str]) -> np.ndarray:
         return np.array([self._add_item(str(i)) for i in ids], dtype=np.int64)
 
+    @abc.abstractmethod
     def _start_item(self, row: int, item_id: str) -> None:
         """Give a new item's row its starting vectors (and whatever else it keeps per item)."""
-        raise NotImplementedError
 
     # -- learning ----------------------------------------------------------------------
     def learn_one(self, interaction: Interaction) -> None:
@@ -220,13 +221,13 @@ class QueuedItemLearner(Recommender):
         if len(self._pending) >= self.batch_size:
             self._step()
 
+    @abc.abstractmethod
     def _learned(self, interaction: Interaction, item: int, weight: float) -> None:
         """Count the event for its item's popularity (``item`` is its row)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _step(self) -> None:
         """One gradient step over ``_take_batch()``."""
-        raise NotImplementedError
 
     def _remember(self, users: np.ndarray, items: np.ndarray, hists: np.ndarray, weights: np.ndarray) -> None:
         if len(self._buf_user) < self.buffer_size:
@@ -302,9 +303,9 @@ class QueuedItemLearner(Recommender):
             if not gone.isdisjoint(recent):
                 self._recent[user_id] = deque((r for r in recent if r not in gone), maxlen=self.window)
 
+    @abc.abstractmethod
     def _forget_item_rows(self, item_ids: Collection[str], rows: np.ndarray) -> None:
         """Drop the popularity of the freed ``rows`` (items ``item_ids``)."""
-        raise NotImplementedError
 
     def _drop_from_buffer(self, rows: np.ndarray) -> None:
         """Take the freed ``rows`` out of the buffered histories (left as gaps, ``-1``)."""
