@@ -76,10 +76,12 @@ class WorkerMetrics:
     users: int = 0
     items: int = 0
     last_checkpoint_at: float | None = None
+    last_batch_at: float | None = None  # wall time of the last batch of events it learned
 
     def as_dict(self) -> dict:
         return {"shown": dict(self.shown), "clicks": dict(self.clicks), "partitions": list(self.partitions),
                 "users": self.users, "items": self.items, "last_checkpoint_at": self.last_checkpoint_at,
+                "last_batch_at": self.last_batch_at,
                 "batch_seconds": self.batch_seconds.as_dict(),
                 "freshness_seconds": self.freshness_seconds.as_dict(), "consumer_lag": self.consumer_lag,
                 "attributed": self.attributed, "online_evaluated": self.online_evaluated,

@@ -111,14 +111,16 @@ def newest_item_deltas(bootstrap: str, topic: str) -> dict[str, int]:
     return newest
 
 
-def item_deltas_settled(settings: Settings, worker_ids: list[str], since: float) -> bool:
-    """Whether each of ``worker_ids`` checkpointed after ``since`` (wall time: its own learning
-    until then went out in a delta) and, as its last report says, holds every item delta on
-    the topic, from every source, up to the newest: nothing learned before ``since`` is on
+def item_deltas_settled(settings: Settings, worker_ids: list[str]) -> bool:
+    """Whether, as their last reports say, each of ``worker_ids`` checkpointed after its last
+    batch of events (so what it learned went out in a delta) and holds every item delta on
+    the topic, from every source, up to the newest: once no more events come, nothing is on
     its way between these workers any more."""
     reports = {m.get("worker"): m for m in store_of(settings).workers_metrics()}
-    if not all((reports.get(w) or {}).get("last_checkpoint_at") or 0.0) > since for w in worker_ids):
-        return False
+    for w in worker_ids:
+        report = reports.get(w) or {}
+        if report.get("last_checkpoint_at") is None or report["last_checkpoint_at"] < (report.get("last_batch_at") or 0.0):
+            return False
     newest = newest_item_deltas(settings.kafka_bootstrap, settings.item_deltas_topic)
     return all(reports[w].get("deltas_merged_through", {}).get(source, 0) >= seq
                for w in worker_ids for source, seq in newest.items())
