@@ -232,12 +232,12 @@ class Worker:
         self.metrics.partitions = sorted(partitions)
         self.metrics.users, self.metrics.items = len(self.pipeline.last_active), len(self.pipeline.item_last_active)
         self.metrics.deltas_merged_through = dict(self.sharing.log.merged)
+        self.metrics.last_batch_at = now
 
     def _report(self) -> None:
         """Write this worker's metrics outside an event batch: what it merged and published
         (``deltas_merged_through``, ``last_checkpoint_at``) shows without waiting for events."""
         self.metrics.deltas_merged_through = dict(self.sharing.log.merged)
-        self.metrics.last_batch_at = now
         series = self._metrics_grown()
         self.sink.write_batch({}, self.model.name, time.time(), worker_metrics=(self.worker_id, self._metrics_written),
                               series=series)

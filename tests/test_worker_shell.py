@@ -60,9 +60,10 @@ class Sink:
     def __init__(self, calls: Calls):
         self.calls, self.batches = calls, []
 
-    def write_batch(self, lists, model, updated_at, popular=None, counters=None, *rest, **for_the_dashboard):
+    def write_batch(self, lists, model, updated_at, popular=None, counters=None, similar=None, worker_metrics=None,
+                    *rest, **for_the_dashboard):
         self.calls.append("write_batch")
-        self.batches.append({"lists": lists, "counters": counters})
+        self.batches.append({"lists": lists, "counters": counters, "metrics": worker_metrics and worker_metrics[1]})
 
     def add_series(self, series, exposures, now=None):
         self.calls.append("add_series")
@@ -111,6 +112,19 @@ def test_a_checkpoint_follows_when_due_and_a_restarted_worker_resumes_from_it(tm
     again, _ = make_worker(tmp_path, [])
     assert again.totals.applied == 3 and again.pipeline.partitions[0].next_offset == 3
     assert again.model.recommend("u", 5) == worker.model.recommend("u", 5)
+
+
+def test_a_checkpoint_is_reported_at_once(tmp_path) -> None:
+    """The metrics go out after a checkpoint too, not only with the next batch (peers and
+    tests read when a worker's learning went out in a delta, and which deltas it holds)."""
+    worker, calls = make_worker(tmp_path, [[view("t", 0, "u", "a"), view("t", 1, "u", "b")]],
+                                checkpoint_every_events=2)
+    worker.poll_once()
+    assert calls == ["write_batch", "commit", "write_batch"]
+    batch, report = (b["metrics"] for b in worker.sink.batches)
+    assert batch["last_checkpoint_at"] is None and batch["last_batch_at"] is not None
+    assert report["last_checkpoint_at"] >= report["last_batch_at"] == batch["last_batch_at"]
+    assert report["deltas_merged_through"] == dict(worker.sharing.log.merged)
 
 
 def test_a_worker_with_no_batch_writes_and_commits_nothing(tmp_path) -> None:
