@@ -119,7 +119,8 @@ def item_deltas_settled(settings: Settings, worker_ids: list[str]) -> bool:
     reports = {m.get("worker"): m for m in store_of(settings).workers_metrics()}
     for w in worker_ids:
         report = reports.get(w) or {}
-        if report.get("last_checkpoint_at") is None or report["last_checkpoint_at"] < (report.get("last_batch_at") or 0.0):
+        checkpointed, learned = report.get("last_checkpoint_at"), report.get("last_batch_at") or 0.0
+        if checkpointed is None or checkpointed < learned:
             return False
     newest = newest_item_deltas(settings.kafka_bootstrap, settings.item_deltas_topic)
     return all(reports[w].get("deltas_merged_through", {}).get(source, 0) >= seq
