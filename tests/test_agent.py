@@ -195,10 +195,11 @@ def _content_reference(model: Content, user_id: str, exclude: set[str]) -> list[
         profile += w * model.recency_decay**age * feats[row]
     norm = np.linalg.norm(profile)
     scores = feats @ (profile / norm if norm else profile)
-    top = model._trending.max_score()
-    for row, trend_row in enumerate(model._trend_row[:n].tolist()):
-        if trend_row >= 0 and top > 0:
-            scores[row] += model._trending.raw_scores()[trend_row] * model.popularity_weight / top
+    top, popularity = model._trending.max_score(), model._trending.raw_scores()
+    for row, item_id in enumerate(model._items.ids[:n]):
+        trend_row = None if item_id is None else model._trending._items.get(item_id)  # the item's popularity
+        if trend_row is not None and top > 0:
+            scores[row] += popularity[trend_row] * model.popularity_weight / top
     ids = model._items.ids
     ranked = sorted(
         (-s, row) for row, s in enumerate(scores.tolist())
