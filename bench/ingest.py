@@ -48,6 +48,7 @@ def produce(settings, n: int, seed: int = 7) -> float:
 
 
 def _drain_worker(settings, n: int, profile_path: str | None, refresh_lists: bool, out: mp.Queue) -> None:
+    from core.keys import ListBatch
     from stream.worker import Worker
 
     worker = Worker(settings)
@@ -62,7 +63,7 @@ def _drain_worker(settings, n: int, profile_path: str | None, refresh_lists: boo
         return lists
 
     # learning only: no lists computed nor written (the learning ceiling)
-    worker.pipeline._rank = timed_rank if refresh_lists else (lambda users: ({}, {}))
+    worker.pipeline._rank = timed_rank if refresh_lists else (lambda users: ListBatch.of_rankings({}))
     first = None
     while first is None:
         first = worker.poll_once()

@@ -42,19 +42,23 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
 from core.errors import InvalidEvent
+from core.keys import ListBatch
 from core.metrics import Exposures, WorkerMetrics
 from core.schema import ITEM_TYPE, Event, parse_event
 from core.settings import Settings
 from online_models import Recommender
+from online_models._arrays import IdIndex, RankedRows, excluded_cells
 from online_models.capabilities import (
     Explains,
     ForgetsItems,
     ForgetsUsers,
     HandsOverUsers,
     LearnsItems,
+    RanksRows,
     ReportsArms,
     ReportsSizes,
     SharesItems,
@@ -80,13 +84,15 @@ class Capabilities:
     hands_over_users: bool
     shares_items: bool
     reports_arms: bool
+    ranks_rows: bool  # ranks a batch on arrays (recommend_rows)
 
     @classmethod
     def of(cls, model: Recommender) -> Capabilities:
         return cls(learns_items=isinstance(model, LearnsItems), explains=isinstance(model, Explains),
                    similar_items=isinstance(model, SimilarItems), forgets_users=isinstance(model, ForgetsUsers),
                    forgets_items=isinstance(model, ForgetsItems), hands_over_users=isinstance(model, HandsOverUsers),
-                   shares_items=isinstance(model, SharesItems), reports_arms=isinstance(model, ReportsArms))
+                   shares_items=isinstance(model, SharesItems), reports_arms=isinstance(model, ReportsArms),
+                   ranks_rows=isinstance(model, RanksRows))
 
 
 class RecordLike(Protocol):
@@ -163,8 +169,7 @@ class Effects:
     counts: Counts  # this batch's
     model: str  # the name the lists are stored under
     written_at: float  # wall time the lists were computed
-    lists: dict[str, Ranking] = field(default_factory=dict)  # user -> ranking, seen items flagged
-    seen_flags: dict[str, list[bool]] = field(default_factory=dict)
+    lists: ListBatch = field(default_factory=lambda: ListBatch.of_rankings({}))  # user -> ranking, seen flagged
     explanations: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
     popular: Ranking | None = None  # None: not due for a refresh
     similar: dict[str, Ranking] | None = None
@@ -174,6 +179,11 @@ class Effects:
     dead_letters: list[Reject] = field(default_factory=list)
     touched_items: set[str] = field(default_factory=set)  # items this batch's events learned
     history: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)  # user -> (item, type, ts)
+
+    @property
+    def seen_flags(self) -> dict[str, list[bool]]:
+        """User id -> per item of their list, whether they have seen it."""
+        return self.lists.flags
 
 
 def parse_record(record: RecordLike, max_event_bytes: int) -> Event:
@@ -463,11 +473,10 @@ class Pipeline:
                 item_last_active[event.item_id] = max(event.ts, item_last_active.get(event.item_id, 0.0))
         forgotten = self._obey(commands, rejects)
         users = [u for u in touched_users if u not in forgotten and u in self.last_active]
-        lists, seen_flags = self._rank(users)
+        lists = self._rank(users)
         explanations = {}
         if self.can.explains:
-            explanations = {user_id: model.explain_items(user_id, [item for item, _ in items])
-                            for user_id, items in lists.items()}
+            explanations = {user_id: model.explain_items(user_id, lists.items_of(user_id)) for user_id in lists}
         now = self.clock()
         popular = None
         if events and now - self._popular_written_at >= settings.popular_refresh_s:
@@ -481,34 +490,65 @@ class Pipeline:
             for event in events:
                 if event.user_id in lists:
                     history.setdefault(event.user_id, []).append((event.item_id, event.type, event.ts))
-        return Effects(counts=counts, model=model.name, written_at=now, lists=lists, seen_flags=seen_flags,
-                       history=history,
+        return Effects(counts=counts, model=model.name, written_at=now, lists=lists, history=history,
                        explanations=explanations, popular=popular, similar=self._similar_lists(touched_items, now),
                        counters=self._counters(touched_partitions), item_metadata=item_metadata,
                        forgotten=forgotten, dead_letters=rejects, touched_items=touched_items)
 
-    def _rank(self, users: list[str]) -> tuple[dict[str, Ranking], dict[str, list[bool]]]:
+    def _rank(self, users: list[str]) -> ListBatch:
         """Each user's ranking with their seen items left in but flagged, so a request can
-        include or exclude them: ``top_k`` unseen items, and the seen ones ranked among them."""
-        top_k, eval_k = self.settings.top_k, self.settings.online_eval_k
+        include or exclude them: ``top_k`` unseen items, and the seen ones ranked among them.
+
+        A model that ranks on arrays (``RanksRows``) is cut and flagged on its arrays, for
+        all users at once; another's lists are read into arrays first.
+        """
+        top_k = self.settings.top_k
         depth = top_k + max((min(len(self.seen.get(u, ())), top_k) for u in users), default=0)
-        lists, flags = {}, {}
-        for user_id, ranked in self.model.recommend_many(users, depth).items():
-            seen = self.seen.get(user_id)
-            if seen and not seen.isdisjoint([item for item, _ in ranked]):
-                marks = [item in seen for item, _ in ranked]
-                unseen_at = [n for n, is_seen in enumerate(marks) if not is_seen]
-                cut = unseen_at[top_k - 1] + 1 if len(unseen_at) >= top_k else len(ranked)
-                kept, marks = ranked[:cut], marks[:cut]
-                shown = [kept[n][0] for n in unseen_at[:eval_k]]
-            else:  # nothing seen among them: the common case on a busy stream
-                kept = ranked[:top_k]
-                marks = [False] * len(kept)
-                shown = [item for item, _ in kept[:eval_k]]
-            lists[user_id], flags[user_id] = kept, marks
-            if eval_k:
-                self._last_lists[user_id] = set(shown)
-        return lists, flags
+        if self.can.ranks_rows:
+            ranked = self.model.recommend_rows(users, depth)
+            return self._cut(users, ranked.rows, ranked.scores, ranked.index)
+        rankings = self.model.recommend_many(users, depth)
+        users = list(rankings)
+        ranked = RankedRows.of_rankings([rankings[u] for u in users], IdIndex(), depth)
+        return self._cut(users, ranked.rows, ranked.scores, ranked.index)
+
+    def _cut(self, users: list[str], rows: np.ndarray, scores: np.ndarray, index: IdIndex) -> ListBatch:
+        """Flag the seen items of each user's ranked rows (best first, ``-1`` after the list)
+        and cut each list after its ``top_k``-th unseen item (or keep it whole when it has
+        fewer); remember each user's first ``online_eval_k`` unseen items for online HR."""
+        top_k, eval_k = self.settings.top_k, self.settings.online_eval_k
+        n_users, width = rows.shape
+        listed = rows >= 0
+        marks = np.zeros((n_users, width), dtype=bool)
+        at_user, at_row = excluded_cells(index, users, self.seen)
+        if len(at_user) and width:
+            # each ranked cell's (user, row) key looked up among the sorted keys of the seen items
+            n = max(len(index), 1)
+            seen_keys = np.sort(at_user * n + at_row)
+            keys = np.arange(n_users, dtype=np.int64)[:, None] * n + rows
+            found = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
+            marks = (seen_keys[found] == keys) & listed
+        unseen = listed & ~marks
+        counted = np.cumsum(unseen, axis=1, dtype=np.int64)
+        lengths = listed.sum(axis=1)
+        if width:
+            full = counted[:, -1] >= top_k
+            cut = np.where(full, np.argmax(counted >= top_k, axis=1) + 1, lengths)
+        else:
+            cut = lengths
+        w = int(cut.max(initial=0))
+        kept = np.arange(w) < cut[:, None]
+        ids = index.ids
+        flat = list(map(ids.__getitem__, rows[:, :w][kept].tolist()))
+        if eval_k:
+            shown = kept & unseen[:, :w] & (counted[:, :w] <= eval_k)
+            shown_ids = list(map(ids.__getitem__, rows[:, :w][shown].tolist()))
+            start, last_lists = 0, self._last_lists
+            for user_id, m in zip(users, shown.sum(axis=1).tolist()):
+                last_lists[user_id] = set(shown_ids[start : start + m])
+                start += m
+        marks = marks[:, :w] & kept
+        return ListBatch(users, flat, cut.tolist(), scores[:, :w], marks if marks.any() else None)
 
     def _judge(self, event: Event) -> None:
         """Online HR@k: was the event's item in the list last computed for the user?"""

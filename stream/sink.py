@@ -20,7 +20,9 @@ from core.keys import (
     SERIES_TTL_S,
     WORKER_REPORT_TTL_S,
     KeyLayout,
+    ListBatch,
     encode_list,
+    encode_lists,
     is_cluster,
 )
 
@@ -93,6 +95,9 @@ class ListSink:
     ) -> None:
         """Write users' lists, the popular list, similar-item lists and counter values in one transaction.
 
+        ``lists`` may be a ``core.keys.ListBatch`` (what the worker's pipeline gives): it
+        carries its seen flags, and ``seen`` is not read.
+
         With them, for the dashboard: each user's events of this batch (``history``), what
         the batch adds to this minute's ``series``, and the ``exposures`` read since the last
         batch (impressions per item, per 5-minute bucket of serve time; see ``add_series``).
@@ -102,10 +107,14 @@ class ListSink:
         count lists that are not there. (Lists and counters are absolute values: a batch
         written again after a crash leaves the same state.)
         """
-        keys = [self.keys.user(user_id) for user_id in lists]
+        user_key = self.keys.user
+        keys = [user_key(user_id) for user_id in lists]
         explanations, seen = explanations or {}, seen or {}
-        values = [encode_list(items, model, updated_at, explanations.get(user_id), seen.get(user_id))
-                  for user_id, items in lists.items()]
+        if isinstance(lists, ListBatch):  # the worker's batch: encoded on arrays, its seen flags with it
+            values = encode_lists(lists, model, updated_at, explanations)
+        else:
+            values = [encode_list(items, model, updated_at, explanations.get(user_id), seen.get(user_id))
+                      for user_id, items in lists.items()]
         for item_id, items in (similar or {}).items():
             keys.append(self.keys.similar(item_id))
             values.append(encode_list(items, model, updated_at))

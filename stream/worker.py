@@ -195,7 +195,7 @@ class Worker:
         series.update(self._metrics_grown())
         self.sink.write_batch(effects.lists, effects.model, effects.written_at, effects.popular, effects.counters,
                               effects.similar, (self.worker_id, self._metrics_written), effects.explanations,
-                              effects.item_metadata, effects.seen_flags, history=effects.history, series=series,
+                              effects.item_metadata, history=effects.history, series=series,
                               exposures=self.pipeline.exposures.drain())
         self.sink.delete_users(sorted(effects.forgotten))
         self.ownership.note(len(records) + len(commands))

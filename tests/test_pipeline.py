@@ -11,6 +11,7 @@ import pytest
 from core.settings import Settings
 from online_models.base import Recommender
 from online_models.capabilities import Explains, ForgetsItems, ForgetsUsers, LearnsItems, SimilarItems
+from online_models.blend import Blend
 from online_models.cooc import Cooc
 from online_models.trending import Trending
 from stream.pipeline import Counts, Pipeline, Record
@@ -331,3 +332,44 @@ def test_a_recomm_id_that_is_not_a_string_credits_nothing() -> None:
         {"item_id": "a", "strategy": "cooc", "position": 0}]}), topic="imp")])
     pipeline.process([event(0, "u", "a", type="click", context={"recomm_id": 1})])
     assert pipeline.metrics.attributed == 0 and pipeline.model.learned[0].context == {"recomm_id": 1}
+
+
+def _cut_one_by_one(model, users, seen, top_k, eval_k):
+    """The lists, seen flags and online-HR items of each user, cut one list at a time (the
+    pipeline's former per-user loop): the reference for its cut on arrays."""
+    depth = top_k + max((min(len(seen.get(u, ())), top_k) for u in users), default=0)
+    lists, flags, shown = {}, {}, {}
+    for user_id, ranked in model.recommend_many(users, depth).items():
+        marks = [item in seen.get(user_id, ()) for item, _ in ranked]
+        unseen_at = [n for n, is_seen in enumerate(marks) if not is_seen]
+        cut = unseen_at[top_k - 1] + 1 if len(unseen_at) >= top_k else len(ranked)
+        lists[user_id], flags[user_id] = ranked[:cut], marks[:cut]
+        shown[user_id] = {ranked[n][0] for n in unseen_at[:eval_k]}
+    return lists, flags, shown
+
+
+@pytest.mark.parametrize("make", [Plain, Cooc, lambda: Cooc(max_neighbours=3),
+                                  lambda: Blend(models={"cooc": {}, "trending": {}}, n_candidates=6)])
+@pytest.mark.parametrize("n_items", [40, 5000])
+def test_lists_cut_on_arrays_are_those_cut_one_user_at_a_time(make, n_items: int) -> None:
+    import random
+
+    rng = random.Random(n_items)
+    model = make()
+    if isinstance(model, Plain) and n_items > 100:
+        pytest.skip("Plain ranks by counting every event: small catalogues only")
+    pipeline = Pipeline(settings(top_k=4, online_eval_k=3, seen_types=["view", "purchase"]), model)
+    offset = 0
+    for _ in range(6):
+        records = []
+        for _ in range(150):
+            user = f"u{rng.randrange(25)}"
+            item = f"i{min(int(rng.paretovariate(1.0)) - 1, n_items - 1) if rng.random() < 0.8 else rng.randrange(n_items)}"
+            records.append(event(offset, user, item, type=rng.choice(["view", "click", "purchase"])))
+            offset += 1
+        effects = pipeline.process(records)
+        users = list(effects.lists)
+        lists, flags, shown = _cut_one_by_one(model, users, pipeline.seen, 4, 3)
+        assert effects.lists == lists and effects.seen_flags == flags
+        assert {u: pipeline._last_lists[u] for u in users} == shown
+        assert any(any(f) for f in flags.values())  # seen items were ranked, flagged and cut around

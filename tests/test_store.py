@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import redis
 
-from core.keys import FORMAT_V1, StoredList, decode_list, encode_list, encode_list_json
+from core.keys import FORMAT_V1, ListBatch, StoredList, decode_list, encode_list, encode_list_json, encode_lists
 from serving.store import RecommendationStore
 from stream.sink import ListSink
 
@@ -38,6 +38,30 @@ def test_binary_lists_read_back_as_the_json_form_did(scale):
             for limit in (None, 0, 1, 10, 100):
                 assert (decode_list(binary, unseen_only=unseen_only, limit=limit)
                         == decode_list(as_json, unseen_only=unseen_only, limit=limit))
+
+
+@pytest.mark.parametrize("scale", [1.0, 20_000.0, 1e6])
+def test_a_batch_of_lists_encodes_byte_for_byte_as_each_list_alone(scale):
+    rng = random.Random(int(scale) + 1)
+    for _ in range(40):
+        lists, seen, explained = {}, {}, {}
+        for u in range(rng.randrange(0, 12)):
+            items, flags, why = random_list(rng, rng.choice([0, 1, 7, 8, 9, 50, 70]), scale)
+            if items and rng.random() < 0.1:  # a score that is not finite, an id with the separator
+                items[0] = (items[0][0], rng.choice([float("nan"), float("inf")]))
+            if items and rng.random() < 0.05:
+                items[-1] = ("x\x1fy", items[-1][1])
+            lists[f"user {u}"] = items
+            if flags is not None:
+                seen[f"user {u}"] = flags
+            if why is not None:
+                explained[f"user {u}"] = why
+        model = rng.choice(["cooc", "blend", "someone-elses-model", "m" * 300])
+        batch = ListBatch.of_rankings(lists, seen)
+        assert repr(dict(batch)) == repr(lists) and all(batch.flags[u] == seen.get(u, [False] * len(lists[u])) for u in lists)
+        got = encode_lists(batch, model, 1_700_000_000.123456, explained)
+        assert got == [encode_list(items, model, 1_700_000_000.123456, explained.get(u), seen.get(u))
+                       for u, items in lists.items()]
 
 
 def test_scores_too_large_for_fixed_point_keep_seven_digits():
