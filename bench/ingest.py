@@ -63,7 +63,7 @@ def _drain_worker(settings, n: int, profile_path: str | None, refresh_lists: boo
         return lists
 
     # learning only: no lists computed nor written (the learning ceiling)
-    worker.pipeline._rank = timed_rank if refresh_lists else (lambda users: ListBatch.of_rankings({}))
+    worker.pipeline._rank = timed_rank if refresh_lists else (lambda users: (ListBatch.of_rankings({}), None))
     first = None
     while first is None:
         first = worker.poll_once()

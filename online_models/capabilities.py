@@ -46,6 +46,15 @@ class Explains(Protocol):
 
 
 @runtime_checkable
+class ExplainsRows(Protocol):
+    """Explains a batch of ranked lists at once: per user, what ``explain_items`` gives
+    for the items of the user's row of ``rows`` (item rows of the ``IdIndex`` ``index``,
+    best first, ``-1`` after the list), without a call per user."""
+
+    def explain_rows(self, user_ids: Sequence[str], rows: Any, index: Any) -> list[list[tuple[str, str | None]]]: ...
+
+
+@runtime_checkable
 class SimilarItems(Protocol):
     """Items most like an item (item vectors or co-occurrence)."""
 

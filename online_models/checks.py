@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from online_models.base import Recommender
-from online_models.capabilities import (Explains, ForgetsItems, ForgetsUsers, HandsOverUsers, LearnsItems,
+from online_models.capabilities import (Explains, ExplainsRows, ForgetsItems, ForgetsUsers, HandsOverUsers, LearnsItems,
                                         ReportsArms, ReportsSizes, SharesItems, SimilarItems, UsesPopularity)
 
 Check = Callable[[Recommender], None]
@@ -224,6 +224,23 @@ def check_explain_items(model: Recommender) -> None:
         assert all(isinstance(s, str) and (r is None or isinstance(r, str)) for s, r in explained)
 
 
+def check_explain_rows(model: Recommender) -> None:
+    """A batch of lists explained at once says what ``explain_items`` says of each, on the
+    rows of the model's own index and on those of another (an item it never met included)."""
+    from online_models._arrays import IdIndex
+
+    fitted = _trained(model)
+    users = USERS
+    lists = {user: [item for item, _ in fitted.recommend(user, 5, SEEN.get(user))] for user in users}
+    index = IdIndex()
+    rows = np.full((len(users), 6), -1, dtype=np.int64)
+    for j, user in enumerate(users):
+        items = [*lists[user], "no-such-item"][: 6 - j % 2]
+        rows[j, : len(items)] = [index.add(item) for item in items]
+    got = fitted.explain_rows(users, rows, index)
+    assert got == [fitted.explain_items(user, [index.ids[r] for r in rows[j] if r >= 0]) for j, user in enumerate(users)]
+
+
 def check_similar_items(model: Recommender) -> None:
     """An item is never similar to itself; an unknown item has no similar ones."""
     fitted = _trained(model)
@@ -325,6 +342,7 @@ _BY_CAPABILITY: list[tuple[type, Check]] = [
     (ForgetsUsers, check_forget_user),
     (ForgetsItems, check_forget_items),
     (Explains, check_explain_items),
+    (ExplainsRows, check_explain_rows),
     (SimilarItems, check_similar_items),
     (HandsOverUsers, check_hands_over_users),
     (SharesItems, check_shares_items),

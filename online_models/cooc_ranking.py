@@ -15,11 +15,13 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 from scipy.sparse import csr_matrix
 
-from online_models._arrays import RankedRows, excluded_cells, top_rows
+from online_models._arrays import IdIndex, RankedRows, excluded_cells, top_rows
 from online_models.base import Ranking
+from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
 _SCRATCH_SLOTS = 1 << 20  # (user, item) slots summed at once on the sparse path: 4 MiB of int32 stay in cache
 _CHUNK_CELLS = 1 << 22  # padded (user, candidate) cells ranked at once: 32 MB of float64
+_EXPLAIN_CELLS = 1 << 20  # (listed item, recent item) contributions weighed at once: 8 MB of float64
 
 
 class CoocRanking:
@@ -49,6 +51,92 @@ class CoocRanking:
         at_user, at_item = excluded_cells(self._items, user_ids, exclude or {})
         rows, scores = self._rows_from_sums(user_ids, k, at_user, at_item)
         return RankedRows(rows, scores, self._items)
+
+    def explain_rows(self, user_ids: Sequence[str], rows: np.ndarray, index: IdIndex
+                     ) -> list[list[tuple[str, str | None]]]:
+        """``explain_items`` for every user's listed items at once (``rows``: item rows of
+        ``index``, ``-1`` after each list), with the same words.
+
+        Per listed item, each recent item's contribution (its co-occurrence with the item
+        times its summed recency weight) in one padded array per chunk of users; the best
+        and the runner-up are two ``argmax`` per row (ties to the lower item row, as the
+        stable sort of ``explain_items``), and each distinct sentence is written once.
+        """
+        user_ids = list(user_ids)
+        listed = rows >= 0
+        lengths = listed.sum(axis=1)
+        flat = rows[listed]
+        if index is self._items:
+            own = flat
+        else:
+            get, ids = self._items.rows.get, index.ids
+            own = np.fromiter((get(ids[r], -1) for r in flat.tolist()), dtype=np.int64, count=len(flat))
+        n = len(self._items)
+        # what each listed item says: 0 (the model, no reason: an unknown item), 1 (popular
+        # now), 2 + s (sentence s)
+        said = np.where(own >= 0, 1, 0)
+        sentences: dict[int, int] = {}
+        if len(flat) and n:
+            history, held = self._history_table(user_ids)
+            users_of, ages = np.nonzero(held)
+            items = history[users_of, ages]
+            # each user's distinct recent items (ascending) and their summed recency weights,
+            # added in the order explain_items adds them (most recent first, float32 terms)
+            terms = (self._decay_powers(self.window)[ages] * self._inv_norm[items]).astype(np.float64)
+            keys, at = np.unique(users_of * n + items, return_inverse=True)
+            factors = np.bincount(at.reshape(-1), weights=terms, minlength=len(keys))
+            mine_user, mine_item = np.divmod(keys, n)
+            per_user = np.bincount(mine_user, minlength=len(user_ids))
+            mine_start = np.cumsum(per_user) - per_user
+            owner = np.repeat(np.arange(len(user_ids)), lengths)
+            asked = np.flatnonzero((own >= 0) & (per_user[owner] > 0))
+            width = max(int(per_user.max(initial=0)), 1)
+            neighbours = None
+            if self._dense is None and len(asked):
+                distinct = np.unique(mine_item)
+                neighbours = self._neighbour_rows(distinct, n)
+                neighbours.sort_indices()
+                local = np.searchsorted(distinct, mine_item)
+            step = max(1, _EXPLAIN_CELLS // width)
+            for start in range(0, len(asked), step):
+                cells = asked[start : start + step]
+                user = owner[cells]
+                m = per_user[user]
+                # one (listed item, recent item) pair per cell of the padded array
+                pair_cell = np.repeat(np.arange(len(cells)), m)
+                slot = np.arange(len(pair_cell)) - np.repeat(np.cumsum(m) - m, m)
+                mine = mine_start[user[pair_cell]] + slot
+                targets = own[cells[pair_cell]]
+                if neighbours is None:
+                    weights = self._dense[mine_item[mine], targets].astype(np.float64)
+                else:
+                    weights = np.asarray(neighbours[local[mine], targets]).reshape(-1)
+                contributions = np.full((len(cells), width), -np.inf)
+                contributions[pair_cell, slot] = weights * factors[mine]
+                line = np.arange(len(cells))
+                first = contributions.argmax(axis=1)
+                top = contributions[line, first]
+                contributions[line, first] = -np.inf
+                second = contributions.argmax(axis=1)
+                runner = contributions[line, second]
+                first_item = mine_item[mine_start[user] + first]
+                second_item = mine_item[mine_start[user] + np.minimum(second, m - 1)]
+                code = first_item * (n + 1) + np.where(runner >= top / 2, second_item + 1, 0)
+                chosen = top > 0
+                said_here = np.ones(len(cells), dtype=np.int64)
+                found = code[chosen].tolist()
+                for c in set(found):
+                    sentences.setdefault(c, len(sentences))
+                said_here[chosen] = [2 + sentences[c] for c in found]
+                said[cells] = said_here
+        ids = self._items.ids
+        palette = [(self.name, None), (POPULAR_STRATEGY, POPULAR_NOW)] + [
+            (self.name, f"often viewed with {ids[c // (n + 1)]}"
+                        f"{f' and {ids[c % (n + 1) - 1]}' if c % (n + 1) else ''}, which you viewed")
+            for c in sentences]
+        explained = list(map(palette.__getitem__, said.tolist()))
+        ends = np.cumsum(lengths).tolist()
+        return [explained[end - size : end] for end, size in zip(ends, lengths.tolist())]
 
     def _history_table(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The users' recent item rows, most recent first, and which entries are held:

@@ -54,6 +54,7 @@ from online_models import Recommender
 from online_models._arrays import IdIndex, RankedRows, excluded_cells
 from online_models.capabilities import (
     Explains,
+    ExplainsRows,
     ForgetsItems,
     ForgetsUsers,
     HandsOverUsers,
@@ -78,6 +79,7 @@ class Capabilities:
 
     learns_items: bool  # item metadata
     explains: bool
+    explains_rows: bool  # a batch of lists at once (explain_rows)
     similar_items: bool
     forgets_users: bool
     forgets_items: bool
@@ -89,6 +91,7 @@ class Capabilities:
     @classmethod
     def of(cls, model: Recommender) -> Capabilities:
         return cls(learns_items=isinstance(model, LearnsItems), explains=isinstance(model, Explains),
+                   explains_rows=isinstance(model, ExplainsRows),
                    similar_items=isinstance(model, SimilarItems), forgets_users=isinstance(model, ForgetsUsers),
                    forgets_items=isinstance(model, ForgetsItems), hands_over_users=isinstance(model, HandsOverUsers),
                    shares_items=isinstance(model, SharesItems), reports_arms=isinstance(model, ReportsArms),
@@ -473,9 +476,11 @@ class Pipeline:
                 item_last_active[event.item_id] = max(event.ts, item_last_active.get(event.item_id, 0.0))
         forgotten = self._obey(commands, rejects)
         users = [u for u in touched_users if u not in forgotten and u in self.last_active]
-        lists = self._rank(users)
+        lists, ranked = self._rank(users)
         explanations = {}
-        if self.can.explains:
+        if self.can.explains_rows and lists:  # all lists at once
+            explanations = dict(zip(lists, model.explain_rows(lists.users, ranked.rows, ranked.index)))
+        elif self.can.explains:
             explanations = {user_id: model.explain_items(user_id, lists.items_of(user_id)) for user_id in lists}
         now = self.clock()
         popular = None
@@ -495,12 +500,13 @@ class Pipeline:
                        counters=self._counters(touched_partitions), item_metadata=item_metadata,
                        forgotten=forgotten, dead_letters=rejects, touched_items=touched_items)
 
-    def _rank(self, users: list[str]) -> ListBatch:
+    def _rank(self, users: list[str]) -> tuple[ListBatch, RankedRows]:
         """Each user's ranking with their seen items left in but flagged, so a request can
         include or exclude them: ``top_k`` unseen items, and the seen ones ranked among them.
 
         A model that ranks on arrays (``RanksRows``) is cut and flagged on its arrays, for
-        all users at once; another's lists are read into arrays first.
+        all users at once; another's lists are read into arrays first. Returns the lists and
+        the same lists as item rows of the index that names them.
         """
         top_k = self.settings.top_k
         depth = top_k + max((min(len(self.seen.get(u, ())), top_k) for u in users), default=0)
@@ -512,7 +518,8 @@ class Pipeline:
         ranked = RankedRows.of_rankings([rankings[u] for u in users], IdIndex(), depth)
         return self._cut(users, ranked.rows, ranked.scores, ranked.index)
 
-    def _cut(self, users: list[str], rows: np.ndarray, scores: np.ndarray, index: IdIndex) -> ListBatch:
+    def _cut(self, users: list[str], rows: np.ndarray, scores: np.ndarray, index: IdIndex
+             ) -> tuple[ListBatch, RankedRows]:
         """Flag the seen items of each user's ranked rows (best first, ``-1`` after the list)
         and cut each list after its ``top_k``-th unseen item (or keep it whole when it has
         fewer); remember each user's first ``online_eval_k`` unseen items for online HR."""
@@ -548,7 +555,9 @@ class Pipeline:
                 last_lists[user_id] = set(shown_ids[start : start + m])
                 start += m
         marks = marks[:, :w] & kept
-        return ListBatch(users, flat, cut.tolist(), scores[:, :w], marks if marks.any() else None)
+        scores = scores[:, :w]
+        lists = ListBatch(users, flat, cut.tolist(), scores, marks if marks.any() else None)
+        return lists, RankedRows(np.where(kept, rows[:, :w], -1), np.where(kept, scores, -np.inf), index)
 
     def _judge(self, event: Event) -> None:
         """Online HR@k: was the event's item in the list last computed for the user?"""

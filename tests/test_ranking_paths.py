@@ -5,6 +5,7 @@
 - ``Cooc.recommend_many`` (all users' neighbourhoods summed at once) equals per-user
   ``recommend``, and on the sparse path both equal a pure-Python scoring of the model state.
 - ``Trending``: the cached popular list and the batched ranking equal ranking everything.
+- ``Cooc.explain_rows`` (a batch of lists explained on arrays) says what ``explain_items`` says.
 """
 
 from __future__ import annotations
@@ -153,6 +154,40 @@ def test_cooc_recommend_many_equals_recommend(request, path: str, max_neighbours
                     assert many[user] == one, (user, k)
                     assert len(one) == min(k, len(model._items) - len(model._items.rows_of(
                         exclude.get(user, ()) if exclude else ())))
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("max_neighbours", [None, 3])
+def test_cooc_explain_rows_says_what_explain_items_says(request, path: str, max_neighbours) -> None:
+    if path == "sparse":
+        request.getfixturevalue("sparse")
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setattr(cooc_ranking, "_EXPLAIN_CELLS", 50)  # a few listed items per chunk
+    events = random_stream(3000, 60, 150, seed=4)
+    model = make_model("cooc", max_neighbours=max_neighbours, window=6)
+    model.learn_many(events[:2500])
+    model.forget_user("u3")
+    users = ["nobody", "u3", *sorted({e.user_id for e in events})]
+    named_two = 0
+    for start in (2500, 2750):
+        model.learn_many(events[start : start + 250])
+        ranked = model.recommend_rows(users, 15)
+        got = model.explain_rows(users, ranked.rows, ranked.index)
+        lists = ranked.rankings(users)
+        for user, explained in zip(users, got):
+            assert explained == model.explain_items(user, [item for item, _ in lists[user]]), user
+            named_two += sum(1 for _, reason in explained if reason and " and " in reason)
+        # the rows of another index (a blend's shared one), with an item cooc never learned
+        other = IdIndex()
+        other.add("never-learnt")
+        rows = np.full((len(users), 16), -1, dtype=np.int64)
+        for j, user in enumerate(users):
+            items = ["never-learnt"] + [item for item, _ in lists[user]]
+            rows[j, : len(items)] = [other.add(item) for item in items]
+        got = model.explain_rows(users, rows, other)
+        assert got == [model.explain_items(user, ["never-learnt", *(i for i, _ in lists[user])]) for user in users]
+        assert got[0][0] == ("cooc", None)
+    assert named_two > 0  # runners-up named too
 
 
 @pytest.mark.usefixtures("sparse")
