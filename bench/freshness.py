@@ -2,7 +2,11 @@
 
 A worker process (the default served model) and the API (uvicorn) run against a topic that a
 third process loads with ``LOAD_RPS`` events/s (and again with ``LOAD_RPS_LOW``, reported
-under ``at_1k``). The probe (this process) sends one event for
+under ``at_1k``). The load starts once the worker applies events (a warm-up event
+answered), so that no backlog of its start-up is measured; the probes start once its
+consumer lag is under a quarter second of load. A worker that does not get there within
+``CATCH_UP_S`` does not keep up with the load: the run says so (``keeps_up``, and the
+events/s the worker did apply meanwhile) and probes anyway. The probe (this process) sends one event for
 a user never seen before, flushes the producer, and polls ``GET /users/{id}/recommendations``
 over a keep-alive connection every ``POLL_S`` until the answer is the user's own list
 (``source`` turns ``personal`` and ``updated_at`` moves); the time since the send is one
@@ -36,6 +40,7 @@ LOAD_RPS_LOW = 1000
 # between two GETs of one probe: every answer is published as an impression that the worker
 # consumes, so a tighter poll would load the pipeline it measures (resolution: +-POLL_S)
 POLL_S = 0.005
+CATCH_UP_S = 30.0  # how long a loaded worker may take to reach a lag under a quarter second of load
 
 
 def _load(settings, rate: int, stop_file: str, out) -> None:
@@ -66,16 +71,55 @@ def _worker(settings, stop_file: str, out) -> None:
     out.put({"consumed": totals.consumed})
 
 
-def _wait_consuming(settings, timeout_s: float = 90.0) -> None:
-    from bench.common import wait_until
+def _store(settings):
     from core.keys import make_client
     from serving.store import RecommendationStore
 
-    store = RecommendationStore(make_client(settings.redis_url, retries=2), settings.redis_prefix)
+    return RecommendationStore(make_client(settings.redis_url, retries=2), settings.redis_prefix)
+
+
+def _wait_consuming(settings, timeout_s: float = 90.0) -> None:
+    """Until the worker applies events: a warm-up event is sent every half second until one is."""
+    from core.kafka import make_producer
+
+    store, producer = _store(settings), make_producer(settings.kafka_bootstrap)
+    deadline = time.monotonic() + timeout_s
     try:
-        wait_until(lambda: store.counters().get("applied", 0) > 0, timeout_s, 0.2, "the worker applying events")
+        while store.counters().get("applied", 0) == 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker applied no event within {timeout_s:.0f} s")
+            producer.send(settings.topic, key=b"warm-up", value=_probe_event("warm-up"))
+            producer.flush()
+            time.sleep(0.5)
+    finally:
+        producer.close()
+        store.close()
+
+
+def _wait_caught_up(settings, rate: int, timeout_s: float) -> dict:
+    """Wait (at least a second of load) until the worker's consumer lag is under a quarter
+    second of load; returns whether it got there, its lag then and the events/s it applied."""
+    store = _store(settings)
+    started = time.monotonic()
+    applied_at_start = store.counters().get("applied", 0)
+    lag = None
+    try:
+        while True:
+            time.sleep(0.25)
+            elapsed = time.monotonic() - started
+            reports = store.workers_metrics()
+            lag = sum(r.get("consumer_lag", 0) for r in reports) if reports else None
+            if elapsed >= 1.0 and lag is not None and lag <= rate / 4:
+                keeps_up = True
+                break
+            if elapsed > timeout_s:
+                keeps_up = False
+                break
+        applied = store.counters().get("applied", 0) - applied_at_start
     finally:
         store.close()
+    return {"keeps_up": keeps_up, "lag_at_probes": float(lag if lag is not None else float("nan")),
+            "worker_events_per_s": applied / max(time.monotonic() - started, 1e-9)}
 
 
 def _wait_file(path: str) -> None:
@@ -181,13 +225,16 @@ def _run_at(svc: Services, rate: int, repeats: int, quick: bool, log) -> dict:
         out = ctx.Queue()
         load = ctx.Process(target=_load, args=(settings, rate, stop_file, out))
         worker = ctx.Process(target=_worker, args=(settings, stop_file, out))
-        load.start()
         worker.start()
         port = free_port()
         api = start_server("serving.app:create_app", settings, port, None)
         try:
-            _wait_consuming(settings)  # the worker started, joined the group, and applies the load
-            time.sleep(1.0)
+            _wait_consuming(settings)  # the worker started, joined the group and applies events
+            load.start()
+            caught_up = _wait_caught_up(settings, rate, CATCH_UP_S)
+            if not caught_up["keeps_up"]:
+                log(f"  the worker did not keep up with {rate:,} events/s: lag {caught_up['lag_at_probes']:,.0f} "
+                    f"events after {CATCH_UP_S:.0f} s, {caught_up['worker_events_per_s']:,.0f} events/s applied")
             api_lat = probe_api(settings, port, probes)
             if not worker.is_alive():
                 log(f"  the worker process exited (code {worker.exitcode}) during the probes")
@@ -196,7 +243,8 @@ def _run_at(svc: Services, rate: int, repeats: int, quick: bool, log) -> dict:
             open(stop_file, "w").close()
             api.terminate()
             api.wait(10)
-            load.join(30)
+            if load.is_alive() or load.exitcode is not None:
+                load.join(30)
             worker.join(60)
             for proc in (load, worker):
                 if proc.is_alive():
@@ -206,11 +254,14 @@ def _run_at(svc: Services, rate: int, repeats: int, quick: bool, log) -> dict:
             "p50_ms": percentile(api_lat, 50) * 1e3, "p99_ms": percentile(api_lat, 99) * 1e3,
             "max_ms": max(api_lat) * 1e3, "timeouts": float(sum(x == float("inf") for x in api_lat)),
             "bare_p50_ms": percentile(bare_lat, 50) * 1e3, "bare_p99_ms": percentile(bare_lat, 99) * 1e3,
+            "keeps_up": float(caught_up["keeps_up"]), "worker_events_per_s": caught_up["worker_events_per_s"],
+            "lag_at_probes": caught_up["lag_at_probes"],
         }
         runs.append(stats)
         log(f"  run {rep + 1}/{repeats}: freshness p50 {stats['p50_ms']:.0f} ms, p99 {stats['p99_ms']:.0f} ms "
             f"(max {stats['max_ms']:.0f}); bare consumer p50 {stats['bare_p50_ms']:.0f} ms, "
-            f"p99 {stats['bare_p99_ms']:.0f} ms")
+            f"p99 {stats['bare_p99_ms']:.0f} ms; worker applied {stats['worker_events_per_s']:,.0f} events/s "
+            f"while the load came ({'kept up' if stats['keeps_up'] else 'did not keep up'})")
     return {
         "load_events_per_s": rate, "probes_per_run": probes,
         **{key: Spread.of([r[key] for r in runs]).as_dict() for key in runs[0]},

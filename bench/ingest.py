@@ -166,7 +166,7 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
     # other in the same run, so that their ratios hold on a shared machine
     per_model_repeats = 1 if quick else 3
     by_model: dict[str, dict] = {}
-    for name in (*BY_MODEL, "blend_without_sequence", None):
+    for name in (*BY_MODEL, "blend_without_sequence", "cooc_learn_only", None):
         label = name or "learn_only"
         rates, cpu_rates = [], []
         for _ in range(per_model_repeats):
@@ -174,17 +174,23 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
             # earlier workers of its topic published, and another model's do not fit
             if name == "blend_without_sequence":
                 run_settings = bench_settings(svc, model="blend", model_params=BLEND_WITHOUT_SEQUENCE)
+            elif name == "cooc_learn_only":
+                run_settings = bench_settings(svc, model="cooc")
             else:
                 run_settings = bench_settings(svc, **({"model": name} if name else {}))
             in_process(_produce_proc, run_settings, n)
-            w = in_process(_drain_worker, run_settings, n, None, name is not None)
+            # with --profile, each model's first run is profiled too (its figures then include the profiler)
+            profile = f"{profile_dir}/ingest-{label}.txt" if profile_dir and not rates else None
+            w = in_process(_drain_worker, run_settings, n, profile, name not in (None, "cooc_learn_only"))
             drop_prefix(svc.redis_url, run_settings.redis_prefix)
             rates.append(w["events"] / w["seconds"])
             cpu_rates.append(w["events"] / w["cpu_seconds"])
         by_model[label] = {"worker": Spread.of(rates).as_dict(), "worker_per_cpu_s": Spread.of(cpu_rates).as_dict()}
-        log(f"  {label if name else f'{model}, learning only'}: {statistics.median(rates):,.0f} ev/s "
+        log(f"  {label.replace('_learn_only', ', learning only') if name else f'{model}, learning only'}: "
+            f"{statistics.median(rates):,.0f} ev/s "
             f"({statistics.median(cpu_rates):,.0f} per CPU-second)")
     learn_only = by_model.pop("learn_only")
+    learn_only_by_model = {"cooc": by_model.pop("cooc_learn_only"), model: learn_only}
     by_model["default"] = {"worker": Spread.of(worker_rates).as_dict(),
                            "worker_per_cpu_s": Spread.of(worker_cpu_rates).as_dict()}
     return {
@@ -197,6 +203,7 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
         "bare_per_cpu_s": Spread.of(bare_cpu_rates).as_dict(),
         "by_model": by_model,
         "learn_only": learn_only,
+        "learn_only_by_model": learn_only_by_model,  # the learning ceilings: list refresh off
         "refresh_users_per_s": Spread.of(refresh_rates).as_dict(),
     }
 

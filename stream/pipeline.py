@@ -40,6 +40,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -51,7 +52,7 @@ from core.metrics import Exposures, WorkerMetrics
 from core.schema import ITEM_TYPE, Event, parse_event
 from core.settings import Settings
 from online_models import Recommender
-from online_models._arrays import IdIndex, RankedRows, excluded_cells
+from online_models._arrays import IdIndex, RankedRows
 from online_models.capabilities import (
     Explains,
     ExplainsRows,
@@ -527,7 +528,7 @@ class Pipeline:
         n_users, width = rows.shape
         listed = rows >= 0
         marks = np.zeros((n_users, width), dtype=bool)
-        at_user, at_row = excluded_cells(index, users, self.seen)
+        at_user, at_row = self._seen_cells(users, index)
         if len(at_user) and width:
             # each ranked cell's (user, row) key looked up among the sorted keys of the seen items
             n = max(len(index), 1)
@@ -558,6 +559,21 @@ class Pipeline:
         scores = scores[:, :w]
         lists = ListBatch(users, flat, cut.tolist(), scores, marks if marks.any() else None)
         return lists, RankedRows(np.where(kept, rows[:, :w], -1), np.where(kept, scores, -np.inf), index)
+
+    def _seen_cells(self, users: list[str], index: IdIndex) -> tuple[np.ndarray, np.ndarray]:
+        """``(user position, item row)`` of every item of ``index`` the users have seen: one
+        lookup pass over all their seen ids, not a numpy call per user."""
+        seen, positions, sizes, ids = self.seen, [], [], []
+        for j, user_id in enumerate(users):
+            items = seen.get(user_id)
+            if items:
+                positions.append(j)
+                sizes.append(len(items))
+                ids.extend(items)
+        rows = np.fromiter(map(index.rows.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+        at_user = np.repeat(np.array(positions, dtype=np.int64), sizes)
+        known = rows >= 0
+        return at_user[known], rows[known]
 
     def _judge(self, event: Event) -> None:
         """Online HR@k: was the event's item in the list last computed for the user?"""
