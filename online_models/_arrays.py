@@ -649,8 +649,9 @@ class RowMap:
 
 
 def fuse_top_k(
-    parts: Sequence[tuple[np.ndarray, np.ndarray, float]], k: int, rank_offset: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+    parts: Sequence[tuple[np.ndarray, np.ndarray, float]], k: int, rank_offset: float | None = None,
+    with_sources: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weighted fusion of several top lists per user, then each user's ``k`` best.
 
     Each part's list is scaled per user: min-max to ``[0, weight]`` (its last item scores
@@ -671,28 +672,34 @@ def fuse_top_k(
         How many items per user.
     rank_offset
         ``None``: min-max scaled scores; a number: reciprocal ranks.
+    with_sources
+        Also return, per fused item, the part whose scaled score added most to it (the
+        first such part on a tie): what explains the item.
 
     Returns
     -------
-    (rows, scores)
-        ``(n_users, k)`` int64 and float64, ``-1`` / ``-inf`` after a shorter list.
+    (rows, scores) or (rows, scores, sources)
+        ``(n_users, k)`` int64 and float64, ``-1`` / ``-inf`` after a shorter list;
+        ``sources``: int64 positions in ``parts``, ``-1`` after a shorter list.
 
     Examples
     --------
     >>> a = (np.array([[3, 1, 2]]), np.array([[0.9, 0.5, 0.1]]), 1.0)
     >>> b = (np.array([[1, 4, -1]]), np.array([[2.0, 1.0, -np.inf]]), 0.5)
-    >>> rows, scores = fuse_top_k([a, b], 3)
-    >>> rows.tolist(), scores.tolist()
-    ([[3, 1, 4]], [[1.0, 1.0, 0.0]])
+    >>> rows, scores, sources = fuse_top_k([a, b], 3, with_sources=True)
+    >>> rows.tolist(), scores.tolist(), sources.tolist()
+    ([[3, 1, 4]], [[1.0, 1.0, 0.0]], [[0, 0, 1]])
     """
-    used = [(p[0], p[1], float(p[2]), p[3] if len(p) > 3 else None) for p in parts if p[2] != 0 and p[0].shape[1]]
+    used = [(p[0], p[1], float(p[2]), p[3] if len(p) > 3 else None, at) for at, p in enumerate(parts)
+            if p[2] != 0 and p[0].shape[1]]
     n_users = parts[0][0].shape[0] if parts else 0
     out_rows = np.full((n_users, max(k, 0)), -1, dtype=np.int64)
     out_scores = np.full((n_users, max(k, 0)), -np.inf)
+    out_sources = np.full((n_users, max(k, 0)), -1, dtype=np.int64)
     if not used or k <= 0 or n_users == 0:
-        return out_rows, out_scores
-    all_rows, all_scaled, all_pos = [], [], []
-    for rows, scores, weight, power in used:
+        return (out_rows, out_scores, out_sources) if with_sources else (out_rows, out_scores)
+    all_rows, all_scaled, all_pos, all_parts = [], [], [], []
+    for rows, scores, weight, power, at in used:
         listed = rows >= 0
         width = rows.shape[1]
         pos = np.broadcast_to(np.arange(width), rows.shape)
@@ -713,6 +720,7 @@ def fuse_top_k(
         all_rows.append(np.where(listed, rows, np.iinfo(np.int64).max))  # unlisted slots sort last
         all_scaled.append(scaled)
         all_pos.append(pos)
+        all_parts.append(np.full(width, at))
     rows = np.concatenate(all_rows, axis=1)
     scaled = np.concatenate(all_scaled, axis=1)
     pos = np.concatenate(all_pos, axis=1)
@@ -730,10 +738,17 @@ def fuse_top_k(
     rank = np.arange(len(rows)) - leader  # 0 for an item's first part, 1 for its second...
     total = np.zeros(len(rows))
     best_pos = pos.copy()
+    if with_sources:  # per item: the largest scaled score so far and its part, the first part on a tie
+        source = np.take_along_axis(np.broadcast_to(np.concatenate(all_parts), order.shape), order, 1).ravel()
+        largest = scaled.copy()
     for r in range(int(rank.max()) + 1):  # summed in part order, as one would by hand
         at = np.flatnonzero(rank == r)
         total[leader[at]] += scaled[at]
         np.minimum.at(best_pos, leader[at], pos[at])
+        if with_sources and r:
+            gains = at[scaled[at] > largest[leader[at]]]
+            largest[leader[gains]] = scaled[gains]
+            source[leader[gains]] = source[gains]
     keep = starts & (rows != np.iinfo(np.int64).max)
     fused = np.where(keep, total, -np.inf).reshape(n_users, width)
     # per user: score descending, better position, then first listed
@@ -745,6 +760,9 @@ def fuse_top_k(
     m = ranked.shape[1]
     out_rows[:, :m] = np.where(valid, got_rows, -1)
     out_scores[:, :m] = np.where(valid, got_scores, -np.inf)
+    if with_sources:
+        out_sources[:, :m] = np.where(valid, np.take_along_axis(source.reshape(n_users, width), ranked, 1), -1)
+        return out_rows, out_scores, out_sources
     return out_rows, out_scores
 
 

@@ -280,6 +280,13 @@ def test_fuse_top_k_equals_blends_dict_fusion(rank_offset) -> None:
             for j, lists in enumerate(users):
                 got = [(index.ids[r], s) for r, s in zip(rows[j].tolist(), scores[j].tolist()) if r >= 0]
                 assert got == blend._fuse(lists, k) == _fuse_reference(blend, lists, k)
+            # each fused item's source: the part explain_items names (blend._parts_of)
+            again, _, sources = fuse_top_k(parts, k, rank_offset, with_sources=True)
+            assert np.array_equal(again, rows)
+            for j, lists in enumerate(users):
+                items = [index.ids[r] for r in rows[j].tolist() if r >= 0]
+                named = {item: names[s] for item, s in zip(items, sources[j].tolist())}
+                assert named == blend._parts_of(lists, items) and (sources[j] >= 0).sum() == len(items)
             parts = [part[:3] + (calibrated._power_of(name),) for part, name in zip(parts, names)]
             rows, scores = fuse_top_k(parts, k, rank_offset)
             for j, lists in enumerate(users):
