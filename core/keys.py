@@ -171,20 +171,26 @@ class ListBatch(Mapping[str, list[tuple[str, float]]]):
                     ) -> ListBatch:
         """From plain lists (and per-item seen flags, any user left out seeing none)."""
         users = list(rankings)
-        lengths = [len(rankings[u]) for u in users]
-        width = max(lengths, default=0)
-        scores = np.full((len(users), width), -np.inf)
-        marks = np.zeros((len(users), width), dtype=bool)
-        ids: list[str] = []
-        for j, user_id in enumerate(users):
+        seen = seen or {}
+        lengths, ids, scores, marks = [], [], [], []
+        for user_id in users:
             ranking = rankings[user_id]
+            lengths.append(len(ranking))
             if ranking:
-                ids.extend(item for item, _ in ranking)
-                scores[j, : len(ranking)] = [score for _, score in ranking]
-            flags = (seen or {}).get(user_id)
-            if flags:
-                marks[j, : len(flags)] = flags
-        return cls(users, ids, lengths, scores, marks if marks.any() else None)
+                user_ids, user_scores = zip(*ranking)
+                ids += user_ids
+                scores += user_scores
+                flags = seen.get(user_id)
+                marks += flags if flags else (False,) * len(ranking)
+        width = max(lengths, default=0)
+        cells = np.arange(width) < np.array(lengths, dtype=np.int64)[:, None]
+        table = np.full((len(users), width), -np.inf)
+        table[cells] = scores
+        seen_table = None
+        if any(marks):
+            seen_table = np.zeros((len(users), width), dtype=bool)
+            seen_table[cells] = marks
+        return cls(users, ids, lengths, table, seen_table)
 
     def _index(self) -> dict[str, int]:
         if self._at is None:

@@ -479,7 +479,7 @@ class Pipeline:
         users = [u for u in touched_users if u not in forgotten and u in self.last_active]
         lists, ranked = self._rank(users)
         explanations = {}
-        if self.can.explains_rows and lists:  # all lists at once
+        if self.can.explains_rows and ranked is not None and lists:  # all lists at once
             explanations = dict(zip(lists, model.explain_rows(lists.users, ranked.rows, ranked.index)))
         elif self.can.explains:
             explanations = {user_id: model.explain_items(user_id, lists.items_of(user_id)) for user_id in lists}
@@ -501,23 +501,41 @@ class Pipeline:
                        counters=self._counters(touched_partitions), item_metadata=item_metadata,
                        forgotten=forgotten, dead_letters=rejects, touched_items=touched_items)
 
-    def _rank(self, users: list[str]) -> tuple[ListBatch, RankedRows]:
+    def _rank(self, users: list[str]) -> tuple[ListBatch, RankedRows | None]:
         """Each user's ranking with their seen items left in but flagged, so a request can
         include or exclude them: ``top_k`` unseen items, and the seen ones ranked among them.
 
         A model that ranks on arrays (``RanksRows``) is cut and flagged on its arrays, for
-        all users at once; another's lists are read into arrays first. Returns the lists and
-        the same lists as item rows of the index that names them.
+        all users at once; another's one list at a time. Returns the lists and, from a model
+        that ranks on arrays, the same lists as item rows of the index that names them.
         """
         top_k = self.settings.top_k
         depth = top_k + max((min(len(self.seen.get(u, ())), top_k) for u in users), default=0)
         if self.can.ranks_rows:
             ranked = self.model.recommend_rows(users, depth)
             return self._cut(users, ranked.rows, ranked.scores, ranked.index)
-        rankings = self.model.recommend_many(users, depth)
-        users = list(rankings)
-        ranked = RankedRows.of_rankings([rankings[u] for u in users], IdIndex(), depth)
-        return self._cut(users, ranked.rows, ranked.scores, ranked.index)
+        return self._cut_each(self.model.recommend_many(users, depth)), None
+
+    def _cut_each(self, rankings: dict[str, Ranking]) -> ListBatch:
+        """``_cut`` of plain lists, one user at a time (a model that does not rank on arrays)."""
+        top_k, eval_k = self.settings.top_k, self.settings.online_eval_k
+        lists, flags = {}, {}
+        for user_id, ranked in rankings.items():
+            seen = self.seen.get(user_id)
+            if seen and not seen.isdisjoint([item for item, _ in ranked]):
+                marks = [item in seen for item, _ in ranked]
+                unseen_at = [n for n, is_seen in enumerate(marks) if not is_seen]
+                cut = unseen_at[top_k - 1] + 1 if len(unseen_at) >= top_k else len(ranked)
+                kept, marks = ranked[:cut], marks[:cut]
+                shown = [kept[n][0] for n in unseen_at[:eval_k]]
+            else:  # nothing seen among them: the common case on a busy stream
+                kept = ranked[:top_k]
+                marks = [False] * len(kept)
+                shown = [item for item, _ in kept[:eval_k]]
+            lists[user_id], flags[user_id] = kept, marks
+            if eval_k:
+                self._last_lists[user_id] = set(shown)
+        return ListBatch.of_rankings(lists, flags)
 
     def _cut(self, users: list[str], rows: np.ndarray, scores: np.ndarray, index: IdIndex
              ) -> tuple[ListBatch, RankedRows]:
