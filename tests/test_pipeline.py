@@ -373,3 +373,40 @@ def test_lists_cut_on_arrays_are_those_cut_one_user_at_a_time(make, n_items: int
         assert effects.lists == lists and effects.seen_flags == flags
         assert {u: pipeline._last_lists[u] for u in users} == shown
         assert any(any(f) for f in flags.values())  # seen items were ranked, flagged and cut around
+
+
+def test_the_plain_event_fast_path_parses_as_the_schema_does() -> None:
+    """Every payload gives the event (or the reason) ``parse_event`` gives."""
+    import time as clock
+
+    from core.errors import InvalidEvent
+    from core.schema import parse_event
+    from stream.pipeline import parse_record
+
+    now = clock.time()
+    plain = {"user_id": "u1", "item_id": "i9", "type": "view", "ts": 1_700_000_000.5}
+    variants = [plain, {**plain, "ts": 1_700_000_000}, {**plain, "ts": 2**60}, {**plain, "ts": -1.0},
+                {**plain, "ts": -0.0}, {**plain, "ts": now + 2 * 86_400}, {**plain, "ts": True},
+                {**plain, "ts": "2024-01-01T00:00:00Z"}, {**plain, "ts": None}, {**plain, "user_id": ""},
+                {**plain, "item_id": ""}, {**plain, "user_id": "x" * 257}, {**plain, "item_id": "y" * 256},
+                {**plain, "user_id": "a\nb"}, {**plain, "user_id": 42}, {**plain, "type": "item"},
+                {**plain, "type": "like"}, {**plain, "type": 3}, {"user_id": "u1", "item_id": "i9", "type": "view",
+                                                               "value": 2.0}, {**plain, "event_id": "e1"},
+                {**plain, "user_id": "a:b"}, {**plain, "item_id": "ü名🎬"}, {**plain, "user_id": None}]
+    payloads = [orjson.dumps(v) for v in variants] + [
+        b'{"user_id":"u1","user_id":"u2","item_id":"i","type":"view"}',  # a repeated key
+        b'{"user_id":"a\\u003ab","item_id":"i","type":"click","ts":5}', b'{"ts": 1e400, "a": 1, "b": 2, "c": 3}',
+        b'{"user_id":"u","item_id":"i","type":"view","ts":100000000000000000000000000000}',
+        b'[1, 2, 3, 4]', b'{"user_id":"u","item_id":"i","type":"view","ts":NaN}', b"", b"{" + b" " * 70_000 + b"}"]
+    for n, payload in enumerate(payloads):
+        record = Record(TOPIC, 3, n, 1_700_000_000_000, b"k", payload)
+        try:
+            want = parse_event(payload, default_ts=1_700_000_000.0, default_event_id=f"{TOPIC}/3/{n}",
+                               max_bytes=65_536)
+        except InvalidEvent as exc:
+            with pytest.raises(InvalidEvent) as got:
+                parse_record(record, 65_536)
+            assert got.value.reason == exc.reason, payload
+        else:
+            got = parse_record(record, 65_536)
+            assert (got, repr(got), type(got.ts)) == (want, repr(want), type(want.ts)), payload
