@@ -11,7 +11,7 @@ import numpy as np
 from online_models import tables
 from online_models._arrays import IdIndex, RankedRows, RowMap, fuse_top_k
 from online_models.base import Interaction, Ranking, Recommender
-from online_models.capabilities import (Explains, LearnsItems, RanksRows, SimilarItems, UsesPopularity,
+from online_models.capabilities import (Explains, ExplainsRows, LearnsItems, RanksRows, SimilarItems, UsesPopularity,
                                         declare_from_parts, largest_sizes, undeclared)
 from online_models.parts import make_part
 
@@ -22,6 +22,9 @@ DEFAULT_CALIBRATED: tuple[str, ...] = ("sequence",)
 # Each blend's shared item rows for fusing its parts' lists: derived from the parts'
 # indexes, so kept beside the model rather than in its (checkpointed) state.
 _ROW_MAPS: weakref.WeakKeyDictionary[Blend, RowMap] = weakref.WeakKeyDictionary()
+# Each blend's last fused batch (users, rows, the part each item owes most to, the parts'
+# names), for explain_rows: derived, kept beside the model like the row maps.
+_LAST_FUSED: weakref.WeakKeyDictionary[Blend, tuple] = weakref.WeakKeyDictionary()
 
 
 class Blend(Recommender):
@@ -229,7 +232,8 @@ class Blend(Recommender):
         if not parts:
             empty = np.zeros((len(user_ids), 0))
             return RankedRows(empty.astype(np.int64), empty, shared)
-        rows, scores = fuse_top_k(parts, k, self.rank_offset)
+        rows, scores, sources = fuse_top_k(parts, k, self.rank_offset, with_sources=True)
+        _LAST_FUSED[self] = (user_ids, rows, sources, [name for name in self._models if self._weight(name) != 0])
         return RankedRows(rows, scores, shared)
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -262,6 +266,44 @@ class Blend(Recommender):
             for position, reason in zip(positions, reasons or [(name or self.name, None)] * len(positions)):
                 explained[position] = reason
         return explained
+
+    def explain_rows(self, user_ids: Sequence[str], rows: np.ndarray, index: IdIndex
+                     ) -> list[list[tuple[str, str | None]]]:
+        """``explain_items`` for every listed item of the last ``recommend_rows`` (or of a
+        cut of each of its lists), all users at once: each part explains the items it added
+        most to (``fuse_top_k``'s sources), with its own ``explain_rows`` where it has one.
+        Rows that are not such a cut are explained one user at a time."""
+        user_ids = list(user_ids)
+        last = _LAST_FUSED.get(self)
+        width = rows.shape[1]
+        listed = rows >= 0
+        if (last is None or last[0] != user_ids or last[1].shape[1] < width
+                or not np.array_equal(np.where(listed, last[1][:, :width], -1), rows)):
+            ids = index.ids
+            return [self.explain_items(user_id, [ids[r] for r in row if r >= 0])
+                    for user_id, row in zip(user_ids, rows.tolist())]
+        sources = np.where(listed, last[2][:, :width], -1)
+        cell = np.full(rows.shape, -1, dtype=np.int64)
+        cell[listed] = np.arange(int(listed.sum()))
+        explained: list = [None] * int(listed.sum())
+        for p, name in enumerate(last[3]):
+            chosen = sources == p
+            if not chosen.any():
+                continue
+            part = self._models[name]
+            mine = np.where(chosen, rows, -1)
+            if isinstance(part, ExplainsRows):
+                said = part.explain_rows(user_ids, mine, index)
+            elif isinstance(part, Explains):
+                ids = index.ids
+                said = [part.explain_items(user_id, [ids[r] for r in row if r >= 0])
+                        for user_id, row in zip(user_ids, mine.tolist())]
+            else:
+                said = [[(name, None)] * count for count in chosen.sum(axis=1).tolist()]
+            for at, reason in zip(cell[chosen].tolist(), [reason for user in said for reason in user]):
+                explained[at] = reason
+        ends = np.cumsum(listed.sum(axis=1)).tolist()
+        return [explained[end - size : end] for end, size in zip(ends, listed.sum(axis=1).tolist())]
 
     # -- capabilities, declared when the components make them sound (declare_from_parts) --
     def _learn_item(self, item_id: str, metadata: Mapping[str, Any]) -> None:

@@ -49,7 +49,7 @@ class Explains(Protocol):
 class ExplainsRows(Protocol):
     """Explains a batch of ranked lists at once: per user, what ``explain_items`` gives
     for the items of the user's row of ``rows`` (item rows of the ``IdIndex`` ``index``,
-    best first, ``-1`` after the list), without a call per user."""
+    best first, ``-1`` where there is no item), without a call per user."""
 
     def explain_rows(self, user_ids: Sequence[str], rows: Any, index: Any) -> list[list[tuple[str, str | None]]]: ...
 

@@ -322,6 +322,38 @@ def test_blend_recommend_many_equals_recommend(with_exclude: bool) -> None:
             assert_same_ranking(many[user], one)
 
 
+def test_blend_explain_rows_says_what_explain_items_says() -> None:
+    """Each part explains the items it added most to, all users at once: the reasons
+    ``explain_items`` gives after the same ranking, for whole lists and for cut ones."""
+    import random
+
+    from online_models.capabilities import ExplainsRows
+    from tests.test_ranking_paths import random_stream
+
+    events = random_stream(3000, 90, 400, seed=6)
+    model = _trained_blend({"cooc": {}, "embeddings": {"n_factors": 8, "batch_size": 16}, "trending": {}}, events)
+    assert isinstance(model, ExplainsRows)
+    users = ["nobody", *sorted({e.user_id for e in events})]
+    rng = random.Random(2)
+    ranked = model.recommend_rows(users, 20)
+    cut = ranked.rows.copy()
+    for j in range(len(users)):  # as the pipeline cuts each list after its top_k-th unseen item
+        cut[j, rng.randrange(0, 21):] = -1
+    for rows in (ranked.rows, cut):
+        got = model.explain_rows(users, rows, ranked.index)
+        want = [model.explain_items(user, [ranked.index.ids[r] for r in row if r >= 0])
+                for user, row in zip(users, rows.tolist())]
+        assert got == want
+    parts = {strategy for explained in got for strategy, _ in explained}
+    assert {"cooc", "embeddings"} <= parts, parts  # several parts explained
+    assert got[0] and all(len(got[j]) == (cut[j] >= 0).sum() for j in range(len(users)))
+    # rows that are not a cut of the last ranking: explained one user at a time, alike
+    other = np.flip(ranked.rows[:3], axis=1).copy()
+    other = np.where(other >= 0, other, -1)
+    assert model.explain_rows(users[:3], other, ranked.index) == [
+        model.explain_items(user, [ranked.index.ids[r] for r in row if r >= 0]) for user, row in zip(users[:3], other)]
+
+
 def assert_same_ranking(got: list, expected: list, rel: float = 1e-5) -> None:
     """Same items in the same order with scores equal to ``rel``, except that items whose
     scores are equal to ``rel`` (ties up to float rounding) may come in either order."""
