@@ -717,7 +717,7 @@ def fuse_top_k(
                 spread = span > 0
                 scale = np.divide(weight, span, out=np.zeros_like(span), where=spread)
                 scaled = np.where(spread[:, None], (scores - low[:, None]) * scale[:, None], weight)
-        all_rows.append(np.where(listed, rows, np.iinfo(np.int64).max))  # unlisted slots sort last
+        all_rows.append(rows)
         all_scaled.append(scaled)
         all_pos.append(pos)
         all_parts.append(np.full(width, at))
@@ -725,8 +725,11 @@ def fuse_top_k(
     scaled = np.concatenate(all_scaled, axis=1)
     pos = np.concatenate(all_pos, axis=1)
     width = rows.shape[1]
-    # group each user's entries by item; stable, so an item's entries stay in part order
-    order = np.argsort(rows, axis=1, kind="stable")
+    unlisted = int(rows.max(initial=0)) + 1  # unlisted slots sort last
+    rows = np.where(rows >= 0, rows, unlisted)
+    # group each user's entries by item, an item's entries in column (part) order: the
+    # keys (item, column) are distinct, so a plain sort orders them as a stable one would
+    order = np.argsort(rows * width + np.arange(width), axis=1)
     rows = np.take_along_axis(rows, order, 1).ravel()
     scaled = np.take_along_axis(scaled, order, 1).ravel()
     pos = np.take_along_axis(pos, order, 1).ravel()
@@ -741,19 +744,21 @@ def fuse_top_k(
     if with_sources:  # per item: the largest scaled score so far and its part, the first part on a tie
         source = np.take_along_axis(np.broadcast_to(np.concatenate(all_parts), order.shape), order, 1).ravel()
         largest = scaled.copy()
-    for r in range(int(rank.max()) + 1):  # summed in part order, as one would by hand
-        at = np.flatnonzero(rank == r)
-        total[leader[at]] += scaled[at]
-        np.minimum.at(best_pos, leader[at], pos[at])
-        if with_sources and r:
-            gains = at[scaled[at] > largest[leader[at]]]
-            largest[leader[gains]] = scaled[gains]
-            source[leader[gains]] = source[gains]
-    keep = starts & (rows != np.iinfo(np.int64).max)
+    total[starts] += scaled[starts]
+    later = np.flatnonzero(~starts)  # an item's second part's entry, its third...
+    for r in range(1, int(rank.max()) + 1):  # summed in part order, as one would by hand
+        at = later[rank[later] == r]
+        lead = leader[at]  # distinct: one entry of each item per rank
+        total[lead] += scaled[at]
+        best_pos[lead] = np.minimum(best_pos[lead], pos[at])
+        if with_sources:
+            gains = scaled[at] > largest[lead]
+            largest[lead[gains]] = scaled[at[gains]]
+            source[lead[gains]] = source[at[gains]]
+    keep = starts & (rows != unlisted)
     fused = np.where(keep, total, -np.inf).reshape(n_users, width)
-    # per user: score descending, better position, then first listed
-    flat_first = np.where(keep, first_col, width).reshape(n_users, width)
-    ranked = np.lexsort((flat_first, best_pos.reshape(n_users, width), -fused), axis=1)[:, :k]
+    ranked = _rank_fused(fused, best_pos.reshape(n_users, width), np.where(keep, first_col, width).reshape(n_users, width),
+                         k)
     got_scores = np.take_along_axis(fused, ranked, 1)
     got_rows = np.take_along_axis(rows.reshape(n_users, width), ranked, 1)
     valid = got_scores > -np.inf
@@ -764,6 +769,31 @@ def fuse_top_k(
         out_sources[:, :m] = np.where(valid, np.take_along_axis(source.reshape(n_users, width), ranked, 1), -1)
         return out_rows, out_scores, out_sources
     return out_rows, out_scores
+
+
+def _rank_fused(fused: np.ndarray, best_pos: np.ndarray, first_col: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the columns of the ``k`` best cells: score descending, then better
+    position, then first listed (``first_col`` distinct among a row's rankable cells).
+
+    ``np.lexsort`` of the three keys, in two plain sorts: the scores, then, within the
+    scores' order and down to each row's ``k``-th score, one integer key of each cell's
+    rank among the distinct scores, its position and its column. Cells scoring ``-inf``
+    never rank (their order is the caller's to ignore).
+    """
+    by_score = np.argsort(-fused, axis=1)
+    ordered = np.take_along_axis(fused, by_score, 1)
+    if 0 < k < ordered.shape[1]:  # only the cells down to each row's k-th score (and ties with it) can rank
+        kth = ordered[:, k - 1 : k]
+        depth = max(k, int(((ordered >= kth) & (ordered > -np.inf)).sum(axis=1).max(initial=0)))
+        by_score, ordered = by_score[:, :depth], ordered[:, :depth]
+    differs = np.ones(ordered.shape, dtype=bool)
+    differs[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    score_rank = np.cumsum(differs, axis=1, dtype=np.int64)
+    span = int(first_col.max(initial=0)) + 1
+    positions = int(best_pos.max(initial=0)) + 1
+    key = (score_rank * positions + np.take_along_axis(best_pos, by_score, 1)) * span + np.take_along_axis(
+        first_col, by_score, 1)
+    return np.take_along_axis(by_score, np.argsort(key, axis=1)[:, :k], 1)
 
 
 def excluded_cells(index: IdIndex, users: Sequence[str], exclude: Mapping[str, Collection[str]]
