@@ -771,6 +771,29 @@ def fuse_top_k(
     return out_rows, out_scores
 
 
+def order_by_user_score_row(users: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``np.lexsort((rows, -scores, users))`` (user ascending, then score descending, then
+    row ascending) for non-negative int ``users`` and ``rows``, distinct ``(user, row)``
+    pairs and scores without NaN: one sort of the scores and one of a single integer key
+    (each score's rank among the distinct scores, after the user and before the row),
+    about 4x faster.
+
+    >>> order_by_user_score_row(np.array([1, 0, 0, 0]), np.array([0.5, 0.5, 0.9, 0.5]), np.array([3, 7, 1, 2])).tolist()
+    [2, 3, 1, 0]
+    """
+    size = len(scores)
+    row_span = int(rows.max(initial=0)) + 1
+    if not size or (int(users.max(initial=0)) + 1) * (size + 1) * row_span >= 2**62:
+        return np.lexsort((rows, -scores, users))
+    by_score = np.argsort(-scores)
+    ordered = scores[by_score]
+    distinct = np.ones(size, dtype=np.int64)
+    distinct[1:] = ordered[1:] != ordered[:-1]
+    score_rank = np.empty(size, dtype=np.int64)
+    score_rank[by_score] = np.cumsum(distinct)
+    return np.argsort((users * (size + 1) + score_rank) * row_span + rows)
+
+
 def _rank_fused(fused: np.ndarray, best_pos: np.ndarray, first_col: np.ndarray, k: int) -> np.ndarray:
     """Per row, the columns of the ``k`` best cells: score descending, then better
     position, then first listed (``first_col`` distinct among a row's rankable cells).

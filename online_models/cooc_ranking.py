@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 from scipy.sparse import csr_matrix
 
-from online_models._arrays import IdIndex, RankedRows, excluded_cells, top_rows
+from online_models._arrays import IdIndex, RankedRows, excluded_cells, order_by_user_score_row, top_rows
 from online_models.base import Ranking
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
@@ -357,8 +357,8 @@ def _top_k_of_entries(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, n
     """Each user's ``k`` best ``(row, score)`` entries (distinct rows per user; ``-inf``
     never ranks), score descending, ties to the lower row, as ``(n_users, k)`` arrays.
 
-    Each user's ``k``-th best score comes from one partition of a padded chunk of users;
-    only the entries at or above it are sorted.
+    Each user's ``k``-th best score comes from one partition of a padded chunk of users
+    with about as many entries; only the entries at or above it are sorted.
     """
     out_rows = np.full((n_users, k), -1, dtype=np.int64)
     out_scores = np.full((n_users, k), -np.inf)
@@ -374,24 +374,25 @@ def _top_k_of_entries(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, n
     cut = np.full(n_users, -np.inf)
     crowded = np.flatnonzero(counts > k)
     if len(crowded):
-        # the crowded users' scores in padded chunks (entries are sorted by user, so a
-        # chunk's entries are one slice of them)
-        step = max(1, _CHUNK_CELLS // int(counts[crowded].max()))
-        for start in range(0, len(crowded), step):
-            part = crowded[start : start + step]
-            width = int(counts[part].max())
-            lo, hi = starts[part[0]], starts[part[-1]] + counts[part[-1]]
-            at = np.arange(lo, hi)
-            slot = np.full(n_users, -1, dtype=np.int64) if start == 0 else slot
-            slot[part] = np.arange(len(part))
-            inside = at[slot[users[at]] >= 0]
-            padded = np.full((len(part), width), -np.inf)
-            padded[slot[users[inside]], place[inside]] = scores[inside]
-            slot[part] = -1
-            cut[part] = np.partition(padded, width - k, axis=1)[:, width - k]
+        # the crowded users' scores padded to their longest, in buckets of users whose
+        # counts are within a factor of two (so the padding stays under the entries' number)
+        # and chunks of at most _CHUNK_CELLS cells; one partition per chunk
+        bucket = np.log2(counts[crowded]).astype(np.int64)
+        for b in np.unique(bucket).tolist():
+            members = crowded[bucket == b]
+            width = int(counts[members].max())
+            step = max(1, _CHUNK_CELLS // width)
+            for start in range(0, len(members), step):
+                part = members[start : start + step]
+                sizes = counts[part]
+                slot = np.repeat(np.arange(len(part)), sizes)
+                at = np.repeat(starts[part] - (np.cumsum(sizes) - sizes), sizes) + np.arange(len(slot))
+                padded = np.full((len(part), width), -np.inf)
+                padded[slot, place[at]] = scores[at]
+                cut[part] = np.partition(padded, width - k, axis=1)[:, width - k]
     top = scores >= cut[users]
     users, rows, scores = users[top], rows[top], scores[top]
-    order = np.lexsort((rows, -scores, users))
+    order = order_by_user_score_row(users, scores, rows)
     users, rows, scores = users[order], rows[order], scores[order]
     counts = np.bincount(users, minlength=n_users)
     place = np.arange(len(users)) - (np.cumsum(counts) - counts)[users]

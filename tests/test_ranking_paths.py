@@ -21,7 +21,7 @@ import online_models.cooc_ranking as cooc_ranking
 import online_models.trending as trending_module
 from core.schema import Event
 from online_models import make_model
-from online_models._arrays import IdIndex, SeenItems, top_k, top_k_of, top_rows
+from online_models._arrays import IdIndex, SeenItems, order_by_user_score_row, top_k, top_k_of, top_rows
 from online_models.evaluation import prequential
 
 TYPES = ("view", "click", "add_to_cart", "purchase")
@@ -63,6 +63,20 @@ def test_top_k_masks_excluded_rows() -> None:
     scores = np.array([0.5, 0.9, 0.5, 0.7, 0.5])
     assert top_k(scores.copy(), 3, np.array([1, 0]))[0].tolist() == [3, 2, 4]
     assert top_k_of(np.array([4, 2, 0]), scores[[4, 2, 0]].copy(), 2, np.array([0]))[0].tolist() == [2, 4]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_order_by_user_score_row_is_the_three_key_lexsort(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for size in (0, 1, 7, 500, 20_000):
+        # distinct (user, row) pairs, as a ranking's entries are
+        pairs = rng.choice(40 * (10**6 if seed == 3 else 3000), size, replace=False)
+        users, rows = np.divmod(pairs, 10**6 if seed == 3 else 3000)
+        scores = rng.choice([0.0, -0.0, 0.25, 1.5, -np.inf, np.inf], size) if seed % 2 else np.round(rng.random(size), 2)
+        if seed == 2 and size:
+            users[0] = 10**12  # the key would overflow: lexsort itself
+        want = np.lexsort((rows, -scores, users))
+        assert np.array_equal(order_by_user_score_row(users, scores, rows), want)
 
 
 def test_seen_items_rows_match_a_plain_set() -> None:
