@@ -39,6 +39,7 @@ and one reply per batch rather than per user.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -444,7 +445,7 @@ class KeyLayout:
         self.workers_index = f"{prefix}:workers"
 
     def user(self, user_id: str) -> str:
-        return f"{self.prefix}:recs:{quote(user_id, safe='')}"
+        return f"{self.prefix}:recs:{_quoted(user_id)}"
 
     def similar(self, item_id: str) -> str:
         return f"{self.prefix}:similar:{quote(item_id, safe='')}"
@@ -453,13 +454,25 @@ class KeyLayout:
         return f"{self.prefix}:workers:{quote(worker_id, safe='')}"
 
     def history(self, user_id: str) -> str:
-        return f"{self.prefix}:history:{quote(user_id, safe='')}"
+        return f"{self.prefix}:history:{_quoted(user_id)}"
 
     def series(self, minute: int) -> str:
         return f"{self.prefix}:series:{minute}"
 
     def exposure(self, size: str, bucket: int) -> str:
         return f"{self.prefix}:exposure:{size}:{bucket}"
+
+
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _quoted(key: str) -> str:
+    """``quote(key, safe="")``, without its work for the common id that needs no quoting.
+
+    >>> _quoted("u-1_a.b~"), _quoted("a b/ü")
+    ('u-1_a.b~', 'a%20b%2F%C3%BC')
+    """
+    return key if _UNRESERVED.fullmatch(key) else quote(key, safe="")
 
 
 def is_cluster(client) -> bool:

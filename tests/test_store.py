@@ -143,3 +143,17 @@ def test_written_lists_expire_and_read_back(services):
 def test_scores_decode_without_numpy_types():
     stored = decode_list(encode_list([("a", np.float32(0.5)), ("b", 1)], "cooc", 1.0))
     assert all(type(s) is float for _, s in stored.items)
+
+
+def test_keys_quote_every_id_as_quote_does():
+    from urllib.parse import quote
+
+    from core.keys import KeyLayout
+
+    rng = random.Random(4)
+    alphabet = [chr(c) for c in range(32, 127)] + ["ü", "名", "🎬", "\u00a0"]
+    keys = KeyLayout("p")
+    for _ in range(3000):
+        user = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 10)))
+        assert keys.user(user) == f"p:recs:{quote(user, safe='')}"
+        assert keys.history(user) == f"p:history:{quote(user, safe='')}"
