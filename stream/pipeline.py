@@ -462,38 +462,47 @@ class Pipeline:
         touched_users: dict[str, None] = {}  # in order
         touched_items: set[str] = set()
         touched_partitions = set()
+        max_bytes, window, partitions = settings.max_event_bytes, settings.dedupe_window, self.partitions
+        last_lists, metrics = self._last_lists, self.metrics
+        state, p = None, None
         for record in records:
-            p = record.partition
-            state = self.partitions.get(p)
-            if state is None:
-                state = self.partitions[p] = PartitionState()
-            touched_partitions.add(p)
+            if record.partition != p:  # records come partition by partition
+                p = record.partition
+                state = partitions.get(p)
+                if state is None:
+                    state = partitions[p] = PartitionState()
+                touched_partitions.add(p)
             state.counts.consumed += 1
             state.next_offset = record.offset + 1
             try:
-                event = parse_record(record, settings.max_event_bytes)
+                event = parse_record(record, max_bytes)
             except InvalidEvent as exc:
                 rejects.append(Reject(record, exc.reason))
                 state.counts.dead_lettered += 1
                 counts.dead_lettered += 1
                 continue
-            if state.is_duplicate(event.event_id, settings.dedupe_window):
+            if state.is_duplicate(event.event_id, window):
                 state.counts.deduplicated += 1
                 counts.deduplicated += 1
                 continue
             state.counts.applied += 1
             counts.applied += 1
-            event = self._attribute(event)
+            if event.context is not None:
+                event = self._attribute(event)
             if event.type == ITEM_TYPE:
                 item_metadata[event.item_id] = event.context or {}
                 if self.can.learns_items:
                     model.learn_item(event.item_id, item_metadata[event.item_id])
             else:
+                user_id = event.user_id
                 events.append(event)
-                state.users.add(event.user_id)
-                touched_users[event.user_id] = None
+                state.users.add(user_id)
+                touched_users[user_id] = None
                 touched_items.add(event.item_id)
-                self._judge(event)
+                last = last_lists.get(user_id)  # online HR@k: was the item in the user's last list?
+                if last is not None:
+                    metrics.online_evaluated += 1
+                    metrics.online_hits += event.item_id in last
         if events:
             self.popularity.learn_many(events)  # first: a model that uses it reads it
             model.learn_many(events)
@@ -621,13 +630,6 @@ class Pipeline:
         at_user = np.repeat(np.array(positions, dtype=np.int64), sizes)
         known = rows >= 0
         return at_user[known], rows[known]
-
-    def _judge(self, event: Event) -> None:
-        """Online HR@k: was the event's item in the list last computed for the user?"""
-        last = self._last_lists.get(event.user_id)
-        if last is not None:
-            self.metrics.online_evaluated += 1
-            self.metrics.online_hits += event.item_id in last
 
     def _counters(self, partitions: Iterable[int]) -> dict[str, int]:
         """Absolute counts of ``partitions``, as Redis hash fields."""
