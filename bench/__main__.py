@@ -47,9 +47,14 @@ def summary(results: dict) -> dict:
         r = results["freshness"]
         out["freshness_p50_ms"] = r["p50_ms"]["median"]  # under 5,000 events/s
         out["freshness_p99_ms"] = r["p99_ms"]["median"]
+        if "keeps_up" in r:  # without it, no freshness is finite: the worker falls behind for good
+            out["freshness_worker_keeps_up"] = bool(r["keeps_up"]["min"])
+            out["freshness_worker_events_per_s"] = r["worker_events_per_s"]["median"]
         if "at_1k" in r:
             out["freshness_p50_ms_at_1k"] = r["at_1k"]["p50_ms"]["median"]
             out["freshness_p99_ms_at_1k"] = r["at_1k"]["p99_ms"]["median"]
+            if "keeps_up" in r["at_1k"]:
+                out["freshness_worker_keeps_up_at_1k"] = bool(r["at_1k"]["keeps_up"]["min"])
     if "serve" in results:
         out["serve_p99_ms_at_500rps"] = results["serve"]["api"]["p99_ms"]["median"]
         out["serve_max_rps_ratio_vs_bare"] = results["serve"]["max_rps_ratio_vs_bare"]["median"]
