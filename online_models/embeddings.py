@@ -17,6 +17,8 @@ from online_models.sampled_softmax import (TIE_BREAK, QueuedItemLearner, initial
                                            sample_negatives)
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
+_EXPLAIN_CELLS = 1 << 21  # (recent item, listed item) pairs compared at once: bounds explain_rows' memory
+
 
 def set_torch_threads(n: int) -> None:
     """Torch's threads in this process. Online steps are small ops: more threads cost more
@@ -361,6 +363,55 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         for t, n in enumerate(known):
             if np.isfinite(sims[best[t], t]):
                 explained[n] = (self.name, f"close to {ids[mine[best[t]]]}, which you viewed recently")
+        return explained
+
+    def explain_rows(self, user_ids: Sequence[str], rows: np.ndarray, index: IdIndex
+                     ) -> list[list[tuple[str, str | None]]]:
+        """``explain_items`` for every user's listed items at once (``rows``: item rows of
+        ``index``, ``-1`` after each list), with the same words: the cosines of each user's
+        recent items with the listed items in one batched product per chunk of users."""
+        user_ids = list(user_ids)
+        listed = rows >= 0
+        if index is self._items:
+            own = np.where(listed, rows, -1)
+        else:
+            get, ids = self._items.rows.get, index.ids
+            own = np.array([[get(ids[r], -1) if r >= 0 else -1 for r in row] for row in rows.tolist()],
+                           dtype=np.int64).reshape(rows.shape)
+        # each user's distinct recent items, most recent first (explain_items' order: ties to the newer)
+        recent = [list(dict.fromkeys(reversed(self._recent.get(user_id, ())))) for user_id in user_ids]
+        mine = np.full((len(user_ids), max(map(len, recent), default=0)), -1, dtype=np.int64)
+        for j, items in enumerate(recent):
+            mine[j, : len(items)] = items
+        best = np.full(rows.shape, -1, dtype=np.int64)  # the explaining recent item's row, -1: none
+        item_in, item_out = self._item_in.numpy(), self._item_out.numpy()
+        chunk = max(1, _EXPLAIN_CELLS // max(mine.shape[1] * rows.shape[1], 1))
+        for start in range(0, len(user_ids) if mine.shape[1] else 0, chunk):
+            part, targets = mine[start : start + chunk], own[start : start + chunk]
+            vecs, outs = item_in[np.maximum(part, 0)], item_out[np.maximum(targets, 0)]
+            norms = np.linalg.norm(vecs, axis=2)[:, :, None] * np.linalg.norm(outs, axis=2)[:, None, :] + 1e-12
+            sims = np.matmul(vecs, outs.transpose(0, 2, 1)) / norms
+            sims[(part[:, :, None] < 0) | (part[:, :, None] == targets[:, None, :])] = -np.inf
+            at = np.argmax(sims, axis=1)
+            found = np.isfinite(np.take_along_axis(sims, at[:, None, :], axis=1)[:, 0, :]) & (targets >= 0)
+            best[start : start + chunk] = np.where(found, np.take_along_axis(part, at, axis=1), -1)
+        ids, name = self._items.ids, self.name
+        sentences: dict[int, tuple[str, str | None]] = {}
+        explained = []
+        for items, known, chosen, width in zip(recent, (own >= 0).tolist(), best.tolist(), listed.sum(axis=1).tolist()):
+            if not items:
+                explained.append([(POPULAR_STRATEGY, POPULAR_NOW) if k else (name, None) for k in known[:width]])
+                continue
+            said = []
+            for row in chosen[:width]:
+                if row < 0:
+                    said.append((name, None))
+                else:
+                    reason = sentences.get(row)
+                    if reason is None:
+                        reason = sentences[row] = (name, f"close to {ids[row]}, which you viewed recently")
+                    said.append(reason)
+            explained.append(said)
         return explained
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
