@@ -226,7 +226,8 @@ def check_explain_items(model: Recommender) -> None:
 
 def check_explain_rows(model: Recommender) -> None:
     """A batch of lists explained at once says what ``explain_items`` says of each, on the
-    rows of the model's own index and on those of another (an item it never met included)."""
+    rows of the model's own index and on those of another (an item it never met included),
+    with holes in a list as well as after it."""
     from online_models._arrays import IdIndex
 
     fitted = _trained(model)
@@ -237,6 +238,7 @@ def check_explain_rows(model: Recommender) -> None:
     for j, user in enumerate(users):
         items = [*lists[user], "no-such-item"][: 6 - j % 2]
         rows[j, : len(items)] = [index.add(item) for item in items]
+    rows[1::2, 1] = -1  # a hole inside a list: a composite hands each part only the cells it explains
     got = fitted.explain_rows(users, rows, index)
     assert got == [fitted.explain_items(user, [index.ids[r] for r in rows[j] if r >= 0]) for j, user in enumerate(users)]
 

@@ -368,7 +368,7 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
     def explain_rows(self, user_ids: Sequence[str], rows: np.ndarray, index: IdIndex
                      ) -> list[list[tuple[str, str | None]]]:
         """``explain_items`` for every user's listed items at once (``rows``: item rows of
-        ``index``, ``-1`` after each list), with the same words: the cosines of each user's
+        ``index``, ``-1`` where none), with the same words: the cosines of each user's
         recent items with the listed items in one batched product per chunk of users."""
         user_ids = list(user_ids)
         listed = rows >= 0
@@ -398,12 +398,15 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         ids, name = self._items.ids, self.name
         sentences: dict[int, tuple[str, str | None]] = {}
         explained = []
-        for items, known, chosen, width in zip(recent, (own >= 0).tolist(), best.tolist(), listed.sum(axis=1).tolist()):
+        for items, cells, known, chosen in zip(recent, listed.tolist(), (own >= 0).tolist(), best.tolist()):
             if not items:
-                explained.append([(POPULAR_STRATEGY, POPULAR_NOW) if k else (name, None) for k in known[:width]])
+                explained.append([(POPULAR_STRATEGY, POPULAR_NOW) if k else (name, None)
+                                  for k, cell in zip(known, cells) if cell])
                 continue
             said = []
-            for row in chosen[:width]:
+            for row, cell in zip(chosen, cells):
+                if not cell:
+                    continue
                 if row < 0:
                     said.append((name, None))
                 else:
