@@ -200,13 +200,12 @@ class EmbeddingsRanking:
             index = _CANDIDATES[self] = ItemCandidates()
         items, bias = self._item_out.numpy()[:n], self._bias()
         live = bias > -np.inf  # a freed row's bias is -inf
-        vectors = np.hstack([items, np.where(live, bias, 0.0)[:, None]]).astype(np.float32)
         reps = self._representations(user_ids)
         at_user, at_item = excluded_cells(self._items, user_ids, exclude)
         most_excluded = int(np.bincount(at_user).max()) if len(at_user) else 0
         n_candidates = min(n, 4 * k + most_excluded)
-        found = index.search(vectors, np.hstack([reps, np.ones((len(reps), 1), dtype=np.float32)]),
-                             n_candidates, live)
+        found = index.search(items, reps, n_candidates, np.where(live, bias, 0.0).astype(np.float32), live,
+                             n_exact=k + most_excluded)  # the long rows are scored exactly
         found = np.sort(np.where(found >= 0, found, n), axis=1)  # row order: ties go to the lower row
         held = found < n
         safe = np.where(held, found, 0)

@@ -394,32 +394,6 @@ def test_device_top_k_path_ranks_as_the_cpu_path() -> None:
         assert np.allclose(got[1], want[1], rtol=1e-6)
 
 
-def test_candidate_index_follows_item_updates() -> None:
-    """The approximate stage re-indexes moved, new and freed items; probing every group it
-    finds exactly what scoring every item finds."""
-    from online_models.candidates import ItemCandidates
-
-    rng = np.random.default_rng(1)
-    items = rng.normal(size=(4000, 9)).astype(np.float32)
-    queries = rng.normal(size=(20, 9)).astype(np.float32)
-    index = ItemCandidates(n_lists=16, n_probe=16)
-    live = np.ones(len(items), dtype=bool)
-
-    def exact(vectors, alive):
-        scores = queries @ vectors.T
-        scores[:, ~alive] = -np.inf
-        return [set(r) for r in np.argsort(-scores, axis=1, kind="stable")[:, :10].tolist()]
-
-    assert [set(r) for r in index.search(items, queries, 10, live).tolist()] == exact(items, live)
-    items[:50] *= 10.0  # moved far: they must be found where they are now
-    items = np.concatenate([items, rng.normal(size=(30, 9)).astype(np.float32) * 10])  # new items
-    live = np.ones(len(items), dtype=bool)
-    live[100:110] = False  # freed rows are left out
-    assert index.sync(items, live) >= 80
-    assert [set(r) for r in index.search(items, queries, 10, live).tolist()] == exact(items, live)
-    assert index.sync(items, live) == 0  # nothing moved since
-
-
 def test_embeddings_candidate_stage_with_every_group_probed_is_exact(monkeypatch) -> None:
     """``set_scoring(candidates_from=...)``: the batch ranking takes candidates from the
     index and scores them exactly; probing every group, the lists are the exact ones."""
