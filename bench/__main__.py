@@ -1,4 +1,4 @@
-"""``python -m bench all|ingest|freshness|serve|scale|backtest [--quick] [--json FILE] [--profile DIR]``.
+"""``python -m bench all|ingest|freshness|serve|scale|backtest|catalogue [--quick] [--json FILE] [--profile DIR]``.
 
 Starts a local Kafka and Redis under ``.streamrec/bench-services`` (own ports) unless
 ``STREAMREC_KAFKA_BOOTSTRAP`` / ``STREAMREC_REDIS_URL`` name running ones, runs the
@@ -17,10 +17,11 @@ import platform
 import sys
 import time
 
-from bench import backtest, freshness, ingest, scale, serve
+from bench import backtest, freshness, ingest, models_speed, scale, serve
 from bench.common import cores, services
 
-BENCHES = {"ingest": ingest, "freshness": freshness, "serve": serve, "scale": scale, "backtest": backtest}
+BENCHES = {"ingest": ingest, "freshness": freshness, "serve": serve, "scale": scale, "backtest": backtest,
+           "catalogue": models_speed}
 
 
 def _log(*args) -> None:
@@ -63,6 +64,10 @@ def summary(results: dict) -> dict:
         out["worker_rss_bytes_per_user"] = results["scale"]["worker"]["bytes_per_user"]
     if "backtest" in results and "models" in results["backtest"]:
         out["backtest_events_per_s"] = {m: r["median"] for m, r in results["backtest"]["models"].items()}
+    if "catalogue" in results:
+        r = results["catalogue"]
+        out["catalogue_1m_batch_ms"] = r["batch_ms"]["median"]  # learn + rank, default model, CPU
+        out["catalogue_1m_recall_at_100"] = r.get("recall_at_k")  # the candidate index against exact scoring
     return out
 
 
@@ -138,6 +143,17 @@ def rows(results: dict) -> list[tuple]:
         null = results["backtest"]["models"].get("null", {}).get("median")
         for name, r in results["backtest"]["models"].items():
             add(f"backtest events/s ML100K: {name}", r, null, r["ratio_vs_null"])
+    if "catalogue" in results:
+        r = results["catalogue"]
+        ms = r["batch_ms"]["median"]
+        add(f"1M-item batch ms ({r['model']}, learn + top-{r['k']})", r["batch_ms"], None, None, "<= 2,000", ms <= 2000)
+        if "recall_at_k" in r:
+            exact, index = r["exact_rank_ms"], r["index_rank_ms"]
+            add(f"embeddings top-{r['k']} ms, candidate index ({r['rank_users']:,} users)",
+                {"min": index, "median": index, "max": index}, exact, index / exact)
+            recall = r["recall_at_k"]
+            add(f"candidate index recall@{r['k']} vs exact", {"min": recall, "median": recall, "max": recall},
+                None, None, ">= 0.95", recall >= 0.95)
     return table
 
 

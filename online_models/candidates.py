@@ -58,7 +58,7 @@ class ItemCandidates:
     True
     """
 
-    def __init__(self, n_lists: int | None = None, n_probe: int = 32, exact_share: float = 0.02,
+    def __init__(self, n_lists: int | None = None, n_probe: int = 16, exact_share: float = 0.05,
                  drift: float = 0.05, seed: int = 0):
         self.n_lists = n_lists
         self.n_probe = n_probe
