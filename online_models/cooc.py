@@ -14,10 +14,12 @@ from online_models import tables
 from online_models._arrays import IdIndex, WeightedRow, grow, top_k
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.cooc_ranking import CoocRanking
+from online_models.recent import RecentItems
 from online_models.tables import id_array
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, PopularityLink, ReadsPopularity, Trending
 
 _DENSE_ITEMS = 4096  # below this many items the co-occurrence is one dense float32 matrix
+_RecentItems = RecentItems  # the name checkpoints from before the shared class pickled
 
 
 class _Neighbours(WeightedRow):
@@ -60,81 +62,6 @@ class _Neighbours(WeightedRow):
         rows, weights, self.top, self.stale = state
         self._load(rows, weights)
         self.top_rows = None
-
-
-class _RecentItems:
-    """Each user's last ``window`` items (rows) and event weights: one table row per user.
-
-    A user's ``n`` entries sit in the last ``n`` columns, oldest first, so an append shifts
-    the row left by one (a memmove of ``window`` numbers) and a history is a view. Two
-    numbers per entry, where a deque of tuples held Python objects: about 460 bytes per
-    user instead of about 1,930 (200k users), and a checkpoint pickles two arrays instead
-    of a deque per user. Users take rows from an ``IdIndex``; a forgotten user's row is reused.
-    """
-
-    def __init__(self, window: int):
-        self.window = window
-        self.users = IdIndex()
-        self.rows = np.zeros((0, window), dtype=np.int64)
-        self.weights = np.zeros((0, window), dtype=np.float64)
-        self.sizes: list[int] = []  # entries per table row (a list: its scalars read faster than numpy's)
-
-    def user_row(self, user_id: str) -> int:
-        """The user's table row, added (empty) for a new user."""
-        u = self.users.add(user_id)
-        if u >= len(self.sizes):
-            self.rows, self.weights = grow(self.rows, u + 1), grow(self.weights, u + 1)
-            self.sizes.extend([0] * (len(self.rows) - len(self.sizes)))
-        return u
-
-    def history(self, u: int) -> tuple[np.ndarray, np.ndarray]:
-        """Views of table row ``u``'s item rows and weights, oldest first."""
-        start = self.window - self.sizes[u]
-        return self.rows[u, start:], self.weights[u, start:]
-
-    def get(self, user_id: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """The user's history (see ``history``), ``None`` for a user without one."""
-        u = self.users.rows.get(user_id)
-        return None if u is None or not self.sizes[u] else self.history(u)
-
-    def push(self, u: int, row: int, weight: float) -> None:
-        rows, weights = self.rows[u], self.weights[u]
-        rows[:-1] = rows[1:]
-        rows[-1] = row
-        weights[:-1] = weights[1:]
-        weights[-1] = weight
-        if self.sizes[u] < self.window:
-            self.sizes[u] += 1
-
-    def forget(self, user_ids: Collection[str]) -> None:
-        for u in self.users.remove(user_ids).tolist():
-            self.sizes[u] = 0
-
-    def drop_items(self, gone: np.ndarray) -> None:
-        """Take the item rows ``gone`` out of every history (one vectorised pass over the users)."""
-        n_users = len(self.users)
-        sizes = np.array(self.sizes[:n_users], dtype=np.int64)
-        held = np.arange(self.window) >= (self.window - sizes)[:, None]
-        hit = np.isin(self.rows[:n_users], gone) & held
-        for u in np.flatnonzero(hit.any(axis=1)).tolist():
-            rows, weights = self.history(u)
-            keep = ~hit[u, self.window - self.sizes[u]:]
-            rows, weights = rows[keep], weights[keep]
-            m = len(rows)
-            self.rows[u, self.window - m:], self.weights[u, self.window - m:] = rows, weights
-            self.sizes[u] = m
-
-    def __len__(self) -> int:
-        return self.users.live()
-
-    def __getstate__(self):
-        n = len(self.users)  # without the spare capacity; item rows fit int32
-        return {"window": self.window, "users": self.users, "rows": self.rows[:n].astype(np.int32),
-                "weights": self.weights[:n].copy(), "sizes": self.sizes[:n]}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.rows = self.rows.astype(np.int64)
 
 
 class Cooc(CoocRanking, ReadsPopularity, Recommender):
@@ -208,7 +135,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         self._powers = np.ones(1, dtype=np.float32)  # recency_decay ** age, cached
         self._neighbours: list[_Neighbours] = []  # sparse rows, once the catalogue is large
         self._dense = np.zeros((0, 0), dtype=np.float32)  # dense co-occurrence while it is small
-        self._recent = _RecentItems(window)
+        self._recent = RecentItems(window)
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
         # None: the trending above is this model's own, its rows are these rows; handed one
         # (use_popularity): these rows linked to its rows
@@ -381,11 +308,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         return self._recent.history(self._recent.users.rows[user_id])
 
     def _user_put(self, name: str, user_id: str, value: tuple[np.ndarray, np.ndarray]) -> None:
-        recent, (rows, weights) = self._recent, value
-        u, size = recent.user_row(user_id), min(len(rows), self.window)  # the newest ``window``
-        recent.rows[u, self.window - size :] = rows[len(rows) - size :]
-        recent.weights[u, self.window - size :] = weights[len(rows) - size :]
-        recent.sizes[u] = size
+        self._recent.set(user_id, *value)  # the newest ``window``
 
     def item_delta(self) -> dict[str, Any]:
         """What this model's own events added to the item counts, co-occurrences and
@@ -524,7 +447,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
             reported = self.__dict__.pop("_counts_reported", None)
             self._shadow = None if reported is None else {"counts": reported}
         if isinstance(self._recent, dict):  # saved before _RecentItems: user -> deque of (row, weight)
-            table = _RecentItems(self.window)
+            table = RecentItems(self.window)
             for user_id, history in self._recent.items():
                 u = table.user_row(user_id)
                 for row, weight in history:
