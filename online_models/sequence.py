@@ -5,14 +5,21 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Collection, Mapping, Sequence
-from itertools import islice
 from typing import Any
 
 import numpy as np
 
 from online_models import tables
-from online_models._arrays import IdIndex, WeightedRow, grow, top_k_per_user
+from online_models._arrays import (
+    IdIndex,
+    RankedRows,
+    WeightedRow,
+    excluded_cells,
+    grow,
+    top_k_arrays,
+)
 from online_models.base import Interaction, Ranking, Recommender
+from online_models.recent import RecentItems
 from online_models.tables import id_array
 from online_models.trending import Trending
 
@@ -57,75 +64,7 @@ class _Successors(WeightedRow):
         self.cached, self.stale = None, 0
 
 
-class _Histories:
-    """Each user's last ``window`` items (rows) and event times: one table row per user,
-    the ``n`` entries in the last ``n`` columns, oldest first."""
-
-    def __init__(self, window: int):
-        self.window = window
-        self.users = IdIndex()
-        self.rows = np.zeros((0, window), dtype=np.int64)
-        self.ts = np.zeros((0, window), dtype=np.float64)
-        self.sizes = np.zeros(0, dtype=np.int64)
-
-    def user_row(self, user_id: str) -> int:
-        u = self.users.add(user_id)
-        if u >= len(self.sizes):
-            self.rows, self.ts, self.sizes = grow(self.rows, u + 1), grow(self.ts, u + 1), grow(self.sizes, u + 1)
-        return u
-
-    def history(self, u: int) -> tuple[np.ndarray, np.ndarray]:
-        """Views of table row ``u``'s item rows and times, oldest first."""
-        start = self.window - int(self.sizes[u])
-        return self.rows[u, start:], self.ts[u, start:]
-
-    def get(self, user_id: str) -> tuple[np.ndarray, np.ndarray] | None:
-        u = self.users.rows.get(user_id)
-        return None if u is None or not self.sizes[u] else self.history(u)
-
-    def push(self, u: int, row: int, ts: float) -> None:
-        rows, times = self.rows[u], self.ts[u]
-        rows[:-1] = rows[1:]
-        rows[-1] = row
-        times[:-1] = times[1:]
-        times[-1] = ts
-        if self.sizes[u] < self.window:
-            self.sizes[u] += 1
-
-    def set(self, user_id: str, rows: np.ndarray, ts: np.ndarray) -> None:
-        u = self.user_row(user_id)
-        m = min(len(rows), self.window)
-        self.rows[u, self.window - m :] = rows[len(rows) - m :]
-        self.ts[u, self.window - m :] = ts[len(ts) - m :]
-        self.sizes[u] = m
-
-    def forget(self, user_ids: Collection[str]) -> None:
-        self.sizes[self.users.remove(user_ids)] = 0
-
-    def drop_items(self, gone: np.ndarray) -> None:
-        """Take the item rows ``gone`` out of every history."""
-        n = len(self.users)
-        held = np.arange(self.window) >= (self.window - self.sizes[:n])[:, None]
-        hit = np.isin(self.rows[:n], gone) & held
-        for u in np.flatnonzero(hit.any(axis=1)).tolist():
-            rows, ts = self.history(u)
-            keep = ~hit[u, self.window - int(self.sizes[u]) :]
-            rows, ts = rows[keep].copy(), ts[keep].copy()
-            self.sizes[u] = 0
-            if len(rows):
-                self.rows[u, self.window - len(rows) :], self.ts[u, self.window - len(rows) :] = rows, ts
-                self.sizes[u] = len(rows)
-
-    def __len__(self) -> int:
-        return self.users.live()
-
-    def __getstate__(self):
-        n = len(self.users)
-        return {"window": self.window, "users": self.users, "rows": self.rows[:n].copy(),
-                "ts": self.ts[:n].copy(), "sizes": self.sizes[:n].copy()}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
+_Histories = RecentItems  # the name checkpoints from before the shared class pickled
 
 
 class Sequential(Recommender):
@@ -225,12 +164,13 @@ class Sequential(Recommender):
         self._successors: list[_Successors] = []
         self._sources: list[set[int]] = []  # rows with a transition into each row (for forget_items)
         self._out_total = np.zeros(0, dtype=np.float64)
-        self._histories = _Histories(window)
+        self._histories = RecentItems(window)  # values: the events' times
         # per (steps back d of an item's latest click, its clicks c in the window), at
         # d * repeat_counts + c - 1: events with such an item, and those that repeated it
         self._repeat_hits = [0.0] * (window * repeat_counts)
         self._repeat_trials = [0.0] * (window * repeat_counts)
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
+        self._owns_popularity = True  # False once handed one (use_popularity): its owner learns it
         # what item_delta reports (see _start_sharing): None until sharing starts
         self._out_reported: np.ndarray | None = None
         self._repeats_reported: np.ndarray | None = None
@@ -298,7 +238,8 @@ class Sequential(Recommender):
             if d is not None:
                 self._repeat_hits[d * most + min(clicks[row], most) - 1] += 1.0
         histories.push(u, row, interaction.ts)
-        self._trending.learn_one(interaction)
+        if self._owns_popularity:
+            self._trending.learn_one(interaction)
 
     # -- ranking -----------------------------------------------------------------------
     def repeat_rates(self) -> np.ndarray:
@@ -309,46 +250,26 @@ class Sequential(Recommender):
         return self.repeat_weight * hits / (trials + self.repeat_prior + 1e-12)
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
-        return self._rank([user_id], k, [exclude])[user_id]
+        return self.recommend_many([user_id], k, {user_id: exclude} if exclude else None)[user_id]
 
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
     ) -> dict[str, Ranking]:
-        """All users ranked together in a few numpy calls (no per-user scoring in Python)."""
+        """All users ranked together in a few numpy calls (``recommend_rows``)."""
         users = list(dict.fromkeys(user_ids))
-        return self._rank(users, k, [exclude.get(u) for u in users] if exclude else [None] * len(users))
+        return self.recommend_rows(users, k, exclude).rankings(users)
 
-    def _sources_of(self, users: list[str]) -> tuple[np.ndarray, ...]:
-        """Every user's recent items as flat arrays: user position, item row, source weight
-        (``a_d``, summing to 1 per user), and steps back."""
-        histories, window = self._histories, self.window
-        table = histories.users.rows
-        at = np.array([table.get(u, -1) for u in users], dtype=np.int64)
-        known = at >= 0
-        sizes = np.zeros(len(users), dtype=np.int64)
-        sizes[known] = histories.sizes[at[known]]
-        held = np.arange(window) >= (window - sizes)[:, None]
-        user, col = np.nonzero(held)  # per user, oldest first
-        table_rows = at[user]
-        rows = histories.rows[table_rows, col]
-        back = window - 1 - col
-        weight = self._decay_powers()[back]
-        if self.recency_half_life_s is not None and len(user):
-            age = histories.ts[table_rows, window - 1] - histories.ts[table_rows, col]
-            weight = weight * np.exp2(-age / self.recency_half_life_s)
-        total = np.bincount(user, weight, minlength=len(users))
-        return user, rows, weight / np.maximum(total[user], 1e-300), back
-
-    def _decay_powers(self) -> np.ndarray:
-        powers = self.__dict__.get("_powers_cache")
-        if powers is None:
-            powers = self._powers_cache = self.recency_decay ** np.arange(self.window, dtype=np.float64)
-        return powers
-
-    def _rank(self, users: list[str], k: int, excludes: list[Collection[str] | None]) -> dict[str, Ranking]:
+    def recommend_rows(
+        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
+    ) -> RankedRows:
+        """``recommend_many``'s lists as arrays (see ``RankedRows``): no per-user scoring
+        nor list in Python. Each user's items scored above 0 come first, then popular items
+        the user neither has nor excludes, scored 0."""
+        users = list(user_ids)
         n = len(self._items)
         if n == 0 or k <= 0:
-            return {u: [] for u in users}
+            return RankedRows(np.full((len(users), 0), -1, dtype=np.int64), np.zeros((len(users), 0)), self._items)
+        at_user, at_item = excluded_cells(self._items, users, exclude or {})
         user, rows, weight, back = self._sources_of(users)
 
         # repeats: each distinct recent item at the steps back of its latest click
@@ -381,39 +302,96 @@ class Sequential(Recommender):
 
         keys = np.concatenate([seq_keys, key[latest]])
         vals = np.concatenate([seq_vals, repeat])
-        excluded = [self._items.rows_of(e) if e else None for e in excludes]
-        marked = [r + j * n for j, r in enumerate(excluded) if r is not None and len(r)]
-        marked_keys = np.concatenate(marked) if marked else None
+        marked_keys = at_user * n + at_item if len(at_user) else None
         if len(keys) * 8 >= len(users) * n:  # dense enough: per-user score rows, no sort of the entries
-            best = self._dense_top(keys, vals, marked_keys, len(users), n, k)
+            top_rows_, top_scores = self._dense_top(keys, vals, marked_keys, len(users), n, k)
         else:
-            best = self._sparse_top(keys, vals, marked_keys, len(users), n, k)
-        ids = self._items.ids
-        out, short = {}, []
-        for j, (user_id, (rows_j, scores_j)) in enumerate(zip(users, best)):
-            out[user_id] = list(zip(map(ids.__getitem__, rows_j), scores_j))
-            if len(rows_j) < k:
-                short.append(j)
-        if short:  # fill with popular items, scored 0
-            depth = k + max(len(out[users[j]]) + (len(excluded[j]) if excluded[j] is not None else 0) for j in short)
-            popular = [(item, 0.0) for item, _ in self._trending.top(depth)]
-            for j in short:
-                user_id = users[j]
-                ranked = out[user_id]
-                if not ranked and not excludes[j]:  # most users of a batch: the popular list as it is
-                    out[user_id] = popular[:k]
-                    continue
-                taken = {item for item, _ in ranked}
-                if excludes[j]:
-                    taken.update(excludes[j])
-                ranked.extend(islice((pair for pair in popular if pair[0] not in taken), k - len(ranked)))
-        return out
+            top_rows_, top_scores = self._sparse_top(keys, vals, marked_keys, len(users), n, k)
+        return self._with_popular(users, k, top_rows_, top_scores, exclude or {}, at_user)
+
+    def _sources_of(self, users: list[str]) -> tuple[np.ndarray, ...]:
+        """Every user's recent items as flat arrays: user position, item row, source weight
+        (``a_d``, summing to 1 per user), and steps back."""
+        histories, window = self._histories, self.window
+        table = histories.users.rows
+        at = [table.get(u, -1) for u in users]
+        held_by = histories.sizes  # a list: read per user, not converted whole
+        sizes = np.array([held_by[a] if a >= 0 else 0 for a in at], dtype=np.int64)
+        at = np.array(at, dtype=np.int64)
+        held = np.arange(window) >= (window - sizes)[:, None]
+        user, col = np.nonzero(held)  # per user, oldest first
+        table_rows = at[user]
+        rows = histories.rows[table_rows, col]
+        back = window - 1 - col
+        weight = self._decay_powers()[back]
+        if self.recency_half_life_s is not None and len(user):
+            age = histories.values[table_rows, window - 1] - histories.values[table_rows, col]
+            weight = weight * np.exp2(-age / self.recency_half_life_s)
+        total = np.bincount(user, weight, minlength=len(users))
+        return user, rows, weight / np.maximum(total[user], 1e-300), back
+
+    def _decay_powers(self) -> np.ndarray:
+        powers = self.__dict__.get("_powers_cache")
+        if powers is None:
+            powers = self._powers_cache = self.recency_decay ** np.arange(self.window, dtype=np.float64)
+        return powers
+
+    def _with_popular(self, users: list[str], k: int, rows: np.ndarray, scores: np.ndarray,
+                      exclude: Mapping[str, Collection[str]], at_user: np.ndarray) -> RankedRows:
+        """The lists ``rows``/``scores`` filled up to ``k`` with the most popular items that
+        each user has neither listed nor excluded (scored 0), in popularity order."""
+        listed = (rows >= 0).sum(axis=1)
+        short = np.flatnonzero(listed < k)
+        if not len(short):
+            return RankedRows(rows, scores, self._items)
+        excluded = np.bincount(at_user, minlength=len(users)) if len(at_user) else np.zeros(len(users), np.int64)
+        depth = k + int((listed[short] + excluded[short]).max())
+        popular = self._popular_rows(depth)
+        width = min(k, len(self._items))  # the popularity may have named items new here
+        out_rows = np.full((len(users), width), -1, dtype=np.int64)
+        out_scores = np.full((len(users), width), -np.inf)
+        out_rows[:, : rows.shape[1]], out_scores[:, : rows.shape[1]] = rows, scores
+        if not len(popular):
+            return RankedRows(out_rows, out_scores, self._items)
+        # which popular items each short user has listed or excluded
+        at_popular = np.full(len(self._items), -1, dtype=np.int64)
+        at_popular[popular] = np.arange(len(popular))
+        at_short = np.full(len(users), -1, dtype=np.int64)
+        at_short[short] = np.arange(len(short))
+        taken = np.zeros((len(short), len(popular)), dtype=bool)
+        mine = rows[short]
+        hit = at_popular[np.where(mine >= 0, mine, 0)]
+        hit[mine < 0] = -1
+        j, col = np.nonzero(hit >= 0)
+        taken[j, hit[j, col]] = True
+        ex_user, ex_item = excluded_cells(self._items, [users[j] for j in short.tolist()], exclude)
+        hit = at_popular[ex_item]
+        taken[ex_user[hit >= 0], hit[hit >= 0]] = True
+        # the first ``width - listed`` free ones of each, after its own
+        free = ~taken
+        rank = np.cumsum(free, axis=1) - 1
+        j, p = np.nonzero(free & (rank < (width - listed[short])[:, None]))
+        users_at, cols = short[j], listed[short][j] + rank[j, p]
+        out_rows[users_at, cols] = popular[p]
+        out_scores[users_at, cols] = 0.0
+        return RankedRows(out_rows, out_scores, self._items)
+
+    def _popular_rows(self, m: int) -> np.ndarray:
+        """Rows of the ``m`` most popular items, most popular first; a shared popularity
+        (``use_popularity``) may name items this model has not met: they are added here."""
+        ranked = self._trending.top(m)
+        get = self._items.rows.get
+        rows = [get(item) for item, _ in ranked]
+        if not self._owns_popularity and None in rows:
+            rows = [self._add_item(item) if row is None else row for row, (item, _) in zip(rows, ranked)]
+        return np.array(rows, dtype=np.int64)
 
     @staticmethod
     def _sparse_top(keys: np.ndarray, vals: np.ndarray, marked: np.ndarray | None, n_users: int, n: int,
-                    k: int) -> list[tuple[list[int], list[float]]]:
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
         """Each user's top ``k`` positive-scored rows from ``(user * n + row, value)`` entries
-        (summed per key), leaving out the ``marked`` keys: one sort of the distinct keys."""
+        (summed per key), leaving out the ``marked`` keys: one sort of the distinct keys.
+        ``(n_users, min(k, n))`` rows and scores, ``-1`` / ``-inf`` after a shorter list."""
         keys, at = np.unique(keys, return_inverse=True)
         scores = np.bincount(at, vals, minlength=len(keys))
         keep = scores > 0
@@ -422,19 +400,24 @@ class Sequential(Recommender):
         user, row = np.divmod(keys[keep], n)
         scores = scores[keep]
         order = np.lexsort((row, -scores, user))
-        rows, scores = row[order].tolist(), scores[order].tolist()
-        out, start = [], 0
-        for count in np.bincount(user, minlength=n_users).tolist():
-            out.append((rows[start : start + min(count, k)], scores[start : start + min(count, k)]))
-            start += count
-        return out
+        user, row, scores = user[order], row[order], scores[order]
+        counts = np.bincount(user, minlength=n_users)
+        pos = np.arange(len(user)) - (np.cumsum(counts) - counts)[user]
+        take = pos < k
+        width = min(k, n)
+        out_rows = np.full((n_users, width), -1, dtype=np.int64)
+        out_scores = np.full((n_users, width), -np.inf)
+        out_rows[user[take], pos[take]] = row[take]
+        out_scores[user[take], pos[take]] = scores[take]
+        return out_rows, out_scores
 
     @staticmethod
     def _dense_top(keys: np.ndarray, vals: np.ndarray, marked: np.ndarray | None, n_users: int, n: int,
-                   k: int) -> list[tuple[list[int], list[float]]]:
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
         """``_sparse_top`` through a dense score row per user, a chunk of users at a time."""
         step = max(1, _DENSE_SLOTS // n)
-        out = []
+        out_rows = np.full((n_users, min(k, n)), -1, dtype=np.int64)
+        out_scores = np.full((n_users, min(k, n)), -np.inf)
         for first in range(0, n_users, step):
             users = min(step, n_users - first)
             lo, hi = first * n, (first + users) * n
@@ -444,8 +427,9 @@ class Sequential(Recommender):
             if marked is not None:
                 mine = marked[(marked >= lo) & (marked < hi)]
                 scores[mine - lo] = -np.inf
-            out.extend(top_k_per_user(scores.reshape(users, n), k))
-        return out
+            out_rows[first : first + users], out_scores[first : first + users] = top_k_arrays(
+                scores.reshape(users, n), k)
+        return out_rows, out_scores
 
     # -- explanations and similar items --------------------------------------------------
     def explain(self, user_id: str, item_id: str) -> str:
@@ -527,7 +511,8 @@ class Sequential(Recommender):
             keep = ~(np.isin(a, rows) | np.isin(b, rows))
             self._pairs_carried = a[keep], b[keep], w[keep]
         self._histories.drop_items(rows)
-        self._trending.forget_items(item_ids)
+        if self._owns_popularity:  # else its owner forgets them there
+            self._trending.forget_items(item_ids)
 
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._histories), "items": self._items.live()}
@@ -594,7 +579,7 @@ class Sequential(Recommender):
         out_total[np.searchsorted(rows, out_rows)] = out_gains
         changed = bool(repeat_gains.any())
         return {
-            **tables.prefixed({"popularity": self._trending.item_delta()}),
+            **(tables.prefixed({"popularity": self._trending.item_delta()}) if self._owns_popularity else {}),
             "items": id_array(self._items, rows), "out_total": out_total,
             "pair_source": np.searchsorted(rows, a), "pair_target": np.searchsorted(rows, b), "pair_w": w,
             "repeat_hits": repeat_gains[0] if changed else np.zeros(0),
@@ -606,7 +591,7 @@ class Sequential(Recommender):
         self._start_sharing()
         delta, parts = tables.split(delta, ["popularity"])
         popular = parts["popularity"]
-        if len(popular.get("items", ())):  # items first met here get the same row in both tables
+        if self._owns_popularity and len(popular.get("items", ())):  # items first met here get the same row in both tables
             self._add_items(np.asarray(popular["items"]).tolist())
             self._trending.merge_item_delta(popular)
         hits = np.asarray(delta.get("repeat_hits", ()), dtype=np.float64)
@@ -676,8 +661,26 @@ class Sequential(Recommender):
         return a, b, w
 
     def _add_items(self, ids: Sequence[str]) -> np.ndarray:
-        """Rows of ``ids``, unknown ones created with no learned state, here and in trending."""
+        """Rows of ``ids``, unknown ones created with no learned state, here and in its own
+        trending (whose rows are these rows)."""
         rows = np.fromiter(map(self._add_item, ids), dtype=np.int64, count=len(ids))
-        if not np.array_equal(self._trending._add_items(ids), rows):
+        if self._owns_popularity and not np.array_equal(self._trending._add_items(ids), rows):
             raise AssertionError("sequence and its trending gave an item different rows")
         return rows
+
+    # -- popularity ----------------------------------------------------------------------
+    def use_popularity(self, popularity: Trending) -> bool:
+        """Fill lists with ``popularity`` (learned, forgotten and shared by its owner)
+        instead of this model's own trending, when it has the same hyperparameters.
+
+        Only the popular items' ids are read (``Trending.top``), so no rows need linking."""
+        if popularity is self._trending:
+            return True
+        if type(popularity) is not Trending or popularity._get_params() != self._trending._get_params():
+            return False
+        self._trending, self._owns_popularity = popularity, False
+        return True
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_owns_popularity", True)  # saved before use_popularity

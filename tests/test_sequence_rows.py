@@ -1,0 +1,153 @@
+"""The sequence model's batch paths rank as its definition does, and it can fill its lists
+from a popularity it does not own.
+
+- ``recommend_rows`` (arrays, for the blend's fusion) gives ``recommend_many``'s lists,
+  which equal per-user ``recommend`` and a pure-Python scoring of the model's state, on
+  the sparse and the dense path, with and without excluded items.
+- Handed the worker's popularity (``use_popularity``), it neither learns nor shares nor
+  forgets it, and fills lists from it, items it never met included.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import online_models.sequence as sequence_module
+from core.schema import Event
+from online_models import make_model
+from online_models._arrays import RankedRows
+from online_models.capabilities import RanksRows
+from online_models.trending import Trending
+from tests.test_batch_ranking import assert_same_ranking
+from tests.test_ranking_paths import random_stream, seen_by
+
+
+def reference_sequence(model, user_id: str, k: int, exclude=()) -> list[tuple[str, float]]:
+    """The docstring's score, item by item in plain Python (all successors, no cap), then
+    the popular fill."""
+    ids = model._items.ids
+    history = model._histories.get(user_id)
+    scores: dict[int, float] = {}
+    if history is not None:
+        rows, times = history[0].tolist()[::-1], history[1].tolist()[::-1]  # most recent first
+        source = [model.recency_decay**d for d in range(len(rows))]
+        if model.recency_half_life_s is not None:
+            source = [a * 2 ** (-(times[0] - t) / model.recency_half_life_s) for a, t in zip(source, times)]
+        total = sum(source)
+        source = [a / total for a in source]
+        rates, most = model.repeat_rates().tolist(), model.repeat_counts
+        repeat = {}
+        for d, row in enumerate(rows):
+            if row not in repeat:
+                repeat[row] = rates[d * most + min(rows.count(row), most) - 1]
+        rest = max(1.0 - sum(repeat.values()), 0.0)
+        for a, row in zip(source, rows):
+            successors = model._successors[row]
+            factor = a * rest / (model._out_total[row] + model.shrinkage)
+            for target, weight in zip(successors.rows, successors.weights):
+                scores[target] = scores.get(target, 0.0) + factor * weight
+        for row, rate in repeat.items():
+            scores[row] = scores.get(row, 0.0) + rate
+    excluded = set(exclude or ())
+    ranked = sorted((-s, r) for r, s in scores.items() if s > 0 and ids[r] not in excluded)[:k]
+    out = [(ids[r], -s) for s, r in ranked]
+    taken = {item for item, _ in out} | excluded
+    out += [(item, 0.0) for item, _ in model._trending.top(len(model._items)) if item not in taken][: k - len(out)]
+    return out
+
+
+def trained(events, **params):
+    model = make_model("sequence", **params)
+    for start in range(0, len(events), 250):  # micro-batches, as the worker learns them
+        model.learn_many(events[start : start + 250])
+    return model
+
+
+@pytest.mark.parametrize("params", [{"max_successors": None}, {"max_successors": None, "recency_half_life_s": 20.0}])
+@pytest.mark.parametrize("dense_slots", [sequence_module._DENSE_SLOTS, 500])
+def test_batch_ranking_is_the_definition(monkeypatch, params: dict, dense_slots: int) -> None:
+    monkeypatch.setattr(sequence_module, "_DENSE_SLOTS", dense_slots)  # 500: a few users per dense chunk
+    events = random_stream(3000, 80, 300, seed=7)
+    model = trained(events, **params)
+    users = ["nobody", *sorted({e.user_id for e in events})]
+    seen = seen_by(events)
+    seen["nobody"] = {"i1", "never-learnt"}
+    for k in (1, 10, 60, 400):
+        for exclude in (None, seen):
+            many = model.recommend_many(users, k, exclude)
+            assert list(many) == users
+            for user in users:
+                expected = reference_sequence(model, user, k, exclude.get(user) if exclude else ())
+                assert_same_ranking(many[user], expected, rel=1e-9)
+                assert model.recommend(user, k, exclude.get(user) if exclude else None) == many[user]
+
+
+@pytest.mark.parametrize("max_successors", [None, 4])
+def test_recommend_rows_are_recommend_many(max_successors) -> None:
+    """The arrays name, in the model's rows, the lists ``recommend_many`` gives, on both
+    the sparse path (many users) and the dense one (one user, a small catalogue)."""
+    events = random_stream(2500, 60, 200, seed=3)
+    model = trained(events, max_successors=max_successors)
+    assert isinstance(model, RanksRows)
+    users = ["nobody", *sorted({e.user_id for e in events}), "u1"]  # a user twice: one row each
+    seen = seen_by(events)
+    for k in (0, 1, 10, 250):
+        for exclude in (None, seen):
+            ranked = model.recommend_rows(users, k, exclude)
+            assert isinstance(ranked, RankedRows) and ranked.index is model._items
+            assert ranked.rows.shape == ranked.scores.shape == (len(users), min(k, len(model._items)))
+            listed = ranked.rows >= 0
+            assert (listed == (ranked.scores > -math.inf)).all()
+            assert (np.sort(listed, axis=1)[:, ::-1] == listed).all()  # each list first, then padding
+            many = model.recommend_many(users, k, exclude)
+            for j, user in enumerate(users):
+                got = [(model._items.ids[r], s) for r, s in zip(ranked.rows[j].tolist(), ranked.scores[j].tolist())
+                       if r >= 0]
+                assert got == many[user] == model.recommend(user, k, exclude.get(user) if exclude else None)
+
+
+def test_blend_with_sequence_fuses_its_rows_as_recommend() -> None:
+    """The default blend's batch fusion (sequence's rows among them) ranks as ``recommend``."""
+    events = random_stream(2000, 70, 300, seed=9)
+    model = make_model("blend", models={"cooc": {}, "embeddings": {"n_factors": 8, "batch_size": 16},
+                                        "sequence": {}})
+    for start in range(0, len(events), 200):
+        model.learn_many(events[start : start + 200])
+    users = ["nobody", *sorted({e.user_id for e in events})]
+    seen = seen_by(events)
+    for exclude in (None, seen):
+        many = model.recommend_many(users, 20, exclude)
+        for user in users:
+            assert_same_ranking(many[user], model.recommend(user, 20, (exclude or {}).get(user)))
+
+
+def test_a_popularity_it_does_not_own() -> None:
+    """Handed a popularity, the model fills its lists from it (items it never met too, as
+    a peer's merged popularity names them), and leaves learning, sharing and forgetting it
+    to the owner."""
+    events = [Event(user_id=u, item_id=i, type="click", ts=float(t))
+              for t, (u, i) in enumerate([("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("c", "z")])]
+    own, shared = make_model("sequence"), make_model("sequence")
+    popularity = Trending()
+    assert shared.use_popularity(popularity) and not make_model("sequence", half_life_s=60.0).use_popularity(popularity)
+    for event in events:
+        popularity.learn_one(event)
+        own.learn_one(event)
+        shared.learn_one(event)
+    assert shared._trending is popularity and popularity.raw_scores().tolist() == own._trending.raw_scores().tolist()
+    assert shared.recommend_many(["a", "nobody"], 3) == own.recommend_many(["a", "nobody"], 3)
+    assert not any(key.startswith("popularity/") for key in shared.item_delta())
+    assert any(key.startswith("popularity/") for key in own.item_delta())
+    # a peer's events learned into the popularity alone (its merge), twice as popular as x
+    for t in range(5):
+        popularity.learn_one(Event(user_id="peer", item_id="w", type="click", ts=10.0 + t))
+    assert "w" not in shared._items and [i for i, _ in popularity.top(2)] == ["w", "y"]
+    assert shared.recommend("nobody", 2) == [("w", 0.0), ("y", 0.0)]
+    ranked = shared.recommend_rows(["nobody", "a"], 4, {"a": {"x", "y"}})
+    assert ranked.rankings(["nobody", "a"]) == {"nobody": [("w", 0.0), ("y", 0.0), ("x", 0.0), ("z", 0.0)],
+                                                "a": [("w", 0.0), ("z", 0.0)]}
+    shared.forget_items(["z"])
+    assert "z" in popularity._items  # the owner forgets it there
