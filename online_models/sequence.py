@@ -4,7 +4,7 @@ and their repeats, learned exactly and incrementally, one event at a time."""
 from __future__ import annotations
 
 from array import array
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -194,52 +194,66 @@ class Sequential(Recommender):
         return row
 
     def learn_one(self, interaction: Interaction) -> None:
-        w = self.weight(interaction)
-        row = self._add_item(interaction.item_id)
-        histories = self._histories
-        u = histories.user_row(interaction.user_id)
-        size = int(histories.sizes[u])
-        if size:
-            recent = histories.rows[u, self.window - size :].tolist()
-            recent.reverse()  # most recent first
-            latest: dict[int, int] = {}  # row -> steps back of its latest click
-            clicks: dict[int, int] = {}  # row -> its clicks in the window
-            steps, step_weights = self.steps, self._step_weights()
-            backward = self.backward_weight
-            successors, totals, sources, log = self._successors, self._out_total, self._sources[row], self._pair_log
-            for d, source in enumerate(recent):
-                if source in latest:
-                    clicks[source] += 1
-                else:
-                    latest[source] = d
-                    clicks[source] = 1
-                if d < steps and source != row:
-                    gain = w * step_weights[d]
-                    successors[source].add(row, gain)
-                    totals[source] += gain
-                    sources.add(source)
-                    if log is not None:
-                        log[0].append(source)
-                        log[1].append(row)
-                        log[2].append(gain)
-                    if backward:
-                        back_gain = gain * backward
-                        successors[row].add(source, back_gain)
-                        totals[row] += back_gain
-                        self._sources[source].add(row)
+        self.learn_many((interaction,))
+
+    def learn_many(self, interactions: Iterable[Interaction]) -> None:
+        """``learn_one`` for each interaction in order, with the tables looked up once per
+        batch and the outgoing totals added up in Python floats (the same sums)."""
+        interactions = list(interactions)
+        rows = [self._add_item(interaction.item_id) for interaction in interactions]  # as one by one would
+        histories, window, weight = self._histories, self.window, self.weight
+        steps, step_weights, backward = self.steps, self._step_weights(), self.backward_weight
+        successors, into, log = self._successors, self._sources, self._pair_log
+        totals = self._out_total  # holds every row of the batch now
+        hits, trials, most = self._repeat_hits, self._repeat_trials, self.repeat_counts
+        sizes, user_row, push = histories.sizes, histories.user_row, histories.push
+        changed: dict[int, float] = {}  # outgoing totals this batch changed
+        for interaction, row in zip(interactions, rows):
+            u = user_row(interaction.user_id)
+            size = sizes[u]
+            if size:
+                w = weight(interaction)
+                recent = histories.rows[u, window - size :].tolist()
+                recent.reverse()  # most recent first
+                latest: dict[int, int] = {}  # row -> steps back of its latest click
+                clicks: dict[int, int] = {}  # row -> its clicks in the window
+                sources = into[row]
+                for d, source in enumerate(recent):
+                    if source in latest:
+                        clicks[source] += 1
+                    else:
+                        latest[source] = d
+                        clicks[source] = 1
+                    if d < steps and source != row:
+                        gain = w * step_weights[d]
+                        successors[source].add(row, gain)
+                        total = changed.get(source)
+                        changed[source] = (float(totals[source]) if total is None else total) + gain
+                        sources.add(source)
                         if log is not None:
-                            log[0].append(row)
-                            log[1].append(source)
-                            log[2].append(back_gain)
-            trials, most = self._repeat_trials, self.repeat_counts
-            for source, d in latest.items():
-                trials[d * most + min(clicks[source], most) - 1] += 1.0
-            d = latest.get(row)
-            if d is not None:
-                self._repeat_hits[d * most + min(clicks[row], most) - 1] += 1.0
-        histories.push(u, row, interaction.ts)
+                            log[0].append(source)
+                            log[1].append(row)
+                            log[2].append(gain)
+                        if backward:
+                            back_gain = gain * backward
+                            successors[row].add(source, back_gain)
+                            total = changed.get(row)
+                            changed[row] = (float(totals[row]) if total is None else total) + back_gain
+                            into[source].add(row)
+                            if log is not None:
+                                log[0].append(row)
+                                log[1].append(source)
+                                log[2].append(back_gain)
+                for source, d in latest.items():
+                    trials[d * most + min(clicks[source], most) - 1] += 1.0
+                d = latest.get(row)
+                if d is not None:
+                    hits[d * most + min(clicks[row], most) - 1] += 1.0
+            push(u, row, interaction.ts)
+        if changed:
+            totals[np.fromiter(changed, dtype=np.int64, count=len(changed))] = list(changed.values())
         if self._owns_popularity:
-            self._trending.learn_one(interaction)
+            self._trending.learn_many(interactions)
 
     # -- ranking -----------------------------------------------------------------------
     def repeat_rates(self) -> np.ndarray:
@@ -353,25 +367,34 @@ class Sequential(Recommender):
         out_rows[:, : rows.shape[1]], out_scores[:, : rows.shape[1]] = rows, scores
         if not len(popular):
             return RankedRows(out_rows, out_scores, self._items)
-        # which popular items each short user has listed or excluded
+        # most short users list nothing and exclude nothing: the popular list as it is
+        ex_user, ex_item = excluded_cells(self._items, [users[j] for j in short.tolist()], exclude)
+        bare = listed[short] == 0
+        bare[ex_user] = False
+        m = min(width, len(popular))
+        out_rows[short[bare], :m] = popular[:m]
+        out_scores[short[bare], :m] = 0.0
+        rest = np.flatnonzero(~bare)  # positions in ``short``
+        if not len(rest):
+            return RankedRows(out_rows, out_scores, self._items)
+        # which popular items each of the others has listed or excluded
         at_popular = np.full(len(self._items), -1, dtype=np.int64)
         at_popular[popular] = np.arange(len(popular))
-        at_short = np.full(len(users), -1, dtype=np.int64)
-        at_short[short] = np.arange(len(short))
-        taken = np.zeros((len(short), len(popular)), dtype=bool)
-        mine = rows[short]
-        hit = at_popular[np.where(mine >= 0, mine, 0)]
-        hit[mine < 0] = -1
+        taken = np.zeros((len(rest), len(popular)), dtype=bool)
+        mine = rows[short[rest]]
+        hit = np.where(mine >= 0, at_popular[np.where(mine >= 0, mine, 0)], -1)
         j, col = np.nonzero(hit >= 0)
         taken[j, hit[j, col]] = True
-        ex_user, ex_item = excluded_cells(self._items, [users[j] for j in short.tolist()], exclude)
+        at_rest = np.full(len(short), -1, dtype=np.int64)
+        at_rest[rest] = np.arange(len(rest))
         hit = at_popular[ex_item]
-        taken[ex_user[hit >= 0], hit[hit >= 0]] = True
+        taken[at_rest[ex_user[hit >= 0]], hit[hit >= 0]] = True
         # the first ``width - listed`` free ones of each, after its own
         free = ~taken
         rank = np.cumsum(free, axis=1) - 1
-        j, p = np.nonzero(free & (rank < (width - listed[short])[:, None]))
-        users_at, cols = short[j], listed[short][j] + rank[j, p]
+        have = listed[short[rest]]
+        j, p = np.nonzero(free & (rank < (width - have)[:, None]))
+        users_at, cols = short[rest][j], have[j] + rank[j, p]
         out_rows[users_at, cols] = popular[p]
         out_scores[users_at, cols] = 0.0
         return RankedRows(out_rows, out_scores, self._items)
@@ -438,16 +461,12 @@ class Sequential(Recommender):
 
     def _reasons(self, user_id: str, item_ids: Sequence[str]) -> list[str]:
         """``explain`` for several items: the user's recent items are read once."""
-        history = self._histories.get(user_id)
-        sources: list[tuple[int, float]] = []
-        if history is not None:
-            _, rows, weight, _ = self._sources_of([user_id])
-            totals = (self._out_total[rows] + self.shrinkage).tolist()
-            sources = [(r, a / t) for r, a, t in zip(rows.tolist(), weight.tolist(), totals)]
-        recent = {r for r, _ in sources}
+        sources = [(source, factor, self._successors[source]) for source, factor in self._source_factors(user_id)]
+        recent = {source for source, _, _ in sources}
+        get, ids = self._items.rows.get, self._items.ids
         reasons = []
         for item_id in item_ids:
-            row = self._items.get(item_id)
+            row = get(item_id)
             if row is None:
                 reasons.append("popular right now")
                 continue
@@ -455,13 +474,32 @@ class Sequential(Recommender):
                 reasons.append("you clicked it recently")
                 continue
             best, best_score = None, 0.0
-            for source, factor in sources:
-                successors = self._successors[source]
+            for source, factor, successors in sources:
                 i = successors.pos.get(row)
                 if i is not None and factor * successors.weights[i] > best_score:
                     best, best_score = source, factor * successors.weights[i]
-            reasons.append(f"often clicked after {self._items.ids[best]}" if best is not None else "popular right now")
+            reasons.append(f"often clicked after {ids[best]}" if best is not None else "popular right now")
         return reasons
+
+    def _source_factors(self, user_id: str) -> list[tuple[int, float]]:
+        """The user's recent items, oldest first, each with ``a_d / (out + shrinkage)`` (what
+        its transitions are multiplied by when ranking, before the repeats' share)."""
+        history = self._histories.get(user_id)
+        if history is None:
+            return []
+        if self.recency_half_life_s is None:  # a few numbers: plain Python beats numpy's calls
+            rows = history[0].tolist()
+            weights = self._decay_powers()[len(rows) - 1 :: -1].tolist()  # a_d, oldest first
+            total = 0.0
+            for a in weights:  # summed in _sources_of's order, so the same floats
+                total += a
+            total = max(total, 1e-300)
+            weights = [a / total for a in weights]
+        else:
+            _, rows_, weight, _ = self._sources_of([user_id])
+            rows, weights = rows_.tolist(), weight.tolist()
+        out, shrinkage = self._out_total, self.shrinkage
+        return [(row, a / (float(out[row]) + shrinkage)) for row, a in zip(rows, weights)]
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
         """Per item, ``("sequence", "often clicked after X")`` (the recent item whose
