@@ -281,8 +281,10 @@ class Sequential(Recommender):
         the user neither has nor excludes, scored 0."""
         users = list(user_ids)
         n = len(self._items)
-        if n == 0 or k <= 0:
-            return RankedRows(np.full((len(users), 0), -1, dtype=np.int64), np.zeros((len(users), 0)), self._items)
+        if n == 0 or k <= 0:  # nothing learned here; a shared popularity may know items
+            empty = np.zeros((len(users), 0))
+            return self._with_popular(users, k, empty.astype(np.int64), empty, exclude or {}) if k > 0 else \
+                RankedRows(empty.astype(np.int64), empty, self._items)
         at_user, at_item = excluded_cells(self._items, users, exclude or {})
         user, rows, weight, back = self._sources_of(users)
 
@@ -321,7 +323,7 @@ class Sequential(Recommender):
             top_rows_, top_scores = self._dense_top(keys, vals, marked_keys, len(users), n, k)
         else:
             top_rows_, top_scores = self._sparse_top(keys, vals, marked_keys, len(users), n, k)
-        return self._with_popular(users, k, top_rows_, top_scores, exclude or {}, at_user)
+        return self._with_popular(users, k, top_rows_, top_scores, exclude or {})
 
     def _sources_of(self, users: list[str]) -> tuple[np.ndarray, ...]:
         """Every user's recent items as flat arrays: user position, item row, source weight
@@ -351,15 +353,16 @@ class Sequential(Recommender):
         return powers
 
     def _with_popular(self, users: list[str], k: int, rows: np.ndarray, scores: np.ndarray,
-                      exclude: Mapping[str, Collection[str]], at_user: np.ndarray) -> RankedRows:
+                      exclude: Mapping[str, Collection[str]]) -> RankedRows:
         """The lists ``rows``/``scores`` filled up to ``k`` with the most popular items that
         each user has neither listed nor excluded (scored 0), in popularity order."""
         listed = (rows >= 0).sum(axis=1)
         short = np.flatnonzero(listed < k)
         if not len(short):
             return RankedRows(rows, scores, self._items)
-        excluded = np.bincount(at_user, minlength=len(users)) if len(at_user) else np.zeros(len(users), np.int64)
-        depth = k + int((listed[short] + excluded[short]).max())
+        # deep enough whatever each short user has listed or excludes (known here or not)
+        depth = k + max(have + len(exclude.get(users[j]) or ()) for j, have in
+                        zip(short.tolist(), listed[short].tolist()))
         popular = self._popular_rows(depth)
         width = min(k, len(self._items))  # the popularity may have named items new here
         out_rows = np.full((len(users), width), -1, dtype=np.int64)

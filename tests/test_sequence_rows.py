@@ -149,5 +149,9 @@ def test_a_popularity_it_does_not_own() -> None:
     ranked = shared.recommend_rows(["nobody", "a"], 4, {"a": {"x", "y"}})
     assert ranked.rankings(["nobody", "a"]) == {"nobody": [("w", 0.0), ("y", 0.0), ("x", 0.0), ("z", 0.0)],
                                                 "a": [("w", 0.0), ("z", 0.0)]}
+    for t in range(9):  # another, more popular still, that the request excludes
+        popularity.learn_one(Event(user_id="peer", item_id="v", type="click", ts=20.0 + t))
+    assert "v" not in shared._items
+    assert shared.recommend("nobody", 4, {"v"}) == [("w", 0.0), ("y", 0.0), ("x", 0.0), ("z", 0.0)]
     shared.forget_items(["z"])
     assert "z" in popularity._items  # the owner forgets it there
