@@ -21,7 +21,7 @@ from online_models._arrays import (
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.recent import RecentItems
 from online_models.tables import id_array
-from online_models.trending import Trending
+from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, Trending
 
 _DENSE_SLOTS = 1 << 20  # (user, item) scores held at once on the dense ranking path
 
@@ -464,13 +464,19 @@ class Sequential(Recommender):
 
     def _reasons(self, user_id: str, item_ids: Sequence[str]) -> list[str]:
         """``explain`` for several items: the user's recent items are read once."""
-        sources = [(source, factor, self._successors[source]) for source, factor in self._source_factors(user_id)]
+        get = self._items.rows.get
+        return self._say(self._source_factors(user_id), [get(item_id, -1) for item_id in item_ids])
+
+    def _say(self, sources: list[tuple[int, float]], rows: list[int]) -> list[str]:
+        """Why each item row (``-1``: unknown here) ranks for a user whose recent items are
+        ``sources`` (see ``_source_factors``): the source whose transition to it weighs
+        most, the first of equals."""
+        sources = [(source, factor, self._successors[source]) for source, factor in sources]
         recent = {source for source, _, _ in sources}
-        get, ids = self._items.rows.get, self._items.ids
+        ids = self._items.ids
         reasons = []
-        for item_id in item_ids:
-            row = get(item_id)
-            if row is None:
+        for row in rows:
+            if row < 0:
                 reasons.append("popular right now")
                 continue
             if row in recent:
@@ -508,8 +514,34 @@ class Sequential(Recommender):
         """Per item, ``("sequence", "often clicked after X")`` (the recent item whose
         transition weighs most) or ``("sequence", "you clicked it recently")``; an item no
         transition reaches was ranked for its popularity: ``("trending", "popular now")``."""
-        return [("trending", "popular now") if reason == "popular right now" else (self.name, reason)
-                for reason in self._reasons(user_id, item_ids)]
+        return list(map(self._strategy_of, self._reasons(user_id, item_ids)))
+
+    def explain_rows(self, user_ids: Sequence[str], rows: np.ndarray, index: IdIndex
+                     ) -> list[list[tuple[str, str | None]]]:
+        """``explain_items`` for a batch of lists at once (``rows``: item rows of ``index``,
+        ``-1`` where there is no item), with the same words: every user's recent items and
+        their factors are read in one pass, not one call per user."""
+        user_ids = list(user_ids)
+        listed = rows >= 0
+        lengths = listed.sum(axis=1).tolist()
+        flat = rows[listed].tolist()
+        if index is not self._items:
+            get, ids = self._items.rows.get, index.ids
+            flat = [get(ids[r], -1) for r in flat]
+        user, sources, weight, _ = self._sources_of(user_ids)
+        factors = (weight / (self._out_total[sources] + self.shrinkage)).tolist()  # as _source_factors
+        held = np.bincount(user, minlength=len(user_ids)).tolist()
+        sources, strategy_of = sources.tolist(), self._strategy_of
+        explained, start, cell = [], 0, 0
+        for size, length in zip(held, lengths):
+            mine = list(zip(sources[start : start + size], factors[start : start + size]))
+            explained.append(list(map(strategy_of, self._say(mine, flat[cell : cell + length]))))
+            start, cell = start + size, cell + length
+        return explained
+
+    def _strategy_of(self, reason: str) -> tuple[str, str | None]:
+        """An explanation as ``(strategy, reason)``: popular items are trending's."""
+        return (POPULAR_STRATEGY, POPULAR_NOW) if reason == "popular right now" else (self.name, reason)
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The items most often clicked next after ``item_id`` (share of its transitions)."""

@@ -18,7 +18,7 @@ import pytest
 import online_models.sequence as sequence_module
 from core.schema import Event
 from online_models import make_model
-from online_models._arrays import RankedRows
+from online_models._arrays import IdIndex, RankedRows
 from online_models.capabilities import RanksRows
 from online_models.trending import Trending
 from tests.test_batch_ranking import assert_same_ranking
@@ -155,3 +155,27 @@ def test_a_popularity_it_does_not_own() -> None:
     assert shared.recommend("nobody", 4, {"v"}) == [("w", 0.0), ("y", 0.0), ("x", 0.0), ("z", 0.0)]
     shared.forget_items(["z"])
     assert "z" in popularity._items  # the owner forgets it there
+
+
+@pytest.mark.parametrize("params", [{}, {"recency_half_life_s": 20.0}])
+def test_explain_rows_says_what_explain_items_says(params: dict) -> None:
+    """A batch of lists explained at once, in the model's rows or another index's (with
+    an item it never met, and gaps where another part explains), says what
+    ``explain_items`` says of each user's items."""
+    events = random_stream(3000, 80, 300, seed=2)
+    model = trained(events, **params)
+    users = ["nobody", *sorted({e.user_id for e in events})]
+    ranked = model.recommend_rows(users, 30)
+    own = model.explain_rows(users, ranked.rows, ranked.index)
+    assert own == [model.explain_items(u, [i for i, _ in ranking]) for u, ranking in
+                   ranked.rankings(users).items()]
+    assert {reason for user in own for _, reason in user} >= {"you clicked it recently", "popular now"}
+    other = IdIndex()
+    rows = np.full((len(users), 8), -1, dtype=np.int64)
+    for j, user in enumerate(users):
+        items = [i for i, _ in model.recommend(user, 6)] + ["no-such-item"]
+        for col, item in enumerate(items):
+            if (j + col) % 3:  # gaps: cells another part explains
+                rows[j, col] = other.add(item)
+    got = model.explain_rows(users, rows, other)
+    assert got == [model.explain_items(u, [other.ids[r] for r in row if r >= 0]) for u, row in zip(users, rows.tolist())]
