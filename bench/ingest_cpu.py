@@ -1,0 +1,86 @@
+"""The ingest bench's model ratio without Kafka or Redis: ``Pipeline.process`` over the
+ingest bench's events (``bench.ingest``: 10k items, 100k users, seed 7) in batches of
+``max_poll_records``, with a checkpoint's model work (idle expiry, ``item_delta``, the
+state pickled) every ``checkpoint_every_events``, timed in process CPU time.
+
+The default model and the blend without sequence (the default before it) take the same
+batches in turn, so that their ratio holds on a shared machine; ``python -m bench ingest
+--quick`` measures the same ratio through Kafka and Redis (slower, and its shared costs
+dilute the ratio). ``--profile DIR`` writes a pyinstrument profile of each model.
+
+    python -m bench.ingest_cpu [--events 20000] [--profile DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import time
+
+from bench.common import Catalogue
+from bench.ingest import BLEND_WITHOUT_SEQUENCE, ITEMS, USERS
+from core.settings import Settings
+from online_models import make_model
+from stream.pipeline import Pipeline, Record
+
+
+def records(n: int, seed: int = 7) -> list[Record]:
+    """The ingest bench's events as plain records, one partition."""
+    return [Record("bench", 0, offset, 0, key, value)
+            for offset, (key, value) in enumerate(Catalogue(ITEMS, USERS, seed=seed).payloads(n))]
+
+
+def checkpoint(pipeline: Pipeline) -> None:
+    """A checkpoint's model work, without the file: expiry, the item delta, the pickle."""
+    pipeline.expire_idle()
+    pipeline.model.item_delta()
+    pipeline.popularity.item_delta()
+    pickle.dumps(pipeline.state(), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--profile", default=None, help="a folder for pyinstrument profiles")
+    args = parser.parse_args()
+    settings = Settings(_env_file=None)
+    batch = settings.max_poll_records
+    stream = records(args.events + batch)  # the first batch warms up, untimed (as the bench's)
+    batches = [stream[s : s + batch] for s in range(0, len(stream), batch)]
+    pipelines = {"default": Pipeline(settings, make_model(settings.model, **settings.model_params)),
+                 "blend_without_sequence": Pipeline(settings, make_model("blend", **BLEND_WITHOUT_SEQUENCE))}
+    profilers = {}
+    if args.profile:
+        from pyinstrument import Profiler
+
+        profilers = {name: Profiler(interval=0.0005) for name in pipelines}
+    cpu = dict.fromkeys(pipelines, 0.0)
+    since = dict.fromkeys(pipelines, 0)
+    for n, records_of_batch in enumerate(batches):
+        for name, pipeline in pipelines.items():
+            profiler = profilers.get(name) if n else None
+            if profiler:
+                profiler.start()
+            started = time.process_time()
+            pipeline.process(records_of_batch)
+            since[name] += len(records_of_batch)
+            if since[name] >= settings.checkpoint_every_events // 2:  # the bench's 10 s pass about this often
+                checkpoint(pipeline)
+                since[name] = 0
+            if n:
+                cpu[name] += time.process_time() - started
+            if profiler:
+                profiler.stop()
+    timed = sum(len(b) for b in batches[1:])
+    rates = {name: timed / seconds for name, seconds in cpu.items()}
+    for name, rate in rates.items():
+        print(f"{name:24s} {rate:8,.0f} events per CPU-second ({cpu[name]:.1f} s)")
+    print(f"ingest per CPU-second, default vs blend without sequence: "
+          f"{rates['default'] / rates['blend_without_sequence']:.2f} (target >= 0.85)")
+    for name, profiler in profilers.items():
+        with open(f"{args.profile}/{name}.txt", "w") as f:
+            f.write(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
+if __name__ == "__main__":
+    main()
