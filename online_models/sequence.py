@@ -21,7 +21,13 @@ from online_models._arrays import (
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.recent import RecentItems
 from online_models.tables import id_array
-from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, Trending
+from online_models.trending import (
+    POPULAR_NOW,
+    POPULAR_STRATEGY,
+    PopularityLink,
+    ReadsPopularity,
+    Trending,
+)
 
 _DENSE_SLOTS = 1 << 20  # (user, item) scores held at once on the dense ranking path
 
@@ -67,7 +73,7 @@ class _Successors(WeightedRow):
 _Histories = RecentItems  # the name checkpoints from before the shared class pickled
 
 
-class Sequential(Recommender):
+class Sequential(ReadsPopularity, Recommender):
     """What users click next: sequential rules over each user's recent items, plus repeats.
 
     Learning an event of item ``i`` by a user whose recent items are ``h_1`` (the last
@@ -171,6 +177,7 @@ class Sequential(Recommender):
         self._repeat_trials = [0.0] * (window * repeat_counts)
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
         self._owns_popularity = True  # False once handed one (use_popularity): its owner learns it
+        self._pop_link: PopularityLink | None = None  # (ReadsPopularity) set with a handed popularity
         # what item_delta reports (see _start_sharing): None until sharing starts
         self._out_reported: np.ndarray | None = None
         self._repeats_reported: np.ndarray | None = None
@@ -252,8 +259,9 @@ class Sequential(Recommender):
             push(u, row, interaction.ts)
         if changed:
             totals[np.fromiter(changed, dtype=np.int64, count=len(changed))] = list(changed.values())
-        if self._owns_popularity:
-            self._trending.learn_many(interactions)
+        learn_popularity = self._learn_popularity
+        for interaction, row in zip(interactions, rows):
+            learn_popularity(interaction, row)
 
     # -- ranking -----------------------------------------------------------------------
     def repeat_rates(self) -> np.ndarray:
@@ -408,8 +416,10 @@ class Sequential(Recommender):
         ranked = self._trending.top(m)
         get = self._items.rows.get
         rows = [get(item) for item, _ in ranked]
-        if not self._owns_popularity and None in rows:
-            rows = [self._add_item(item) if row is None else row for row, (item, _) in zip(rows, ranked)]
+        if None in rows:  # only a handed popularity can know items this model does not
+            missing = [item for row, (item, _) in zip(rows, ranked) if row is None]
+            found = dict(zip(missing, self._add_items(missing).tolist()))
+            rows = [found[item] if row is None else row for row, (item, _) in zip(rows, ranked)]
         return np.array(rows, dtype=np.int64)
 
     @staticmethod
@@ -584,8 +594,7 @@ class Sequential(Recommender):
             keep = ~(np.isin(a, rows) | np.isin(b, rows))
             self._pairs_carried = a[keep], b[keep], w[keep]
         self._histories.drop_items(rows)
-        if self._owns_popularity:  # else its owner forgets them there
-            self._trending.forget_items(item_ids)
+        self._forget_popularity(item_ids, rows)
 
     def state_sizes(self) -> dict[str, int]:
         return {"users": len(self._histories), "items": self._items.live()}
@@ -652,7 +661,7 @@ class Sequential(Recommender):
         out_total[np.searchsorted(rows, out_rows)] = out_gains
         changed = bool(repeat_gains.any())
         return {
-            **(tables.prefixed({"popularity": self._trending.item_delta()}) if self._owns_popularity else {}),
+            **self._popularity_delta(),
             "items": id_array(self._items, rows), "out_total": out_total,
             "pair_source": np.searchsorted(rows, a), "pair_target": np.searchsorted(rows, b), "pair_w": w,
             "repeat_hits": repeat_gains[0] if changed else np.zeros(0),
@@ -663,10 +672,7 @@ class Sequential(Recommender):
         """Add a peer's ``item_delta``: transitions, totals, repeat counts and trending add up."""
         self._start_sharing()
         delta, parts = tables.split(delta, ["popularity"])
-        popular = parts["popularity"]
-        if self._owns_popularity and len(popular.get("items", ())):  # items first met here get the same row in both tables
-            self._add_items(np.asarray(popular["items"]).tolist())
-            self._trending.merge_item_delta(popular)
+        self._merge_popularity(parts["popularity"])  # items first met here get the same row in both tables
         hits = np.asarray(delta.get("repeat_hits", ()), dtype=np.float64)
         if len(hits):
             trials = np.asarray(delta["repeat_trials"], dtype=np.float64)
@@ -734,26 +740,14 @@ class Sequential(Recommender):
         return a, b, w
 
     def _add_items(self, ids: Sequence[str]) -> np.ndarray:
-        """Rows of ``ids``, unknown ones created with no learned state, here and in its own
-        trending (whose rows are these rows)."""
+        """Rows of ``ids``, unknown ones created with no learned state, here and in the
+        popularity (its own, whose rows are these rows, or a handed one, linked)."""
         rows = np.fromiter(map(self._add_item, ids), dtype=np.int64, count=len(ids))
-        if self._owns_popularity and not np.array_equal(self._trending._add_items(ids), rows):
-            raise AssertionError("sequence and its trending gave an item different rows")
+        self._add_popularity_items(ids, rows)
         return rows
 
-    # -- popularity ----------------------------------------------------------------------
-    def use_popularity(self, popularity: Trending) -> bool:
-        """Fill lists with ``popularity`` (learned, forgotten and shared by its owner)
-        instead of this model's own trending, when it has the same hyperparameters.
-
-        Only the popular items' ids are read (``Trending.top``), so no rows need linking."""
-        if popularity is self._trending:
-            return True
-        if type(popularity) is not Trending or popularity._get_params() != self._trending._get_params():
-            return False
-        self._trending, self._owns_popularity = popularity, False
-        return True
-
+    # ReadsPopularity gives use_popularity; the lists read only the most popular ids (_popular_rows)
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_owns_popularity", True)  # saved before use_popularity
+        self.__dict__.setdefault("_pop_link", None)
