@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
@@ -59,6 +60,24 @@ class Blend(Recommender):
         The power that sharpens calibrated scores (2 separates those cases best; the
         weight 1,000 and the power were tuned on a split of the yoochoose train log, the
         last day's sessions judged, and the first 30,000 MovieLens 100K events).
+    feedback_half_life
+        Learn the parts' weights from feedback (``None``: the weights as given). Each
+        event of a user ranked recently credits every part with the reciprocal rank of
+        the event's item in that part's last list for the user (0 outside its first
+        ``feedback_depth``); a part's mean credit, decayed so that the credit of
+        ``feedback_half_life`` events ago weighs half, multiplies its weight by
+        ``(its mean credit / the parts' mean) ** feedback_power``. Session clicks come to
+        favour ``sequence``, ratings ``cooc`` and ``embeddings``.
+    feedback_prior
+        Credit every part starts with, never decayed: the weights stay near ``weights``
+        until the parts' credits outweigh it.
+    feedback_power
+        How strongly the parts' credit reshapes their weights (0: not at all).
+    feedback_depth
+        How deep in each part's list an event's item earns credit.
+    feedback_users
+        The last lists are kept for this many recently ranked users at most (the oldest
+        ranked go first), which bounds the memory feedback takes.
 
     Examples
     --------
@@ -81,6 +100,11 @@ class Blend(Recommender):
         rank_offset: float | None = None,
         calibrated: Collection[str] | None = None,
         calibrated_power: float = 2.0,
+        feedback_half_life: float | None = None,
+        feedback_prior: float = 100.0,
+        feedback_power: float = 1.0,
+        feedback_depth: int = 20,
+        feedback_users: int = 10_000,
     ):
         self.models = models
         self.weights = weights
@@ -88,9 +112,20 @@ class Blend(Recommender):
         self.rank_offset = rank_offset
         self.calibrated = calibrated
         self.calibrated_power = calibrated_power
+        self.feedback_half_life = feedback_half_life
+        self.feedback_prior = feedback_prior
+        self.feedback_power = feedback_power
+        self.feedback_depth = feedback_depth
+        self.feedback_users = feedback_users
+        if feedback_prior <= 0:
+            raise ValueError("feedback_prior must be positive: a part with no credit would never be ranked again")
         self._calibrated = frozenset(DEFAULT_CALIBRATED if calibrated is None else calibrated)
         specs = DEFAULT_MODELS if models is None else models
         self._models = {name: make_part(name, params) for name, params in specs.items()}
+        # feedback (feedback_half_life): each part's decayed credit, and each recently
+        # ranked user's part lists (item ids, best first)
+        self._credit = [0.0] * len(self._models)
+        self._shown: dict[str, tuple[tuple[str, ...], ...]] = {}
         declare_from_parts(self, self._models.values())
 
     def __getstate__(self) -> dict[str, Any]:
@@ -99,20 +134,73 @@ class Blend(Recommender):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = {"_credit": [0.0] * len(state["_models"]), "_shown": {}, **state}  # a pickle from before feedback
         self.__dict__.update(undeclared(state))
+        for name, param in inspect.signature(Blend).parameters.items():  # hyperparameters added since
+            self.__dict__.setdefault(name, param.default)
         declare_from_parts(self, self._models.values())
 
-    def _weight(self, name: str) -> float:
+    def _base_weight(self, name: str) -> float:
         weights = DEFAULT_WEIGHTS if self.weights is None else self.weights
         return float(weights.get(name, 1.0))
 
+    def _weight(self, name: str) -> float:
+        """The part's weight, times what feedback learned of it."""
+        weight = self._base_weight(name)
+        if self.feedback_half_life is None or not weight:
+            return weight
+        return weight * self.feedback_factors()[name]
+
+    def feedback_factors(self) -> dict[str, float]:
+        """What feedback multiplies each part's weight by (all 1 without ``feedback_half_life``).
+
+        >>> model = Blend(models={"cooc": {}, "trending": {}}, feedback_half_life=100, feedback_prior=0.1)
+        >>> model._credit = [0.7, 0.1]  # cooc listed the items higher
+        >>> {name: round(f, 3) for name, f in model.feedback_factors().items()}
+        {'cooc': 1.6, 'trending': 0.4}
+        """
+        names = list(self._models)
+        if self.feedback_half_life is None or not names:
+            return dict.fromkeys(names, 1.0)
+        # each part's mean credit over the same events: the common denominator cancels out
+        credits = [credit + self.feedback_prior for credit in self._credit]
+        average = sum(credits) / len(credits)
+        return {name: (credit / average) ** self.feedback_power for name, credit in zip(names, credits)}
+
+    def _take_feedback(self, interactions: Sequence[Interaction]) -> None:
+        """Credit each part for where each event's item stood in its last list for the user."""
+        shown = self._shown
+        if not shown or self.feedback_half_life is None:
+            return
+        keep = 0.5 ** (1.0 / self.feedback_half_life)
+        credit = self._credit
+        for interaction in interactions:
+            lists = shown.get(interaction.user_id)
+            if lists is None:
+                continue
+            item = interaction.item_id
+            for p, items in enumerate(lists):
+                credit[p] = keep * credit[p] + (1.0 / (items.index(item) + 1) if item in items else 0.0)
+
+    def _remember_shown(self, user_ids: Sequence[str], lists: Sequence[Sequence[tuple[str, ...]]]) -> None:
+        """Keep each user's part lists (``lists[p][j]``: part ``p``'s for ``user_ids[j]``),
+        the least recently ranked users dropped beyond ``feedback_users``."""
+        shown = self._shown
+        for j, user_id in enumerate(user_ids):
+            shown.pop(user_id, None)  # to the end: ranked most recently
+            shown[user_id] = tuple(part[j] for part in lists)
+        while len(shown) > self.feedback_users:
+            del shown[next(iter(shown))]
+
     def learn_one(self, interaction: Interaction) -> None:
+        self._take_feedback((interaction,))
         for model in self._models.values():
             model.learn_one(interaction)
 
     def learn_many(self, interactions: Iterable[Interaction]) -> None:
         """Each component's ``learn_many`` (each equals its own ``learn_one`` loop)."""
         interactions = list(interactions)
+        self._take_feedback(interactions)
         for model in self._models.values():
             model.learn_many(interactions)
 
@@ -187,6 +275,10 @@ class Blend(Recommender):
         n = max(k, self.n_candidates)
         lists = {name: m.recommend(user_id, n, exclude) for name, m in self._models.items()}
         self._last_lists = {name: {user_id: ranking} for name, ranking in lists.items()}
+        if self.feedback_half_life is not None:
+            depth = self.feedback_depth
+            self._remember_shown([user_id], [[tuple(item for item, _ in ranking[:depth]) if self._base_weight(name) else ()]
+                                             for name, ranking in lists.items()])
         return self._fuse(lists, k)
 
     def recommend_many(
@@ -211,11 +303,13 @@ class Blend(Recommender):
             row_map = _ROW_MAPS[self] = RowMap(IdIndex())
         shared = row_map.shared
         n = max(k, self.n_candidates)
-        parts, last = [], {}
+        parts, last, shown = [], {}, []
+        feedback = self.feedback_half_life is not None
         for name, model in self._models.items():
             weight = self._weight(name)
             if weight == 0:  # adds nothing to the fusion nor to an explanation
                 last[name] = _ListsByUser(user_ids, None)
+                shown.append([()] * len(user_ids))
                 continue
             if isinstance(model, RanksRows):
                 lists = model.recommend_rows(user_ids, n, exclude)
@@ -228,7 +322,11 @@ class Blend(Recommender):
                 lists = RankedRows.of_rankings([got[u] for u in user_ids], shared, n)
                 parts.append((lists.rows, lists.scores, weight, self._power_of(name)))
             last[name] = _ListsByUser(user_ids, lists)
+            if feedback:
+                shown.append(_top_ids(lists, self.feedback_depth))
         self._last_lists = last
+        if feedback:
+            self._remember_shown(user_ids, shown)
         if not parts:
             empty = np.zeros((len(user_ids), 0))
             return RankedRows(empty.astype(np.int64), empty, shared)
@@ -316,6 +414,7 @@ class Blend(Recommender):
         """Every component forgets the user."""
         for model in self._models.values():
             model.forget_user(user_id)
+        self._shown.pop(user_id, None)
 
     def _use_popularity(self, popularity: Any) -> bool:
         """Hand ``popularity`` to every component that ranks with one."""
@@ -325,6 +424,10 @@ class Blend(Recommender):
         """Every component forgets the items."""
         for model in self._models.values():
             model.forget_items(item_ids)
+        gone = set(item_ids)
+        for user_id, lists in self._shown.items():
+            if any(not gone.isdisjoint(items) for items in lists):
+                self._shown[user_id] = tuple(tuple(i for i in items if i not in gone) for items in lists)
 
     def _state_sizes(self) -> dict[str, int]:
         return largest_sizes(self._models.values())
@@ -350,6 +453,14 @@ class Blend(Recommender):
     def _similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The first component's item similarity that has one."""
         return next(m.similar_items(item_id, k) for m in self._models.values() if isinstance(m, SimilarItems))
+
+
+def _top_ids(ranked: RankedRows, depth: int) -> list[tuple[str, ...]]:
+    """Each row's first ``depth`` item ids, best first."""
+    top = ranked.rows[:, :depth]
+    lengths = (top >= 0).sum(axis=1).tolist()  # the listed slots come first
+    item_id = ranked.index.ids.__getitem__
+    return [tuple(map(item_id, rows[:length])) for rows, length in zip(top.tolist(), lengths)]
 
 
 class _ListsByUser(Mapping[str, Ranking]):

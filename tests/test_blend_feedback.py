@@ -1,0 +1,110 @@
+"""Blend's part weights learned from feedback (``feedback_half_life``): where each event's
+item stood in each part's last list for the user moves the weights, the same whichever
+ranking path made the lists, with bounded memory, through pickles and forgetting."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from core.schema import Event
+from online_models.blend import Blend
+from online_models.evaluation import prequential
+from tests.test_batch_ranking import assert_same_ranking
+from tests.test_ranking_paths import random_stream, seen_by
+
+SMALL_EMBEDDINGS = {"n_factors": 8, "batch_size": 16, "n_negatives": 16}
+
+
+def chains_in_a_crowd(n_sessions: int = 60) -> list[Event]:
+    """Sessions that each walk the chain c0 -> c1 -> ... -> c5, between them a crowd of
+    one-click users on the popular items p0..p2: ``sequence`` lists a session's next chain
+    item first, ``trending`` the popular items."""
+    events, t = [], 0.0
+    for s in range(n_sessions):
+        for step in range(6):
+            events.append(Event(user_id=f"s{s}", item_id=f"c{step}", type="click", ts=t))
+            for c in range(3):  # the crowd: more clicks on p0..p2 than on any chain item
+                events.append(Event(user_id=f"crowd{s}-{step}-{c}", item_id=f"p{c}", type="click", ts=t + 0.1 * (c + 1)))
+            t += 1.0
+    return events
+
+
+def chain_blend(**feedback) -> Blend:
+    # trending weighs three times sequence: as given, the popular items come first
+    return Blend(models={"sequence": {}, "trending": {"half_life_s": None}}, weights={"sequence": 1.0, "trending": 3.0},
+                 calibrated=(), **feedback)
+
+
+def test_feedback_moves_weight_to_the_part_whose_lists_hold_the_next_items() -> None:
+    events = chains_in_a_crowd()
+    static = prequential(chain_blend(), events, k=1)
+    model = chain_blend(feedback_half_life=20, feedback_prior=0.1)
+    learned = prequential(model, events, k=1)
+    factors = model.feedback_factors()
+    assert factors["sequence"] > 1.5 and factors["trending"] < 0.5, factors
+    assert static.hr < 0.05  # the popular items win every list
+    assert learned.hr > 0.8, learned.hr  # after a few sessions, the chain's next item wins
+
+
+def test_without_feedback_nothing_is_kept_and_the_weights_stay() -> None:
+    model = chain_blend()
+    prequential(model, chains_in_a_crowd(5), k=1)
+    assert model._shown == {} and model.feedback_factors() == {"sequence": 1.0, "trending": 1.0}
+    assert model._weight("trending") == 3.0
+    with pytest.raises(ValueError, match="feedback_prior"):
+        chain_blend(feedback_half_life=10, feedback_prior=0.0)
+
+
+def _parts() -> dict:
+    return {"cooc": {}, "embeddings": SMALL_EMBEDDINGS, "sequence": {}, "trending": {}}
+
+
+def test_both_ranking_paths_keep_the_same_lists_and_learn_the_same_weights() -> None:
+    """Lists kept by ``recommend_rows`` (the worker's batches) and by ``recommend`` (one
+    user) are the same, so feedback learns the same weights and both paths keep ranking alike."""
+    events = random_stream(4000, 60, 300, seed=2)
+    first, later = events[:3000], events[3000:]
+    batched, single = (Blend(models=_parts(), feedback_half_life=50, feedback_depth=10) for _ in range(2))
+    for model in (batched, single):
+        model.learn_many(first)
+    users = sorted({e.user_id for e in events})
+    seen = seen_by(first)
+    for start in range(0, len(later), 250):
+        chunk = later[start : start + 250]
+        many = batched.recommend_many(users, 10, seen)
+        for user in users:
+            assert_same_ranking(many[user], single.recommend(user, 10, seen.get(user)))
+        assert batched._shown == single._shown
+        for model in (batched, single):
+            model.learn_many(chunk)
+        assert batched._credit == pytest.approx(single._credit)
+    factors = batched.feedback_factors()
+    assert factors != pytest.approx(dict.fromkeys(factors, 1.0))  # feedback did move them
+
+
+def test_lists_are_kept_for_the_most_recently_ranked_users_only() -> None:
+    model = chain_blend(feedback_half_life=20, feedback_users=3)
+    model.learn_many(chains_in_a_crowd(4))
+    model.recommend_many(["s0", "s1", "s2"], 5)
+    model.recommend("s3", 5)
+    model.recommend("s1", 5)  # ranked again: now the most recent
+    assert list(model._shown) == ["s2", "s3", "s1"]
+    model.forget_user("s3")
+    assert list(model._shown) == ["s2", "s1"]
+    model.forget_items(["c4"])
+    assert all("c4" not in items for lists in model._shown.values() for items in lists)
+
+
+def test_a_pickled_blend_keeps_its_feedback() -> None:
+    events = chains_in_a_crowd(20)
+    model = chain_blend(feedback_half_life=20, feedback_prior=0.1)
+    prequential(model, events[:300], k=1)
+    twin = pickle.loads(pickle.dumps(model))
+    assert twin.feedback_factors() == model.feedback_factors() and twin._shown == model._shown
+    for event in events[300:]:
+        for m in (model, twin):
+            m.recommend(event.user_id, 3)
+            m.learn_one(event)
+    assert twin.feedback_factors() == model.feedback_factors() != {"sequence": 1.0, "trending": 1.0}
