@@ -33,6 +33,7 @@ def chains_in_a_crowd(n_sessions: int = 60) -> list[Event]:
 
 def chain_blend(**feedback) -> Blend:
     # trending weighs three times sequence: as given, the popular items come first
+    feedback = {"feedback_half_life": None, **feedback}
     return Blend(models={"sequence": {}, "trending": {"half_life_s": None}}, weights={"sequence": 1.0, "trending": 3.0},
                  calibrated=(), **feedback)
 
