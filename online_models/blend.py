@@ -156,7 +156,7 @@ class Blend(Recommender):
         weight = self._base_weight(name)
         if self.feedback_half_life is None or not weight:
             return weight
-        return weight * self.feedback_factors()[name]
+        return weight * self.feedback_factors().get(name, 1.0)
 
     def feedback_factors(self) -> dict[str, float]:
         """What feedback multiplies each part's weight by (all 1 without ``feedback_half_life``).
