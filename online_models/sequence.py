@@ -16,6 +16,7 @@ from online_models._arrays import (
     WeightedRow,
     excluded_cells,
     grow,
+    order_by_user_score_row,
     top_k_arrays,
 )
 from online_models.base import Interaction, Ranking, Recommender
@@ -435,7 +436,7 @@ class Sequential(ReadsPopularity, Recommender):
             keep &= ~np.isin(keys, marked)
         user, row = np.divmod(keys[keep], n)
         scores = scores[keep]
-        order = np.lexsort((row, -scores, user))
+        order = order_by_user_score_row(user, scores, row)  # keys are distinct: so are (user, row)
         user, row, scores = user[order], row[order], scores[order]
         counts = np.bincount(user, minlength=n_users)
         pos = np.arange(len(user)) - (np.cumsum(counts) - counts)[user]
