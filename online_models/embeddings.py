@@ -375,9 +375,11 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         if index is self._items:
             own = np.where(listed, rows, -1)
         else:
+            # each distinct listed row looked up once, then every cell by position
             get, ids = self._items.rows.get, index.ids
-            own = np.array([[get(ids[r], -1) if r >= 0 else -1 for r in row] for row in rows.tolist()],
-                           dtype=np.int64).reshape(rows.shape)
+            distinct, at = np.unique(rows, return_inverse=True)
+            mapped = np.array([get(ids[r], -1) if r >= 0 else -1 for r in distinct.tolist()], dtype=np.int64)
+            own = mapped[at.reshape(rows.shape)]
         # each user's distinct recent items, most recent first (explain_items' order: ties to the newer)
         recent = [list(dict.fromkeys(reversed(self._recent.get(user_id, ())))) for user_id in user_ids]
         mine = np.full((len(user_ids), max(map(len, recent), default=0)), -1, dtype=np.int64)
@@ -395,27 +397,19 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
             at = np.argmax(sims, axis=1)
             found = np.isfinite(np.take_along_axis(sims, at[:, None, :], axis=1)[:, 0, :]) & (targets >= 0)
             best[start : start + chunk] = np.where(found, np.take_along_axis(part, at, axis=1), -1)
+        # what each listed cell says, as a code: -2 popular now, -1 no reason, else the row of
+        # the recent item it is close to; each distinct reason is written once
+        no_history = np.array([not items for items in recent], dtype=bool)
+        codes = np.where(no_history[:, None], np.where(own >= 0, -2, -1), best)[listed]
+        distinct, at = np.unique(codes, return_inverse=True)
         ids, name = self._items.ids, self.name
-        sentences: dict[int, tuple[str, str | None]] = {}
-        explained = []
-        for items, cells, known, chosen in zip(recent, listed.tolist(), (own >= 0).tolist(), best.tolist()):
-            if not items:
-                explained.append([(POPULAR_STRATEGY, POPULAR_NOW) if k else (name, None)
-                                  for k, cell in zip(known, cells) if cell])
-                continue
-            said = []
-            for row, cell in zip(chosen, cells):
-                if not cell:
-                    continue
-                if row < 0:
-                    said.append((name, None))
-                else:
-                    reason = sentences.get(row)
-                    if reason is None:
-                        reason = sentences[row] = (name, f"close to {ids[row]}, which you viewed recently")
-                    said.append(reason)
-            explained.append(said)
-        return explained
+        reasons = np.empty(len(distinct), dtype=object)
+        for n, c in enumerate(distinct.tolist()):  # one by one: numpy would read tuples as rows
+            reasons[n] = ((POPULAR_STRATEGY, POPULAR_NOW) if c == -2 else (name, None) if c == -1
+                          else (name, f"close to {ids[c]}, which you viewed recently"))
+        said = reasons[at.reshape(-1)].tolist()
+        ends = np.cumsum(listed.sum(axis=1)).tolist()
+        return [said[end - size : end] for end, size in zip(ends, listed.sum(axis=1).tolist())]
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items whose output vectors are closest (cosine) to this item's input vector."""
