@@ -12,25 +12,18 @@ import numpy as np
 from online_models import tables
 from online_models._arrays import (
     IdIndex,
-    RankedRows,
     WeightedRow,
-    excluded_cells,
     grow,
-    order_by_user_score_row,
-    top_k_arrays,
 )
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.recent import RecentItems
+from online_models.sequence_ranking import SequenceRanking
 from online_models.tables import id_array
 from online_models.trending import (
-    POPULAR_NOW,
-    POPULAR_STRATEGY,
     PopularityLink,
     ReadsPopularity,
     Trending,
 )
-
-_DENSE_SLOTS = 1 << 20  # (user, item) scores held at once on the dense ranking path
 
 
 class _Successors(WeightedRow):
@@ -74,7 +67,7 @@ class _Successors(WeightedRow):
 _Histories = RecentItems  # the name checkpoints from before the shared class pickled
 
 
-class Sequential(ReadsPopularity, Recommender):
+class Sequential(SequenceRanking, ReadsPopularity, Recommender):
     """What users click next: sequential rules over each user's recent items, plus repeats.
 
     Learning an event of item ``i`` by a user whose recent items are ``h_1`` (the last
@@ -281,278 +274,6 @@ class Sequential(ReadsPopularity, Recommender):
         """All users ranked together in a few numpy calls (``recommend_rows``)."""
         users = list(dict.fromkeys(user_ids))
         return self.recommend_rows(users, k, exclude).rankings(users)
-
-    def recommend_rows(
-        self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
-    ) -> RankedRows:
-        """``recommend_many``'s lists as arrays (see ``RankedRows``): no per-user scoring
-        nor list in Python. Each user's items scored above 0 come first, then popular items
-        the user neither has nor excludes, scored 0."""
-        users = list(user_ids)
-        n = len(self._items)
-        if n == 0 or k <= 0:  # nothing learned here; a shared popularity may know items
-            empty = np.zeros((len(users), 0))
-            return self._with_popular(users, k, empty.astype(np.int64), empty, exclude or {}) if k > 0 else \
-                RankedRows(empty.astype(np.int64), empty, self._items)
-        at_user, at_item = excluded_cells(self._items, users, exclude or {})
-        user, rows, weight, back = self._sources_of(users)
-
-        # repeats: each distinct recent item at the steps back of its latest click
-        key = user * n + rows
-        order = np.lexsort((back, key))  # per (user, item), the latest click first
-        first = np.ones(len(key), dtype=bool)
-        first[1:] = key[order][1:] != key[order][:-1]
-        latest = order[first]
-        clicks = np.bincount(np.cumsum(first) - 1, minlength=len(latest))
-        most = self.repeat_counts
-        repeat = self.repeat_rates()[back[latest] * most + np.minimum(clicks, most) - 1]
-        repeat_total = np.bincount(user[latest], repeat, minlength=len(users))
-
-        # transitions: each recent item's strongest successors, gathered for all users at once
-        source_weight = weight * np.maximum(1.0 - repeat_total[user], 0.0) / (self._out_total[rows] + self.shrinkage)
-        distinct, which = np.unique(rows, return_inverse=True)
-        parts = [self._successors[r].strongest(self.max_successors) for r in distinct.tolist()]
-        lengths = np.array([len(p[0]) for p in parts], dtype=np.int64)
-        if lengths.sum():
-            succ_rows = np.concatenate([p[0] for p in parts])
-            succ_weights = np.concatenate([p[1] for p in parts])
-            per_entry = lengths[which]
-            starts = np.cumsum(lengths) - lengths
-            ends = np.cumsum(per_entry)
-            at = np.repeat(starts[which] - (ends - per_entry), per_entry) + np.arange(ends[-1] if len(ends) else 0)
-            seq_keys = np.repeat(user, per_entry) * n + succ_rows[at]
-            seq_vals = succ_weights[at] * np.repeat(source_weight, per_entry)
-        else:
-            seq_keys, seq_vals = np.zeros(0, dtype=np.int64), np.zeros(0)
-
-        keys = np.concatenate([seq_keys, key[latest]])
-        vals = np.concatenate([seq_vals, repeat])
-        marked_keys = at_user * n + at_item if len(at_user) else None
-        if len(keys) * 8 >= len(users) * n:  # dense enough: per-user score rows, no sort of the entries
-            top_rows_, top_scores = self._dense_top(keys, vals, marked_keys, len(users), n, k)
-        else:
-            top_rows_, top_scores = self._sparse_top(keys, vals, marked_keys, len(users), n, k)
-        return self._with_popular(users, k, top_rows_, top_scores, exclude or {})
-
-    def _sources_of(self, users: list[str]) -> tuple[np.ndarray, ...]:
-        """Every user's recent items as flat arrays: user position, item row, source weight
-        (``a_d``, summing to 1 per user), and steps back."""
-        histories, window = self._histories, self.window
-        table = histories.users.rows
-        at = [table.get(u, -1) for u in users]
-        held_by = histories.sizes  # a list: read per user, not converted whole
-        sizes = np.array([held_by[a] if a >= 0 else 0 for a in at], dtype=np.int64)
-        at = np.array(at, dtype=np.int64)
-        held = np.arange(window) >= (window - sizes)[:, None]
-        user, col = np.nonzero(held)  # per user, oldest first
-        table_rows = at[user]
-        rows = histories.rows[table_rows, col]
-        back = window - 1 - col
-        weight = self._decay_powers()[back]
-        if self.recency_half_life_s is not None and len(user):
-            age = histories.values[table_rows, window - 1] - histories.values[table_rows, col]
-            weight = weight * np.exp2(-age / self.recency_half_life_s)
-        total = np.bincount(user, weight, minlength=len(users))
-        return user, rows, weight / np.maximum(total[user], 1e-300), back
-
-    def _decay_powers(self) -> np.ndarray:
-        powers = self.__dict__.get("_powers_cache")
-        if powers is None:
-            powers = self._powers_cache = self.recency_decay ** np.arange(self.window, dtype=np.float64)
-        return powers
-
-    def _with_popular(self, users: list[str], k: int, rows: np.ndarray, scores: np.ndarray,
-                      exclude: Mapping[str, Collection[str]]) -> RankedRows:
-        """The lists ``rows``/``scores`` filled up to ``k`` with the most popular items that
-        each user has neither listed nor excluded (scored 0), in popularity order."""
-        listed = (rows >= 0).sum(axis=1)
-        short = np.flatnonzero(listed < k)
-        if not len(short):
-            return RankedRows(rows, scores, self._items)
-        # deep enough whatever each short user has listed or excludes (known here or not)
-        depth = k + max(have + len(exclude.get(users[j]) or ()) for j, have in
-                        zip(short.tolist(), listed[short].tolist()))
-        popular = self._popular_rows(depth)
-        width = min(k, len(self._items))  # the popularity may have named items new here
-        out_rows = np.full((len(users), width), -1, dtype=np.int64)
-        out_scores = np.full((len(users), width), -np.inf)
-        out_rows[:, : rows.shape[1]], out_scores[:, : rows.shape[1]] = rows, scores
-        if not len(popular):
-            return RankedRows(out_rows, out_scores, self._items)
-        # most short users list nothing and exclude nothing: the popular list as it is
-        ex_user, ex_item = excluded_cells(self._items, [users[j] for j in short.tolist()], exclude)
-        bare = listed[short] == 0
-        bare[ex_user] = False
-        m = min(width, len(popular))
-        out_rows[short[bare], :m] = popular[:m]
-        out_scores[short[bare], :m] = 0.0
-        rest = np.flatnonzero(~bare)  # positions in ``short``
-        if not len(rest):
-            return RankedRows(out_rows, out_scores, self._items)
-        # which popular items each of the others has listed or excluded
-        at_popular = np.full(len(self._items), -1, dtype=np.int64)
-        at_popular[popular] = np.arange(len(popular))
-        taken = np.zeros((len(rest), len(popular)), dtype=bool)
-        mine = rows[short[rest]]
-        hit = np.where(mine >= 0, at_popular[np.where(mine >= 0, mine, 0)], -1)
-        j, col = np.nonzero(hit >= 0)
-        taken[j, hit[j, col]] = True
-        at_rest = np.full(len(short), -1, dtype=np.int64)
-        at_rest[rest] = np.arange(len(rest))
-        hit = at_popular[ex_item]
-        taken[at_rest[ex_user[hit >= 0]], hit[hit >= 0]] = True
-        # the first ``width - listed`` free ones of each, after its own
-        free = ~taken
-        rank = np.cumsum(free, axis=1) - 1
-        have = listed[short[rest]]
-        j, p = np.nonzero(free & (rank < (width - have)[:, None]))
-        users_at, cols = short[rest][j], have[j] + rank[j, p]
-        out_rows[users_at, cols] = popular[p]
-        out_scores[users_at, cols] = 0.0
-        return RankedRows(out_rows, out_scores, self._items)
-
-    def _popular_rows(self, m: int) -> np.ndarray:
-        """Rows of the ``m`` most popular items, most popular first; a shared popularity
-        (``use_popularity``) may name items this model has not met: they are added here."""
-        ranked = self._trending.top(m)
-        get = self._items.rows.get
-        rows = [get(item) for item, _ in ranked]
-        if None in rows:  # only a handed popularity can know items this model does not
-            missing = [item for row, (item, _) in zip(rows, ranked) if row is None]
-            found = dict(zip(missing, self._add_items(missing).tolist()))
-            rows = [found[item] if row is None else row for row, (item, _) in zip(rows, ranked)]
-        return np.array(rows, dtype=np.int64)
-
-    @staticmethod
-    def _sparse_top(keys: np.ndarray, vals: np.ndarray, marked: np.ndarray | None, n_users: int, n: int,
-                    k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each user's top ``k`` positive-scored rows from ``(user * n + row, value)`` entries
-        (summed per key), leaving out the ``marked`` keys: one sort of the distinct keys.
-        ``(n_users, min(k, n))`` rows and scores, ``-1`` / ``-inf`` after a shorter list."""
-        keys, at = np.unique(keys, return_inverse=True)
-        scores = np.bincount(at, vals, minlength=len(keys))
-        keep = scores > 0
-        if marked is not None:
-            keep &= ~np.isin(keys, marked)
-        user, row = np.divmod(keys[keep], n)
-        scores = scores[keep]
-        order = order_by_user_score_row(user, scores, row)  # keys are distinct: so are (user, row)
-        user, row, scores = user[order], row[order], scores[order]
-        counts = np.bincount(user, minlength=n_users)
-        pos = np.arange(len(user)) - (np.cumsum(counts) - counts)[user]
-        take = pos < k
-        width = min(k, n)
-        out_rows = np.full((n_users, width), -1, dtype=np.int64)
-        out_scores = np.full((n_users, width), -np.inf)
-        out_rows[user[take], pos[take]] = row[take]
-        out_scores[user[take], pos[take]] = scores[take]
-        return out_rows, out_scores
-
-    @staticmethod
-    def _dense_top(keys: np.ndarray, vals: np.ndarray, marked: np.ndarray | None, n_users: int, n: int,
-                   k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``_sparse_top`` through a dense score row per user, a chunk of users at a time."""
-        step = max(1, _DENSE_SLOTS // n)
-        out_rows = np.full((n_users, min(k, n)), -1, dtype=np.int64)
-        out_scores = np.full((n_users, min(k, n)), -np.inf)
-        for first in range(0, n_users, step):
-            users = min(step, n_users - first)
-            lo, hi = first * n, (first + users) * n
-            inside = (keys >= lo) & (keys < hi)
-            scores = np.bincount(keys[inside] - lo, vals[inside], minlength=users * n)
-            scores[scores <= 0] = -np.inf
-            if marked is not None:
-                mine = marked[(marked >= lo) & (marked < hi)]
-                scores[mine - lo] = -np.inf
-            out_rows[first : first + users], out_scores[first : first + users] = top_k_arrays(
-                scores.reshape(users, n), k)
-        return out_rows, out_scores
-
-    # -- explanations and similar items --------------------------------------------------
-    def explain(self, user_id: str, item_id: str) -> str:
-        """Why ``item_id`` ranks for the user, in words."""
-        return self._reasons(user_id, [item_id])[0]
-
-    def _reasons(self, user_id: str, item_ids: Sequence[str]) -> list[str]:
-        """``explain`` for several items: the user's recent items are read once."""
-        get = self._items.rows.get
-        return self._say(self._source_factors(user_id), [get(item_id, -1) for item_id in item_ids])
-
-    def _say(self, sources: list[tuple[int, float]], rows: list[int]) -> list[str]:
-        """Why each item row (``-1``: unknown here) ranks for a user whose recent items are
-        ``sources`` (see ``_source_factors``): the source whose transition to it weighs
-        most, the first of equals."""
-        sources = [(source, factor, self._successors[source]) for source, factor in sources]
-        recent = {source for source, _, _ in sources}
-        ids = self._items.ids
-        reasons = []
-        for row in rows:
-            if row < 0:
-                reasons.append("popular right now")
-                continue
-            if row in recent:
-                reasons.append("you clicked it recently")
-                continue
-            best, best_score = None, 0.0
-            for source, factor, successors in sources:
-                i = successors.pos.get(row)
-                if i is not None and factor * successors.weights[i] > best_score:
-                    best, best_score = source, factor * successors.weights[i]
-            reasons.append(f"often clicked after {ids[best]}" if best is not None else "popular right now")
-        return reasons
-
-    def _source_factors(self, user_id: str) -> list[tuple[int, float]]:
-        """The user's recent items, oldest first, each with ``a_d / (out + shrinkage)`` (what
-        its transitions are multiplied by when ranking, before the repeats' share)."""
-        history = self._histories.get(user_id)
-        if history is None:
-            return []
-        if self.recency_half_life_s is None:  # a few numbers: plain Python beats numpy's calls
-            rows = history[0].tolist()
-            weights = self._decay_powers()[len(rows) - 1 :: -1].tolist()  # a_d, oldest first
-            total = 0.0
-            for a in weights:  # summed in _sources_of's order, so the same floats
-                total += a
-            total = max(total, 1e-300)
-            weights = [a / total for a in weights]
-        else:
-            _, rows_, weight, _ = self._sources_of([user_id])
-            rows, weights = rows_.tolist(), weight.tolist()
-        out, shrinkage = self._out_total, self.shrinkage
-        return [(row, a / (float(out[row]) + shrinkage)) for row, a in zip(rows, weights)]
-
-    def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
-        """Per item, ``("sequence", "often clicked after X")`` (the recent item whose
-        transition weighs most) or ``("sequence", "you clicked it recently")``; an item no
-        transition reaches was ranked for its popularity: ``("trending", "popular now")``."""
-        return list(map(self._strategy_of, self._reasons(user_id, item_ids)))
-
-    def explain_rows(self, user_ids: Sequence[str], rows: np.ndarray, index: IdIndex
-                     ) -> list[list[tuple[str, str | None]]]:
-        """``explain_items`` for a batch of lists at once (``rows``: item rows of ``index``,
-        ``-1`` where there is no item), with the same words: every user's recent items and
-        their factors are read in one pass, not one call per user."""
-        user_ids = list(user_ids)
-        listed = rows >= 0
-        lengths = listed.sum(axis=1).tolist()
-        flat = rows[listed].tolist()
-        if index is not self._items:
-            get, ids = self._items.rows.get, index.ids
-            flat = [get(ids[r], -1) for r in flat]
-        user, sources, weight, _ = self._sources_of(user_ids)
-        factors = (weight / (self._out_total[sources] + self.shrinkage)).tolist()  # as _source_factors
-        held = np.bincount(user, minlength=len(user_ids)).tolist()
-        sources, strategy_of = sources.tolist(), self._strategy_of
-        explained, start, cell = [], 0, 0
-        for size, length in zip(held, lengths):
-            mine = list(zip(sources[start : start + size], factors[start : start + size]))
-            explained.append(list(map(strategy_of, self._say(mine, flat[cell : cell + length]))))
-            start, cell = start + size, cell + length
-        return explained
-
-    def _strategy_of(self, reason: str) -> tuple[str, str | None]:
-        """An explanation as ``(strategy, reason)``: popular items are trending's."""
-        return (POPULAR_STRATEGY, POPULAR_NOW) if reason == "popular right now" else (self.name, reason)
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The items most often clicked next after ``item_id`` (share of its transitions)."""

@@ -15,9 +15,8 @@ import math
 import numpy as np
 import pytest
 
-import online_models.sequence as sequence_module
 from core.schema import Event
-from online_models import make_model
+from online_models import make_model, sequence_ranking
 from online_models._arrays import IdIndex, RankedRows
 from online_models.capabilities import RanksRows
 from online_models.trending import Trending
@@ -67,9 +66,9 @@ def trained(events, **params):
 
 
 @pytest.mark.parametrize("params", [{"max_successors": None}, {"max_successors": None, "recency_half_life_s": 20.0}])
-@pytest.mark.parametrize("dense_slots", [sequence_module._DENSE_SLOTS, 500])
+@pytest.mark.parametrize("dense_slots", [sequence_ranking._DENSE_SLOTS, 500])
 def test_batch_ranking_is_the_definition(monkeypatch, params: dict, dense_slots: int) -> None:
-    monkeypatch.setattr(sequence_module, "_DENSE_SLOTS", dense_slots)  # 500: a few users per dense chunk
+    monkeypatch.setattr(sequence_ranking, "_DENSE_SLOTS", dense_slots)  # 500: a few users per dense chunk
     events = random_stream(3000, 80, 300, seed=7)
     model = trained(events, **params)
     users = ["nobody", *sorted({e.user_id for e in events})]
