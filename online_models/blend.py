@@ -10,10 +10,20 @@ from typing import Any
 import numpy as np
 
 from online_models import tables
-from online_models._arrays import IdIndex, RankedRows, RowMap, fuse_top_k
+from online_models._arrays import IdIndex, RankedRows
 from online_models.base import Interaction, Ranking, Recommender
-from online_models.capabilities import (Explains, ExplainsRows, LearnsItems, RanksRows, SimilarItems, UsesPopularity,
-                                        declare_from_parts, largest_sizes, undeclared)
+from online_models.capabilities import (
+    Explains,
+    ExplainsRows,
+    LearnsItems,
+    RanksRows,
+    SimilarItems,
+    UsesPopularity,
+    declare_from_parts,
+    largest_sizes,
+    undeclared,
+)
+from online_models.fusion import RowMap, fuse_top_k
 from online_models.parts import make_part
 
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {"cooc": {}, "embeddings": {}, "sequence": {}}

@@ -245,8 +245,9 @@ def test_fuse_top_k_equals_blends_dict_fusion(rank_offset) -> None:
     user, the list the dict fusion gives, ties included."""
     import random
 
-    from online_models._arrays import IdIndex, fuse_top_k
+    from online_models._arrays import IdIndex
     from online_models.blend import Blend
+    from online_models.fusion import fuse_top_k
 
     rng = random.Random(5)
     names = ("cooc", "trending", "embeddings", "sequence")
@@ -386,7 +387,7 @@ def test_device_top_k_path_ranks_as_the_cpu_path() -> None:
     users = [f"u{j}" for j in range(len(reps))]
     by_user = dict(zip(users, reps))
     exclude = {u: {f"i{r}" for r in rng.integers(0, n, 30)} for u in users[::3]}
-    represent = lambda chunk: np.stack([by_user[u] for u in chunk])  # noqa: E731
+    represent = lambda chunk: np.stack([by_user[u] for u in chunk])
     for k in (1, 10, 100):
         want = emb.top_k_rows_by_product(items, bias, represent, index, users, k, exclude)
         got = emb.top_k_rows_by_product(items, bias, represent, index, users, k, exclude, torch.device("cpu"))
