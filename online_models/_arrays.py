@@ -123,6 +123,24 @@ class IdIndex:
         rows = np.fromiter(map(self.rows.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
         return rows[rows >= 0] if len(rows) and rows.min() < 0 else rows
 
+    def rows_from(self, other: IdIndex, rows: np.ndarray) -> np.ndarray:
+        """This index's rows of the ids at ``rows`` of ``other`` (any shape): ``-1`` where
+        ``rows`` has ``-1`` or this index does not know the id. Each distinct row is looked
+        up once; ``other`` being this index, ``rows`` come back as they are.
+
+        >>> mine, theirs = IdIndex(), IdIndex()
+        >>> _ = mine.add("a"), mine.add("b"), theirs.add("b"), theirs.add("c")
+        >>> mine.rows_from(theirs, np.array([[0, 1], [0, -1]])).tolist()
+        [[1, -1], [1, -1]]
+        """
+        if other is self:
+            return rows
+        distinct, at = np.unique(rows, return_inverse=True)
+        get, ids = self.rows.get, other.ids
+        mapped = np.fromiter((get(ids[r], -1) if r >= 0 else -1 for r in distinct.tolist()), dtype=np.int64,
+                             count=len(distinct))
+        return mapped[at.reshape(rows.shape)]
+
     def excluded_rows(self, exclude: Collection[str] | None) -> np.ndarray | None:
         """What a ranking must leave out: the rows of the known ids in ``exclude`` and the
         freed rows (``None``: nothing)."""

@@ -66,11 +66,7 @@ class CoocRanking:
         listed = rows >= 0
         lengths = listed.sum(axis=1)
         flat = rows[listed]
-        if index is self._items:
-            own = flat
-        else:
-            get, ids = self._items.rows.get, index.ids
-            own = np.fromiter((get(ids[r], -1) for r in flat.tolist()), dtype=np.int64, count=len(flat))
+        own = self._items.rows_from(index, flat)
         n = len(self._items)
         # what each listed item says: 0 (the model, no reason: an unknown item), 1 (popular
         # now), 2 + s (sentence s)

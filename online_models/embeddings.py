@@ -372,14 +372,7 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         recent items with the listed items in one batched product per chunk of users."""
         user_ids = list(user_ids)
         listed = rows >= 0
-        if index is self._items:
-            own = np.where(listed, rows, -1)
-        else:
-            # each distinct listed row looked up once, then every cell by position
-            get, ids = self._items.rows.get, index.ids
-            distinct, at = np.unique(rows, return_inverse=True)
-            mapped = np.array([get(ids[r], -1) if r >= 0 else -1 for r in distinct.tolist()], dtype=np.int64)
-            own = mapped[at.reshape(rows.shape)]
+        own = self._items.rows_from(index, rows)
         # each user's distinct recent items, most recent first (explain_items' order: ties to the newer)
         recent = [list(dict.fromkeys(reversed(self._recent.get(user_id, ())))) for user_id in user_ids]
         mine = np.full((len(user_ids), max(map(len, recent), default=0)), -1, dtype=np.int64)
@@ -408,8 +401,8 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
             reasons[n] = ((POPULAR_STRATEGY, POPULAR_NOW) if c == -2 else (name, None) if c == -1
                           else (name, f"close to {ids[c]}, which you viewed recently"))
         said = reasons[at.reshape(-1)].tolist()
-        ends = np.cumsum(listed.sum(axis=1)).tolist()
-        return [said[end - size : end] for end, size in zip(ends, listed.sum(axis=1).tolist())]
+        sizes = listed.sum(axis=1)
+        return [said[end - size : end] for end, size in zip(np.cumsum(sizes).tolist(), sizes.tolist())]
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items whose output vectors are closest (cosine) to this item's input vector."""

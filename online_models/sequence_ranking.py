@@ -280,10 +280,7 @@ class SequenceRanking:
         user_ids = list(user_ids)
         listed = rows >= 0
         lengths = listed.sum(axis=1).tolist()
-        flat = rows[listed].tolist()
-        if index is not self._items:
-            get, ids = self._items.rows.get, index.ids
-            flat = [get(ids[r], -1) for r in flat]
+        flat = self._items.rows_from(index, rows[listed]).tolist()
         user, sources, weight, _ = self._sources_of(user_ids)
         factors = (weight / (self._out_total[sources] + self.shrinkage)).tolist()  # as _source_factors
         held = np.bincount(user, minlength=len(user_ids)).tolist()
