@@ -211,6 +211,20 @@ def _fuse_reference(blend, lists: dict, k: int) -> list:
     return [(item, float(score)) for item, score in best]
 
 
+def _random_lists(rng, names, repeat: bool) -> dict[str, list[tuple[str, float]]]:
+    """A ranked list per part name over 40 items: empty to 30 long, scores with ties, and with
+    ``repeat`` the last item of each list a repeat of its first."""
+    lists = {}
+    for name in names:
+        size = rng.choice([0, 1, 5, 30])
+        items = rng.sample([f"i{j}" for j in range(40)], size)
+        if size and repeat:
+            items[-1] = items[0]  # a repeated item
+        scores = sorted((rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in items), reverse=True)
+        lists[name] = list(zip(items, scores))
+    return lists
+
+
 @pytest.mark.parametrize("rank_offset", [None, 60.0])
 def test_blend_fusion_matches_its_definition(rank_offset) -> None:
     import random
@@ -221,14 +235,7 @@ def test_blend_fusion_matches_its_definition(rank_offset) -> None:
     blend = Blend(models={"cooc": {}, "trending": {}, "embeddings": {}},
                   weights={"cooc": 1.0, "trending": 0.0, "embeddings": 0.5}, rank_offset=rank_offset)
     for trial in range(300):
-        lists = {}
-        for name in ("cooc", "trending", "embeddings"):
-            size = rng.choice([0, 1, 5, 30])
-            items = rng.sample([f"i{j}" for j in range(40)], size)
-            if size and trial % 7 == 0:
-                items[-1] = items[0]  # a repeated item
-            scores = sorted((rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in items), reverse=True)
-            lists[name] = list(zip(items, scores))
+        lists = _random_lists(rng, ("cooc", "trending", "embeddings"), repeat=trial % 7 == 0)
         for k in (0, 1, 10, 100):
             assert blend._fuse(lists, k) == _fuse_reference(blend, lists, k)
 
@@ -261,15 +268,7 @@ def test_fuse_top_k_equals_blends_dict_fusion(rank_offset) -> None:
         index = IdIndex()
         users = []
         for _ in range(rng.choice([1, 3, 12])):
-            lists = {}
-            for name in names:
-                size = rng.choice([0, 1, 5, 30])
-                items = rng.sample([f"i{j}" for j in range(40)], size)
-                if size and trial % 7 == 0:
-                    items[-1] = items[0]  # a repeated item
-                scores = sorted((rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in items), reverse=True)
-                lists[name] = list(zip(items, scores))
-            users.append(lists)
+            users.append(_random_lists(rng, names, repeat=trial % 7 == 0))
         width = 30
         for k in (0, 1, 10, 100):
             parts = []
