@@ -244,8 +244,37 @@ def parse_event(
     max_bytes: int = MAX_EVENT_BYTES,
     now: float | None = None,
 ) -> Event:
-    """Decode and validate one event from raw bytes, or raise ``InvalidEvent``."""
+    """Decode and validate one event from raw bytes, or raise ``InvalidEvent``.
+
+    The common plain event (user, item, interaction type and a numeric ``ts``, nothing
+    else) is checked directly, by the same rules without ``EventIn``'s general conversion
+    (about half the cost); anything else takes ``validate_event``.
+    """
     if not raw:
         raise InvalidEvent("empty message")
     obj = decode_json(raw, max_bytes=max_bytes)
+    plain = _plain_event(obj, default_event_id, time.time() if now is None else now)
+    if plain is not None:
+        return plain
     return validate_event(obj, default_ts=default_ts, default_event_id=default_event_id, now=now)
+
+
+_INTERACTION_TYPE_SET = frozenset(INTERACTION_TYPES)
+
+
+def _plain_event(obj: Any, default_event_id: str | None, now: float) -> Event | None:
+    """The event ``validate_event`` would give for a valid plain event (exactly the four keys
+    user_id, item_id, type and ts, ids as strings, ts a number); ``None`` for anything else,
+    valid or not, which ``validate_event`` then checks and explains."""
+    if type(obj) is not dict or len(obj) != 4:
+        return None
+    user_id, item_id, type_, ts = obj.get("user_id"), obj.get("item_id"), obj.get("type"), obj.get("ts")
+    if not (type(user_id) is str and type(item_id) is str and type_ in _INTERACTION_TYPE_SET
+            and (type(ts) is float or (type(ts) is int and 0 <= ts < 2**53))
+            and 0 < len(user_id) <= MAX_ID_CHARS and 0 < len(item_id) <= MAX_ID_CHARS
+            and user_id.isprintable() and item_id.isprintable()):
+        return None
+    ts = float(ts)
+    if not 0.0 <= ts <= now + MAX_FUTURE_S:  # NaN fails too
+        return None
+    return Event(user_id, item_id, type_, ts, default_event_id or new_event_id(), None, None)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.errors import InvalidEvent
-from core.schema import EVENT_TYPES, MAX_ID_CHARS, Event, parse_event, validate_event
+from core.schema import EVENT_TYPES, MAX_ID_CHARS, Event, decode_json, parse_event, validate_event
 
 NOW = 1_800_000_000.0
 
@@ -99,3 +99,34 @@ def test_arbitrary_bytes_either_parse_or_raise_invalid_event(payload):
         assert exc.reason
     else:
         assert event.type in EVENT_TYPES and math.isfinite(event.ts)
+
+
+def test_the_plain_event_fast_path_parses_as_the_general_path_does() -> None:
+    """Every payload gives the event (or the reason) that ``validate_event``'s general
+    conversion gives: the plain-event shortcut in ``parse_event`` changes nothing."""
+    now = time.time()
+    plain = {"user_id": "u1", "item_id": "i9", "type": "view", "ts": 1_700_000_000.5}
+    variants = [plain, {**plain, "ts": 1_700_000_000}, {**plain, "ts": 2**60}, {**plain, "ts": -1.0},
+                {**plain, "ts": -0.0}, {**plain, "ts": now + 2 * 86_400}, {**plain, "ts": True},
+                {**plain, "ts": "2024-01-01T00:00:00Z"}, {**plain, "ts": None}, {**plain, "user_id": ""},
+                {**plain, "item_id": ""}, {**plain, "user_id": "x" * 257}, {**plain, "item_id": "y" * 256},
+                {**plain, "user_id": "a\nb"}, {**plain, "user_id": 42}, {**plain, "type": "item"},
+                {**plain, "type": "like"}, {**plain, "type": 3}, {"user_id": "u1", "item_id": "i9", "type": "view",
+                                                               "value": 2.0}, {**plain, "event_id": "e1"},
+                {**plain, "user_id": "a:b"}, {**plain, "item_id": "ü名🎬"}, {**plain, "user_id": None}]
+    payloads = [orjson.dumps(v) for v in variants] + [
+        b'{"user_id":"u1","user_id":"u2","item_id":"i","type":"view"}',  # a repeated key
+        b'{"user_id":"a\\u003ab","item_id":"i","type":"click","ts":5}', b'{"ts": 1e400, "a": 1, "b": 2, "c": 3}',
+        b'{"user_id":"u","item_id":"i","type":"view","ts":100000000000000000000000000000}',
+        b'[1, 2, 3, 4]', b'{"user_id":"u","item_id":"i","type":"view","ts":NaN}', b"{" + b" " * 70_000 + b"}"]
+    defaults = {"default_ts": 1_700_000_000.0, "now": now}
+    for n, payload in enumerate(payloads):
+        try:
+            want = validate_event(decode_json(payload, max_bytes=65_536), default_event_id=f"e/{n}", **defaults)
+        except InvalidEvent as exc:
+            with pytest.raises(InvalidEvent) as got:
+                parse_event(payload, default_event_id=f"e/{n}", max_bytes=65_536, **defaults)
+            assert got.value.reason == exc.reason, payload
+        else:
+            got = parse_event(payload, default_event_id=f"e/{n}", max_bytes=65_536, **defaults)
+            assert (got, repr(got), type(got.ts)) == (want, repr(want), type(want.ts)), payload
