@@ -597,6 +597,17 @@ def top_k_of(
     return _ordered(rows[candidates], scores[candidates], k)
 
 
+def per_row(flat: list, listed: np.ndarray) -> list[list]:
+    """``flat`` (one entry per ``True`` cell of ``listed``, row after row) cut into one list
+    per row of ``listed``.
+
+    >>> per_row(["a", "b", "c"], np.array([[True, False], [False, False], [True, True]]))
+    [['a'], [], ['b', 'c']]
+    """
+    sizes = listed.sum(axis=1)
+    return [flat[end - size : end] for end, size in zip(np.cumsum(sizes).tolist(), sizes.tolist())]
+
+
 class RankedRows(NamedTuple):
     """Several users' top lists as arrays, in the item rows of one ``IdIndex``.
 
@@ -614,8 +625,7 @@ class RankedRows(NamedTuple):
         listed = self.rows >= 0
         # one list of pairs for all users, then a slice each: fewer Python calls per item
         ranked = list(zip(map(self.index.ids.__getitem__, self.rows[listed].tolist()), self.scores[listed].tolist()))
-        ends = np.cumsum(listed.sum(axis=1)).tolist()
-        return {u: ranked[start:end] for u, start, end in zip(user_ids, [0, *ends[:-1]], ends)}
+        return dict(zip(user_ids, per_row(ranked, listed)))
 
     @classmethod
     def of_rankings(cls, rankings: Sequence[list[tuple[str, float]]], index: IdIndex, width: int) -> RankedRows:

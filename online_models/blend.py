@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from online_models import tables
-from online_models._arrays import IdIndex, RankedRows
+from online_models._arrays import IdIndex, RankedRows, per_row
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.capabilities import (
     Explains,
@@ -418,8 +418,7 @@ class Blend(Recommender):
                 said = [[(name, None)] * count for count in chosen.sum(axis=1).tolist()]
             for at, reason in zip(cell[chosen].tolist(), [reason for user in said for reason in user]):
                 explained[at] = reason
-        ends = np.cumsum(listed.sum(axis=1)).tolist()
-        return [explained[end - size : end] for end, size in zip(ends, listed.sum(axis=1).tolist())]
+        return per_row(explained, listed)
 
     # -- capabilities, declared when the components make them sound (declare_from_parts) --
     def _learn_item(self, item_id: str, metadata: Mapping[str, Any]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 from scipy.sparse import csr_matrix
 
-from online_models._arrays import IdIndex, RankedRows, excluded_cells, order_by_user_score_row, top_rows
+from online_models._arrays import IdIndex, RankedRows, excluded_cells, order_by_user_score_row, per_row, top_rows
 from online_models.base import Ranking
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
@@ -131,8 +131,7 @@ class CoocRanking:
                         f"{f' and {ids[c % (n + 1) - 1]}' if c % (n + 1) else ''}, which you viewed")
             for c in sentences]
         explained = list(map(palette.__getitem__, said.tolist()))
-        ends = np.cumsum(lengths).tolist()
-        return [explained[end - size : end] for end, size in zip(ends, lengths.tolist())]
+        return per_row(explained, listed)
 
     def _history_table(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The users' recent item rows, most recent first, and which entries are held:

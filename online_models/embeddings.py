@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from online_models import tables
-from online_models._arrays import IdIndex, grow, top_k
+from online_models._arrays import IdIndex, grow, per_row, top_k
 from online_models.base import Interaction, Ranking
 from online_models.embeddings_ranking import EmbeddingsRanking
 from online_models.sampled_softmax import (TIE_BREAK, QueuedItemLearner, initial_item_vectors, rowwise_adagrad,
@@ -401,8 +401,7 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
             reasons[n] = ((POPULAR_STRATEGY, POPULAR_NOW) if c == -2 else (name, None) if c == -1
                           else (name, f"close to {ids[c]}, which you viewed recently"))
         said = reasons[at.reshape(-1)].tolist()
-        sizes = listed.sum(axis=1)
-        return [said[end - size : end] for end, size in zip(np.cumsum(sizes).tolist(), sizes.tolist())]
+        return per_row(said, listed)
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items whose output vectors are closest (cosine) to this item's input vector."""
