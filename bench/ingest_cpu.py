@@ -14,6 +14,7 @@ dilute the ratio). ``--profile DIR`` writes a pyinstrument profile of each model
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import statistics
 import time
@@ -83,6 +84,8 @@ def main() -> None:
     print(f"ingest per CPU-second, default vs blend without sequence: "
           f"{rates['default'] / rates['blend_without_sequence']:.2f} in all, {paired:.2f} the median batch "
           f"(target >= 0.85)")
+    if profilers:
+        os.makedirs(args.profile, exist_ok=True)
     for name, profiler in profilers.items():
         with open(f"{args.profile}/{name}.txt", "w") as f:
             f.write(profiler.output_text(unicode=False, color=False, show_all=False))
