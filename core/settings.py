@@ -76,7 +76,8 @@ class Settings(BaseSettings):
         default=500_000, ge=1, description="from this many items on, the embeddings' batch ranking scores the "
         "longest 5% of item vectors exactly and takes the other candidates from an approximate index (faiss "
         "inverted file, following item updates), then scores the candidates exactly (recall@100 against scoring "
-        "every item on 1M items: see the README); unset: every item is scored",
+        "every item on 1M items: see the README); unset: every item is scored. Applies on the CPU only: with "
+        "torch_device=cuda every item is scored exactly",
     )
     impressions_window: int = Field(default=100_000, ge=1, description="recent impressions kept for attribution")
     online_eval_k: int = Field(

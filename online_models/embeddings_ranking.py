@@ -37,7 +37,8 @@ def set_scoring(device: str = "cpu", candidates_from: int | None = None) -> None
     candidates_from
         From this many items on, users' candidates come from an approximate index
         (``online_models.candidates.ItemCandidates``) and only those are scored exactly;
-        ``None``: every item is scored. ``recommend`` (one user) always scores every item.
+        ``None``: every item is scored. ``recommend`` (one user) always scores every item,
+        and so does a batch on a GPU (``device`` not ``"cpu"``).
     """
     _SCORING["device"] = None if device == "cpu" else torch.device(device)
     _SCORING["candidates_from"] = candidates_from
@@ -125,6 +126,7 @@ def top_k_rows_by_product(
 
 
 _DEVICE_SLACK = 32  # extra places of the device's top-k, to see ties at the cut
+_DEVICE_CHUNK_CELLS = 1 << 28  # users x items scored at once on a device: 1 GiB of float32 scores
 
 
 def _top_k_rows_on_device(items, bias, representations, index, user_ids, k, exclude, device):
@@ -132,16 +134,17 @@ def _top_k_rows_on_device(items, bias, representations, index, user_ids, k, excl
     the few survivors are ordered on the CPU (score descending, ties to the lower row). A
     user whose ties reach past the slack gets the exact CPU path."""
     n = len(items)
-    items_t = torch.cat([items.T, bias[None, :]]).to(device)
+    # the table goes up as it is (no transposed copy on the CPU: at 1M items that copy
+    # cost more than the whole product on a GPU); the bias is added there
+    items_on, bias_on = items.to(device, non_blocking=True), bias.to(device, non_blocking=True)
     take = min(k + _DEVICE_SLACK, n)
     width = max(min(k, n), 0)
-    step = max(1, (1 << 26) // max(n, 1))  # 256 MB of float32 scores per chunk
+    step = max(1, _DEVICE_CHUNK_CELLS // max(n, 1))
     rows_out, vals_out = [], []
     for start in range(0, len(user_ids), step):
         chunk = user_ids[start : start + step]
-        reps = representations(chunk)
-        reps = torch.from_numpy(np.hstack([reps, np.ones((len(reps), 1), dtype=np.float32)])).to(device)
-        scores = reps @ items_t
+        reps = torch.from_numpy(np.ascontiguousarray(representations(chunk), dtype=np.float32)).to(device)
+        scores = torch.addmm(bias_on, reps, items_on.T)
         at_user, at_item = excluded_cells(index, chunk, exclude)
         if len(at_user):
             scores[torch.from_numpy(at_user).to(device), torch.from_numpy(at_item).to(device)] = -torch.inf
@@ -183,7 +186,8 @@ class EmbeddingsRanking:
             empty = np.zeros((len(user_ids), 0))
             return RankedRows(empty.astype(np.int64), empty, self._items)
         candidates_from = _SCORING["candidates_from"]
-        if candidates_from is not None and n >= candidates_from and len(user_ids) > 1:
+        on_cpu = _SCORING["device"] is None  # a GPU scores every item exactly faster than the index finds candidates
+        if on_cpu and candidates_from is not None and n >= candidates_from and len(user_ids) > 1:
             return self._rows_from_candidates(user_ids, k, exclude or {})
         rows, vals = top_k_rows_by_product(self._item_out[:n], torch.from_numpy(self._bias()), self._representations,
                                            self._items, user_ids, k, exclude or {}, _SCORING["device"])

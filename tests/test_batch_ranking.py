@@ -414,3 +414,24 @@ def test_embeddings_candidate_stage_with_every_group_probed_is_exact(monkeypatch
     for user in users:
         assert [i for i, _ in got[user]] == [i for i, _ in want[user]]
         assert [s for _, s in got[user]] == pytest.approx([s for _, s in want[user]], rel=1e-5, abs=1e-6)
+
+
+def test_embeddings_on_a_device_score_every_item_even_past_the_candidate_size(monkeypatch) -> None:
+    """With a torch device set, a batch is scored exactly on it: the candidate index (a
+    CPU stage) is neither built nor asked, whatever ``candidates_from`` says."""
+    import online_models.embeddings_ranking as emb
+    from online_models import make_model
+    from tests.test_ranking_paths import random_stream, seen_by
+
+    events = random_stream(2000, 40, 500, seed=4)
+    model = make_model("embeddings", n_factors=8, batch_size=16)
+    model.learn_many(events)
+    users = sorted({e.user_id for e in events})
+    seen = seen_by(events)
+    want = model.recommend_many(users, 20, seen)
+    monkeypatch.setitem(emb._SCORING, "candidates_from", 1)
+    monkeypatch.setitem(emb._SCORING, "device", torch.device("cpu"))  # the device path, run on the CPU
+    got = model.recommend_many(users, 20, seen)
+    assert model not in emb._CANDIDATES
+    for user in users:
+        assert [i for i, _ in got[user]] == [i for i, _ in want[user]]
