@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -204,11 +205,19 @@ class Blend(Recommender):
         """Keep each user's part lists (``lists[p][j]``: part ``p``'s for ``user_ids[j]``),
         the least recently ranked users dropped beyond ``feedback_users``."""
         shown = self._shown
-        for j, user_id in enumerate(user_ids):
-            shown.pop(user_id, None)  # to the end: ranked most recently
-            shown[user_id] = tuple(part[j] for part in lists)
-        while len(shown) > self.feedback_users:
-            del shown[next(iter(shown))]
+        if len(set(user_ids)) == len(user_ids):
+            pop = shown.pop
+            for user_id in user_ids:
+                pop(user_id, None)  # to the end: ranked most recently
+            shown.update(zip(user_ids, zip(*lists)))
+        else:  # a user twice: kept where its last list puts it
+            for j, user_id in enumerate(user_ids):
+                shown.pop(user_id, None)
+                shown[user_id] = tuple(part[j] for part in lists)
+        excess = len(shown) - self.feedback_users
+        if excess > 0:  # one pass: each next(iter(shown)) would step over the keys deleted before
+            for user_id in list(islice(shown, excess)):
+                del shown[user_id]
 
     def learn_one(self, interaction: Interaction) -> None:
         self._take_feedback((interaction,))
@@ -473,11 +482,20 @@ class Blend(Recommender):
 
 
 def _top_ids(ranked: RankedRows, depth: int) -> list[tuple[str, ...]]:
-    """Each row's first ``depth`` item ids, best first."""
+    """Each row's first ``depth`` item ids, best first (one id lookup pass for all rows).
+
+    >>> index = IdIndex(); _ = index.add("a"), index.add("b")
+    >>> _top_ids(RankedRows(np.array([[1, 0, -1], [0, -1, -1]]), np.zeros((2, 3)), index), 2)
+    [('b', 'a'), ('a',)]
+    """
     top = ranked.rows[:, :depth]
-    lengths = (top >= 0).sum(axis=1).tolist()  # the listed slots come first
-    item_id = ranked.index.ids.__getitem__
-    return [tuple(map(item_id, rows[:length])) for rows, length in zip(top.tolist(), lengths)]
+    listed = top >= 0  # the listed slots come first
+    ids = list(map(ranked.index.ids.__getitem__, top[listed].tolist()))
+    width = top.shape[1]
+    if len(ids) == top.size and width:  # every list full: tuples of width cut at C speed
+        return list(zip(*[iter(ids)] * width))
+    ends = np.cumsum(listed.sum(axis=1)).tolist()
+    return list(map(tuple, map(ids.__getitem__, map(slice, [0, *ends[:-1]], ends))))
 
 
 class _ListsByUser(Mapping[str, Ranking]):

@@ -109,3 +109,21 @@ def test_a_pickled_blend_keeps_its_feedback() -> None:
             m.recommend(event.user_id, 3)
             m.learn_one(event)
     assert twin.feedback_factors() == model.feedback_factors() != {"sequence": 1.0, "trending": 1.0}
+
+
+def test_lists_kept_by_a_batch_are_the_lists_one_by_one_would_keep() -> None:
+    """``recommend_rows`` keeps each user's part lists as ``recommend`` would, in the order
+    a loop over the users would leave them: short lists, a user asked twice, and the
+    oldest users dropped past ``feedback_users``."""
+    events = random_stream(600, 40, 12, seed=5)  # a small catalogue: some lists run short
+    batched, single = (Blend(models=_parts(), feedback_half_life=50, feedback_depth=7, feedback_users=25)
+                       for _ in range(2))
+    for model in (batched, single):
+        model.learn_many(events)
+    users = ["nobody", *sorted({e.user_id for e in events})[:30], "nobody"]
+    seen = seen_by(events)
+    batched.recommend_rows(users, 10, seen)
+    for user in users:
+        single.recommend(user, 10, seen.get(user))
+    assert list(batched._shown.items()) == list(single._shown.items())
+    assert any(len(items) < 7 for lists in batched._shown.values() for items in lists)  # short lists too
