@@ -95,94 +95,127 @@ def fuse_top_k(
     out_sources = np.full((n_users, max(k, 0)), -1, dtype=np.int64)
     if not used or k <= 0 or n_users == 0:
         return (out_rows, out_scores, out_sources) if with_sources else (out_rows, out_scores)
-    all_rows, all_scaled, all_pos, all_parts = [], [], [], []
-    for rows, scores, weight, power, at in used:
-        listed = rows >= 0
-        width = rows.shape[1]
-        pos = np.broadcast_to(np.arange(width), rows.shape)
-        if power is not None:  # a calibrated part: its scores as they are, sharpened
-            scaled = np.where(listed, weight * np.maximum(np.where(listed, scores, 0.0), 0.0) ** power, 0.0)
-        elif rank_offset is not None:
-            top = rank_offset + 1
-            scaled = np.broadcast_to(weight * top / (top + np.arange(width, dtype=np.float64)), rows.shape)
-        else:
-            lengths = listed.sum(axis=1)
-            high = scores[:, 0]
-            low = scores[np.arange(n_users), np.maximum(lengths - 1, 0)]
-            with np.errstate(invalid="ignore"):  # empty lists: -inf - -inf, never used
-                span = high - low
-                spread = span > 0
-                scale = np.divide(weight, span, out=np.zeros_like(span), where=spread)
-                scaled = np.where(spread[:, None], (scores - low[:, None]) * scale[:, None], weight)
-        all_rows.append(rows)
-        all_scaled.append(scaled)
-        all_pos.append(pos)
-        all_parts.append(np.full(width, at))
-    rows = np.concatenate(all_rows, axis=1)
-    scaled = np.concatenate(all_scaled, axis=1)
-    pos = np.concatenate(all_pos, axis=1)
-    width = rows.shape[1]
-    unlisted = int(rows.max(initial=0)) + 1  # unlisted slots sort last
-    rows = np.where(rows >= 0, rows, unlisted)
-    # group each user's entries by item, an item's entries in column (part) order: the
-    # keys (item, column) are distinct, so a plain sort orders them as a stable one would
-    order = np.argsort(rows * width + np.arange(width), axis=1)
-    rows = np.take_along_axis(rows, order, 1).ravel()
-    scaled = np.take_along_axis(scaled, order, 1).ravel()
-    pos = np.take_along_axis(pos, order, 1).ravel()
-    first_col = order.ravel()  # where each entry was listed: the tie-break of last resort
-    starts = np.ones(len(rows), dtype=bool)
-    starts[1:] = rows[1:] != rows[:-1]
-    starts[::width] = True
-    leader = np.maximum.accumulate(np.where(starts, np.arange(len(rows)), 0))
-    rank = np.arange(len(rows)) - leader  # 0 for an item's first part, 1 for its second...
-    total = np.zeros(len(rows))
-    best_pos = pos.copy()
-    if with_sources:  # per item: the largest scaled score so far and its part, the first part on a tie
-        source = np.take_along_axis(np.broadcast_to(np.concatenate(all_parts), order.shape), order, 1).ravel()
-        largest = scaled.copy()
-    total[starts] += scaled[starts]
-    later = np.flatnonzero(~starts)  # an item's second part's entry, its third...
-    for r in range(1, int(rank.max()) + 1):  # summed in part order, as one would by hand
-        at = later[rank[later] == r]
-        lead = leader[at]  # distinct: one entry of each item per rank
-        total[lead] += scaled[at]
-        best_pos[lead] = np.minimum(best_pos[lead], pos[at])
-        if with_sources:
-            gains = scaled[at] > largest[lead]
-            largest[lead[gains]] = scaled[at[gains]]
-            source[lead[gains]] = source[at[gains]]
-    keep = starts & (rows != unlisted)
-    fused = np.where(keep, total, -np.inf).reshape(n_users, width)
-    ranked = _rank_fused(fused, best_pos.reshape(n_users, width), np.where(keep, first_col, width).reshape(n_users, width),
-                         k)
-    got_scores = np.take_along_axis(fused, ranked, 1)
-    got_rows = np.take_along_axis(rows.reshape(n_users, width), ranked, 1)
+    widths = [rows.shape[1] for rows, *_ in used]
+    width = sum(widths)
+    rows = np.empty((n_users, width), dtype=np.int64)
+    scaled = np.empty((n_users, width))
+    start = 0
+    for (part_rows, scores, weight, power, _), part_width in zip(used, widths):
+        rows[:, start : start + part_width] = part_rows
+        _scale_into(scaled[:, start : start + part_width], part_rows, scores, weight, power, rank_offset)
+        start += part_width
+    pos_of_col = np.concatenate([np.arange(w) for w in widths])
+    part_of_col = np.repeat([at for *_, at in used], widths)
+    # Each entry's key is its item, then its column: sorted (a plain sort of integers, no
+    # argsort), each user's entries of one item come together in column (part) order. An
+    # unlisted slot is an item of its own, after every listed one.
+    unlisted = int(rows.max(initial=0)) + 1
+    shift = max(width - 1, 1).bit_length()
+    cols = np.arange(width)
+    key = np.where(rows >= 0, rows, unlisted + cols) << shift
+    key |= cols
+    key.sort(axis=1)
+    item = key >> shift
+    col = key & ((1 << shift) - 1)
+    base = (np.arange(n_users) * width)[:, None]
+    entry = np.take(scaled, col + base)
+    # an item's entries r apart (r = 1, 2, ...): the later one's score added to the first
+    # one's total, in column order, as one would by hand
+    total = entry + 0.0
+    apart = 0
+    for r in range(1, width):
+        same = item[:, r:] == item[:, :-r]
+        if not same.any():
+            break
+        apart = r
+        total[:, :-r] += np.where(same, entry[:, r:], 0.0)
+    first = item < unlisted
+    first[:, 1:] &= item[:, 1:] != item[:, :-1]  # an item's first entry holds its total
+    fused = np.where(first, total, -np.inf)
+    cells = _cells_that_can_rank(fused, k)
+    at = np.minimum(cells, width - 1) + base  # flat positions of those cells
+    last = n_users * width - 1
+    item_at, first_col = np.take(item, at), np.take(col, at)  # where each item was first listed
+    best_pos = pos_of_col[first_col]
+    for r in range(1, apart + 1):  # the item's better position in any list
+        further = np.minimum(at + r, last)
+        more = (cells + r < width) & (np.take(item, further) == item_at)
+        np.minimum(best_pos, np.where(more, pos_of_col[np.take(col, further)], width), out=best_pos)
+    values = np.where(cells < width, np.take(fused, at), -np.inf)
+    order = _rank_cells(values, best_pos, first_col, k)
+    got_scores = np.take_along_axis(values, order, 1)
     valid = got_scores > -np.inf
-    m = ranked.shape[1]
-    out_rows[:, :m] = np.where(valid, got_rows, -1)
+    m = order.shape[1]
+    out_rows[:, :m] = np.where(valid, np.take_along_axis(item_at, order, 1), -1)
     out_scores[:, :m] = np.where(valid, got_scores, -np.inf)
-    if with_sources:
-        out_sources[:, :m] = np.where(valid, np.take_along_axis(source.reshape(n_users, width), ranked, 1), -1)
-        return out_rows, out_scores, out_sources
-    return out_rows, out_scores
+    if not with_sources:
+        return out_rows, out_scores
+    # per fused item, the part whose scaled score added most, the first such part on a tie
+    chosen = np.take_along_axis(at, order, 1)
+    chosen_item, chosen_col = np.take(item, chosen), chosen % width
+    source = part_of_col[np.take(col, chosen)]
+    largest = np.take(entry, chosen)
+    for r in range(1, apart + 1):
+        further = np.minimum(chosen + r, last)
+        value = np.take(entry, further)
+        gains = (chosen_col + r < width) & (np.take(item, further) == chosen_item) & (value > largest)
+        largest = np.where(gains, value, largest)
+        source = np.where(gains, part_of_col[np.take(col, further)], source)
+    out_sources[:, :m] = np.where(valid, source, -1)
+    return out_rows, out_scores, out_sources
 
 
-def _rank_fused(fused: np.ndarray, best_pos: np.ndarray, first_col: np.ndarray, k: int) -> np.ndarray:
+def _scale_into(out: np.ndarray, rows: np.ndarray, scores: np.ndarray, weight: float, power: float | None,
+                rank_offset: float | None) -> None:
+    """A part's scaled and weighted scores (what each of its listed cells adds to the
+    fusion) written into ``out``; what unlisted cells get is never read."""
+    n_users, width = rows.shape
+    if power is not None:  # a calibrated part: its scores as they are, sharpened
+        listed = rows >= 0
+        np.copyto(out, np.where(listed, weight * np.maximum(np.where(listed, scores, 0.0), 0.0) ** power, 0.0))
+    elif rank_offset is not None:
+        top = rank_offset + 1
+        out[:] = weight * top / (top + np.arange(width, dtype=np.float64))
+    else:
+        lengths = (rows >= 0).sum(axis=1)
+        high = scores[:, 0]
+        low = scores[np.arange(n_users), np.maximum(lengths - 1, 0)]
+        with np.errstate(invalid="ignore"):  # empty lists: -inf - -inf, never used
+            span = high - low
+            spread = span > 0
+            scale = np.divide(weight, span, out=np.zeros_like(span), where=spread)
+            np.copyto(out, np.where(spread[:, None], (scores - low[:, None]) * scale[:, None], weight))
+
+
+def _cells_that_can_rank(fused: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the columns (ascending) of the rankable cells (not ``-inf``) that score at
+    least the row's ``k``-th best score, padded with ``width``: one partition per row, so
+    that only these few are ordered."""
+    n_users, width = fused.shape
+    if k < width:
+        kth = np.partition(fused, width - k, axis=1)[:, width - k : width - k + 1]
+        can = (fused >= kth) & (fused > -np.inf)
+    else:
+        can = fused > -np.inf
+    counts = can.sum(axis=1)
+    flat = np.flatnonzero(can)
+    users = flat // width
+    place = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+    cells = np.full((n_users, int(counts.max(initial=0))), width, dtype=np.int64)
+    cells[users, place] = flat - users * width
+    return cells
+
+
+def _rank_cells(values: np.ndarray, best_pos: np.ndarray, first_col: np.ndarray, k: int) -> np.ndarray:
     """Per row, the columns of the ``k`` best cells: score descending, then better
     position, then first listed (``first_col`` distinct among a row's rankable cells).
+    Cells scoring ``-inf`` rank last (their order is the caller's to ignore).
 
-    ``np.lexsort`` of the three keys, in two plain sorts: the scores, then, within the
-    scores' order and down to each row's ``k``-th score, one integer key of each cell's
-    rank among the distinct scores, its position and its column. Cells scoring ``-inf``
-    never rank (their order is the caller's to ignore).
+    ``np.lexsort`` of the three keys, in two plain sorts: the scores, then one integer key
+    of each cell's rank among the row's distinct scores, its position and its column.
     """
-    by_score = np.argsort(-fused, axis=1)
-    ordered = np.take_along_axis(fused, by_score, 1)
-    if 0 < k < ordered.shape[1]:  # only the cells down to each row's k-th score (and ties with it) can rank
-        kth = ordered[:, k - 1 : k]
-        depth = max(k, int(((ordered >= kth) & (ordered > -np.inf)).sum(axis=1).max(initial=0)))
-        by_score, ordered = by_score[:, :depth], ordered[:, :depth]
+    by_score = np.argsort(-values, axis=1)
+    ordered = np.take_along_axis(values, by_score, 1)
     differs = np.ones(ordered.shape, dtype=bool)
     differs[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
     score_rank = np.cumsum(differs, axis=1, dtype=np.int64)
