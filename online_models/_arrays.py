@@ -251,6 +251,7 @@ class _KnownRows:
 
 
 _GROUP = 32  # items per group when a large catalogue is cut in groups to find the top-k
+_MID_GROUP = 8  # items per group of a mid-sized catalogue (_top_k_grouped)
 
 
 class WeightedRow:
@@ -360,7 +361,9 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     group maxima and a sort of the few items of those groups that score at least their
     lowest maximum replace a selection over every item. The answer is exact unless a
     group left out ties with those maxima, or the scores hold NaN; those users get a sort
-    of their scores at or above the ``k``-th best. All in numpy: torch would run each of these steps on its thread pool,
+    of their scores at or above the ``k``-th best. A mid-sized catalogue is cut in groups of
+    ``_MID_GROUP`` and the items of each user's ``k`` best groups selected as a small one
+    (``_top_k_grouped``). All in numpy: torch would run each of these steps on its thread pool,
     which stalls whenever another process holds one of the cores.
 
     Examples
@@ -375,8 +378,10 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     out_vals = np.full((n_users, k), -np.inf, dtype=np.float64)
     if k == 0 or n_users == 0:
         return out_rows, out_vals
-    if n < 8 * _GROUP * (k + 2):  # small catalogue: select among all items
-        return _top_k_small(scores, k, out_rows, out_vals)
+    if n < 8 * _GROUP * (k + 2):
+        if n < 8 * _MID_GROUP * (k + 2):  # small catalogue: select among all items
+            return _top_k_small(scores, k, out_rows, out_vals)
+        return _top_k_grouped(scores, k, _MID_GROUP, out_rows, out_vals)
     n_groups = n // _GROUP
     full = n_groups * _GROUP
     # group g holds the items g, g + n_groups, g + 2 * n_groups, ...: its maximum is an
@@ -417,13 +422,18 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def _top_k_small(
     scores: np.ndarray, k: int, out_rows: np.ndarray, out_vals: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``top_k_arrays`` over all items: the k + 1 best by one partition, ordered by one lexsort."""
+    """``top_k_arrays`` over all items: the k + 1 best by one partition, ordered by score
+    (the few rows with equal scores among them by a lexsort, ties to the lower row)."""
     n = scores.shape[1]
     take = min(k + 1, n)
     best = np.argpartition(scores, n - take, axis=1)[:, n - take :]
     vals = np.take_along_axis(scores, best, 1)
-    order = np.lexsort((best, -vals), axis=1)  # score descending, ties to the lower row
+    order = np.argsort(-vals, axis=1)
     vals, best = np.take_along_axis(vals, order, 1), np.take_along_axis(best, order, 1)
+    tied = ((vals[:, 1:] == vals[:, :-1]) & (vals[:, 1:] > -np.inf)).any(axis=1)
+    if tied.any():  # score descending, ties to the lower row (the argsort left them in any order)
+        order = np.lexsort((best[tied], -vals[tied]), axis=1)
+        vals[tied], best[tied] = np.take_along_axis(vals[tied], order, 1), np.take_along_axis(best[tied], order, 1)
     redo = np.isnan(scores).any(axis=1)  # NaN, or a tie at the cut: only a full sort is exact
     if take > k:
         redo |= (vals[:, k] == vals[:, k - 1]) & (vals[:, k] > -np.inf)
@@ -432,6 +442,40 @@ def _top_k_small(
     out_rows[ranked] = best[ranked]
     out_vals[ranked] = vals[ranked]
     for j in np.flatnonzero(redo).tolist():
+        _fill_exact(scores[j], k, out_rows[j], out_vals[j])
+    return out_rows, out_vals
+
+
+def _top_k_grouped(
+    scores: np.ndarray, k: int, group: int, out_rows: np.ndarray, out_vals: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k_arrays`` of a mid-sized catalogue: ``_top_k_small`` over the items of each
+    row's ``k`` groups (of ``group`` items) with the highest maxima, mapped back to item
+    rows; a row whose (k+1)-th group maximum ties with its k-th (or holds NaN) is sorted
+    whole. Each row keeps exactly ``k`` groups: no compaction of a variable count."""
+    n_users, n = scores.shape
+    n_groups = n // group
+    full = n_groups * group
+    groups = scores[:, :full].reshape(n_users, group, n_groups)  # group g: items g, g + n_groups, ...
+    maxima = groups.max(axis=1)
+    # the k + 1 best groups, the (k+1)-th first (the partition puts it there)
+    best = np.argpartition(maxima, n_groups - k - 1, axis=1)[:, n_groups - k - 1 :]
+    best_max = np.take_along_axis(maxima, best, 1)
+    chosen = np.sort(best[:, 1:], axis=1)
+    # the k best groups hold the top k, and nothing outside them ties with it, when the
+    # (k+1)-th maximum is below the k-th (or -inf)
+    low_max = best_max[:, 0]
+    exact = ((low_max < best_max[:, 1:].min(axis=1)) | (low_max == -np.inf)) & ~np.isnan(maxima).any(axis=1)
+    # candidates in ascending item row: group i's slice of the chosen groups, then the tail
+    at = (np.arange(group)[:, None] * n_groups + chosen[:, None, :]).reshape(n_users, -1)
+    cand = np.take(scores, at + (np.arange(n_users) * n)[:, None])
+    if full < n:
+        at = np.concatenate([at, np.broadcast_to(np.arange(full, n), (n_users, n - full))], 1)
+        cand = np.concatenate([cand, scores[:, full:]], 1)
+    pos, vals = _top_k_small(cand, k, np.full((n_users, k), -1, dtype=np.int64), out_vals)
+    listed = pos >= 0
+    out_rows[listed] = np.take_along_axis(at, np.maximum(pos, 0), 1)[listed]
+    for j in np.flatnonzero(~exact).tolist():
         _fill_exact(scores[j], k, out_rows[j], out_vals[j])
     return out_rows, out_vals
 
