@@ -251,7 +251,6 @@ class _KnownRows:
 
 
 _GROUP = 32  # items per group when a large catalogue is cut in groups to find the top-k
-_MID_GROUP = 8  # items per group of a mid-sized catalogue (_top_k_grouped)
 
 
 class WeightedRow:
@@ -361,8 +360,8 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     group maxima and a sort of the few items of those groups that score at least their
     lowest maximum replace a selection over every item. The answer is exact unless a
     group left out ties with those maxima, or the scores hold NaN; those users get a sort
-    of their scores at or above the ``k``-th best. A mid-sized catalogue is cut in groups of
-    ``_MID_GROUP`` and the items of each user's ``k`` best groups selected as a small one
+    of their scores at or above the ``k``-th best. A mid-sized catalogue is cut in groups of 4
+    or 8 and the items of each user's ``k`` best groups selected as a small one
     (``_top_k_grouped``). All in numpy: torch would run each of these steps on its thread pool,
     which stalls whenever another process holds one of the cores.
 
@@ -379,9 +378,11 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k == 0 or n_users == 0:
         return out_rows, out_vals
     if n < 8 * _GROUP * (k + 2):
-        if n < 8 * _MID_GROUP * (k + 2):  # small catalogue: select among all items
+        if n < 8 * 4 * (k + 2):  # small catalogue: select among all items
             return _top_k_small(scores, k, out_rows, out_vals)
-        return _top_k_grouped(scores, k, _MID_GROUP, out_rows, out_vals)
+        # groups of 4 or 8 (at 5k and 10k items, k = 100, the faster; below 32 (k + 2)
+        # items, selecting among all is)
+        return _top_k_grouped(scores, k, 8 if n >= 8 * 8 * (k + 2) else 4, out_rows, out_vals)
     n_groups = n // _GROUP
     full = n_groups * _GROUP
     # group g holds the items g, g + n_groups, g + 2 * n_groups, ...: its maximum is an
