@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Mapping, Sequence
+from collections import deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,8 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
     already reflects the event) and queues the event; every ``batch_size`` queued events
     make one gradient step over those events plus ``replay`` times as many drawn from a
     replay buffer of the last ``buffer_size`` events, so each event is seen more than once.
-    ``learn_many`` is exactly ``learn_one`` in a loop: the batching is the same.
+    ``learn_many`` learns exactly what ``learn_one`` in a loop learns (the same numbers, bit
+    for bit), with the new users, items and counts of the events up to each step added at once.
 
     Negatives are shared by the micro-batch, drawn from item counts raised to ``pop_alpha``
     (popularity-aware; 0 is uniform); the softmax loss subtracts their log-probability
@@ -160,32 +162,79 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
 
     # -- growth ------------------------------------------------------------------------
     def _add_user(self, user_id: str) -> int:
-        row = self._users.get(user_id)
-        if row is None:  # a new row, or one a forgotten user freed (reset then)
-            row = self._users.add(user_id)
-            self._user_vecs = self._new_rows(self._user_vecs, "user", row + 1)
-            self._user_vecs[row] = torch.from_numpy(
-                self._rng.normal(0.0, self.init_std, self.n_factors).astype(np.float32))
-        return row
+        return self._add_users([user_id])[0]
+
+    def _add_users(self, user_ids: Sequence[str]) -> list[int]:
+        """The users' rows, in order; each new user (a new row, or one a forgotten user
+        freed) gets a random vector, drawn in order of arrival: the draws of one by one."""
+        get, index = self._users.rows.get, self._users
+        rows = [get(user_id) for user_id in user_ids]
+        if None not in rows:
+            return rows
+        new_rows = []
+        for n, user_id in enumerate(user_ids):
+            if rows[n] is None:
+                row = get(user_id)  # met earlier in this call
+                if row is None:
+                    row = index.add(user_id)
+                    new_rows.append(row)
+                rows[n] = row
+        self._user_vecs = self._new_rows(self._user_vecs, "user", max(new_rows) + 1)
+        # one draw of (users, factors) takes the generator's numbers in the order one draw per user would
+        self._user_vecs.numpy()[new_rows] = self._rng.normal(
+            0.0, self.init_std, (len(new_rows), self.n_factors)).astype(np.float32)
+        return rows
 
     def _start_item(self, row: int, item_id: str) -> None:
-        vec_in, vec_out = initial_item_vectors([item_id], self.seed, self.n_factors, self.init_std)
-        self._item_in[row] = torch.from_numpy(vec_in[0])
-        self._item_out[row] = torch.from_numpy(vec_out[0])
-        self._counts = grow(self._counts, row + 1)
+        self._start_items(np.array([row]), [item_id])
+
+    def _start_items(self, rows: np.ndarray, item_ids: Sequence[str]) -> None:
+        vec_in, vec_out = initial_item_vectors(item_ids, self.seed, self.n_factors, self.init_std)
+        self._item_in.numpy()[rows] = vec_in
+        self._item_out.numpy()[rows] = vec_out
+        self._counts = grow(self._counts, int(rows.max()) + 1)
 
     # -- learning ----------------------------------------------------------------------
-    def _learned(self, interaction: Interaction, item: int, weight: float) -> None:
-        self._counts[item] += weight
-        self._note_count(item)
+    def learn_many(self, interactions: Iterable[Interaction]) -> None:
+        """``learn_one`` in a loop, done a stretch at a time: the events up to the next
+        gradient step have their users, items and counts added at once, then the step."""
+        events = list(interactions)
+        start = 0
+        while start < len(events):
+            end = start + max(self.batch_size - len(self._pending), 1)
+            self._queue(events[start:end])
+            if len(self._pending) >= self.batch_size:
+                self._step()
+            start = end
 
-    def _note_count(self, row: int) -> None:
-        """Refresh the item's popularity tie-break (kept per item: ranking reads it every call)."""
+    def _queue(self, events: Sequence[Interaction]) -> None:
+        """What ``learn_one`` does for each of ``events`` but the step (none falls among them)."""
+        user_ids = [event.user_id for event in events]
+        users = self._add_users(user_ids)
+        items = self._add_items([event.item_id for event in events])
+        weights = [self.weight(event) for event in events]
+        self._count(items, np.array(weights))
+        recent_of, pending, window = self._recent, self._pending, self.window
+        for user_id, user, item, weight in zip(user_ids, users, items.tolist(), weights):
+            recent = recent_of.get(user_id)
+            if recent is None:
+                recent = recent_of[user_id] = deque(maxlen=window)
+            pending.append((user, item, tuple(reversed(recent)), weight))  # the history before the event
+            recent.append(item)
+
+    def _learned(self, interaction: Interaction, item: int, weight: float) -> None:
+        self._count(np.array([item]), np.array([weight]))
+
+    def _count(self, items: np.ndarray, weights: np.ndarray) -> None:
+        """Add the events' weights to their items' counts, in order, and refresh those items'
+        popularity tie-breaks (kept per item: ranking reads them every call)."""
+        np.add.at(self._counts, items, weights)  # unbuffered: a repeated item adds up in event order
         tie = self.__dict__.get("_tie")
         if tie is None or len(tie) < len(self._counts):  # grown, or state saved before it was kept
             self._refresh_tie()
         else:
-            tie[row : row + 1] = TIE_BREAK * np.log1p(self._counts[row : row + 1]).astype(np.float32)
+            rows = np.unique(items)
+            tie[rows] = TIE_BREAK * np.log1p(self._counts[rows]).astype(np.float32)
 
     def _sample_negatives(self) -> tuple[np.ndarray, np.ndarray]:
         return sample_negatives(self._counts[: len(self._items)], self.n_negatives, self.pop_alpha, self._rng)

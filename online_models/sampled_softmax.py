@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import itertools
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar
@@ -188,19 +189,51 @@ class QueuedItemLearner(Recommender):
     def _add_user(self, user_id: str) -> int:
         return self._users.add(user_id)
 
+    def _add_users(self, user_ids: Sequence[str]) -> list[int]:
+        """The users' rows, in order (``_add_user`` for each)."""
+        return [self._add_user(user_id) for user_id in user_ids]
+
     def _add_item(self, item_id: str) -> int:
         row = self._items.get(item_id)
-        if row is None:  # a new row, or one a forgotten item freed (reset then)
+        if row is None:
             row = self._items.add(item_id)
-            for name, acc in self._ITEM_TENSORS:
-                setattr(self, name, self._new_rows(getattr(self, name), acc, row + 1))
-            self._item_bias[row] = 0.0  # a freed row's bias is -inf: it must never rank
-            self._start_item(row, item_id)
-            tables.rebase(self, np.array([row]))  # the item's tally starts from its init
+            self._start_new_items(np.array([row]), [item_id])
         return row
 
     def _add_items(self, ids: Sequence[str]) -> np.ndarray:
-        return np.array([self._add_item(str(i)) for i in ids], dtype=np.int64)
+        """The items' rows, in order; the new ones are started together, as ``_add_item``
+        one by one would start them (the same rows, the same starting state)."""
+        get, index = self._items.rows.get, self._items
+        rows = [get(item_id) for item_id in ids]
+        if None not in rows:
+            return np.array(rows, dtype=np.int64)
+        new_rows, new_ids = [], []
+        for n, item_id in enumerate(ids):
+            if rows[n] is None:
+                row = get(item_id)  # met earlier in this call
+                if row is None:
+                    row = index.add(str(item_id))
+                    new_rows.append(row)
+                    new_ids.append(str(item_id))
+                rows[n] = row
+        self._start_new_items(np.array(new_rows, dtype=np.int64), new_ids)
+        return np.array(rows, dtype=np.int64)
+
+    def _start_new_items(self, rows: np.ndarray, item_ids: Sequence[str]) -> None:
+        """Set up the rows just given to new items (new rows, or ones forgotten items freed):
+        the tables grow once, a freed row's bias of ``-inf`` goes back to 0, then ``_start_items``."""
+        top = int(rows.max()) + 1
+        for name, acc in self._ITEM_TENSORS:
+            setattr(self, name, self._new_rows(getattr(self, name), acc, top))
+        self._item_bias.numpy()[rows] = 0.0  # a freed row's bias is -inf: it must never rank
+        self._start_items(rows, item_ids)
+        tables.rebase(self, rows)  # the items' tallies start from their init
+
+    def _start_items(self, rows: np.ndarray, item_ids: Sequence[str]) -> None:
+        """Give new items' rows their starting vectors (``_start_item`` for each, unless a
+        subclass does them at once)."""
+        for row, item_id in zip(rows.tolist(), item_ids):
+            self._start_item(row, item_id)
 
     @abc.abstractmethod
     def _start_item(self, row: int, item_id: str) -> None:
@@ -248,12 +281,14 @@ class QueuedItemLearner(Recommender):
         arrays: users, items, histories (rows, most recent first, ``-1`` after the last) and
         weights. The queue empties into the buffer."""
         pending, self._pending = self._pending, []
-        users = np.array([p[0] for p in pending], dtype=np.int64)
-        items = np.array([p[1] for p in pending], dtype=np.int64)
-        weights = np.array([p[3] for p in pending], dtype=np.float32)
+        users, items, hist_of, weights = zip(*pending) if pending else ((), (), (), ())
+        users, items = np.array(users, dtype=np.int64), np.array(items, dtype=np.int64)
+        weights = np.array(weights, dtype=np.float32)
+        lengths = np.fromiter(map(len, hist_of), dtype=np.int64, count=len(hist_of))
         hists = np.full((len(pending), self.window), -1, dtype=self._buf_hist.dtype)
-        for j, (_, _, hist, _) in enumerate(pending):
-            hists[j, : len(hist)] = hist
+        # each history fills its row from the left: the cells before its length, in row-major order
+        hists[np.arange(self.window) < lengths[:, None]] = np.fromiter(
+            itertools.chain.from_iterable(hist_of), dtype=hists.dtype, count=int(lengths.sum()))
         n_replay = min(self._buf_len, self.replay * len(users))
         if n_replay:
             pick = self._rng.integers(0, self._buf_len, n_replay)

@@ -1,0 +1,109 @@
+"""The embeddings' batched learning (``learn_many``: new users, items and counts of a stretch
+added at once) against ``learn_one`` in a loop, the reference: the same numbers bit for bit,
+not only the same lists, so that every backtest figure stays as it was."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from core.schema import Event
+from online_models import make_model
+from online_models.embeddings import TorchEmbeddings
+
+SMALL = {"n_factors": 8, "batch_size": 8, "n_negatives": 16, "window": 5, "buffer_size": 300, "seed": 3}
+TYPES = ("view", "click", "add_to_cart", "purchase")
+
+
+def stream(n: int, n_items: int, n_users: int, seed: int, t0: float = 0.0) -> list[Event]:
+    """Zipf-popular items and uniform users: new ids keep arriving, repeats within a batch."""
+    rng = np.random.default_rng(seed)
+    items = (rng.zipf(1.3, n) - 1) % n_items
+    users = rng.integers(0, n_users, n)
+    kinds = rng.integers(0, len(TYPES), n)
+    return [Event(user_id=f"u{u}", item_id=f"i{i}", type=TYPES[k], ts=t0 + j)
+            for j, (u, i, k) in enumerate(zip(users.tolist(), items.tolist(), kinds.tolist()))]
+
+
+def state(model: TorchEmbeddings) -> dict[str, bytes]:
+    """Everything the model learned, as bytes: tables, counts, tie-breaks, random state,
+    queue, replay buffer, recent items and id maps."""
+    n_users, n_items = len(model._users), len(model._items)
+    arrays = {"user_vecs": model._user_vecs.numpy()[:n_users], "in": model._item_in.numpy()[:n_items],
+              "out": model._item_out.numpy()[:n_items], "bias": model._item_bias.numpy()[:n_items],
+              "counts": model._counts[:n_items], "tie": model._tie[:n_items],
+              "buf_user": model._buf_user[: model._buf_len], "buf_item": model._buf_item[: model._buf_len],
+              "buf_hist": model._buf_hist[: model._buf_len], "buf_weight": model._buf_weight[: model._buf_len]}
+    arrays.update({f"acc_{name}": acc.numpy()[: n_users if name == "user" else n_items]
+                   for name, acc in model._acc.items()})
+    out = {name: array.tobytes() for name, array in arrays.items()}
+    out["rng"] = pickle.dumps(model._rng.bit_generator.state)
+    out["queue"] = pickle.dumps((model._pending, {u: list(r) for u, r in model._recent.items()}))
+    out["ids"] = pickle.dumps((model._users.ids, model._items.ids, model._users.free, model._items.free))
+    return out
+
+
+def assert_same(batched: TorchEmbeddings, one_by_one: TorchEmbeddings) -> None:
+    a, b = state(batched), state(one_by_one)
+    assert [name for name in a if a[name] != b[name]] == []
+
+
+def learn(model: TorchEmbeddings, events: list[Event], batch: int | None) -> None:
+    """``learn_many`` on micro-batches of ``batch`` events, or ``learn_one`` (``None``)."""
+    if batch is None:
+        for event in events:
+            model.learn_one(event)
+    else:
+        for start in range(0, len(events), batch):
+            model.learn_many(events[start : start + batch])
+
+
+@pytest.mark.parametrize("batch", [1, 5, 8, 37, 500])
+def test_learn_many_is_learn_one_bit_for_bit(batch: int) -> None:
+    """Micro-batches shorter, equal to and longer than ``batch_size``, across forgetting
+    (freed rows taken by new ids) and with item sharing on (the shadow rebased for new items)."""
+    models = [make_model("embeddings", **SMALL), make_model("embeddings", **SMALL)]
+    events = stream(1500, 400, 150, seed=1)
+    for model, size in zip(models, (batch, None)):
+        model.item_delta()  # sharing on: new items rebase the shadow
+        learn(model, events[:700], size)
+        model.forget_user("u3")
+        model.forget_items(["i0", "i5", "i77"])
+        learn(model, events[700:], size)
+    assert_same(*models)
+    deltas = [model.item_delta() for model in models]
+    for name in deltas[0]:
+        assert np.asarray(deltas[0][name]).tobytes() == np.asarray(deltas[1][name]).tobytes(), name
+
+
+def test_learn_many_after_adopting_a_long_queue() -> None:
+    """Users imported with more queued events than ``batch_size``: the first event learned
+    takes the step, as ``learn_one`` would; merged items are created in one call."""
+    donor = make_model("embeddings", **{**SMALL, "batch_size": 1000})
+    learn(donor, stream(300, 200, 40, seed=2), 50)
+    users = [f"u{u}" for u in range(0, 40, 3)]
+    exported, delta = donor.export_users(users), donor.item_delta()
+    assert len(exported["pending_user"]) > SMALL["batch_size"]
+    later = stream(200, 250, 60, seed=3, t0=1e4)
+    models = [make_model("embeddings", **SMALL), make_model("embeddings", **SMALL)]
+    for model, size in zip(models, (64, None)):
+        learn(model, stream(100, 300, 50, seed=4), size)
+        model.merge_item_delta(delta)
+        model.import_users(exported)
+        learn(model, later, size)
+    assert_same(*models)
+
+
+def test_new_items_start_as_one_by_one() -> None:
+    """``_add_items`` with repeats and known ids gives the rows and starting state that
+    ``_add_item`` one by one gives (sasrec shares it)."""
+    ids = ["x", "y", "x", "z", "y", "w"]
+    for name in ("embeddings", "sasrec"):
+        batched, single = make_model(name), make_model(name)
+        batched._add_item("y"), single._add_item("y")
+        rows = batched._add_items(ids)
+        assert rows.tolist() == [single._add_item(i) for i in ids] == [1, 0, 1, 2, 0, 3]
+        for attr, _ in batched._ITEM_TENSORS:
+            assert getattr(batched, attr)[:4].numpy().tobytes() == getattr(single, attr)[:4].numpy().tobytes()
