@@ -14,8 +14,8 @@ from online_models import tables
 from online_models._arrays import IdIndex, grow, per_row, top_k
 from online_models.base import Interaction, Ranking
 from online_models.embeddings_ranking import EmbeddingsRanking
-from online_models.sampled_softmax import (TIE_BREAK, QueuedItemLearner, initial_item_vectors, rowwise_adagrad,
-                                           sample_negatives)
+from online_models.sampled_softmax import (TIE_BREAK, QueuedItemLearner, initial_item_vectors, row_groups,
+                                           rowwise_adagrad, sample_negatives)
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
 _EXPLAIN_CELLS = 1 << 21  # (recent item, listed item) pairs compared at once: bounds explain_rows' memory
@@ -284,16 +284,19 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         d_reps = d_pos[:, None] * out_vecs[:b] + d_neg @ out_vecs[b:]
         self._adagrad("user", user_t, users, d_reps, b)
         self._adagrad("in", in_t, in_rows, in_w[:, None] * d_reps[owner], b)
-        self._adagrad("out", out_t, item_rows, np.concatenate([d_pos[:, None] * reps, d_neg.T @ reps]), b)
-        self._adagrad("bias", bias_t, item_rows, np.concatenate([d_pos, d_neg.sum(0)])[:, None], b)
+        item_groups = row_groups(item_rows)  # the output vectors and biases share their rows
+        self._adagrad("out", out_t, item_rows, np.concatenate([d_pos[:, None] * reps, d_neg.T @ reps]), b,
+                      item_groups)
+        self._adagrad("bias", bias_t, item_rows, np.concatenate([d_pos, d_neg.sum(0)])[:, None], b, item_groups)
 
-    def _adagrad(self, name: str, table: np.ndarray, rows: np.ndarray, grads: np.ndarray, b: int) -> None:
+    def _adagrad(self, name: str, table: np.ndarray, rows: np.ndarray, grads: np.ndarray, b: int,
+                 groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         """Row-wise Adagrad on ``table`` (in place), gradients of repeated rows summed.
 
         numpy only: torch would run these small ops on its thread pool, which stalls
         while another process holds the other core.
         """
-        rowwise_adagrad(table, self._acc[name].numpy(), rows, grads, self.lr, 2.0 * self.l2 / b)
+        rowwise_adagrad(table, self._acc[name].numpy(), rows, grads, self.lr, 2.0 * self.l2 / b, groups)
 
     # -- forgetting ----------------------------------------------------------------------
     def _forget_user_row(self, row: int) -> None:

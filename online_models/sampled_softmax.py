@@ -90,13 +90,45 @@ def sample_negatives(counts: np.ndarray, n: int, alpha: float, rng: np.random.Ge
     return rows, counts[rows] ** alpha / total
 
 
+def row_groups(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How ``rowwise_adagrad`` sums the gradients of repeated rows: the stable order that
+    sorts ``rows`` (repeats stay in event order), where each distinct row's run starts in
+    that order, and the distinct rows. Tables updated on the same rows can share it.
+
+    >>> order, starts, uniq = row_groups(np.array([2, 0, 2]))
+    >>> order.tolist(), starts.tolist(), uniq.tolist()
+    ([1, 0, 2], [0, 1], [0, 2])
+    """
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    first = np.empty(len(ordered), dtype=bool)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    starts = np.nonzero(first)[0]
+    return order, starts, ordered[starts]
+
+
+def _run_sums(grads: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``np.add.reduceat(grads, starts, axis=0)``, the same numbers, for runs that start at
+    ``starts``: a run of one row is that row; ``reduceat`` (one inner loop per run and
+    column) sums only the longer runs."""
+    if len(starts) == len(grads):
+        return grads
+    sizes = np.diff(starts, append=len(grads))
+    longer = sizes > 1
+    sums = grads[starts]
+    sums[longer] = np.add.reduceat(grads[np.repeat(longer, sizes)], np.cumsum(sizes[longer]) - sizes[longer], axis=0)
+    return sums
+
+
 def rowwise_adagrad(table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads: np.ndarray, lr: float,
-                    l2: float = 0.0) -> None:
+                    l2: float = 0.0, groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
     """Row-wise Adagrad on ``table`` (in place): one squared-gradient sum per row (``acc``,
     the mean over the row's columns), gradients of repeated rows summed first.
 
     numpy only: torch would run these small ops on its thread pool, which stalls while
     another process holds the other core. ``l2`` adds ``l2 * row`` to each row's gradient.
+    ``groups``: ``row_groups(rows)``, when the caller has it.
 
     >>> table, acc = np.ones((3, 2), dtype=np.float32), np.zeros(3, dtype=np.float32)
     >>> rowwise_adagrad(table, acc, np.array([2, 0, 2]), np.full((3, 2), 0.5, dtype=np.float32), lr=0.1)
@@ -105,16 +137,17 @@ def rowwise_adagrad(table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads:
     """
     if len(rows) == 0:
         return
-    order = np.argsort(rows, kind="stable")  # stable: repeats are summed in event order
-    rows = rows[order]
-    starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
-    uniq = rows[starts]
-    grad = np.add.reduceat(grads[order].astype(np.float32, copy=False), starts, axis=0)
+    order, starts, uniq = row_groups(rows) if groups is None else groups
+    grad = _run_sums(grads[order].astype(np.float32, copy=False), starts)
     leaf = table[uniq]
     if l2:
         grad += l2 * leaf
-    acc[uniq] += (grad**2).mean(1)
-    table[uniq] = leaf - lr * grad / (np.sqrt(acc[uniq]) + 1e-8)[:, None]
+    # the mean of squares as np.mean takes it (a sum, then a division by the count), without its wrapper
+    mean_square = np.add.reduce(grad**2, axis=1)
+    np.true_divide(mean_square, np.intp(grad.shape[1]), out=mean_square, casting="unsafe")
+    summed = acc[uniq] + mean_square
+    acc[uniq] = summed
+    table[uniq] = leaf - lr * grad / (np.sqrt(summed) + 1e-8)[:, None]
 
 
 def ring_slots(capacity: int, length: int, position: int, m: int) -> tuple[np.ndarray, slice, int, int]:

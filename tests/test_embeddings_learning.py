@@ -12,6 +12,7 @@ import pytest
 from core.schema import Event
 from online_models import make_model
 from online_models.embeddings import TorchEmbeddings
+from online_models.sampled_softmax import row_groups, rowwise_adagrad
 
 SMALL = {"n_factors": 8, "batch_size": 8, "n_negatives": 16, "window": 5, "buffer_size": 300, "seed": 3}
 TYPES = ("view", "click", "add_to_cart", "purchase")
@@ -107,3 +108,42 @@ def test_new_items_start_as_one_by_one() -> None:
         assert rows.tolist() == [single._add_item(i) for i in ids] == [1, 0, 1, 2, 0, 3]
         for attr, _ in batched._ITEM_TENSORS:
             assert getattr(batched, attr)[:4].numpy().tobytes() == getattr(single, attr)[:4].numpy().tobytes()
+
+
+def reference_adagrad(table, acc, rows, grads, lr, l2=0.0) -> None:
+    """Row-wise Adagrad written plainly (every run summed by ``reduceat``, ``np.mean``)."""
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    uniq = ordered[starts]
+    grad = np.add.reduceat(grads[order].astype(np.float32), starts, axis=0)
+    leaf = table[uniq]
+    if l2:
+        grad += l2 * leaf
+    acc[uniq] += (grad**2).mean(1)
+    table[uniq] = leaf - lr * grad / (np.sqrt(acc[uniq]) + 1e-8)[:, None]
+
+
+@pytest.mark.parametrize("n_rows", [1, 40, 3000])
+@pytest.mark.parametrize("l2", [0.0, 0.01])
+@pytest.mark.parametrize("columns", [1, 7, 32])
+def test_rowwise_adagrad_is_the_plain_one_bit_for_bit(n_rows: int, l2: float, columns: int) -> None:
+    """Runs of one row, short runs and runs long enough for numpy's pairwise summation
+    (over 8 and over 128 repeats), with grouping computed or handed in."""
+    rng = np.random.default_rng(n_rows + columns)
+    rows = np.concatenate([rng.integers(0, n_rows, 600), np.full(300, n_rows // 2), np.full(9, 0)])
+    rng.shuffle(rows)
+    grads = (rng.standard_normal((len(rows), columns)) * 10.0 ** rng.uniform(-6, 1, (len(rows), 1))).astype(np.float32)
+    grads[::17] = -0.0
+    table = rng.standard_normal((n_rows + 1, columns)).astype(np.float32)
+    acc = rng.uniform(0, 1, n_rows + 1).astype(np.float32)
+    for groups in (None, row_groups(rows)):
+        want_table, want_acc, got_table, got_acc = table.copy(), acc.copy(), table.copy(), acc.copy()
+        reference_adagrad(want_table, want_acc, rows, grads, 0.1, l2)
+        rowwise_adagrad(got_table, got_acc, rows, grads, 0.1, l2, groups)
+        assert got_table.tobytes() == want_table.tobytes() and got_acc.tobytes() == want_acc.tobytes()
+    distinct = rng.permutation(n_rows + 1)[: min(n_rows + 1, 50)]  # every row once (sasrec's case)
+    want_table, got_table, want_acc, got_acc = table.copy(), table.copy(), acc.copy(), acc.copy()
+    reference_adagrad(want_table, want_acc, distinct, grads[: len(distinct)], 0.1, l2)
+    rowwise_adagrad(got_table, got_acc, distinct, grads[: len(distinct)], 0.1, l2)
+    assert got_table.tobytes() == want_table.tobytes() and got_acc.tobytes() == want_acc.tobytes()
