@@ -67,6 +67,25 @@ class IdIndex:
             self.rows[key] = row
         return row
 
+    def add_new(self, keys: Sequence[str]) -> list[int]:
+        """Rows for ``keys``, distinct ids that hold none yet: the rows ``add`` of each in
+        order would give (freed rows first), in one pass.
+
+        >>> index = IdIndex(); _ = index.add("a"), index.add("b"), index.remove(["a"])
+        >>> index.add_new(["c", "d", "e"]), index.ids
+        ([0, 2, 3], ['c', 'b', 'd', 'e'])
+        """
+        reused = self.free[::-1][: len(keys)]  # add pops the last freed row first
+        if reused:
+            del self.free[len(self.free) - len(reused) :]
+            for key, row in zip(keys, reused):
+                self.ids[row] = key
+        start = len(self.ids)
+        self.ids.extend(keys[len(reused) :])
+        rows = reused + list(range(start, len(self.ids)))
+        self.rows.update(zip(keys, rows))
+        return rows
+
     def remove(self, keys: Iterable[str]) -> np.ndarray:
         """Free the rows of the known ``keys`` (unknown ones are skipped); returns those rows.
 

@@ -167,18 +167,12 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
     def _add_users(self, user_ids: Sequence[str]) -> list[int]:
         """The users' rows, in order; each new user (a new row, or one a forgotten user
         freed) gets a random vector, drawn in order of arrival: the draws of one by one."""
-        get, index = self._users.rows.get, self._users
-        rows = [get(user_id) for user_id in user_ids]
+        get = self._users.rows.get
+        rows = list(map(get, user_ids))
         if None not in rows:
             return rows
-        new_rows = []
-        for n, user_id in enumerate(user_ids):
-            if rows[n] is None:
-                row = get(user_id)  # met earlier in this call
-                if row is None:
-                    row = index.add(user_id)
-                    new_rows.append(row)
-                rows[n] = row
+        new_rows = self._users.add_new(list(dict.fromkeys(u for u, row in zip(user_ids, rows) if row is None)))
+        rows = list(map(get, user_ids))
         self._user_vecs = self._new_rows(self._user_vecs, "user", max(new_rows) + 1)
         # one draw of (users, factors) takes the generator's numbers in the order one draw per user would
         self._user_vecs.numpy()[new_rows] = self._rng.normal(

@@ -170,12 +170,17 @@ def ring_slots(capacity: int, length: int, position: int, m: int) -> tuple[np.nd
 
 
 def grow_tensor(table: torch.Tensor, rows: int) -> torch.Tensor:
-    """``table`` with room for at least ``rows`` rows (capacity doubles; new rows are 0)."""
-    if len(table) >= rows:
+    """``table`` with room for at least ``rows`` rows (capacity doubles; new rows are 0).
+
+    The new memory comes from numpy (zeroed by the system as it is first touched, where
+    ``torch.zeros`` writes it all at once): growth is most of a new id's cost otherwise.
+    """
+    old = table.shape[0]
+    if old >= rows:
         return table
-    new = torch.zeros((max(rows, 2 * len(table), 64),) + tuple(table.shape[1:]), dtype=table.dtype)
-    new[: len(table)] = table
-    return new
+    new = np.zeros((max(rows, 2 * old, 64),) + tuple(table.shape[1:]), dtype=table.numpy().dtype)
+    new[:old] = table.numpy()
+    return torch.from_numpy(new)
 
 
 class QueuedItemLearner(Recommender):
@@ -213,10 +218,10 @@ class QueuedItemLearner(Recommender):
 
     # -- growth ------------------------------------------------------------------------
     def _new_rows(self, table: torch.Tensor, acc_name: str, rows: int) -> torch.Tensor:
-        old = len(table)
+        old = table.shape[0]
         table = grow_tensor(table, rows)
-        if len(table) > old:
-            self._acc[acc_name] = grow_tensor(self._acc[acc_name], len(table))
+        if table.shape[0] > old:
+            self._acc[acc_name] = grow_tensor(self._acc[acc_name], table.shape[0])
         return table
 
     def _add_user(self, user_id: str) -> int:
@@ -236,20 +241,12 @@ class QueuedItemLearner(Recommender):
     def _add_items(self, ids: Sequence[str]) -> np.ndarray:
         """The items' rows, in order; the new ones are started together, as ``_add_item``
         one by one would start them (the same rows, the same starting state)."""
-        get, index = self._items.rows.get, self._items
-        rows = [get(item_id) for item_id in ids]
-        if None not in rows:
-            return np.array(rows, dtype=np.int64)
-        new_rows, new_ids = [], []
-        for n, item_id in enumerate(ids):
-            if rows[n] is None:
-                row = get(item_id)  # met earlier in this call
-                if row is None:
-                    row = index.add(str(item_id))
-                    new_rows.append(row)
-                    new_ids.append(str(item_id))
-                rows[n] = row
-        self._start_new_items(np.array(new_rows, dtype=np.int64), new_ids)
+        get = self._items.rows.get
+        rows = list(map(get, ids))
+        if None in rows:
+            new_ids = list(dict.fromkeys(str(item_id) for item_id, row in zip(ids, rows) if row is None))
+            self._start_new_items(np.array(self._items.add_new(new_ids), dtype=np.int64), new_ids)
+            rows = list(map(get, ids))
         return np.array(rows, dtype=np.int64)
 
     def _start_new_items(self, rows: np.ndarray, item_ids: Sequence[str]) -> None:

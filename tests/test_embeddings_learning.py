@@ -11,6 +11,7 @@ import pytest
 
 from core.schema import Event
 from online_models import make_model
+from online_models._arrays import IdIndex
 from online_models.embeddings import TorchEmbeddings
 from online_models.sampled_softmax import row_groups, rowwise_adagrad
 
@@ -147,3 +148,17 @@ def test_rowwise_adagrad_is_the_plain_one_bit_for_bit(n_rows: int, l2: float, co
     reference_adagrad(want_table, want_acc, distinct, grads[: len(distinct)], 0.1, l2)
     rowwise_adagrad(got_table, got_acc, distinct, grads[: len(distinct)], 0.1, l2)
     assert got_table.tobytes() == want_table.tobytes() and got_acc.tobytes() == want_acc.tobytes()
+
+
+def test_add_new_is_add_one_by_one() -> None:
+    """``IdIndex.add_new`` takes freed rows in the order ``add`` takes them, then new rows."""
+    rng = np.random.default_rng(5)
+    batched, single = IdIndex(), IdIndex()
+    for round_ in range(30):
+        known = list(batched.rows)
+        gone = [known[j] for j in rng.permutation(len(known))[: rng.integers(0, 6)]] if known else []
+        batched.remove(gone), single.remove(gone)
+        keys = list(dict.fromkeys(f"k{k}" for k in rng.integers(0, 200, rng.integers(1, 12)).tolist()))
+        keys = [k for k in keys if k not in batched.rows]
+        assert batched.add_new(keys) == [single.add(k) for k in keys]
+        assert (batched.ids, batched.rows, batched.free) == (single.ids, single.rows, single.free)
