@@ -277,20 +277,22 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
             d_pos = -d_neg.sum(1)
         d_reps = d_pos[:, None] * out_vecs[:b] + d_neg @ out_vecs[b:]
         self._adagrad("user", user_t, users, d_reps, b)
-        self._adagrad("in", in_t, in_rows, in_w[:, None] * d_reps[owner], b)
+        in_groups = row_groups(in_rows)
+        in_order = in_groups[0]  # each history entry's gradient, made in the order the rows are summed in
+        self._adagrad("in", in_t, in_rows, in_w[in_order, None] * d_reps[owner[in_order]], b, in_groups, ordered=True)
         item_groups = row_groups(item_rows)  # the output vectors and biases share their rows
         self._adagrad("out", out_t, item_rows, np.concatenate([d_pos[:, None] * reps, d_neg.T @ reps]), b,
                       item_groups)
         self._adagrad("bias", bias_t, item_rows, np.concatenate([d_pos, d_neg.sum(0)])[:, None], b, item_groups)
 
     def _adagrad(self, name: str, table: np.ndarray, rows: np.ndarray, grads: np.ndarray, b: int,
-                 groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+                 groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, ordered: bool = False) -> None:
         """Row-wise Adagrad on ``table`` (in place), gradients of repeated rows summed.
 
         numpy only: torch would run these small ops on its thread pool, which stalls
         while another process holds the other core.
         """
-        rowwise_adagrad(table, self._acc[name].numpy(), rows, grads, self.lr, 2.0 * self.l2 / b, groups)
+        rowwise_adagrad(table, self._acc[name].numpy(), rows, grads, self.lr, 2.0 * self.l2 / b, groups, ordered)
 
     # -- forgetting ----------------------------------------------------------------------
     def _forget_user_row(self, row: int) -> None:

@@ -99,12 +99,12 @@ def row_groups(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     >>> order.tolist(), starts.tolist(), uniq.tolist()
     ([1, 0, 2], [0, 1], [0, 2])
     """
-    order = np.argsort(rows, kind="stable")
+    order = rows.argsort(kind="stable")  # methods, not np.argsort and the like: their wrappers cost more here
     ordered = rows[order]
     first = np.empty(len(ordered), dtype=bool)
     first[:1] = True
     np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-    starts = np.nonzero(first)[0]
+    starts = first.nonzero()[0]
     return order, starts, ordered[starts]
 
 
@@ -114,21 +114,26 @@ def _run_sums(grads: np.ndarray, starts: np.ndarray) -> np.ndarray:
     column) sums only the longer runs."""
     if len(starts) == len(grads):
         return grads
-    sizes = np.diff(starts, append=len(grads))
+    sizes = np.empty_like(starts)
+    np.subtract(starts[1:], starts[:-1], out=sizes[:-1])
+    sizes[-1] = len(grads) - starts[-1]
     longer = sizes > 1
     sums = grads[starts]
-    sums[longer] = np.add.reduceat(grads[np.repeat(longer, sizes)], np.cumsum(sizes[longer]) - sizes[longer], axis=0)
+    longer_sizes = sizes[longer]
+    sums[longer] = np.add.reduceat(grads[longer.repeat(sizes)], longer_sizes.cumsum() - longer_sizes, axis=0)
     return sums
 
 
 def rowwise_adagrad(table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads: np.ndarray, lr: float,
-                    l2: float = 0.0, groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+                    l2: float = 0.0, groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                    ordered: bool = False) -> None:
     """Row-wise Adagrad on ``table`` (in place): one squared-gradient sum per row (``acc``,
     the mean over the row's columns), gradients of repeated rows summed first.
 
     numpy only: torch would run these small ops on its thread pool, which stalls while
     another process holds the other core. ``l2`` adds ``l2 * row`` to each row's gradient.
-    ``groups``: ``row_groups(rows)``, when the caller has it.
+    ``groups``: ``row_groups(rows)``, when the caller has it; ``ordered``: ``grads`` come
+    in its order already (``grads[order]``: built that way, they are gathered once).
 
     >>> table, acc = np.ones((3, 2), dtype=np.float32), np.zeros(3, dtype=np.float32)
     >>> rowwise_adagrad(table, acc, np.array([2, 0, 2]), np.full((3, 2), 0.5, dtype=np.float32), lr=0.1)
@@ -138,7 +143,7 @@ def rowwise_adagrad(table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads:
     if len(rows) == 0:
         return
     order, starts, uniq = row_groups(rows) if groups is None else groups
-    grad = _run_sums(grads[order].astype(np.float32, copy=False), starts)
+    grad = _run_sums((grads if ordered else grads[order]).astype(np.float32, copy=False), starts)
     leaf = table[uniq]
     if l2:
         grad += l2 * leaf

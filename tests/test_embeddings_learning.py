@@ -130,7 +130,8 @@ def reference_adagrad(table, acc, rows, grads, lr, l2=0.0) -> None:
 @pytest.mark.parametrize("columns", [1, 7, 32])
 def test_rowwise_adagrad_is_the_plain_one_bit_for_bit(n_rows: int, l2: float, columns: int) -> None:
     """Runs of one row, short runs and runs long enough for numpy's pairwise summation
-    (over 8 and over 128 repeats), with grouping computed or handed in."""
+    (over 8 and over 128 repeats), with grouping computed or handed in, gradients in
+    event order or already in the grouping's order."""
     rng = np.random.default_rng(n_rows + columns)
     rows = np.concatenate([rng.integers(0, n_rows, 600), np.full(300, n_rows // 2), np.full(9, 0)])
     rng.shuffle(rows)
@@ -138,10 +139,11 @@ def test_rowwise_adagrad_is_the_plain_one_bit_for_bit(n_rows: int, l2: float, co
     grads[::17] = -0.0
     table = rng.standard_normal((n_rows + 1, columns)).astype(np.float32)
     acc = rng.uniform(0, 1, n_rows + 1).astype(np.float32)
-    for groups in (None, row_groups(rows)):
+    groups = row_groups(rows)
+    for given, ordered in ((None, False), (groups, False), (groups, True)):
         want_table, want_acc, got_table, got_acc = table.copy(), acc.copy(), table.copy(), acc.copy()
         reference_adagrad(want_table, want_acc, rows, grads, 0.1, l2)
-        rowwise_adagrad(got_table, got_acc, rows, grads, 0.1, l2, groups)
+        rowwise_adagrad(got_table, got_acc, rows, grads[groups[0]] if ordered else grads, 0.1, l2, given, ordered)
         assert got_table.tobytes() == want_table.tobytes() and got_acc.tobytes() == want_acc.tobytes()
     distinct = rng.permutation(n_rows + 1)[: min(n_rows + 1, 50)]  # every row once (sasrec's case)
     want_table, got_table, want_acc, got_acc = table.copy(), table.copy(), acc.copy(), acc.copy()
