@@ -206,7 +206,10 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         user_ids = [event.user_id for event in events]
         users = self._add_users(user_ids)
         items = self._add_items([event.item_id for event in events])
-        weights = [self.weight(event) for event in events]
+        types = [event.type for event in events]
+        # an event's weight is its type's (Recommender.weight): asked once per type present
+        weight_of = {kind: self.weight(event) for kind, event in dict(zip(types, events)).items()}
+        weights = list(map(weight_of.__getitem__, types))
         self._count(items, np.array(weights))
         recent_of, pending, window = self._recent, self._pending, self.window
         for user_id, user, item, weight in zip(user_ids, users, items.tolist(), weights):
@@ -251,8 +254,8 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         hist_w /= np.maximum(hist_w.sum(1, keepdims=True), 1e-12)
         user_t, in_t = self._user_vecs.numpy(), self._item_in.numpy()
         out_t, bias_t = self._item_out.numpy(), self._item_bias.numpy()
-        owner, slot = np.nonzero(mask)  # the history entries in use
-        in_rows, in_w = hists[owner, slot], hist_w[owner, slot]
+        owner = mask.nonzero()[0]  # the history entries in use, row by row: their event
+        in_rows, in_w = hists[mask], hist_w[mask]
         hist_vecs = in_t[np.where(mask, hists, 0)]  # padding reads row 0 with weight 0
         reps = user_t[users] + np.matmul(hist_w[:, None, :], hist_vecs)[:, 0]
         item_rows = np.concatenate([items, negatives])

@@ -62,11 +62,15 @@ def learn(model: TorchEmbeddings, events: list[Event], batch: int | None) -> Non
             model.learn_many(events[start : start + batch])
 
 
+OTHER = {**SMALL, "loss": "bpr", "l2": 0.01, "replay": 2, "event_weights": {"view": 0.5, "purchase": 3.0}}
+
+
+@pytest.mark.parametrize("params", [SMALL, OTHER], ids=["softmax", "bpr-l2-weights"])
 @pytest.mark.parametrize("batch", [1, 5, 8, 37, 500])
-def test_learn_many_is_learn_one_bit_for_bit(batch: int) -> None:
+def test_learn_many_is_learn_one_bit_for_bit(batch: int, params: dict) -> None:
     """Micro-batches shorter, equal to and longer than ``batch_size``, across forgetting
     (freed rows taken by new ids) and with item sharing on (the shadow rebased for new items)."""
-    models = [make_model("embeddings", **SMALL), make_model("embeddings", **SMALL)]
+    models = [make_model("embeddings", **params), make_model("embeddings", **params)]
     events = stream(1500, 400, 150, seed=1)
     for model, size in zip(models, (batch, None)):
         model.item_delta()  # sharing on: new items rebase the shadow
