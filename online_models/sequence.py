@@ -218,38 +218,63 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
                 recent.reverse()  # most recent first
                 latest: dict[int, int] = {}  # row -> steps back of its latest click
                 clicks: dict[int, int] = {}  # row -> its clicks in the window
-                sources = into[row]
                 for d, source in enumerate(recent):
                     if source in latest:
                         clicks[source] += 1
                     else:
                         latest[source] = d
                         clicks[source] = 1
-                    if d < steps and source != row:
-                        gain = w * step_weights[d]
-                        successors[source].add(row, gain)
-                        total = changed.get(source)
-                        changed[source] = (float(totals[source]) if total is None else total) + gain
-                        sources.add(source)
-                        if log is not None:
-                            log[0].append(source)
-                            log[1].append(row)
-                            log[2].append(gain)
-                        if backward:
-                            back_gain = gain * backward
-                            successors[row].add(source, back_gain)
-                            total = changed.get(row)
-                            changed[row] = (float(totals[row]) if total is None else total) + back_gain
-                            into[source].add(row)
-                            if log is not None:
-                                log[0].append(row)
-                                log[1].append(source)
-                                log[2].append(back_gain)
                 for source, d in latest.items():
                     trials[d * most + min(clicks[source], most) - 1] += 1.0
                 d = latest.get(row)
                 if d is not None:
                     hits[d * most + min(clicks[row], most) - 1] += 1.0
+                # transitions into the row, and back (WeightedRow.add written out: the hot loop)
+                sources, back_links = into[row], successors[row]
+                back_pos, back_weights = back_links.pos, back_links.weights
+                row_total = None  # the row's outgoing total, once a transition back adds to it
+                for d, source in enumerate(recent[:steps]):
+                    if source == row:
+                        continue
+                    gain = w * step_weights[d]
+                    links = successors[source]
+                    i = links.pos.get(row)
+                    if i is None:
+                        links.pos[row] = len(links.rows)
+                        links.rows.append(row)
+                        links.weights.append(gain)
+                    else:
+                        links.weights[i] += gain
+                    links.stale += 1
+                    total = changed.get(source)
+                    changed[source] = (float(totals[source]) if total is None else total) + gain
+                    sources.add(source)
+                    if log is not None:
+                        log[0].append(source)
+                        log[1].append(row)
+                        log[2].append(gain)
+                    if backward:
+                        back_gain = gain * backward
+                        i = back_pos.get(source)
+                        if i is None:
+                            back_pos[source] = len(back_weights)
+                            back_links.rows.append(source)
+                            back_weights.append(back_gain)
+                        else:
+                            back_weights[i] += back_gain
+                        back_links.stale += 1
+                        if row_total is None:
+                            row_total = changed.get(row)
+                            if row_total is None:
+                                row_total = float(totals[row])
+                        row_total += back_gain
+                        into[source].add(row)
+                        if log is not None:
+                            log[0].append(row)
+                            log[1].append(source)
+                            log[2].append(back_gain)
+                if row_total is not None:
+                    changed[row] = row_total
             push(u, row, interaction.ts)
         if changed:
             totals[np.fromiter(changed, dtype=np.int64, count=len(changed))] = list(changed.values())
@@ -469,7 +494,43 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
         return rows
 
     # ReadsPopularity gives use_popularity; the lists read only the most popular ids (_popular_rows)
+    def __getstate__(self) -> dict[str, Any]:
+        """The state with every item's successors in three flat arrays (counts per row,
+        rows, weights) instead of an object per item, and without ``_sources``, which is
+        their transpose: a checkpoint pickles a few buffers, not a Python object per item
+        and an int per transition."""
+        state = dict(self.__dict__)
+        successors = state.pop("_successors")
+        del state["_sources"]
+        state["_successor_table"] = (
+            np.array([len(links.rows) for links in successors], dtype=np.int64),
+            np.frombuffer(b"".join([links.rows for links in successors]), dtype=np.int64),
+            np.frombuffer(b"".join([links.weights for links in successors]), dtype=np.float64),
+        )
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        table = state.pop("_successor_table", None)
         self.__dict__.update(state)
         self.__dict__.setdefault("_owns_popularity", True)  # saved before use_popularity
         self.__dict__.setdefault("_pop_link", None)
+        if table is not None:  # (a checkpoint from before pickled the objects themselves)
+            self._successors, self._sources = _unpack_successors(*table)
+
+
+def _unpack_successors(lengths: np.ndarray, rows: np.ndarray, weights: np.ndarray
+                       ) -> tuple[list[_Successors], list[set[int]]]:
+    """``Sequential.__getstate__``'s flat successor table back as one ``_Successors`` per
+    row, and each row's sources (the rows with a transition into it)."""
+    successors, sources = [], [set() for _ in range(len(lengths))]
+    end = 0
+    for source, size in enumerate(lengths.tolist()):
+        start, end = end, end + size
+        links = _Successors()
+        links.__setstate__((array("q", rows[start:end].tobytes()), array("d", weights[start:end].tobytes())))
+        successors.append(links)
+    targets = rows.tolist()
+    for source, target in zip(np.repeat(np.arange(len(lengths)), lengths).tolist(), targets):
+        sources[target].add(source)
+    return successors, sources

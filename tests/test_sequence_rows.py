@@ -11,6 +11,8 @@ from a popularity it does not own.
 from __future__ import annotations
 
 import math
+import pickle
+from array import array
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from core.schema import Event
 from online_models import make_model, sequence_ranking
 from online_models._arrays import IdIndex, RankedRows
 from online_models.capabilities import RanksRows
+from online_models.sequence import Sequential
 from online_models.trending import Trending
 from tests.test_batch_ranking import assert_same_ranking
 from tests.test_ranking_paths import random_stream, seen_by
@@ -178,3 +181,53 @@ def test_explain_rows_says_what_explain_items_says(params: dict) -> None:
                 rows[j, col] = other.add(item)
     got = model.explain_rows(users, rows, other)
     assert got == [model.explain_items(u, [other.ids[r] for r in row if r >= 0]) for u, row in zip(users, rows.tolist())]
+
+
+@pytest.mark.parametrize("recency_decay", [1.0, 0.4])
+def test_explain_rows_breaks_ties_as_explain_items(recency_decay: float) -> None:
+    """With every transition and every outgoing total made equal, many recent items tie
+    for a listed item (all of them with no decay; a repeated one at its places with it):
+    the batch path names the same one as ``explain_items`` (the first of equals)."""
+    events = random_stream(3000, 40, 60, seed=5)  # short histories full of repeats
+    model = trained(events, recency_decay=recency_decay)
+    for links in model._successors:
+        links.weights = array("d", [1.0] * len(links.weights))
+    model._out_total[:] = 7.0
+    users = sorted({e.user_id for e in events})
+    assert any(len(set(history)) < len(history) for history in
+               (model._histories.get(u)[0].tolist() for u in users))  # repeated items in some histories
+    ranked = model.recommend_rows(users, 40)
+    got = model.explain_rows(users, ranked.rows, ranked.index)
+    assert got == [model.explain_items(u, [i for i, _ in ranking]) for u, ranking in ranked.rankings(users).items()]
+    assert sum(reason.startswith("often clicked after") for user in got for _, reason in user) > 100
+
+
+def test_a_checkpoint_holds_the_successors_as_arrays() -> None:
+    """Pickled, the successors are three flat arrays (no object per item, no sources); the
+    copy ranks, explains, shares and forgets as the original, and a pickle of the objects
+    (checkpoints from before) still loads."""
+    events = random_stream(3000, 80, 300, seed=4)
+    model = trained(events[:2000], max_successors=6)
+    state = model.__getstate__()
+    assert "_successors" not in state and "_sources" not in state
+    assert [type(part) for part in state["_successor_table"]] == [np.ndarray] * 3
+    old_style = Sequential.__new__(Sequential)
+    old_style.__setstate__(pickle.loads(pickle.dumps(dict(model.__dict__))))
+    users = ["nobody", *sorted({e.user_id for e in events})]
+    for twin in (pickle.loads(pickle.dumps(model)), old_style):
+        assert twin._sources == model._sources
+        assert [(list(a.rows), list(a.weights), a.pos) for a in twin._successors] == \
+               [(list(a.rows), list(a.weights), a.pos) for a in model._successors]
+    twins = [model, pickle.loads(pickle.dumps(model)), old_style]
+    for twin in twins:
+        twin.learn_many(events[2000:])
+        twin.forget_items(["i3", "i7"])
+    ranked = [twin.recommend_rows(users, 30) for twin in twins]
+    for other in ranked[1:]:
+        assert np.array_equal(other.rows, ranked[0].rows) and np.array_equal(other.scores, ranked[0].scores)
+    reasons = [twin.explain_rows(users, ranked[0].rows, ranked[0].index) for twin in twins]
+    assert reasons[1] == reasons[0] == reasons[2]
+    deltas = [twin.item_delta() for twin in twins]
+    for delta in deltas[1:]:
+        assert delta.keys() == deltas[0].keys()
+        assert all(np.array_equal(delta[key], deltas[0][key]) for key in delta)
