@@ -321,6 +321,19 @@ class SequenceRanking:
                 explained.append([popular] * length)
                 continue
             recent = set(mine)
+            if len(recent) == 1:  # one recent item (clicked once or more): it explains what it links to
+                source, links = mine[0], successors[mine[0]]
+                at, weights, factor = links.pos.get, links.weights, max(mine_factors)
+                reason = after.get(source)
+                if reason is None:
+                    reason = after[source] = (self.name, f"often clicked after {ids[source]}")
+                reasons = []
+                for row in cells:
+                    i = at(row) if row >= 0 else None
+                    reasons.append(recently if row == source else popular if i is None or not factor * weights[i] > 0
+                                   else reason)
+                explained.append(reasons)
+                continue
             held_at = None  # recent item row -> its places and factors, made when first needed
             reasons = []
             for row in cells:
