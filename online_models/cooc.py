@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from array import array
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from online_models import tables
 from online_models._arrays import IdIndex, WeightedRow, grow, top_k
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.cooc_ranking import CoocRanking
+from online_models.cooc_table import NeighbourTable
 from online_models.recent import RecentItems
 from online_models.tables import id_array
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, PopularityLink, ReadsPopularity, Trending
@@ -23,40 +23,10 @@ _RecentItems = RecentItems  # the name checkpoints from before the shared class 
 
 
 class _Neighbours(WeightedRow):
-    """One item's co-occurrence row: neighbour rows and weights (see ``WeightedRow``).
-
-    ``strongest`` keeps the positions of the heaviest neighbours, refreshed after the row
-    changed by a tenth, and the rows at them (a position's row never changes; only its
-    weight grows).
-    """
+    """One item's co-occurrence row as checkpoints before ``NeighbourTable`` pickled it
+    (``_upgrade`` moves them into the table)."""
 
     __slots__ = ("top", "top_rows")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.top: np.ndarray | None = None
-        self.top_rows: array | None = None  # rows at ``top``; derived, not checkpointed
-
-    def _changed(self) -> None:
-        self.top = self.top_rows = None
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the neighbour rows and weights."""
-        return np.array(self.rows, dtype=np.int64), np.array(self.weights, dtype=np.float64)
-
-    def strongest(self, m: int) -> np.ndarray:
-        """Positions of (about) the ``m`` heaviest neighbours; ``top_rows`` holds their rows."""
-        if self.top is None or len(self.top) != m or self.stale > max(len(self.rows) // 10, 16):
-            weights = np.frombuffer(self.weights, dtype=np.float64)
-            self.top = np.sort(np.argpartition(weights, len(weights) - m)[len(weights) - m :])
-            self.stale = 0
-            self.top_rows = None
-        if self.top_rows is None:
-            self.top_rows = array("q", np.frombuffer(self.rows, dtype=np.int64)[self.top].tobytes())
-        return self.top
-
-    def __getstate__(self):
-        return self.rows, self.weights, self.top, self.stale
 
     def __setstate__(self, state):
         rows, weights, self.top, self.stale = state
@@ -133,7 +103,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         self._counts = np.zeros(0, dtype=np.float64)  # weighted occurrences per item
         self._inv_norm = np.zeros(0, dtype=np.float32)  # 1 / sqrt(counts)
         self._powers = np.ones(1, dtype=np.float32)  # recency_decay ** age, cached
-        self._neighbours: list[_Neighbours] = []  # sparse rows, once the catalogue is large
+        self._neighbours = NeighbourTable()  # sparse rows, once the catalogue is large
         self._dense = np.zeros((0, 0), dtype=np.float32)  # dense co-occurrence while it is small
         self._recent = RecentItems(window)
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
@@ -155,8 +125,8 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
             self._inv_norm = grow(self._inv_norm, row + 1)
             if self._dense is not None:
                 self._grow_dense(row + 1)
-        if self._dense is None and row == len(self._neighbours):
-            self._neighbours.append(_Neighbours())
+        if self._dense is None and row >= len(self._neighbours):
+            self._neighbours.ensure(row + 1)
         count = self._counts[row] + w
         self._counts[row] = count
         self._inv_norm[row] = 1.0 / math.sqrt(count)
@@ -182,32 +152,69 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
                         np.add.at(dense_row, cols, vals)
                         np.add.at(dense_col, cols, vals)
             else:
+                others = history != row
+                cols, pairs = history[others], w * weights[others]
                 if self._pair_log is not None:
-                    others = history != row
-                    self._pair_log.append((row, history[others], w * weights[others]))
-                mine, neighbours = self._neighbours[row], self._neighbours
-                for other, w_other in zip(history.tolist(), weights.tolist()):
-                    if other != row:
-                        mine.add(other, w * w_other)
-                        neighbours[other].add(row, w * w_other)
+                    self._pair_log.append((row, cols, pairs))
+                self._neighbours.add_many(*_both_ways(np.full(len(cols), row), cols, pairs))
         recent.push(u, row, w)
         self._learn_popularity(interaction, row)
+
+    def learn_many(self, interactions: Iterable[Interaction]) -> None:
+        """``learn_one`` of each interaction in turn, with the batch's pair updates gathered
+        into arrays: each event meets the recent items the events before it left, and every
+        table ends as it would one event after the other (the same sums in the same order)."""
+        interactions = list(interactions)
+        items, weight, recent = self._items, self.weight, self._recent
+        rows = [items.add(interaction.item_id) for interaction in interactions]
+        n = len(items)
+        if len(interactions) < 2 or self._dense is not None and n > _DENSE_ITEMS:
+            # one event, or the batch moves the dense matrix to sparse rows part way
+            for interaction in interactions:
+                self.learn_one(interaction)
+            return
+        for row in range(len(self._counts), n):  # grown as learn_one grows them, row after row
+            if row >= len(self._counts):
+                self._counts = grow(self._counts, row + 1)
+                self._inv_norm = grow(self._inv_norm, row + 1)
+                if self._dense is not None:
+                    self._grow_dense(row + 1)
+        if self._dense is None:
+            self._neighbours.ensure(n)
+        weights = np.fromiter(map(weight, interactions), dtype=np.float64, count=len(interactions))
+        rows = np.array(rows, dtype=np.int64)
+        users = np.fromiter((recent.user_row(interaction.user_id) for interaction in interactions),
+                            dtype=np.int64, count=len(interactions))
+        np.add.at(self._counts, rows, weights)
+        distinct = np.unique(rows)
+        self._inv_norm[distinct] = 1.0 / np.sqrt(self._counts[distinct])
+        lengths, history, history_weights = recent.push_many(users, rows, weights)
+        row_of = np.repeat(rows, lengths)
+        others = history != row_of
+        a, b, pairs = row_of[others], history[others], np.repeat(weights, lengths)[others] * history_weights[others]
+        if self._pair_log is not None:
+            self._pair_log.append((a, b, pairs))
+        if self._dense is not None:
+            targets, cols, values = _both_ways(a, b, pairs)
+            np.add.at(self._dense, (targets, cols), values.astype(np.float32))
+        else:
+            self._neighbours.add_many(*_both_ways(a, b, pairs))
+        if self._owns_popularity:
+            self._trending.learn_many(interactions)
+        if self._pop_link is not None:
+            link, ids = self._pop_link, items.ids
+            for row in distinct.tolist():
+                link.link_one(items, row, ids[row])
 
     def _grow_dense(self, n: int) -> None:
         dense = self._dense
         if n <= len(dense):
             return
         if n > _DENSE_ITEMS:  # too large for a dense matrix: move to sparse neighbour rows
-            size = len(self._neighbours)
-            for i in range(size, len(dense)):
-                nb = _Neighbours()
-                cols = np.flatnonzero(dense[i])
-                nb.rows.extend(cols.tolist())
-                nb.weights.extend(dense[i, cols].astype(np.float64).tolist())
-                nb.pos = {int(c): j for j, c in enumerate(cols.tolist())}
-                self._neighbours.append(nb)
-            while len(self._neighbours) < n:
-                self._neighbours.append(_Neighbours())
+            self._neighbours = NeighbourTable.of_rows(
+                (cols, dense[i, cols].astype(np.float64), 0, None)
+                for i, cols in enumerate(map(np.flatnonzero, dense)))
+            self._neighbours.ensure(n)
             self._dense = None
             return
         new = np.zeros((min(max(n, 2 * len(dense), 64), _DENSE_ITEMS),) * 2, dtype=np.float32)
@@ -281,10 +288,10 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         else:
             neighbours = self._neighbours
             for row in gone:
-                for other in neighbours[row].rows:
+                for other in neighbours.row(row)[0].tolist():
                     if other not in gone:
-                        neighbours[other].discard(row)
-                neighbours[row] = _Neighbours()
+                        neighbours.discard(other, row)
+                neighbours.clear(row)
         self._recent.drop_items(rows)
         self._forget_popularity(item_ids, rows)
 
@@ -367,21 +374,18 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
             upper = a < b
             a, b = a[upper], b[upper]
             return a, b, self._dense[a, b].astype(np.float64)
-        parts = []
-        for row, nb in enumerate(self._neighbours[:n]):
-            others, weights = nb.arrays()
-            upper = others > row
-            parts.append((np.full(upper.sum(), row), others[upper], weights[upper]))
-        return self._concat_pairs(parts)
+        a, b, w = self._neighbours.links(n)
+        upper = b > a
+        return a[upper], b[upper], w[upper]
 
     def _pending_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The unreported own co-occurrence gains, summed per pair: ``(a, b, weight)``,
         ``a < b``, sorted; they replace the log."""
         log = self._pair_log or []
         parts = [self._pairs_carried] if self._pairs_carried is not None else []
-        if log:
+        if log:  # a row per entry (learn_one) or per pair (learn_many)
             parts.append((
-                np.repeat(np.array([row for row, _, _ in log], dtype=np.int64), [len(cols) for _, cols, _ in log]),
+                np.concatenate([np.broadcast_to(np.asarray(row, dtype=np.int64), len(cols)) for row, cols, _ in log]),
                 np.concatenate([cols for _, cols, _ in log]),
                 np.concatenate([w for _, _, w in log]),
             ))
@@ -416,7 +420,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
             if self._dense is not None:
                 self._grow_dense(row + 1)  # may move to sparse rows
         if self._dense is None:
-            self._neighbours.extend(_Neighbours() for _ in range(n - len(self._neighbours)))
+            self._neighbours.ensure(n)
         self._add_popularity_items(ids, rows)
         return rows
 
@@ -429,10 +433,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
             self._dense[a, b] += vals
             self._dense[b, a] += vals
             return
-        neighbours = self._neighbours
-        for x, y, v in zip(a.tolist(), b.tolist(), w.tolist()):
-            neighbours[x].add(y, v)
-            neighbours[y].add(x, v)
+        self._neighbours.add_many(*_both_ways(a, b, w))
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -453,6 +454,10 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
                 for row, weight in history:
                     table.push(u, row, weight)
             self._recent = table
+        if isinstance(self._neighbours, list):  # saved before NeighbourTable: one _Neighbours per row
+            self._neighbours = NeighbourTable.of_rows(
+                (np.frombuffer(nb.rows, dtype=np.int64), np.frombuffer(nb.weights, dtype=np.float64), nb.stale, nb.top)
+                for nb in self._neighbours)
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
         """Per item, the user's recent items that led to it: those whose co-occurrence with it
@@ -485,8 +490,8 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
             weights = np.zeros((len(mine), len(targets)))
             hoods = [(j, hood) for j, row in enumerate(mine.tolist()) if (hood := self._strongest_neighbours(row))]
             if hoods:
-                rows = np.concatenate([np.frombuffer(hood[0], dtype=np.int64) for _, hood in hoods])
-                values = np.concatenate([np.frombuffer(hood[1], dtype=np.float64) for _, hood in hoods])
+                rows = np.concatenate([hood[0] for _, hood in hoods])
+                values = np.concatenate([hood[1] for _, hood in hoods])
                 owner = np.repeat([j for j, _ in hoods], [hood[3] for _, hood in hoods])
                 order = np.argsort(targets, kind="stable")
                 at = np.minimum(np.searchsorted(targets[order], rows), len(targets) - 1)
@@ -515,3 +520,9 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         sims = weights / (counts * math.sqrt(max(self._counts[row], 1e-12)))
         best, vals = top_k(sims, k)
         return self._items.ranking(rows[best], vals)
+
+
+def _both_ways(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each link ``a[i] - b[i]`` (weight ``w[i]``) as the increments ``a -> b`` then ``b -> a``,
+    in order: what ``learn_one`` adds one after the other."""
+    return np.column_stack([a, b]).reshape(-1), np.column_stack([b, a]).reshape(-1), np.repeat(w, 2)

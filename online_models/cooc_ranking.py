@@ -9,7 +9,6 @@ user's candidate scores at once, and one top-k per user picks their lists. The s
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
@@ -17,6 +16,7 @@ from scipy.sparse import csr_matrix
 
 from online_models._arrays import IdIndex, RankedRows, excluded_cells, order_by_user_score_row, per_row, top_rows
 from online_models.base import Ranking
+from online_models.cooc_table import spans
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
 _SCRATCH_SLOTS = 1 << 20  # (user, item) slots summed at once on the sparse path: 4 MiB of int32 stay in cache
@@ -197,17 +197,20 @@ class CoocRanking:
         return _top_k_of_entries(all_user, all_rows, all_scores, n_users, k)
 
     def _neighbour_rows(self, rows: np.ndarray, n: int) -> csr_matrix:
-        """The (strongest, see ``max_neighbours``) neighbours of ``rows`` as a CSR matrix."""
-        hoods = [self._strongest_neighbours(row) for row in rows.tolist()]
-        lengths = np.array([0 if h is None else h[3] for h in hoods], dtype=np.int64)
-        c_rows, c_weights = array("q"), array("d")
-        for hood in hoods:
-            if hood is not None:
-                c_rows += hood[0]
-                c_weights += hood[1]
+        """The (strongest, see ``max_neighbours``) neighbours of ``rows`` as a CSR matrix:
+        one gather from the table; only the capped rows' strongest positions one by one."""
+        table, m = self._neighbours, self.max_neighbours
+        starts, lengths = table.start[rows], table.length[rows].copy()
+        capped = np.flatnonzero(lengths > m) if m is not None else np.zeros(0, dtype=np.int64)
+        m = m or 0  # (no row is capped without a cap)
+        tops = [table.strongest(row, m) for row in rows[capped].tolist()]
+        lengths[capped] = m
+        at = spans(starts, lengths)
+        if len(capped):  # a capped row's entries are its strongest positions, not its first ones
+            ends = np.cumsum(lengths)
+            at[spans(ends[capped] - m, lengths[capped])] = np.concatenate(tops) + np.repeat(starts[capped], m)
         indptr = np.concatenate([[0], np.cumsum(lengths)])
-        return csr_matrix((np.frombuffer(c_weights, dtype=np.float64), np.frombuffer(c_rows, dtype=np.int64), indptr),
-                          shape=(len(rows), n))
+        return csr_matrix((table.weights[at], table.cols[at], indptr), shape=(len(rows), n))
 
     def _sparse_rankings(
         self, user_ids: list[str], k: int, exclude: list[Collection[str] | None] | None
@@ -231,7 +234,7 @@ class CoocRanking:
         popular = top_rows(by_popularity, depth) if cand is None else top_rows(by_popularity[cand], depth, cand)
         step = max(1, _SCRATCH_SLOTS // n)
         scratch = np.empty(min(len(user_ids), step) * n, dtype=np.int32)
-        hoods: dict[int, tuple[array, array, float, int] | None] = {}  # per recent item, see _strongest_neighbours
+        hoods: dict[int, tuple[np.ndarray, np.ndarray, float, int] | None] = {}  # per recent item, see _strongest_neighbours
         rankings: dict[str, Ranking] = {}
         for start in range(0, len(user_ids), step):
             chunk = slice(start, start + step)
@@ -243,16 +246,15 @@ class CoocRanking:
 
     def _rank_chunk(
         self, users: list[str], excluded: list[np.ndarray | None], k: int, by_popularity: np.ndarray,
-        popular: np.ndarray, scratch: np.ndarray, hoods: dict[int, tuple[array, array, float, int] | None],
+        popular: np.ndarray, scratch: np.ndarray, hoods: dict[int, tuple[np.ndarray, np.ndarray, float, int] | None],
     ) -> dict[str, Ranking]:
         """Top-``k`` of a chunk of users: their neighbour rows and the popular rows in one
         array, summed per (user, item), then ranked segment by segment."""
         n = len(self._items)
         # each user's segment: the neighbour rows of the recent items, most recent first,
-        # weighted decay**age * cooc / sqrt(n_j); then the popular rows, with weight 0.
-        # Gathered in array.array buffers: extending one copies in C, no numpy call per part
-        all_rows, all_weights, factors, lengths, segment = array("q"), array("d"), [], [], []
-        popular_rows, no_weight = array("q", popular.astype(np.int64).tobytes()), array("d", bytes(8 * len(popular)))
+        # weighted decay**age * cooc / sqrt(n_j); then the popular rows, with weight 0
+        all_rows, all_weights, factors, lengths, segment = [], [], [], [], []
+        popular_rows, no_weight = popular.astype(np.int64), np.zeros(len(popular))
         decay, recent_of = self.recency_decay, self._recent
         for user_id in users:
             size, factor = len(popular), 1.0
@@ -262,19 +264,19 @@ class CoocRanking:
                 if hood is False:
                     hood = hoods[row] = self._strongest_neighbours(row)
                 if hood is not None:
-                    all_rows += hood[0]
-                    all_weights += hood[1]
+                    all_rows.append(hood[0])
+                    all_weights.append(hood[1])
                     factors.append(factor / hood[2])
                     lengths.append(hood[3])
                     size += hood[3]
                 factor *= decay
-            all_rows += popular_rows
-            all_weights += no_weight
+            all_rows.append(popular_rows)
+            all_weights.append(no_weight)
             factors.append(0.0)
             lengths.append(len(popular))
             segment.append(size)
-        rows = np.frombuffer(all_rows, dtype=np.int64).astype(np.int32)  # rows < n: int32 halves the traffic
-        weights = np.frombuffer(all_weights, dtype=np.float64) * np.repeat(factors, lengths)
+        rows = np.concatenate(all_rows).astype(np.int32)  # rows < n: int32 halves the traffic
+        weights = np.concatenate(all_weights) * np.repeat(factors, lengths)
         keys = np.repeat(np.arange(0, len(users) * n, n, dtype=np.int32), segment)
         keys += rows  # (user, item) slot: user * n + row
 
@@ -320,23 +322,23 @@ class CoocRanking:
             start += size
         return rankings
 
-    def _strongest_neighbours(self, row: int) -> tuple[array, array, float, int] | None:
+    def _strongest_neighbours(self, row: int) -> tuple[np.ndarray, np.ndarray, float, int] | None:
         """An item's neighbour rows and weights (only its ``max_neighbours`` heaviest),
         ``sqrt(n_j)`` and how many; ``None`` without neighbours."""
-        nb = self._neighbours[row]
-        if not nb.rows:
+        cols, weights = self._neighbours.row(row)
+        if not len(cols):
             return None
-        if self.max_neighbours is not None and len(nb.rows) > self.max_neighbours:
-            top = nb.strongest(self.max_neighbours)
-            weights = array("d", np.frombuffer(nb.weights, dtype=np.float64)[top].tobytes())
-            return nb.top_rows, weights, math.sqrt(self._counts[row]), len(top)
-        return nb.rows, nb.weights, math.sqrt(self._counts[row]), len(nb.rows)
+        if self.max_neighbours is not None and len(cols) > self.max_neighbours:
+            top = self._neighbours.strongest(row, self.max_neighbours)
+            cols, weights = cols[top], weights[top]
+        return cols, weights, math.sqrt(self._counts[row]), len(cols)
 
     def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         if self._dense is not None:
             cols = np.flatnonzero(self._dense[row, : len(self._items)])
             return cols, self._dense[row, cols].astype(np.float64)
-        return self._neighbours[row].arrays()
+        cols, weights = self._neighbours.row(row)
+        return cols.copy(), weights.copy()
 
 
 def _csr_in_order(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, n_cols: int) -> csr_matrix:
@@ -395,3 +397,4 @@ def _top_k_of_entries(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, n
     out_rows[users[fits], place[fits]] = rows[fits]
     out_scores[users[fits], place[fits]] = scores[fits]
     return out_rows, out_scores
+

@@ -60,6 +60,41 @@ class RecentItems:
         if self.sizes[u] < self.window:
             self.sizes[u] += 1
 
+    def push_many(self, us: np.ndarray, rows: np.ndarray, values: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``push`` of each ``(us[j], rows[j], values[j])`` in turn, on arrays; returns what
+        each push found before it: the history lengths and, flat, the histories' item rows
+        and values (each oldest first, as ``history``).
+
+        >>> recent = RecentItems(window=2)
+        >>> u, v = recent.user_row("u"), recent.user_row("v")
+        >>> lengths, rows, _ = recent.push_many(np.array([u, v, u, u]), np.array([5, 9, 6, 7]), np.ones(4))
+        >>> lengths.tolist(), rows.tolist(), recent.get("u")[0].tolist()
+        ([0, 0, 1, 2], [5, 5, 6], [6, 7])
+        """
+        window = self.window
+        users, of_user = np.unique(us, return_inverse=True)
+        pushes = np.bincount(of_user, minlength=len(users))
+        # each user's table row then its pushes, one block per user in one flat array
+        block = window + pushes
+        block_start = np.cumsum(block) - block
+        by_user = np.argsort(of_user, kind="stable")
+        nth = np.empty(len(us), dtype=np.int64)
+        nth[by_user] = np.arange(len(us)) - np.repeat(np.cumsum(pushes) - pushes, pushes)
+        at = block_start[of_user] + window + nth
+        table_at = (block_start[:, None] + np.arange(window)).reshape(-1)
+        flat_rows, flat_values = np.empty(int(block.sum()), dtype=np.int64), np.empty(int(block.sum()))
+        flat_rows[table_at], flat_values[table_at] = self.rows[users].reshape(-1), self.values[users].reshape(-1)
+        flat_rows[at], flat_values[at] = rows, values
+        sizes = np.fromiter(map(self.sizes.__getitem__, users.tolist()), dtype=np.int64, count=len(users))
+        lengths = np.minimum(window, sizes[of_user] + nth)
+        found = np.repeat(at - lengths - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+        kept = (block_start + pushes)[:, None] + np.arange(window)  # each block's last ``window``
+        self.rows[users], self.values[users] = flat_rows[kept], flat_values[kept]
+        for u, size in zip(users.tolist(), np.minimum(window, sizes + pushes).tolist()):
+            self.sizes[u] = size
+        return lengths, flat_rows[found], flat_values[found]
+
     def set(self, user_id: str, rows: np.ndarray, values: np.ndarray) -> None:
         """Replace the user's history with the newest ``window`` of ``rows`` and ``values``."""
         u, m = self.user_row(user_id), min(len(rows), self.window)

@@ -126,8 +126,8 @@ def reference_cooc(model, user_id: str, k: int, exclude=()) -> list[tuple[str, f
     sums: dict[int, float] = {}
     factor = 1.0
     for row, _ in reversed(model.recent(user_id)):
-        nb = model._neighbours[row]
-        for other, weight in zip(nb.rows, nb.weights):
+        cols, weights = model._neighbours.row(row)
+        for other, weight in zip(cols.tolist(), weights.tolist()):
             sums[other] = sums.get(other, 0.0) + weight * (factor / math.sqrt(model._counts[row]))
         factor *= model.recency_decay
     scores = [float(raw[x]) * pop + sums.get(x, 0.0) * float(model._inv_norm[x]) for x in range(n)]

@@ -1,0 +1,138 @@
+"""``cooc`` on the pipeline alone (no Kafka, no Redis), per CPU-second, split by phase, and
+two checkouts against each other in the same run.
+
+``bench.ingest_cpu``'s events (10k items, 100k users, seed 7) go through ``Pipeline.process``
+with ``cooc`` in batches of ``max_poll_records`` (the first batch untimed), with a checkpoint's
+model work every ``checkpoint_every_events // 2`` events. The model's methods are wrapped to
+time learning, ranking, explanations, similar lists and the checkpoint apart.
+
+    python -m bench.cooc_cpu [--events 20000] [--profile FILE]
+    python -m bench.cooc_cpu --trees /work/main $PWD --rounds 3   # a ratio
+
+With ``--trees`` each round runs each checkout once, in a subprocess with that checkout
+first on ``sys.path``, one after the other, so that the ratio holds on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+PHASES = ("learn_many", "recommend_rows", "explain_rows", "similar_items", "item_delta")
+
+
+def measure(events: int, model_name: str, learn_only: bool, profile: str | None) -> dict:
+    """One run in this process: CPU seconds in all and per phase."""
+    import pickle
+
+    from bench.ingest_cpu import records
+    from core.settings import Settings
+    from online_models import make_model
+    from stream.pipeline import Pipeline
+
+    from stream.pipeline import ListBatch
+
+    settings = Settings(_env_file=None)
+    batch = settings.max_poll_records
+    stream = records(events + batch)
+    batches = [stream[s : s + batch] for s in range(0, len(stream), batch)]
+    model = make_model(model_name)
+    pipeline = Pipeline(settings, model)
+    if learn_only:  # as the ingest bench's learning-only worker: no lists ranked
+        pipeline._rank = lambda users: (ListBatch.of_rankings({}), None)
+    spent = dict.fromkeys(PHASES, 0.0)
+    timing = [False]
+
+    def timed(name, method):
+        def call(*args, **kwargs):
+            if not timing[0]:
+                return method(*args, **kwargs)
+            started = time.process_time()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[name] += time.process_time() - started
+        return call
+
+    for name in PHASES:
+        setattr(model, name, timed(name, getattr(model, name)))
+    profiler = None
+    if profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.0005)
+    total, since = 0.0, 0
+    for n, records_of_batch in enumerate(batches):
+        timing[0] = bool(n)
+        if n and profiler:
+            profiler.start()
+        started = time.process_time()
+        pipeline.process(records_of_batch)
+        since += len(records_of_batch)
+        if since >= settings.checkpoint_every_events // 2:
+            pipeline.expire_idle()
+            model.item_delta()
+            pipeline.popularity.item_delta()
+            pickle.dumps(pipeline.state(), protocol=pickle.HIGHEST_PROTOCOL)
+            since = 0
+        if n:
+            total += time.process_time() - started
+        if n and profiler:
+            profiler.stop()
+    for name in PHASES:  # the wrappers are not pickled with the model
+        delattr(model, name)
+    if profiler:
+        with open(profile, "w") as f:
+            f.write(profiler.output_text(unicode=False, color=False, show_all=False))
+    timed_events = sum(len(b) for b in batches[1:])
+    return {"events": timed_events, "cpu_s": total, "phases": spent}
+
+
+def report(label: str, result: dict) -> str:
+    us = 1e6 / result["events"]
+    phases = ", ".join(f"{name} {seconds * us:.1f}" for name, seconds in result["phases"].items())
+    return (f"{label}: {result['events'] / result['cpu_s']:,.0f} events per CPU-second "
+            f"({result['cpu_s'] * us:.1f} us per event; {phases} us)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--model", default="cooc")
+    parser.add_argument("--learn-only", action="store_true", help="no lists ranked (similar lists stay)")
+    parser.add_argument("--profile", default=None, help="a file for a pyinstrument profile")
+    parser.add_argument("--trees", nargs="*", default=None, help="checkouts to compare, the first the baseline")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not args.trees:
+        result = measure(args.events, args.model, args.learn_only, args.profile)
+        print(json.dumps(result) if args.json else report(args.model, result))
+        return
+    rates: dict[str, list[float]] = {tree: [] for tree in args.trees}
+    for r in range(args.rounds):
+        for tree in args.trees:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+            env["PYTHONPATH"] = tree
+            cmd = [sys.executable, os.path.abspath(__file__), "--events", str(args.events), "--model", args.model,
+                   "--json", *(["--learn-only"] if args.learn_only else [])]
+            # this file runs from its checkout; its imports of the project come from ``tree``
+            out = subprocess.run(cmd, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            rates[tree].append(result["events"] / result["cpu_s"])
+            print(f"round {r + 1} " + report(tree, result), flush=True)
+    base = args.trees[0]
+    for tree in args.trees[1:]:
+        ratios = [b / a for a, b in zip(rates[base], rates[tree])]
+        print(f"{tree} vs {base}: median {statistics.median(rates[tree]):,.0f} vs "
+              f"{statistics.median(rates[base]):,.0f} events per CPU-second, ratio per round "
+              f"{', '.join(f'{x:.2f}' for x in ratios)} (median {statistics.median(ratios):.2f})")
+
+
+if __name__ == "__main__":
+    main()
