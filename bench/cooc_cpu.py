@@ -4,7 +4,7 @@ two checkouts against each other in the same run.
 ``bench.ingest_cpu``'s events (10k items, 100k users, seed 7) go through ``Pipeline.process``
 with ``cooc`` in batches of ``max_poll_records`` (the first batch untimed), with a checkpoint's
 model work every ``checkpoint_every_events // 2`` events. The model's methods are wrapped to
-time learning, ranking, explanations, similar lists and the checkpoint apart.
+time learning, ranking, explanations, similar lists, the item delta and the pickle apart.
 
     python -m bench.cooc_cpu [--events 20000] [--profile FILE]
     python -m bench.cooc_cpu --trees /work/main $PWD --rounds 3   # a ratio
@@ -45,7 +45,7 @@ def measure(events: int, model_name: str, learn_only: bool, profile: str | None)
     pipeline = Pipeline(settings, model)
     if learn_only:  # as the ingest bench's learning-only worker: no lists ranked
         pipeline._rank = lambda users: (ListBatch.of_rankings({}), None)
-    spent = dict.fromkeys(PHASES, 0.0)
+    spent = dict.fromkeys((*PHASES, "pickle"), 0.0)
     timing = [False]
 
     def timed(name, method):
@@ -59,8 +59,8 @@ def measure(events: int, model_name: str, learn_only: bool, profile: str | None)
                 spent[name] += time.process_time() - started
         return call
 
-    for name in PHASES:
-        setattr(model, name, timed(name, getattr(model, name)))
+    wrappers = {name: timed(name, getattr(model, name)) for name in PHASES}
+    model.__dict__.update(wrappers)
     profiler = None
     if profile:
         from pyinstrument import Profiler
@@ -78,14 +78,17 @@ def measure(events: int, model_name: str, learn_only: bool, profile: str | None)
             pipeline.expire_idle()
             model.item_delta()
             pipeline.popularity.item_delta()
+            for name in PHASES:  # the wrappers do not pickle
+                del model.__dict__[name]
+            started_pickle = time.process_time()
             pickle.dumps(pipeline.state(), protocol=pickle.HIGHEST_PROTOCOL)
+            spent["pickle"] += time.process_time() - started_pickle
+            model.__dict__.update(wrappers)
             since = 0
         if n:
             total += time.process_time() - started
         if n and profiler:
             profiler.stop()
-    for name in PHASES:  # the wrappers are not pickled with the model
-        delattr(model, name)
     if profiler:
         with open(profile, "w") as f:
             f.write(profiler.output_text(unicode=False, color=False, show_all=False))

@@ -105,6 +105,9 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         self._powers = np.ones(1, dtype=np.float32)  # recency_decay ** age, cached
         self._neighbours = NeighbourTable()  # sparse rows, once the catalogue is large
         self._dense = np.zeros((0, 0), dtype=np.float32)  # dense co-occurrence while it is small
+        # which cells of the dense matrix are nonzero, row by row: what batch ranking reads
+        # of it, without scanning the matrix (the values are the matrix's)
+        self._dense_links: NeighbourTable | None = NeighbourTable()
         self._recent = RecentItems(window)
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
         # None: the trending above is this model's own, its rows are these rows; handed one
@@ -141,6 +144,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
                     pairs = w * weights[others]
                     if self._pair_log is not None:
                         self._pair_log.append((row, cols, pairs))
+                    self._dense_links.add_many(*_both_ways(np.full(len(cols), row), cols, pairs))
                     vals = pairs.astype(np.float32)
                     dense_row, dense_col = self._dense[row], self._dense[:, row]  # 1-d views index faster
                     if len(cols) == 1 or len(set(cols.tolist())) == len(cols):
@@ -165,21 +169,30 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         into arrays: each event meets the recent items the events before it left, and every
         table ends as it would one event after the other (the same sums in the same order)."""
         interactions = list(interactions)
-        items, weight, recent = self._items, self.weight, self._recent
-        rows = [items.add(interaction.item_id) for interaction in interactions]
-        n = len(items)
-        if len(interactions) < 2 or self._dense is not None and n > _DENSE_ITEMS:
-            # one event, or the batch moves the dense matrix to sparse rows part way
+        rows = [self._items.add(interaction.item_id) for interaction in interactions]
+        if self._dense is not None:  # the event whose item outgrows the dense matrix moves it to sparse rows
+            moving = next((j for j, row in enumerate(rows) if row >= _DENSE_ITEMS), None)
+            if moving is not None:
+                self._learn_batch(interactions[:moving], rows[:moving])
+                self.learn_one(interactions[moving])
+                interactions, rows = interactions[moving + 1 :], rows[moving + 1 :]
+        self._learn_batch(interactions, rows)
+
+    def _learn_batch(self, interactions: list[Interaction], rows: list[int]) -> None:
+        """``learn_many`` of interactions whose items have ``rows`` already."""
+        if len(interactions) < 2:
             for interaction in interactions:
                 self.learn_one(interaction)
             return
+        items, weight, recent = self._items, self.weight, self._recent
+        n = max(rows) + 1
         for row in range(len(self._counts), n):  # grown as learn_one grows them, row after row
             if row >= len(self._counts):
                 self._counts = grow(self._counts, row + 1)
                 self._inv_norm = grow(self._inv_norm, row + 1)
                 if self._dense is not None:
                     self._grow_dense(row + 1)
-        if self._dense is None:
+        if self._dense is None and n > len(self._neighbours):
             self._neighbours.ensure(n)
         weights = np.fromiter(map(weight, interactions), dtype=np.float64, count=len(interactions))
         rows = np.array(rows, dtype=np.int64)
@@ -197,6 +210,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         if self._dense is not None:
             targets, cols, values = _both_ways(a, b, pairs)
             np.add.at(self._dense, (targets, cols), values.astype(np.float32))
+            self._dense_links.add_many(targets, cols, values)
         else:
             self._neighbours.add_many(*_both_ways(a, b, pairs))
         if self._owns_popularity:
@@ -211,11 +225,9 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         if n <= len(dense):
             return
         if n > _DENSE_ITEMS:  # too large for a dense matrix: move to sparse neighbour rows
-            self._neighbours = NeighbourTable.of_rows(
-                (cols, dense[i, cols].astype(np.float64), 0, None)
-                for i, cols in enumerate(map(np.flatnonzero, dense)))
+            self._neighbours = NeighbourTable.of_dense(dense)
             self._neighbours.ensure(n)
-            self._dense = None
+            self._dense = self._dense_links = None
             return
         new = np.zeros((min(max(n, 2 * len(dense), 64), _DENSE_ITEMS),) * 2, dtype=np.float32)
         new[: len(dense), : len(dense)] = dense
@@ -285,13 +297,12 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         if self._dense is not None:
             self._dense[rows, :] = 0.0
             self._dense[:, rows] = 0.0
-        else:
-            neighbours = self._neighbours
-            for row in gone:
-                for other in neighbours.row(row)[0].tolist():
-                    if other not in gone:
-                        neighbours.discard(other, row)
-                neighbours.clear(row)
+        links = self._neighbours if self._dense is None else self._dense_links
+        for row in gone:
+            for other in links.row(row)[0].tolist():
+                if other not in gone:
+                    links.discard(other, row)
+            links.clear(row)
         self._recent.drop_items(rows)
         self._forget_popularity(item_ids, rows)
 
@@ -432,6 +443,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
             vals = w.astype(np.float32)
             self._dense[a, b] += vals
             self._dense[b, a] += vals
+            self._dense_links.add_many(*_both_ways(a, b, w))
             return
         self._neighbours.add_many(*_both_ways(a, b, w))
 
@@ -455,9 +467,15 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
                     table.push(u, row, weight)
             self._recent = table
         if isinstance(self._neighbours, list):  # saved before NeighbourTable: one _Neighbours per row
-            self._neighbours = NeighbourTable.of_rows(
-                (np.frombuffer(nb.rows, dtype=np.int64), np.frombuffer(nb.weights, dtype=np.float64), nb.stale, nb.top)
-                for nb in self._neighbours)
+            rows = self._neighbours
+            self._neighbours = NeighbourTable.of_segments(
+                np.array([len(nb.rows) for nb in rows], dtype=np.int64),
+                np.array([c for nb in rows for c in nb.rows], dtype=np.int64),
+                np.array([w for nb in rows for w in nb.weights], dtype=np.float64),
+                np.array([nb.stale for nb in rows], dtype=np.int64),
+                {x: nb.top for x, nb in enumerate(rows) if nb.top is not None})
+        if "_dense_links" not in self.__dict__:  # saved before the dense matrix's links were kept
+            self._dense_links = None if self._dense is None else NeighbourTable.of_dense(self._dense)
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
         """Per item, the user's recent items that led to it: those whose co-occurrence with it

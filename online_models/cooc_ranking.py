@@ -169,7 +169,7 @@ class CoocRanking:
         distinct, column = np.unique(items, return_inverse=True)
         column = column.reshape(-1)
         if self._dense is not None:  # float32, as recommend: decay**age / sqrt(n_j) in float32
-            c = csr_matrix(self._dense[distinct, :n])
+            c = self._dense_rows(distinct, n)
             factors = self._decay_powers(self.window)[ages] * self._inv_norm[items]
         else:  # float64: (decay * decay * ...) / sqrt(n_j), as recommend
             c = self._neighbour_rows(distinct, n)
@@ -195,6 +195,16 @@ class CoocRanking:
         all_rows = np.concatenate([entry_rows, popular[pop_slot]])
         all_scores = np.concatenate([entry_scores, by_popularity[popular][pop_slot]])
         return _top_k_of_entries(all_user, all_rows, all_scores, n_users, k)
+
+    def _dense_rows(self, rows: np.ndarray, n: int) -> csr_matrix:
+        """The dense matrix's ``rows`` as a CSR matrix, their cells found by the links kept
+        beside it (not by a scan of the rows)."""
+        links = self._dense_links
+        links.ensure(n)  # rows without links yet
+        lengths = links.length[rows]
+        cols = links.cols[spans(links.start[rows], lengths)]
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        return csr_matrix((self._dense[np.repeat(rows, lengths), cols], cols, indptr), shape=(len(rows), n))
 
     def _neighbour_rows(self, rows: np.ndarray, n: int) -> csr_matrix:
         """The (strongest, see ``max_neighbours``) neighbours of ``rows`` as a CSR matrix:
@@ -334,8 +344,8 @@ class CoocRanking:
         return cols, weights, math.sqrt(self._counts[row]), len(cols)
 
     def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._dense is not None:
-            cols = np.flatnonzero(self._dense[row, : len(self._items)])
+        if self._dense is not None:  # the nonzero cells in column order, as a scan of the row finds them
+            cols = np.sort(self._dense_links.row(row)[0])
             return cols, self._dense[row, cols].astype(np.float64)
         cols, weights = self._neighbours.row(row)
         return cols.copy(), weights.copy()

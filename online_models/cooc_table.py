@@ -3,7 +3,6 @@ updates are a few numpy calls instead of two dict updates per pair."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from itertools import repeat
 
 import numpy as np
@@ -57,7 +56,7 @@ class NeighbourTable:
 
     def row(self, x: int) -> tuple[np.ndarray, np.ndarray]:
         """Views of row ``x``'s neighbour rows and weights (valid until the next change)."""
-        s, m = int(self.start[x]), int(self.length[x])
+        s, m = (int(self.start[x]), int(self.length[x])) if x < self.n else (0, 0)
         return self.cols[s : s + m], self.weights[s : s + m]
 
     def links(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,6 +152,8 @@ class NeighbourTable:
 
     def clear(self, x: int) -> None:
         """Row ``x`` without links (its segment's room stays)."""
+        if x >= self.n:
+            return
         for col in self.row(x)[0].tolist():
             del self.slot[x * _KEY + col]
         self.length[x] = self.stale[x] = 0
@@ -170,22 +171,27 @@ class NeighbourTable:
         return top
 
     @classmethod
-    def of_rows(cls, rows: Iterable[tuple[np.ndarray, np.ndarray, int, np.ndarray | None]]) -> NeighbourTable:
-        """A table of per-row ``(neighbour rows, weights, stale, top positions or None)``."""
-        table = cls()
-        rows = list(rows)
-        table.ensure(len(rows))
-        lengths = np.array([len(r[0]) for r in rows], dtype=np.int64)
-        n = len(rows)
+    def of_segments(cls, lengths: np.ndarray, cols: np.ndarray, weights: np.ndarray,
+                    stale: np.ndarray | None = None, top: dict[int, np.ndarray] | None = None) -> NeighbourTable:
+        """A table of the rows' links one row after the other: row ``x`` holds ``lengths[x]``
+        of ``cols`` and ``weights``, in that order."""
+        table, n = cls(), len(lengths)
+        table.ensure(n)
         table.length[:n] = table.room[:n] = lengths
         table.start[:n] = np.cumsum(lengths) - lengths
-        table.stale[:n] = [r[2] for r in rows]
-        table.used = table.live_room = int(lengths.sum())
-        table.cols = np.concatenate([np.zeros(0, np.int64)] + [np.asarray(r[0], dtype=np.int64) for r in rows])
-        table.weights = np.concatenate([np.zeros(0)] + [np.asarray(r[1], dtype=np.float64) for r in rows])
+        if stale is not None:
+            table.stale[:n] = stale
+        table.used = table.live_room = int(np.sum(lengths))
+        table.cols, table.weights = cols.astype(np.int64), weights.astype(np.float64)
+        table.top = top or {}
         table._index()
-        table.top = {x: r[3] for x, r in enumerate(rows) if r[3] is not None}
         return table
+
+    @classmethod
+    def of_dense(cls, dense: np.ndarray) -> NeighbourTable:
+        """A table of a square matrix's nonzero cells, each row's in column order."""
+        rows, cols = np.nonzero(dense)
+        return cls.of_segments(np.bincount(rows, minlength=len(dense)), cols, dense[rows, cols])
 
     def _index(self) -> None:
         """The pair -> position dict, derived from the segments."""
@@ -202,17 +208,9 @@ class NeighbourTable:
                 "cols": self.cols[at].astype(np.int32), "weights": self.weights[at], "top": self.top}
 
     def __setstate__(self, state):
-        self.__init__()
-        lengths = state["length"]
-        n = len(lengths)
-        self.ensure(n)
-        self.length[:n] = self.room[:n] = lengths
-        self.start[:n] = np.cumsum(lengths) - lengths
-        self.stale[:n] = state["stale"]
-        self.cols, self.weights = state["cols"].astype(np.int64), state["weights"].copy()
-        self.used = self.live_room = int(lengths.sum())
-        self.top = state["top"]
-        self._index()
+        table = NeighbourTable.of_segments(state["length"], state["cols"], state["weights"], state["stale"],
+                                           state["top"])
+        self.__dict__.update(table.__dict__)
 
 
 def spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
