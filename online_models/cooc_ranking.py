@@ -141,8 +141,9 @@ class CoocRanking:
         table_rows = np.fromiter((get(u, -1) for u in user_ids), dtype=np.int64, count=len(user_ids))
         known = table_rows >= 0
         sizes = np.zeros(len(user_ids), dtype=np.int64)
-        if known.any():
-            sizes[known] = np.asarray(recent.sizes, dtype=np.int64)[table_rows[known]]
+        if known.any():  # read one by one: the list of every user's size is long
+            sizes[known] = np.fromiter(map(recent.sizes.__getitem__, table_rows[known].tolist()), dtype=np.int64,
+                                       count=int(known.sum()))
         history = recent.rows[np.where(known, table_rows, 0)][:, ::-1] if len(recent.rows) else \
             np.zeros((len(user_ids), self.window), dtype=np.int64)
         held = np.arange(self.window) < sizes[:, None]
