@@ -106,8 +106,9 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         self._neighbours = NeighbourTable()  # sparse rows, once the catalogue is large
         self._dense = np.zeros((0, 0), dtype=np.float32)  # dense co-occurrence while it is small
         # which cells of the dense matrix are nonzero, row by row: what batch ranking reads
-        # of it, without scanning the matrix (the values are the matrix's)
-        self._dense_links: NeighbourTable | None = NeighbourTable()
+        # of it, without scanning the matrix (the values are the matrix's); kept by learn_many,
+        # dropped by learn_one, found again by a scan when needed (see _links_of_dense)
+        self._dense_links: NeighbourTable | None = NeighbourTable.of_dense(self._dense, keyed=False)
         self._recent = RecentItems(window)
         self._trending = Trending(half_life_s=half_life_s, event_weights=event_weights)
         # None: the trending above is this model's own, its rows are these rows; handed one
@@ -144,9 +145,9 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
                     pairs = w * weights[others]
                     if self._pair_log is not None:
                         self._pair_log.append((row, cols, pairs))
-                    self._dense_links.add_many(*_both_ways(np.full(len(cols), row), cols, pairs))
                     vals = pairs.astype(np.float32)
                     dense_row, dense_col = self._dense[row], self._dense[:, row]  # 1-d views index faster
+                    self._dense_links = None  # cheaper found again when needed than kept event by event
                     if len(cols) == 1 or len(set(cols.tolist())) == len(cols):
                         # the matrix is symmetric: the row's new values are the column's too
                         vals += dense_row[cols]
@@ -180,9 +181,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
 
     def _learn_batch(self, interactions: list[Interaction], rows: list[int]) -> None:
         """``learn_many`` of interactions whose items have ``rows`` already."""
-        if len(interactions) < 2:
-            for interaction in interactions:
-                self.learn_one(interaction)
+        if not interactions:
             return
         items, weight, recent = self._items, self.weight, self._recent
         n = max(rows) + 1
@@ -208,9 +207,9 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         if self._pair_log is not None:
             self._pair_log.append((a, b, pairs))
         if self._dense is not None:
+            self._link_dense(a, b, pairs)
             targets, cols, values = _both_ways(a, b, pairs)
             np.add.at(self._dense, (targets, cols), values.astype(np.float32))
-            self._dense_links.add_many(targets, cols, values)
         else:
             self._neighbours.add_many(*_both_ways(a, b, pairs))
         if self._owns_popularity:
@@ -219,6 +218,25 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
             link, ids = self._pop_link, items.ids
             for row in distinct.tolist():
                 link.link_one(items, row, ids[row])
+
+    def _link_dense(self, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> None:
+        """Before co-occurrences ``w`` are added to the dense cells ``(a, b)`` and ``(b, a)``:
+        the cells still empty join the links. A weight below 0 could empty a cell and link
+        it twice later: then the links are dropped, to be found again by a scan."""
+        if self._dense_links is None:
+            return
+        if (w <= 0).any():
+            self._dense_links = None
+            return
+        empty = self._dense[a, b] == 0
+        if empty.any():
+            self._dense_links.append(*_both_ways(a[empty], b[empty], w[empty])[:2])
+
+    def _links_of_dense(self) -> NeighbourTable:
+        """The dense matrix's links (see ``_dense_links``), found by a scan if they were dropped."""
+        if self._dense_links is None:
+            self._dense_links = NeighbourTable.of_dense(self._dense, keyed=False)
+        return self._dense_links
 
     def _grow_dense(self, n: int) -> None:
         dense = self._dense
@@ -297,7 +315,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         if self._dense is not None:
             self._dense[rows, :] = 0.0
             self._dense[:, rows] = 0.0
-        links = self._neighbours if self._dense is None else self._dense_links
+        links = self._neighbours if self._dense is None else self._links_of_dense()
         for row in gone:
             for other in links.row(row)[0].tolist():
                 if other not in gone:
@@ -440,10 +458,10 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         if not len(w):
             return
         if self._dense is not None:
+            self._link_dense(a, b, w)
             vals = w.astype(np.float32)
             self._dense[a, b] += vals
             self._dense[b, a] += vals
-            self._dense_links.add_many(*_both_ways(a, b, w))
             return
         self._neighbours.add_many(*_both_ways(a, b, w))
 
@@ -474,8 +492,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
                 np.array([w for nb in rows for w in nb.weights], dtype=np.float64),
                 np.array([nb.stale for nb in rows], dtype=np.int64),
                 {x: nb.top for x, nb in enumerate(rows) if nb.top is not None})
-        if "_dense_links" not in self.__dict__:  # saved before the dense matrix's links were kept
-            self._dense_links = None if self._dense is None else NeighbourTable.of_dense(self._dense)
+        self.__dict__.setdefault("_dense_links", None)  # saved before the dense matrix's links were kept
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
         """Per item, the user's recent items that led to it: those whose co-occurrence with it

@@ -200,7 +200,7 @@ class CoocRanking:
     def _dense_rows(self, rows: np.ndarray, n: int) -> csr_matrix:
         """The dense matrix's ``rows`` as a CSR matrix, their cells found by the links kept
         beside it (not by a scan of the rows)."""
-        links = self._dense_links
+        links = self._links_of_dense()
         links.ensure(n)  # rows without links yet
         lengths = links.length[rows]
         cols = links.cols[spans(links.start[rows], lengths)]
@@ -346,7 +346,7 @@ class CoocRanking:
 
     def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         if self._dense is not None:  # the nonzero cells in column order, as a scan of the row finds them
-            cols = np.sort(self._dense_links.row(row)[0])
+            cols = np.sort(self._links_of_dense().row(row)[0])
             return cols, self._dense[row, cols].astype(np.float64)
         cols, weights = self._neighbours.row(row)
         return cols.copy(), weights.copy()

@@ -39,7 +39,9 @@ class NeighbourTable:
         self.weights = np.zeros(0, dtype=np.float64)  # the arena: weights
         self.used = 0  # the arena's end
         self.live_room = 0  # room held by the rows' current segments
-        self.slot: dict[int, int] = {}  # row * _KEY + neighbour -> position in the row's segment
+        # row * _KEY + neighbour -> position in the row's segment; None: not kept (``append``
+        # is then told which links are new, and a removal searches the row)
+        self.slot: dict[int, int] | None = {}
         self.top: dict[int, np.ndarray] = {}  # row -> positions of its heaviest neighbours
         self.n = 0  # rows (the per-row arrays have spare room)
 
@@ -79,6 +81,13 @@ class NeighbourTable:
         np.add.at(self.weights, self.start[rows] + at, weights)
         self.stale += np.bincount(rows, minlength=len(self.stale))
 
+    def append(self, rows: np.ndarray, cols: np.ndarray) -> None:
+        """Add the links ``rows[i] -> cols[i]``, none of them held yet (repeats allowed), with
+        weight 0, in their first order."""
+        if len(rows):
+            self.ensure(int(rows.max()) + 1)
+            self._append(rows * _KEY + cols)
+
     def _append(self, keys: np.ndarray) -> np.ndarray:
         """Append the new links ``keys`` (repeats allowed) in their first order; their positions."""
         distinct, first, back = np.unique(keys, return_index=True, return_inverse=True)
@@ -96,7 +105,8 @@ class NeighbourTable:
         self.cols[self.start[rows] + positions] = cols
         self.weights[self.start[rows] + positions] = 0.0
         self.length[touched] += counts[touched]
-        self.slot.update(zip(fresh.tolist(), positions.tolist()))
+        if self.slot is not None:
+            self.slot.update(zip(fresh.tolist(), positions.tolist()))
         at_fresh = np.empty(len(fresh), dtype=np.int64)
         at_fresh[order] = positions
         return at_fresh[back.reshape(-1)]
@@ -139,14 +149,19 @@ class NeighbourTable:
 
     def discard(self, x: int, col: int) -> None:
         """Remove the link ``x -> col``: the row's last link takes its place (as ``WeightedRow``)."""
-        i = self.slot.pop(x * _KEY + col, None)
+        if self.slot is not None:
+            i = self.slot.pop(x * _KEY + col, None)
+        else:
+            found = np.flatnonzero(self.row(x)[0] == col)
+            i = int(found[0]) if len(found) else None
         if i is None:
             return
         s, last = int(self.start[x]), int(self.length[x]) - 1
         if i < last:
             moved = int(self.cols[s + last])
             self.cols[s + i], self.weights[s + i] = moved, self.weights[s + last]
-            self.slot[x * _KEY + moved] = i
+            if self.slot is not None:
+                self.slot[x * _KEY + moved] = i
         self.length[x] = last
         self.top.pop(x, None)
 
@@ -154,7 +169,7 @@ class NeighbourTable:
         """Row ``x`` without links (its segment's room stays)."""
         if x >= self.n:
             return
-        for col in self.row(x)[0].tolist():
+        for col in self.row(x)[0].tolist() if self.slot is not None else ():
             del self.slot[x * _KEY + col]
         self.length[x] = self.stale[x] = 0
         self.top.pop(x, None)
@@ -172,9 +187,10 @@ class NeighbourTable:
 
     @classmethod
     def of_segments(cls, lengths: np.ndarray, cols: np.ndarray, weights: np.ndarray,
-                    stale: np.ndarray | None = None, top: dict[int, np.ndarray] | None = None) -> NeighbourTable:
+                    stale: np.ndarray | None = None, top: dict[int, np.ndarray] | None = None,
+                    keyed: bool = True) -> NeighbourTable:
         """A table of the rows' links one row after the other: row ``x`` holds ``lengths[x]``
-        of ``cols`` and ``weights``, in that order."""
+        of ``cols`` and ``weights``, in that order (``keyed``: with the pair dict)."""
         table, n = cls(), len(lengths)
         table.ensure(n)
         table.length[:n] = table.room[:n] = lengths
@@ -184,14 +200,17 @@ class NeighbourTable:
         table.used = table.live_room = int(np.sum(lengths))
         table.cols, table.weights = cols.astype(np.int64), weights.astype(np.float64)
         table.top = top or {}
-        table._index()
+        if keyed:
+            table._index()
+        else:
+            table.slot = None
         return table
 
     @classmethod
-    def of_dense(cls, dense: np.ndarray) -> NeighbourTable:
+    def of_dense(cls, dense: np.ndarray, keyed: bool = True) -> NeighbourTable:
         """A table of a square matrix's nonzero cells, each row's in column order."""
         rows, cols = np.nonzero(dense)
-        return cls.of_segments(np.bincount(rows, minlength=len(dense)), cols, dense[rows, cols])
+        return cls.of_segments(np.bincount(rows, minlength=len(dense)), cols, dense[rows, cols], keyed=keyed)
 
     def _index(self) -> None:
         """The pair -> position dict, derived from the segments."""
@@ -205,11 +224,12 @@ class NeighbourTable:
         n = self.n
         at = spans(self.start[:n], self.length[:n])
         return {"length": self.length[:n].copy(), "stale": self.stale[:n].copy(),
-                "cols": self.cols[at].astype(np.int32), "weights": self.weights[at], "top": self.top}
+                "cols": self.cols[at].astype(np.int32), "weights": self.weights[at], "top": self.top,
+                "keyed": self.slot is not None}
 
     def __setstate__(self, state):
         table = NeighbourTable.of_segments(state["length"], state["cols"], state["weights"], state["stale"],
-                                           state["top"])
+                                           state["top"], state.get("keyed", True))
         self.__dict__.update(table.__dict__)
 
 

@@ -81,6 +81,9 @@ def test_cooc_learn_many_is_learn_one_in_turn(n_items: int, shared: bool) -> Non
     assert np.array_equal(one._recent.values, many._recent.values)
     if n_items < 4096:
         assert np.array_equal(one._dense, many._dense)
+        # the links learn_many kept are the nonzero cells a scan finds
+        kept, scanned = many._dense_links, NeighbourTable.of_dense(many._dense)
+        assert all(np.array_equal(np.sort(kept.row(x)[0]), scanned.row(x)[0]) for x in range(len(many._items)))
     else:
         assert many._dense is None
         a, b = one._neighbours.links(len(one._items)), many._neighbours.links(len(many._items))
