@@ -8,6 +8,7 @@ from itertools import repeat
 import numpy as np
 
 _KEY = 1 << 32  # a (row, neighbour) pair's key is row * _KEY + neighbour
+_FEW = 48  # fewer increments than this are added one by one (numpy's calls cost more)
 
 
 class NeighbourTable:
@@ -73,6 +74,9 @@ class NeighbourTable:
         if not len(rows):
             return
         self.ensure(int(rows.max()) + 1)
+        if len(rows) < _FEW:
+            self._add_few(rows.tolist(), cols.tolist(), weights.tolist())
+            return
         keys = rows * _KEY + cols
         at = np.fromiter(map(self.slot.get, keys.tolist(), repeat(-1)), dtype=np.int64, count=len(keys))
         new = at < 0
@@ -80,6 +84,23 @@ class NeighbourTable:
             at[new] = self._append(keys[new])
         np.add.at(self.weights, self.start[rows] + at, weights)
         self.stale += np.bincount(rows, minlength=len(self.stale))
+
+    def _add_few(self, rows: list[int], cols: list[int], weights: list[float]) -> None:
+        """``add_many`` one increment after the other, in Python."""
+        slot, start, length = self.slot, self.start, self.length
+        for x, col, weight in zip(rows, cols, weights):
+            key = x * _KEY + col
+            i = slot.get(key)
+            if i is None:
+                i = slot[key] = int(length[x])
+                if i == self.room[x]:
+                    self._make_room(np.array([x]), np.array([i + 1]))
+                self.cols[start[x] + i] = col
+                self.weights[start[x] + i] = weight
+                length[x] = i + 1
+            else:
+                self.weights[start[x] + i] += weight
+            self.stale[x] += 1
 
     def append(self, rows: np.ndarray, cols: np.ndarray) -> None:
         """Add the links ``rows[i] -> cols[i]``, none of them held yet (repeats allowed), with
