@@ -33,9 +33,7 @@ def measure(events: int, model_name: str, learn_only: bool, profile: str | None)
     from bench.ingest_cpu import records
     from core.settings import Settings
     from online_models import make_model
-    from stream.pipeline import Pipeline
-
-    from stream.pipeline import ListBatch
+    from stream.pipeline import ListBatch, Pipeline
 
     settings = Settings(_env_file=None)
     batch = settings.max_poll_records

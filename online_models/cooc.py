@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-
 from online_models import tables
 from online_models._arrays import IdIndex, WeightedRow, grow, top_k
 from online_models.base import Interaction, Ranking, Recommender

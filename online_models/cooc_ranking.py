@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
+from itertools import repeat
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -137,8 +138,8 @@ class CoocRanking:
         """The users' recent item rows, most recent first, and which entries are held:
         two ``(len(user_ids), window)`` arrays."""
         recent = self._recent
-        get = recent.users.rows.get
-        table_rows = np.fromiter((get(u, -1) for u in user_ids), dtype=np.int64, count=len(user_ids))
+        table_rows = np.fromiter(map(recent.users.rows.get, user_ids, repeat(-1)), dtype=np.int64,
+                                 count=len(user_ids))
         known = table_rows >= 0
         sizes = np.zeros(len(user_ids), dtype=np.int64)
         if known.any():  # read one by one: the list of every user's size is long
