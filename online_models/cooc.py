@@ -314,8 +314,8 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         if self._dense is not None:
             self._dense[rows, :] = 0.0
             self._dense[:, rows] = 0.0
-        links = self._neighbours if self._dense is None else self._links_of_dense()
-        for row in gone:
+        links = self._neighbours if self._dense is None else self._dense_links  # (dropped links stay dropped)
+        for row in gone if links is not None else ():
             for other in links.row(row)[0].tolist():
                 if other not in gone:
                     links.discard(other, row)

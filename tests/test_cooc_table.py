@@ -90,6 +90,15 @@ def test_cooc_learn_many_is_learn_one_in_turn(n_items: int, shared: bool) -> Non
         assert all(np.array_equal(x, y) for x, y in zip(a, b))
     users = [f"u{u}" for u in range(0, 400, 7)]
     assert one.recommend_many(users, 20) == many.recommend_many(users, 20)
+    # forgotten items leave both alike, links included, and learning goes on alike
+    gone = [f"i{i}" for i in range(0, 60, 4)]
+    one.forget_items(gone), many.forget_items(gone)
+    more = events(3000, n_items, 400, seed=n_items + 1)
+    for event in more:
+        one.learn_one(event)
+    many.learn_many(more)
+    assert one.recommend_many(users, 20) == many.recommend_many(users, 20)
+    assert [one.similar_items(f"i{i}", 10) for i in range(30)] == [many.similar_items(f"i{i}", 10) for i in range(30)]
     if shared:
         d1, d2 = one.item_delta(), many.item_delta()
         assert d1.keys() == d2.keys() and all(np.array_equal(d1[k], d2[k]) for k in d1)
