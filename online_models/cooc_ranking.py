@@ -346,11 +346,11 @@ class CoocRanking:
         return cols, weights, math.sqrt(self._counts[row]), len(cols)
 
     def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """The item's neighbour rows and weights (views of the tables: not to be modified)."""
         if self._dense is not None:  # the nonzero cells in column order, as a scan of the row finds them
             cols = np.sort(self._links_of_dense().row(row)[0])
             return cols, self._dense[row, cols].astype(np.float64)
-        cols, weights = self._neighbours.row(row)
-        return cols.copy(), weights.copy()
+        return self._neighbours.row(row)
 
 
 def _csr_in_order(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, n_cols: int) -> csr_matrix:
