@@ -14,8 +14,8 @@ from online_models import tables
 from online_models._arrays import IdIndex, grow, per_row, top_k
 from online_models.base import Interaction, Ranking
 from online_models.embeddings_ranking import EmbeddingsRanking
-from online_models.sampled_softmax import (TIE_BREAK, QueuedItemLearner, initial_item_vectors, row_groups,
-                                           rowwise_adagrad, sample_negatives)
+from online_models.sampled_softmax import (TIE_BREAK, NegativeSampler, QueuedItemLearner, initial_item_vectors,
+                                           row_groups, rowwise_adagrad)
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
 _EXPLAIN_CELLS = 1 << 21  # (recent item, listed item) pairs compared at once: bounds explain_rows' memory
@@ -156,6 +156,7 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         self._acc = {name: torch.zeros(0) for name in ("user", "in", "out", "bias")}  # Adagrad sums
         self._counts = np.zeros(0, dtype=np.float64)
         self._tie = np.zeros(0, dtype=np.float32)  # TIE_BREAK * log1p(counts), per item
+        self._negatives = NegativeSampler(pop_alpha)  # told of every change of _counts
         self._init_queue(np.int64)
         self._powers = (recency_decay ** np.arange(window)).astype(np.float32)
         self._shadow: dict[str, np.ndarray] | None = None  # item state as of the last delta; see item_delta
@@ -232,9 +233,17 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         else:
             rows = np.unique(items)
             tie[rows] = TIE_BREAK * np.log1p(self._counts[rows]).astype(np.float32)
+        self._negative_sampler().touch(items)
+
+    def _negative_sampler(self) -> NegativeSampler:
+        sampler = self.__dict__.get("_negatives")
+        if sampler is None or sampler.alpha != self.pop_alpha:  # saved before it was kept, or alpha set since
+            sampler = self._negatives = NegativeSampler(self.pop_alpha)
+        return sampler
 
     def _sample_negatives(self) -> tuple[np.ndarray, np.ndarray]:
-        return sample_negatives(self._counts[: len(self._items)], self.n_negatives, self.pop_alpha, self._rng)
+        """``sample_negatives`` over the item counts, its sums kept (``NegativeSampler``)."""
+        return self._negative_sampler().draw(self._counts[: len(self._items)], self.n_negatives, self._rng)
 
     def _step(self) -> None:
         users, items, hists, weights = self._take_batch()
@@ -305,6 +314,7 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
     def _forget_item_rows(self, item_ids: Collection[str], rows: np.ndarray) -> None:
         self._counts[rows] = 0.0
         self._refresh_tie()
+        self._negative_sampler().touch(rows)
 
     # -- scale-out (online_models.tables and QueuedItemLearner) ------------------------
     def _user_get(self, name: str, user_id: str) -> Any:
@@ -356,6 +366,7 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
 
     def _merged(self, rows: np.ndarray, item_tables: dict[str, np.ndarray]) -> None:
         self._refresh_tie()
+        self._negative_sampler().touch(rows)
 
     def _refresh_tie(self) -> None:
         self._tie = TIE_BREAK * np.log1p(self._counts).astype(np.float32)

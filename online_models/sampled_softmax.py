@@ -124,6 +124,98 @@ def _run_sums(grads: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return sums
 
 
+class NegativeSampler:
+    """``sample_negatives`` with its cumulative sums kept between draws: the same rows and
+    probabilities, bit for bit, for the same counts and generator.
+
+    The caller ``touch``-es every row whose count changed since the last ``draw`` (rows
+    past the last draw's length count as changed). A draw recomputes ``counts ** alpha``
+    of the touched rows and the cumulative sums from the lowest touched row on, continuing
+    from the kept sum before it. The sums are those of ``np.cumsum``, a sequential sum:
+    any faster tree or blocked sum rounds differently, and the total (which every
+    probability divides by) would differ in its last bits. So a draw costs the rows from
+    the lowest touched one to the end: a handful when new items come last (a catalogue
+    growing), the whole catalogue when an old item is touched, still without the
+    powers and the two fresh arrays of ``sample_negatives``.
+
+    The kept sums are derived state: they are not pickled (the first draw after a
+    restore computes them again).
+
+    Parameters
+    ----------
+    alpha
+        Exponent on the counts (``pop_alpha``).
+
+    Examples
+    --------
+    >>> counts = np.array([0.0, 4.0, 1.0, 9.0])
+    >>> sampler = NegativeSampler(0.5)
+    >>> rows, probs = sampler.draw(counts, 5, np.random.default_rng(0))
+    >>> counts[2] += 3.0
+    >>> sampler.touch(2)
+    >>> again, _ = sampler.draw(counts, 5, np.random.default_rng(1))
+    >>> again.tolist() == sample_negatives(counts, 5, 0.5, np.random.default_rng(1))[0].tolist()
+    True
+    """
+
+    def __init__(self, alpha: float):
+        self.alpha = alpha
+        self._weights = np.zeros(0, dtype=np.float64)  # counts ** alpha, per row
+        self._cdf = np.zeros(0, dtype=np.float64)  # np.cumsum(_weights), over the first _valid rows
+        self._valid = 0  # rows whose weights and sums are current
+        self._touched: list[int] = []  # rows whose count changed since the last draw
+
+    def touch(self, rows: int | np.ndarray) -> None:
+        """Note that the count of ``rows`` (one or many) changed."""
+        if isinstance(rows, (int, np.integer)):
+            self._touched.append(int(rows))
+        else:
+            self._touched.extend(np.asarray(rows, dtype=np.int64).reshape(-1).tolist())
+
+    def reset(self) -> None:
+        """Forget the kept sums (any or every count may have changed)."""
+        self._valid = 0
+        self._touched = []
+
+    def draw(self, counts: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``sample_negatives(counts, n, alpha, rng)``."""
+        cdf = self._sums(counts)
+        total = cdf[-1]
+        rows = np.minimum(np.searchsorted(cdf, rng.random(n) * total, side="right"), len(counts) - 1)
+        return rows, counts[rows] ** self.alpha / total
+
+    def _sums(self, counts: np.ndarray) -> np.ndarray:
+        """The cumulative sums of ``counts ** alpha`` (a view of the kept array)."""
+        size = len(counts)
+        if len(self._cdf) < size:  # room doubles, as the model's tables
+            capacity = max(size, 2 * len(self._cdf), 64)
+            self._weights = np.resize(self._weights, capacity)
+            self._cdf = np.resize(self._cdf, capacity)
+        kept = min(self._valid, size)  # rows whose weights are current, but for the touched ones
+        self._weights[kept:size] = counts[kept:size] ** self.alpha
+        first = kept  # the first row whose sum changes
+        touched = [r for r in self._touched if r < kept]
+        if touched:
+            at = np.array(touched, dtype=np.int64)
+            self._weights[at] = counts[at] ** self.alpha  # element-wise: the same as over all counts
+            first = int(at.min())
+        if first == 0:
+            np.cumsum(self._weights[:size], out=self._cdf[:size])
+        elif first < size:  # the sequential sum goes on from the kept one before the first change
+            part = self._cdf[first:size]
+            part[0] = self._cdf[first - 1] + self._weights[first]
+            part[1:] = self._weights[first + 1 : size]
+            np.cumsum(part, out=part)
+        self._valid, self._touched = size, []
+        return self._cdf[:size]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"alpha": self.alpha}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["alpha"])
+
+
 def rowwise_adagrad(table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads: np.ndarray, lr: float,
                     l2: float = 0.0, groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                     ordered: bool = False) -> None:
