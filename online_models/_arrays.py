@@ -492,7 +492,7 @@ def _top_k_grouped(
     if full < n:
         at = np.concatenate([at, np.broadcast_to(np.arange(full, n), (n_users, n - full))], 1)
         cand = np.concatenate([cand, scores[:, full:]], 1)
-    pos, vals = _top_k_small(cand, k, np.full((n_users, k), -1, dtype=np.int64), out_vals)
+    pos, _ = _top_k_small(cand, k, np.full((n_users, k), -1, dtype=np.int64), out_vals)
     listed = pos >= 0
     out_rows[listed] = np.take_along_axis(at, np.maximum(pos, 0), 1)[listed]
     for j in np.flatnonzero(~exact).tolist():

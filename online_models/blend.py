@@ -37,6 +37,8 @@ _ROW_MAPS: weakref.WeakKeyDictionary[Blend, RowMap] = weakref.WeakKeyDictionary(
 # Each blend's last fused batch (users, rows, the part each item owes most to, the parts'
 # names), for explain_rows: derived, kept beside the model like the row maps.
 _LAST_FUSED: weakref.WeakKeyDictionary[Blend, tuple] = weakref.WeakKeyDictionary()
+# Each blend's part that answers similar_items (its parts never change).
+_SIMILAR_PART: weakref.WeakKeyDictionary[Blend, Recommender] = weakref.WeakKeyDictionary()
 
 
 class Blend(Recommender):
@@ -478,7 +480,10 @@ class Blend(Recommender):
 
     def _similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """The first component's item similarity that has one."""
-        return next(m.similar_items(item_id, k) for m in self._models.values() if isinstance(m, SimilarItems))
+        part = _SIMILAR_PART.get(self)
+        if part is None:  # found once: isinstance of a Protocol costs microseconds, per item
+            part = _SIMILAR_PART[self] = next(m for m in self._models.values() if isinstance(m, SimilarItems))
+        return part.similar_items(item_id, k)
 
 
 def _top_ids(ranked: RankedRows, depth: int) -> list[tuple[str, ...]]:

@@ -581,10 +581,9 @@ class Pipeline:
         if eval_k:
             shown = kept & unseen[:, :w] & (counted[:, :w] <= eval_k)
             shown_ids = list(map(ids.__getitem__, rows[:, :w][shown].tolist()))
-            start, last_lists = 0, self._last_lists
-            for user_id, m in zip(users, shown.sum(axis=1).tolist()):
-                last_lists[user_id] = set(shown_ids[start : start + m])
-                start += m
+            ends = np.cumsum(shown.sum(axis=1)).tolist()
+            per_user = map(shown_ids.__getitem__, map(slice, [0, *ends[:-1]], ends))
+            self._last_lists.update(zip(users, map(set, per_user)))
         marks = marks[:, :w] & kept
         scores = scores[:, :w]
         lists = ListBatch(users, flat, cut.tolist(), scores, marks if marks.any() else None)
