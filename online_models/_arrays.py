@@ -450,11 +450,12 @@ def _top_k_small(
     vals = np.take_along_axis(scores, best, 1)
     order = np.argsort(-vals, axis=1)
     vals, best = np.take_along_axis(vals, order, 1), np.take_along_axis(best, order, 1)
+    # NaN (partitioned as the largest, so among these) or a tie at the cut: only a full sort is exact
+    redo = np.isnan(vals).any(axis=1)
     tied = ((vals[:, 1:] == vals[:, :-1]) & (vals[:, 1:] > -np.inf)).any(axis=1)
     if tied.any():  # score descending, ties to the lower row (the argsort left them in any order)
         order = np.lexsort((best[tied], -vals[tied]), axis=1)
         vals[tied], best[tied] = np.take_along_axis(vals[tied], order, 1), np.take_along_axis(best[tied], order, 1)
-    redo = np.isnan(scores).any(axis=1)  # NaN, or a tie at the cut: only a full sort is exact
     if take > k:
         redo |= (vals[:, k] == vals[:, k - 1]) & (vals[:, k] > -np.inf)
     vals, best = vals[:, :k], best[:, :k]

@@ -171,8 +171,9 @@ def _scale_into(out: np.ndarray, rows: np.ndarray, scores: np.ndarray, weight: f
     fusion) written into ``out``; what unlisted cells get is never read."""
     n_users, width = rows.shape
     if power is not None:  # a calibrated part: its scores as they are, sharpened
-        listed = rows >= 0
-        np.copyto(out, np.where(listed, weight * np.maximum(np.where(listed, scores, 0.0), 0.0) ** power, 0.0))
+        np.maximum(scores, 0.0, out=out)  # an unlisted cell's -inf becomes 0
+        out **= power
+        out *= weight
     elif rank_offset is not None:
         top = rank_offset + 1
         out[:] = weight * top / (top + np.arange(width, dtype=np.float64))
@@ -184,7 +185,9 @@ def _scale_into(out: np.ndarray, rows: np.ndarray, scores: np.ndarray, weight: f
             span = high - low
             spread = span > 0
             scale = np.divide(weight, span, out=np.zeros_like(span), where=spread)
-            np.copyto(out, np.where(spread[:, None], (scores - low[:, None]) * scale[:, None], weight))
+            np.subtract(scores, low[:, None], out=out)
+            out *= scale[:, None]
+        out[~spread] = weight  # a list whose scores are all equal
 
 
 def _cells_that_can_rank(fused: np.ndarray, k: int) -> np.ndarray:
