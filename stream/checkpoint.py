@@ -74,6 +74,21 @@ _HEADER = len(MAGIC) + 32 + 8
 _NAME = re.compile(r"^checkpoint-(\d{12})\.bin$")
 
 
+class _HashingWriter:
+    """Writes to ``file`` and keeps the SHA-256 of what went through (for ``pickle.dump``)."""
+
+    def __init__(self, file):
+        self._write = file.write
+        self._sha256 = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self._sha256.update(data)
+        return self._write(data)
+
+    def digest(self) -> bytes:
+        return self._sha256.digest()
+
+
 class CheckpointFolder:
     """One worker's checkpoint files under ``directory``.
 
@@ -100,11 +115,17 @@ class CheckpointFolder:
         files = self._files()
         seq = files[0][0] + 1 if files else 1
         head = pickle.dumps(summary or {}, protocol=pickle.HIGHEST_PROTOCOL)
-        body = len(head).to_bytes(8, "big") + head + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
         final = self.directory / f"checkpoint-{seq:012d}.bin"
         tmp = final.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(body).digest() + body)
+            # the state is pickled straight into the file, hashed on the way: no copy of it
+            # in memory (the checksum's place is kept, and filled in once it is known)
+            f.write(MAGIC + bytes(32))
+            body = _HashingWriter(f)
+            body.write(len(head).to_bytes(8, "big") + head)
+            pickle.dump(state, body, protocol=pickle.HIGHEST_PROTOCOL)
+            f.seek(len(MAGIC))
+            f.write(body.digest())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
