@@ -207,8 +207,8 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
             self._pair_log.append((a, b, pairs))
         if self._dense is not None:
             self._link_dense(a, b, pairs)
-            targets, cols, values = _both_ways(a, b, pairs)
-            np.add.at(self._dense, (targets, cols), values.astype(np.float32))
+            targets, cols, values = _both_ways(a, b, pairs)  # on the flat view: numpy's fast 1-d path
+            np.add.at(self._dense.reshape(-1), targets * len(self._dense) + cols, values.astype(np.float32))
         else:
             self._neighbours.add_many(*_both_ways(a, b, pairs))
         if self._owns_popularity:
@@ -242,7 +242,14 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         if n <= len(dense):
             return
         if n > _DENSE_ITEMS:  # too large for a dense matrix: move to sparse neighbour rows
-            self._neighbours = NeighbourTable.of_dense(dense)
+            if self._dense_links is None:
+                self._neighbours = NeighbourTable.of_dense(dense)
+            else:  # the links name the nonzero cells: each row's in column order, as a scan finds them
+                rows, cols, _ = self._dense_links.links(len(self._dense_links))
+                order = np.lexsort((cols, rows))
+                rows, cols = rows[order], cols[order]
+                self._neighbours = NeighbourTable.of_segments(
+                    np.bincount(rows, minlength=len(dense)), cols, dense[rows, cols])
             self._neighbours.ensure(n)
             self._dense = self._dense_links = None
             return
