@@ -38,7 +38,9 @@ class ItemCandidates:
     n_lists
         Groups of the inverted file (``None``: about ``sqrt(n_items)``, at least 16).
     n_probe
-        Groups scanned per query.
+        Groups scanned per query. On the catalogue bench's model (1M items, 1,000 groups,
+        its tables dumped at the recall check) the users' recall@100 was 0.952 with 16
+        groups, 0.963 with 24 and 0.971 with 32, the search taking about 20% more CPU.
     exact_share
         Share of the rows, the longest, scored exactly for every query.
     drift
@@ -58,7 +60,7 @@ class ItemCandidates:
     True
     """
 
-    def __init__(self, n_lists: int | None = None, n_probe: int = 16, exact_share: float = 0.05,
+    def __init__(self, n_lists: int | None = None, n_probe: int = 32, exact_share: float = 0.05,
                  drift: float = 0.05, seed: int = 0):
         self.n_lists = n_lists
         self.n_probe = n_probe
