@@ -3,6 +3,7 @@ unit test; the integration tests run the same shell against real ones)."""
 
 from __future__ import annotations
 
+import gc
 from collections import namedtuple
 
 import orjson
@@ -112,6 +113,22 @@ def test_a_checkpoint_follows_when_due_and_a_restarted_worker_resumes_from_it(tm
     again, _ = make_worker(tmp_path, [])
     assert again.totals.applied == 3 and again.pipeline.partitions[0].next_offset == 3
     assert again.model.recommend("u", 5) == worker.model.recommend("u", 5)
+
+
+def test_a_checkpoint_takes_the_long_lived_state_out_of_the_collectors_view(tmp_path) -> None:
+    """After a checkpoint the heap is frozen, so full collections stop walking the models'
+    state again and again; it is still freed by reference counting."""
+    gc.unfreeze()
+    try:
+        worker, _ = make_worker(tmp_path, [[view("t", 0, "u", "a")], [view("t", 1, "u", "b"), view("t", 2, "v", "a")]],
+                                checkpoint_every_events=2)
+        worker.poll_once()  # one event: no checkpoint yet
+        assert gc.get_freeze_count() == 0
+        worker.poll_once()
+        assert gc.get_freeze_count() > 0
+        assert not any(o is worker.pipeline.partitions for o in gc.get_objects())  # frozen: not in a generation
+    finally:
+        gc.unfreeze()
 
 
 def test_a_checkpoint_is_reported_at_once(tmp_path) -> None:
