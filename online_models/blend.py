@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np
@@ -412,7 +412,7 @@ class Blend(Recommender):
         sources = np.where(listed, last[2][:, :width], -1)
         cell = np.full(rows.shape, -1, dtype=np.int64)
         cell[listed] = np.arange(int(listed.sum()))
-        explained: list = [None] * int(listed.sum())
+        explained = np.empty(int(listed.sum()), dtype=object)  # placed by cell, not one by one in Python
         for p, name in enumerate(last[3]):
             chosen = sources == p
             if not chosen.any():
@@ -427,9 +427,9 @@ class Blend(Recommender):
                         for user_id, row in zip(user_ids, mine.tolist())]
             else:
                 said = [[(name, None)] * count for count in chosen.sum(axis=1).tolist()]
-            for at, reason in zip(cell[chosen].tolist(), [reason for user in said for reason in user]):
-                explained[at] = reason
-        return per_row(explained, listed)
+            # fromiter keeps each (strategy, reason) tuple whole, one object per cell
+            explained[cell[chosen]] = np.fromiter(chain.from_iterable(said), dtype=object)
+        return per_row(explained.tolist(), listed)
 
     # -- capabilities, declared when the components make them sound (declare_from_parts) --
     def _learn_item(self, item_id: str, metadata: Mapping[str, Any]) -> None:

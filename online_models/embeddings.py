@@ -431,39 +431,80 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
                      ) -> list[list[tuple[str, str | None]]]:
         """``explain_items`` for every user's listed items at once (``rows``: item rows of
         ``index``, ``-1`` where none), with the same words: the cosines of each user's
-        recent items with the listed items in one batched product per chunk of users."""
+        recent items with the listed items in one batched product per chunk of users, on
+        the listed items this model knows only (each user's packed to the front of a row)."""
         user_ids = list(user_ids)
         listed = rows >= 0
-        own = self._items.rows_from(index, rows)
+        own, out_norms = self._listed_rows(index, rows, listed)
         # each user's distinct recent items, most recent first (explain_items' order: ties to the newer)
-        recent = [list(dict.fromkeys(reversed(self._recent.get(user_id, ())))) for user_id in user_ids]
-        mine = np.full((len(user_ids), max(map(len, recent), default=0)), -1, dtype=np.int64)
-        for j, items in enumerate(recent):
-            mine[j, : len(items)] = items
+        recent_of = self._recent
+        recent = [dict.fromkeys(reversed(recent_of.get(user_id, ()))) for user_id in user_ids]
+        sizes = np.fromiter(map(len, recent), dtype=np.int64, count=len(recent))
+        width = int(sizes.max(initial=0))
+        mine = np.full((len(user_ids), width), -1, dtype=np.int64)
+        mine[np.arange(width) < sizes[:, None]] = np.fromiter(
+            (row for items in recent for row in items), dtype=np.int64, count=int(sizes.sum()))
         best = np.full(rows.shape, -1, dtype=np.int64)  # the explaining recent item's row, -1: none
-        item_in, item_out = self._item_in.numpy(), self._item_out.numpy()
-        chunk = max(1, _EXPLAIN_CELLS // max(mine.shape[1] * rows.shape[1], 1))
-        for start in range(0, len(user_ids) if mine.shape[1] else 0, chunk):
-            part, targets = mine[start : start + chunk], own[start : start + chunk]
-            vecs, outs = item_in[np.maximum(part, 0)], item_out[np.maximum(targets, 0)]
-            norms = np.linalg.norm(vecs, axis=2)[:, :, None] * np.linalg.norm(outs, axis=2)[:, None, :] + 1e-12
-            sims = np.matmul(vecs, outs.transpose(0, 2, 1)) / norms
-            sims[(part[:, :, None] < 0) | (part[:, :, None] == targets[:, None, :])] = -np.inf
-            at = np.argmax(sims, axis=1)
-            found = np.isfinite(np.take_along_axis(sims, at[:, None, :], axis=1)[:, 0, :]) & (targets >= 0)
-            best[start : start + chunk] = np.where(found, np.take_along_axis(part, at, axis=1), -1)
+        asked = (own >= 0) & (sizes > 0)[:, None]
+        if asked.any():
+            users = np.flatnonzero(asked.any(axis=1))
+            place = np.cumsum(asked, axis=1) - 1  # each asked cell's column once packed
+            counts = place[:, -1] + 1
+            packed = np.full((len(users), int(counts.max())), -1, dtype=np.int64)
+            cells = (np.nonzero(asked)[0], place[asked])
+            rank_of_user = np.cumsum(counts > 0) - 1
+            packed[rank_of_user[cells[0]], cells[1]] = own[asked]
+            packed_best = self._closest_recent(mine[users], packed, out_norms)
+            best[asked] = packed_best[rank_of_user[cells[0]], cells[1]]
         # what each listed cell says, as a code: -2 popular now, -1 no reason, else the row of
         # the recent item it is close to; each distinct reason is written once
-        no_history = np.array([not items for items in recent], dtype=bool)
-        codes = np.where(no_history[:, None], np.where(own >= 0, -2, -1), best)[listed]
-        distinct, at = np.unique(codes, return_inverse=True)
+        codes = np.where((sizes == 0)[:, None], np.where(own >= 0, -2, -1), best)[listed]
+        seen = np.zeros(len(self._items.ids) + 2, dtype=bool)
+        seen[codes + 2] = True
+        distinct = np.flatnonzero(seen)
+        at = np.empty(len(seen), dtype=np.int64)
+        at[distinct] = np.arange(len(distinct))
         ids, name = self._items.ids, self.name
         reasons = np.empty(len(distinct), dtype=object)
-        for n, c in enumerate(distinct.tolist()):  # one by one: numpy would read tuples as rows
+        for n, c in enumerate((distinct - 2).tolist()):  # one by one: numpy would read tuples as rows
             reasons[n] = ((POPULAR_STRATEGY, POPULAR_NOW) if c == -2 else (name, None) if c == -1
                           else (name, f"close to {ids[c]}, which you viewed recently"))
-        said = reasons[at.reshape(-1)].tolist()
-        return per_row(said, listed)
+        return per_row(reasons[at[codes + 2]].tolist(), listed)
+
+    def _listed_rows(self, index: IdIndex, rows: np.ndarray, listed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This model's rows of the listed ids (``-1``: a hole or an item it does not know)
+        and the norms of all its items' output vectors by row (``np.linalg.norm`` row by row,
+        as ``explain_items`` takes them), each distinct item looked up once."""
+        n = len(self._items)
+        out_norms = np.linalg.norm(self._item_out.numpy()[:n], axis=1)
+        if index is self._items:
+            return rows, out_norms
+        present = np.zeros(len(index) + 1, dtype=bool)
+        present[rows[listed]] = True
+        distinct = np.flatnonzero(present)
+        get, ids = self._items.rows.get, index.ids
+        mapping = np.full(len(index) + 1, -1, dtype=np.int64)  # the last entry: -1 stays -1
+        mapping[distinct] = np.fromiter((get(ids[r], -1) for r in distinct.tolist()), dtype=np.int64,
+                                        count=len(distinct))
+        return mapping[rows], out_norms
+
+    def _closest_recent(self, mine: np.ndarray, targets: np.ndarray, out_norms: np.ndarray) -> np.ndarray:
+        """Per cell of ``targets`` (item rows, ``-1``: none), the row of the user's recent
+        item in ``mine`` (``-1`` padded) with the largest cosine, the item itself left out
+        and ties to the first; ``-1`` where none is finite."""
+        best = np.full(targets.shape, -1, dtype=np.int64)
+        item_in, item_out = self._item_in.numpy(), self._item_out.numpy()
+        chunk = max(1, _EXPLAIN_CELLS // max(mine.shape[1] * targets.shape[1], 1))
+        for start in range(0, len(mine), chunk):
+            part, wanted = mine[start : start + chunk], targets[start : start + chunk]
+            vecs, outs = item_in[np.maximum(part, 0)], item_out[np.maximum(wanted, 0)]
+            norms = np.linalg.norm(vecs, axis=2)[:, :, None] * out_norms[np.maximum(wanted, 0)][:, None, :] + 1e-12
+            sims = np.matmul(vecs, outs.transpose(0, 2, 1)) / norms
+            sims[(part[:, :, None] < 0) | (part[:, :, None] == wanted[:, None, :])] = -np.inf
+            at = np.argmax(sims, axis=1)
+            found = np.isfinite(np.take_along_axis(sims, at[:, None, :], axis=1)[:, 0, :]) & (wanted >= 0)
+            best[start : start + chunk] = np.where(found, np.take_along_axis(part, at, axis=1), -1)
+        return best
 
     def similar_items(self, item_id: str, k: int = 10) -> Ranking:
         """Items whose output vectors are closest (cosine) to this item's input vector."""
