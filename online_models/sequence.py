@@ -229,23 +229,14 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
                 d = latest.get(row)
                 if d is not None:
                     hits[d * most + min(clicks[row], most) - 1] += 1.0
-                # transitions into the row, and back (WeightedRow.add written out: the hot loop)
+                # transitions into the row, and back
                 sources, back_links = into[row], successors[row]
-                back_pos, back_weights = back_links.pos, back_links.weights
                 row_total = None  # the row's outgoing total, once a transition back adds to it
                 for d, source in enumerate(recent[:steps]):
                     if source == row:
                         continue
                     gain = w * step_weights[d]
-                    links = successors[source]
-                    i = links.pos.get(row)
-                    if i is None:
-                        links.pos[row] = len(links.rows)
-                        links.rows.append(row)
-                        links.weights.append(gain)
-                    else:
-                        links.weights[i] += gain
-                    links.stale += 1
+                    successors[source].add(row, gain)
                     total = changed.get(source)
                     changed[source] = (float(totals[source]) if total is None else total) + gain
                     sources.add(source)
@@ -255,14 +246,7 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
                         log[2].append(gain)
                     if backward:
                         back_gain = gain * backward
-                        i = back_pos.get(source)
-                        if i is None:
-                            back_pos[source] = len(back_weights)
-                            back_links.rows.append(source)
-                            back_weights.append(back_gain)
-                        else:
-                            back_weights[i] += back_gain
-                        back_links.stale += 1
+                        back_links.add(source, back_gain)
                         if row_total is None:
                             row_total = changed.get(row)
                             if row_total is None:
