@@ -6,9 +6,11 @@ state pickled, the heap frozen) every ``checkpoint_every_events``, timed in proc
 The default model and the blend without sequence (the default before it) take the same
 batches in turn, so that their ratio holds on a shared machine; ``python -m bench ingest
 --quick`` measures the same ratio through Kafka and Redis (slower, and its shared costs
-dilute the ratio). ``--profile DIR`` writes a pyinstrument profile of each model.
+dilute the ratio). ``--profile DIR`` writes a pyinstrument profile of each model;
+``--learn-only`` switches list refresh off, as the ingest bench's learn-only run does (its
+``ingest_learn_only_events_per_s``: the learning ceiling).
 
-    python -m bench.ingest_cpu [--events 20000] [--profile DIR]
+    python -m bench.ingest_cpu [--events 20000] [--profile DIR] [--learn-only]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 
 from bench.common import Catalogue
 from bench.ingest import BLEND_WITHOUT_SEQUENCE, ITEMS, USERS
+from core.keys import ListBatch
 from core.settings import Settings
 from online_models import make_model
 from stream.pipeline import Pipeline, Record
@@ -46,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--profile", default=None, help="a folder for pyinstrument profiles")
+    parser.add_argument("--learn-only", action="store_true", help="list refresh off (bench.ingest's learn-only run)")
     args = parser.parse_args()
     settings = Settings(_env_file=None)
     batch = settings.max_poll_records
@@ -53,6 +57,9 @@ def main() -> None:
     batches = [stream[s : s + batch] for s in range(0, len(stream), batch)]
     pipelines = {"default": Pipeline(settings, make_model(settings.model, **settings.model_params)),
                  "blend_without_sequence": Pipeline(settings, make_model("blend", **BLEND_WITHOUT_SEQUENCE))}
+    if args.learn_only:
+        for pipeline in pipelines.values():
+            pipeline._rank = lambda users: (ListBatch.of_rankings({}), None)  # as bench.ingest's _drain_worker
     profilers = {}
     if args.profile:
         from pyinstrument import Profiler
