@@ -163,7 +163,8 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
 
     # -- growth ------------------------------------------------------------------------
     def _add_user(self, user_id: str) -> int:
-        return self._add_users([user_id])[0]
+        row = self._users.rows.get(user_id)
+        return self._add_users([user_id])[0] if row is None else row
 
     def _add_users(self, user_ids: Sequence[str]) -> list[int]:
         """The users' rows, in order; each new user (a new row, or one a forgotten user
@@ -221,18 +222,23 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
             recent.append(item)
 
     def _learned(self, interaction: Interaction, item: int, weight: float) -> None:
-        self._count(np.array([item]), np.array([weight]))
+        self._counts[item] += weight
+        self._counted(item)
 
     def _count(self, items: np.ndarray, weights: np.ndarray) -> None:
-        """Add the events' weights to their items' counts, in order, and refresh those items'
-        popularity tie-breaks (kept per item: ranking reads them every call)."""
+        """Add the events' weights to their items' counts, in order."""
         np.add.at(self._counts, items, weights)  # unbuffered: a repeated item adds up in event order
+        self._counted(items)
+
+    def _counted(self, items: int | np.ndarray) -> None:
+        """After the items' counts changed: refresh their popularity tie-breaks (kept per item:
+        ranking reads them every call; a repeated item is written twice, with one value) and
+        tell the negative sampler."""
         tie = self.__dict__.get("_tie")
         if tie is None or len(tie) < len(self._counts):  # grown, or state saved before it was kept
             self._refresh_tie()
         else:
-            rows = np.unique(items)
-            tie[rows] = TIE_BREAK * np.log1p(self._counts[rows]).astype(np.float32)
+            tie[items] = TIE_BREAK * np.log1p(self._counts[items]).astype(np.float32)
         self._negative_sampler().touch(items)
 
     def _negative_sampler(self) -> NegativeSampler:
