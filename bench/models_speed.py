@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
 
 from core.schema import Event
 from online_models import MODELS, make_model, set_scoring
+from online_models.capabilities import LearnsItems
 from online_models.embeddings import TorchEmbeddings
 
 TYPES = np.array(["view", "click", "add_to_cart", "purchase"])
@@ -190,8 +191,9 @@ def main() -> None:
         model = make_model(name)
         seen: dict[str, set[str]] = {}
         start = time.perf_counter()
-        for item_id, meta in metadata.items():
-            model.learn_item(item_id, meta)
+        if isinstance(model, LearnsItems):  # the models that read metadata (content, the agent...)
+            for item_id, meta in metadata.items():
+                model.learn_item(item_id, meta)
         for events in (sweep, warm):
             for j in range(0, len(events), args.batch_size):
                 model.learn_many(events[j : j + args.batch_size])
