@@ -237,8 +237,8 @@ def rowwise_adagrad(table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads:
     order, starts, uniq = row_groups(rows) if groups is None else groups
     grad = _run_sums((grads if ordered else grads[order]).astype(np.float32, copy=False), starts)
     leaf = table[uniq]
-    if l2:
-        grad += l2 * leaf
+    if l2:  # a freed item row's bias is -inf (it must never rank): it takes no decay
+        grad += l2 * np.where(np.isfinite(leaf), leaf, np.float32(0.0))
     # the mean of squares as np.mean takes it (a sum, then a division by the count), without its wrapper
     mean_square = np.add.reduce(grad**2, axis=1)
     np.true_divide(mean_square, np.intp(grad.shape[1]), out=mean_square, casting="unsafe")

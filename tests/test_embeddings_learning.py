@@ -168,3 +168,19 @@ def test_add_new_is_add_one_by_one() -> None:
         keys = [k for k in keys if k not in batched.rows]
         assert batched.add_new(keys) == [single.add(k) for k in keys]
         assert (batched.ids, batched.rows, batched.free) == (single.ids, single.rows, single.free)
+
+
+def test_l2_leaves_freed_rows_finite_for_the_items_that_take_them_next() -> None:
+    """With ``l2`` on, events of a forgotten item still in the replay buffer (weight 0)
+    touch its freed row, whose bias is ``-inf``: the decay must not turn that row's Adagrad
+    sums infinite, or the new item that takes the row could never learn its bias."""
+    events = stream(3000, 60, 200, seed=5)
+    model = TorchEmbeddings(**{**SMALL, "l2": 0.01})
+    model.learn_many(events[:2000])
+    model.forget_items(sorted({e.item_id for e in events[:2000]})[:20])
+    with np.errstate(invalid="raise"):  # inf / inf in the step raised FloatingPointError before
+        model.learn_many(events[2000:] + stream(1000, 200, 200, seed=6, t0=3000.0))
+    for name, acc in model._acc.items():
+        assert np.isfinite(acc.numpy()).all(), name
+    live = model._item_bias.numpy()[model._item_bias.numpy() > -np.inf]
+    assert np.isfinite(live).all()
