@@ -46,10 +46,12 @@ class Publisher:
 
     def _start_connecting(self) -> threading.Thread:
         with self._lock:
-            if self._connecting is None:
-                self._connecting = threading.Thread(target=self._connect, daemon=True)
-                self._connecting.start()
-            return self._connecting
+            thread = self._connecting
+            if thread is None:
+                # held locally: a quick connect clears self._connecting before this returns
+                thread = self._connecting = threading.Thread(target=self._connect, daemon=True)
+                thread.start()
+            return thread
 
     def nowait(self) -> EventProducer | None:
         """The producer if connected; otherwise start connecting and answer None at once."""
