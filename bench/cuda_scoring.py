@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from online_models._arrays import IdIndex
-from online_models.embeddings_ranking import top_k_rows_by_product
+from online_models.embeddings_ranking import _DEVICE_CHUNK_CELLS, top_k_rows_by_product
 
 
 def _sync(device: torch.device) -> None:
@@ -84,7 +84,7 @@ def measure(n_items: int, n_users: int, dim: int, k: int, device: torch.device, 
         result["upload_ms"] = _timed(lambda: items.to(device), device, repeats)
         items_on, bias_on = items.to(device), bias.to(device)
         reps_on = torch.from_numpy(reps).to(device)
-        step = max(1, (1 << 28) // n_items)
+        step = max(1, _DEVICE_CHUNK_CELLS // n_items)  # the worker's chunks
 
         def resident(table, user_vectors, add):
             for start in range(0, n_users, step):

@@ -171,7 +171,7 @@ class Worker:
             self.consumer.seek(TopicPartition(self.settings.topic, p), offset)
         for delta in pending:
             self._publish(delta)
-        gc.freeze()
+        gc.freeze()  # the state just restored is long-lived too (see checkpoint)
 
     def checkpoint(self) -> None:
         """Save the state and the offsets it reflects, then publish the item delta that goes with it."""
