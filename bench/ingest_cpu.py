@@ -80,8 +80,9 @@ def main() -> None:
                 checkpoint(pipeline)
                 since[name] = 0
             if n:
-                cpu[name] += time.process_time() - started
-                per_batch[name].append(time.process_time() - started)
+                spent = time.process_time() - started
+                cpu[name] += spent
+                per_batch[name].append(spent)
             if profiler:
                 profiler.stop()
     timed = sum(len(b) for b in batches[1:])
