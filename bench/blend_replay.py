@@ -25,6 +25,7 @@ import numpy as np
 
 from bench.blend_split import LOGS, judge
 from online_models.blend import DEFAULT_CALIBRATED, DEFAULT_WEIGHTS
+from online_models.fusion import scale_into
 
 RESULTS = Path("bench/results/blend_lists")
 
@@ -115,24 +116,15 @@ class Replay:
         at = np.searchsorted(keys, np.arange(n) * span + lists.target)
         found = (at < len(keys)) & (keys[np.minimum(at, len(keys) - 1)] == np.arange(n) * span + lists.target)
         self.target_item = np.where(found, at, -1)
-        self.lengths = {name: (lists.items[name] >= 0).sum(axis=1) for name in names}
 
     def values(self, name: str, weight: np.ndarray) -> np.ndarray:
-        """What each listed item of a part adds to its blend score (``Blend._scaled``)."""
+        """What each listed item of a part adds to its blend score (the fusion's ``scale_into``,
+        with this event's weight), 0 elsewhere."""
         items, scores = self.lists.items[name], self.lists.scores[name]
-        listed = items >= 0
-        w = weight[:, None]
-        if name in self.calibrated:
-            return np.where(listed, w * np.where(listed, scores, 0.0) ** self.calibrated_power, 0.0)
-        n = len(items)
-        high = scores[:, 0]
-        low = scores[np.arange(n), np.maximum(self.lengths[name] - 1, 0)]
-        with np.errstate(invalid="ignore"):
-            span = high - low
-            spread = span > 0
-            scale = np.divide(weight, span, out=np.zeros_like(span), where=spread)
-            scaled = np.where(spread[:, None], (scores - low[:, None]) * scale[:, None], w)
-        return np.where(listed, scaled, 0.0)
+        out = np.empty(items.shape)
+        power = self.calibrated_power if name in self.calibrated else None
+        scale_into(out, items, scores, weight, power, None)
+        return np.where(items >= 0, out, 0.0)
 
     def ranks(self, weights: Mapping[str, np.ndarray | float]) -> np.ndarray:
         """Each judged event's item's rank in the fused list (0: first; -1: in no list)."""

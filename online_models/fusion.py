@@ -102,7 +102,7 @@ def fuse_top_k(
     start = 0
     for (part_rows, scores, weight, power, _), part_width in zip(used, widths):
         rows[:, start : start + part_width] = part_rows
-        _scale_into(scaled[:, start : start + part_width], part_rows, scores, weight, power, rank_offset)
+        scale_into(scaled[:, start : start + part_width], part_rows, scores, weight, power, rank_offset)
         start += part_width
     pos_of_col = np.concatenate([np.arange(w) for w in widths])
     part_of_col = np.repeat([at for *_, at in used], widths)
@@ -165,18 +165,20 @@ def fuse_top_k(
     return out_rows, out_scores, out_sources
 
 
-def _scale_into(out: np.ndarray, rows: np.ndarray, scores: np.ndarray, weight: float, power: float | None,
-                rank_offset: float | None) -> None:
+def scale_into(out: np.ndarray, rows: np.ndarray, scores: np.ndarray, weight: float | np.ndarray,
+               power: float | None, rank_offset: float | None) -> None:
     """A part's scaled and weighted scores (what each of its listed cells adds to the
-    fusion) written into ``out``; what unlisted cells get is never read."""
+    fusion) written into ``out``; what unlisted cells get is never read. ``weight``: one
+    for all users, or one per user (``bench.blend_replay`` replays changing weights)."""
     n_users, width = rows.shape
+    per_user = np.asarray(weight, dtype=np.float64)[..., None]  # (1,) or (n_users, 1)
     if power is not None:  # a calibrated part: its scores as they are, sharpened
         np.maximum(scores, 0.0, out=out)  # an unlisted cell's -inf becomes 0
         out **= power
-        out *= weight
+        out *= per_user
     elif rank_offset is not None:
         top = rank_offset + 1
-        out[:] = weight * top / (top + np.arange(width, dtype=np.float64))
+        out[:] = per_user * top / (top + np.arange(width, dtype=np.float64))
     else:
         lengths = (rows >= 0).sum(axis=1)
         high = scores[:, 0]
@@ -187,7 +189,7 @@ def _scale_into(out: np.ndarray, rows: np.ndarray, scores: np.ndarray, weight: f
             scale = np.divide(weight, span, out=np.zeros_like(span), where=spread)
             np.subtract(scores, low[:, None], out=out)
             out *= scale[:, None]
-        out[~spread] = weight  # a list whose scores are all equal
+        out[~spread] = np.broadcast_to(per_user, (n_users, 1))[~spread]  # a list whose scores are all equal
 
 
 def _cells_that_can_rank(fused: np.ndarray, k: int) -> np.ndarray:
