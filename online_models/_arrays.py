@@ -730,6 +730,14 @@ def order_by_user_score_row(users: np.ndarray, scores: np.ndarray, rows: np.ndar
     return np.argsort((users * (size + 1) + score_rank) * row_span + rows)
 
 
+def spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i] .. starts[i] + lengths[i] - 1``, one range after the other."""
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
+
+
 def excluded_cells(index: IdIndex, users: Sequence[str], exclude: Mapping[str, Collection[str]]
                    ) -> tuple[np.ndarray, np.ndarray]:
     """``(user positions, item rows)`` of what each of ``users`` excludes (known ids

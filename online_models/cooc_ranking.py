@@ -15,9 +15,9 @@ from itertools import repeat
 import numpy as np
 from scipy.sparse import csr_matrix
 
-from online_models._arrays import IdIndex, RankedRows, excluded_cells, order_by_user_score_row, per_row, top_rows
+from online_models._arrays import (IdIndex, RankedRows, excluded_cells, order_by_user_score_row, per_row, spans,
+                                   top_rows)
 from online_models.base import Ranking
-from online_models.cooc_table import spans
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
 _SCRATCH_SLOTS = 1 << 20  # (user, item) slots summed at once on the sparse path: 4 MiB of int32 stay in cache
@@ -348,7 +348,8 @@ class CoocRanking:
     def _neighbour_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """The item's neighbour rows and weights (views of the tables: not to be modified)."""
         if self._dense is not None:  # the nonzero cells in column order, as a scan of the row finds them
-            cols = np.sort(self._links_of_dense().row(row)[0])
+            links = self._dense_links  # dropped by learn_one: one row's scan, not the whole matrix's
+            cols = np.flatnonzero(self._dense[row]) if links is None else np.sort(links.row(row)[0])
             return cols, self._dense[row, cols].astype(np.float64)
         return self._neighbours.row(row)
 
@@ -395,7 +396,7 @@ def _top_k_of_entries(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, n
                 part = members[start : start + step]
                 sizes = counts[part]
                 slot = np.repeat(np.arange(len(part)), sizes)
-                at = np.repeat(starts[part] - (np.cumsum(sizes) - sizes), sizes) + np.arange(len(slot))
+                at = spans(starts[part], sizes)
                 padded = np.full((len(part), width), -np.inf)
                 padded[slot, place[at]] = scores[at]
                 cut[part] = np.partition(padded, width - k, axis=1)[:, width - k]

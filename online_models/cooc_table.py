@@ -7,6 +7,8 @@ from itertools import repeat
 
 import numpy as np
 
+from online_models._arrays import spans
+
 _KEY = 1 << 32  # a (row, neighbour) pair's key is row * _KEY + neighbour
 _FEW = 48  # fewer increments than this are added one by one (numpy's calls cost more)
 
@@ -252,14 +254,6 @@ class NeighbourTable:
         table = NeighbourTable.of_segments(state["length"], state["cols"], state["weights"], state["stale"],
                                            state["top"], state.get("keyed", True))
         self.__dict__.update(table.__dict__)
-
-
-def spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The positions ``starts[i] .. starts[i] + lengths[i] - 1``, one range after the other."""
-    total = int(lengths.sum())
-    if not total:
-        return np.zeros(0, dtype=np.int64)
-    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
 
 
 def _grown(array: np.ndarray, size: int) -> np.ndarray:

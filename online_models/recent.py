@@ -6,7 +6,7 @@ from collections.abc import Collection
 
 import numpy as np
 
-from online_models._arrays import IdIndex, grow
+from online_models._arrays import IdIndex, grow, spans
 
 
 class RecentItems:
@@ -88,7 +88,7 @@ class RecentItems:
         flat_rows[at], flat_values[at] = rows, values
         sizes = np.fromiter(map(self.sizes.__getitem__, users.tolist()), dtype=np.int64, count=len(users))
         lengths = np.minimum(window, sizes[of_user] + nth)
-        found = np.repeat(at - lengths - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+        found = spans(at - lengths, lengths)
         kept = (block_start + pushes)[:, None] + np.arange(window)  # each block's last ``window``
         self.rows[users], self.values[users] = flat_rows[kept], flat_values[kept]
         for u, size in zip(users.tolist(), np.minimum(window, sizes + pushes).tolist()):
