@@ -332,7 +332,7 @@ class Blend(Recommender):
             row_map = _ROW_MAPS[self] = RowMap(IdIndex())
         shared = row_map.shared
         n = max(k, self.n_candidates)
-        parts, last, shown = [], {}, []
+        parts, used, last, shown = [], [], {}, []  # used: the names of parts, as fuse_top_k's sources count them
         feedback = self.feedback_half_life is not None
         for name, model in self._models.items():
             weight = self._weight(name)
@@ -350,6 +350,7 @@ class Blend(Recommender):
                 got = model.recommend_many(user_ids, n, exclude)
                 lists = RankedRows.of_rankings([got[u] for u in user_ids], shared, n)
                 parts.append((lists.rows, lists.scores, weight, self._power_of(name)))
+            used.append(name)
             last[name] = _ListsByUser(user_ids, lists)
             if feedback:
                 shown.append(_top_ids(lists, self.feedback_depth))
@@ -360,7 +361,7 @@ class Blend(Recommender):
             empty = np.zeros((len(user_ids), 0))
             return RankedRows(empty.astype(np.int64), empty, shared)
         rows, scores, sources = fuse_top_k(parts, k, self.rank_offset, with_sources=True)
-        _LAST_FUSED[self] = (user_ids, rows, sources, [name for name in self._models if self._weight(name) != 0])
+        _LAST_FUSED[self] = (user_ids, rows, sources, used)
         return RankedRows(rows, scores, shared)
 
     def explain_items(self, user_id: str, item_ids: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -499,8 +500,7 @@ def _top_ids(ranked: RankedRows, depth: int) -> list[tuple[str, ...]]:
     width = top.shape[1]
     if len(ids) == top.size and width:  # every list full: tuples of width cut at C speed
         return list(zip(*[iter(ids)] * width))
-    ends = np.cumsum(listed.sum(axis=1)).tolist()
-    return list(map(tuple, map(ids.__getitem__, map(slice, [0, *ends[:-1]], ends))))
+    return list(map(tuple, per_row(ids, listed)))
 
 
 class _ListsByUser(Mapping[str, Ranking]):
