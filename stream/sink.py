@@ -107,14 +107,11 @@ class ListSink:
         count lists that are not there. (Lists and counters are absolute values: a batch
         written again after a crash leaves the same state.)
         """
+        if not isinstance(lists, ListBatch):  # plain lists: one encoder for all (the bytes encode_list gives)
+            lists = ListBatch.of_rankings(lists, seen)
         user_key = self.keys.user
         keys = [user_key(user_id) for user_id in lists]
-        explanations, seen = explanations or {}, seen or {}
-        if isinstance(lists, ListBatch):  # the worker's batch: encoded on arrays, its seen flags with it
-            values = encode_lists(lists, model, updated_at, explanations)
-        else:
-            values = [encode_list(items, model, updated_at, explanations.get(user_id), seen.get(user_id))
-                      for user_id, items in lists.items()]
+        values = encode_lists(lists, model, updated_at, explanations or {})
         for item_id, items in (similar or {}).items():
             keys.append(self.keys.similar(item_id))
             values.append(encode_list(items, model, updated_at))
