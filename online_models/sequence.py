@@ -231,7 +231,6 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
                     hits[d * most + min(clicks[row], most) - 1] += 1.0
                 # transitions into the row, and back
                 sources, back_links = into[row], successors[row]
-                row_total = None  # the row's outgoing total, once a transition back adds to it
                 for d, source in enumerate(recent[:steps]):
                     if source == row:
                         continue
@@ -247,18 +246,13 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
                     if backward:
                         back_gain = gain * backward
                         back_links.add(source, back_gain)
-                        if row_total is None:
-                            row_total = changed.get(row)
-                            if row_total is None:
-                                row_total = float(totals[row])
-                        row_total += back_gain
+                        total = changed.get(row)
+                        changed[row] = (float(totals[row]) if total is None else total) + back_gain
                         into[source].add(row)
                         if log is not None:
                             log[0].append(row)
                             log[1].append(source)
                             log[2].append(back_gain)
-                if row_total is not None:
-                    changed[row] = row_total
             push(u, row, interaction.ts)
         if changed:
             totals[np.fromiter(changed, dtype=np.int64, count=len(changed))] = list(changed.values())
