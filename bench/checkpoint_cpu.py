@@ -18,7 +18,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from bench.ingest_cpu import records
+from bench.ingest_cpu import batches_of
 from core.settings import Settings
 from online_models import make_model
 from stream import checkpoint
@@ -41,9 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings(_env_file=None)
     pipeline = Pipeline(settings, make_model(settings.model, **settings.model_params))
-    stream, batch = records(args.events), settings.max_poll_records
-    for start in range(0, len(stream), batch):
-        pipeline.process(stream[start : start + batch])
+    for records_of_batch in batches_of(args.events, settings.max_poll_records):
+        pipeline.process(records_of_batch)
     state = pipeline.state()
     modules = {"this": checkpoint, **({"against": _module_at(args.against)} if args.against else {})}
     cpu = {name: [] for name in modules}

@@ -30,22 +30,22 @@ def measure(events: int, model_name: str, learn_only: bool, profile: str | None)
     """One run in this process: CPU seconds in all and per phase."""
     import pickle
 
-    from bench.ingest_cpu import records
+    from bench.ingest import no_lists
+    from bench.ingest_cpu import batches_of
     from core.settings import Settings
     from online_models import make_model
-    from stream.pipeline import ListBatch, Pipeline
+    from stream.pipeline import Pipeline
 
     settings = Settings(_env_file=None)
     batch = settings.max_poll_records
-    stream = records(events + batch)
-    batches = [stream[s : s + batch] for s in range(0, len(stream), batch)]
+    batches = batches_of(events + batch, batch)
     model = make_model(model_name)
     # a clock that runs as if the worker took 20,000 events per second: the popular and
     # similar lists refresh as often per event in every run, however loaded the host
     clock = [0.0]
     pipeline = Pipeline(settings, model, clock=lambda: clock[0])
     if learn_only:  # as the ingest bench's learning-only worker: no lists ranked
-        pipeline._rank = lambda users: (ListBatch.of_rankings({}), None)
+        pipeline._rank = no_lists
     spent = dict.fromkeys((*PHASES, "pickle"), 0.0)
     timing = [False]
 

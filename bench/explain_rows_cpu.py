@@ -14,7 +14,7 @@ import argparse
 import hashlib
 import time
 
-from bench.ingest_cpu import records
+from bench.ingest_cpu import batches_of
 from core.settings import Settings
 from online_models import make_model
 from online_models.blend import Blend
@@ -47,11 +47,10 @@ def main() -> None:
     timed(TorchEmbeddings, cpu, "embeddings")
     settings = Settings(_env_file=None)
     batch = settings.max_poll_records
-    stream = records(args.events + batch)
     pipeline = Pipeline(settings, make_model(settings.model, **settings.model_params))
     started = time.process_time()
-    for start in range(0, len(stream), batch):
-        pipeline.process(stream[start : start + batch])
+    for records_of_batch in batches_of(args.events + batch, batch):
+        pipeline.process(records_of_batch)
     total = time.process_time() - started
     print(f"pipeline {total:.2f} CPU-s, Blend.explain_rows {cpu['blend']:.3f} (TorchEmbeddings.explain_rows "
           f"{cpu['embeddings']:.3f}, the rest {cpu['blend'] - cpu['embeddings']:.3f}), digest {digest.hexdigest()[:16]}")

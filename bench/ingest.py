@@ -47,8 +47,14 @@ def produce(settings, n: int, seed: int = 7) -> float:
     return n / elapsed
 
 
-def _drain_worker(settings, n: int, profile_path: str | None, refresh_lists: bool, out: mp.Queue) -> None:
+def no_lists(users):
+    """A pipeline's ``_rank`` for learning only: no lists computed nor written (the learning ceiling)."""
     from core.keys import ListBatch
+
+    return ListBatch.of_rankings({}), None
+
+
+def _drain_worker(settings, n: int, profile_path: str | None, refresh_lists: bool, out: mp.Queue) -> None:
     from stream.worker import Worker
 
     worker = Worker(settings)
@@ -63,7 +69,7 @@ def _drain_worker(settings, n: int, profile_path: str | None, refresh_lists: boo
         return lists
 
     # learning only: no lists computed nor written (the learning ceiling)
-    worker.pipeline._rank = timed_rank if refresh_lists else (lambda users: (ListBatch.of_rankings({}), None))
+    worker.pipeline._rank = timed_rank if refresh_lists else no_lists
     first = None
     while first is None:
         first = worker.poll_once()

@@ -23,8 +23,7 @@ import statistics
 import time
 
 from bench.common import Catalogue
-from bench.ingest import BLEND_WITHOUT_SEQUENCE, ITEMS, USERS
-from core.keys import ListBatch
+from bench.ingest import BLEND_WITHOUT_SEQUENCE, ITEMS, USERS, no_lists
 from core.settings import Settings
 from online_models import make_model
 from stream.pipeline import Pipeline, Record
@@ -34,6 +33,12 @@ def records(n: int, seed: int = 7) -> list[Record]:
     """The ingest bench's events as plain records, one partition."""
     return [Record("bench", 0, offset, 0, key, value)
             for offset, (key, value) in enumerate(Catalogue(ITEMS, USERS, seed=seed).payloads(n))]
+
+
+def batches_of(n: int, batch: int) -> list[list[Record]]:
+    """``records(n)`` in batches of ``batch`` (the worker's ``max_poll_records``)."""
+    stream = records(n)
+    return [stream[s : s + batch] for s in range(0, len(stream), batch)]
 
 
 def checkpoint(pipeline: Pipeline) -> None:
@@ -53,13 +58,12 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings(_env_file=None)
     batch = settings.max_poll_records
-    stream = records(args.events + batch)  # the first batch warms up, untimed (as the bench's)
-    batches = [stream[s : s + batch] for s in range(0, len(stream), batch)]
+    batches = batches_of(args.events + batch, batch)  # the first batch warms up, untimed (as the bench's)
     pipelines = {"default": Pipeline(settings, make_model(settings.model, **settings.model_params)),
                  "blend_without_sequence": Pipeline(settings, make_model("blend", **BLEND_WITHOUT_SEQUENCE))}
     if args.learn_only:
         for pipeline in pipelines.values():
-            pipeline._rank = lambda users: (ListBatch.of_rankings({}), None)  # as bench.ingest's _drain_worker
+            pipeline._rank = no_lists  # as bench.ingest's learning-only worker
     profilers = {}
     if args.profile:
         from pyinstrument import Profiler
