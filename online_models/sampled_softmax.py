@@ -324,10 +324,6 @@ class QueuedItemLearner(Recommender):
     def _add_user(self, user_id: str) -> int:
         return self._users.add(user_id)
 
-    def _add_users(self, user_ids: Sequence[str]) -> list[int]:
-        """The users' rows, in order (``_add_user`` for each)."""
-        return [self._add_user(user_id) for user_id in user_ids]
-
     def _add_item(self, item_id: str) -> int:
         row = self._items.get(item_id)
         if row is None:
