@@ -154,11 +154,15 @@ class IdIndex:
         """
         if other is self:
             return rows
-        distinct, at = np.unique(rows, return_inverse=True)
+        # a table by row of ``other`` (no sort): its last entry is where ``-1`` lands, and stays -1
+        present = np.zeros(len(other) + 1, dtype=bool)
+        present[rows] = True
+        distinct = np.flatnonzero(present[:-1])
         get, ids = self.rows.get, other.ids
-        mapped = np.fromiter((get(ids[r], -1) if r >= 0 else -1 for r in distinct.tolist()), dtype=np.int64,
-                             count=len(distinct))
-        return mapped[at.reshape(rows.shape)]
+        mapping = np.full(len(other) + 1, -1, dtype=np.int64)
+        mapping[distinct] = np.fromiter((get(ids[r], -1) for r in distinct.tolist()), dtype=np.int64,
+                                        count=len(distinct))
+        return mapping[rows]
 
     def excluded_rows(self, exclude: Collection[str] | None) -> np.ndarray | None:
         """What a ranking must leave out: the rows of the known ids in ``exclude`` and the

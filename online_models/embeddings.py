@@ -441,7 +441,9 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         the listed items this model knows only (each user's packed to the front of a row)."""
         user_ids = list(user_ids)
         listed = rows >= 0
-        own, out_norms = self._listed_rows(index, rows, listed)
+        own = self._items.rows_from(index, rows)  # -1: a hole or an item this model does not know
+        # the output vectors' norms by row, np.linalg.norm row by row as explain_items takes them
+        out_norms = np.linalg.norm(self._item_out.numpy()[: len(self._items)], axis=1)
         # each user's distinct recent items, most recent first (explain_items' order: ties to the newer)
         recent_of = self._recent
         recent = [dict.fromkeys(reversed(recent_of.get(user_id, ()))) for user_id in user_ids]
@@ -476,23 +478,6 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
             reasons[n] = ((POPULAR_STRATEGY, POPULAR_NOW) if c == -2 else (name, None) if c == -1
                           else (name, f"close to {ids[c]}, which you viewed recently"))
         return per_row(reasons[at[codes + 2]].tolist(), listed)
-
-    def _listed_rows(self, index: IdIndex, rows: np.ndarray, listed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """This model's rows of the listed ids (``-1``: a hole or an item it does not know)
-        and the norms of all its items' output vectors by row (``np.linalg.norm`` row by row,
-        as ``explain_items`` takes them), each distinct item looked up once."""
-        n = len(self._items)
-        out_norms = np.linalg.norm(self._item_out.numpy()[:n], axis=1)
-        if index is self._items:
-            return rows, out_norms
-        present = np.zeros(len(index) + 1, dtype=bool)
-        present[rows[listed]] = True
-        distinct = np.flatnonzero(present)
-        get, ids = self._items.rows.get, index.ids
-        mapping = np.full(len(index) + 1, -1, dtype=np.int64)  # the last entry: -1 stays -1
-        mapping[distinct] = np.fromiter((get(ids[r], -1) for r in distinct.tolist()), dtype=np.int64,
-                                        count=len(distinct))
-        return mapping[rows], out_norms
 
     def _closest_recent(self, mine: np.ndarray, targets: np.ndarray, out_norms: np.ndarray) -> np.ndarray:
         """Per cell of ``targets`` (item rows, ``-1``: none), the row of the user's recent
