@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from itertools import repeat
+from itertools import chain, repeat
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -751,8 +751,16 @@ def excluded_cells(index: IdIndex, users: Sequence[str], exclude: Mapping[str, C
     >>> [x.tolist() for x in excluded_cells(index, ["u", "v"], {"v": {"b", "zz"}})]
     [[1], [1]]
     """
-    found = [(j, index.rows_of(seen)) for j, seen in enumerate(map(exclude.get, users)) if seen]
+    found = [(j, seen) for j, seen in enumerate(map(exclude.get, users)) if seen]
     if not found:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    lengths = [len(rows) for _, rows in found]
-    return np.repeat(np.array([j for j, _ in found], dtype=np.int64), lengths), np.concatenate([r for _, r in found])
+    if any(isinstance(seen, SeenItems) for _, seen in found):  # they keep their rows: one call each
+        found = [(j, index.rows_of(seen)) for j, seen in found]
+        lengths = [len(rows) for _, rows in found]
+        return np.repeat(np.array([j for j, _ in found], dtype=np.int64), lengths), np.concatenate([r for _, r in found])
+    # plain collections: one lookup pass over all their ids, not a numpy call per user
+    ids = list(chain.from_iterable(seen for _, seen in found))
+    rows = np.fromiter(map(index.rows.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+    at_user = np.repeat(np.array([j for j, _ in found], dtype=np.int64), [len(seen) for _, seen in found])
+    known = rows >= 0
+    return at_user[known], rows[known]

@@ -38,9 +38,10 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from itertools import repeat
+from itertools import chain
+from operator import is_, itemgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -52,7 +53,7 @@ from core.metrics import Exposures, WorkerMetrics
 from core.schema import ITEM_TYPE, Event, parse_event
 from core.settings import Settings
 from online_models import Recommender
-from online_models._arrays import IdIndex, RankedRows
+from online_models._arrays import IdIndex, RankedRows, excluded_cells
 from online_models.capabilities import (
     Explains,
     ExplainsRows,
@@ -517,37 +518,18 @@ class Pipeline:
         """Each user's ranking with their seen items left in but flagged, so a request can
         include or exclude them: ``top_k`` unseen items, and the seen ones ranked among them.
 
-        A model that ranks on arrays (``RanksRows``) is cut and flagged on its arrays, for
-        all users at once; another's one list at a time. Returns the lists and, from a model
-        that ranks on arrays, the same lists as item rows of the index that names them.
+        Cut and flagged on arrays, for all users at once: a model that ranks on arrays
+        (``RanksRows``) gives them, another's plain lists are put in arrays first. Returns
+        the lists and, from a model that ranks on arrays, the same lists as item rows of the
+        index that names them.
         """
         top_k = self.settings.top_k
         depth = top_k + max((min(len(self.seen.get(u, ())), top_k) for u in users), default=0)
         if self.can.ranks_rows:
             ranked = self.model.recommend_rows(users, depth)
             return self._cut(users, ranked.rows, ranked.scores, ranked.index)
-        return self._cut_each(self.model.recommend_many(users, depth)), None
-
-    def _cut_each(self, rankings: dict[str, Ranking]) -> ListBatch:
-        """``_cut`` of plain lists, one user at a time (a model that does not rank on arrays)."""
-        top_k, eval_k = self.settings.top_k, self.settings.online_eval_k
-        lists, flags = {}, {}
-        for user_id, ranked in rankings.items():
-            seen = self.seen.get(user_id)
-            if seen and not seen.isdisjoint([item for item, _ in ranked]):
-                marks = [item in seen for item, _ in ranked]
-                unseen_at = [n for n, is_seen in enumerate(marks) if not is_seen]
-                cut = unseen_at[top_k - 1] + 1 if len(unseen_at) >= top_k else len(ranked)
-                kept, marks = ranked[:cut], marks[:cut]
-                shown = [kept[n][0] for n in unseen_at[:eval_k]]
-            else:  # nothing seen among them: the common case on a busy stream
-                kept = ranked[:top_k]
-                marks = [False] * len(kept)
-                shown = [item for item, _ in kept[:eval_k]]
-            lists[user_id], flags[user_id] = kept, marks
-            if eval_k:
-                self._last_lists[user_id] = set(shown)
-        return ListBatch.of_rankings(lists, flags)
+        rankings = self.model.recommend_many(users, depth)
+        return self._cut(list(rankings), *_as_rows(list(rankings.values())))[0], None
 
     def _cut(self, users: list[str], rows: np.ndarray, scores: np.ndarray, index: IdIndex
              ) -> tuple[ListBatch, RankedRows]:
@@ -558,7 +540,7 @@ class Pipeline:
         n_users, width = rows.shape
         listed = rows >= 0
         marks = np.zeros((n_users, width), dtype=bool)
-        at_user, at_row = self._seen_cells(users, index)
+        at_user, at_row = excluded_cells(index, users, self.seen)
         if len(at_user) and width:
             # each ranked cell's (user, row) key looked up among the sorted keys of the seen items
             n = max(len(index), 1)
@@ -589,21 +571,6 @@ class Pipeline:
         lists = ListBatch(users, flat, cut.tolist(), scores, marks if marks.any() else None)
         return lists, RankedRows(np.where(kept, rows[:, :w], -1), np.where(kept, scores, -np.inf), index)
 
-    def _seen_cells(self, users: list[str], index: IdIndex) -> tuple[np.ndarray, np.ndarray]:
-        """``(user position, item row)`` of every item of ``index`` the users have seen: one
-        lookup pass over all their seen ids, not a numpy call per user."""
-        seen, positions, sizes, ids = self.seen, [], [], []
-        for j, user_id in enumerate(users):
-            items = seen.get(user_id)
-            if items:
-                positions.append(j)
-                sizes.append(len(items))
-                ids.extend(items)
-        rows = np.fromiter(map(index.rows.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
-        at_user = np.repeat(np.array(positions, dtype=np.int64), sizes)
-        known = rows >= 0
-        return at_user[known], rows[known]
-
     def _counters(self, partitions: Iterable[int]) -> dict[str, int]:
         """Absolute counts of ``partitions``, as Redis hash fields."""
         return {f"{f.name}:{p}": getattr(self.partitions[p].counts, f.name)
@@ -620,3 +587,35 @@ class Pipeline:
         self._items_touched = set()
         self._similar_written_at = now
         return similar
+
+
+def _as_rows(rankings: Sequence[Ranking]) -> tuple[np.ndarray, np.ndarray, IdIndex]:
+    """Plain lists as ``(rows, scores, index)`` arrays, as ``RanksRows`` gives them, in a
+    new index of the ids they name: one pass over the items of the distinct lists, no
+    Python loop per item. A list made of the very pairs of the list before it (a popularity
+    ranking handed to every user) is converted once.
+
+    >>> rows, scores, index = _as_rows([[("a", 0.5), ("b", 0.25)], [], [("b", 1.0)]])
+    >>> rows.tolist(), scores[2].tolist(), index.ids
+    ([[0, 1], [-1, -1], [1, -1]], [1.0, -inf], ['a', 'b'])
+    """
+    rankings = list(rankings)
+    repeated = [len(ranking) == len(before) and all(map(is_, ranking, before))
+                for ranking, before in zip(rankings[1:], rankings)]
+    distinct = [ranking for ranking, again in zip(rankings, [False, *repeated]) if not again]
+    lengths = np.fromiter(map(len, distinct), dtype=np.int64, count=len(distinct))
+    width = int(lengths.max(initial=0))
+    rows = np.full((len(distinct), width), -1, dtype=np.int64)
+    scores = np.full((len(distinct), width), -np.inf)
+    index = IdIndex()
+    pairs = list(chain.from_iterable(distinct))
+    if pairs:
+        ids = list(map(itemgetter(0), pairs))
+        index.add_new(list(dict.fromkeys(ids)))
+        cells = np.arange(width) < lengths[:, None]
+        rows[cells] = np.fromiter(map(index.rows.__getitem__, ids), dtype=np.int64, count=len(ids))
+        scores[cells] = np.fromiter(map(itemgetter(1), pairs), dtype=np.float64, count=len(pairs))
+    if len(distinct) < len(rankings):
+        of_distinct = np.cumsum([True, *[not again for again in repeated]]) - 1
+        rows, scores = rows[of_distinct], scores[of_distinct]
+    return rows, scores, index
