@@ -42,6 +42,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
+from itertools import repeat
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -78,6 +79,8 @@ MODEL_CODES = ("cooc", "trending", "blend", "embeddings", "river-mf", "purchase-
 """Model names stored as one byte (index + 1); append only, the codes are in Redis. 0: name inline."""
 _MODEL_CODE = {name: n + 1 for n, name in enumerate(MODEL_CODES)}
 _HEAD = struct.Struct("<BBBdH")  # version, flags, model code, updated_at, number of items
+_HEAD_ARRAY = np.dtype([("version", "u1"), ("flags", "u1"), ("code", "u1"), ("updated_at", "<f8"), ("n", "<u2")])
+assert _HEAD_ARRAY.itemsize == _HEAD.size  # packed: one array's bytes are the headers one after the other
 _SEEN, _EXPLAINED, _FLOAT32 = 1, 2, 4  # flags
 _FIXED_SCALE = 10**SCORE_DECIMALS
 _FIXED_MAX = 2**31 - 1
@@ -247,42 +250,73 @@ def encode_lists(
     if not n_users or len(name) > 255 or width > 0xFFFF:
         return [encode_list(batch[u], model, updated_at, explained.get(u), _flags_of(batch, j))
                 for j, u in enumerate(users)]
-    valid = np.arange(width) < np.asarray(lengths, dtype=np.int64)[:, None]
+    counts = np.asarray(lengths, dtype=np.int64)
+    valid = np.arange(width) < counts[:, None]
     with np.errstate(invalid="ignore", over="ignore"):
         fixed = np.rint(batch.scores * _FIXED_SCALE)  # as encode_list: units of 1e-5
         magnitude = np.where(valid, np.abs(fixed), 0.0)
-        fits = (magnitude.max(axis=1, initial=0.0) <= _FIXED_MAX).tolist()  # False for NaN too
+        fits = magnitude.max(axis=1, initial=0.0) <= _FIXED_MAX  # False for NaN too
         packed = np.where(valid, fixed, 0.0).astype("<i4")
-    seen_any, bits = [False] * n_users, None
+    flags = np.zeros(n_users, dtype=np.uint8)
+    bit_sizes, bits, bits_width = np.zeros(n_users, dtype=np.int64), b"", 0
     if batch.seen is not None:
         marks = batch.seen & valid
-        seen_any = marks.any(axis=1).tolist()
-        bits = np.packbits(marks, axis=1, bitorder="little")  # a row's first (n + 7) // 8 bytes: its bitmap
-    prefix = b"" if code else bytes((len(name),)) + name
-    stamp = round(updated_at, 3)
-    head, ids, out, start = _HEAD.pack, batch.ids, [], 0
-    for j, (user_id, n) in enumerate(zip(users, lengths)):
-        user_ids = ids[start : start + n]
-        start += n
-        joined = ID_SEPARATOR.join(user_ids).encode()
-        if not fits[j] or joined.count(b"\x1f") != max(n - 1, 0):  # float32 scores, or the JSON form
-            out.append(encode_list(list(zip(user_ids, batch.scores[j, :n].tolist())), model, updated_at,
-                                   explained.get(user_id), _flags_of(batch, j)))
-            continue
-        flags = 0
-        parts = [b"", prefix, packed[j, :n].tobytes()]
-        if seen_any[j]:
-            flags |= _SEEN
-            parts.append(bits[j, : (n + 7) // 8].tobytes())
-        why = explained.get(user_id)
-        if why is not None:
-            flags |= _EXPLAINED
-            blob = orjson.dumps([list(x) for x in zip(*why)] if why else [[], []])
-            parts.append(_U32.pack(len(blob)) + blob)
-        parts[0] = head(FORMAT_V1, flags, code, stamp, n)
-        parts.append(joined)
-        out.append(b"".join(parts))
+        seen_any = marks.any(axis=1)
+        flags[seen_any] |= _SEEN
+        bit_sizes = np.where(seen_any, (counts + 7) // 8, 0)  # a row's first (n + 7) // 8 bytes: its bitmap
+        bitmaps = np.packbits(marks, axis=1, bitorder="little")
+        bits_width, bits = bitmaps.shape[1], bitmaps.tobytes()
+    why = [b""] * n_users
+    if explained:
+        before, blob = None, b""
+        for j, user_id in enumerate(users):
+            reasons = explained.get(user_id)
+            if reasons is not None:
+                flags[j] |= _EXPLAINED
+                if reasons != before:  # users given the same reasons (a popularity list) share one blob
+                    text = orjson.dumps([list(x) for x in zip(*reasons)] if reasons else [[], []])
+                    before, blob = reasons, _U32.pack(len(text)) + text
+                why[j] = blob
+    heads = np.zeros(n_users, dtype=_HEAD_ARRAY)
+    heads["version"], heads["flags"], heads["code"], heads["updated_at"], heads["n"] = (
+        FORMAT_V1, flags, code, round(updated_at, 3), counts)
+    # every user's ids are one slice of all ids joined (the separator between two users' left out)
+    ids = batch.ids
+    joined = ID_SEPARATOR.join(ids).encode()
+    separators = np.flatnonzero(np.frombuffer(joined, dtype=np.uint8) == ord(ID_SEPARATOR))
+    firsts = np.zeros(n_users + 1, dtype=np.int64)  # each user's first id, in ``ids``
+    np.cumsum(counts, out=firsts[1:])
+    plain = fits
+    if len(separators) != max(len(ids) - 1, 0):  # an id holds the separator: those lists go as JSON
+        sizes = np.fromiter(map(len, map(str.encode, ids)), dtype=np.int64, count=len(ids))
+        separators = np.cumsum(sizes + 1)[:-1] - 1
+        holds = np.fromiter((ID_SEPARATOR in item for item in ids), dtype=np.int64, count=len(ids))
+        within = np.concatenate([[0], np.cumsum(holds)])
+        plain = fits & (within[firsts[1:]] == within[firsts[:-1]])
+    id_at = np.concatenate([[0], separators + 1, [len(joined) + 1]])  # where each id starts (and an end)
+    id_starts = id_at[firsts[:-1]]
+    id_stops = np.maximum(id_at[firsts[1:]] - 1, id_starts)
+    head_at = np.arange(n_users + 1) * _HEAD.size
+    score_at = np.arange(n_users) * (4 * width)
+    bit_at = np.arange(n_users) * bits_width
+    out = list(map(b"".join, zip(
+        _slices(heads.tobytes(), head_at[:-1], head_at[1:]),
+        repeat(b"" if code else bytes((len(name),)) + name),
+        _slices(packed.tobytes(), score_at, score_at + 4 * counts),
+        _slices(bits, bit_at, bit_at + bit_sizes),
+        why,
+        _slices(joined, id_starts, id_stops),
+    )))
+    for j in np.flatnonzero(~plain).tolist():  # float32 scores, or the JSON form
+        n = lengths[j]
+        out[j] = encode_list(list(zip(batch.items_of(users[j]), batch.scores[j, :n].tolist())), model, updated_at,
+                             explained.get(users[j]), _flags_of(batch, j))
     return out
+
+
+def _slices(data: bytes, starts: np.ndarray, stops: np.ndarray) -> Iterator[bytes]:
+    """``data[start:stop]`` for each pair, without a Python loop."""
+    return map(data.__getitem__, map(slice, starts.tolist(), stops.tolist()))
 
 
 def _flags_of(batch: ListBatch, j: int) -> list[bool] | None:
@@ -456,6 +490,18 @@ class KeyLayout:
     def history(self, user_id: str) -> str:
         return f"{self.prefix}:history:{_quoted(user_id)}"
 
+    def users(self, user_ids: Sequence[str]) -> list[str]:
+        """``user`` of each id (one check of all ids for the common case: none needs quoting).
+
+        >>> KeyLayout("p").users(["a", "b c"])
+        ['p:recs:a', 'p:recs:b%20c']
+        """
+        return _keyed(f"{self.prefix}:recs:", user_ids)
+
+    def histories(self, user_ids: Sequence[str]) -> list[str]:
+        """``history`` of each id."""
+        return _keyed(f"{self.prefix}:history:", user_ids)
+
     def series(self, minute: int) -> str:
         return f"{self.prefix}:series:{minute}"
 
@@ -473,6 +519,13 @@ def _quoted(key: str) -> str:
     ('u-1_a.b~', 'a%20b%2F%C3%BC')
     """
     return key if _UNRESERVED.fullmatch(key) else quote(key, safe="")
+
+
+def _keyed(head: str, ids: Sequence[str]) -> list[str]:
+    """``head + _quoted(id)`` of each id."""
+    if _UNRESERVED.fullmatch("".join(ids)):
+        return list(map(head.__add__, ids))
+    return [head + _quoted(key) for key in ids]
 
 
 def is_cluster(client) -> bool:

@@ -140,6 +140,35 @@ def test_written_lists_expire_and_read_back(services):
         client.close()
 
 
+@pytest.mark.integration
+def test_histories_keep_their_newest_batches_and_every_write_sets_the_ttl(services):
+    client = redis.Redis.from_url(services.redis_url)
+    prefix = f"test-store-{random.randrange(10**9)}"
+    store, sink = RecommendationStore(client, prefix), ListSink(client, prefix, user_list_ttl_s=600, history_events=3)
+    users = ["a", "ü 2", "名/3", "x" * 300]  # ids that need quoting, a long one
+    try:
+        for batch in range(6):
+            some = users[: 1 + batch % len(users)]
+            lists = {u: [(f"i{batch}", 1.0 / (batch + 1)), ("ü", -0.5)] for u in some}
+            history = {u: [(f"i{batch}", "view", float(batch)), (f"j{batch}", "click", batch + 0.5)] for u in some}
+            sink.write_batch(lists, "cooc", 10.0 + batch, explanations={some[0]: [("cooc", "why"), ("cooc", None)]},
+                             history=history, similar={f"i{batch}": [("ü", 0.5)]})
+            for u in some:
+                assert store.user_list(u).items == [(f"i{batch}", round(1.0 / (batch + 1), 5)), ("ü", -0.5)]
+                assert store.user_list(u).updated_at == 10.0 + batch and store.similar_list(f"i{batch}")
+        written = {u: [b for b in range(6) if users.index(u) <= b % len(users)] for u in users}
+        for u in users:
+            expected = [(f"{item}{b}", kind, ts) for b in reversed(written[u][-3:])
+                        for item, kind, ts in (("j", "click", b + 0.5), ("i", "view", float(b)))]
+            assert store.history(u) == expected
+            assert 0 < client.ttl(store.user_key(u)) <= 600 and 0 < client.ttl(store.keys.history(u)) <= 600
+        assert store.user_list("a").explained == [("cooc", "why"), ("cooc", None)]
+    finally:
+        for key in client.scan_iter(f"{store.prefix}:*"):
+            client.delete(key)
+        client.close()
+
+
 def test_scores_decode_without_numpy_types():
     stored = decode_list(encode_list([("a", np.float32(0.5)), ("b", 1)], "cooc", 1.0))
     assert all(type(s) is float for _, s in stored.items)
@@ -157,3 +186,6 @@ def test_keys_quote_every_id_as_quote_does():
         user = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 10)))
         assert keys.user(user) == f"p:recs:{quote(user, safe='')}"
         assert keys.history(user) == f"p:history:{quote(user, safe='')}"
+    for users in (["a", "b-1", "c_d.e~"], ["a", "b c", "ü"], []):
+        assert keys.users(users) == [keys.user(u) for u in users]
+        assert keys.histories(users) == [keys.history(u) for u in users]
