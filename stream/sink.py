@@ -28,22 +28,21 @@ from core.keys import (
 
 Ranking = Sequence[tuple[str, float]]
 
-# LPUSH ARGV[i + 2] to every KEYS[i], keep its first ARGV[2] entries, with a TTL of ARGV[1] seconds
-_PUSH_ALL_CAPPED = """
-local ttl, keep = ARGV[1], tonumber(ARGV[2]) - 1
-for i, key in ipairs(KEYS) do
-    redis.call('LPUSH', key, ARGV[i + 2])
-    redis.call('LTRIM', key, 0, keep)
-    redis.call('EXPIRE', key, ttl)
+# One script for a batch's users: SET each list (KEYS[i], ARGV[i + 3] for i <= ARGV[3]) with
+# a TTL of ARGV[1] seconds, then LPUSH each user's events of the batch (the other KEYS) to
+# their history, cut to its newest ARGV[2] entries, with the same TTL. (Packing the values
+# into one argument saves the client its per-argument work, but costs the server as much
+# again in string.sub: bench/sink_cpu.py.)
+_WRITE_USERS = """
+local ttl, keep, lists = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 1, lists do
+    redis.call('SET', KEYS[i], ARGV[i + 3], 'EX', ttl)
 end
-return #KEYS
-"""
-
-# SET every KEYS[i] to ARGV[i + 1] with a TTL of ARGV[1] seconds
-_SET_ALL_WITH_TTL = """
-local ttl = ARGV[1]
-for i, key in ipairs(KEYS) do
-    redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+for i = lists + 1, #KEYS do
+    if redis.call('LPUSH', KEYS[i], ARGV[i + 3]) > keep then  -- a shorter list has nothing to cut
+        redis.call('LTRIM', KEYS[i], 0, keep - 1)
+    end
+    redis.call('EXPIRE', KEYS[i], ttl)
 end
 return #KEYS
 """
@@ -73,8 +72,7 @@ class ListSink:
         self.history_events = history_events
         self._cluster = is_cluster(client)
         # a script and a transaction must keep to one shard's keys: in a cluster, plain pipelines
-        self._set_all = None if self._cluster else client.register_script(_SET_ALL_WITH_TTL)
-        self._push_all = None if self._cluster else client.register_script(_PUSH_ALL_CAPPED)
+        self._write_users = None if self._cluster else client.register_script(_WRITE_USERS)
 
     def write_batch(
         self,
@@ -109,12 +107,15 @@ class ListSink:
         """
         if not isinstance(lists, ListBatch):  # plain lists: one encoder for all (the bytes encode_list gives)
             lists = ListBatch.of_rankings(lists, seen)
-        user_key = self.keys.user
-        keys = [user_key(user_id) for user_id in lists]
+        keys = self.keys.users(lists.users)
         values = encode_lists(lists, model, updated_at, explanations or {})
         for item_id, items in (similar or {}).items():
             keys.append(self.keys.similar(item_id))
             values.append(encode_list(items, model, updated_at))
+        history_keys, history_values = [], []
+        if history and self.history_events:
+            history_keys = self.keys.histories(list(history))
+            history_values = [orjson.dumps(events[-self.history_events:]) for events in history.values()]
         if self._cluster:
             if keys:
                 lists_pipe = self.client.pipeline()
@@ -122,12 +123,15 @@ class ListSink:
                     lists_pipe.set(key, value, ex=self.user_list_ttl_s)
                 self._call(lists_pipe.execute)
             pipe = self.client.pipeline()
+            for key, value in zip(history_keys, history_values):
+                pipe.lpush(key, value)
+                pipe.ltrim(key, 0, self.history_events - 1)
+                pipe.expire(key, self.user_list_ttl_s)
         else:
             pipe = self.client.pipeline(transaction=True)
-            if keys:
-                self._set_all(keys=keys, args=[self.user_list_ttl_s, *values], client=pipe)
-        if history and self.history_events:
-            self._push_history(pipe, history)
+            if keys or history_keys:
+                self._write_users(keys=keys + history_keys, client=pipe, args=[
+                    self.user_list_ttl_s, self.history_events, len(keys), *values, *history_values])
         self._add_series(pipe, series, exposures, updated_at)
         if popular is not None:
             pipe.set(self.keys.popular, encode_list(popular, "trending", updated_at))
@@ -143,17 +147,6 @@ class ListSink:
             pipe.zadd(self.keys.workers_index, {worker_id: reported})
             pipe.zremrangebyscore(self.keys.workers_index, "-inf", reported - SERIES_TTL_S)
         self._call(pipe.execute)
-
-    def _push_history(self, pipe, history: Mapping[str, Sequence[tuple[str, str, float]]]) -> None:
-        keys = [self.keys.history(user_id) for user_id in history]
-        values = [orjson.dumps(events[-self.history_events:]) for events in history.values()]
-        if self._push_all is not None:
-            self._push_all(keys=keys, args=[self.user_list_ttl_s, self.history_events, *values], client=pipe)
-            return
-        for key, value in zip(keys, values):
-            pipe.lpush(key, value)
-            pipe.ltrim(key, 0, self.history_events - 1)
-            pipe.expire(key, self.user_list_ttl_s)
 
     def _add_series(self, pipe, series: Mapping[str, float] | None, exposures: Mapping[int, Mapping[str, int]] | None,
                     now: float) -> None:
