@@ -11,11 +11,13 @@ same-run ratio; it starts a private ``redis-server`` (no AOF) and removes it at 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import subprocess
 import tempfile
 import time
 
+import orjson
 import redis
 
 from bench.ingest_cpu import batches_of
@@ -47,7 +49,8 @@ def wait_for(client: redis.Redis, deadline_s: float = 10.0) -> None:
 
 def measure(model_name: str, batches, client: redis.Redis) -> dict[str, float]:
     settings = Settings(_env_file=None)
-    pipeline = Pipeline(settings, make_model(model_name))
+    batch_clock = iter(range(1_700_000_000, 2_000_000_000, 5))  # wall time per batch, the same in each tree
+    pipeline = Pipeline(settings, make_model(model_name), clock=lambda: float(next(batch_clock)))
     sink = ListSink(client, prefix=f"bench-{model_name}", history_events=settings.user_history_events)
     spent = {"rank": 0.0, "encode": 0.0, "write": 0.0, "server": 0.0}  # write: encode included
     rank = pipeline._rank
@@ -78,7 +81,25 @@ def measure(model_name: str, batches, client: redis.Redis) -> dict[str, float]:
             spent["write"] += written
             spent["server"] += server_cpu_s(client) - before
             events += len(records)
-    return {name: seconds * 1000 / events * 1000 for name, seconds in spent.items()}  # ms per 1k events
+    return {**{name: seconds * 1000 / events * 1000 for name, seconds in spent.items()},  # ms per 1k events
+            "digest": stored_digest(client, f"bench-{model_name}")}
+
+
+def stored_digest(client: redis.Redis, prefix: str) -> str:
+    """A digest of what was written that must not change: the users' lists and histories, the
+    similar-item and popular lists, with their TTLs rounded to the hour."""
+    digest = hashlib.sha256()
+    for key in sorted(client.scan_iter(f"{prefix}:*")):
+        kind = client.type(key)
+        if kind == b"string" and b":workers:" not in key:
+            digest.update(key + client.get(key))
+        elif kind == b"list":  # the histories, without the events' times (the bench's stream starts now)
+            events = [[event[:2] for event in orjson.loads(raw)] for raw in client.lrange(key, 0, -1)]
+            digest.update(key + orjson.dumps(events))
+        else:
+            continue
+        digest.update(str(round(client.ttl(key) / 3600)).encode())
+    return digest.hexdigest()[:16]
 
 
 def main() -> None:
@@ -98,7 +119,8 @@ def main() -> None:
         print("ms per 1k events (process CPU; server: redis-server's CPU)")
         for name in args.models.split(","):
             got = measure(name, batches, client)
-            print(f"{name:10s} " + "  ".join(f"{k} {v:6.2f}" for k, v in got.items()))
+            digest = got.pop("digest")
+            print(f"{name:10s} " + "  ".join(f"{k} {v:6.2f}" for k, v in got.items()) + f"  digest {digest}")
     finally:
         server.terminate()
         server.wait(10)

@@ -558,11 +558,10 @@ class Pipeline:
             cut = lengths
         w = int(cut.max(initial=0))
         kept = np.arange(w) < cut[:, None]
-        ids = index.ids
-        flat = list(map(ids.__getitem__, rows[:, :w][kept].tolist()))
+        flat = _ids_at(index.ids, rows[:, :w][kept])
         if eval_k:
             shown = kept & unseen[:, :w] & (counted[:, :w] <= eval_k)
-            shown_ids = list(map(ids.__getitem__, rows[:, :w][shown].tolist()))
+            shown_ids = _ids_at(index.ids, rows[:, :w][shown])
             ends = np.cumsum(shown.sum(axis=1)).tolist()
             per_user = map(shown_ids.__getitem__, map(slice, [0, *ends[:-1]], ends))
             self._last_lists.update(zip(users, map(set, per_user)))
@@ -587,6 +586,18 @@ class Pipeline:
         self._items_touched = set()
         self._similar_written_at = now
         return similar
+
+
+def _ids_at(ids: list[str | None], rows: np.ndarray) -> list[str | None]:
+    """``ids[r]`` for each of ``rows``: one C gather through an object array, unless the index
+    holds many more ids than there are rows to look up (converting it would cost more).
+
+    >>> _ids_at(["a", "b"], np.array([1, 1, 0])), _ids_at(["a"] * 9, np.array([0]))
+    (['b', 'b', 'a'], ['a'])
+    """
+    if len(ids) <= 2 * rows.size:
+        return np.array(ids, dtype=object)[rows].tolist()
+    return list(map(ids.__getitem__, rows.tolist()))
 
 
 def _as_rows(rankings: Sequence[Ranking]) -> tuple[np.ndarray, np.ndarray, IdIndex]:

@@ -348,7 +348,7 @@ def _cut_one_by_one(model, users, seen, top_k, eval_k):
     return lists, flags, shown
 
 
-@pytest.mark.parametrize("make", [Plain, Cooc, lambda: Cooc(max_neighbours=3),
+@pytest.mark.parametrize("make", [Plain, Trending, Cooc, lambda: Cooc(max_neighbours=3),
                                   lambda: Blend(models={"cooc": {}, "trending": {}}, n_candidates=6)])
 @pytest.mark.parametrize("n_items", [40, 5000])
 def test_lists_cut_on_arrays_are_those_cut_one_user_at_a_time(make, n_items: int) -> None:
