@@ -69,10 +69,10 @@ class CoocRanking:
         flat = rows[listed]
         own = self._items.rows_from(index, flat)
         n = len(self._items)
-        # what each listed item says: 0 (the model, no reason: an unknown item), 1 (popular
-        # now), 2 + s (sentence s)
-        said = np.where(own >= 0, 1, 0)
-        sentences: dict[int, int] = {}
+        # what each listed item says: -2 (the model, no reason: an unknown item), -1 (popular
+        # now), else the recent item it is often viewed with, and ``also`` the second one + 1 (0: none)
+        said = np.where(own >= 0, -1, -2)
+        also = np.zeros(len(flat), dtype=np.int64)
         if len(flat) and n:
             history, held = self._history_table(user_ids)
             users_of, ages = np.nonzero(held)
@@ -118,21 +118,31 @@ class CoocRanking:
                 runner = contributions[line, second]
                 first_item = mine_item[mine_start[user] + first]
                 second_item = mine_item[mine_start[user] + np.minimum(second, m - 1)]
-                code = first_item * (n + 1) + np.where(runner >= top / 2, second_item + 1, 0)
                 chosen = top > 0
-                said_here = np.ones(len(cells), dtype=np.int64)
-                found = code[chosen].tolist()
-                for c in set(found):
-                    sentences.setdefault(c, len(sentences))
-                said_here[chosen] = [2 + sentences[c] for c in found]
-                said[cells] = said_here
-        ids = self._items.ids
-        palette = [(self.name, None), (POPULAR_STRATEGY, POPULAR_NOW)] + [
-            (self.name, f"often viewed with {ids[c // (n + 1)]}"
-                        f"{f' and {ids[c % (n + 1) - 1]}' if c % (n + 1) else ''}, which you viewed")
-            for c in sentences]
-        explained = list(map(palette.__getitem__, said.tolist()))
-        return per_row(explained, listed)
+                said[cells] = np.where(chosen, first_item, -1)
+                also[cells] = np.where(chosen & (runner >= top / 2), second_item + 1, 0)
+        return per_row(self._sentences(said, also, n), listed)
+
+    def _sentences(self, said: np.ndarray, also: np.ndarray, n: int) -> list[tuple[str, str | None]]:
+        """What ``explain_rows``' ``said`` and ``also`` say, each distinct sentence written once
+        and handed out by one gather of an object array. The sentences naming one item are
+        numbered by a table per item (no sort: they are most), those naming two by ``np.unique``."""
+        one = np.flatnonzero((said >= 0) & (also == 0))
+        two = np.flatnonzero(also)
+        single_items = np.flatnonzero(np.bincount(said[one], minlength=n))
+        pair_codes, pair_at = np.unique(said[two] * (n + 1) + also[two], return_inverse=True)
+        number = np.zeros(n, dtype=np.int64)
+        number[single_items] = np.arange(2, 2 + len(single_items))
+        which = np.where(said == -2, 0, 1)  # the model without a reason; popular now
+        which[one] = number[said[one]]
+        which[two] = 2 + len(single_items) + pair_at.reshape(-1)
+        ids, (pair_first, pair_second) = self._items.ids, np.divmod(pair_codes, n + 1)
+        palette = np.empty(2 + len(single_items) + len(pair_codes), dtype=object)
+        palette[:] = [(self.name, None), (POPULAR_STRATEGY, POPULAR_NOW)] + [
+            (self.name, f"often viewed with {ids[a]}, which you viewed") for a in single_items.tolist()] + [
+            (self.name, f"often viewed with {ids[a]} and {ids[b - 1]}, which you viewed")
+            for a, b in zip(pair_first.tolist(), pair_second.tolist())]
+        return palette[which].tolist()
 
     def _history_table(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The users' recent item rows, most recent first, and which entries are held:
