@@ -61,7 +61,8 @@ class CoocRanking:
         Per listed item, each recent item's contribution (its co-occurrence with the item
         times its summed recency weight) in one padded array per chunk of users; the best
         and the runner-up are two ``argmax`` per row (ties to the lower item row, as the
-        stable sort of ``explain_items``), and each distinct sentence is written once.
+        stable sort of ``explain_items``), and each distinct sentence is written once. A
+        user with one recent item (most, on a busy shop) needs only its contribution's sign.
         """
         user_ids = list(user_ids)
         listed = rows >= 0
@@ -86,14 +87,28 @@ class CoocRanking:
             per_user = np.bincount(mine_user, minlength=len(user_ids))
             mine_start = np.cumsum(per_user) - per_user
             owner = np.repeat(np.arange(len(user_ids)), lengths)
-            asked = np.flatnonzero((own >= 0) & (per_user[owner] > 0))
+            known = own >= 0
+            asked = np.flatnonzero(known & (per_user[owner] > 1))
+            alone = np.flatnonzero(known & (per_user[owner] == 1))  # most users: one recent item, nothing to weigh
             width = max(int(per_user.max(initial=0)), 1)
-            neighbours = None
-            if self._dense is None and len(asked):
+            neighbours = local = None
+            if self._dense is None and (len(asked) or len(alone)):
                 distinct = np.unique(mine_item)
                 neighbours = self._neighbour_rows(distinct, n)
                 neighbours.sort_indices()
                 local = np.searchsorted(distinct, mine_item)
+
+            def contributions_of(mine: np.ndarray, targets: np.ndarray) -> np.ndarray:
+                """Recent items ``mine``'s co-occurrences with ``targets`` times their recency weights."""
+                if neighbours is None:
+                    weights = self._dense[mine_item[mine], targets].astype(np.float64)
+                else:
+                    weights = np.asarray(neighbours[local[mine], targets]).reshape(-1)
+                return weights * factors[mine]
+
+            if len(alone):
+                mine = mine_start[owner[alone]]
+                said[alone] = np.where(contributions_of(mine, own[alone]) > 0, mine_item[mine], -1)
             step = max(1, _EXPLAIN_CELLS // width)
             for start in range(0, len(asked), step):
                 cells = asked[start : start + step]
@@ -103,13 +118,8 @@ class CoocRanking:
                 pair_cell = np.repeat(np.arange(len(cells)), m)
                 slot = np.arange(len(pair_cell)) - np.repeat(np.cumsum(m) - m, m)
                 mine = mine_start[user[pair_cell]] + slot
-                targets = own[cells[pair_cell]]
-                if neighbours is None:
-                    weights = self._dense[mine_item[mine], targets].astype(np.float64)
-                else:
-                    weights = np.asarray(neighbours[local[mine], targets]).reshape(-1)
                 contributions = np.full((len(cells), width), -np.inf)
-                contributions[pair_cell, slot] = weights * factors[mine]
+                contributions[pair_cell, slot] = contributions_of(mine, own[cells[pair_cell]])
                 line = np.arange(len(cells))
                 first = contributions.argmax(axis=1)
                 top = contributions[line, first]
@@ -117,7 +127,7 @@ class CoocRanking:
                 second = contributions.argmax(axis=1)
                 runner = contributions[line, second]
                 first_item = mine_item[mine_start[user] + first]
-                second_item = mine_item[mine_start[user] + np.minimum(second, m - 1)]
+                second_item = mine_item[mine_start[user] + second]
                 chosen = top > 0
                 said[cells] = np.where(chosen, first_item, -1)
                 also[cells] = np.where(chosen & (runner >= top / 2), second_item + 1, 0)
