@@ -123,13 +123,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
     def learn_one(self, interaction: Interaction) -> None:
         w = self.weight(interaction)
         row = self._items.add(interaction.item_id)
-        if row >= len(self._counts):
-            self._counts = grow(self._counts, row + 1)
-            self._inv_norm = grow(self._inv_norm, row + 1)
-            if self._dense is not None:
-                self._grow_dense(row + 1)
-        if self._dense is None and row >= len(self._neighbours):
-            self._neighbours.ensure(row + 1)
+        self._grow_rows(row + 1)
         count = self._counts[row] + w
         self._counts[row] = count
         self._inv_norm[row] = 1.0 / math.sqrt(count)
@@ -182,20 +176,11 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         """``learn_many`` of interactions whose items have ``rows`` already."""
         if not interactions:
             return
-        items, weight, recent = self._items, self.weight, self._recent
-        n = max(rows) + 1
-        for row in range(len(self._counts), n):  # grown as learn_one grows them, row after row
-            if row >= len(self._counts):
-                self._counts = grow(self._counts, row + 1)
-                self._inv_norm = grow(self._inv_norm, row + 1)
-                if self._dense is not None:
-                    self._grow_dense(row + 1)
-        if self._dense is None and n > len(self._neighbours):
-            self._neighbours.ensure(n)
+        weight, recent = self.weight, self._recent
+        self._grow_rows(max(rows) + 1)
         weights = np.fromiter(map(weight, interactions), dtype=np.float64, count=len(interactions))
         rows = np.array(rows, dtype=np.int64)
-        users = np.fromiter((recent.user_row(interaction.user_id) for interaction in interactions),
-                            dtype=np.int64, count=len(interactions))
+        users = recent.user_rows([interaction.user_id for interaction in interactions])
         np.add.at(self._counts, rows, weights)
         distinct = np.unique(rows)
         self._inv_norm[distinct] = 1.0 / np.sqrt(self._counts[distinct])
@@ -211,12 +196,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
             np.add.at(self._dense.reshape(-1), targets * len(self._dense) + cols, values.astype(np.float32))
         else:
             self._neighbours.add_many(*_both_ways(a, b, pairs))
-        if self._owns_popularity:
-            self._trending.learn_many(interactions)
-        if self._pop_link is not None:
-            link, ids = self._pop_link, items.ids
-            for row in distinct.tolist():
-                link.link_one(items, row, ids[row])
+        self._learn_popularity_many(interactions, distinct)
 
     def _link_dense(self, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> None:
         """Before co-occurrences ``w`` are added to the dense cells ``(a, b)`` and ``(b, a)``:
@@ -447,17 +427,22 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         """Rows of ``ids``, the unknown ones created with no learned state, in this model's
         tables and in its trending's (their rows stay the same, as in ``learn_one``)."""
         rows = np.fromiter(map(self._items.add, ids), dtype=np.int64, count=len(ids))
-        n = len(self._items)
-        while len(self._counts) < n:  # grown as learn_one grows them, row after row, so that
-            row = len(self._counts)  # the dense matrix keeps room for every row of the counts
+        self._grow_rows(len(self._items))
+        self._add_popularity_items(ids, rows)
+        return rows
+
+    def _grow_rows(self, n: int) -> None:
+        """Room for rows ``0 .. n-1`` in every item table, grown as ``learn_one`` grows them,
+        row after row, so that the dense matrix keeps room for every row of the counts (or
+        moves to sparse rows when it would outgrow ``_DENSE_ITEMS``)."""
+        while len(self._counts) < n:
+            row = len(self._counts)
             self._counts = grow(self._counts, row + 1)
             self._inv_norm = grow(self._inv_norm, row + 1)
             if self._dense is not None:
-                self._grow_dense(row + 1)  # may move to sparse rows
+                self._grow_dense(row + 1)
         if self._dense is None:
             self._neighbours.ensure(n)
-        self._add_popularity_items(ids, rows)
-        return rows
 
     def _add_pairs(self, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> None:
         """Add co-occurrence ``w`` to the distinct unordered pairs ``(a, b)``, both halves."""

@@ -41,6 +41,19 @@ class RecentItems:
             self.sizes.extend([0] * (len(self.rows) - len(self.sizes)))
         return u
 
+    def user_rows(self, user_ids: list[str]) -> np.ndarray:
+        """``user_row`` of each id in turn, the table grown once.
+
+        >>> recent = RecentItems(window=2)
+        >>> recent.user_rows(["u", "v", "u"]).tolist(), len(recent.sizes) >= 2
+        ([0, 1, 0], True)
+        """
+        us = np.fromiter(map(self.users.add, user_ids), dtype=np.int64, count=len(user_ids))
+        if len(self.users) > len(self.sizes):
+            self.rows, self.values = grow(self.rows, len(self.users)), grow(self.values, len(self.users))
+            self.sizes.extend([0] * (len(self.rows) - len(self.sizes)))
+        return us
+
     def history(self, u: int) -> tuple[np.ndarray, np.ndarray]:
         """Views of table row ``u``'s item rows and values, oldest first."""
         start = self.window - self.sizes[u]

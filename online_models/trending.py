@@ -357,6 +357,16 @@ class ReadsPopularity:
         if self._pop_link is not None:
             self._pop_link.link_one(self._items, row, interaction.item_id)
 
+    def _learn_popularity_many(self, interactions: Sequence[Interaction], rows: np.ndarray) -> None:
+        """``_learn_popularity`` of a batch the model learned at item ``rows``: its own trending
+        learns them in order, and each distinct row is linked once."""
+        if self._owns_popularity:
+            self._trending.learn_many(interactions)
+        if self._pop_link is not None:
+            ids = self._items.ids
+            for row in np.unique(rows).tolist():
+                self._pop_link.link_one(self._items, row, ids[row])
+
     def _add_popularity_items(self, ids: Sequence[str], rows: np.ndarray) -> None:
         """Items the model created at ``rows`` otherwise than by learning (merges, imports):
         created in the trending too, so that its owner's merge finds them."""
