@@ -202,21 +202,10 @@ class CoocRanking:
         entry_rows = sums.indices.astype(np.int64)
         entry_scores = by_popularity[entry_rows] + sums.data * self._inv_norm[entry_rows]
 
-        # the popular items each user does not have among its sums (nor excludes)
-        pop_at = np.full(n, -1, dtype=np.int64)
-        pop_at[popular] = np.arange(len(popular))
-        listed = np.zeros((n_users, len(popular)), dtype=bool)
-        hit = pop_at[entry_rows]
-        listed[entry_user[hit >= 0], hit[hit >= 0]] = True
-        hit = pop_at[at_item]
-        listed[at_user[hit >= 0], hit[hit >= 0]] = True
-        pop_user, pop_slot = np.nonzero(~listed)
         if len(at_user):  # excluded entries never rank
             entry_scores[np.isin(entry_user * n + entry_rows, at_user * n + at_item)] = -np.inf
-        all_user = np.concatenate([entry_user, pop_user])
-        all_rows = np.concatenate([entry_rows, popular[pop_slot]])
-        all_scores = np.concatenate([entry_scores, by_popularity[popular][pop_slot]])
-        return _top_k_of_entries(all_user, all_rows, all_scores, n_users, k)
+        return _merge_popular(entry_user, entry_rows, entry_scores, popular, by_popularity[popular],
+                              at_user, at_item, n, n_users, k)
 
     def _dense_rows(self, rows: np.ndarray, n: int) -> csr_matrix:
         """The dense matrix's ``rows`` as a CSR matrix, their cells found by the links kept
@@ -380,6 +369,64 @@ def _csr_in_order(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
     return csr_matrix((values, cols.astype(np.int64), indptr), shape=(n_rows, n_cols))
+
+
+def _merge_popular(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, popular: np.ndarray,
+                   popular_scores: np.ndarray, at_user: np.ndarray, at_item: np.ndarray, n: int, n_users: int,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's ``k`` best of their own entries ``(users, rows, scores)`` (distinct rows
+    per user) and of the ``popular`` rows they neither have among them nor exclude
+    (``at_user``, ``at_item``), as ``_top_k_of_entries`` of them all would rank them.
+
+    The popular rows are one list in rank order shared by every user, so only the users'
+    own entries are ranked (``_top_k_of_entries``); the two ranked lists are then merged on
+    arrays: an entry's place is its rank among the user's entries plus the popular rows
+    still open to the user that rank before it (one ``searchsorted``), and a popular row's
+    is the number of open popular rows before it plus the user's entries before it.
+    """
+    order = np.lexsort((popular, -popular_scores))  # score descending, ties to the lower row
+    q_rows, q_scores = popular[order], popular_scores[order]
+    finite = q_scores > -np.inf
+    q_rows, q_scores = q_rows[finite], q_scores[finite]
+    depth = len(q_rows)
+    # open[u, j]: the j-th popular row is a candidate of its own for user u
+    q_at = np.full(n, -1, dtype=np.int64)
+    q_at[q_rows] = np.arange(depth)
+    taken = np.zeros((n_users, depth), dtype=bool)
+    for user_of, row_of in ((users, rows), (at_user, at_item)):
+        hit = q_at[row_of]
+        taken[user_of[hit >= 0], hit[hit >= 0]] = True
+    open_before = np.zeros((n_users, depth + 1), dtype=np.int64)
+    np.cumsum(~taken, axis=1, out=open_before[:, 1:])
+    top_rows_, top_scores = _top_k_of_entries(users, rows, scores, n_users, k)
+    held = top_rows_ >= 0
+    user_of, rank = np.nonzero(held)
+    entry_rows, entry_scores = top_rows_[held], top_scores[held]
+    # how many popular rows rank before each entry: those scoring more, and those scoring
+    # the same with a lower row (a group of equal scores is ascending by row)
+    group = np.zeros(depth, dtype=np.int64)
+    if depth:
+        group[1:] = np.cumsum(q_scores[1:] != q_scores[:-1])
+    before = np.searchsorted(-q_scores, -entry_scores, side="left")
+    tied = np.flatnonzero(before < np.searchsorted(-q_scores, -entry_scores, side="right"))
+    if len(tied):
+        keys = group * (n + 1) + q_rows
+        before[tied] = np.searchsorted(keys, group[before[tied]] * (n + 1) + entry_rows[tied])
+    place = rank + open_before[user_of, before]
+    # each open popular row's place: open ones before it plus the user's entries before it
+    entries_before = np.bincount(user_of * (depth + 1) + before, minlength=n_users * (depth + 1))
+    entries_before = np.cumsum(entries_before.reshape(n_users, depth + 1), axis=1)
+    q_place = open_before[:, :depth] + entries_before[:, :depth]
+    q_user, q_slot = np.nonzero(~taken & (q_place < k))
+    out_rows = np.full((n_users, k), -1, dtype=np.int64)
+    out_scores = np.full((n_users, k), -np.inf)
+    fits = place < k
+    out_rows[user_of[fits], place[fits]] = entry_rows[fits]
+    out_scores[user_of[fits], place[fits]] = entry_scores[fits]
+    spot = q_place[q_user, q_slot]
+    out_rows[q_user, spot] = q_rows[q_slot]
+    out_scores[q_user, spot] = q_scores[q_slot]
+    return out_rows, out_scores
 
 
 def _top_k_of_entries(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, n_users: int, k: int
