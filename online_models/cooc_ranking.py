@@ -39,9 +39,10 @@ class CoocRanking:
         gives every item's score (float32, summed in the order ``recommend`` sums). On the
         sparse path ``W`` times the recent items' neighbour rows in
         CSR gives each user's neighbourhood sums, in the order ``recommend`` adds them
-        (most recent item first); the candidates are those plus the most popular items,
-        and each user's top ``k`` is found by one partition per chunk and one sort of the
-        few at or above each user's ``k``-th score.
+        (most recent item first); the candidates are those plus the most popular items.
+        Each user's own entries are ranked by one partition per chunk and one sort of the
+        few at or above each user's ``k``-th score, and the popular items, ranked once for
+        all users, are merged into them (``_merge_popular``).
         """
         user_ids = list(user_ids)
         n = len(self._items)
