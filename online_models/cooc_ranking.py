@@ -444,8 +444,9 @@ def _top_k_of_entries(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, n
     users, rows, scores = users[ranked], rows[ranked], scores[ranked]
     if not len(users):
         return out_rows, out_scores
-    order = np.argsort(users, kind="stable")
-    users, rows, scores = users[order], rows[order], scores[order]
+    if (users[1:] < users[:-1]).any():  # (the sums' entries come grouped by user already)
+        order = np.argsort(users, kind="stable")
+        users, rows, scores = users[order], rows[order], scores[order]
     counts = np.bincount(users, minlength=n_users)
     starts = np.cumsum(counts) - counts
     place = np.arange(len(users)) - starts[users]
