@@ -49,8 +49,8 @@ class RecentItems:
         ([0, 1, 0], True)
         """
         us = np.fromiter(map(self.users.add, user_ids), dtype=np.int64, count=len(user_ids))
-        if len(self.users) > len(self.sizes):
-            self.rows, self.values = grow(self.rows, len(self.users)), grow(self.values, len(self.users))
+        while len(self.users) > len(self.sizes):  # doubled as user_row doubles it, to the same room
+            self.rows, self.values = grow(self.rows, len(self.sizes) + 1), grow(self.values, len(self.sizes) + 1)
             self.sizes.extend([0] * (len(self.rows) - len(self.sizes)))
         return us
 
