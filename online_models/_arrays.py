@@ -378,6 +378,11 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     Notes
     -----
+    float32 scores of at least ``16 k`` items (the embeddings' score blocks) go through
+    ``_top_k_bounded``: the ``k``-th best of the maxima of groups of 8 items bounds the
+    ``k``-th best score from below, one comparison keeps the few items at or above it, and
+    one sort of integer keys orders them. Other scores take the paths below.
+
     A large catalogue is cut into ``n_items // _GROUP`` groups of ``_GROUP`` items. The
     ``k`` best items lie in the ``k`` groups with the highest maxima, so one pass for the
     group maxima and a sort of the few items of those groups that score at least their
@@ -400,6 +405,9 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     out_vals = np.full((n_users, k), -np.inf, dtype=np.float64)
     if k == 0 or n_users == 0:
         return out_rows, out_vals
+    if scores.dtype == np.float32 and n >= 2 * _BOUND_GROUP * k \
+            and (n_users - 1).bit_length() + (n - 1).bit_length() <= 32:  # the sort key fits 64 bits
+        return _top_k_bounded(scores, k, out_rows, out_vals)
     if n < 8 * _GROUP * (k + 2):
         if n < 8 * 4 * (k + 2):  # small catalogue: select among all items
             return _top_k_small(scores, k, out_rows, out_vals)
@@ -441,6 +449,86 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     for j in np.flatnonzero(~exact).tolist():
         _fill_exact(scores[j], k, out_rows[j], out_vals[j])
     return out_rows, out_vals
+
+
+_BOUND_GROUP = 8  # items per group in _top_k_bounded (fewer than 2k groups bound the k-th score poorly)
+_SIGN = np.uint32(1 << 31)
+
+
+def _top_k_bounded(
+    scores: np.ndarray, k: int, out_rows: np.ndarray, out_vals: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k_arrays`` of float32 scores with no selection over every item.
+
+    Each group of ``_BOUND_GROUP`` items' maximum is a score, so the ``k``-th best group
+    maximum is at most the ``k``-th best score: the items scoring at least it (a few more
+    than ``k``) hold the top ``k`` and every tie with its last. One comparison finds them;
+    one sort of integer keys (user, then score descending, then item row) orders them all.
+    A row holding NaN is sorted whole (``_fill_exact``).
+    """
+    n_users, n = scores.shape
+    n_groups = n // _BOUND_GROUP  # group g: items g, g + n_groups, ... (a maximum of contiguous slices)
+    maxima = scores[:, : n_groups * _BOUND_GROUP].reshape(n_users, _BOUND_GROUP, n_groups).max(axis=1)
+    bound = np.partition(maxima, n_groups - k, axis=1)[:, n_groups - k]
+    with_nan = np.isnan(maxima).any(axis=1)
+    # -inf never ranks: the bound is at least the lowest finite score (fewer than k then)
+    np.maximum(bound, np.finfo(np.float32).min, out=bound)
+    bound[with_nan] = np.inf  # nothing selected: sorted whole below
+    at = _flat_true(scores >= bound[:, None])
+    users = at // n
+    rows = at - users * n
+    row_bits = (n - 1).bit_length()
+    key = users.astype(np.uint64) << np.uint64(32 + row_bits)
+    key |= _descending_key(scores.ravel()[at]).astype(np.uint64) << np.uint64(row_bits)
+    key |= rows.astype(np.uint64)
+    key.sort()
+    found = np.bincount(users, minlength=n_users)
+    kept = np.minimum(found, k)
+    key = key[spans(np.cumsum(found) - found, kept)]  # each user's first k
+    rows = (key & np.uint64((1 << row_bits) - 1)).astype(np.int64)
+    vals = _from_descending_key((key >> np.uint64(row_bits)).astype(np.uint32))
+    zeros = np.flatnonzero(vals == 0.0)  # the key made -0.0 a 0.0: the score as it was
+    if len(zeros):
+        vals[zeros] = scores[(key[zeros] >> np.uint64(32 + row_bits)).astype(np.int64), rows[zeros]]
+    if int(kept.min()) == k:
+        out_rows[:] = rows.reshape(n_users, k)
+        out_vals[:] = vals.reshape(n_users, k)
+    else:
+        to = spans(np.arange(n_users) * k, kept)
+        out_rows.ravel()[to] = rows
+        out_vals.ravel()[to] = vals
+    for j in np.flatnonzero(with_nan).tolist():
+        _fill_exact(scores[j], k, out_rows[j], out_vals[j])
+    return out_rows, out_vals
+
+
+def _flat_true(mask: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero`` of a C-contiguous bool array where few cells are true: the
+    8-byte words holding any first, then the cells within those (about 2x faster)."""
+    flat = mask.ravel()
+    whole = len(flat) // 8 * 8
+    words = flat[:whole].view(np.uint64)
+    hit = np.flatnonzero(words != 0)
+    within = np.flatnonzero(words[hit].view(np.bool_))
+    at = hit[within >> 3] * 8 + (within & 7)
+    if whole < len(flat):
+        at = np.concatenate([at, whole + np.flatnonzero(flat[whole:])])
+    return at
+
+
+def _descending_key(vals: np.ndarray) -> np.ndarray:
+    """uint32 keys of float32 ``vals`` (no NaN) that sort as the values do, descending;
+    ``-0.0`` keys as ``0.0`` (they tie, as in a comparison)."""
+    bits = (vals + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 is 0.0
+    # ascending order: a negative value's bits inverted, a positive one's sign bit set;
+    # descending is the complement of that
+    return np.where(bits >= _SIGN, bits, ~bits ^ _SIGN)
+
+
+def _from_descending_key(keys: np.ndarray) -> np.ndarray:
+    """The float32 values (as float64) of ``_descending_key``'s keys."""
+    bits = np.where(keys >= _SIGN, keys, ~(keys ^ _SIGN))
+    return bits.view(np.float32).astype(np.float64)
 
 
 def _top_k_small(

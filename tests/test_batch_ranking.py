@@ -40,6 +40,29 @@ def test_top_k_per_user_matches_a_full_sort(n: int, k: int) -> None:
     assert np.array_equal(scores, before, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # float32: _top_k_bounded from 16 k items
+@pytest.mark.parametrize("n", [1700, 30_000])
+def test_top_k_per_user_of_both_float_types_matches_a_full_sort(dtype, n: int) -> None:
+    rng = np.random.default_rng(n)
+    k, users = 100, 12
+    scores = (rng.normal(size=(users, 8)) @ rng.normal(size=(8, n))).astype(dtype)
+    scores[1] = np.round(scores[1])  # ties at the cut
+    scores[2, ::2] = -0.0  # -0.0 ties with 0.0: the lower row first
+    scores[2, 1::2] = 0.0
+    scores[3, rng.integers(0, n, 5)] = np.inf
+    scores[4, : n - 150] = -np.inf  # fewer groups than k hold a rankable item
+    scores[5, : n - 50] = -np.inf  # fewer than k rankable items
+    scores[6, 7] = np.nan
+    scores[7] = -scores[7] - 1e6  # all negative
+    scores[8, n // 2 :] = scores[8, : n - n // 2] = np.sort(scores[8, : n - n // 2])  # each score twice
+    before = scores.copy()
+    got = top_k_per_user(scores, k)
+    assert got == _reference(scores, k)
+    assert np.array_equal(scores, before, equal_nan=True)
+    signs = [[math.copysign(1.0, v) for v in vals] for _, vals in got]
+    assert signs == [[math.copysign(1.0, v) for v in vals] for _, vals in _reference(scores, k)]  # -0.0 stays
+
+
 def _autograd_step(model, users, items, hists, weights, negatives, neg_probs) -> None:
     """The embeddings' gradient step with torch autograd: the reference for the hand-written one."""
     mask = hists >= 0
