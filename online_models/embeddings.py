@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -382,17 +383,29 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
 
     # -- ranking (the batch paths: EmbeddingsRanking) -----------------------------------
     def _representations(self, user_ids: Sequence[str]) -> np.ndarray:
+        """Each user's vector plus the recency-weighted sum of the input vectors of the
+        user's recent items (zeros for a user the model does not know).
+
+        The users with histories of one length are summed by one stacked product: numpy
+        runs the same vector-matrix product per user as one user's ``weights @ vectors``
+        (the same floats as one at a time)."""
         reps = np.zeros((len(user_ids), self.n_factors), dtype=np.float32)
         user_vecs, item_in = self._user_vecs.numpy(), self._item_in.numpy()
-        user_rows, recent_of = self._users.rows, self._recent
+        rows = np.fromiter(map(self._users.rows.get, user_ids, repeat(-1)), dtype=np.int64, count=len(user_ids))
+        known = rows >= 0
+        reps[known] = user_vecs[rows[known]]
+        recent = list(map(self._recent.get, user_ids, repeat(())))
+        lengths = np.fromiter(map(len, recent), dtype=np.int64, count=len(recent))
+        if not lengths.any():
+            return reps
         weights = _history_weights(self.recency_decay, self.window)
-        for j, user_id in enumerate(user_ids):
-            row = user_rows.get(user_id)
-            if row is not None:
-                reps[j] = user_vecs[row]
-            recent = recent_of.get(user_id)
-            if recent:
-                reps[j] += weights[len(recent)] @ item_in[list(reversed(recent))]
+        # the histories, most recent first, each user's packed to the front of a row
+        history = np.zeros((len(user_ids), int(lengths.max())), dtype=np.int64)
+        history[np.arange(history.shape[1]) < lengths[:, None]] = np.fromiter(
+            chain.from_iterable(map(reversed, recent)), dtype=np.int64, count=int(lengths.sum()))
+        for length in np.unique(lengths[lengths > 0]).tolist():
+            users = np.flatnonzero(lengths == length)
+            reps[users] += np.matmul(weights[length], item_in[history[users, :length]])
         return reps
 
     def _bias(self) -> np.ndarray:

@@ -184,3 +184,30 @@ def test_l2_leaves_freed_rows_finite_for_the_items_that_take_them_next() -> None
         assert np.isfinite(acc.numpy()).all(), name
     live = model._item_bias.numpy()[model._item_bias.numpy() > -np.inf]
     assert np.isfinite(live).all()
+
+
+@pytest.mark.parametrize("window", [1, 5, 20])
+def test_representations_are_each_users_own_sum_bit_for_bit(window: int) -> None:
+    """A batch's representations: per user, the user vector plus ``weights @ vectors`` of
+    the recent items (most recent first), as one user at a time would sum them."""
+    from online_models.embeddings import _history_weights
+
+    rng = np.random.default_rng(window)
+    model = TorchEmbeddings(n_factors=16, window=window, batch_size=8, seed=3)
+    users = [f"u{length}" for length in range(1, window + 1) for _ in range(length)]  # every history length
+    users += [f"v{n % 7}" for n in range(300)]
+    for n, user in enumerate(rng.permutation(users).tolist()):
+        model.learn_one(Event(user_id=user, item_id=f"i{int(rng.integers(0, 90))}", type="view", ts=n))
+    model.forget_user("v0")
+    users = [*model._recent, "v0", "stranger", "u1"]
+    weights = _history_weights(model.recency_decay, model.window)
+    expected = np.zeros((len(users), 16), dtype=np.float32)
+    for j, user in enumerate(users):
+        row = model._users.get(user)
+        if row is not None:
+            expected[j] = model._user_vecs.numpy()[row]
+        recent = model._recent.get(user)
+        if recent:
+            expected[j] += weights[len(recent)] @ model._item_in.numpy()[list(reversed(recent))]
+    assert {len(r) for r in model._recent.values()} == set(range(1, window + 1))
+    assert model._representations(users).tobytes() == expected.tobytes()
