@@ -111,35 +111,44 @@ def fuse_top_k(
     # unlisted slot is an item of its own, after every listed one.
     unlisted = int(rows.max(initial=0)) + 1
     shift = max(width - 1, 1).bit_length()
-    cols = np.arange(width)
-    key = np.where(rows >= 0, rows, unlisted + cols) << shift
+    # int32 keys where they fit: half the memory to sort and to split
+    key_type = np.int32 if (unlisted + width) << shift < 2**31 else np.int64
+    cols = np.arange(width, dtype=key_type)
+    key = np.where(rows >= 0, rows.astype(key_type), unlisted + cols)
+    key <<= shift
     key |= cols
     key.sort(axis=1)
     item = key >> shift
     col = key & ((1 << shift) - 1)
     base = (np.arange(n_users) * width)[:, None]
     entry = np.take(scaled, col + base)
+    # runs[r - 1]: the entry's item is the one r entries on (the same row); items sorted, so
+    # it is when each of the r pairs between is
+    same = np.zeros((n_users, width), dtype=bool)
+    np.equal(item[:, 1:], item[:, :-1], out=same[:, :-1])
+    runs = []
+    run = same
+    while run.any():
+        runs.append(run)
+        r = len(runs) + 1
+        run = np.zeros_like(same)
+        np.logical_and(runs[-1][:, : width - r], same[:, r - 1 : width - 1], out=run[:, : width - r])
     # an item's entries r apart (r = 1, 2, ...): the later one's score added to the first
     # one's total, in column order, as one would by hand
     total = entry + 0.0
-    apart = 0
-    for r in range(1, width):
-        same = item[:, r:] == item[:, :-r]
-        if not same.any():
-            break
-        apart = r
-        total[:, :-r] += np.where(same, entry[:, r:], 0.0)
+    for r, run in enumerate(runs, 1):
+        total[:, :-r] += np.where(run[:, :-r], entry[:, r:], 0.0)
     first = item < unlisted
-    first[:, 1:] &= item[:, 1:] != item[:, :-1]  # an item's first entry holds its total
+    first[:, 1:] &= ~same[:, :-1]  # an item's first entry holds its total
     fused = np.where(first, total, -np.inf)
     cells = _cells_that_can_rank(fused, k)
     at = np.minimum(cells, width - 1) + base  # flat positions of those cells
     last = n_users * width - 1
     item_at, first_col = np.take(item, at), np.take(col, at)  # where each item was first listed
     best_pos = pos_of_col[first_col]
-    for r in range(1, apart + 1):  # the item's better position in any list
+    for r, run in enumerate(runs, 1):  # the item's better position in any list
         further = np.minimum(at + r, last)
-        more = (cells + r < width) & (np.take(item, further) == item_at)
+        more = np.take(run, at)  # False past the row's end
         np.minimum(best_pos, np.where(more, pos_of_col[np.take(col, further)], width), out=best_pos)
     values = np.where(cells < width, np.take(fused, at), -np.inf)
     order = _rank_cells(values, best_pos, first_col, k)
@@ -152,13 +161,12 @@ def fuse_top_k(
         return out_rows, out_scores
     # per fused item, the part whose scaled score added most, the first such part on a tie
     chosen = np.take_along_axis(at, order, 1)
-    chosen_item, chosen_col = np.take(item, chosen), chosen % width
     source = part_of_col[np.take(col, chosen)]
     largest = np.take(entry, chosen)
-    for r in range(1, apart + 1):
+    for r, run in enumerate(runs, 1):
         further = np.minimum(chosen + r, last)
         value = np.take(entry, further)
-        gains = (chosen_col + r < width) & (np.take(item, further) == chosen_item) & (value > largest)
+        gains = np.take(run, chosen) & (value > largest)
         largest = np.where(gains, value, largest)
         source = np.where(gains, part_of_col[np.take(col, further)], source)
     out_sources[:, :m] = np.where(valid, source, -1)

@@ -317,6 +317,26 @@ def test_fuse_top_k_equals_blends_dict_fusion(rank_offset) -> None:
                 assert got == calibrated._fuse(lists, k)
 
 
+def test_fuse_top_k_of_rows_past_int32_keys_is_the_same_fusion() -> None:
+    """Row numbers too large for fuse_top_k's int32 keys (int64 ones then): the same lists,
+    scores and sources as the same items numbered from 0. Ties never look at the number."""
+    from online_models.fusion import fuse_top_k
+
+    rng = np.random.default_rng(8)
+    parts = []
+    for weight in (1.0, 0.5, 0.25):
+        rows = np.stack([rng.permutation(40)[:12] for _ in range(50)])  # items listed by several parts
+        rows[::4, 9:] = -1
+        scores = np.sort(np.round(rng.random(rows.shape), 1), axis=1)[:, ::-1]
+        parts.append((rows, np.where(rows >= 0, scores, -np.inf), weight))
+    far = [(np.where(rows >= 0, rows + 2**40, -1), scores, weight) for rows, scores, weight in parts]
+    for k in (5, 30):
+        near_rows, near_scores, near_sources = fuse_top_k(parts, k, with_sources=True)
+        far_rows, far_scores, far_sources = fuse_top_k(far, k, with_sources=True)
+        assert np.array_equal(far_rows, np.where(near_rows >= 0, near_rows + 2**40, -1))
+        assert np.array_equal(far_scores, near_scores) and np.array_equal(far_sources, near_sources)
+
+
 def _trained_blend(parts: dict, events, batch: int = 200):
     from online_models.blend import Blend
 
