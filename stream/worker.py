@@ -39,6 +39,7 @@ from stream.ownership import Ownership
 from stream.pipeline import Counts, Pipeline, RecordLike, Reject
 from stream.sharing import MAX_DELTA_BYTES, ItemSharing
 from stream.sink import ListSink
+from stream.write_behind import WriteBehind
 
 log = logging.getLogger("streamrec.worker")
 
@@ -53,6 +54,21 @@ def wait_for_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 
         if time.monotonic() > deadline:
             raise StreamrecError(f"topic {topic!r} has no partitions after {timeout_s:.0f} s")
         time.sleep(0.1)
+
+
+@dataclasses.dataclass
+class _Written:
+    """What the loop does once a batch's write is done: commit ``offsets``, observe the
+    latency since ``started`` (``perf_counter``) and the freshness of the events ``produced_at`` (ms)."""
+
+    offsets: dict[TopicPartition, OffsetAndMetadata]
+    started: float
+    produced_at: np.ndarray
+
+
+def _log_failed_commit(offsets, result) -> None:
+    if isinstance(result, Exception):
+        log.warning("offsets not committed: %s", result)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -106,6 +122,8 @@ class Worker:
         self.consumer = consumer
         self._publish(self.sharing.log.pending)
         self._dlq_unflushed = False
+        self._writes: WriteBehind[_Written] = WriteBehind()
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}  # written, not committed yet
 
     @property
     def model(self) -> Recommender:
@@ -160,7 +178,9 @@ class Worker:
 
     # -- ownership (called from inside poll) -------------------------------------------
     def release(self, partitions: list[int]) -> None:
-        """Before the group moves partitions: checkpoint, so their next owner resumes here."""
+        """Before the group moves partitions: the write in flight done (their next owner's
+        lists go after it), and a checkpoint, so their next owner resumes here."""
+        self._await_write()
         if self.ownership.must_release(partitions):
             self.checkpoint()
 
@@ -174,7 +194,9 @@ class Worker:
         gc.freeze()  # the state just restored is long-lived too (see checkpoint)
 
     def checkpoint(self) -> None:
-        """Save the state and the offsets it reflects, then publish the item delta that goes with it."""
+        """Save the state and the offsets it reflects (once the batches it holds are in
+        Redis), then publish the item delta that goes with it."""
+        self._await_write()
         self._publish(self.ownership.checkpoint())
         self.metrics.last_checkpoint_at = time.time()
         # The models' state is millions of long-lived, acyclic Python objects that each full
@@ -188,45 +210,90 @@ class Worker:
     # -- the batch ---------------------------------------------------------------------
     def process(self, records: Sequence[RecordLike], commands: Sequence[RecordLike] = ()) -> Counts:
         """Apply one batch of event records and control commands; returns once their effects
-        are in Redis and the DLQ."""
+        are in Redis and the DLQ, and their offsets committed."""
+        counts = self._apply(records, commands)
+        self.settle()
+        return counts
+
+    def _apply(self, records: Sequence[RecordLike], commands: Sequence[RecordLike] = (),
+               consumed: Sequence[RecordLike] = ()) -> Counts:
+        """Learn one batch and hand its write over; the previous batch's write is waited for
+        (and its offsets committed) first, and this one's is left in flight. ``consumed``:
+        what else was read with it (committed with it when the worker is not in a group)."""
         started = time.perf_counter()
         effects = self.pipeline.process(records, commands)
         self.sharing.note(effects.touched_items, effects.item_metadata)
-        self._measure(records, started, effects.written_at)
         self._dead_letter(effects.dead_letters)
         if self._dlq_unflushed:  # dead letters are durable before the counters claim them
             self.producer.flush()
             self._dlq_unflushed = False
+        offsets = self._offsets((*records, *commands, *consumed))  # this batch's, not the pipeline's by then
+        self.settle()
+        self._observe(effects.written_at)
         series = {name: n for name, n in dataclasses.asdict(effects.counts).items() if n}
         series.update(self._metrics_grown())
-        self.sink.write_batch(effects.lists, effects.model, effects.written_at, effects.popular, effects.counters,
-                              effects.similar, (self.worker_id, self._metrics_written), effects.explanations,
-                              effects.item_metadata, history=effects.history, series=series,
-                              exposures=self.pipeline.exposures.drain())
-        self.sink.delete_users(sorted(effects.forgotten))
+        exposures, forgotten = self.pipeline.exposures.drain(), sorted(effects.forgotten)
+        produced_at = np.fromiter((r.timestamp for r in records if r.timestamp and r.timestamp > 0), float)
+        sink, worker_metrics = self.sink, (self.worker_id, self._metrics_written)
+
+        def write() -> float:
+            sink.write_batch(effects.lists, effects.model, effects.written_at, effects.popular, effects.counters,
+                             effects.similar, worker_metrics, effects.explanations, effects.item_metadata,
+                             history=effects.history, series=series, exposures=exposures)
+            sink.delete_users(forgotten)
+            return time.time()
+
+        self._writes.hand_over(write, _Written(offsets, started, produced_at))
         self.ownership.note(len(records) + len(commands))
-        self._commit()
         return effects.counts
 
-    def _commit(self) -> None:
-        """Commit the consumed offsets (once the batch's effects are durable). They show
-        the group's lag; a worker resumes from the offsets in its checkpoints."""
-        if not self.in_group:
-            self.consumer.commit()
-        elif self.pipeline.partitions:
-            try:
-                self.consumer.commit({TopicPartition(self.settings.topic, p): OffsetAndMetadata(s.next_offset, "", -1)
-                                      for p, s in self.pipeline.partitions.items()})
-            except CommitFailedError as exc:
-                # the group moved on while this worker was held up (a broker restart, a long
-                # checkpoint): the next poll rejoins, and the checkpoints say where to resume
-                log.warning("offsets not committed: %s", exc)
+    def settle(self, commit_wait: bool = False) -> None:
+        """Wait for the write in flight, then commit the offsets of what is written: on
+        return every batch handed over is in Redis, and its commit sent (``commit_wait``:
+        acknowledged). Raises the write's error."""
+        self._await_write()
+        offsets, self._uncommitted = self._uncommitted, {}
+        self._commit(offsets, commit_wait)
 
-    def _measure(self, records: Sequence[RecordLike], started: float, now: float) -> None:
-        """Batch latency (up to the Redis write), per-event freshness, consumer lag."""
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        produced_at = np.fromiter((r.timestamp for r in records if r.timestamp and r.timestamp > 0), float)
-        self.metrics.freshness_seconds.observe_many(now - produced_at / 1000.0)
+    def _await_write(self) -> None:
+        """Wait for the write in flight (its error raised here); its offsets wait for ``settle``
+        (not committed from inside ``poll()``, where ``release`` calls this)."""
+        done = self._writes.wait()
+        if done is not None:
+            written, written_at = done
+            self.metrics.batch_seconds.observe(time.perf_counter() - written.started)
+            self.metrics.freshness_seconds.observe_many(written_at - written.produced_at / 1000.0)
+            self._uncommitted.update(written.offsets)
+
+    def _offsets(self, records: Sequence[RecordLike]) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The offsets to commit once this batch is durable: in a group, where the pipeline
+        stands on each of its partitions now; otherwise past the records consumed."""
+        if self.in_group:
+            return {TopicPartition(self.settings.topic, p): OffsetAndMetadata(s.next_offset, "", -1)
+                    for p, s in self.pipeline.partitions.items()}
+        return {TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "", -1) for r in records}
+
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], wait: bool = False) -> None:
+        """Commit a durable batch's offsets. In a group they only show its lag (a worker
+        resumes from the offsets in its checkpoints), so the loop does not wait for the
+        broker's answer: a failed commit is logged, and the next batch's commits past it."""
+        if self.in_group:  # not the partitions the group moved away meanwhile: their new owner's now
+            offsets = {tp: at for tp, at in offsets.items() if tp.partition in self.pipeline.partitions}
+        if not offsets:
+            return
+        try:
+            if self.in_group and not wait:
+                self.consumer.commit_async(offsets, callback=_log_failed_commit)
+            else:
+                self.consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # the group moved on while this worker was held up (a broker restart, a long
+            # checkpoint): the next poll rejoins, and the checkpoints say where to resume
+            log.warning("offsets not committed: %s", exc)
+
+    def _observe(self, now: float) -> None:
+        """The metrics a batch reports with its write: consumer lag, partitions, table sizes.
+        (Its latency and freshness are observed once the write is done: ``settle``.)"""
         lag = 0
         partitions = self.pipeline.partitions
         for tp in self.consumer.assignment():
@@ -243,6 +310,7 @@ class Worker:
     def _report(self) -> None:
         """Write this worker's metrics outside an event batch: what it merged and published
         (``deltas_merged_through``, ``last_checkpoint_at``) shows without waiting for events."""
+        self.settle()
         self.metrics.deltas_merged_through = dict(self.sharing.log.merged)
         series = self._metrics_grown()
         self.sink.write_batch({}, self.model.name, time.time(), worker_metrics=(self.worker_id, self._metrics_written),
@@ -274,7 +342,9 @@ class Worker:
             self._dlq_unflushed = True
 
     def poll_once(self) -> Counts | None:
-        """Poll one batch, apply it, commit its offsets; None when nothing came."""
+        """Poll one batch, learn it and hand its write over (the previous batch's write ran
+        while this one was polled and learned); None when nothing came. Its offsets are
+        committed once its write is done: at the next batch, or ``settle``."""
         polled = list(self.side.poll(timeout_ms=0).items()) if self.side is not None else []
         polled += self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms,
                                      max_records=self.settings.max_poll_records).items()
@@ -287,7 +357,9 @@ class Worker:
         merged, rejects = self.sharing.merge(deltas)
         self._dead_letter(rejects)
         self.ownership.note(merged)  # so a checkpoint follows: it holds the merge
-        batch = self.process(records, commands) if records or commands else None
+        batch = self._apply(records, commands, impressions + deltas) if records or commands else None
+        if batch is None:  # nothing came: what is in flight is likely done, commit it
+            self.settle()
         if batch is None and impressions:  # served items are counted while no events come too
             self.sink.add_series(self._metrics_grown(), self.pipeline.exposures.drain())
         checkpointed = self.ownership.due()
@@ -304,12 +376,22 @@ class Worker:
                  self.model.name)
         while not stop.is_set():
             self.poll_once()
+        self.settle()
         return self.totals
 
     def close(self) -> None:
-        """Checkpoint, then release the consumers, the producer, the store and the folder."""
-        if self.ownership.events_since_checkpoint:
-            self.checkpoint()
+        """The write in flight done and committed, a checkpoint, then release the consumers,
+        the producer, the store and the folder (a write that failed: no checkpoint, and its
+        error raised once all is released)."""
+        try:
+            self.settle(commit_wait=True)
+            if self.ownership.events_since_checkpoint:
+                self.checkpoint()
+        finally:
+            self._writes.close()
+            self._release_clients()
+
+    def _release_clients(self) -> None:
         self.consumer.close()
         if self.side is not None:
             self.side.close()

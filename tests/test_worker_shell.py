@@ -4,10 +4,13 @@ unit test; the integration tests run the same shell against real ones)."""
 from __future__ import annotations
 
 import gc
+import threading
 from collections import namedtuple
 
 import orjson
+import pytest
 
+from core.errors import StoreUnavailable
 from core.settings import Settings
 from online_models.cooc import Cooc
 from stream.checkpoint import FileCheckpointStore
@@ -23,7 +26,7 @@ class Calls(list):
 
 class Consumer:
     def __init__(self, calls: Calls, batches: list[list[Record]]):
-        self.calls, self.batches = calls, batches
+        self.calls, self.batches, self.committed = calls, batches, []
 
     def poll(self, timeout_ms=0, max_records=None):
         batch = self.batches.pop(0) if self.batches else []
@@ -37,6 +40,10 @@ class Consumer:
 
     def commit(self, offsets=None):
         self.calls.append("commit")
+        self.committed.append({(tp.topic, tp.partition): at.offset for tp, at in (offsets or {}).items()})
+
+    def commit_async(self, offsets=None, callback=None):
+        self.commit(offsets)
 
     def close(self):
         self.calls.append("consumer.close")
@@ -95,6 +102,7 @@ def test_offsets_are_committed_only_after_dead_letters_are_flushed_and_effects_w
              Record("t.control", 0, 0, 0, b"", orjson.dumps({"action": "forget_user", "user_id": "gone"}))]
     worker, calls = make_worker(tmp_path, [batch])
     counts = worker.poll_once()
+    worker.settle()  # the write went on in the background
     assert (counts.consumed, counts.applied, counts.dead_lettered) == (2, 1, 1)
     assert calls == ["send t.dlq", "flush", "write_batch", "delete_users ['gone']", "commit"]
     topic, value, headers = worker.producer.sent[0]
@@ -157,3 +165,80 @@ def test_in_a_group_a_bad_side_record_is_dead_lettered_by_its_partitions_owner_o
     worker.consumer.batches.append([bad_here, bad_elsewhere])
     worker.poll_once()
     assert [(topic, headers["source"]) for topic, _, headers in worker.producer.sent] == [("t.dlq", b"t.impressions/0/0")]
+
+
+class GatedSink(Sink):
+    """A sink whose writes wait for ``gate``: a Redis write still under way."""
+
+    def __init__(self, calls: Calls):
+        super().__init__(calls)
+        self.gate = threading.Event()
+
+    def write_batch(self, *args, **kwargs):
+        assert self.gate.wait(timeout=30), "the test never opened the gate"
+        super().write_batch(*args, **kwargs)
+
+
+class FailingSink(Sink):
+    def write_batch(self, *args, **kwargs):
+        raise StoreUnavailable("Redis did not answer: down for the test")
+
+
+def gated_worker(tmp_path, batches, sink_class=GatedSink, **settings):
+    worker, calls = make_worker(tmp_path, batches, **settings)
+    worker.sink = sink_class(calls)
+    return worker, calls
+
+
+def test_the_next_batch_is_learned_while_the_write_is_in_flight_and_offsets_follow_their_own_write(tmp_path) -> None:
+    worker, calls = gated_worker(tmp_path, [[view("t", 0, "u", "a"), view("t", 1, "u", "b")],
+                                            [view("t", 2, "v", "a")]])
+    learned = threading.Event()
+    process = worker.pipeline.process
+    worker.pipeline.process = lambda *args: (process(*args), learned.set())[0]
+    worker.poll_once()  # batch 1: its write waits at the gate
+    assert learned.is_set() and calls == []  # nothing written, so nothing committed
+    learned.clear()
+    second = threading.Thread(target=worker.poll_once)
+    second.start()
+    assert learned.wait(timeout=10)  # batch 2 learned while batch 1's write is still in flight
+    assert worker.pipeline.partitions[0].next_offset == 3 and "commit" not in calls
+    worker.sink.gate.set()
+    second.join(timeout=10)
+    assert not second.is_alive()
+    # batch 1's offsets (captured when it was learned), not where the pipeline stood by then
+    assert worker.consumer.committed == [{("t", 0): 2}]
+    worker.settle()
+    assert calls == ["write_batch", "commit", "write_batch", "commit"]
+    assert worker.consumer.committed == [{("t", 0): 2}, {("t", 0): 3}]
+    assert worker.metrics.batch_seconds.count == 2  # observed once each write was done
+
+
+def test_a_failed_write_is_raised_in_the_loop_and_its_batch_is_neither_committed_nor_checkpointed(tmp_path) -> None:
+    worker, calls = gated_worker(tmp_path, [[view("t", 0, "u", "a")], [view("t", 1, "v", "a")]],
+                                 sink_class=FailingSink, checkpoint_every_events=2)
+    worker.poll_once()  # handed over; it fails in the background
+    with pytest.raises(StoreUnavailable):
+        worker.poll_once()  # batch 2 is learned, then the loop waits for batch 1's write before handing it over
+    with pytest.raises(StoreUnavailable):  # raised again: never taken for a durable write
+        worker.checkpoint()
+    assert calls == [] and worker.consumer.committed == []
+    assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {}
+    with pytest.raises(StoreUnavailable):
+        worker.close()  # no checkpoint of the lost write either; the clients are released all the same
+    assert calls == ["consumer.close", "flush"]
+    assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {}
+
+
+def test_a_released_partition_waits_for_the_write_in_flight_and_commits_only_what_is_still_owned(tmp_path) -> None:
+    worker, calls = gated_worker(tmp_path, [[view("t", 0, "u", "a"), Record(
+        "t", 1, 0, 0, b"v", orjson.dumps({"user_id": "v", "item_id": "b", "type": "view", "ts": 1.0}))]])
+    worker.in_group = True
+    worker.poll_once()
+    worker.sink.gate.set()
+    worker.release([1])  # as from inside poll(): the write is waited for, the checkpoint holds it
+    assert calls == ["write_batch"]  # not committed from inside poll()
+    assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {"w": {0: 1, 1: 1}}
+    worker.pipeline.drop_partition(1)  # the group gave partition 1 to another worker
+    worker.settle()
+    assert worker.consumer.committed == [{("t", 0): 1}]
