@@ -82,6 +82,7 @@ def _drain_worker(settings, n: int, profile_path: str | None, refresh_lists: boo
         if batch is not None:
             consumed += batch.consumed
             batches += 1
+    worker.settle()  # the last batch's write, still in flight, counts too
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     _stop_profiler(profiler, profile_path)
     out.put({"events": consumed - first.consumed, "seconds": elapsed, "cpu_seconds": cpu, "batches": batches,

@@ -6,10 +6,12 @@ One loop, one micro-batch at a time:
    commands, impressions, peers' item deltas);
 2. the pipeline (``stream.pipeline``, no I/O) learns it and returns its effects;
 3. the dead letters go to ``<topic>.dlq`` with the original bytes, and are flushed;
-4. the effects go to Redis in one transaction (``stream.sink``);
-5. only then are the batch's offsets committed;
-6. when one is due, a checkpoint (``stream.ownership``), then its item delta is
-   published (``stream.sharing``).
+4. the effects go to Redis in one transaction (``stream.sink``), on a writer thread
+   (``stream.write_behind``): the loop goes on with steps 1-3 of the next batch meanwhile,
+   and waits for this write before it hands the next one over;
+5. only once the write is done are the batch's offsets committed;
+6. when one is due, a checkpoint (``stream.ownership``; after the write in flight), then
+   its item delta is published (``stream.sharing``).
 
 Several workers share one consumer group: see ``stream.ownership`` and ``docs/scaling.md``.
 """
@@ -122,7 +124,7 @@ class Worker:
         self.consumer = consumer
         self._publish(self.sharing.log.pending)
         self._dlq_unflushed = False
-        self._writes: WriteBehind[_Written] = WriteBehind()
+        self._writes: WriteBehind[_Written | None] = WriteBehind()  # Redis is written from its thread only
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}  # written, not committed yet
 
     @property
@@ -259,7 +261,7 @@ class Worker:
         """Wait for the write in flight (its error raised here); its offsets wait for ``settle``
         (not committed from inside ``poll()``, where ``release`` calls this)."""
         done = self._writes.wait()
-        if done is not None:
+        if done is not None and done[0] is not None:  # a batch's (not a report's)
             written, written_at = done
             self.metrics.batch_seconds.observe(time.perf_counter() - written.started)
             self.metrics.freshness_seconds.observe_many(written_at - written.produced_at / 1000.0)
@@ -313,8 +315,8 @@ class Worker:
         self.settle()
         self.metrics.deltas_merged_through = dict(self.sharing.log.merged)
         series = self._metrics_grown()
-        self.sink.write_batch({}, self.model.name, time.time(), worker_metrics=(self.worker_id, self._metrics_written),
-                              series=series)
+        sink, model, now, metrics = self.sink, self.model.name, time.time(), (self.worker_id, self._metrics_written)
+        self._writes.hand_over(lambda: sink.write_batch({}, model, now, worker_metrics=metrics, series=series), None)
 
     def _metrics_grown(self) -> dict[str, float]:
         """What the metrics gained since they were last written (the dashboard's per-minute series)."""
@@ -358,10 +360,14 @@ class Worker:
         self._dead_letter(rejects)
         self.ownership.note(merged)  # so a checkpoint follows: it holds the merge
         batch = self._apply(records, commands, impressions + deltas) if records or commands else None
-        if batch is None:  # nothing came: what is in flight is likely done, commit it
+        # no events: commit what is written, but never wait here (a Redis outage holds the
+        # loop up at the next batch, once it is learned); served items are counted while no
+        # events come too, or go with the next write
+        if batch is None and not self._writes.busy:
             self.settle()
-        if batch is None and impressions:  # served items are counted while no events come too
-            self.sink.add_series(self._metrics_grown(), self.pipeline.exposures.drain())
+            if impressions:
+                series, exposures, sink = self._metrics_grown(), self.pipeline.exposures.drain(), self.sink
+                self._writes.hand_over(lambda: sink.add_series(series, exposures), None)
         checkpointed = self.ownership.due()
         if checkpointed:
             self.checkpoint()

@@ -37,8 +37,9 @@ class WriteBehind(Generic[T]):
         self._in_flight: tuple[Future, T] | None = None
 
     @property
-    def in_flight(self) -> bool:
-        return self._in_flight is not None
+    def busy(self) -> bool:
+        """A write is running (``wait`` would block)."""
+        return self._in_flight is not None and not self._in_flight[0].done()
 
     def hand_over(self, write: Callable[[], object], then: T) -> None:
         """Start ``write`` in the background; ``then`` comes back from the ``wait`` that sees it done."""

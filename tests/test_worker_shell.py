@@ -71,7 +71,8 @@ class Sink:
     def write_batch(self, lists, model, updated_at, popular=None, counters=None, similar=None, worker_metrics=None,
                     *rest, **for_the_dashboard):
         self.calls.append("write_batch")
-        self.batches.append({"lists": lists, "counters": counters, "metrics": worker_metrics and worker_metrics[1]})
+        self.batches.append({"lists": lists, "counters": counters, "metrics": worker_metrics and worker_metrics[1],
+                             "exposures": for_the_dashboard.get("exposures")})
 
     def add_series(self, series, exposures, now=None):
         self.calls.append("add_series")
@@ -145,6 +146,7 @@ def test_a_checkpoint_is_reported_at_once(tmp_path) -> None:
     worker, calls = make_worker(tmp_path, [[view("t", 0, "u", "a"), view("t", 1, "u", "b")]],
                                 checkpoint_every_events=2)
     worker.poll_once()
+    worker.settle()  # the report went on in the background
     assert calls == ["write_batch", "commit", "write_batch"]
     batch, report = (b["metrics"] for b in worker.sink.batches)
     assert batch["last_checkpoint_at"] is None and batch["last_batch_at"] is not None
@@ -242,3 +244,20 @@ def test_a_released_partition_waits_for_the_write_in_flight_and_commits_only_wha
     worker.pipeline.drop_partition(1)  # the group gave partition 1 to another worker
     worker.settle()
     assert worker.consumer.committed == [{("t", 0): 1}]
+
+
+def test_no_events_while_a_write_is_held_up_neither_waits_nor_writes_and_what_was_served_goes_with_the_next(
+        tmp_path) -> None:
+    """An impression alone does not hold the loop up behind a Redis write still under way
+    (in an outage it learns the next events first, then waits)."""
+    served = Record("t.impressions", 0, 0, 0, b"", orjson.dumps(
+        {"recomm_id": "r1", "ts": 1.0, "items": [{"item_id": "a", "strategy": "cooc", "position": 0}]}))
+    worker, calls = gated_worker(tmp_path, [[view("t", 0, "u", "a")], [served], [view("t", 1, "v", "b")]])
+    worker.poll_once()  # its write waits at the gate
+    assert worker.poll_once() is None and calls == []
+    worker.sink.gate.set()
+    worker.poll_once()
+    worker.settle()
+    assert calls == ["write_batch", "commit", "write_batch", "commit"]
+    assert [sum(n for counts in (b["exposures"] or {}).values() for n in counts.values())
+            for b in worker.sink.batches] == [0, 1]
