@@ -278,7 +278,7 @@ class Worker:
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], wait: bool = False) -> None:
         """Commit a durable batch's offsets. In a group they only show its lag (a worker
         resumes from the offsets in its checkpoints), so the loop does not wait for the
-        broker's answer: a failed commit is logged, and the next batch's commits past it."""
+        broker's answer: a failed commit is logged, and the next batch's commit goes past it."""
         if self.in_group:  # not the partitions the group moved away meanwhile: their new owner's now
             offsets = {tp: at for tp, at in offsets.items() if tp.partition in self.pipeline.partitions}
         if not offsets:
