@@ -25,7 +25,7 @@ import time
 from bench.common import Catalogue
 from bench.ingest import BLEND_WITHOUT_SEQUENCE, ITEMS, USERS, no_lists
 from core.settings import Settings
-from online_models import make_model
+from online_models import make_model, set_torch_threads
 from stream.pipeline import Pipeline, Record
 
 
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--learn-only", action="store_true", help="list refresh off (bench.ingest's learn-only run)")
     args = parser.parse_args()
     settings = Settings(_env_file=None)
+    set_torch_threads(settings.torch_threads)  # as the worker does (torch's default is every core)
     batch = settings.max_poll_records
     batches = batches_of(args.events + batch, batch)  # the first batch warms up, untimed (as the bench's)
     pipelines = {"default": Pipeline(settings, make_model(settings.model, **settings.model_params)),
