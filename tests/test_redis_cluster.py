@@ -42,12 +42,14 @@ def test_lists_spread_over_the_shards_and_read_back(cluster_url, settings):
     store = RecommendationStore(client, settings.redis_prefix)
     lists = {f"user {n}/ü": [(f"i{n}", 1.0), ("shared", 0.5)] for n in range(300)}
     ListSink(client, settings.redis_prefix).write_batch(lists, "cooc", 5.0, popular=[("p", 2.0)], counters={"applied:0": 290, "applied:1": 10},
-                      similar={"shared": [("i1", 0.25)]}, worker_metrics=("w1", {"lag": 3}))
+                      similar={"shared": [("i1", 0.25)]}, worker_metrics=("w1", {"lag": 3}),
+                      history={f"user {n}/ü": [(f"i{n}", "view", float(n))] for n in range(5)})
 
     for user, items in lists.items():
         assert store.user_list(user).items == items
     assert store.popular_list().items == [("p", 2.0)]
     assert store.similar_list("shared").items == [("i1", 0.25)]
+    assert store.history("user 3/ü") == [("i3", "view", 3.0)] and store.history("user 9/ü") == []
     assert store.counters() == {"applied": 300}
     assert store.workers_metrics() == [{"lag": 3, "worker": "w1", "model": "cooc", "reported_at": 5.0}]
     shards = [client.get_redis_connection(node).dbsize() for node in client.get_primaries()]
