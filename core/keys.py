@@ -42,8 +42,8 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from itertools import repeat
 from dataclasses import dataclass
+from itertools import repeat
 from urllib.parse import quote
 
 import numpy as np

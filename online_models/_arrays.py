@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from itertools import chain, repeat
-from operator import itemgetter
+from itertools import chain, compress, repeat
+from operator import is_, itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -786,16 +786,39 @@ class RankedRows(NamedTuple):
 
     @classmethod
     def of_rankings(cls, rankings: Sequence[list[tuple[str, float]]], index: IdIndex, width: int) -> RankedRows:
-        """Lists of ``(item id, score)`` as arrays in ``index``'s rows (new ids are added):
-        for a model without ``recommend_rows``."""
-        rows = np.full((len(rankings), width), -1, dtype=np.int64)
-        scores = np.full((len(rankings), width), -np.inf)
-        add = index.add
-        for j, ranking in enumerate(rankings):
-            if ranking:
-                ranking = ranking[:width]
-                rows[j, : len(ranking)] = [add(item) for item, _ in ranking]
-                scores[j, : len(ranking)] = [score for _, score in ranking]
+        """Lists of ``(item id, score)``, each cut to ``width``, as arrays in ``index``'s rows
+        (new ids are added, given the rows ``add`` of each in order would): for a model
+        without ``recommend_rows``. One pass over the items of the distinct lists, no Python
+        loop per item; a list made of the very pairs of the list before it (a popularity
+        ranking handed to every user) is converted once.
+
+        >>> index = IdIndex(); _ = index.add("b")
+        >>> ranked = RankedRows.of_rankings([[("a", 0.5), ("b", 0.25), ("c", 0.1)], [], [("b", 1.0)]], index, 2)
+        >>> ranked.rows.tolist(), ranked.scores[2].tolist(), index.ids
+        ([[1, 0], [-1, -1], [0, -1]], [1.0, -inf], ['b', 'a'])
+        """
+        rankings = list(rankings)
+        repeated = [len(ranking) == len(before) and all(map(is_, ranking, before))
+                    for ranking, before in zip(rankings[1:], rankings)]
+        distinct = [ranking for ranking, again in zip(rankings, [False, *repeated]) if not again]
+        lengths = np.fromiter(map(len, distinct), dtype=np.int64, count=len(distinct))
+        rows = np.full((len(distinct), width), -1, dtype=np.int64)
+        scores = np.full((len(distinct), width), -np.inf)
+        pairs = list(chain.from_iterable(distinct))
+        if pairs and width:
+            if lengths.max() > width:  # only each list's first ``width`` pairs
+                places = np.arange(len(pairs)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+                pairs = list(compress(pairs, (places < width).tolist()))
+                lengths = np.minimum(lengths, width)
+            ids = list(map(itemgetter(0), pairs))
+            known = index.rows
+            index.add_new([item for item in dict.fromkeys(ids) if item not in known])
+            cells = np.arange(width) < lengths[:, None]
+            rows[cells] = np.fromiter(map(known.__getitem__, ids), dtype=np.int64, count=len(ids))
+            scores[cells] = np.fromiter(map(itemgetter(1), pairs), dtype=np.float64, count=len(pairs))
+        if len(distinct) < len(rankings):
+            of_distinct = np.cumsum([True, *[not again for again in repeated]]) - 1
+            rows, scores = rows[of_distinct], scores[of_distinct]
         return cls(rows, scores, index)
 
 

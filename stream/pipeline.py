@@ -38,10 +38,8 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from itertools import chain
-from operator import is_, itemgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -529,7 +527,8 @@ class Pipeline:
             ranked = self.model.recommend_rows(users, depth)
             return self._cut(users, ranked.rows, ranked.scores, ranked.index)
         rankings = self.model.recommend_many(users, depth)
-        return self._cut(list(rankings), *_as_rows(list(rankings.values())))[0], None
+        ranked = RankedRows.of_rankings(list(rankings.values()), IdIndex(), depth)  # in an index of their own
+        return self._cut(list(rankings), ranked.rows, ranked.scores, ranked.index)[0], None
 
     def _cut(self, users: list[str], rows: np.ndarray, scores: np.ndarray, index: IdIndex
              ) -> tuple[ListBatch, RankedRows]:
@@ -598,35 +597,3 @@ def _ids_at(ids: list[str | None], rows: np.ndarray) -> list[str | None]:
     if len(ids) <= 2 * rows.size:
         return np.array(ids, dtype=object)[rows].tolist()
     return list(map(ids.__getitem__, rows.tolist()))
-
-
-def _as_rows(rankings: Sequence[Ranking]) -> tuple[np.ndarray, np.ndarray, IdIndex]:
-    """Plain lists as ``(rows, scores, index)`` arrays, as ``RanksRows`` gives them, in a
-    new index of the ids they name: one pass over the items of the distinct lists, no
-    Python loop per item. A list made of the very pairs of the list before it (a popularity
-    ranking handed to every user) is converted once.
-
-    >>> rows, scores, index = _as_rows([[("a", 0.5), ("b", 0.25)], [], [("b", 1.0)]])
-    >>> rows.tolist(), scores[2].tolist(), index.ids
-    ([[0, 1], [-1, -1], [1, -1]], [1.0, -inf], ['a', 'b'])
-    """
-    rankings = list(rankings)
-    repeated = [len(ranking) == len(before) and all(map(is_, ranking, before))
-                for ranking, before in zip(rankings[1:], rankings)]
-    distinct = [ranking for ranking, again in zip(rankings, [False, *repeated]) if not again]
-    lengths = np.fromiter(map(len, distinct), dtype=np.int64, count=len(distinct))
-    width = int(lengths.max(initial=0))
-    rows = np.full((len(distinct), width), -1, dtype=np.int64)
-    scores = np.full((len(distinct), width), -np.inf)
-    index = IdIndex()
-    pairs = list(chain.from_iterable(distinct))
-    if pairs:
-        ids = list(map(itemgetter(0), pairs))
-        index.add_new(list(dict.fromkeys(ids)))
-        cells = np.arange(width) < lengths[:, None]
-        rows[cells] = np.fromiter(map(index.rows.__getitem__, ids), dtype=np.int64, count=len(ids))
-        scores[cells] = np.fromiter(map(itemgetter(1), pairs), dtype=np.float64, count=len(pairs))
-    if len(distinct) < len(rankings):
-        of_distinct = np.cumsum([True, *[not again for again in repeated]]) - 1
-        rows, scores = rows[of_distinct], scores[of_distinct]
-    return rows, scores, index
