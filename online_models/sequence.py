@@ -199,22 +199,31 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
 
     def learn_many(self, interactions: Iterable[Interaction]) -> None:
         """``learn_one`` for each interaction in order, with the tables looked up once per
-        batch and the outgoing totals added up in Python floats (the same sums)."""
+        batch, the histories pushed in one call (``RecentItems.push_many``, which gives
+        each event the history it found) and the outgoing totals added up in Python floats
+        (the same sums)."""
         interactions = list(interactions)
+        if not interactions:
+            return
         rows = [self._add_item(interaction.item_id) for interaction in interactions]  # as one by one would
-        histories, window, weight = self._histories, self.window, self.weight
+        weight = self.weight
         steps, step_weights, backward = self.steps, self._step_weights(), self.backward_weight
         successors, into, log = self._successors, self._sources, self._pair_log
         totals = self._out_total  # holds every row of the batch now
         hits, trials, most = self._repeat_hits, self._repeat_trials, self.repeat_counts
-        sizes, user_row, push = histories.sizes, histories.user_row, histories.push
+        user_row = self._histories.user_row
+        users = [user_row(interaction.user_id) for interaction in interactions]  # as one by one would
+        found, held, _ = self._histories.push_many(
+            np.array(users, dtype=np.int64), np.array(rows, dtype=np.int64),
+            np.array([interaction.ts for interaction in interactions], dtype=np.float64))
+        held = held.tolist()
         changed: dict[int, float] = {}  # outgoing totals this batch changed
-        for interaction, row in zip(interactions, rows):
-            u = user_row(interaction.user_id)
-            size = sizes[u]
+        end = 0
+        for interaction, row, size in zip(interactions, rows, found.tolist()):
             if size:
+                start, end = end, end + size
                 w = weight(interaction)
-                recent = histories.rows[u, window - size :].tolist()
+                recent = held[start:end]
                 recent.reverse()  # most recent first
                 latest: dict[int, int] = {}  # row -> steps back of its latest click
                 clicks: dict[int, int] = {}  # row -> its clicks in the window
@@ -253,7 +262,6 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
                             log[0].append(row)
                             log[1].append(source)
                             log[2].append(back_gain)
-            push(u, row, interaction.ts)
         if changed:
             totals[np.fromiter(changed, dtype=np.int64, count=len(changed))] = list(changed.values())
         learn_popularity = self._learn_popularity

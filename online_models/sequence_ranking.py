@@ -305,9 +305,12 @@ class SequenceRanking:
         listed = rows >= 0
         lengths = listed.sum(axis=1).tolist()
         flat = self._items.rows_from(index, rows[listed]).tolist()
-        user, sources, weight, _ = self._sources_of(user_ids)
+        asked = [j for j, length in enumerate(lengths) if length]  # users with nothing to explain: not read
+        user, sources, weight, _ = self._sources_of([user_ids[j] for j in asked])
         factors = (weight / (self._out_total[sources] + self.shrinkage)).tolist()  # as _source_factors
-        held = np.bincount(user, minlength=len(user_ids)).tolist()
+        held = [0] * len(user_ids)
+        for j, size in zip(asked, np.bincount(user, minlength=len(asked)).tolist()):
+            held[j] = size
         sources = sources.tolist()
         successors, into, ids = self._successors, self._sources, self._items.ids
         popular, recently = (POPULAR_STRATEGY, POPULAR_NOW), (self.name, "you clicked it recently")
