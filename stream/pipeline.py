@@ -436,7 +436,8 @@ class Pipeline:
         touched_items: set[str] = set()
         touched_partitions = set()
         max_bytes, window, partitions = settings.max_event_bytes, settings.dedupe_window, self.partitions
-        last_lists, metrics = self._last_lists, self.metrics
+        last_lists, metrics, learns_items = self._last_lists, self.metrics, self.can.learns_items
+        evaluated = hits = 0  # online HR@k: was the item in the user's last list?
         state, p = None, None
         for record in records:
             if record.partition != p:  # records come partition by partition
@@ -445,47 +446,56 @@ class Pipeline:
                 if state is None:
                     state = partitions[p] = PartitionState()
                 touched_partitions.add(p)
-            state.counts.consumed += 1
+                state_counts, state_users, is_duplicate = state.counts, state.users, state.is_duplicate
+            state_counts.consumed += 1
             state.next_offset = record.offset + 1
             try:
                 event = parse_record(record, max_bytes)
             except InvalidEvent as exc:
                 rejects.append(Reject(record, exc.reason))
-                state.counts.dead_lettered += 1
+                state_counts.dead_lettered += 1
                 counts.dead_lettered += 1
                 continue
-            if state.is_duplicate(event.event_id, window):
-                state.counts.deduplicated += 1
+            if is_duplicate(event.event_id, window):
+                state_counts.deduplicated += 1
                 counts.deduplicated += 1
                 continue
-            state.counts.applied += 1
-            counts.applied += 1
+            state_counts.applied += 1
             if event.context is not None:
                 event = self._attribute(event)
             if event.type == ITEM_TYPE:
                 item_metadata[event.item_id] = event.context or {}
-                if self.can.learns_items:
+                if learns_items:
                     model.learn_item(event.item_id, item_metadata[event.item_id])
             else:
                 user_id = event.user_id
                 events.append(event)
-                state.users.add(user_id)
+                state_users.add(user_id)
                 touched_users[user_id] = None
-                touched_items.add(event.item_id)
-                last = last_lists.get(user_id)  # online HR@k: was the item in the user's last list?
+                last = last_lists.get(user_id)
                 if last is not None:
-                    metrics.online_evaluated += 1
-                    metrics.online_hits += event.item_id in last
+                    evaluated += 1
+                    hits += event.item_id in last
+        counts.applied = counts.consumed - counts.dead_lettered - counts.deduplicated
+        metrics.online_evaluated += evaluated
+        metrics.online_hits += hits
         if events:
             self.popularity.learn_many(events)  # first: a model that uses it reads it
             model.learn_many(events)
             seen_types, seen, last_active, item_last_active = (
                 settings.seen_types, self.seen, self.last_active, self.item_last_active)
             for event in events:
+                user_id, item_id, ts = event.user_id, event.item_id, event.ts
+                touched_items.add(item_id)
                 if event.type in seen_types:
-                    seen.setdefault(event.user_id, set()).add(event.item_id)
-                last_active[event.user_id] = max(event.ts, last_active.get(event.user_id, 0.0))
-                item_last_active[event.item_id] = max(event.ts, item_last_active.get(event.item_id, 0.0))
+                    if user_id in seen:
+                        seen[user_id].add(item_id)
+                    else:
+                        seen[user_id] = {item_id}
+                newest = last_active.get(user_id, 0.0)
+                last_active[user_id] = newest if newest > ts else ts  # max(ts, newest), ties to ts
+                newest = item_last_active.get(item_id, 0.0)
+                item_last_active[item_id] = newest if newest > ts else ts
         forgotten = self._obey(commands, rejects)
         users = [u for u in touched_users if u not in forgotten and u in self.last_active]
         lists, ranked = self._rank(users)
