@@ -119,6 +119,41 @@ def test_the_plain_event_fast_path_parses_as_the_general_path_does() -> None:
         b'{"user_id":"a\\u003ab","item_id":"i","type":"click","ts":5}', b'{"ts": 1e400, "a": 1, "b": 2, "c": 3}',
         b'{"user_id":"u","item_id":"i","type":"view","ts":100000000000000000000000000000}',
         b'[1, 2, 3, 4]', b'{"user_id":"u","item_id":"i","type":"view","ts":NaN}', b"{" + b" " * 70_000 + b"}"]
+    assert_parses_as_the_general_path(payloads + STRUCT_PATH_PAYLOADS, now)
+
+
+# what decoding straight into EventIn could get wrong: fields it does not name, nulls, repeated
+# keys (at any depth), colons in strings and keys, escapes that spell one
+STRUCT_PATH_PAYLOADS = [
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5,"event_id":"e:1","value":2,"context":{"recomm_id":"r"}}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5,"event_id":"e1","extra":1}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5,"value":null}',
+    b'{"user_id":"u","item_id":"i","type":"view","value":null,"ts":5,"session":"s"}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5,"ts":6}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5,"context":{"a":1,"a":2}}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5,"context":{"a":{"b":1,"b":2}}}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5,"context":{"a:b":"c:d","l":[{"x":1},{"x":2}]}}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5,"context":{"a":"\\u003a","a":1}}',
+    b'{"user_id":"u\\u003a","item_id":"i","type":"view","ts":5,"ts":6}',
+    b'{"user_id":"u:1","item_id":"i","type":"view","ts":"2024-01-02T03:04:05+00:00","event_id":7}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":"2024-01-02T03:04:05"}',
+    b'{"user_id":"u","item_id":"i","type":"item","context":{"title":"A: B"}}',
+    b'{"user_id":"","item_id":"i","type":"item","context":{}}',
+    b'{"user_id":null,"item_id":"i","type":"item"}',
+    b'{"item_id":"i","type":"item","context":{"title":"t"},"context":{"title":"u"}}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5,"value":1e400}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5,"context":[1]}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5,"event_id":""}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5,"event_id":"e\\nf"}',
+    b'{"user_id":"u","item_id":12345678901234567890123,"type":"view","ts":5}',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":5} ', b' {"user_id":"u","item_id":"i","type":"view","ts":5}x',
+    b'{"user_id":"u","item_id":"i","type":"view","ts":-0.0,"value":-0.0}',
+]
+
+
+def assert_parses_as_the_general_path(payloads: list[bytes], now: float) -> None:
+    """``parse_event`` gives each payload the event, or the reason, that ``decode_json``
+    then ``validate_event`` give it."""
     defaults = {"default_ts": 1_700_000_000.0, "now": now}
     for n, payload in enumerate(payloads):
         try:
@@ -130,3 +165,18 @@ def test_the_plain_event_fast_path_parses_as_the_general_path_does() -> None:
         else:
             got = parse_event(payload, default_event_id=f"e/{n}", max_bytes=65_536, **defaults)
             assert (got, repr(got), type(got.ts)) == (want, repr(want), type(want.ts)), payload
+
+
+keys = st.sampled_from(["user_id", "item_id", "type", "ts", "event_id", "value", "context", "other", "a:b"])
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(["view", "click", "item", "u:1", "2024-01-02T03:04:05Z", ""]) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=6)
+
+
+@given(st.lists(st.tuples(keys, json_values), min_size=1, max_size=8),
+       st.sampled_from([b":", b", ", b' : ', b":\t"]))
+def test_any_object_parses_as_the_general_path(pairs, colon):
+    """Objects built from the schema's names, repeated keys allowed, in any spacing."""
+    body = b",".join(orjson.dumps(k) + colon + orjson.dumps(v) for k, v in pairs)
+    assert_parses_as_the_general_path([b"{" + body + b"}"], NOW)
