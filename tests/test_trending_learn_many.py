@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import random
 
@@ -53,7 +54,7 @@ def learn_both(params: dict, batches: list[list[Event]], forget: list[str] = ())
 def test_learn_many_leaves_learn_ones_state(params):
     events = stream(6000, seed=3, step_s=400.0 if params.get("half_life_s") == 600.0 else 37.0)
     cuts = [0, 1, 17, 500, 2000, 2001, 4000, 6000]
-    batches = [events[a:b] for a, b in zip(cuts, cuts[1:])]
+    batches = [events[a:b] for a, b in itertools.pairwise(cuts)]
     one, many = learn_both(params, batches, forget=["i1", "i7", "i3", "nowhere"])
     assert state(many) == state(one)
     assert pickle.dumps(many) == pickle.dumps(one)
