@@ -45,6 +45,13 @@ from stream.write_behind import WriteBehind
 
 log = logging.getLogger("streamrec.worker")
 
+YOUNG_OBJECTS_PER_COLLECTION = 50_000
+"""The collector's first threshold in a worker process (Python's default: 700). A batch's
+records, events and their dicts live until the batch ends and then go by reference counting;
+collected every 700 allocations they were walked again, promoted, and counted towards full
+collections: about 8% of a trending worker's CPU, against under 2% at this threshold
+(measured on the ingest bench's 20k events)."""
+
 
 def wait_for_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> set[int]:
     """The topic's partitions, once the metadata has them."""
@@ -105,6 +112,7 @@ class Worker:
         checkpoints: CheckpointStore | None = None,
     ):
         self.settings = settings
+        gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION, *gc.get_threshold()[1:])
         model = model if model is not None else make_model(settings.model, **settings.model_params)
         set_torch_threads(settings.torch_threads)
         set_scoring(settings.torch_device, settings.candidate_index_min_items)
