@@ -6,8 +6,12 @@ alone over the same records.
 ``--against TREE`` runs the same measurement in another checkout (``/work/base``, say) in
 turns with this one, each in a fresh process, and prints the ratios (this tree over that
 one, per CPU-second; the median of the pairs, so that they hold on a shared machine).
+``--digest`` prints instead, per model, a digest of everything ``Pipeline.process`` returns
+and keeps (lists, popular list, explanations, history, dead letters and their reasons,
+counts, the state of the last-active tables, seen items and popularity) over the same events
+plus a few odd records, with the clock pinned: equal digests in two trees, the same output.
 
-    python -m bench.front_cpu [--events 20000] [--models trending,cooc] [--against TREE] [--repeats 5]
+    python -m bench.front_cpu [--events 20000] [--models trending,cooc] [--against TREE] [--repeats 5] [--digest]
 """
 
 from __future__ import annotations
@@ -55,13 +59,54 @@ def measure(events: int, models: list[str]) -> dict[str, float]:
     return rates
 
 
-def _in_tree(tree: str, events: int, models: list[str]) -> dict[str, float]:
+ODD_RECORDS = [  # a repeated event id, attribution context, an item event, malformed ones
+    b'{"user_id":"u1","item_id":"i1","type":"click","ts":1699999375.5,"event_id":"dup"}',
+    b'{"user_id":"u1","item_id":"i2","type":"click","ts":1699999376.5,"event_id":"dup"}',
+    b'{"user_id":"u2","item_id":"i3","type":"purchase","ts":1699999377,"value":3.5,"context":{"recomm_id":"r"}}',
+    b'{"item_id":"i4","type":"item","context":{"title":"T: x"}}', b"{", b"", b'{"user_id":"u","type":"view"}',
+    b'{"user_id":"u3","item_id":"i5","type":"view","ts":"2023-11-14T22:13:20Z","session":"s"}',
+]
+
+
+def digest(events: int, models: list[str]) -> dict[str, str]:
+    """Per model, a digest of what ``Pipeline.process`` returns and keeps (see the module's doc)."""
+    import hashlib
+    import time as clock
+
+    import orjson
+
+    clock.time = lambda: 1_700_000_000.0  # the catalogue's timestamps and parse's "now"
+    from bench.ingest_cpu import batches_of
+    from core.settings import Settings
+    from online_models import make_model
+    from stream.pipeline import Pipeline, Record
+
+    settings = Settings(_env_file=None, popular_refresh_s=0.0)
+    odd = [Record("bench", 0, 10**6 + n, 0, b"k", value) for n, value in enumerate(ODD_RECORDS)]
+    batches = [*batches_of(events, settings.max_poll_records), odd]
+    digests = {}
+    for name in models:
+        pipeline, h = Pipeline(settings, make_model(name), clock=lambda: 1.0), hashlib.sha256()
+        for records in batches:
+            e = pipeline.process(records)
+            h.update(orjson.dumps([vars(e.counts), {u: e.lists.items_of(u) for u in e.lists}, e.popular,
+                                   sorted(e.touched_items), [(r.record.offset, r.reason) for r in e.dead_letters],
+                                   e.explanations, e.history, e.item_metadata], option=orjson.OPT_SERIALIZE_NUMPY))
+        h.update(orjson.dumps([sorted(pipeline.last_active.items()), sorted(pipeline.item_last_active.items()),
+                               sorted((u, sorted(items)) for u, items in pipeline.seen.items()),
+                               pipeline.popularity.raw_scores().tolist(), pipeline.popularity.max_score(),
+                               pipeline.metrics.online_evaluated, pipeline.metrics.online_hits]))
+        digests[name] = h.hexdigest()[:16]
+    return digests
+
+
+def _in_tree(tree: str, events: int, models: list[str], what: str = "measure") -> dict:
     env = {key: value for key, value in os.environ.items() if not key.startswith("STREAMREC_")}
     env["PYTHONPATH"] = tree
-    code = (f"import json; from bench.front_cpu import measure; "
-            f"print(json.dumps(measure({events}, {models!r})))")
+    call = f"print(json.dumps({what}({events}, {models!r})))"
+    code = f"import json; from bench.front_cpu import {what}; {call}"
     if not (Path(tree) / "bench" / "front_cpu.py").exists():  # a tree from before this file: run ours there
-        code = Path(__file__).read_text() + f"\nprint(json.dumps(measure({events}, {models!r})))"
+        code = Path(__file__).read_text() + f"\n{call}"
     out = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -72,8 +117,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="trending,cooc")
     parser.add_argument("--against", metavar="TREE", help="another checkout, measured in turns with this one")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--digest", action="store_true", help="digests of the pipeline's output, not speed")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
+    if args.digest:
+        here = str(Path(__file__).resolve().parents[1])
+        for tree in (here, args.against) if args.against else (here,):
+            print(tree, _in_tree(tree, args.events, models, "digest"))
+        return
     if not args.against:
         for name, rate in measure(args.events, models).items():
             print(f"{name:10s} {rate:10,.0f} events per CPU-second")
