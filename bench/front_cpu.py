@@ -11,12 +11,17 @@ and keeps (lists, popular list, explanations, history, dead letters and their re
 counts, the state of the last-active tables, seen items and popularity) over the same events
 plus a few odd records, with the clock pinned: equal digests in two trees, the same output.
 
-    python -m bench.front_cpu [--events 20000] [--models trending,cooc] [--against TREE] [--repeats 5] [--digest]
+``--kafka`` measures the real worker instead (``bench.ingest``'s drain: Kafka to Redis,
+lists on), per CPU-second and wall, each run on a topic of its own filled first.
+
+    python -m bench.front_cpu [--events 20000] [--models trending,cooc] [--against TREE] [--repeats 5]
+                              [--digest | --kafka]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -100,9 +105,33 @@ def digest(events: int, models: list[str]) -> dict[str, str]:
     return digests
 
 
-def _in_tree(tree: str, events: int, models: list[str], what: str = "measure") -> dict:
+def drain(events: int, models: list[str]) -> dict[str, float]:
+    """The worker through Kafka and Redis (``STREAMREC_KAFKA_BOOTSTRAP``, ``STREAMREC_REDIS_URL``):
+    events per CPU-second of each model, and per wall second (``<model> wall``)."""
+    from bench.common import Services, bench_settings, drop_prefix
+    from bench.ingest import _drain_worker, produce
+
+    svc = Services(os.environ.pop("STREAMREC_KAFKA_BOOTSTRAP"), os.environ.pop("STREAMREC_REDIS_URL"), "existing")
+
+    class Out:
+        def put(self, result):
+            self.result = result
+
+    rates = {}
+    for name in models:
+        settings, out = bench_settings(svc, model=name), Out()
+        produce(settings, events)
+        _drain_worker(settings, events, None, True, out)
+        drop_prefix(svc.redis_url, settings.redis_prefix)
+        rates[name] = out.result["events"] / out.result["cpu_seconds"]
+        rates[f"{name} wall"] = out.result["events"] / out.result["seconds"]
+    return rates
+
+
+def _in_tree(tree: str, events: int, models: list[str], what: str = "measure", env_extra=None) -> dict:
     env = {key: value for key, value in os.environ.items() if not key.startswith("STREAMREC_")}
     env["PYTHONPATH"] = tree
+    env.update(env_extra or {})
     call = f"print(json.dumps({what}({events}, {models!r})))"
     code = f"import json; from bench.front_cpu import {what}; {call}"
     if not (Path(tree) / "bench" / "front_cpu.py").exists():  # a tree from before this file: run ours there
@@ -118,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--against", metavar="TREE", help="another checkout, measured in turns with this one")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--digest", action="store_true", help="digests of the pipeline's output, not speed")
+    parser.add_argument("--kafka", action="store_true", help="the worker through Kafka and Redis (with --against)")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     if args.digest:
@@ -126,21 +156,32 @@ def main(argv: list[str] | None = None) -> None:
             print(tree, _in_tree(tree, args.events, models, "digest"))
         return
     if not args.against:
+        if args.kafka:
+            parser.error("--kafka measures against another tree: give --against")
         for name, rate in measure(args.events, models).items():
             print(f"{name:10s} {rate:10,.0f} events per CPU-second")
         return
     here = str(Path(__file__).resolve().parents[1])
     runs: dict[str, list[dict[str, float]]] = {"here": [], "there": []}
-    for rep in range(args.repeats):
-        for side in ("here", "there") if rep % 2 == 0 else ("there", "here"):
-            runs[side].append(_in_tree(here if side == "here" else args.against, args.events, models))
-    print(f"{'':10s} {'this tree':>12s} {'against':>12s} {'ratio':>7s}  (events per CPU-second, medians of "
+    with contextlib.ExitStack() as stack:
+        what, env_extra = "measure", None
+        if args.kafka:
+            from bench.common import services
+
+            svc = stack.enter_context(services())
+            what, env_extra = "drain", {"STREAMREC_KAFKA_BOOTSTRAP": svc.kafka_bootstrap,
+                                        "STREAMREC_REDIS_URL": svc.redis_url}
+        for rep in range(args.repeats):
+            for side in ("here", "there") if rep % 2 == 0 else ("there", "here"):
+                tree = here if side == "here" else args.against
+                runs[side].append(_in_tree(tree, args.events, models, what, env_extra))
+    print(f"{'':16s} {'this tree':>12s} {'against':>12s} {'ratio':>7s}  (events per CPU-second; wall: per second; medians of "
           f"{args.repeats}; ratio: median of the pairs)")
     for name in runs["here"][0]:
         mine = statistics.median(r[name] for r in runs["here"])
         theirs = statistics.median(r[name] for r in runs["there"])
         paired = statistics.median(a[name] / b[name] for a, b in zip(runs["here"], runs["there"]))
-        print(f"{name:10s} {mine:12,.0f} {theirs:12,.0f} {paired:7.3f}")
+        print(f"{name:16s} {mine:12,.0f} {theirs:12,.0f} {paired:7.3f}")
 
 
 if __name__ == "__main__":
