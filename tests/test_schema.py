@@ -1,5 +1,6 @@
 """The event schema: what is accepted, and the reason given for what is not."""
 
+import json
 import math
 import time
 
@@ -174,9 +175,10 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=6)
 
 
-@given(st.lists(st.tuples(keys, json_values), min_size=1, max_size=8),
-       st.sampled_from([b":", b", ", b' : ', b":\t"]))
-def test_any_object_parses_as_the_general_path(pairs, colon):
-    """Objects built from the schema's names, repeated keys allowed, in any spacing."""
-    body = b",".join(orjson.dumps(k) + colon + orjson.dumps(v) for k, v in pairs)
+@given(st.lists(st.tuples(keys, json_values), min_size=1, max_size=8), st.sampled_from([b":", b" : ", b":\t"]),
+       st.booleans())
+def test_any_object_parses_as_the_general_path(pairs, colon, escaped):
+    """Objects built from the schema's names, repeated keys allowed, in any spacing, with
+    integers past 64 bits and strings escaped (``\\u``) or not."""
+    body = b",".join(json.dumps(k).encode() + colon + json.dumps(v, ensure_ascii=escaped).encode() for k, v in pairs)
     assert_parses_as_the_general_path([b"{" + body + b"}"], NOW)
