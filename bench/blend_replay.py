@@ -7,10 +7,12 @@ default blend once per log and keeps, at each judged event, every part's list (i
 as ``Blend`` does (the same scaling, sums in part order and tie-breaks) under weights that may
 change from event to event (feedback) and judges them: for the recorded settings the figures
 are the real model's (tests/test_blend_replay.py), and any other weighting takes seconds
-instead of a real run. Only train logs are recorded: the test file stays unseen.
+instead of a real run. Choices are made on train logs only (the test file unseen while choosing).
 
 ``python -m bench.blend_replay record [--only yc-train,ml100k]`` (about 10 minutes for the four
 logs, written under ``bench/results/blend_lists/``), then ``python -m bench.blend_replay report``.
+``--only yc-full,yc-next`` records and reports the README's two yoochoose backtests (the judged
+data): only to confirm, after the fact, what the train logs chose.
 """
 
 from __future__ import annotations
@@ -126,19 +128,36 @@ class Replay:
         scale_into(out, items, scores, weight, power, None)
         return np.where(items >= 0, out, 0.0)
 
-    def ranks(self, weights: Mapping[str, np.ndarray | float]) -> np.ndarray:
-        """Each judged event's item's rank in the fused list (0: first; -1: in no list)."""
+    def ranks(self, weights: Mapping[str, np.ndarray | float], candidates_of: str | None = None,
+              candidate_depth: int = 100) -> np.ndarray:
+        """Each judged event's item's rank in the fused list (0: first; -1: in no list).
+
+        ``candidates_of``: a fusion ``Blend`` does not have (replayed only): only the items
+        in that part's first ``candidate_depth`` are ranked; the other parts only reorder them."""
         n = len(self.lists)
         parts = [self.values(name, np.broadcast_to(np.asarray(weights[name], dtype=np.float64), (n,)))
                  for name in self.lists.names]
         fused = np.bincount(self.cell_item, weights=np.concatenate(parts, axis=1)[self.listed],
                             minlength=len(self.item_row))  # summed in part order, as Blend does
         target = np.maximum(self.target_item, 0)
+        if candidates_of is not None:
+            names = self.lists.names
+            width = self.lists.items[candidates_of].shape[1]
+            first = sum(self.lists.items[name].shape[1] for name in names[: names.index(candidates_of)])
+            column = np.broadcast_to(np.arange(self.listed.shape[1]), self.listed.shape)[self.listed]
+            allowed = np.zeros(len(self.item_row), dtype=bool)
+            allowed[self.cell_item[(column >= first) & (column < first + min(candidate_depth, width))]] = True
+            fused = np.where(allowed, fused, -np.inf)
+            target = np.where(allowed[target], target, -1)
+            ranked = target >= 0
+            target = np.maximum(target, 0)
+        else:
+            ranked = self.target_item >= 0
         mine = fused[target][self.item_row]
         tie_key = self.best_pos * (self.first_col.max(initial=0) + 1) + self.first_col
         ahead = (fused > mine) | ((fused == mine) & (tie_key < tie_key[target][self.item_row]))
         rank = np.bincount(self.item_row[ahead], minlength=n)
-        return np.where(self.target_item >= 0, rank, -1)
+        return np.where(ranked, rank, -1)
 
 
 def hr_mrr(ranks: np.ndarray, k: int) -> tuple[float, float]:
@@ -148,26 +167,43 @@ def hr_mrr(ranks: np.ndarray, k: int) -> tuple[float, float]:
 
 
 def feedback_weights(lists: PartLists, base: Mapping[str, float] = DEFAULT_WEIGHTS, half_life: float = 10_000.0,
-                     prior: float = 1.0, power: float = 3.0, depth: int = 20) -> dict[str, np.ndarray]:
+                     prior: float = 1.0, power: float = 3.0, depth: int = 20, credit: str = "rank",
+                     context: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Each part's weight at each judged event under ``Blend``'s feedback: credits from the
     events judged before it, each crediting the reciprocal rank of its item in each part's
-    list (``Blend._take_feedback``, ``feedback_factors``)."""
+    list (``Blend._take_feedback``, ``feedback_factors``).
+
+    Two variants ``Blend`` does not have (replayed only): ``credit="advantage"`` credits a part
+    only with how much better it ranked the item than the best other part did (its
+    reciprocal rank less theirs, 0 when it did not rank it best), so a part whose hits the
+    others hold too earns nothing; ``context`` (an int per judged event) keeps one set of
+    credits per context (e.g. a bucket of the user's history length), each event read and
+    credited within its own."""
     names = lists.names
     keep = 0.5 ** (1.0 / half_life)
-    positions = []
+    reciprocal = []
     for name in names:
         hit = lists.items[name][:, :depth] == lists.target[:, None]
-        positions.append(np.where(hit.any(axis=1), hit.argmax(axis=1), -1).tolist())
-    credit = [0.0] * len(names)
+        position = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+        reciprocal.append(np.where(position >= 0, 1.0 / (np.maximum(position, 0) + 1), 0.0))
+    earned = np.array(reciprocal).reshape(len(names), len(lists))
+    if credit == "advantage" and len(names) > 1:
+        best_other = np.array([np.delete(earned, p, axis=0).max(axis=0) for p in range(len(names))])
+        earned = np.maximum(earned - best_other, 0.0)
+    elif credit != "rank":
+        raise ValueError(f"credit must be 'rank' or 'advantage', not {credit!r}")
+    earned_by_event = earned.T.tolist()
+    contexts = [0] * len(lists) if context is None else np.asarray(context).tolist()
+    credits_in: dict[int, list[float]] = {}
+    base_weights = [float(base.get(name, 1.0)) for name in names]
     out = np.empty((len(names), len(lists)))
-    for j in range(len(lists)):
-        credits = [c + prior for c in credit]
+    for j, (c, gains) in enumerate(zip(contexts, earned_by_event)):
+        credit_now = credits_in.setdefault(c, [0.0] * len(names))
+        credits = [x + prior for x in credit_now]
         average = sum(credits) / len(credits)
-        for p, name in enumerate(names):
-            weight = float(base.get(name, 1.0))
+        for p, weight in enumerate(base_weights):
             out[p, j] = weight * (credits[p] / average) ** power if weight else weight
-            pos = positions[p][j]
-            credit[p] = keep * credit[p] + (1.0 / (pos + 1) if pos >= 0 else 0.0)
+            credit_now[p] = keep * credit_now[p] + gains[p]
     return {name: out[p] for p, name in enumerate(names)}
 
 
@@ -193,6 +229,25 @@ def part_alone(lists: PartLists, name: str) -> tuple[float, float]:
     hit = lists.items[name][:, : lists.k] == lists.target[:, None]
     rank = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
     return hr_mrr(rank, lists.k)
+
+
+# The README's yoochoose backtests themselves (the judged data, test file included): recorded
+# only to confirm a weighting chosen on the train logs, never to choose one.
+YOOCHOOSE_DIR = "../shared/datasets/yoochoose-clicks-sample"
+JUDGED = ("yc-full", "yc-next")
+
+
+def judge_readme(log: str, model):
+    """``log`` of ``JUDGED`` run as the README's backtest runs it (``streamrec backtest``)."""
+    from online_models.evaluation import next_item, next_item_split, prequential
+    from stream.logs import read_log
+
+    if log == "yc-full":  # streamrec backtest ../shared/datasets/yoochoose-clicks-sample -f yoochoose
+        return prequential(model, read_log(YOOCHOOSE_DIR, "yoochoose").events, 10)
+    prefix = f"{YOOCHOOSE_DIR}/yoochoose-clicks-100k_"  # ... --protocol next-item --k 20
+    split = next_item_split(read_log(f"{prefix}train_full.txt", "yoochoose").events,
+                            read_log(f"{prefix}test.txt", "yoochoose").events)
+    return next_item(model, split, 20)
 
 
 def _path(log: str) -> Path:
@@ -246,6 +301,22 @@ def report(log: str, lists: PartLists) -> None:
     best_per = sum(hits[:, bucket == b].sum(axis=1).max() for b in np.unique(bucket)) / len(lists)
     print(f"{log:9s} {'ceiling: best of 32 fixed weightings per history bucket (in sample)':62s} HR@{k} {best_per:.4f}",
           flush=True)
+    # feedback that Blend does not have: per context, crediting advantages, candidates bounded
+    history = np.digitize(lists.context["history"], [2, 4, 11])  # 1, 2-3, 4-10, 11+ events before
+    for power in (3.0, 5.0):
+        line(f"blend, feedback per history bucket (1, 2-3, 4-10, 11+), power {power:g}",
+             hr_mrr(replay.ranks(feedback_weights(lists, power=power, context=history)), k))
+    for power in (1.0, 3.0):
+        line(f"blend, feedback crediting advantages, power {power:g}",
+             hr_mrr(replay.ranks(feedback_weights(lists, power=power, credit="advantage")), k))
+    feedback = feedback_weights(lists)
+    line("blend, feedback, only sequence's first 100 ranked",
+         hr_mrr(replay.ranks(feedback, candidates_of="sequence"), k))
+    times = (1.0, 4.0, 16.0)
+    bounded = [replay.ranks({**feedback, "sequence": feedback["sequence"] * t}, candidates_of="sequence")
+               for t in times]
+    line("  and sequence's feedback weight x1, 4, 16 chosen in hindsight",
+         hr_mrr(chosen_in_hindsight(bounded, 10_000.0, default=0), k))
 
 
 def main() -> None:
@@ -256,12 +327,17 @@ def main() -> None:
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("record", "report"))
-    parser.add_argument("--only", default=",".join(LOGS), help=f"logs among {', '.join(LOGS)}")
+    parser.add_argument("--only", default=",".join(LOGS),
+                        help=f"logs among {', '.join(LOGS)} (train only), or {', '.join(JUDGED)} (the README's "
+                             "yoochoose backtests: to confirm a choice made on the train logs)")
     args = parser.parse_args()
     for log in args.only.split(","):
+        if log not in LOGS + JUDGED:
+            parser.error(f"unknown log {log!r}")
         if args.command == "record":
             started = time.perf_counter()
-            lists, result = record(make_model("blend"), lambda model, _log=log: judge(_log, model))
+            run = judge_readme if log in JUDGED else judge
+            lists, result = record(make_model("blend"), lambda model, _log=log, _run=run: _run(_log, model))
             save(lists, _path(log))
             print(f"{log:9s} blend (the default) HR@{result.k} {result.hr:.4f}  MRR@{result.k} {result.mrr:.4f}  "
                   f"{len(lists):,} judged  {time.perf_counter() - started:.0f}s -> {_path(log)}", flush=True)

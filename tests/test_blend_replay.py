@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bench.blend_replay import (
+    PartLists,
     Replay,
     chosen_in_hindsight,
     feedback_weights,
@@ -58,3 +59,62 @@ def test_the_weighting_chosen_in_hindsight_is_the_one_that_ranked_the_earlier_it
     # credits before each event, first/second: 0/0 (the default, first), 1/.25, 1.5/.375, then
     # .75/1.19 (rank 5 earns nothing at depth 4): the second leads from the fourth event on
     assert chosen.tolist() == [0, 0, 5, 0, 0, 0]
+
+
+def _lists(cooc: list[list[int]], sequence: list[list[int]], target: list[int]) -> PartLists:
+    """Two parts' lists (item ids best first, scores falling by position; ``sequence``'s
+    calibrated) and the judged items."""
+    width = max(len(r) for r in cooc + sequence)  # one width for all parts, as recorded
+
+    def arrays(rows, top):
+        items = np.full((len(rows), width), -1, dtype=np.int64)
+        scores = np.full((len(rows), width), -np.inf)
+        for j, row in enumerate(rows):
+            items[j, : len(row)] = row
+            scores[j, : len(row)] = top - 0.1 * np.arange(len(row))
+        return items, scores
+
+    (ci, cs), (si, ss) = arrays(cooc, 1.0), arrays(sequence, 0.5)
+    return PartLists(2, ["cooc", "sequence"], np.array(target), {"cooc": ci, "sequence": si},
+                     {"cooc": cs, "sequence": ss}, {"history": np.arange(len(target))})
+
+
+def test_candidates_of_a_part_ranks_only_its_items_the_others_reorder_them() -> None:
+    # cooc lists 7 first, which sequence does not list; sequence lists 1 then 2, cooc puts 2 ahead
+    lists = _lists([[7, 2, 1], [7, 2, 1]], [[1, 2], [1, 2]], target=[7, 2])
+    replay = Replay(lists)
+    weights = {"cooc": 1.0, "sequence": 1.0}
+    assert replay.ranks(weights).tolist() == [0, 1]  # 7 leads; 2 (1.0/2 + .16) is behind 7 (1.0)
+    bounded = replay.ranks(weights, candidates_of="sequence")
+    assert bounded.tolist() == [-1, 0]  # 7 is not a candidate; 2 (0.66) beats 1 (0 + 0.25)
+    assert replay.ranks(weights, candidates_of="sequence", candidate_depth=1).tolist() == [-1, -1]
+
+
+def test_feedback_per_context_keeps_one_set_of_credits_per_context() -> None:
+    events = random_stream(600, 20, 60, seed=3)
+    lists, _ = record(_blend(), lambda model: prequential(model, events, k=5), width=30)
+    base = {"cooc": 1.0, "embeddings": 0.5, "sequence": 1000.0}
+    together = feedback_weights(lists, base, half_life=40.0, prior=0.2)
+    one = feedback_weights(lists, base, half_life=40.0, prior=0.2, context=np.zeros(len(lists), dtype=int))
+    assert all(np.array_equal(together[name], one[name]) for name in base)
+    context = lists.context["history"] % 2
+    apart = feedback_weights(lists, base, half_life=40.0, prior=0.2, context=context)
+    for c in (0, 1):  # each context's weights are those of its events replayed alone
+        mine = context == c
+        alone = PartLists(lists.k, lists.names, lists.target[mine], {n: v[mine] for n, v in lists.items.items()},
+                          {n: v[mine] for n, v in lists.scores.items()}, {})
+        by_itself = feedback_weights(alone, base, half_life=40.0, prior=0.2)
+        assert all(np.allclose(apart[name][mine], by_itself[name]) for name in base)
+    assert not np.allclose(apart["sequence"], together["sequence"])
+
+
+def test_advantage_credit_goes_only_to_the_part_that_ranked_the_item_best() -> None:
+    # event 0: cooc ranks the item 1st, sequence 2nd: cooc earns 1 - 1/2; event 1: both 1st: nothing
+    lists = _lists([[5, 6], [5, 6], [5]], [[6, 5], [5, 6], [5]], target=[5, 5, 5])
+    weights = feedback_weights(lists, {"cooc": 1.0, "sequence": 1.0}, half_life=1.0, prior=1.0, power=1.0,
+                               credit="advantage")
+    # credits before each event (cooc/sequence): 0/0, .5/0, .25/0 (halved each event)
+    assert weights["cooc"].tolist() == pytest.approx([1.0, 1.5 / 1.25, 1.25 / 1.125])
+    assert weights["sequence"].tolist() == pytest.approx([1.0, 1.0 / 1.25, 1.0 / 1.125])
+    plain = feedback_weights(lists, {"cooc": 1.0, "sequence": 1.0}, half_life=1.0, prior=1.0, power=1.0)
+    assert plain["cooc"][1] == pytest.approx(2.0 / 1.75)  # reciprocal ranks: 1 against 1/2
