@@ -148,9 +148,7 @@ class Replay:
             allowed = np.zeros(len(self.item_row), dtype=bool)
             allowed[self.cell_item[(column >= first) & (column < first + min(candidate_depth, width))]] = True
             fused = np.where(allowed, fused, -np.inf)
-            target = np.where(allowed[target], target, -1)
-            ranked = target >= 0
-            target = np.maximum(target, 0)
+            ranked = (self.target_item >= 0) & allowed[target]
         else:
             ranked = self.target_item >= 0
         mine = fused[target][self.item_row]

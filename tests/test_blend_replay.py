@@ -80,14 +80,15 @@ def _lists(cooc: list[list[int]], sequence: list[list[int]], target: list[int]) 
 
 
 def test_candidates_of_a_part_ranks_only_its_items_the_others_reorder_them() -> None:
-    # cooc lists 7 first, which sequence does not list; sequence lists 1 then 2, cooc puts 2 ahead
-    lists = _lists([[7, 2, 1], [7, 2, 1]], [[1, 2], [1, 2]], target=[7, 2])
+    # cooc lists 7 first, which sequence does not list; sequence lists 1 then 2, cooc puts 2 ahead;
+    # the third event's item 9 is in no list
+    lists = _lists([[7, 2, 1], [7, 2, 1], [7, 2, 1]], [[1, 2], [1, 2], [1, 2]], target=[7, 2, 9])
     replay = Replay(lists)
     weights = {"cooc": 1.0, "sequence": 1.0}
-    assert replay.ranks(weights).tolist() == [0, 1]  # 7 leads; 2 (1.0/2 + .16) is behind 7 (1.0)
+    assert replay.ranks(weights).tolist() == [0, 1, -1]  # 7 leads; 2 (1.0/2 + .16) is behind 7 (1.0)
     bounded = replay.ranks(weights, candidates_of="sequence")
-    assert bounded.tolist() == [-1, 0]  # 7 is not a candidate; 2 (0.66) beats 1 (0 + 0.25)
-    assert replay.ranks(weights, candidates_of="sequence", candidate_depth=1).tolist() == [-1, -1]
+    assert bounded.tolist() == [-1, 0, -1]  # 7 is not a candidate; 2 (0.66) beats 1 (0 + 0.25)
+    assert replay.ranks(weights, candidates_of="sequence", candidate_depth=1).tolist() == [-1, -1, -1]
 
 
 def test_feedback_per_context_keeps_one_set_of_credits_per_context() -> None:
