@@ -11,8 +11,8 @@ instead of a real run. Choices are made on train logs only (the test file unseen
 
 ``python -m bench.blend_replay record [--only yc-train,ml100k]`` (about 10 minutes for the four
 logs, written under ``bench/results/blend_lists/``), then ``python -m bench.blend_replay report``.
-``--only yc-full,yc-next`` records and reports the README's two yoochoose backtests (the judged
-data): only to confirm, after the fact, what the train logs chose.
+``--only yc-full,yc-next,ml100k-full,mlsmall-full`` records and reports the README's backtests
+(the judged data): only to confirm, after the fact, what the train logs chose.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.blend_split import LOGS, judge
+from bench.blend_split import LOGS, ML100K, ML_SMALL, judge
 from online_models.blend import DEFAULT_CALIBRATED, DEFAULT_WEIGHTS
 from online_models.fusion import scale_into
 
@@ -229,10 +229,10 @@ def part_alone(lists: PartLists, name: str) -> tuple[float, float]:
     return hr_mrr(rank, lists.k)
 
 
-# The README's yoochoose backtests themselves (the judged data, test file included): recorded
-# only to confirm a weighting chosen on the train logs, never to choose one.
+# The README's backtests themselves (the judged data, test file included): recorded only to
+# confirm a weighting chosen on the train logs, never to choose one.
 YOOCHOOSE_DIR = "../shared/datasets/yoochoose-clicks-sample"
-JUDGED = ("yc-full", "yc-next")
+JUDGED = ("yc-full", "yc-next", "ml100k-full", "mlsmall-full")
 
 
 def judge_readme(log: str, model):
@@ -242,6 +242,8 @@ def judge_readme(log: str, model):
 
     if log == "yc-full":  # streamrec backtest ../shared/datasets/yoochoose-clicks-sample -f yoochoose
         return prequential(model, read_log(YOOCHOOSE_DIR, "yoochoose").events, 10)
+    if log.endswith("-full"):  # streamrec backtest PATH -f movielens, whole logs
+        return prequential(model, read_log(ML100K if log == "ml100k-full" else ML_SMALL, "movielens").events, 10)
     prefix = f"{YOOCHOOSE_DIR}/yoochoose-clicks-100k_"  # ... --protocol next-item --k 20
     split = next_item_split(read_log(f"{prefix}train_full.txt", "yoochoose").events,
                             read_log(f"{prefix}test.txt", "yoochoose").events)
