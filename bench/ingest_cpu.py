@@ -27,6 +27,7 @@ from bench.ingest import BLEND_WITHOUT_SEQUENCE, ITEMS, USERS, no_lists
 from core.settings import Settings
 from online_models import make_model, set_torch_threads
 from stream.pipeline import Pipeline, Record
+from stream.worker import YOUNG_OBJECTS_PER_COLLECTION
 
 
 def records(n: int, seed: int = 7) -> list[Record]:
@@ -58,6 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings(_env_file=None)
     set_torch_threads(settings.torch_threads)  # as the worker does (torch's default is every core)
+    gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION, *gc.get_threshold()[1:])  # as the worker does
     batch = settings.max_poll_records
     batches = batches_of(args.events + batch, batch)  # the first batch warms up, untimed (as the bench's)
     pipelines = {"default": Pipeline(settings, make_model(settings.model, **settings.model_params)),
