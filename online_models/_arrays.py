@@ -453,6 +453,8 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 _BOUND_GROUP = 8  # items per group in _top_k_bounded (fewer than 2k groups bound the k-th score poorly)
 _SIGN = np.uint32(1 << 31)
+# a row selecting more than this many cells past its bound (ties) is sorted on its own
+_CROWDED_PER_K, _CROWDED_SLACK = 4, 64
 
 
 def _top_k_bounded(
@@ -461,20 +463,27 @@ def _top_k_bounded(
     """``top_k_arrays`` of float32 scores with no selection over every item.
 
     Each group of ``_BOUND_GROUP`` items' maximum is a score, so the ``k``-th best group
-    maximum is at most the ``k``-th best score: the items scoring at least it (a few more
-    than ``k``) hold the top ``k`` and every tie with its last. One comparison finds them;
-    one sort of integer keys (user, then score descending, then item row) orders them all.
-    A row holding NaN is sorted whole (``_fill_exact``).
+    maximum is at most the ``k``-th best score: the items scoring at least it (usually a
+    few more than ``k``) hold the top ``k`` and every tie with its last. One comparison finds
+    them; one sort of integer keys (user, then score descending, then item row) orders them
+    all. A row holding NaN, or (when the block selects far more than ``k`` a row) a row
+    whose bound a mass of ties reaches, is sorted whole (``_fill_exact``), as before.
     """
     n_users, n = scores.shape
     n_groups = n // _BOUND_GROUP  # group g: items g, g + n_groups, ... (a maximum of contiguous slices)
     maxima = scores[:, : n_groups * _BOUND_GROUP].reshape(n_users, _BOUND_GROUP, n_groups).max(axis=1)
     bound = np.partition(maxima, n_groups - k, axis=1)[:, n_groups - k]
-    with_nan = np.isnan(maxima).any(axis=1)
+    whole = np.isnan(maxima).any(axis=1)  # rows sorted whole below
     # -inf never ranks: the bound is at least the lowest finite score (fewer than k then)
     np.maximum(bound, np.finfo(np.float32).min, out=bound)
-    bound[with_nan] = np.inf  # nothing selected: sorted whole below
-    at = _flat_true(scores >= bound[:, None])
+    bound[whole] = np.inf  # nothing selected
+    selected = scores >= bound[:, None]
+    most = _CROWDED_PER_K * k + _CROWDED_SLACK
+    if np.count_nonzero(selected) > n_users * most:  # ties en masse (equal scores): not one sort of them all
+        crowded = np.count_nonzero(selected, axis=1) > most
+        selected[crowded] = False
+        whole |= crowded
+    at = _flat_true(selected)
     users = at // n
     rows = at - users * n
     row_bits = (n - 1).bit_length()
@@ -497,7 +506,7 @@ def _top_k_bounded(
         to = spans(np.arange(n_users) * k, kept)
         out_rows.ravel()[to] = rows
         out_vals.ravel()[to] = vals
-    for j in np.flatnonzero(with_nan).tolist():
+    for j in np.flatnonzero(whole).tolist():
         _fill_exact(scores[j], k, out_rows[j], out_vals[j])
     return out_rows, out_vals
 

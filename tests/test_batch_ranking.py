@@ -63,6 +63,24 @@ def test_top_k_per_user_of_both_float_types_matches_a_full_sort(dtype, n: int) -
     assert signs == [[math.copysign(1.0, v) for v in vals] for _, vals in _reference(scores, k)]  # -0.0 stays
 
 
+def test_top_k_of_a_block_of_ties_sorts_crowded_rows_on_their_own(monkeypatch) -> None:
+    """Equal scores en masse (a cold user's bias, content scores without popularity): the
+    rows whose bound a mass of ties reaches are sorted one by one, not all in one sort."""
+    from online_models import _arrays
+
+    rng = np.random.default_rng(3)
+    n, k, users = 20_000, 10, 40
+    scores = np.zeros((users, n), dtype=np.float32)  # all tied
+    scores[::4] = rng.integers(0, 2, size=(10, n))  # two values
+    scores[1::4] = rng.normal(size=(10, n))  # distinct scores: the one sort
+    selected = []
+    flat_true = _arrays._flat_true
+    monkeypatch.setattr(_arrays, "_flat_true", lambda mask: selected.append(flat_true(mask)) or selected[-1])
+    got = top_k_per_user(scores, k)
+    assert got == _reference(scores, k)
+    assert len(selected) == 1 and len(selected[0]) <= 10 * (_arrays._CROWDED_PER_K * k + _arrays._CROWDED_SLACK)
+
+
 def _autograd_step(model, users, items, hists, weights, negatives, neg_probs) -> None:
     """The embeddings' gradient step with torch autograd: the reference for the hand-written one."""
     mask = hists >= 0
