@@ -67,12 +67,13 @@ def wait_for_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 
 
 @dataclasses.dataclass
 class _Written:
-    """What the loop does once a batch's write is done: commit ``offsets``, observe the
-    latency since ``started`` (``perf_counter``) and the freshness of the events ``produced_at`` (ms)."""
+    """What the loop does once a write is done: commit ``offsets``; for an event batch's,
+    observe the latency since ``started`` (``perf_counter``) and the freshness of the events
+    ``produced_at`` (ms)."""
 
     offsets: dict[TopicPartition, OffsetAndMetadata]
-    started: float
-    produced_at: np.ndarray
+    started: float | None = None  # None: not an event batch's write (served items counted while idle)
+    produced_at: np.ndarray | None = None
 
 
 def _log_failed_commit(offsets, result) -> None:
@@ -220,7 +221,7 @@ class Worker:
     # -- the batch ---------------------------------------------------------------------
     def process(self, records: Sequence[RecordLike], commands: Sequence[RecordLike] = ()) -> Counts:
         """Apply one batch of event records and control commands; returns once their effects
-        are in Redis and the DLQ, and their offsets committed."""
+        are in Redis and the DLQ, and their offsets' commit sent (acknowledged outside a group)."""
         counts = self._apply(records, commands)
         self.settle()
         return counts
@@ -246,12 +247,12 @@ class Worker:
         produced_at = np.fromiter((r.timestamp for r in records if r.timestamp and r.timestamp > 0), float)
         sink, worker_metrics = self.sink, (self.worker_id, self._metrics_written)
 
-        def write() -> float:
+        def write() -> tuple[float, float]:
             sink.write_batch(effects.lists, effects.model, effects.written_at, effects.popular, effects.counters,
                              effects.similar, worker_metrics, effects.explanations, effects.item_metadata,
                              history=effects.history, series=series, exposures=exposures)
             sink.delete_users(forgotten)
-            return time.time()
+            return time.time(), time.perf_counter()  # when it was durable: freshness, latency
 
         self._writes.hand_over(write, _Written(offsets, started, produced_at))
         self.ownership.note(len(records) + len(commands))
@@ -269,11 +270,14 @@ class Worker:
         """Wait for the write in flight (its error raised here); its offsets wait for ``settle``
         (not committed from inside ``poll()``, where ``release`` calls this)."""
         done = self._writes.wait()
-        if done is not None and done[0] is not None:  # a batch's (not a report's)
-            written, written_at = done
-            self.metrics.batch_seconds.observe(time.perf_counter() - written.started)
-            self.metrics.freshness_seconds.observe_many(written_at - written.produced_at / 1000.0)
-            self._uncommitted.update(written.offsets)
+        if done is None or done[0] is None:  # nothing in flight, or a report
+            return
+        written, result = done
+        if written.started is not None:  # an event batch's
+            durable_at, durable_perf = result
+            self.metrics.batch_seconds.observe(durable_perf - written.started)
+            self.metrics.freshness_seconds.observe_many(durable_at - written.produced_at / 1000.0)
+        self._uncommitted.update(written.offsets)
 
     def _offsets(self, records: Sequence[RecordLike]) -> dict[TopicPartition, OffsetAndMetadata]:
         """The offsets to commit once this batch is durable: in a group, where the pipeline
@@ -368,14 +372,19 @@ class Worker:
         self._dead_letter(rejects)
         self.ownership.note(merged)  # so a checkpoint follows: it holds the merge
         batch = self._apply(records, commands, impressions + deltas) if records or commands else None
-        # no events: commit what is written, but never wait here (a Redis outage holds the
-        # loop up at the next batch, once it is learned); served items are counted while no
-        # events come too, or go with the next write
+        # no events: commit what is written, but do not wait for a write under way (a Redis
+        # outage holds the loop up at the next batch, once it is learned, or at a checkpoint
+        # or report due); served items are counted while no events come too, or go with the
+        # next write
         if batch is None and not self._writes.busy:
             self.settle()
+            # outside a group the consumed offsets are committed (in a group the checkpoints hold them)
+            consumed = {} if self.in_group else self._offsets(impressions + deltas)
             if impressions:
                 series, exposures, sink = self._metrics_grown(), self.pipeline.exposures.drain(), self.sink
-                self._writes.hand_over(lambda: sink.add_series(series, exposures), None)
+                self._writes.hand_over(lambda: sink.add_series(series, exposures), _Written(consumed))
+            elif consumed:
+                self._commit(consumed)
         checkpointed = self.ownership.due()
         if checkpointed:
             self.checkpoint()
@@ -390,7 +399,7 @@ class Worker:
                  self.model.name)
         while not stop.is_set():
             self.poll_once()
-        self.settle()
+        self.settle(commit_wait=True)
         return self.totals
 
     def close(self) -> None:

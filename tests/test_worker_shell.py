@@ -261,3 +261,63 @@ def test_no_events_while_a_write_is_held_up_neither_waits_nor_writes_and_what_wa
     assert calls == ["write_batch", "commit", "write_batch", "commit"]
     assert [sum(n for counts in (b["exposures"] or {}).values() for n in counts.values())
             for b in worker.sink.batches] == [0, 1]
+
+
+def test_a_batch_latency_ends_when_its_write_is_durable_not_when_the_loop_next_waits(tmp_path, monkeypatch) -> None:
+    import time
+    from types import SimpleNamespace
+
+    import stream.worker
+
+    clock = [100.0]  # perf_counter seconds, moved by hand
+    monkeypatch.setattr(stream.worker, "time", SimpleNamespace(perf_counter=lambda: clock[0], time=time.time))
+    worker, _ = make_worker(tmp_path, [[view("t", 0, "u", "a")], [view("t", 1, "v", "b")]])
+    process = worker.pipeline.process
+
+    def learn(records, *rest):
+        effects = process(records, *rest)
+        clock[0] += 0.5 if records[0].offset == 1 else 0.1  # learning batch 2 takes 0.5 s, batch 1 0.1 s
+        return effects
+
+    worker.pipeline.process = learn
+    worker.poll_once()
+    worker.poll_once()  # batch 1's write was done before batch 2 was learned
+    worker.settle()
+    assert worker.metrics.batch_seconds.count == 2
+    assert worker.metrics.batch_seconds.total == pytest.approx(0.6)  # 0.1 + 0.5, not 0.6 + 0.5
+
+
+def test_run_ends_with_its_last_commit_acknowledged(tmp_path) -> None:
+    worker, calls = make_worker(tmp_path, [[view("t", 0, "u", "a")]])
+    worker.in_group = True
+    kinds = []
+    worker.consumer.commit = lambda offsets=None: kinds.append("acknowledged")
+    worker.consumer.commit_async = lambda offsets=None, callback=None: kinds.append("sent")
+    worker.poll_once()
+    stop = threading.Event()
+    stop.set()
+    worker.run(stop)
+    assert kinds == ["acknowledged"]
+
+
+def test_a_write_that_fails_while_a_partition_is_released_is_raised_at_the_next_wait(tmp_path) -> None:
+    """kafka-python logs and swallows a rebalance listener's error: the failed write must
+    still never count as durable."""
+    worker, calls = gated_worker(tmp_path, [[view("t", 0, "u", "a")]], sink_class=FailingSink)
+    worker.in_group = True
+    worker.poll_once()
+    with pytest.raises(StoreUnavailable):
+        worker.release([0])  # the client would swallow this
+    with pytest.raises(StoreUnavailable):
+        worker.settle()
+    assert worker.consumer.committed == [] and FileCheckpointStore(tmp_path / "checkpoints").summaries() == {}
+
+
+def test_outside_a_group_served_items_read_while_no_events_come_are_committed_once_counted(tmp_path) -> None:
+    served = Record("t.impressions", 0, 4, 0, b"", orjson.dumps(
+        {"recomm_id": "r1", "ts": 1.0, "items": [{"item_id": "a", "strategy": "cooc", "position": 0}]}))
+    worker, calls = make_worker(tmp_path, [[served]])
+    assert worker.poll_once() is None
+    worker.settle()
+    assert calls == ["add_series", "commit"]
+    assert worker.consumer.committed == [{("t.impressions", 0): 5}]
