@@ -477,9 +477,10 @@ class KeyLayout:
         self.items = f"{prefix}:items"
         self.workers_pattern = f"{prefix}:workers:*"
         self.workers_index = f"{prefix}:workers"
+        self._user_head, self._history_head = f"{prefix}:recs:", f"{prefix}:history:"
 
     def user(self, user_id: str) -> str:
-        return f"{self.prefix}:recs:{_quoted(user_id)}"
+        return self._user_head + _quoted(user_id)
 
     def similar(self, item_id: str) -> str:
         return f"{self.prefix}:similar:{quote(item_id, safe='')}"
@@ -488,7 +489,7 @@ class KeyLayout:
         return f"{self.prefix}:workers:{quote(worker_id, safe='')}"
 
     def history(self, user_id: str) -> str:
-        return f"{self.prefix}:history:{_quoted(user_id)}"
+        return self._history_head + _quoted(user_id)
 
     def users(self, user_ids: Sequence[str]) -> list[str]:
         """``user`` of each id (one check of all ids for the common case: none needs quoting).
@@ -496,11 +497,11 @@ class KeyLayout:
         >>> KeyLayout("p").users(["a", "b c"])
         ['p:recs:a', 'p:recs:b%20c']
         """
-        return _keyed(f"{self.prefix}:recs:", user_ids)
+        return _keyed(self._user_head, user_ids)
 
     def histories(self, user_ids: Sequence[str]) -> list[str]:
         """``history`` of each id."""
-        return _keyed(f"{self.prefix}:history:", user_ids)
+        return _keyed(self._history_head, user_ids)
 
     def series(self, minute: int) -> str:
         return f"{self.prefix}:series:{minute}"

@@ -432,9 +432,10 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         return rows
 
     def _grow_rows(self, n: int) -> None:
-        """Room for rows ``0 .. n-1`` in every item table, grown as ``learn_one`` grows them,
-        row after row, so that the dense matrix keeps room for every row of the counts (or
-        moves to sparse rows when it would outgrow ``_DENSE_ITEMS``)."""
+        """Room for rows ``0 .. n-1`` in every item table, grown one row at a time (each
+        table's capacity doubling), so that the dense matrix sees every size on its way and
+        keeps room for every row of the counts (or moves to sparse rows when it would
+        outgrow ``_DENSE_ITEMS``)."""
         while len(self._counts) < n:
             row = len(self._counts)
             self._counts = grow(self._counts, row + 1)

@@ -37,8 +37,7 @@ class RecentItems:
         """The user's table row, added (empty) for a new user."""
         u = self.users.add(user_id)
         if u >= len(self.sizes):
-            self.rows, self.values = grow(self.rows, u + 1), grow(self.values, u + 1)
-            self.sizes.extend([0] * (len(self.rows) - len(self.sizes)))
+            self._room_for(u + 1)
         return u
 
     def user_rows(self, user_ids: list[str]) -> np.ndarray:
@@ -50,9 +49,13 @@ class RecentItems:
         """
         us = np.fromiter(map(self.users.add, user_ids), dtype=np.int64, count=len(user_ids))
         while len(self.users) > len(self.sizes):  # doubled as user_row doubles it, to the same room
-            self.rows, self.values = grow(self.rows, len(self.sizes) + 1), grow(self.values, len(self.sizes) + 1)
-            self.sizes.extend([0] * (len(self.rows) - len(self.sizes)))
+            self._room_for(len(self.sizes) + 1)
         return us
+
+    def _room_for(self, n: int) -> None:
+        """At least ``n`` table rows (``grow``'s doubling), the new ones empty."""
+        self.rows, self.values = grow(self.rows, n), grow(self.values, n)
+        self.sizes.extend([0] * (len(self.rows) - len(self.sizes)))
 
     def history(self, u: int) -> tuple[np.ndarray, np.ndarray]:
         """Views of table row ``u``'s item rows and values, oldest first."""

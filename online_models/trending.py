@@ -404,14 +404,14 @@ class ReadsPopularity:
         if self._pop_link is not None:
             self._pop_link.link_one(self._items, row, interaction.item_id)
 
-    def _learn_popularity_many(self, interactions: Sequence[Interaction], rows: np.ndarray) -> None:
-        """``_learn_popularity`` of a batch the model learned at item ``rows``: its own trending
-        learns them in order, and each distinct row is linked once."""
+    def _learn_popularity_many(self, interactions: Sequence[Interaction], distinct_rows: np.ndarray) -> None:
+        """``_learn_popularity`` of a batch the model learned at the item rows ``distinct_rows``
+        (each once): its own trending learns the batch in order, and each row is linked once."""
         if self._owns_popularity:
             self._trending.learn_many(interactions)
         if self._pop_link is not None:
             ids = self._items.ids
-            for row in np.unique(rows).tolist():
+            for row in distinct_rows.tolist():
                 self._pop_link.link_one(self._items, row, ids[row])
 
     def _add_popularity_items(self, ids: Sequence[str], rows: np.ndarray) -> None:
