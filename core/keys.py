@@ -51,7 +51,11 @@ import orjson
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
-from redis.connection import HIREDIS_AVAILABLE, HiredisRespSerializer, PythonRespSerializer
+from redis.connection import (
+    HIREDIS_AVAILABLE,
+    HiredisRespSerializer,
+    PythonRespSerializer,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
