@@ -73,6 +73,8 @@ def _check_id(name: str, value: str | int) -> str:
 
 
 def _check_ts(value: float | str, now: float) -> float:
+    if type(value) is float and 0.0 <= value <= now + MAX_FUTURE_S:
+        return value  # the common case, checked in one go (NaN fails it)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -167,10 +169,7 @@ def _event_of(wire: EventIn, default_ts: float | None, default_event_id: str | N
     is_item = type_ == ITEM_TYPE
     if not is_item and (user_id is None or user_id == ""):
         raise InvalidEvent("missing field 'user_id'" if user_id is None else "field 'user_id' is empty")
-    if ts is None:
-        ts = now if default_ts is None else default_ts
-    elif not (type(ts) is float and 0.0 <= ts <= now + MAX_FUTURE_S):  # the common case, checked in one go
-        ts = _check_ts(ts, now)
+    ts = (now if default_ts is None else default_ts) if ts is None else _check_ts(ts, now)
     value = wire.value
     if value is not None and not math.isfinite(value):
         raise InvalidEvent("field 'value' is not finite")
@@ -179,13 +178,8 @@ def _event_of(wire: EventIn, default_ts: float | None, default_event_id: str | N
         event_id = default_event_id or new_event_id()
     else:
         event_id = _check_id("event_id", event_id)
-    if is_item and not user_id:
-        user_id = ""
-    elif not (type(user_id) is str and user_id.isprintable()):
-        user_id = _check_id("user_id", user_id)
-    if not (type(item_id) is str and item_id.isprintable()):
-        item_id = _check_id("item_id", item_id)
-    return Event(user_id, item_id, type_, ts, event_id, value, wire.context)
+    user_id = "" if is_item and not user_id else _check_id("user_id", user_id)
+    return Event(user_id, _check_id("item_id", item_id), type_, ts, event_id, value, wire.context)
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
