@@ -313,9 +313,8 @@ def encode_lists(
         _slices(joined, id_starts, id_stops),
     )))
     for j in np.flatnonzero(~plain).tolist():  # float32 scores, or the JSON form
-        n = lengths[j]
-        out[j] = encode_list(list(zip(batch.items_of(users[j]), batch.scores[j, :n].tolist())), model, updated_at,
-                             explained.get(users[j]), _flags_of(batch, j))
+        user_id = users[j]
+        out[j] = encode_list(batch[user_id], model, updated_at, explained.get(user_id), _flags_of(batch, j))
     return out
 
 
