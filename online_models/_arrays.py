@@ -495,10 +495,7 @@ def _top_k_bounded(
     kept = np.minimum(found, k)
     key = key[spans(np.cumsum(found) - found, kept)]  # each user's first k
     rows = (key & np.uint64((1 << row_bits) - 1)).astype(np.int64)
-    vals = _from_descending_key((key >> np.uint64(row_bits)).astype(np.uint32))
-    zeros = np.flatnonzero(vals == 0.0)  # the key made -0.0 a 0.0: the score as it was
-    if len(zeros):
-        vals[zeros] = scores[(key[zeros] >> np.uint64(32 + row_bits)).astype(np.int64), rows[zeros]]
+    vals = scores[np.repeat(np.arange(n_users), kept), rows].astype(np.float64)  # as they were (-0.0 too)
     if int(kept.min()) == k:
         out_rows[:] = rows.reshape(n_users, k)
         out_vals[:] = vals.reshape(n_users, k)
@@ -532,12 +529,6 @@ def _descending_key(vals: np.ndarray) -> np.ndarray:
     # ascending order: a negative value's bits inverted, a positive one's sign bit set;
     # descending is the complement of that
     return np.where(bits >= _SIGN, bits, ~bits ^ _SIGN)
-
-
-def _from_descending_key(keys: np.ndarray) -> np.ndarray:
-    """The float32 values (as float64) of ``_descending_key``'s keys."""
-    bits = np.where(keys >= _SIGN, keys, ~(keys ^ _SIGN))
-    return bits.view(np.float32).astype(np.float64)
 
 
 def _top_k_small(
