@@ -211,10 +211,9 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
         successors, into, log = self._successors, self._sources, self._pair_log
         totals = self._out_total  # holds every row of the batch now
         hits, trials, most = self._repeat_hits, self._repeat_trials, self.repeat_counts
-        user_row = self._histories.user_row
-        users = [user_row(interaction.user_id) for interaction in interactions]  # as one by one would
+        users = self._histories.user_rows([interaction.user_id for interaction in interactions])
         found, held, _ = self._histories.push_many(
-            np.array(users, dtype=np.int64), np.array(rows, dtype=np.int64),
+            users, np.array(rows, dtype=np.int64),
             np.array([interaction.ts for interaction in interactions], dtype=np.float64))
         held = held.tolist()
         changed: dict[int, float] = {}  # outgoing totals this batch changed

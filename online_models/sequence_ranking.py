@@ -14,6 +14,7 @@ from online_models._arrays import (
     RankedRows,
     excluded_cells,
     order_by_user_score_row,
+    spans,
     top_k_arrays,
 )
 from online_models.trending import (
@@ -59,9 +60,7 @@ class SequenceRanking:
         lengths, succ_rows, succ_weights = self._strongest_of(distinct.tolist())
         if len(succ_rows):
             per_entry = lengths[which]
-            starts = np.cumsum(lengths) - lengths
-            ends = np.cumsum(per_entry)
-            at = np.repeat(starts[which] - (ends - per_entry), per_entry) + np.arange(ends[-1] if len(ends) else 0)
+            at = spans((np.cumsum(lengths) - lengths)[which], per_entry)
             seq_keys = np.repeat(user, per_entry) * n + succ_rows[at]
             seq_vals = succ_weights[at] * np.repeat(source_weight, per_entry)
         else:
