@@ -7,7 +7,7 @@ from itertools import repeat
 
 import numpy as np
 
-from online_models._arrays import spans
+from online_models._arrays import grow, spans
 
 _KEY = 1 << 32  # a (row, neighbour) pair's key is row * _KEY + neighbour
 _FEW = 48  # fewer increments than this are added one by one (numpy's calls cost more)
@@ -53,10 +53,8 @@ class NeighbourTable:
 
     def ensure(self, n: int) -> None:
         """Room for rows ``0 .. n-1`` (new rows empty)."""
-        if n > len(self.length):
-            size = max(n, 2 * len(self.length), 16)
-            self.start, self.length, self.room, self.stale = (
-                _grown(a, size) for a in (self.start, self.length, self.room, self.stale))
+        self.start, self.length, self.room, self.stale = (
+            grow(a, n) for a in (self.start, self.length, self.room, self.stale))
         self.n = max(self.n, n)
 
     def row(self, x: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,9 +145,8 @@ class NeighbourTable:
             if garbage > self.live_room:
                 self._compact()
             if self.used + int(room.sum()) > len(self.cols):
-                size = max(self.used + int(room.sum()), 2 * len(self.cols), 1024)
-                self.cols = _grown(self.cols, size)
-                self.weights = _grown(self.weights, size)
+                need = max(self.used + int(room.sum()), 1024)  # grow doubles past it where that is more
+                self.cols, self.weights = grow(self.cols, need), grow(self.weights, need)
         starts = self.used + np.cumsum(room) - room
         held = self.length[rows]
         src = spans(self.start[rows], held)
@@ -255,8 +252,3 @@ class NeighbourTable:
                                            state["top"], state.get("keyed", True))
         self.__dict__.update(table.__dict__)
 
-
-def _grown(array: np.ndarray, size: int) -> np.ndarray:
-    new = np.zeros(size, dtype=array.dtype)
-    new[: len(array)] = array
-    return new
