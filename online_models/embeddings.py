@@ -468,12 +468,13 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         best = np.full(rows.shape, -1, dtype=np.int64)  # the explaining recent item's row, -1: none
         asked = (own >= 0) & (sizes > 0)[:, None]
         if asked.any():
-            users = np.flatnonzero(asked.any(axis=1))
             place = np.cumsum(asked, axis=1) - 1  # each asked cell's column once packed
             counts = place[:, -1] + 1
+            has_asked = counts > 0
+            users = np.flatnonzero(has_asked)
             packed = np.full((len(users), int(counts.max())), -1, dtype=np.int64)
             cells = (np.nonzero(asked)[0], place[asked])
-            rank_of_user = np.cumsum(counts > 0) - 1
+            rank_of_user = np.cumsum(has_asked) - 1
             packed[rank_of_user[cells[0]], cells[1]] = own[asked]
             packed_best = self._closest_recent(mine[users], packed, out_norms)
             best[asked] = packed_best[rank_of_user[cells[0]], cells[1]]
