@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from itertools import chain, compress, repeat
+from itertools import chain, islice, repeat
 from operator import is_, itemgetter
 from typing import NamedTuple
 
@@ -801,15 +801,11 @@ class RankedRows(NamedTuple):
         repeated = [len(ranking) == len(before) and all(map(is_, ranking, before))
                     for ranking, before in zip(rankings[1:], rankings)]
         distinct = [ranking for ranking, again in zip(rankings, [False, *repeated]) if not again]
-        lengths = np.fromiter(map(len, distinct), dtype=np.int64, count=len(distinct))
+        lengths = np.minimum(np.fromiter(map(len, distinct), dtype=np.int64, count=len(distinct)), width)
         rows = np.full((len(distinct), width), -1, dtype=np.int64)
         scores = np.full((len(distinct), width), -np.inf)
-        pairs = list(chain.from_iterable(distinct))
-        if pairs and width:
-            if lengths.max() > width:  # only each list's first ``width`` pairs
-                places = np.arange(len(pairs)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-                pairs = list(compress(pairs, (places < width).tolist()))
-                lengths = np.minimum(lengths, width)
+        pairs = list(chain.from_iterable(islice(ranking, width) for ranking in distinct))  # each list's first width
+        if pairs:
             ids = list(map(itemgetter(0), pairs))
             known = index.rows
             index.add_new([item for item in dict.fromkeys(ids) if item not in known])
