@@ -314,6 +314,13 @@ class SequenceRanking:
         successors, into, ids = self._successors, self._sources, self._items.ids
         popular, recently = (POPULAR_STRATEGY, POPULAR_NOW), (self.name, "you clicked it recently")
         after: dict[int, tuple[str, str]] = {}  # source row -> its reason, made once per batch
+
+        def reason_after(source: int) -> tuple[str, str]:
+            reason = after.get(source)
+            if reason is None:
+                reason = after[source] = (self.name, f"often clicked after {ids[source]}")
+            return reason
+
         explained, start, cell = [], 0, 0
         for size, length in zip(held, lengths):
             cells = flat[cell : cell + length]
@@ -326,9 +333,7 @@ class SequenceRanking:
             if len(recent) == 1:  # one recent item (clicked once or more): it explains what it links to
                 source, links = mine[0], successors[mine[0]]
                 at, weights, factor = links.pos.get, links.weights, max(mine_factors)
-                reason = after.get(source)
-                if reason is None:
-                    reason = after[source] = (self.name, f"often clicked after {ids[source]}")
+                reason = reason_after(source)
                 reasons = []
                 for row in cells:
                     i = at(row) if row >= 0 else None
@@ -360,10 +365,7 @@ class SequenceRanking:
                 if best < 0:
                     reasons.append(popular)
                     continue
-                reason = after.get(best)
-                if reason is None:
-                    reason = after[best] = (self.name, f"often clicked after {ids[best]}")
-                reasons.append(reason)
+                reasons.append(reason_after(best))
             explained.append(reasons)
         return explained
 
