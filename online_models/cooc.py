@@ -131,13 +131,13 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         u = recent.user_row(interaction.user_id)
         if recent.sizes[u]:
             history, weights = recent.history(u)
-            if self._dense is not None:
-                others = history != row
-                cols = history[others]
-                if len(cols):
-                    pairs = w * weights[others]
-                    if self._pair_log is not None:
-                        self._pair_log.append((row, cols, pairs))
+            others = history != row
+            cols = history[others]
+            if len(cols):
+                pairs = w * weights[others]
+                if self._pair_log is not None:
+                    self._pair_log.append((row, cols, pairs))
+                if self._dense is not None:
                     vals = pairs.astype(np.float32)
                     dense_row, dense_col = self._dense[row], self._dense[:, row]  # 1-d views index faster
                     self._dense_links = None  # cheaper found again when needed than kept event by event
@@ -149,12 +149,8 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
                     else:  # the user met an item twice in the window: accumulate repeats
                         np.add.at(dense_row, cols, vals)
                         np.add.at(dense_col, cols, vals)
-            else:
-                others = history != row
-                cols, pairs = history[others], w * weights[others]
-                if self._pair_log is not None:
-                    self._pair_log.append((row, cols, pairs))
-                self._neighbours.add_many(*_both_ways(np.full(len(cols), row), cols, pairs))
+                else:
+                    self._neighbours.add_many(*_both_ways(np.full(len(cols), row), cols, pairs))
         recent.push(u, row, w)
         self._learn_popularity(interaction, row)
 
