@@ -263,9 +263,10 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
                             log[2].append(back_gain)
         if changed:
             totals[np.fromiter(changed, dtype=np.int64, count=len(changed))] = list(changed.values())
-        learn_popularity = self._learn_popularity
-        for interaction, row in zip(interactions, rows):
-            learn_popularity(interaction, row)
+        if len(interactions) == 1:  # learn_one: without a batch's array work
+            self._learn_popularity(interactions[0], rows[0])
+        else:
+            self._learn_popularity_many(interactions, np.unique(rows))
 
     # -- ranking -----------------------------------------------------------------------
     def repeat_rates(self) -> np.ndarray:
