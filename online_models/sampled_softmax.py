@@ -84,7 +84,12 @@ def sample_negatives(counts: np.ndarray, n: int, alpha: float, rng: np.random.Ge
     >>> 0 in rows.tolist(), sorted(set(np.round(probs, 3).tolist()))
     (False, [0.333, 0.667])
     """
-    cdf = np.cumsum(counts**alpha)  # unnormalised: two passes over the catalogue
+    return _draw(np.cumsum(counts**alpha), counts, n, alpha, rng)  # cdf unnormalised: two passes over the catalogue
+
+
+def _draw(cdf: np.ndarray, counts: np.ndarray, n: int, alpha: float, rng: np.random.Generator
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """``sample_negatives``' draws from the cumulative sums ``cdf`` of ``counts ** alpha``."""
     total = cdf[-1]
     rows = np.minimum(np.searchsorted(cdf, rng.random(n) * total, side="right"), len(counts) - 1)
     return rows, counts[rows] ** alpha / total
@@ -179,10 +184,7 @@ class NegativeSampler:
 
     def draw(self, counts: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``sample_negatives(counts, n, alpha, rng)``."""
-        cdf = self._sums(counts)
-        total = cdf[-1]
-        rows = np.minimum(np.searchsorted(cdf, rng.random(n) * total, side="right"), len(counts) - 1)
-        return rows, counts[rows] ** self.alpha / total
+        return _draw(self._sums(counts), counts, n, self.alpha, rng)
 
     def _sums(self, counts: np.ndarray) -> np.ndarray:
         """The cumulative sums of ``counts ** alpha`` (a view of the kept array)."""
