@@ -6,6 +6,7 @@ and the batch lists cannot disagree (tests also compare them with a plain-Python
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -23,6 +24,13 @@ from online_models.trending import (
 )
 
 _DENSE_SLOTS = 1 << 20  # (user, item) scores held at once on the dense ranking path
+_ALONE = -(2**62)  # keys of users ranked alone start here (a hash may land there too: compared)
+
+
+def _mix(m: int) -> np.ndarray:
+    """``m`` odd int64 multipliers (Fibonacci hashing's): a user's recent items times these,
+    summed with wrap-around, are the key that groups alike users (then compared)."""
+    return ((np.arange(1, m + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)).view(np.int64)
 
 
 class SequenceRanking:
@@ -40,6 +48,55 @@ class SequenceRanking:
             empty = np.zeros((len(users), 0))
             return self._with_popular(users, k, empty.astype(np.int64), empty, exclude or {}) if k > 0 else \
                 RankedRows(empty.astype(np.int64), empty, self._items)
+        first, alike = self._alike_users(users, exclude or {})
+        if first is None:
+            return self._ranked_rows(users, k, exclude or {})
+        ranked = self._ranked_rows([users[j] for j in first.tolist()], k, exclude or {})
+        return RankedRows(ranked.rows[alike], ranked.scores[alike], ranked.index)
+
+    def _alike_users(self, users: list[str], exclude: Mapping[str, Collection[str]]
+                     ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Users whose lists must be equal: the same recent items in the same order (and,
+        with ``recency_half_life_s``, at the same ages) and nothing excluded; a user's list
+        depends on nothing else, so each such group is ranked once (in a shop's stream,
+        many users of a batch have clicked one popular item only).
+
+        Returns one user per group (positions in ``users``) and each user's group, or
+        ``(None, ...)`` where no two users are alike."""
+        histories, window = self._histories, self.window
+        table = histories.users.rows
+        at = np.fromiter(map(table.get, users, repeat(-1)), dtype=np.int64, count=len(users))
+        held_by = histories.sizes
+        sizes = np.fromiter((held_by[a] if a >= 0 else 0 for a in at.tolist()), dtype=np.int64, count=len(users))
+        held = np.arange(window) >= (window - sizes)[:, None]
+        cells = np.where(held, histories.rows[np.maximum(at, 0)], -1)  # -1: no item (unknown users hold none)
+        mix = _mix(2 * window)
+        key = cells * mix[:window]
+        if self.recency_half_life_s is not None:
+            values = histories.values[np.maximum(at, 0)]
+            ages = np.where(held, values[:, window - 1 :] - values, 0.0)
+            cells = np.concatenate([cells, ages.view(np.int64)], axis=1)  # compared bit by bit below
+            key = np.concatenate([key, ages.view(np.int64) * mix[window:]], axis=1)
+        key = key.sum(axis=1)  # wraps around: a hash; the cells are compared after
+        if exclude:  # a user who excludes items is ranked alone
+            alone = np.fromiter(map(bool, map(exclude.get, users)), dtype=bool, count=len(users))
+            key[alone] = np.arange(int(alone.sum())) + _ALONE
+        _, first, alike = np.unique(key, return_index=True, return_inverse=True)
+        if len(first) == len(users):
+            return None, alike
+        same = (cells == cells[first[alike]]).all(axis=1)
+        if exclude:  # an alone user shares its key with none but itself
+            same &= (first[alike] == np.arange(len(users))) | ~(alone | alone[first[alike]])
+        if not same.all():  # a hash collision (or a key equal to an alone user's): these alone
+            apart = np.flatnonzero(~same)
+            alike = alike.copy()
+            alike[apart] = len(first) + np.arange(len(apart))
+            first = np.concatenate([first, apart])
+        return first, alike
+
+    def _ranked_rows(self, users: list[str], k: int, exclude: Mapping[str, Collection[str]]) -> RankedRows:
+        """``recommend_rows`` for ``users`` one by one, all at once: no two users share work."""
+        n = len(self._items)
         at_user, at_item = excluded_cells(self._items, users, exclude or {})
         user, rows, weight, back = self._sources_of(users)
 

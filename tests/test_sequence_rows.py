@@ -87,6 +87,55 @@ def test_batch_ranking_is_the_definition(monkeypatch, params: dict, dense_slots:
                 assert model.recommend(user, k, exclude.get(user) if exclude else None) == many[user]
 
 
+def alike_users_stream(seed: int) -> list[Event]:
+    """A stream learned first, then many new users with one or two clicks on popular
+    items: users of a batch with the same recent items (at the same ages or not)."""
+    events = random_stream(2000, 60, 80, seed=seed)
+    rng = np.random.default_rng(seed)
+    for j in range(300):
+        clicks = [f"i{rng.integers(4)}" for _ in range(1 + j % 2)]
+        gap = 10.0 * (1 + j % 3)  # the same clicks at three ages
+        events += [Event(user_id=f"new{j}", item_id=item, type="click", ts=2000.0 + gap * c)
+                   for c, item in enumerate(clicks)]
+    return events
+
+
+@pytest.mark.parametrize("params", [{"max_successors": None}, {"max_successors": None, "recency_half_life_s": 20.0},
+                                    {"max_successors": 3}])
+@pytest.mark.parametrize("collide", ["none", "ages", "all"])
+def test_alike_users_are_ranked_once_as_each_alone(monkeypatch, params: dict, collide: str) -> None:
+    """Users with the same recent items are ranked once per batch (``_alike_users``), and
+    each still gets its own list: the definition's (``reference_sequence``), its
+    ``recommend``, and its excluded items left out; the same arrays as ranking every user
+    apart (``_ranked_rows``), with a cap on successors too. Hash collisions, where only the
+    comparison of recent items and ages tells users apart: ``ages``, the same items at other
+    ages hash alike; ``all``, every user hashes to one key, also the users who exclude items."""
+    if collide == "ages":
+        monkeypatch.setattr(sequence_ranking, "_mix", lambda m: (np.arange(m) < m // 2).astype(np.int64) * 7)
+    if collide == "all":
+        monkeypatch.setattr(sequence_ranking, "_mix", lambda m: np.zeros(m, dtype=np.int64))
+        monkeypatch.setattr(sequence_ranking, "_ALONE", 0)
+    model = trained(alike_users_stream(seed=11), **params)
+    users = ["nobody", "ghost", *[f"new{j}" for j in range(300)], *sorted({f"u{j}" for j in range(60)})]
+    first, alike = model._alike_users(users, {})
+    assert first is not None and np.array_equal(alike[first], np.arange(len(first)))
+    if collide == "none":  # (colliding, those unlike the first of their key are ranked alone)
+        assert len(first) < len(users) // 2  # mostly alike: ranked once each
+    seen = {f"new{j}": {"i1", "i2"} for j in range(0, 300, 7)} | {"nobody": {"i0"}}
+    for k in (1, 10, 40):
+        for exclude in (None, seen):
+            ranked = model.recommend_rows(users, k, exclude)
+            apart = model._ranked_rows(users, k, exclude or {})
+            assert np.array_equal(ranked.rows, apart.rows) and np.array_equal(ranked.scores, apart.scores)
+            if params["max_successors"] is not None:
+                continue
+            many = ranked.rankings(users)
+            for user in users:
+                mine = exclude.get(user) if exclude else None
+                assert_same_ranking(many[user], reference_sequence(model, user, k, mine or ()), rel=1e-9)
+                assert model.recommend(user, k, mine) == many[user]
+
+
 @pytest.mark.parametrize("max_successors", [None, 4])
 def test_recommend_rows_are_recommend_many(max_successors) -> None:
     """The arrays name, in the model's rows, the lists ``recommend_many`` gives, on both
