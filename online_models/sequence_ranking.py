@@ -183,52 +183,62 @@ class SequenceRanking:
     def _with_popular(self, users: list[str], k: int, rows: np.ndarray, scores: np.ndarray,
                       exclude: Mapping[str, Collection[str]]) -> RankedRows:
         """The lists ``rows``/``scores`` filled up to ``k`` with the most popular items that
-        each user has neither listed nor excluded (scored 0), in popularity order."""
+        each user has neither listed nor excluded (scored 0), in popularity order.
+
+        The ``q``-th popular item a user may take is at ``q`` plus the number of its taken
+        ones (listed or excluded, at sorted positions ``t_i``) with ``t_i - i <= q``: one
+        count per taken item, a cumulative sum over the rows of users who took any, and
+        one gather of the popular list for all cells."""
         listed = (rows >= 0).sum(axis=1)
         short = np.flatnonzero(listed < k)
         if not len(short):
             return RankedRows(rows, scores, self._items)
+        have = listed[short]
         # deep enough whatever each short user has listed or excludes (known here or not)
-        depth = k + max(have + len(exclude.get(users[j]) or ()) for j, have in
-                        zip(short.tolist(), listed[short].tolist()))
+        if exclude:
+            depth = k + max(h + len(exclude.get(users[j]) or ()) for j, h in zip(short.tolist(), have.tolist()))
+        else:
+            depth = k + int(have.max())
         popular = self._popular_rows(depth)
         width = min(k, len(self._items))  # the popularity may have named items new here
-        out_rows = np.full((len(users), width), -1, dtype=np.int64)
-        out_scores = np.full((len(users), width), -np.inf)
-        out_rows[:, : rows.shape[1]], out_scores[:, : rows.shape[1]] = rows, scores
+        if rows.shape[1] != width:
+            out_rows = np.full((len(users), width), -1, dtype=np.int64)
+            out_scores = np.full((len(users), width), -np.inf)
+            out_rows[:, : rows.shape[1]], out_scores[:, : rows.shape[1]] = rows, scores
+            rows, scores = out_rows, out_scores
         if not len(popular):
-            return RankedRows(out_rows, out_scores, self._items)
-        # most short users list nothing and exclude nothing: the popular list as it is
-        ex_user, ex_item = excluded_cells(self._items, [users[j] for j in short.tolist()], exclude)
-        bare = listed[short] == 0
-        bare[ex_user] = False
-        m = min(width, len(popular))
-        out_rows[short[bare], :m] = popular[:m]
-        out_scores[short[bare], :m] = 0.0
-        rest = np.flatnonzero(~bare)  # positions in ``short``
-        if not len(rest):
-            return RankedRows(out_rows, out_scores, self._items)
-        # which popular items each of the others has listed or excluded
+            return RankedRows(rows, scores, self._items)
+        # the listed cells of the short users (each list comes first), and which are popular
+        every = len(short) == len(users)
+        listed_user = np.repeat(np.arange(len(short)), have)
+        listed_col = np.arange(len(listed_user)) - np.repeat(np.cumsum(have) - have, have)
+        listed_rows = rows[listed_user if every else short[listed_user], listed_col]
         at_popular = np.full(len(self._items), -1, dtype=np.int64)
         at_popular[popular] = np.arange(len(popular))
-        taken = np.zeros((len(rest), len(popular)), dtype=bool)
-        mine = rows[short[rest]]
-        hit = np.where(mine >= 0, at_popular[np.where(mine >= 0, mine, 0)], -1)
-        j, col = np.nonzero(hit >= 0)
-        taken[j, hit[j, col]] = True
-        at_rest = np.full(len(short), -1, dtype=np.int64)
-        at_rest[rest] = np.arange(len(rest))
-        hit = at_popular[ex_item]
-        taken[at_rest[ex_user[hit >= 0]], hit[hit >= 0]] = True
-        # the first ``width - listed`` free ones of each, after its own
-        free = ~taken
-        rank = np.cumsum(free, axis=1) - 1
-        have = listed[short[rest]]
-        j, p = np.nonzero(free & (rank < (width - have)[:, None]))
-        users_at, cols = short[rest][j], have[j] + rank[j, p]
-        out_rows[users_at, cols] = popular[p]
-        out_scores[users_at, cols] = 0.0
-        return RankedRows(out_rows, out_scores, self._items)
+        hit = at_popular[listed_rows]
+        ex_user, ex_item = excluded_cells(self._items, [users[j] for j in short.tolist()], exclude)
+        ex_hit = at_popular[ex_item]
+        taken = np.unique(np.concatenate([listed_user[hit >= 0] * len(popular) + hit[hit >= 0],
+                                          ex_user[ex_hit >= 0] * len(popular) + ex_hit[ex_hit >= 0]]))
+        # per cell, the position in the popular list it takes (the listed cells are put back after)
+        at = np.arange(width) - have[:, None]
+        if len(taken):
+            j, t = np.divmod(taken, len(popular))  # sorted by user, then position
+            before = t - (np.arange(len(j)) - np.searchsorted(j, j))  # free positions before each
+            col = have[j] + before
+            inside = col < width
+            took, of_user = np.unique(j[inside], return_inverse=True)
+            at[took] += np.bincount(of_user * width + col[inside], minlength=len(took) * width
+                                    ).reshape(len(took), width).cumsum(axis=1)
+        np.minimum(at, len(popular), out=at)  # past the popular list: no item
+        filled_rows = np.append(popular, -1)[at]
+        filled_scores = np.append(np.zeros(len(popular)), -np.inf)[at]
+        filled_rows[listed_user, listed_col] = listed_rows
+        filled_scores[listed_user, listed_col] = scores[listed_user if every else short[listed_user], listed_col]
+        if every:
+            return RankedRows(filled_rows, filled_scores, self._items)
+        rows[short], scores[short] = filled_rows, filled_scores
+        return RankedRows(rows, scores, self._items)
 
     def _popular_rows(self, m: int) -> np.ndarray:
         """Rows of the ``m`` most popular items, most popular first; a shared popularity
