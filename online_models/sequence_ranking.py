@@ -15,6 +15,7 @@ from online_models._arrays import (
     RankedRows,
     excluded_cells,
     order_by_user_score_row,
+    per_row,
     spans,
     top_k_arrays,
 )
@@ -24,6 +25,7 @@ from online_models.trending import (
 )
 
 _DENSE_SLOTS = 1 << 20  # (user, item) scores held at once on the dense ranking path
+_JOINED_SUCCESSORS = 4096  # explain_rows: a recent item with more successors is looked up pair by pair
 _ALONE = -(2**62)  # keys of users ranked alone start here (a hash may land there too: compared)
 
 
@@ -359,82 +361,86 @@ class SequenceRanking:
     def explain_rows(self, user_ids: Sequence[str], rows: np.ndarray, index: IdIndex
                      ) -> list[list[tuple[str, str | None]]]:
         """``explain_items`` for a batch of lists at once (``rows``: item rows of ``index``,
-        ``-1`` where there is no item), with the same words: every user's recent items and
-        their factors are read in one pass, not one call per user.
-
-        Where ``_say`` weighs every recent item against each listed item, this looks only
-        at the recent items with a transition into it (``_sources``, intersected with the
-        user's recent items in C): mostly none or one. Of several, the highest product
-        wins and, among equal ones, the earliest place in the user's list, as in ``_say``.
-        """
+        ``-1`` where there is no item), with the same words, on arrays: every listed item
+        is paired with each recent item of its user, the pairs' transition weights are
+        found by one sorted join (``_transition_weights``), and each item takes the recent
+        item whose factor times weight is highest (of equals, the earliest place in the
+        user's list, as ``_say``); Python runs only to write the reasons out."""
         user_ids = list(user_ids)
         listed = rows >= 0
-        lengths = listed.sum(axis=1).tolist()
-        flat = self._items.rows_from(index, rows[listed]).tolist()
-        asked = [j for j, length in enumerate(lengths) if length]  # users with nothing to explain: not read
-        user, sources, weight, _ = self._sources_of([user_ids[j] for j in asked])
-        factors = (weight / (self._out_total[sources] + self.shrinkage)).tolist()  # as _source_factors
-        held = [0] * len(user_ids)
-        for j, size in zip(asked, np.bincount(user, minlength=len(asked)).tolist()):
-            held[j] = size
-        sources = sources.tolist()
-        successors, into, ids = self._successors, self._sources, self._items.ids
-        popular, recently = (POPULAR_STRATEGY, POPULAR_NOW), (self.name, "you clicked it recently")
-        after: dict[int, tuple[str, str]] = {}  # source row -> its reason, made once per batch
+        lengths = listed.sum(axis=1)
+        cell_rows = self._items.rows_from(index, rows[listed])  # row after row: each user's cells together
+        asked = np.flatnonzero(lengths)  # users with nothing to explain: not read
+        user, sources, weight, _ = self._sources_of([user_ids[j] for j in asked.tolist()])
+        factors = weight / (self._out_total[sources] + self.shrinkage)  # as _source_factors
+        # every cell with every recent item of its user, in the user's order (places)
+        held = np.bincount(user, minlength=len(asked))
+        cell_user = np.repeat(np.arange(len(asked)), lengths[asked])
+        per_cell = held[cell_user]
+        pair_cell = np.repeat(np.arange(len(cell_rows)), per_cell)
+        pair_entry = spans((np.cumsum(held) - held)[cell_user], per_cell)
+        pair_source, pair_row = sources[pair_entry], cell_rows[pair_cell]
+        recently = np.zeros(len(cell_rows), dtype=bool)
+        recently[pair_cell[pair_source == pair_row]] = True
+        distinct, which = np.unique(sources, return_inverse=True)
+        score = factors[pair_entry] * self._transition_weights(distinct, which[pair_entry], pair_row)
+        best = np.zeros(len(cell_rows))
+        paired = per_cell > 0
+        if len(score):  # pairs go by cell: one segment per cell with any
+            best[paired] = np.maximum.reduceat(score, (np.cumsum(per_cell) - per_cell)[paired])
+        wins = np.flatnonzero((score > 0) & (score == best[pair_cell]))
+        first = np.ones(len(wins), dtype=bool)  # pairs go by cell, then place: the first winner of each
+        first[1:] = pair_cell[wins[1:]] != pair_cell[wins[:-1]]
+        winner = np.full(len(cell_rows), -1, dtype=np.int64)
+        winner[pair_cell[wins[first]]] = pair_source[wins[first]]
+        # each cell's reason as a code: 0 popular, 1 clicked recently, 2 + the source among those named
+        after = (winner >= 0) & ~recently
+        at_named = np.zeros(len(self._items), dtype=np.int64)  # by source row (no sort of the cells)
+        at_named[winner[after]] = 1
+        named = np.flatnonzero(at_named)
+        at_named[named] = 2 + np.arange(len(named))
+        cell_code = recently.astype(np.int64)
+        cell_code[after] = at_named[winner[after]]
+        ids = self._items.ids
+        said = [(POPULAR_STRATEGY, POPULAR_NOW), (self.name, "you clicked it recently"),
+                *[(self.name, f"often clicked after {ids[source]}") for source in named.tolist()]]
+        flat = list(map(said.__getitem__, cell_code.tolist()))
+        return [flat[end - size : end] for end, size in zip(np.cumsum(lengths).tolist(), lengths.tolist())]
 
-        def reason_after(source: int) -> tuple[str, str]:
-            reason = after.get(source)
-            if reason is None:
-                reason = after[source] = (self.name, f"often clicked after {ids[source]}")
-            return reason
-
-        explained, start, cell = [], 0, 0
-        for size, length in zip(held, lengths):
-            cells = flat[cell : cell + length]
-            mine, mine_factors = sources[start : start + size], factors[start : start + size]
-            start, cell = start + size, cell + length
-            if not size:
-                explained.append([popular] * length)
+    def _transition_weights(self, distinct: np.ndarray, which: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """The weight of each transition ``distinct[which[i]] -> targets[i]`` (0 where there
+        is none, or the target is ``-1``): the successors of the rows ``distinct`` joined
+        with the pairs by one sort of their ``(source, row)`` keys; a row with more than
+        ``_JOINED_SUCCESSORS`` is looked up pair by pair instead (its successors would
+        cost more to sort)."""
+        weights = np.zeros(len(which))
+        if not len(which):
+            return weights
+        successors, n = self._successors, len(self._items)
+        lengths, row_parts, weight_parts, apart = [], [], [], []
+        for at, source in enumerate(distinct.tolist()):
+            links = successors[source]
+            if len(links.rows) > _JOINED_SUCCESSORS:
+                apart.append(at)
+                lengths.append(0)
                 continue
-            recent = set(mine)
-            if len(recent) == 1:  # one recent item (clicked once or more): it explains what it links to
-                source, links = mine[0], successors[mine[0]]
-                at, weights, factor = links.pos.get, links.weights, max(mine_factors)
-                reason = reason_after(source)
-                reasons = []
-                for row in cells:
-                    i = at(row) if row >= 0 else None
-                    reasons.append(recently if row == source else popular if i is None or not factor * weights[i] > 0
-                                   else reason)
-                explained.append(reasons)
-                continue
-            held_at = None  # recent item row -> its places and factors, made when first needed
-            reasons = []
-            for row in cells:
-                if row < 0:
-                    reasons.append(popular)
-                    continue
-                if row in recent:
-                    reasons.append(recently)
-                    continue
-                best, best_score, best_place = -1, 0.0, size
-                for source in into[row] & recent:
-                    if held_at is None:
-                        held_at = {}
-                        for place, (at, factor) in enumerate(zip(mine, mine_factors)):
-                            held_at.setdefault(at, []).append((place, factor))
-                    links = successors[source]
-                    weight_to = links.weights[links.pos[row]]
-                    for place, factor in held_at[source]:
-                        score = factor * weight_to
-                        if score > best_score or (score == best_score and best >= 0 and place < best_place):
-                            best, best_score, best_place = source, score, place
-                if best < 0:
-                    reasons.append(popular)
-                    continue
-                reasons.append(reason_after(best))
-            explained.append(reasons)
-        return explained
+            lengths.append(len(links.rows))
+            row_parts.append(links.rows)
+            weight_parts.append(links.weights)
+        keys = np.repeat(np.arange(len(distinct)), lengths) * n + np.frombuffer(b"".join(row_parts), dtype=np.int64)
+        order = np.argsort(keys)
+        keys = keys[order]
+        wanted = which * n + targets
+        found = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+        hit = (targets >= 0) & (keys[found] == wanted) if len(keys) else np.zeros(len(wanted), dtype=bool)
+        weights[hit] = np.frombuffer(b"".join(weight_parts), dtype=np.float64)[order[found[hit]]]
+        if apart:
+            for i in np.flatnonzero(np.isin(which, apart) & (targets >= 0)).tolist():
+                links = successors[int(distinct[which[i]])]
+                at = links.pos.get(int(targets[i]))
+                if at is not None:
+                    weights[i] = links.weights[at]
+        return weights
 
     def _strategy_of(self, reason: str) -> tuple[str, str | None]:
         """An explanation as ``(strategy, reason)``: popular items are trending's."""
