@@ -185,14 +185,20 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
             weights = self._step_weight_cache = [1.0 / (d + 1) ** self.distance_power for d in range(self.steps)]
         return weights
 
-    def _add_item(self, item_id: str) -> int:
-        row = self._items.add(item_id)
-        if row >= len(self._out_total):
-            self._out_total = grow(self._out_total, row + 1)
-        while len(self._successors) <= row:
-            self._successors.append(_Successors())
-            self._sources.append(set())
-        return row
+    def _item_rows(self, ids: list[str]) -> list[int]:
+        """The rows of ``ids``, in order; the unknown ones are added in one pass, taking the
+        rows that ``IdIndex.add`` of each in turn would give (freed rows first), and every
+        table indexed by item row grows once."""
+        rows = list(map(self._items.rows.get, ids))
+        if None in rows:
+            self._items.add_new(list(dict.fromkeys([item for item, row in zip(ids, rows) if row is None])))
+            rows = list(map(self._items.rows.__getitem__, ids))
+            n = len(self._items)
+            self._out_total = grow(self._out_total, n)
+            if len(self._successors) < n:
+                self._successors.extend([_Successors() for _ in range(n - len(self._successors))])
+                self._sources.extend([set() for _ in range(n - len(self._sources))])
+        return rows
 
     def learn_one(self, interaction: Interaction) -> None:
         self.learn_many((interaction,))
@@ -205,7 +211,7 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
         interactions = list(interactions)
         if not interactions:
             return
-        rows = [self._add_item(interaction.item_id) for interaction in interactions]  # as one by one would
+        rows = self._item_rows([interaction.item_id for interaction in interactions])
         weight = self.weight
         steps, step_weights, backward = self.steps, self._step_weights(), self.backward_weight
         successors, into, log = self._successors, self._sources, self._pair_log
@@ -475,7 +481,7 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
     def _add_items(self, ids: Sequence[str]) -> np.ndarray:
         """Rows of ``ids``, unknown ones created with no learned state, here and in the
         popularity (its own, whose rows are these rows, or a handed one, linked)."""
-        rows = np.fromiter(map(self._add_item, ids), dtype=np.int64, count=len(ids))
+        rows = np.array(self._item_rows(list(ids)), dtype=np.int64)
         self._add_popularity_items(ids, rows)
         return rows
 

@@ -90,6 +90,26 @@ def test_forget_items_leaves_no_trace() -> None:
     assert [i for i, _ in model.recommend("new", 2, {"A"})][0] == "C"  # A -> C stays (two steps)
 
 
+def test_a_batch_takes_the_rows_one_by_one_would() -> None:
+    """New items of a batch take the rows ``IdIndex.add`` would give them in turn (freed
+    rows first, the lowest first), and a batch learns what event by event learns."""
+    batched, single = make_model("sequence"), make_model("sequence")
+    for model in (batched, single):
+        model.learn_many(clicks({f"s{n}": "ABCDE" for n in range(3)}))
+        model.forget_items(["B", "D"])
+    events = clicks({"s0": "XBY", "t": "XZADB"}, start=50.0)
+    batched.learn_many(events)
+    for event in events:
+        single.learn_one(event)
+    assert batched._items.ids == single._items.ids and batched._items.ids[:5] == ["A", "X", "C", "B", "E"]
+    assert len(batched._successors) == len(batched._sources) == len(batched._items) <= len(batched._out_total)
+    assert batched._out_total.tolist()[:7] == single._out_total.tolist()[:7]
+    assert [(list(s.rows), list(s.weights)) for s in batched._successors] == \
+           [(list(s.rows), list(s.weights)) for s in single._successors]
+    assert batched._sources == single._sources
+    assert batched.recommend_many(["s0", "t"], 5) == single.recommend_many(["s0", "t"], 5)
+
+
 # -- the protocol -----------------------------------------------------------------------
 
 TRAIN = """SessionId\tItemId\tTime
