@@ -204,75 +204,122 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
         self.learn_many((interaction,))
 
     def learn_many(self, interactions: Iterable[Interaction]) -> None:
-        """``learn_one`` for each interaction in order, with the tables looked up once per
-        batch, the histories pushed in one call (``RecentItems.push_many``, which gives
-        each event the history it found) and the outgoing totals added up in Python floats
-        (the same sums)."""
+        """``learn_one`` for each interaction in order, on arrays: the histories pushed in
+        one call (``RecentItems.push_many``, which gives each event the history it found),
+        the repeat counts tallied and the transitions listed in the order event after event
+        would make them, their gains added to the outgoing totals by ``np.add.at`` (index
+        after index: the same sums); Python runs only to add each transition to its row."""
         interactions = list(interactions)
         if not interactions:
             return
         rows = self._item_rows([interaction.item_id for interaction in interactions])
-        weight = self.weight
-        steps, step_weights, backward = self.steps, self._step_weights(), self.backward_weight
-        successors, into, log = self._successors, self._sources, self._pair_log
-        totals = self._out_total  # holds every row of the batch now
-        hits, trials, most = self._repeat_hits, self._repeat_trials, self.repeat_counts
         users = self._histories.user_rows([interaction.user_id for interaction in interactions])
+        rows = np.array(rows, dtype=np.int64)
         found, held, _ = self._histories.push_many(
-            users, np.array(rows, dtype=np.int64),
-            np.array([interaction.ts for interaction in interactions], dtype=np.float64))
-        held = held.tolist()
-        changed: dict[int, float] = {}  # outgoing totals this batch changed
-        end = 0
-        for interaction, row, size in zip(interactions, rows, found.tolist()):
-            if size:
-                start, end = end, end + size
-                w = weight(interaction)
-                recent = held[start:end]
-                recent.reverse()  # most recent first
-                latest: dict[int, int] = {}  # row -> steps back of its latest click
-                clicks: dict[int, int] = {}  # row -> its clicks in the window
-                for d, source in enumerate(recent):
-                    if source in latest:
-                        clicks[source] += 1
-                    else:
-                        latest[source] = d
-                        clicks[source] = 1
-                for source, d in latest.items():
-                    trials[d * most + min(clicks[source], most) - 1] += 1.0
-                d = latest.get(row)
-                if d is not None:
-                    hits[d * most + min(clicks[row], most) - 1] += 1.0
-                # transitions into the row, and back
-                sources, back_links = into[row], successors[row]
-                for d, source in enumerate(recent[:steps]):
-                    if source == row:
-                        continue
-                    gain = w * step_weights[d]
-                    successors[source].add(row, gain)
-                    total = changed.get(source)
-                    changed[source] = (float(totals[source]) if total is None else total) + gain
-                    sources.add(source)
-                    if log is not None:
-                        log[0].append(source)
-                        log[1].append(row)
-                        log[2].append(gain)
-                    if backward:
-                        back_gain = gain * backward
-                        back_links.add(source, back_gain)
-                        total = changed.get(row)
-                        changed[row] = (float(totals[row]) if total is None else total) + back_gain
-                        into[source].add(row)
-                        if log is not None:
-                            log[0].append(row)
-                            log[1].append(source)
-                            log[2].append(back_gain)
-        if changed:
-            totals[np.fromiter(changed, dtype=np.int64, count=len(changed))] = list(changed.values())
+            users, rows, np.array([interaction.ts for interaction in interactions], dtype=np.float64))
+        if len(interactions) == 1 and len(held):  # learn_one: plain Python beats a batch's array calls
+            self._learn_event(interactions[0], int(rows[0]), held.tolist()[::-1])
+        elif len(held):
+            self._learn_transitions(interactions, rows, found, held)
         if len(interactions) == 1:  # learn_one: without a batch's array work
-            self._learn_popularity(interactions[0], rows[0])
+            self._learn_popularity(interactions[0], int(rows[0]))
         else:
             self._learn_popularity_many(interactions, np.unique(rows))
+
+    def _learn_event(self, interaction: Interaction, row: int, recent: list[int]) -> None:
+        """``_learn_transitions`` of one event at item ``row`` whose user's history was
+        ``recent`` (most recent first), in plain Python."""
+        hits, trials, most = self._repeat_hits, self._repeat_trials, self.repeat_counts
+        latest: dict[int, int] = {}  # row -> steps back of its latest click
+        clicks: dict[int, int] = {}  # row -> its clicks in the window
+        for d, source in enumerate(recent):
+            if source in latest:
+                clicks[source] += 1
+            else:
+                latest[source] = d
+                clicks[source] = 1
+        for source, d in latest.items():
+            trials[d * most + min(clicks[source], most) - 1] += 1.0
+        d = latest.get(row)
+        if d is not None:
+            hits[d * most + min(clicks[row], most) - 1] += 1.0
+        w, step_weights, backward = self.weight(interaction), self._step_weights(), self.backward_weight
+        successors, into, log, totals = self._successors, self._sources, self._pair_log, self._out_total
+        for d, source in enumerate(recent[: self.steps]):
+            if source == row:
+                continue
+            gain = w * step_weights[d]
+            successors[source].add(row, gain)
+            totals[source] += gain
+            into[row].add(source)
+            if log is not None:
+                log[0].append(source)
+                log[1].append(row)
+                log[2].append(gain)
+            if backward:
+                back_gain = gain * backward
+                successors[row].add(source, back_gain)
+                totals[row] += back_gain
+                into[source].add(row)
+                if log is not None:
+                    log[0].append(row)
+                    log[1].append(source)
+                    log[2].append(back_gain)
+
+    def _learn_transitions(self, interactions: list[Interaction], rows: np.ndarray, found: np.ndarray,
+                           held: np.ndarray) -> None:
+        """What the events at item ``rows`` teach from the histories they found (``found``
+        items each, flat in ``held``, each oldest first): repeat counts and transitions."""
+        n, most, steps = len(self._items), self.repeat_counts, self.steps
+        event = np.repeat(np.arange(len(found)), found)
+        end = np.cumsum(found)
+        back = end[event] - 1 - np.arange(len(held))  # steps back: 0 is the event's last item
+        # repeats: each event's distinct recent items at the steps back of their latest click
+        key = event * n + held
+        order = np.lexsort((back, key))
+        first = np.ones(len(key), dtype=bool)
+        first[1:] = key[order][1:] != key[order][:-1]
+        latest = order[first]
+        at = back[latest] * most + np.minimum(np.bincount(np.cumsum(first) - 1), most) - 1
+        repeated = held[latest] == rows[event[latest]]
+        for table, cells in ((self._repeat_trials, at), (self._repeat_hits, at[repeated])):
+            for cell, count in enumerate(np.bincount(cells, minlength=len(table)).tolist()):
+                if count:
+                    table[cell] += float(count)  # counts: exact in any order
+        # transitions into each event's row from its last ``steps`` items, most recent first
+        span = np.minimum(found, steps)
+        step = np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
+        at = np.repeat(end - 1, span) - step
+        source, target = held[at], rows[event[at]]
+        made = source != target
+        source, target, step = source[made], target[made], step[made]
+        if not len(source):
+            return
+        weight = self.weight
+        event_weight = np.array([weight(interactions[e]) for e in event[at][made].tolist()], dtype=np.float64)
+        gain = event_weight * np.array(self._step_weights())[step]
+        backward = self.backward_weight
+        successors, into, log = self._successors, self._sources, self._pair_log
+        if backward:
+            back_gain = gain * backward
+            for s, t, g, b in zip(source.tolist(), target.tolist(), gain.tolist(), back_gain.tolist()):
+                successors[s].add(t, g)
+                into[t].add(s)
+                successors[t].add(s, b)
+                into[s].add(t)
+            # in the order one event after another adds them: source's gain, then target's
+            changed = np.stack([source, target], axis=1).reshape(-1)
+            gains = np.stack([gain, back_gain], axis=1).reshape(-1)
+            pairs = (changed, np.stack([target, source], axis=1).reshape(-1), gains)
+        else:
+            for s, t, g in zip(source.tolist(), target.tolist(), gain.tolist()):
+                successors[s].add(t, g)
+                into[t].add(s)
+            changed, gains, pairs = source, gain, (source, target, gain)
+        np.add.at(self._out_total, changed, gains)
+        if log is not None:
+            for logged, part in zip(log, pairs):
+                logged.frombytes(part.tobytes())
 
     # -- ranking -----------------------------------------------------------------------
     def repeat_rates(self) -> np.ndarray:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from online_models import make_model
@@ -108,6 +109,35 @@ def test_a_batch_takes_the_rows_one_by_one_would() -> None:
            [(list(s.rows), list(s.weights)) for s in single._successors]
     assert batched._sources == single._sources
     assert batched.recommend_many(["s0", "t"], 5) == single.recommend_many(["s0", "t"], 5)
+
+
+@pytest.mark.parametrize("params", [{}, {"backward_weight": 0.0, "steps": 3, "window": 6}])
+def test_a_batch_learns_what_event_by_event_learns(params: dict) -> None:
+    """``learn_many`` (arrays) and ``learn_one`` (plain Python) leave the same floats in
+    every table, on histories full of repeats, with a share log running: transitions,
+    sources, outgoing totals, repeat counts and the item delta."""
+    from tests.test_ranking_paths import random_stream
+
+    events = random_stream(3000, 40, 60, seed=8)
+    batched, single = make_model("sequence", **params), make_model("sequence", **params)
+    for part, (start, stop) in enumerate([(0, 1000), (1000, 3000)]):
+        if part:  # sharing starts: transitions go to the log from now on
+            assert batched.item_delta().keys() == single.item_delta().keys()
+        for first in range(start, stop, 300):
+            batched.learn_many(events[first : min(first + 300, stop)])
+        for event in events[start:stop]:
+            single.learn_one(event)
+    assert [(list(s.rows), list(s.weights)) for s in batched._successors] == \
+           [(list(s.rows), list(s.weights)) for s in single._successors]
+    assert batched._sources == single._sources
+    n = len(single._items)  # (the tables' spare room may differ)
+    assert batched._out_total[:n].tolist() == single._out_total[:n].tolist()
+    assert (batched._repeat_hits, batched._repeat_trials) == (single._repeat_hits, single._repeat_trials)
+    assert sum(batched._repeat_hits) > 100
+    deltas = batched.item_delta(), single.item_delta()
+    assert deltas[0].keys() == deltas[1].keys()
+    for key in deltas[0]:
+        assert np.array_equal(deltas[0][key], deltas[1][key]), key
 
 
 # -- the protocol -----------------------------------------------------------------------
