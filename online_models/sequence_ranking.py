@@ -66,16 +66,18 @@ class SequenceRanking:
         Returns one user per group (positions in ``users``) and each user's group, or
         ``(None, ...)`` where no two users are alike."""
         histories, window = self._histories, self.window
+        if not len(histories.rows):  # no user learned here (a replica that merged items only)
+            return None, np.zeros(0, dtype=np.int64)
         table = histories.users.rows
         at = np.fromiter(map(table.get, users, repeat(-1)), dtype=np.int64, count=len(users))
         held_by = histories.sizes
         sizes = np.fromiter((held_by[a] if a >= 0 else 0 for a in at.tolist()), dtype=np.int64, count=len(users))
         held = np.arange(window) >= (window - sizes)[:, None]
-        cells = np.where(held, histories.rows[np.maximum(at, 0)], -1)  # -1: no item (unknown users hold none)
+        cells = np.where(held, histories.rows[at], -1)  # -1: no item (an unknown user's row -1 holds none)
         mix = _mix(2 * window)
         key = cells * mix[:window]
         if self.recency_half_life_s is not None:
-            values = histories.values[np.maximum(at, 0)]
+            values = histories.values[at]
             ages = np.where(held, values[:, window - 1 :] - values, 0.0)
             cells = np.concatenate([cells, ages.view(np.int64)], axis=1)  # compared bit by bit below
             key = np.concatenate([key, ages.view(np.int64) * mix[window:]], axis=1)

@@ -136,6 +136,21 @@ def test_alike_users_are_ranked_once_as_each_alone(monkeypatch, params: dict, co
                 assert model.recommend(user, k, mine) == many[user]
 
 
+@pytest.mark.parametrize("params", [{}, {"recency_half_life_s": 20.0}])
+def test_a_replica_with_items_but_no_users(params: dict) -> None:
+    """A replica that merged a peer's items but learned no user ranks and explains anyone
+    by popularity, as the definition says."""
+    peer, replica = trained(random_stream(500, 20, 40, seed=6), **params), make_model("sequence", **params)
+    replica.merge_item_delta(peer.item_delta())
+    users = ["x", "y", "x"]
+    ranked = replica.recommend_rows(users, 5)
+    assert ranked.rows.shape == (3, 5)
+    for user, ranking in zip(users, [[(replica._items.ids[r], s) for r, s in zip(row, scores)]
+                                     for row, scores in zip(ranked.rows.tolist(), ranked.scores.tolist())]):
+        assert ranking == reference_sequence(replica, user, 5)
+    assert replica.explain_rows(users, ranked.rows, ranked.index) == [[("trending", "popular now")] * 5] * 3
+
+
 @pytest.mark.parametrize("max_successors", [None, 4])
 def test_recommend_rows_are_recommend_many(max_successors) -> None:
     """The arrays name, in the model's rows, the lists ``recommend_many`` gives, on both
