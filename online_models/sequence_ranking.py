@@ -234,7 +234,7 @@ class SequenceRanking:
             took, of_user = np.unique(j[inside], return_inverse=True)
             at[took] += np.bincount(of_user * width + col[inside], minlength=len(took) * width
                                     ).reshape(len(took), width).cumsum(axis=1)
-        np.minimum(at, len(popular), out=at)  # past the popular list: no item
+        np.clip(at, 0, len(popular), out=at)  # past the popular list: no item (before it: a listed cell)
         filled_rows = np.append(popular, -1)[at]
         filled_scores = np.append(np.zeros(len(popular)), -np.inf)[at]
         filled_rows[listed_user, listed_col] = listed_rows

@@ -136,6 +136,23 @@ def test_alike_users_are_ranked_once_as_each_alone(monkeypatch, params: dict, co
                 assert model.recommend(user, k, mine) == many[user]
 
 
+def test_a_popular_list_shorter_than_a_users_own() -> None:
+    """Handed a popularity that knows fewer items than a user lists, the model fills the
+    others' lists with them and leaves the user's own list as it is."""
+    popularity, model = Trending(), make_model("sequence")
+    assert model.use_popularity(popularity)
+    for t, (user, item) in enumerate([("a", "x"), ("a", "y"), ("a", "z"), ("a", "w"), ("b", "x"), ("c", "q")]):
+        event = Event(user_id=user, item_id=item, type="click", ts=float(t))
+        if item == "w":
+            popularity.learn_one(event)
+        model.learn_one(event)
+    users = ["a", "b", "c", "nobody"]
+    ranked = model.recommend_rows(users, 10).rankings(users)
+    assert [item for item, _ in ranked["a"]] == ["z", "y", "w", "x"]  # w: listed, not added again
+    assert ranked["nobody"] == [("w", 0.0)] and ranked["c"][-1] == ("w", 0.0)
+    assert ranked == {user: model.recommend(user, 10) for user in users}
+
+
 @pytest.mark.parametrize("params", [{}, {"recency_half_life_s": 20.0}])
 def test_a_replica_with_items_but_no_users(params: dict) -> None:
     """A replica that merged a peer's items but learned no user ranks and explains anyone
