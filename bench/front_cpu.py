@@ -1,7 +1,8 @@
 """The shell's per-event cost before ranking, without Kafka or Redis: ``Pipeline.process``
 learning only (no lists, as ``bench.ingest``'s learn-only run) over the ingest bench's
-events, in batches of ``max_poll_records``, timed in process CPU time; and ``parse_record``
-alone over the same records.
+events, in batches of ``max_poll_records``, timed in process CPU time; and parsing alone
+over the same records (``parse_records`` per batch, or ``parse_record`` per record in a tree
+without it).
 
 ``--against TREE`` runs the same measurement in another checkout (``/work/base``, say) in
 turns with this one, each in a fresh process, and prints the ratios (this tree over that
@@ -38,6 +39,7 @@ def measure(events: int, models: list[str]) -> dict[str, float]:
     from core.errors import InvalidEvent
     from core.settings import Settings
     from online_models import make_model
+    from stream import pipeline as pipeline_module
     from stream.pipeline import Pipeline, parse_record
 
     settings = Settings(_env_file=None)
@@ -45,8 +47,12 @@ def measure(events: int, models: list[str]) -> dict[str, float]:
     batches = batches_of(events + batch, batch)  # the first batch warms up, untimed
     timed = sum(len(b) for b in batches[1:])
     rates = {}
+    parse_records = getattr(pipeline_module, "parse_records", None)  # a batch at once, where the tree has it
     started = time.process_time()
     for records in batches[1:]:
+        if parse_records is not None:
+            parse_records(records, settings.max_event_bytes)
+            continue
         for record in records:
             try:
                 parse_record(record, settings.max_event_bytes)

@@ -18,8 +18,10 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -292,3 +294,105 @@ def _wire(raw: bytes, max_bytes: int) -> EventIn | None:
     if wire.context is not None:
         fields_set += _keys_and_colons(wire.context)
     return wire if colons == fields_set else None
+
+
+def parse_events(
+    raws: Sequence[bytes | None],
+    default_ts: Sequence[float | None],
+    default_event_ids: Sequence[str | None],
+    *,
+    max_bytes: int = MAX_EVENT_BYTES,
+    now: float | None = None,
+) -> list[Event | InvalidEvent]:
+    """``parse_event`` of each of ``raws`` (with the same-place default ``ts`` and
+    ``event_id``), the event or the ``InvalidEvent`` that says why not, all with one ``now``.
+
+    >>> good = b'{"user_id": "u1", "item_id": "i9", "type": "view", "ts": 5}'
+    >>> [(e.item_id, e.ts, e.event_id) if isinstance(e, Event) else e.reason
+    ...  for e in parse_events([good, b"{", good], [None, None, None], ["a", "b", "c"], now=9.0)]
+    [('i9', 5.0, 'a'), 'not valid JSON: Input data was truncated', ('i9', 5.0, 'c')]
+
+    A batch of plain events (what ``_wire`` takes, printable string ids, a ``user_id``, a
+    ``ts`` in range) is checked column by column, the same checks as ``_event_of`` makes
+    but without a Python step per event; a batch with anything else is split in halves
+    until the parts are plain, or small enough to take ``parse_event`` event by event.
+    """
+    now = time.time() if now is None else now
+    events: list[Event | InvalidEvent] = []
+    _parse_part(raws, default_ts, default_event_ids, max_bytes, now, events)
+    return events
+
+
+ONE_BY_ONE = 16
+"""A part of a batch that is not all plain and this short takes ``parse_event`` event by event."""
+
+
+def _parse_part(raws: Sequence[bytes | None], default_ts: Sequence[float | None],
+                default_event_ids: Sequence[str | None], max_bytes: int, now: float,
+                events: list[Event | InvalidEvent]) -> None:
+    plain = _plain_events(raws, default_ts, default_event_ids, max_bytes, now)
+    if plain is not None:
+        events += plain
+    elif len(raws) > ONE_BY_ONE:
+        half = len(raws) // 2
+        _parse_part(raws[:half], default_ts[:half], default_event_ids[:half], max_bytes, now, events)
+        _parse_part(raws[half:], default_ts[half:], default_event_ids[half:], max_bytes, now, events)
+    else:
+        for raw, ts, event_id in zip(raws, default_ts, default_event_ids):
+            try:
+                events.append(parse_event(raw, default_ts=ts, default_event_id=event_id, max_bytes=max_bytes,
+                                          now=now))
+            except InvalidEvent as exc:
+                events.append(exc)
+
+
+_columns = [attrgetter(name) for name in ("user_id", "item_id", "type", "ts", "event_id", "value", "context")]
+"""Each field of ``EventIn`` (the colon sum counts them all), in ``Event``'s order."""
+
+
+def _plain_events(raws: Sequence[bytes | None], default_ts: Sequence[float | None],
+                  default_event_ids: Sequence[str | None], max_bytes: int, now: float) -> list[Event] | None:
+    """The events of ``raws`` when every one is plain (see ``parse_events``); ``None`` otherwise."""
+    n = len(raws)
+    if not n or not all(raws) or max(map(len, raws)) > max_bytes:
+        return None
+    try:
+        wires = list(map(_decode_wire, raws))
+        joined = b"".join(raws)
+    except (msgspec.DecodeError, TypeError):  # ValidationError too; TypeError: a value that is not bytes
+        return None
+    users, items, types, times, event_ids, values, contexts = columns = [list(map(c, wires)) for c in _columns]
+    try:  # join: every one a string; printable, as _check_id takes it unchanged
+        users_joined, items_joined = "".join(users), "".join(items)
+    except TypeError:  # an id that is None or an int
+        return None
+    if "" in users or not users_joined.isprintable() or not items_joined.isprintable():
+        return None
+    # _wire's colon count, summed: each raw holds at least as many colons as it counts, so equal sums, equal each
+    colons, fields_set = joined.count(b":"), len(_EVENT_IN_FIELDS) * n - sum(column.count(None) for column in columns)
+    if colons != fields_set:
+        if b"\\u" in joined:
+            return None
+        strings = [value for value in (*times, *event_ids) if type(value) is str]
+        fields_set += (users_joined.count(":") + items_joined.count(":") + "".join(strings).count(":")
+                       + sum(_keys_and_colons(context) for context in contexts if context is not None))
+        if colons != fields_set:
+            return None
+    given = [ts for ts in times if ts is not None] if None in times else times
+    if given and not (set(map(type, given)) == {float} and min(given) >= 0.0 and max(given) <= now + MAX_FUTURE_S):
+        return None  # a string, or one _check_ts would reject
+    if len(given) < n:
+        times = [((now if default is None else default) if ts is None else ts) for ts, default in zip(times, default_ts)]
+    if event_ids.count(None) == n:
+        event_ids = [default or new_event_id() for default in default_event_ids]
+    elif None in event_ids:
+        return None
+    else:
+        try:
+            if not "".join(event_ids).isprintable():
+                return None
+        except TypeError:
+            return None
+    if values.count(None) != n and not all(map(math.isfinite, filter(None, values))):
+        return None
+    return list(map(Event, users, items, types, times, event_ids, values, contexts))

@@ -40,6 +40,8 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import groupby, islice, repeat
+from operator import gt, le
 from typing import Any, Protocol
 
 import numpy as np
@@ -48,7 +50,7 @@ import orjson
 from core.errors import InvalidEvent
 from core.keys import ListBatch
 from core.metrics import Exposures, WorkerMetrics
-from core.schema import ITEM_TYPE, Event, parse_event
+from core.schema import ITEM_TYPE, Event, parse_event, parse_events
 from core.settings import Settings
 from online_models import Recommender
 from online_models._arrays import IdIndex, RankedRows, excluded_cells
@@ -164,6 +166,24 @@ class PartitionState:
                 self.recent_set.discard(self.recent_ids.popleft())
         return False
 
+    def fresh(self, events: list[Event], window: int) -> list[Event]:
+        """The ``events`` that are not duplicates, as ``is_duplicate`` says of each in turn.
+
+        When their ids are new and distinct (the common case) they are remembered at once:
+        ``is_duplicate`` would append each and drop one old id per append past ``window``.
+        """
+        recent_ids, recent_set = self.recent_ids, self.recent_set
+        ids = [event.event_id for event in events]
+        if not recent_set.isdisjoint(ids) or len(set(ids)) < len(ids):
+            return [event for event, event_id in zip(events, ids) if not self.is_duplicate(event_id, window)]
+        if window:
+            dropped = min(len(ids), max(0, len(recent_ids) + len(ids) - window))
+            recent_ids.extend(ids)
+            recent_set.update(ids)
+            popleft = recent_ids.popleft
+            recent_set.difference_update([popleft() for _ in range(dropped)])
+        return events
+
 
 @dataclass
 class Effects:
@@ -198,6 +218,18 @@ def parse_record(record: RecordLike, max_event_bytes: int) -> Event:
         default_ts=record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else None,
         default_event_id=f"{record.topic}/{record.partition}/{record.offset}",
         max_bytes=max_event_bytes,
+    )
+
+
+def parse_records(records: Sequence[RecordLike], max_event_bytes: int, now: float | None = None
+                  ) -> list[Event | InvalidEvent]:
+    """``parse_record`` of each record, the event or the ``InvalidEvent`` that says why not,
+    parsed together (``core.schema.parse_events``: one ``now`` for all)."""
+    return parse_events(
+        [record.value for record in records],
+        [record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else None for record in records],
+        [f"{record.topic}/{record.partition}/{record.offset}" for record in records],
+        max_bytes=max_event_bytes, now=now,
     )
 
 
@@ -435,67 +467,67 @@ class Pipeline:
         touched_users: dict[str, None] = {}  # in order
         touched_items: set[str] = set()
         touched_partitions = set()
-        max_bytes, window, partitions = settings.max_event_bytes, settings.dedupe_window, self.partitions
-        last_lists, metrics, learns_items = self._last_lists, self.metrics, self.can.learns_items
-        evaluated = hits = 0  # online HR@k: was the item in the user's last list?
-        state, p = None, None
-        for record in records:
-            if record.partition != p:  # records come partition by partition
-                p = record.partition
-                state = partitions.get(p)
-                if state is None:
-                    state = partitions[p] = PartitionState()
-                touched_partitions.add(p)
-                state_counts, state_users, is_duplicate = state.counts, state.users, state.is_duplicate
-            state_counts.consumed += 1
-            state.next_offset = record.offset + 1
-            try:
-                event = parse_record(record, max_bytes)
-            except InvalidEvent as exc:
-                rejects.append(Reject(record, exc.reason))
-                state_counts.dead_lettered += 1
-                counts.dead_lettered += 1
-                continue
-            if is_duplicate(event.event_id, window):
-                state_counts.deduplicated += 1
-                counts.deduplicated += 1
-                continue
-            state_counts.applied += 1
-            if event.context is not None:
-                event = self._attribute(event)
-            if event.type == ITEM_TYPE:
-                item_metadata[event.item_id] = event.context or {}
-                if learns_items:
-                    model.learn_item(event.item_id, item_metadata[event.item_id])
-            else:
-                user_id = event.user_id
-                events.append(event)
-                state_users.add(user_id)
-                touched_users[user_id] = None
-                last = last_lists.get(user_id)
-                if last is not None:
-                    evaluated += 1
-                    hits += event.item_id in last
+        window, partitions, learns_items = settings.dedupe_window, self.partitions, self.can.learns_items
+        parsed = parse_records(records, settings.max_event_bytes)
+        start = 0
+        for p, run in groupby([record.partition for record in records]):  # records come partition by partition
+            end = start + len(list(run))
+            state = partitions.get(p)
+            if state is None:
+                state = partitions[p] = PartitionState()
+            touched_partitions.add(p)
+            state_counts = state.counts
+            state_counts.consumed += end - start
+            state.next_offset = records[end - 1].offset + 1
+            found = parsed[start:end]
+            if any(map(isinstance, found, repeat(InvalidEvent))):
+                for record, event in zip(records[start:end], found):
+                    if isinstance(event, InvalidEvent):
+                        rejects.append(Reject(record, event.reason))
+                found = [event for event in found if not isinstance(event, InvalidEvent)]
+                state_counts.dead_lettered += end - start - len(found)
+            start = end
+            fresh = state.fresh(found, window)
+            state_counts.deduplicated += len(found) - len(fresh)
+            counts.deduplicated += len(found) - len(fresh)
+            state_counts.applied += len(fresh)
+            if any(event.context is not None or event.type == ITEM_TYPE for event in fresh):
+                plain = []
+                for event in fresh:
+                    if event.context is not None:
+                        event = self._attribute(event)
+                    if event.type == ITEM_TYPE:
+                        item_metadata[event.item_id] = event.context or {}
+                        if learns_items:
+                            model.learn_item(event.item_id, item_metadata[event.item_id])
+                    else:
+                        plain.append(event)
+                fresh = plain
+            users = [event.user_id for event in fresh]
+            state.users.update(users)
+            touched_users.update(zip(users, repeat(None)))
+            events += fresh
+        counts.dead_lettered = len(rejects)
         counts.applied = counts.consumed - counts.dead_lettered - counts.deduplicated
-        metrics.online_evaluated += evaluated
-        metrics.online_hits += hits
-        if events:
+        if events:  # online HR@k: was the item in the user's last list?
+            users, items = [event.user_id for event in events], [event.item_id for event in events]
+            lasts = list(map(self._last_lists.get, users))
+            self.metrics.online_evaluated += len(lasts) - lasts.count(None)
+            self.metrics.online_hits += sum(item_id in last for item_id, last in zip(items, lasts) if last is not None)
             self.popularity.learn_many(events)  # first: a model that uses it reads it
             model.learn_many(events)
-            seen_types, seen, last_active, item_last_active = (
-                settings.seen_types, self.seen, self.last_active, self.item_last_active)
+            touched_items.update(items)
+            seen_types, seen = settings.seen_types, self.seen
             for event in events:
-                user_id, item_id, ts = event.user_id, event.item_id, event.ts
-                touched_items.add(item_id)
                 if event.type in seen_types:
-                    if user_id in seen:
-                        seen[user_id].add(item_id)
+                    user_seen = seen.get(event.user_id)
+                    if user_seen is None:
+                        seen[event.user_id] = {event.item_id}
                     else:
-                        seen[user_id] = {item_id}
-                newest = last_active.get(user_id, 0.0)
-                last_active[user_id] = newest if newest > ts else ts  # max(ts, newest), ties to ts
-                newest = item_last_active.get(item_id, 0.0)
-                item_last_active[item_id] = newest if newest > ts else ts
+                        user_seen.add(event.item_id)
+            times = [event.ts for event in events]
+            _note_newest(self.last_active, users, times)
+            _note_newest(self.item_last_active, items, times)
         forgotten = self._obey(commands, rejects)
         users = [u for u in touched_users if u not in forgotten and u in self.last_active]
         lists, ranked = self._rank(users)
@@ -514,8 +546,9 @@ class Pipeline:
             self.metrics.bandit_arms = {a: {k: arms[a][k] for k in ("pulls", "rewards", "share")} for a in arms}
         history: dict[str, list[tuple[str, str, float]]] = {}
         if settings.user_history_events:  # the users' events of this batch, for the dashboard
+            listed = set(lists)
             for event in events:
-                if event.user_id in lists:
+                if event.user_id in listed:
                     history.setdefault(event.user_id, []).append((event.item_id, event.type, event.ts))
         return Effects(counts=counts, model=model.name, written_at=now, lists=lists, history=history,
                        explanations=explanations, popular=popular, similar=self._similar_lists(touched_items, now),
@@ -595,6 +628,30 @@ class Pipeline:
         self._items_touched = set()
         self._similar_written_at = now
         return similar
+
+
+def _note_newest(newest: dict[str, float], keys: list[str], times: list[float]) -> None:
+    """``newest[key] = max(newest.get(key, 0.0), ts)`` (ties to ``ts``) for each key and time
+    in turn; in one go when the times are in order, as they mostly are (each key's last time
+    is then its newest).
+
+    >>> newest = {"a": 5.0, "b": 1.0}
+    >>> _note_newest(newest, ["b", "c", "a", "b"], [2.0, 3.0, 3.0, 4.0]); newest
+    {'a': 5.0, 'b': 4.0, 'c': 3.0}
+    >>> _note_newest(newest, ["c", "a"], [9.0, 6.0]); newest
+    {'a': 6.0, 'b': 4.0, 'c': 9.0}
+    """
+    if not all(map(le, times, islice(times, 1, None))):
+        for key, ts in zip(keys, times):
+            newest[key] = max(ts, newest.get(key, 0.0))  # ties to ts
+        return
+    last = dict(zip(keys, times))
+    before = list(map(newest.get, last, repeat(0.0)))
+    newest.update(last)
+    if any(map(gt, before, last.values())):
+        for key, was, ts in zip(last, before, last.values()):
+            if was > ts:
+                newest[key] = was
 
 
 def _ids_at(ids: list[str | None], rows: np.ndarray) -> list[str | None]:

@@ -6,11 +6,20 @@ import time
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import InvalidEvent
-from core.schema import EVENT_TYPES, MAX_ID_CHARS, Event, decode_json, parse_event, validate_event
+from core.schema import (
+    EVENT_TYPES,
+    MAX_ID_CHARS,
+    Event,
+    _plain_events,
+    decode_json,
+    parse_event,
+    parse_events,
+    validate_event,
+)
 
 NOW = 1_800_000_000.0
 
@@ -182,3 +191,89 @@ def test_any_object_parses_as_the_general_path(pairs, colon, escaped):
     integers past 64 bits and strings escaped (``\\u``) or not."""
     body = b",".join(json.dumps(k).encode() + colon + json.dumps(v, ensure_ascii=escaped).encode() for k, v in pairs)
     assert_parses_as_the_general_path([b"{" + body + b"}"], NOW)
+
+
+def assert_parses_as_one_by_one(payloads: list[bytes], default_ts: list[float | None], now: float) -> None:
+    """``parse_events`` gives each payload the event, or the reason, that ``parse_event`` gives it alone."""
+    default_ids = [f"t/0/{n}" for n in range(len(payloads))]
+    got = parse_events(payloads, default_ts, default_ids, max_bytes=65_536, now=now)
+    assert len(got) == len(payloads)
+    for payload, ts, event_id, event in zip(payloads, default_ts, default_ids, got):
+        try:
+            want = parse_event(payload, default_ts=ts, default_event_id=event_id, max_bytes=65_536, now=now)
+        except InvalidEvent as exc:
+            assert isinstance(event, InvalidEvent) and event.reason == exc.reason, payload
+        else:
+            assert (event, repr(event), type(event.ts)) == (want, repr(want), type(want.ts)), payload
+
+
+printable_text = st.characters(categories=["L", "N", "P", "S"], include_characters=" :")  # no control, no separator
+printable_ids = st.text(printable_text, min_size=1, max_size=12)
+odd_ids = st.sampled_from(["", "a\nb", "x" * 257, "u:1", "ü名🎬"]) | st.integers(-5, 2**70)
+
+
+def plain_events(with_event_ids: bool) -> st.SearchStrategy[dict]:
+    """Events a batch takes column by column, all with an ``event_id`` or all without."""
+    return st.fixed_dictionaries(
+        {"user_id": printable_ids, "item_id": printable_ids, "type": st.sampled_from(EVENT_TYPES),
+         **({"event_id": printable_ids} if with_event_ids else {})},
+        optional={"ts": st.floats(0, NOW) | st.integers(0, 2**31), "value": st.floats(allow_infinity=False,
+                  allow_nan=False), "context": st.dictionaries(st.sampled_from(["a", "b:c"]), st.integers(-2**63, 2**63 - 1) | st.text(
+                      printable_text, max_size=3))},
+    )
+
+
+def plain_batches(max_size: int = 40) -> st.SearchStrategy[list[tuple[bytes, float | None]]]:
+    """Plain events, each with the broker's timestamp or none."""
+    return st.tuples(st.booleans(), st.integers(0, max_size)).flatmap(lambda drawn: st.lists(st.tuples(
+        plain_events(drawn[0]).map(orjson.dumps), st.none() | st.floats(0, NOW)), min_size=drawn[1], max_size=drawn[1]))
+
+
+events_with_odd_fields = st.fixed_dictionaries(
+    {"item_id": printable_ids | odd_ids, "type": st.sampled_from([*EVENT_TYPES, "like"])},
+    optional={"user_id": printable_ids | odd_ids | st.none(), "ts": st.floats() | st.none() | st.sampled_from(
+        ["2024-01-02T03:04:05Z", "2024-01-02T03:04:05", "x", NOW + 2 * 86_400]),
+              "event_id": printable_ids | odd_ids | st.none(), "value": st.floats() | st.none() | st.just("1"),
+              "context": st.none() | st.just([1]), "other": st.integers()},
+)
+
+
+def oversize() -> bytes:
+    return b"{" + b" " * 70_000 + b"}"
+
+
+odd_payloads = (events_with_odd_fields.map(lambda e: json.dumps(e).encode()) | st.sampled_from(STRUCT_PATH_PAYLOADS)
+                | st.binary(max_size=30) | st.builds(oversize))
+
+
+@settings(max_examples=60)
+@given(plain_batches())
+def test_a_batch_of_plain_events_parses_as_one_by_one(batch):
+    assert_parses_as_one_by_one([payload for payload, _ in batch], [ts for _, ts in batch], NOW)
+
+
+@settings(max_examples=60)
+@given(plain_batches(), st.lists(st.tuples(st.integers(0, 40), odd_payloads, st.none() | st.floats(0, NOW)), max_size=4))
+def test_any_batch_parses_as_one_by_one(batch, odd):
+    """Anything at all among plain events, rejects too: each gets what it would alone (past
+    ``ONE_BY_ONE`` events, a batch that is not all plain is parsed in parts)."""
+    for at, payload, ts in odd:
+        batch.insert(at, (payload, ts))
+    assert_parses_as_one_by_one([payload for payload, _ in batch], [ts for _, ts in batch], NOW)
+
+
+def test_a_batch_of_plain_events_is_checked_column_by_column():
+    """Not each event through ``parse_event`` (what the tests above compare it with): the
+    batch's columns, however its events name their ``ts``, ``event_id`` and ``value``."""
+    plain = [raw(ts=5.0), raw(ts=6), raw(user_id="u:1"), raw(value=0.0) + b"\n",
+             raw(value=-2.5, context={"recomm_id": "r:1", "a": {"b": [1, {"c": "d"}]}})]
+    for payloads in (plain, [raw(event_id=f"e:{n}", type="item") for n in range(3)]):
+        defaults = [None, 7.0, 8.0, None, 9.0][: len(payloads)]
+        assert _plain_events(payloads, defaults, ["a", "b", "c", "d", "e"][: len(payloads)], 65_536, NOW) is not None
+        assert_parses_as_one_by_one(payloads, defaults, NOW)
+    for odd in (raw(user_id=""), raw(user_id=7), raw(ts="2024-01-02T03:04:05Z"), raw(ts=NOW * 2), raw(item_id="a\tb"),
+                raw(event_id="e"), raw(value=None), raw(session="s"),
+                b'{"user_id":"u","item_id":"i","type":"view","context":{"a":1,"a":2}}',
+                b'{"user_id":"u\\u003a","item_id":"i","type":"view","ts":5,"ts":6}', b""):
+        assert _plain_events([raw(), odd], [None, None], ["a", "b"], 65_536, NOW) is None, odd
+        assert_parses_as_one_by_one([raw(), odd, raw()], [None, None, 1.0], NOW)
