@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections import Counter
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core.settings import Settings
 from online_models.base import Recommender
-from online_models.capabilities import Explains, ForgetsItems, ForgetsUsers, LearnsItems, SimilarItems
 from online_models.blend import Blend
+from online_models.capabilities import (
+    Explains,
+    ForgetsItems,
+    ForgetsUsers,
+    LearnsItems,
+    SimilarItems,
+)
 from online_models.cooc import Cooc
 from online_models.trending import Trending
 from stream.pipeline import Counts, Pipeline, Record
@@ -373,3 +382,36 @@ def test_lists_cut_on_arrays_are_those_cut_one_user_at_a_time(make, n_items: int
         assert effects.lists == lists and effects.seen_flags == flags
         assert {u: pipeline._last_lists[u] for u in users} == shown
         assert any(any(f) for f in flags.values())  # seen items were ranked, flagged and cut around
+
+
+@given(st.lists(st.sampled_from("abcdefgh"), max_size=8), st.lists(st.sampled_from("abcdefghij"), max_size=12),
+       st.integers(0, 6))
+def test_a_run_is_deduplicated_as_event_by_event(before, ids, window):
+    """``PartitionState.fresh`` keeps what ``is_duplicate`` keeps, and remembers the same ids
+    (a remembered log longer than the window too, as after a smaller ``dedupe_window``)."""
+    from collections import deque
+
+    from core.schema import Event
+    from stream.pipeline import PartitionState
+
+    before = list(dict.fromkeys(before))
+    one, batch = (PartitionState(recent_ids=deque(before), recent_set=set(before)) for _ in range(2))
+    events = [Event("u", "i", "view", 1.0, event_id) for event_id in ids]
+    want = [event for event in events if not one.is_duplicate(event.event_id, window)]
+    assert batch.fresh(events, window) == want
+    assert (list(batch.recent_ids), batch.recent_set) == (list(one.recent_ids), one.recent_set)
+
+
+@given(st.dictionaries(st.sampled_from("abcd"), st.sampled_from([0.0, -0.0, 1.0, 2.0, 3.0])),
+       st.lists(st.tuples(st.sampled_from("abcdef"), st.sampled_from([0.0, -0.0, 1.0, 2.0, 2.5, 4.0]))), st.booleans())
+def test_newest_times_are_noted_as_event_by_event(newest, pairs, in_order):
+    from stream.pipeline import _note_newest
+
+    if in_order:
+        pairs.sort(key=lambda pair: pair[1])
+    want = dict(newest)
+    for key, ts in pairs:
+        want[key] = max(ts, want.get(key, 0.0))  # ties to ts
+    _note_newest(newest, [key for key, _ in pairs], [ts for _, ts in pairs])
+    assert list(newest.items()) == list(want.items())
+    assert [math.copysign(1, ts) for ts in newest.values()] == [math.copysign(1, ts) for ts in want.values()]
