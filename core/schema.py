@@ -346,6 +346,11 @@ def _parse_part(raws: Sequence[bytes | None], default_ts: Sequence[float | None]
                 events.append(exc)
 
 
+_BatchWire = msgspec.defstruct("_BatchWire", [
+    (f.name, f.type) if f.default is msgspec.NODEFAULT else (f.name, f.type, f.default)
+    for f in msgspec.structs.fields(EventIn)])
+"""``EventIn`` but not frozen: a batch's missing ``ts`` and ``event_id`` are filled in on it."""
+_decode_batch_wire = msgspec.json.Decoder(_BatchWire).decode
 _columns = [attrgetter(name) for name in ("user_id", "item_id", "type", "ts", "event_id", "value", "context")]
 """Each field of ``EventIn`` (the colon sum counts them all), in ``Event``'s order."""
 
@@ -357,11 +362,11 @@ def _plain_events(raws: Sequence[bytes | None], default_ts: Sequence[float | Non
     if not n or not all(raws) or max(map(len, raws)) > max_bytes:
         return None
     try:
-        wires = list(map(_decode_wire, raws))
+        wires = list(map(_decode_batch_wire, raws))
         joined = b"".join(raws)
     except (msgspec.DecodeError, TypeError):  # ValidationError too; TypeError: a value that is not bytes
         return None
-    users, items, types, times, event_ids, values, contexts = columns = [list(map(c, wires)) for c in _columns]
+    users, items, _, times, event_ids, values, contexts = columns = [list(map(c, wires)) for c in _columns]
     try:  # join: every one a string; printable, as _check_id takes it unchanged
         users_joined, items_joined = "".join(users), "".join(items)
     except TypeError:  # an id that is None or an int
@@ -381,10 +386,11 @@ def _plain_events(raws: Sequence[bytes | None], default_ts: Sequence[float | Non
     given = [ts for ts in times if ts is not None] if None in times else times
     if given and not (set(map(type, given)) == {float} and min(given) >= 0.0 and max(given) <= now + MAX_FUTURE_S):
         return None  # a string, or one _check_ts would reject
-    if len(given) < n:
-        times = [((now if default is None else default) if ts is None else ts) for ts, default in zip(times, default_ts)]
+    if values.count(None) != n and not all(map(math.isfinite, filter(None, values))):
+        return None
     if event_ids.count(None) == n:
-        event_ids = [default or new_event_id() for default in default_event_ids]
+        for wire, default in zip(wires, default_event_ids):
+            wire.event_id = default or new_event_id()
     elif None in event_ids:
         return None
     else:
@@ -393,6 +399,9 @@ def _plain_events(raws: Sequence[bytes | None], default_ts: Sequence[float | Non
                 return None
         except TypeError:
             return None
-    if values.count(None) != n and not all(map(math.isfinite, filter(None, values))):
-        return None
-    return list(map(Event, users, items, types, times, event_ids, values, contexts))
+    if len(given) < n:
+        for wire, default in zip(wires, default_ts):
+            if wire.ts is None:
+                wire.ts = now if default is None else default
+    # built in C from the checked wires' fields (as Event(...) would, a third of its cost)
+    return msgspec.convert(wires, list[Event], from_attributes=True)
