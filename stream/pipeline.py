@@ -565,7 +565,7 @@ class Pipeline:
         index that names them.
         """
         top_k = self.settings.top_k
-        depth = top_k + max((min(len(self.seen.get(u, ())), top_k) for u in users), default=0)
+        depth = top_k + min(top_k, max(map(len, map(self.seen.get, users, repeat(()))), default=0))
         if self.can.ranks_rows:
             ranked = self.model.recommend_rows(users, depth)
             return self._cut(users, ranked.rows, ranked.scores, ranked.index)

@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from operator import attrgetter
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -44,6 +45,7 @@ from stream.sink import ListSink
 from stream.write_behind import WriteBehind
 
 log = logging.getLogger("streamrec.worker")
+_timestamp = attrgetter("timestamp")
 
 YOUNG_OBJECTS_PER_COLLECTION = 50_000
 """The collector's first threshold in a worker process (Python's default: 700). A batch's
@@ -244,7 +246,8 @@ class Worker:
         series = {name: n for name, n in dataclasses.asdict(effects.counts).items() if n}
         series.update(self._metrics_grown())
         exposures, forgotten = self.pipeline.exposures.drain(), sorted(effects.forgotten)
-        produced_at = np.fromiter((r.timestamp for r in records if r.timestamp and r.timestamp > 0), float)
+        stamps = np.array(list(map(_timestamp, records)), dtype=float)  # None: nan
+        produced_at = stamps[stamps > 0]
         sink, worker_metrics = self.sink, (self.worker_id, self._metrics_written)
 
         def write() -> tuple[float, float]:
