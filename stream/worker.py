@@ -27,9 +27,7 @@ from collections.abc import Sequence
 from operator import attrgetter
 
 import numpy as np
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError
-from kafka.structs import OffsetAndMetadata
+from kafka import KafkaProducer
 
 from core.errors import StreamrecError
 from core.kafka import ensure_topics, make_producer
@@ -38,6 +36,7 @@ from core.metrics import WorkerMetrics, increments
 from core.settings import Settings
 from online_models import Recommender, make_model, set_scoring, set_torch_threads
 from stream.checkpoint import CheckpointStore
+from stream.consumer import CommitFailed, Partition, Reader, wait_for_partitions
 from stream.ownership import Ownership
 from stream.pipeline import Counts, Pipeline, RecordLike, Reject
 from stream.sharing import MAX_DELTA_BYTES, ItemSharing
@@ -55,46 +54,15 @@ collections: about 8% of a trending worker's CPU, against under 2% at this thres
 (measured on the ingest bench's 20k events)."""
 
 
-def wait_for_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> set[int]:
-    """The topic's partitions, once the metadata has them."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise StreamrecError(f"topic {topic!r} has no partitions after {timeout_s:.0f} s")
-        time.sleep(0.1)
-
-
 @dataclasses.dataclass
 class _Written:
     """What the loop does once a write is done: commit ``offsets``; for an event batch's,
     observe the latency since ``started`` (``perf_counter``) and the freshness of the events
     ``produced_at`` (ms)."""
 
-    offsets: dict[TopicPartition, OffsetAndMetadata]
+    offsets: dict[Partition, int]
     started: float | None = None  # None: not an event batch's write (served items counted while idle)
     produced_at: np.ndarray | None = None
-
-
-def _log_failed_commit(offsets, result) -> None:
-    if isinstance(result, Exception):
-        log.warning("offsets not committed: %s", result)
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    """The client calls these from inside ``poll()``, in the worker's own thread, before
-    leaving and after joining the group."""
-
-    def __init__(self, worker: Worker):
-        self.worker = worker
-
-    def on_partitions_revoked(self, revoked):
-        self.worker.release([tp.partition for tp in revoked])
-
-    def on_partitions_assigned(self, assigned):
-        self.worker.take_over([tp.partition for tp in assigned])
 
 
 class Worker:
@@ -110,7 +78,7 @@ class Worker:
         settings: Settings,
         model: Recommender | None = None,
         sink: ListSink | None = None,
-        consumer: KafkaConsumer | None = None,
+        consumer: Reader | None = None,
         dlq_producer: KafkaProducer | None = None,
         checkpoints: CheckpointStore | None = None,
     ):
@@ -129,14 +97,14 @@ class Worker:
                                      settings.user_list_ttl_s, history_events=settings.user_history_events)
         self._metrics_written = self.metrics.as_dict()  # what the per-minute series last took from it
         self.producer = dlq_producer or make_producer(settings.kafka_bootstrap, max_request_size=MAX_DELTA_BYTES)
-        self.side: KafkaConsumer | None = None  # control, impressions and item deltas: every partition
+        self.side: Reader | None = None  # control, impressions and item deltas: every partition
         if consumer is None:
             consumer, self.side = self._connect()
         self.consumer = consumer
         self._publish(self.sharing.log.pending)
         self._dlq_unflushed = False
         self._writes: WriteBehind[_Written | None] = WriteBehind()  # Redis is written from its thread only
-        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}  # written, not committed yet
+        self._uncommitted: dict[Partition, int] = {}  # written, not committed yet
 
     @property
     def model(self) -> Recommender:
@@ -146,7 +114,7 @@ class Worker:
     def totals(self) -> Counts:
         return self.pipeline.totals
 
-    def _connect(self) -> tuple[KafkaConsumer, KafkaConsumer]:
+    def _connect(self) -> tuple[Reader, Reader]:
         """The group member (the partitions of the event topic this worker owns) and the side
         reader (every partition of the control, impression and item-delta topics)."""
         settings = self.settings
@@ -157,36 +125,32 @@ class Worker:
                           "max.message.bytes": str(MAX_DELTA_BYTES),
                           # a worker restores the group's newest checkpoint: it needs only the deltas since
                           "retention.ms": str(24 * 3600 * 1000)}})
-        side = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_bytes=2 * MAX_DELTA_BYTES,
-            max_partition_fetch_bytes=MAX_DELTA_BYTES,
-        )
-        partitions = []
-        for topic in side_topics:
-            partitions += [TopicPartition(topic, p) for p in sorted(wait_for_partitions(side, topic))]
-        side.assign(partitions)
-        for tp in partitions:
-            offset = self.pipeline.control_offsets.get(tp.topic, {}).get(tp.partition)
-            if offset is not None:
-                side.seek(tp, offset)
-        member = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=settings.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=settings.max_poll_records,
-            fetch_max_bytes=32 * 1024 * 1024,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=max(settings.session_timeout_ms // 5, 500),
-            group_instance_id=self.worker_id,
-            max_poll_interval_ms=max(settings.session_timeout_ms * 3, 30_000),  # a stuck loop loses its partitions
-        )
-        member.subscribe([settings.topic], listener=_Rebalance(self))
+        side = Reader({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            # librdkafka wants a group id; assigned, not subscribed, this reader never joins it nor commits
+            "group.id": f"{settings.group_id}.side",
+            "auto.offset.reset": "earliest",
+            "fetch.max.bytes": 2 * MAX_DELTA_BYTES,
+            "max.partition.fetch.bytes": MAX_DELTA_BYTES,
+            "receive.message.max.bytes": 2 * MAX_DELTA_BYTES + 1024 * 1024,  # a fetch's answer, with room to spare
+        }, with_headers=True)  # item deltas carry their source and number in headers
+        partitions = [Partition(topic, p) for topic in side_topics for p in sorted(wait_for_partitions(side, topic))]
+        control_offsets = self.pipeline.control_offsets
+        side.assign(partitions, {tp: control_offsets[tp.topic][tp.partition] for tp in partitions
+                                 if tp.partition in control_offsets.get(tp.topic, {})})
+        member = Reader({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.group_id,
+            "auto.offset.reset": "earliest",
+            "fetch.max.bytes": 32 * 1024 * 1024,
+            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+            "session.timeout.ms": settings.session_timeout_ms,
+            "heartbeat.interval.ms": max(settings.session_timeout_ms // 5, 500),
+            "group.instance.id": self.worker_id,
+            "max.poll.interval.ms": max(settings.session_timeout_ms * 3, 30_000),  # a stuck loop loses its partitions
+        }, max_records=settings.max_poll_records)
+        member.subscribe([settings.topic], on_assigned=lambda assigned: self.take_over([tp.partition for tp in assigned]),
+                         on_revoked=lambda revoked: self.release([tp.partition for tp in revoked]))
         return member, side
 
     # -- ownership (called from inside poll) -------------------------------------------
@@ -201,7 +165,7 @@ class Worker:
         """Own exactly ``assigned``: resume each where its newest checkpoint left it."""
         resume_at, pending = self.ownership.take_over(assigned)
         for p, offset in resume_at.items():
-            self.consumer.seek(TopicPartition(self.settings.topic, p), offset)
+            self.consumer.seek(Partition(self.settings.topic, p), offset)
         for delta in pending:
             self._publish(delta)
         gc.freeze()  # the state just restored is long-lived too (see checkpoint)
@@ -282,15 +246,15 @@ class Worker:
             self.metrics.freshness_seconds.observe_many(durable_at - written.produced_at / 1000.0)
         self._uncommitted.update(written.offsets)
 
-    def _offsets(self, records: Sequence[RecordLike]) -> dict[TopicPartition, OffsetAndMetadata]:
+    def _offsets(self, records: Sequence[RecordLike]) -> dict[Partition, int]:
         """The offsets to commit once this batch is durable: in a group, where the pipeline
         stands on each of its partitions now; otherwise past the records consumed."""
         if self.in_group:
-            return {TopicPartition(self.settings.topic, p): OffsetAndMetadata(s.next_offset, "", -1)
+            return {Partition(self.settings.topic, p): s.next_offset
                     for p, s in self.pipeline.partitions.items()}
-        return {TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "", -1) for r in records}
+        return {Partition(r.topic, r.partition): r.offset + 1 for r in records}
 
-    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], wait: bool = False) -> None:
+    def _commit(self, offsets: dict[Partition, int], wait: bool = False) -> None:
         """Commit a durable batch's offsets. In a group they only show its lag (a worker
         resumes from the offsets in its checkpoints), so the loop does not wait for the
         broker's answer: a failed commit is logged, and the next batch's commit goes past it."""
@@ -300,10 +264,10 @@ class Worker:
             return
         try:
             if self.in_group and not wait:
-                self.consumer.commit_async(offsets, callback=_log_failed_commit)
+                self.consumer.commit_async(offsets)
             else:
                 self.consumer.commit(offsets)
-        except CommitFailedError as exc:
+        except CommitFailed as exc:
             # the group moved on while this worker was held up (a broker restart, a long
             # checkpoint): the next poll rejoins, and the checkpoints say where to resume
             log.warning("offsets not committed: %s", exc)

@@ -40,9 +40,9 @@ class Consumer:
 
     def commit(self, offsets=None):
         self.calls.append("commit")
-        self.committed.append({(tp.topic, tp.partition): at.offset for tp, at in (offsets or {}).items()})
+        self.committed.append({(tp.topic, tp.partition): at for tp, at in (offsets or {}).items()})
 
-    def commit_async(self, offsets=None, callback=None):
+    def commit_async(self, offsets=None):
         self.commit(offsets)
 
     def close(self):
@@ -292,7 +292,7 @@ def test_run_ends_with_its_last_commit_acknowledged(tmp_path) -> None:
     worker.in_group = True
     kinds = []
     worker.consumer.commit = lambda offsets=None: kinds.append("acknowledged")
-    worker.consumer.commit_async = lambda offsets=None, callback=None: kinds.append("sent")
+    worker.consumer.commit_async = lambda offsets=None: kinds.append("sent")
     worker.poll_once()
     stop = threading.Event()
     stop.set()

@@ -1,0 +1,251 @@
+"""The worker's Kafka consumers, on confluent-kafka (librdkafka).
+
+librdkafka fetches and decodes record batches in C, on its own thread, ahead of the loop:
+about 1.3 µs of the process's CPU per record wrapped for the pipeline, against about 6 µs for
+kafka-python's pure-Python decoding (``python -m bench.consumer_cpu``). Only the worker's two
+hot consumers use it; kafka-python stays where a record's cost does not matter (the DLQ and
+item-delta producer, topic administration, the Kafka checkpoint store, replay, the API's
+publisher).
+
+``Reader`` wraps one ``confluent_kafka.Consumer`` with the small kafka-python-shaped
+interface the worker calls (``poll`` by partition, ``seek``, ``commit``/``commit_async``,
+``assignment``, ``highwater``), so that tests can pass stand-ins of the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import TopicPartition as _Assigned
+
+from core.errors import StreamrecError
+
+log = logging.getLogger("streamrec.consumer")
+client_log = logging.getLogger("streamrec.kafka")  # librdkafka's own log lines, served by poll()
+
+# a commit the group refused because it moved on (a rebalance, this member fenced or expired)
+_GROUP_MOVED_ON = frozenset({KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+                             KafkaError.REBALANCE_IN_PROGRESS, KafkaError.FENCED_INSTANCE_ID,
+                             KafkaError._ASSIGNMENT_LOST, KafkaError._STATE})
+
+
+class Partition(NamedTuple):
+    """One partition of one topic."""
+
+    topic: str
+    partition: int
+
+
+class CommitFailed(StreamrecError):
+    """The group refused a commit: it moved on (a rebalance) while this member was held up."""
+
+
+class ConsumedRecord:
+    """One consumed message as the pipeline reads it (``stream.pipeline.RecordLike``).
+
+    Built once per message (a slots class: about 0.3 µs, the cheapest to build and read of
+    those measured), so that the pipeline reads attributes, not librdkafka's method calls.
+    """
+
+    __slots__ = ("topic", "partition", "offset", "timestamp", "key", "value")
+
+    def __init__(self, message: Message):
+        self.topic = message.topic()
+        self.partition = message.partition()
+        self.offset = message.offset()
+        self.timestamp = message.timestamp()[1]  # ms; -1 when the message has none
+        self.key = message.key()
+        self.value = message.value()
+
+
+class ConsumedRecordWithHeaders(ConsumedRecord):
+    """A consumed message with its headers (the side topics': item deltas carry theirs)."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, message: Message):
+        super().__init__(message)
+        self.headers = message.headers() or ()
+
+
+class Reader:
+    """A ``confluent_kafka.Consumer`` behind the calls the worker makes.
+
+    ``config`` is librdkafka's (``bootstrap.servers``, ``group.id``, ...); commits are the
+    caller's (auto-commit off). ``with_headers``: records carry their headers too.
+    """
+
+    def __init__(self, config: dict, max_records: int = 500, with_headers: bool = False):
+        self.max_records = max_records
+        self._record = ConsumedRecordWithHeaders if with_headers else ConsumedRecord
+        self._assigning: dict[Partition, _Assigned] | None = None  # inside on_assign: seeks set start offsets
+        self._on_assigned: Callable[[list[Partition]], None] | None = None
+        self._on_revoked: Callable[[list[Partition]], None] | None = None
+        self._topics: list[str] = []  # subscribed to
+        self._owned: list[Partition] = []  # in the group: as the callbacks were told (a fenced client drops them)
+        self._config = {**config, "enable.auto.commit": False, "enable.auto.offset.store": False,
+                        "on_commit": _log_failed_commit, "logger": client_log}
+        self._consumer = Consumer(self._config)
+
+    # -- partitions ----------------------------------------------------------------------
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        """The topic's partitions from the cluster's metadata (None while it has none)."""
+        found = self._consumer.list_topics(topic, timeout=10.0).topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            return None
+        return set(found.partitions)
+
+    def assign(self, partitions: Iterable[Partition], offsets: dict[Partition, int] | None = None) -> None:
+        """Read exactly ``partitions``, outside any group: each from ``offsets`` where given,
+        else from its start."""
+        offsets = offsets or {}
+        self._consumer.assign([_Assigned(tp.topic, tp.partition, offsets.get(tp, OFFSET_BEGINNING))
+                               for tp in partitions])
+
+    def subscribe(self, topics: list[str], on_assigned: Callable[[list[Partition]], None],
+                  on_revoked: Callable[[list[Partition]], None]) -> None:
+        """Join the group (``group.id``) for ``topics``. The callbacks run inside ``poll()``, in
+        the caller's thread: ``on_revoked`` before partitions leave this member (lost ones
+        too), ``on_assigned`` once it is given its new ones, where ``seek`` sets where each
+        starts (else: the group's committed offset, or ``auto.offset.reset``)."""
+        self._on_assigned, self._on_revoked, self._topics = on_assigned, on_revoked, list(topics)
+        self._consumer.subscribe(self._topics, on_assign=self._assign_in_group, on_revoke=self._revoke_in_group)
+
+    def _assign_in_group(self, consumer: Consumer, partitions: list[_Assigned]) -> None:
+        self._assigning = {Partition(tp.topic, tp.partition): tp for tp in partitions}
+        self._owned = list(self._assigning)
+        try:
+            if self._on_assigned is not None:
+                self._on_assigned(list(self._assigning))
+        finally:
+            self._assigning = None
+        consumer.assign(partitions)  # with the offsets that seek set meanwhile
+
+    def _revoke_in_group(self, consumer: Consumer, partitions: list[_Assigned]) -> None:
+        if consumer is not self._consumer:  # a replaced one's, closing
+            return
+        self._owned = []
+        if self._on_revoked is not None:
+            self._on_revoked([Partition(tp.topic, tp.partition) for tp in partitions])
+
+    def _rejoin(self, error: KafkaError) -> None:
+        """After a fatal error (this static member fenced: librdkafka gives up on a member
+        whose session timed out, e.g. through a broker restart, and that rejoined under the same
+        ``group.instance.id``), leave its partitions as a rebalance would, and join again as a
+        new client, as kafka-python's consumer does on its own."""
+        log.warning("kafka consumer: %s; joining the group again", error)
+        fenced, revoked, self._owned = self._consumer, self._owned, []
+        self._consumer = Consumer(self._config)  # before closing the old one: its revoke is not passed on
+        try:
+            fenced.close()
+        except KafkaException as exc:
+            log.warning("closing the fenced consumer: %s", exc)
+        if revoked and self._on_revoked is not None:
+            self._on_revoked(revoked)
+        self._consumer.subscribe(self._topics, on_assign=self._assign_in_group, on_revoke=self._revoke_in_group)
+
+    def seek(self, tp: Partition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` on (inside ``on_assigned``: where it starts)."""
+        if self._assigning is not None and tp in self._assigning:
+            self._assigning[tp].offset = offset
+        else:
+            self._consumer.seek(_Assigned(tp.topic, tp.partition, offset))
+
+    def assignment(self) -> set[Partition]:
+        return {Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def highwater(self, tp: Partition) -> int | None:
+        """The partition's end offset as the last fetch saw it (no request); None before one."""
+        high = self._consumer.get_watermark_offsets(_Assigned(tp.topic, tp.partition), cached=True)[1]
+        return None if high < 0 else high
+
+    # -- records -------------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Partition, list[ConsumedRecord]]:
+        """Up to ``max_records`` records, by partition, each partition's in offset order;
+        waits up to ``timeout_ms`` for the first (the rebalance callbacks run in here)."""
+        consumer = self._consumer
+        try:
+            messages = consumer.consume(num_messages=max_records or self.max_records, timeout=timeout_ms / 1000)
+        except KafkaException as exc:
+            self._on_error(exc.args[0])
+            return {}
+        by_partition: dict[Partition, list[ConsumedRecord]] = {}
+        make, topic, partition, run = self._record, None, None, None
+        for message in messages:
+            if message.error() is not None:
+                self._on_error(message.error())
+                if self._consumer is not consumer:  # joined again: its partitions resume from their checkpoints
+                    return {}
+                continue
+            record = make(message)
+            if record.partition != partition or record.topic != topic:  # messages come in runs per partition
+                topic, partition = record.topic, record.partition
+                run = by_partition.get(Partition(topic, partition))
+                if run is None:
+                    run = by_partition[Partition(topic, partition)] = []
+            run.append(record)
+        return by_partition
+
+    def _on_error(self, error: KafkaError) -> None:
+        """An error the client reports: a fatal one in a group, join again (``_rejoin``); else
+        fatal ones end the worker, and the rest (a broker down, a topic not there yet) the
+        client retries on its own."""
+        if error.fatal() or error.code() == KafkaError._FATAL:
+            if not self._topics:
+                raise KafkaException(error)
+            self._rejoin(error)
+        else:
+            log.warning("kafka consumer: %s", error)
+
+    # -- offsets -------------------------------------------------------------------------
+    def commit(self, offsets: dict[Partition, int]) -> None:
+        """Commit ``offsets`` (the next offset to read, per partition) and wait for the broker;
+        raises ``CommitFailed`` when the group moved on meanwhile."""
+        try:
+            self._consumer.commit(offsets=_as_assigned(offsets), asynchronous=False)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() in _GROUP_MOVED_ON:
+                raise CommitFailed(str(exc.args[0])) from exc
+            raise
+
+    def commit_async(self, offsets: dict[Partition, int]) -> None:
+        """Send ``offsets``' commit without waiting; a failure is logged when its answer
+        comes (inside a later ``poll``)."""
+        try:
+            self._consumer.commit(offsets=_as_assigned(offsets), asynchronous=True)
+        except KafkaException as exc:  # refused before it was sent (no group joined now)
+            log.warning("offsets not committed: %s", exc)
+
+    def close(self) -> None:
+        """Leave (a static member: only close); the caller has checkpointed already, so the
+        revoke that closing runs is not passed on."""
+        self._on_assigned = self._on_revoked = None
+        self._consumer.close()
+
+
+def _as_assigned(offsets: dict[Partition, int]) -> list[_Assigned]:
+    return [_Assigned(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+
+
+def _log_failed_commit(error: KafkaError | None, partitions: list[_Assigned]) -> None:
+    if error is not None:
+        log.warning("offsets not committed: %s", error)
+
+
+
+
+def wait_for_partitions(consumer, topic: str, timeout_s: float = 30.0) -> set[int]:
+    """The topic's partitions, once the metadata has them (a ``Reader`` or a kafka-python consumer)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise StreamrecError(f"topic {topic!r} has no partitions after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
