@@ -37,7 +37,7 @@ def _drain_kafka_python(settings, n: int, out) -> None:
         for records in consumer.poll(timeout_ms=settings.poll_timeout_ms,
                                      max_records=settings.max_poll_records).values():
             for record in records:
-                record.value, record.partition
+                _ = record.value, record.partition
                 checksum += record.offset
             seen += len(records)
         if not first and seen:
@@ -71,14 +71,14 @@ def _drain_confluent(settings, n: int, as_worker: bool, out) -> None:
         if as_worker:
             for records in reader.poll(settings.poll_timeout_ms).values():
                 for record in records:
-                    record.value, record.partition
+                    _ = record.value, record.partition
                     checksum += record.offset
                 seen += len(records)
         else:
             messages = consumer.consume(num_messages=settings.max_poll_records,
                                         timeout=settings.poll_timeout_ms / 1000)
             for message in messages:
-                message.value(), message.partition()
+                _ = message.value(), message.partition()
                 checksum += message.offset()
             seen += len(messages)
         if not first and seen:

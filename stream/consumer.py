@@ -19,7 +19,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+)
 from confluent_kafka import TopicPartition as _Assigned
 
 from core.errors import StreamrecError
@@ -51,7 +57,7 @@ class ConsumedRecord:
     those measured), so that the pipeline reads attributes, not librdkafka's method calls.
     """
 
-    __slots__ = ("topic", "partition", "offset", "timestamp", "key", "value")
+    __slots__ = ("key", "offset", "partition", "timestamp", "topic", "value")
 
     def __init__(self, message: Message):
         self.topic = message.topic()

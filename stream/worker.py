@@ -29,7 +29,6 @@ from operator import attrgetter
 import numpy as np
 from kafka import KafkaProducer
 
-from core.errors import StreamrecError
 from core.kafka import ensure_topics, make_producer
 from core.keys import make_client
 from core.metrics import WorkerMetrics, increments

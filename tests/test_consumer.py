@@ -9,7 +9,13 @@ import time
 from confluent_kafka import Consumer, Message
 
 from core.kafka import ensure_topics, make_producer
-from stream.consumer import ConsumedRecord, ConsumedRecordWithHeaders, Partition, Reader, wait_for_partitions
+from stream.consumer import (
+    ConsumedRecord,
+    ConsumedRecordWithHeaders,
+    Partition,
+    Reader,
+    wait_for_partitions,
+)
 from tests.helpers import wait_for
 
 
@@ -83,7 +89,7 @@ def test_a_group_member_starts_where_on_assigned_seeks_and_commits_what_it_is_to
     try:
         got = _drain(reader, 10 + 7 + 4)
         assert events == [("assigned", [0, 1, 2])]
-        assert {tp.partition: [r.offset for r in rs][0] for tp, rs in got.items()} == {0: 0, 1: 3, 2: 6}
+        assert {tp.partition: rs[0].offset for tp, rs in got.items()} == {0: 0, 1: 3, 2: 6}
         reader.commit({Partition(settings.topic, 0): 4, Partition(settings.topic, 2): 9})
         reader.commit_async({Partition(settings.topic, 1): 5})
         wait_for(lambda: _committed(settings) == {0: 4, 1: 5, 2: 9}, 10, "the commits to show")

@@ -301,8 +301,8 @@ def test_run_ends_with_its_last_commit_acknowledged(tmp_path) -> None:
 
 
 def test_a_write_that_fails_while_a_partition_is_released_is_raised_at_the_next_wait(tmp_path) -> None:
-    """kafka-python logs and swallows a rebalance listener's error: the failed write must
-    still never count as durable."""
+    """Whether or not the client passes a rebalance callback's error on (kafka-python logged
+    and swallowed it), the failed write must never count as durable."""
     worker, calls = gated_worker(tmp_path, [[view("t", 0, "u", "a")]], sink_class=FailingSink)
     worker.in_group = True
     worker.poll_once()
