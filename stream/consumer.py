@@ -172,10 +172,17 @@ class Reader:
     # -- records -------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Partition, list[ConsumedRecord]]:
         """Up to ``max_records`` records, by partition, each partition's in offset order;
-        waits up to ``timeout_ms`` for the first (the rebalance callbacks run in here)."""
-        consumer = self._consumer
+        waits up to ``timeout_ms`` for the first, not for more (the rebalance callbacks run
+        in here)."""
+        consumer, most = self._consumer, max_records or self.max_records
         try:
-            messages = consumer.consume(num_messages=max_records or self.max_records, timeout=timeout_ms / 1000)
+            # consume() with a timeout waits for a full batch: take what is fetched already, and
+            # when nothing is, wait for one message and take what came with it
+            messages = consumer.consume(num_messages=most, timeout=0)
+            if not messages and timeout_ms > 0:
+                first = consumer.poll(timeout_ms / 1000)
+                if first is not None:
+                    messages = [first, *consumer.consume(num_messages=most - 1, timeout=0)] if most > 1 else [first]
         except KafkaException as exc:
             self._on_error(exc.args[0])
             return {}
@@ -240,8 +247,6 @@ def _as_assigned(offsets: dict[Partition, int]) -> list[_Assigned]:
 def _log_failed_commit(error: KafkaError | None, partitions: list[_Assigned]) -> None:
     if error is not None:
         log.warning("offsets not committed: %s", error)
-
-
 
 
 def wait_for_partitions(consumer, topic: str, timeout_s: float = 30.0) -> set[int]:

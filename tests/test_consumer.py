@@ -74,6 +74,27 @@ def test_an_assigned_reader_reads_each_partition_in_order_from_the_offsets_given
         reader.close()
 
 
+def test_a_poll_returns_what_is_fetched_without_waiting_for_a_full_batch(settings) -> None:
+    _fill(settings, per_partition=1, partitions=1)
+    reader = Reader(_config(settings), max_records=1000)
+    try:
+        reader.assign([Partition(settings.topic, 0)])
+        got = []
+        for _ in range(50):  # the first polls may come before the first fetch
+            started = time.monotonic()
+            got = [r.value for rs in reader.poll(timeout_ms=4000).values() for r in rs]
+            waited = time.monotonic() - started
+            if got:
+                break
+        assert got == [b"0:0"]
+        assert waited < 2.0  # not the whole timeout, waiting for 999 more
+        started = time.monotonic()
+        assert reader.poll(timeout_ms=300) == {}
+        assert time.monotonic() - started >= 0.25  # nothing came: the whole timeout
+    finally:
+        reader.close()
+
+
 def test_a_group_member_starts_where_on_assigned_seeks_and_commits_what_it_is_told(settings) -> None:
     _fill(settings, per_partition=10)
     events: list[tuple[str, list[int]]] = []
