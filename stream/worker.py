@@ -148,7 +148,8 @@ class Worker:
             "group.instance.id": self.worker_id,
             "max.poll.interval.ms": max(settings.session_timeout_ms * 3, 30_000),  # a stuck loop loses its partitions
         }, max_records=settings.max_poll_records)
-        member.subscribe([settings.topic], on_assigned=lambda assigned: self.take_over([tp.partition for tp in assigned]),
+        member.subscribe([settings.topic],
+                         on_assigned=lambda assigned: self.take_over([tp.partition for tp in assigned]),
                          on_revoked=lambda revoked: self.release([tp.partition for tp in revoked]))
         return member, side
 

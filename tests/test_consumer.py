@@ -106,7 +106,7 @@ def test_a_group_member_starts_where_on_assigned_seeks_and_commits_what_it_is_to
             reader.seek(tp, tp.partition * 3)  # inside the callback: where each partition starts
 
     reader.subscribe([settings.topic], on_assigned=assigned,
-                     on_revoked=lambda partitions: events.append(("revoked", sorted(tp.partition for tp in partitions))))
+                     on_revoked=lambda revoked: events.append(("revoked", sorted(tp.partition for tp in revoked))))
     try:
         got = _drain(reader, 10 + 7 + 4)
         assert events == [("assigned", [0, 1, 2])]
