@@ -110,6 +110,7 @@ def test_a_group_member_starts_where_on_assigned_seeks_and_commits_what_it_is_to
     try:
         got = _drain(reader, 10 + 7 + 4)
         assert events == [("assigned", [0, 1, 2])]
+        assert reader.assignment() == {Partition(settings.topic, p) for p in range(3)}
         assert {tp.partition: rs[0].offset for tp, rs in got.items()} == {0: 0, 1: 3, 2: 6}
         reader.commit({Partition(settings.topic, 0): 4, Partition(settings.topic, 2): 9})
         reader.commit_async({Partition(settings.topic, 1): 5})
@@ -152,5 +153,6 @@ def test_a_fenced_static_member_gives_its_partitions_back_and_joins_again(settin
         assert events == [("assigned", [0, 1, 2]), ("revoked", [0, 1, 2]), ("assigned", [0, 1, 2])]
         _fill(settings, per_partition=2)
         assert sum(map(len, _drain(reader, 6).values())) >= 6  # and it reads on
+        assert reader.assignment() == {Partition(settings.topic, p) for p in range(3)}
     finally:
         reader.close()
