@@ -73,6 +73,7 @@ from online_models.trending import Trending
 log = logging.getLogger("streamrec.pipeline")
 
 Ranking = list[tuple[str, float]]
+_user_id, _type, _context, _event_id = map(attrgetter, ("user_id", "type", "context", "event_id"))
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ class PartitionState:
         ``is_duplicate`` would append each and drop one old id per append past ``window``.
         """
         recent_ids, recent_set = self.recent_ids, self.recent_set
-        ids = [event.event_id for event in events]
+        ids = list(map(_event_id, events))
         if not recent_set.isdisjoint(ids) or len(set(ids)) < len(ids):
             return [event for event, event_id in zip(events, ids) if not self.is_duplicate(event_id, window)]
         if window:
@@ -491,7 +492,7 @@ class Pipeline:
             state_counts.deduplicated += len(found) - len(fresh)
             counts.deduplicated += len(found) - len(fresh)
             state_counts.applied += len(fresh)
-            if any(event.context is not None or event.type == ITEM_TYPE for event in fresh):
+            if list(map(_context, fresh)).count(None) < len(fresh) or ITEM_TYPE in map(_type, fresh):
                 plain = []
                 for event in fresh:
                     if event.context is not None:
@@ -503,7 +504,7 @@ class Pipeline:
                     else:
                         plain.append(event)
                 fresh = plain
-            users = [event.user_id for event in fresh]
+            users = list(map(_user_id, fresh))
             state.users.update(users)
             touched_users.update(zip(users, repeat(None)))
             events += fresh
