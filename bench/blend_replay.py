@@ -18,6 +18,7 @@ logs, written under ``bench/results/blend_lists/``), then ``python -m bench.blen
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -326,7 +327,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("record", "report"))
+    parser.add_argument("command", choices=("record", "report", "run"),
+                        help="run: the real blend with --params on the logs (no lists kept)")
+    parser.add_argument("--params", default="{}", help="JSON hyperparameters of the blend (run)")
+    parser.add_argument("--models", default="blend", help="models to run (run)")
     parser.add_argument("--only", default=",".join(LOGS),
                         help=f"logs among {', '.join(LOGS)} (train only), or {', '.join(JUDGED)} (the README's "
                              "yoochoose backtests: to confirm a choice made on the train logs)")
@@ -334,7 +338,15 @@ def main() -> None:
     for log in args.only.split(","):
         if log not in LOGS + JUDGED:
             parser.error(f"unknown log {log!r}")
-        if args.command == "record":
+        if args.command == "run":
+            run = judge_readme if log in JUDGED else judge
+            for name in args.models.split(","):
+                started = time.perf_counter()
+                result = run(log, make_model(name, **(json.loads(args.params) if name == "blend" else {})))
+                print(f"{log:12s} {name:9s} {args.params if name == 'blend' else ''} HR@{result.k} {result.hr:.4f}  "
+                      f"MRR@{result.k} {result.mrr:.4f}  NDCG@{result.k} {result.ndcg:.4f}  {result.evaluated:,} judged  "
+                      f"{time.perf_counter() - started:.0f}s", flush=True)
+        elif args.command == "record":
             started = time.perf_counter()
             run = judge_readme if log in JUDGED else judge
             lists, result = record(make_model("blend"), lambda model, _log=log, _run=run: _run(_log, model))

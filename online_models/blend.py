@@ -24,7 +24,7 @@ from online_models.capabilities import (
     largest_sizes,
     undeclared,
 )
-from online_models.fusion import RowMap, fuse_top_k
+from online_models.fusion import CandidateFusion, RowMap, fuse_top_k
 from online_models.parts import make_part
 
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {"cooc": {}, "embeddings": {}, "sequence": {}}
@@ -98,6 +98,19 @@ class Blend(Recommender):
     feedback_users
         The last lists are kept for this many recently ranked users at most (the oldest
         ranked go first), which bounds the memory feedback takes.
+    candidates_from
+        A part whose list is each user's candidates (``None``: every part's items): only
+        the items in its first ``n_candidates`` are ranked, the other parts' scores only
+        reorder them (``fusion.CandidateFusion``). A name that is not a part of the blend
+        (or weighs 0) bounds nothing.
+    weight_choices
+        ``{part: factors}`` (one part): that part's weight times one of ``factors``, chosen
+        by feedback: the factor whose fused lists would have ranked the users' next items
+        highest (each credited event adds the item's reciprocal rank in the user's last
+        fused list under each factor, 0 outside its first ``feedback_depth``, decayed with
+        ``feedback_half_life``), the first factor on a tie, before any credit, and without
+        ``feedback_half_life``. Each user's first ``feedback_depth`` items under every
+        factor are kept with the parts' lists.
 
     Examples
     --------
@@ -125,6 +138,8 @@ class Blend(Recommender):
         feedback_power: float = 3.0,
         feedback_depth: int = 20,
         feedback_users: int = 10_000,
+        candidates_from: str | None = None,
+        weight_choices: Mapping[str, Sequence[float]] | None = None,
     ):
         self.models = models
         self.weights = weights
@@ -137,14 +152,20 @@ class Blend(Recommender):
         self.feedback_power = feedback_power
         self.feedback_depth = feedback_depth
         self.feedback_users = feedback_users
+        self.candidates_from = candidates_from
+        self.weight_choices = weight_choices
+        if weight_choices is not None and (len(weight_choices) > 1 or any(
+                not factors or min(factors) <= 0 for factors in weight_choices.values())):
+            raise ValueError("weight_choices: positive factors for one part, e.g. {'sequence': [1, 4, 16]}")
         if feedback_prior <= 0:
             raise ValueError("feedback_prior must be positive: a part with no credit would never be ranked again")
         self._calibrated = frozenset(DEFAULT_CALIBRATED if calibrated is None else calibrated)
         specs = DEFAULT_MODELS if models is None else models
         self._models = {name: make_part(name, params) for name, params in specs.items()}
-        # feedback (feedback_half_life): each part's decayed credit, and each recently
-        # ranked user's part lists (item ids, best first)
-        self._credit = [0.0] * len(self._models)
+        # feedback (feedback_half_life): each part's decayed credit
+        # (then each factor's of weight_choices), and each recently ranked user's part lists
+        # (then its fused lists under each factor; item ids, best first)
+        self._credit = [0.0] * (len(self._models) + len(self._factors()))
         self._shown: dict[str, tuple[tuple[str, ...], ...]] = {}
         declare_from_parts(self, self._models.values())
 
@@ -158,18 +179,50 @@ class Blend(Recommender):
         self.__dict__.update(undeclared(state))
         for name, param in inspect.signature(Blend).parameters.items():  # hyperparameters added since
             self.__dict__.setdefault(name, param.default)
+        self._credit = self._credit + [0.0] * (len(self._models) + len(self._factors()) - len(self._credit))
         declare_from_parts(self, self._models.values())
 
     def _base_weight(self, name: str) -> float:
         weights = DEFAULT_WEIGHTS if self.weights is None else self.weights
         return float(weights.get(name, 1.0))
 
-    def _weight(self, name: str) -> float:
-        """The part's weight, times what feedback learned of it."""
+    def _weight(self, name: str, chosen: bool = True) -> float:
+        """The part's weight, times what feedback learned of it (and, ``chosen``, times the
+        factor of ``weight_choices`` chosen now)."""
         weight = self._base_weight(name)
         if self.feedback_half_life is None or not weight:
             return weight
-        return weight * self.feedback_factors().get(name, 1.0)
+        weight = weight * self.feedback_factors().get(name, 1.0)
+        if chosen and name == self._choosing():
+            weight = weight * self._factors()[self.chosen_factor()]
+        return weight
+
+    def _factors(self) -> tuple[float, ...]:
+        """The factors of ``weight_choices`` (none without it)."""
+        return tuple(float(f) for factors in (self.weight_choices or {}).values() for f in factors)
+
+    def _choosing(self) -> str | None:
+        """The part whose weight's factor feedback chooses (``None``: no choice to make)."""
+        if not self.weight_choices or self.feedback_half_life is None:
+            return None
+        name = next(iter(self.weight_choices))
+        return name if name in self._models and self._base_weight(name) else None
+
+    def chosen_factor(self) -> int:
+        """Which of ``weight_choices``' factors is chosen now: the best credited, the first
+        on a tie (0 without ``weight_choices`` or feedback).
+
+        >>> model = Blend(models={"cooc": {}, "sequence": {}}, weight_choices={"sequence": [1, 4, 16]})
+        >>> model.chosen_factor(), model._weight("sequence")
+        (0, 1000.0)
+        >>> model._credit[2:] = [0.5, 0.75, 0.75]  # x4 and x16 ranked the next items as well
+        >>> model.chosen_factor(), model._weight("sequence")
+        (1, 4000.0)
+        """
+        credits = self._credit[len(self._models):]
+        if not credits or self._choosing() is None:
+            return 0
+        return max(range(len(credits)), key=lambda c: (credits[c], c == 0))
 
     def feedback_factors(self) -> dict[str, float]:
         """What feedback multiplies each part's weight by (all 1 without ``feedback_half_life``).
@@ -184,12 +237,13 @@ class Blend(Recommender):
         if self.feedback_half_life is None or not names:
             return dict.fromkeys(names, 1.0)
         # each part's mean credit over the same events: the common denominator cancels out
-        credits = [credit + self.feedback_prior for credit in self._credit]
+        credits = [credit + self.feedback_prior for credit in self._credit[: len(names)]]
         average = sum(credits) / len(credits)
         return {name: (credit / average) ** self.feedback_power for name, credit in zip(names, credits)}
 
     def _take_feedback(self, interactions: Sequence[Interaction]) -> None:
-        """Credit each part for where each event's item stood in its last list for the user."""
+        """Credit each part for where each event's item stood in its last list for the user
+        (and each factor of ``weight_choices`` for where it stood in the fused list under it)."""
         shown = self._shown
         if not shown or self.feedback_half_life is None:
             return
@@ -300,15 +354,66 @@ class Blend(Recommender):
             ranked, scores = best, [fused[item] for item in best]
         return [(item, float(score)) for item, score in zip(ranked[:k], scores)]
 
+    def _bounds_or_chooses(self) -> bool:
+        """Whether ``candidates_from`` or ``weight_choices`` takes part in the fusion."""
+        return self.candidates_from in self._models or self._choosing() is not None
+
+    def _fuse_rows(self, parts: list[tuple], names: list[str], k: int, depth: int):
+        """``parts`` (``fuse_top_k``'s, each weight before the chosen factor) of the parts
+        ``names`` fused with ``candidates_from`` and ``weight_choices``: the rows, scores and
+        sources of each user's ``k`` best, and, with a choice to make and a ``depth``, each
+        factor's first ``depth`` rows (one candidate lookup shared by all factors)."""
+        lead = names.index(self.candidates_from) if self.candidates_from in names else None
+        choosing = self._choosing()
+        at = names.index(choosing) if choosing in names else None
+        factors = self._factors() if at is not None else (1.0,)
+        chosen = self.chosen_factor() if at is not None else 0
+        fusion = CandidateFusion(parts, lead, self.rank_offset) if lead is not None and at in (None, lead) else None
+        width = max(k, depth) if at is not None else k
+
+        def fused(factor: float, with_sources: bool):
+            if fusion is not None:
+                return fusion.top(width, parts[lead][2] * factor, with_sources)
+            weighted = [(p[0], p[1], p[2] * factor, *p[3:]) if i == at else p for i, p in enumerate(parts)]
+            if lead is None:
+                return fuse_top_k(weighted, width, self.rank_offset, with_sources=with_sources)
+            return CandidateFusion(weighted, lead, self.rank_offset).top(width, weighted[lead][2], with_sources)
+
+        rows, scores, sources = fused(factors[chosen], True)
+        tops = []
+        if at is not None and depth:
+            tops = [(rows if c == chosen else fused(f, False)[0])[:, :depth] for c, f in enumerate(factors)]
+        return rows[:, :k], scores[:, :k], sources[:, :k], tops
+
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
         n = max(k, self.n_candidates)
         lists = {name: m.recommend(user_id, n, exclude) for name, m in self._models.items()}
         self._last_lists = {name: {user_id: ranking} for name, ranking in lists.items()}
-        if self.feedback_half_life is not None:
-            depth = self.feedback_depth
-            self._remember_shown([user_id], [[tuple(item for item, _ in ranking[:depth]) if self._base_weight(name) else ()]
-                                             for name, ranking in lists.items()])
-        return self._fuse(lists, k)
+        feedback = self.feedback_half_life is not None
+        depth = self.feedback_depth
+        shown = [[tuple(item for item, _ in ranking[:depth]) if self._base_weight(name) else ()]
+                 for name, ranking in lists.items()] if feedback else []
+        if not self._bounds_or_chooses():
+            if feedback:
+                self._remember_shown([user_id], shown)
+            return self._fuse(lists, k)
+        index = IdIndex()  # this user's lists on arrays, fused as recommend_rows fuses them
+        parts, used = [], []
+        for name, ranking in lists.items():
+            weight = self._weight(name, chosen=False)
+            if weight:
+                ranked = RankedRows.of_rankings([ranking], index, n)
+                parts.append((ranked.rows, ranked.scores, weight, self._power_of(name)))
+                used.append(name)
+        if not parts:
+            if feedback:
+                self._remember_shown([user_id], shown)
+            return []
+        rows, scores, _, tops = self._fuse_rows(parts, used, k, depth if feedback else 0)
+        ids = index.ids
+        if feedback:
+            self._remember_shown([user_id], shown + [[tuple(ids[r] for r in top[0].tolist() if r >= 0)] for top in tops])
+        return [(ids[r], score) for r, score in zip(rows[0].tolist(), scores[0].tolist()) if r >= 0]
 
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
@@ -335,7 +440,7 @@ class Blend(Recommender):
         parts, used, last, shown = [], [], {}, []  # used: the names of parts, as fuse_top_k's sources count them
         feedback = self.feedback_half_life is not None
         for name, model in self._models.items():
-            weight = self._weight(name)
+            weight = self._weight(name, chosen=False)
             if weight == 0:  # adds nothing to the fusion nor to an explanation
                 last[name] = _ListsByUser(user_ids, None)
                 shown.append([()] * len(user_ids))
@@ -355,12 +460,18 @@ class Blend(Recommender):
             if feedback:
                 shown.append(_top_ids(lists, self.feedback_depth))
         self._last_lists = last
-        if feedback:
-            self._remember_shown(user_ids, shown)
         if not parts:
+            if feedback:
+                self._remember_shown(user_ids, shown)
             empty = np.zeros((len(user_ids), 0))
             return RankedRows(empty.astype(np.int64), empty, shared)
-        rows, scores, sources = fuse_top_k(parts, k, self.rank_offset, with_sources=True)
+        if self._bounds_or_chooses():
+            rows, scores, sources, tops = self._fuse_rows(parts, used, k, self.feedback_depth if feedback else 0)
+            shown += [_top_ids(RankedRows(top, np.zeros(top.shape), shared), self.feedback_depth) for top in tops]
+        else:
+            rows, scores, sources = fuse_top_k(parts, k, self.rank_offset, with_sources=True)
+        if feedback:
+            self._remember_shown(user_ids, shown)
         _LAST_FUSED[self] = (user_ids, rows, sources, used)
         return RankedRows(rows, scores, shared)
 

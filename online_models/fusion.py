@@ -237,3 +237,126 @@ def _rank_cells(values: np.ndarray, best_pos: np.ndarray, first_col: np.ndarray,
     key = (score_rank * positions + np.take_along_axis(best_pos, by_score, 1)) * span + np.take_along_axis(
         first_col, by_score, 1)
     return np.take_along_axis(by_score, np.argsort(key, axis=1)[:, :k], 1)
+
+
+class CandidateFusion:
+    """One part's list as every user's candidates, the other parts only reordering them:
+    the parts' scaled scores (``scale_into``) looked up for each candidate on dense
+    ``(n_users, width)`` arrays, then fused and ordered as ``fuse_top_k`` orders (sums in
+    part order; ties to the better position in any list, then to the first listed).
+
+    The lead's weight is given per ``top`` call, so that fusions under several weights of
+    the lead share every lookup (``Blend``'s ``weight_choices``).
+
+    Parameters
+    ----------
+    parts
+        ``(rows, scores, weight[, power])`` per part, as ``fuse_top_k`` takes them (an item a
+        part lists twice counts once here, at its first place).
+    lead
+        The position in ``parts`` of the part whose listed items are the candidates.
+    rank_offset
+        ``None``: min-max scaled scores; a number: reciprocal ranks.
+
+    Examples
+    --------
+    >>> cooc = (np.array([[7, 2, 1]]), np.array([[1.0, 0.9, 0.8]]), 1.0)
+    >>> sequence = (np.array([[1, 2]]), np.array([[0.5, 0.4]]), 1.0, 2.0)  # calibrated: squared
+    >>> fusion = CandidateFusion([cooc, sequence], lead=1)
+    >>> rows, scores, sources = fusion.top(3, lead_weight=1.0)
+    >>> rows.tolist(), np.round(scores, 2).tolist(), sources.tolist()  # 7 is no candidate
+    ([[2, 1, -1]], [[0.66, 0.25, -inf]], [[0, 1, -1]])
+    >>> fusion.top(2, lead_weight=10.0)[0].tolist()  # the lead weighs more: 1 (2.5) leads 2 (.5 + 1.6)
+    [[1, 2]]
+    """
+
+    def __init__(self, parts: Sequence[tuple], lead: int, rank_offset: float | None = None) -> None:
+        self.rank_offset = rank_offset
+        self.lead = lead
+        lead_rows = parts[lead][0]
+        n_users, width = lead_rows.shape
+        self.rows = lead_rows
+        self.listed = lead_rows >= 0
+        self._lead_scores = parts[lead][1]
+        self._lead_power = parts[lead][3] if len(parts[lead]) > 3 else None
+        # per other part: what it adds to each candidate (0 where it does not list it), and
+        # whether it lists it; tie-breaks over all parts' lists
+        self._adds: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self.best_pos = np.where(self.listed, np.arange(width), width)
+        offset = sum(p[0].shape[1] for p in parts[:lead])
+        self.first_col = np.where(self.listed, offset + np.arange(width), np.iinfo(np.int64).max)
+        offset = 0
+        for at, part in enumerate(parts):
+            rows, scores, weight = part[0], part[1], part[2]
+            power = part[3] if len(part) > 3 else None
+            if at != lead and weight != 0 and rows.shape[1] and n_users:
+                scaled = np.empty(rows.shape)
+                scale_into(scaled, rows, scores, weight, power, rank_offset)
+                pos, found = _positions_of(lead_rows, rows)
+                found &= self.listed
+                adds = np.where(found, np.take_along_axis(scaled, np.minimum(pos, rows.shape[1] - 1), 1), 0.0)
+                self._adds.append((at, adds, found))
+                np.minimum(self.best_pos, np.where(found, pos, width), out=self.best_pos)
+                np.minimum(self.first_col, np.where(found, offset + pos, np.iinfo(np.int64).max), out=self.first_col)
+            offset += rows.shape[1]
+
+    def totals(self, lead_weight: float) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
+        """Each candidate's fused score (``-inf`` for an unlisted slot), and each part's
+        additions ``(position in parts, adds, listed)``, the lead's with ``lead_weight``."""
+        lead_adds = np.empty(self.rows.shape)
+        scale_into(lead_adds, self.rows, self._lead_scores, lead_weight, self._lead_power, self.rank_offset)
+        lead_adds = np.where(self.listed, lead_adds, 0.0)
+        adds = sorted([*self._adds, (self.lead, lead_adds, self.listed)], key=lambda a: a[0])
+        total = np.zeros(self.rows.shape)
+        for _, values, _ in adds:  # in part order, as fuse_top_k adds
+            total += values
+        return np.where(self.listed, total, -np.inf), adds
+
+    def top(self, k: int, lead_weight: float, with_sources: bool = True):
+        """Each user's ``k`` best candidates with ``lead_weight`` on the lead: ``(rows,
+        scores, sources)`` as ``fuse_top_k`` returns them (``-1`` / ``-inf`` after a
+        shorter list; ``sources``: the part that added most to each item, the first on a tie)."""
+        n_users, width = self.rows.shape
+        total, adds = self.totals(lead_weight)
+        order = np.lexsort((self.first_col, self.best_pos, -total), axis=1)[:, : max(k, 0)]
+        scores = np.take_along_axis(total, order, 1)
+        valid = scores > -np.inf
+        out_rows = np.full((n_users, max(k, 0)), -1, dtype=np.int64)
+        out_scores = np.full((n_users, max(k, 0)), -np.inf)
+        m = order.shape[1]
+        out_rows[:, :m] = np.where(valid, np.take_along_axis(self.rows, order, 1), -1)
+        out_scores[:, :m] = np.where(valid, scores, -np.inf)
+        if not with_sources:
+            return out_rows, out_scores
+        largest = np.full(order.shape, -np.inf)
+        source = np.full(order.shape, -1, dtype=np.int64)
+        for at, values, listed in adds:  # part order: the first of equal additions stays
+            value = np.where(np.take_along_axis(listed, order, 1), np.take_along_axis(values, order, 1), -np.inf)
+            gains = value > largest
+            largest = np.where(gains, value, largest)
+            source = np.where(gains, at, source)
+        out_sources = np.full((n_users, max(k, 0)), -1, dtype=np.int64)
+        out_sources[:, :m] = np.where(valid, source, -1)
+        return out_rows, out_scores, out_sources
+
+
+def _positions_of(wanted: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per user, where each of ``wanted``'s rows stands in ``rows`` (its first place), and
+    whether it is there at all: one sort of all users' lists, then one binary search.
+
+    >>> pos, found = _positions_of(np.array([[4, 9, -1]]), np.array([[9, 4, 4, -1]]))
+    >>> pos.tolist(), found.tolist()
+    ([[1, 0, 0]], [[True, True, False]])
+    """
+    n_users, width = rows.shape
+    span = int(max(rows.max(initial=0), wanted.max(initial=0))) + 2  # the last row: unlisted slots
+    shift = max(width - 1, 1).bit_length()
+    user = np.arange(n_users, dtype=np.int64)[:, None] * span
+    keys = ((user + np.where(rows >= 0, rows, span - 1)) << shift) | np.arange(width, dtype=np.int64)
+    keys = keys.ravel()
+    keys.sort()  # by user, then item, then place: an item's first place comes first
+    probe = (user + np.where(wanted >= 0, wanted, span - 1)) << shift
+    at = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
+    hit = keys[at]
+    found = ((hit >> shift) == (probe >> shift)) & (wanted >= 0)
+    return np.where(found, hit & ((1 << shift) - 1), 0), found

@@ -119,3 +119,30 @@ def test_advantage_credit_goes_only_to_the_part_that_ranked_the_item_best() -> N
     assert weights["sequence"].tolist() == pytest.approx([1.0, 1.0 / 1.25, 1.0 / 1.125])
     plain = feedback_weights(lists, {"cooc": 1.0, "sequence": 1.0}, half_life=1.0, prior=1.0, power=1.0)
     assert plain["cooc"][1] == pytest.approx(2.0 / 1.75)  # reciprocal ranks: 1 against 1/2
+
+
+@pytest.mark.parametrize("protocol", ["prequential", "next-item"])
+def test_the_bounded_blend_with_a_chosen_factor_judges_as_its_replay(protocol) -> None:
+    """``candidates_from`` and ``weight_choices`` built in ``Blend`` rank as the replay that
+    chose them: only ``sequence``'s items, its feedback weight's factor chosen in hindsight."""
+    events = random_stream(1500, 40, 120, seed=7)
+    if protocol == "prequential":
+        run = lambda model: prequential(model, events, k=5)
+    else:
+        split = next_item_split(events[:1000], events[1000:])
+        run = lambda model: next_item(model, split, k=5)
+    factors = (1.0, 4.0, 16.0)
+    model = _blend(**FEEDBACK, candidates_from="sequence", weight_choices={"sequence": factors})
+    lists, learned = record(model, run, width=30)
+    replay = Replay(lists)
+    weights = feedback_weights(lists, {"cooc": 1.0, "embeddings": 0.5, "sequence": 1000.0}, half_life=40.0,
+                               prior=0.2, power=3.0, depth=10)
+    bounded = [replay.ranks({**weights, "sequence": weights["sequence"] * t}, candidates_of="sequence")
+               for t in factors]
+    chosen = chosen_in_hindsight(bounded, 40.0, depth=10, default=0)
+    assert hr_mrr(chosen, lists.k) == (pytest.approx(learned.hr, abs=1e-12), pytest.approx(learned.mrr, abs=1e-12))
+    assert model.chosen_factor() != 0 or max(model._credit[3:]) == model._credit[3]
+    only_bounded = run(_blend(**FEEDBACK, candidates_from="sequence"))
+    assert hr_mrr(bounded[0], lists.k) == (pytest.approx(only_bounded.hr, abs=1e-12),
+                                           pytest.approx(only_bounded.mrr, abs=1e-12))
+    assert len({hr_mrr(r, lists.k) for r in bounded}) > 1  # the factors do rank differently

@@ -1,0 +1,151 @@
+"""Blend with ``candidates_from`` (only one part's items ranked, the others reordering them)
+and ``weight_choices`` (that part's weight times a factor chosen by feedback): what it ranks,
+the same on both ranking paths, truthful explanations, state through pickles, and the
+conformance suite."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+from online_models.blend import Blend
+from online_models.checks import yield_checks
+from online_models.fusion import CandidateFusion, fuse_top_k
+from tests.test_batch_ranking import assert_same_ranking
+from tests.test_ranking_paths import random_stream, seen_by
+
+SMALL_EMBEDDINGS = {"n_factors": 8, "batch_size": 16, "n_negatives": 16}
+PARTS = {"cooc": {}, "embeddings": SMALL_EMBEDDINGS, "sequence": {}}
+BOUNDED = {"candidates_from": "sequence", "weight_choices": {"sequence": [1.0, 4.0, 16.0]}}
+
+
+def _bounded(**params) -> Blend:
+    return Blend(models=copy.deepcopy(PARTS), n_candidates=30, **{**BOUNDED, "feedback_half_life": 50.0,
+                                                                  "feedback_depth": 10, **params})
+
+
+def test_only_the_lead_parts_items_are_ranked_and_the_others_reorder_them() -> None:
+    events = random_stream(3000, 50, 200, seed=4)
+    model = _bounded()
+    model.learn_many(events)
+    seen = seen_by(events)
+    reordered = 0
+    for user in sorted(seen)[:30]:
+        ranking = model.recommend(user, 10, seen[user])
+        candidates = [item for item, _ in model._models["sequence"].recommend(user, 30, seen[user])]
+        assert ranking and all(item in candidates for item, _ in ranking)
+        reordered += [item for item, _ in ranking] != candidates[:10]
+    assert reordered > 5  # cooc and the embeddings do move the candidates
+
+
+def test_candidate_fusion_of_a_lead_that_lists_everything_is_fuse_top_k() -> None:
+    """Where the lead lists every item the others list, bounding changes nothing: the
+    lookups, sums in part order, tie-breaks and sources are fuse_top_k's."""
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n_users, n_items, width = 6, 12, 12
+        lead_rows = np.array([rng.permutation(n_items) for _ in range(n_users)])
+        lead_scores = np.sort(rng.random((n_users, width)), axis=1)[:, ::-1]
+        other_rows = np.array([rng.permutation(n_items)[:5] for _ in range(n_users)])
+        other_rows[0, 3:] = -1  # a short list
+        other_scores = np.where(other_rows >= 0, np.round(np.sort(rng.random((n_users, 5)), axis=1)[:, ::-1], 1), -np.inf)
+        parts = [(other_rows, other_scores, 0.7), (lead_rows, np.round(lead_scores, 1), 1.0, 2.0)]
+        want = fuse_top_k(parts, 8, with_sources=True)
+        got = CandidateFusion(parts, lead=1).top(8, lead_weight=1.0)
+        for w, g in zip(want, got):
+            assert np.array_equal(w, g)
+
+
+def test_both_ranking_paths_rank_alike_and_keep_the_same_lists() -> None:
+    events = random_stream(4000, 60, 300, seed=2)
+    first, later = events[:3000], events[3000:]
+    batched, single = _bounded(), _bounded()
+    for model in (batched, single):
+        model.learn_many(first)
+    users = sorted({e.user_id for e in events})
+    seen = seen_by(first)
+    for start in range(0, len(later), 250):
+        chunk = later[start : start + 250]
+        many = batched.recommend_many(users, 10, seen)
+        for user in users:
+            assert_same_ranking(many[user], single.recommend(user, 10, seen.get(user)))
+        assert batched._shown == single._shown
+        assert all(len(lists) == 3 + 3 for lists in batched._shown.values())  # parts', then each factor's
+        for model in (batched, single):
+            model.learn_many(chunk)
+        assert batched._credit == pytest.approx(single._credit)
+    assert batched.chosen_factor() == single.chosen_factor()
+
+
+def test_the_factor_with_the_best_credit_is_chosen_and_weighs_the_part() -> None:
+    events = random_stream(2000, 40, 150, seed=6)
+    model = _bounded(weight_choices={"sequence": [1.0, 1e-6]})  # x1e-6: cooc and embeddings alone order
+    for event in events:
+        model.recommend(event.user_id, 10)
+        model.learn_one(event)
+    credits = model._credit[3:]
+    assert credits[0] != credits[1]
+    chosen = model.chosen_factor()
+    assert credits[chosen] == max(credits)
+    base = model._weight("sequence", chosen=False)
+    assert model._weight("sequence") == base * [1.0, 1e-6][chosen]
+
+
+def test_explanations_name_the_part_that_added_most() -> None:
+    events = random_stream(3000, 50, 200, seed=4)
+    model = _bounded(weights={"cooc": 1.0, "embeddings": 0.5, "sequence": 30_000.0})  # each part leads some items
+    model.learn_many(events)
+    users = sorted({e.user_id for e in events})[:20]
+    seen = seen_by(events)
+    ranked = model.recommend_rows(users, 10, seen)
+    by_rows = model.explain_rows(users, ranked.rows, ranked.index)
+    strategies = set()
+    for user, row, reasons in zip(users, ranked.rows.tolist(), by_rows):
+        items = [ranked.index.ids[r] for r in row if r >= 0]
+        assert reasons == model.explain_items(user, items)  # _parts_of: the largest weighted scaled score
+        strategies |= {strategy for strategy, _ in reasons}
+    assert "sequence" in strategies and len(strategies) > 1
+
+
+def test_a_pickled_bounded_blend_keeps_its_choice_and_an_old_pickle_loads() -> None:
+    events = random_stream(1500, 30, 100, seed=8)
+    model = _bounded()
+    for event in events[:1000]:
+        model.recommend(event.user_id, 5)
+        model.learn_one(event)
+    twin = pickle.loads(pickle.dumps(model))
+    assert twin._credit == model._credit and twin._shown == model._shown
+    for event in events[1000:]:
+        assert twin.recommend(event.user_id, 5) == model.recommend(event.user_id, 5)
+        for m in (model, twin):
+            m.learn_one(event)
+    old = Blend(models=copy.deepcopy(PARTS), n_candidates=30)  # as saved before these hyperparameters
+    state = old.__getstate__()
+    del state["candidates_from"], state["weight_choices"]
+    loaded = Blend.__new__(Blend)
+    loaded.__setstate__(state)
+    assert loaded.candidates_from is None and loaded.recommend("u1", 5) == old.recommend("u1", 5)
+
+
+def test_bad_choices_are_refused() -> None:
+    for choices in ({"sequence": []}, {"sequence": [1.0, 0.0]}, {"sequence": [1.0], "cooc": [2.0]}):
+        with pytest.raises(ValueError, match="weight_choices"):
+            Blend(models=PARTS, weight_choices=choices)
+
+
+def test_without_feedback_the_first_factor_holds_and_nothing_is_kept() -> None:
+    model = _bounded(feedback_half_life=None)
+    model.learn_many(random_stream(500, 10, 50, seed=1))
+    model.recommend("u1", 5)
+    assert model._shown == {} and model.chosen_factor() == 0 and model._weight("sequence") == 1000.0
+
+
+CHECKED = Blend(models=PARTS, n_candidates=30, **BOUNDED)
+
+
+@pytest.mark.parametrize("check", list(yield_checks(CHECKED)), ids=lambda c: c.__name__[6:])
+def test_the_bounded_blend_passes_the_conformance_suite(check) -> None:
+    check(Blend(models=copy.deepcopy(PARTS), n_candidates=30, **BOUNDED))
