@@ -13,6 +13,9 @@ instead of a real run. Choices are made on train logs only (the test file unseen
 logs, written under ``bench/results/blend_lists/``), then ``python -m bench.blend_replay report``.
 ``--only yc-full,yc-next,ml100k-full,mlsmall-full`` records and reports the README's backtests
 (the judged data): only to confirm, after the fact, what the train logs chose.
+``python -m bench.blend_replay run --params JSON [--models blend,sequence] --only ...`` runs the
+real blend with those hyperparameters (e.g. ``'{"candidates_from": null, "weight_choices": {}}'``
+for the default before bounding) on the logs, as the README's backtests run it.
 """
 
 from __future__ import annotations
@@ -280,7 +283,7 @@ def report(log: str, lists: PartLists) -> None:
         line(f"{name} alone (its list in the blend, as ranked)", part_alone(lists, name))
     base = dict(DEFAULT_WEIGHTS)
     line("blend, fixed weights", hr_mrr(replay.ranks(base), k))
-    line("blend, feedback (the default: half-life 10k, power 3)", hr_mrr(replay.ranks(feedback_weights(lists)), k))
+    line("blend, feedback (half-life 10k, power 3; every item ranked)", hr_mrr(replay.ranks(feedback_weights(lists)), k))
     for power in (5.0, 8.0):
         line(f"blend, feedback power {power:g}", hr_mrr(replay.ranks(feedback_weights(lists, power=power)), k))
     for half_life in (1000.0, 3000.0):
@@ -316,7 +319,7 @@ def report(log: str, lists: PartLists) -> None:
     times = (1.0, 4.0, 16.0)
     bounded = [replay.ranks({**feedback, "sequence": feedback["sequence"] * t}, candidates_of="sequence")
                for t in times]
-    line("  and sequence's feedback weight x1, 4, 16 chosen in hindsight",
+    line("  and sequence's feedback weight x1, 4, 16 chosen (the default)",
          hr_mrr(chosen_in_hindsight(bounded, 10_000.0, default=0), k))
 
 

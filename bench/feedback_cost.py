@@ -38,7 +38,6 @@ def main() -> None:
                 spent[0] += time.process_time() - started
         return run
 
-    blend._top_ids = timed(blend._top_ids)
     for name in ("_remember_shown", "_take_feedback"):
         setattr(blend.Blend, name, timed(getattr(blend.Blend, name)))
     model, total = blend.Blend(), 0.0

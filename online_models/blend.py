@@ -30,6 +30,7 @@ from online_models.parts import make_part
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {"cooc": {}, "embeddings": {}, "sequence": {}}
 DEFAULT_WEIGHTS: dict[str, float] = {"cooc": 1.0, "embeddings": 0.5, "sequence": 1000.0}
 DEFAULT_CALIBRATED: tuple[str, ...] = ("sequence",)
+DEFAULT_WEIGHT_CHOICES: dict[str, tuple[float, ...]] = {"sequence": (1.0, 4.0, 16.0)}
 
 # Each blend's shared item rows for fusing its parts' lists: derived from the parts'
 # indexes, so kept beside the model rather than in its (checkpointed) state.
@@ -51,7 +52,10 @@ class Blend(Recommender):
     ``calibrated``). The default weights of cooc and embeddings were tuned on the MovieLens
     100K prequential backtest (see the project's model report). By default the weights
     then follow feedback (``feedback_half_life``): each part's weight is multiplied by how
-    well its recent lists held the items users went on to pick, against the other parts.
+    well its recent lists held the items users went on to pick, against the other parts;
+    only ``sequence``'s candidates are ranked (``candidates_from``), and its weight is
+    times 1, 4 or 16, whichever fused lists held the users' next items best
+    (``weight_choices``).
 
     Parameters
     ----------
@@ -102,9 +106,12 @@ class Blend(Recommender):
         A part whose list is each user's candidates (``None``: every part's items): only
         the items in its first ``n_candidates`` are ranked, the other parts' scores only
         reorder them (``fusion.CandidateFusion``). A name that is not a part of the blend
-        (or weighs 0) bounds nothing.
+        (or weighs 0) bounds nothing. ``sequence`` by default: on the session logs its
+        list holds the next items the others add (cooc's lists alone push out its 4th to
+        10th items), and its first 100 hold what they would add on MovieLens.
     weight_choices
-        ``{part: factors}`` (one part): that part's weight times one of ``factors``, chosen
+        ``{part: factors}`` (one part; ``None``: ``DEFAULT_WEIGHT_CHOICES``, ``{}``: none):
+        that part's weight times one of ``factors``, chosen
         by feedback: the factor whose fused lists would have ranked the users' next items
         highest (each credited event adds the item's reciprocal rank in the user's last
         fused list under each factor, 0 outside its first ``feedback_depth``, decayed with
@@ -138,7 +145,7 @@ class Blend(Recommender):
         feedback_power: float = 3.0,
         feedback_depth: int = 20,
         feedback_users: int = 10_000,
-        candidates_from: str | None = None,
+        candidates_from: str | None = "sequence",
         weight_choices: Mapping[str, Sequence[float]] | None = None,
     ):
         self.models = models
@@ -155,7 +162,7 @@ class Blend(Recommender):
         self.candidates_from = candidates_from
         self.weight_choices = weight_choices
         if weight_choices is not None and (len(weight_choices) > 1 or any(
-                not factors or min(factors) <= 0 for factors in weight_choices.values())):
+                not len(factors) or min(factors) <= 0 for factors in weight_choices.values())):
             raise ValueError("weight_choices: positive factors for one part, e.g. {'sequence': [1, 4, 16]}")
         if feedback_prior <= 0:
             raise ValueError("feedback_prior must be positive: a part with no credit would never be ranked again")
@@ -199,13 +206,15 @@ class Blend(Recommender):
 
     def _factors(self) -> tuple[float, ...]:
         """The factors of ``weight_choices`` (none without it)."""
-        return tuple(float(f) for factors in (self.weight_choices or {}).values() for f in factors)
+        choices = DEFAULT_WEIGHT_CHOICES if self.weight_choices is None else self.weight_choices
+        return tuple(float(f) for factors in choices.values() for f in factors)
 
     def _choosing(self) -> str | None:
         """The part whose weight's factor feedback chooses (``None``: no choice to make)."""
-        if not self.weight_choices or self.feedback_half_life is None:
+        choices = DEFAULT_WEIGHT_CHOICES if self.weight_choices is None else self.weight_choices
+        if not choices or self.feedback_half_life is None:
             return None
-        name = next(iter(self.weight_choices))
+        name = next(iter(choices))
         return name if name in self._models and self._base_weight(name) else None
 
     def chosen_factor(self) -> int:
@@ -254,22 +263,29 @@ class Blend(Recommender):
             if lists is None:
                 continue
             item = interaction.item_id
+            if type(lists) is _Kept:  # a batch's lists, on rows: the item's row looked for instead
+                lists, item = lists.rows_and(item)
             for p, items in enumerate(lists):
                 credit[p] = keep * credit[p] + (1.0 / (items.index(item) + 1) if item in items else 0.0)
 
-    def _remember_shown(self, user_ids: Sequence[str], lists: Sequence[Sequence[tuple[str, ...]]]) -> None:
-        """Keep each user's part lists (``lists[p][j]``: part ``p``'s for ``user_ids[j]``),
-        the least recently ranked users dropped beyond ``feedback_users``."""
+    def _remember_shown(self, user_ids: Sequence[str], lists: Sequence[Sequence[tuple[str, ...]]] | _KeptBatch
+                        ) -> None:
+        """Keep each user's part lists (``lists[p][j]``: part ``p``'s for ``user_ids[j]``; or
+        a batch's, on rows), the least recently ranked users dropped beyond ``feedback_users``."""
         shown = self._shown
+        if isinstance(lists, _KeptBatch):
+            per_user = [_Kept(lists, j) for j in range(len(user_ids))]
+        else:
+            per_user = list(zip(*lists)) if lists else [()] * len(user_ids)
         if len(set(user_ids)) == len(user_ids):
             pop = shown.pop
             for user_id in user_ids:
                 pop(user_id, None)  # to the end: ranked most recently
-            shown.update(zip(user_ids, zip(*lists)))
+            shown.update(zip(user_ids, per_user))
         else:  # a user twice: kept where its last list puts it
-            for j, user_id in enumerate(user_ids):
+            for user_id, kept in zip(user_ids, per_user):
                 shown.pop(user_id, None)
-                shown[user_id] = tuple(part[j] for part in lists)
+                shown[user_id] = kept
         excess = len(shown) - self.feedback_users
         if excess > 0:  # one pass: each next(iter(shown)) would step over the keys deleted before
             for user_id in list(islice(shown, excess)):
@@ -369,9 +385,8 @@ class Blend(Recommender):
         factors = self._factors() if at is not None else (1.0,)
         chosen = self.chosen_factor() if at is not None else 0
         fusion = CandidateFusion(parts, lead, self.rank_offset) if lead is not None and at in (None, lead) else None
-        width = max(k, depth) if at is not None else k
 
-        def fused(factor: float, with_sources: bool):
+        def fused(factor: float, width: int, with_sources: bool):
             if fusion is not None:
                 return fusion.top(width, parts[lead][2] * factor, with_sources)
             weighted = [(p[0], p[1], p[2] * factor, *p[3:]) if i == at else p for i, p in enumerate(parts)]
@@ -379,10 +394,10 @@ class Blend(Recommender):
                 return fuse_top_k(weighted, width, self.rank_offset, with_sources=with_sources)
             return CandidateFusion(weighted, lead, self.rank_offset).top(width, weighted[lead][2], with_sources)
 
-        rows, scores, sources = fused(factors[chosen], True)
+        rows, scores, sources = fused(factors[chosen], max(k, depth) if at is not None else k, True)
         tops = []
-        if at is not None and depth:
-            tops = [(rows if c == chosen else fused(f, False)[0])[:, :depth] for c, f in enumerate(factors)]
+        if at is not None and depth:  # the other factors' lists only as deep as feedback reads them
+            tops = [rows[:, :depth] if c == chosen else fused(f, depth, False)[0] for c, f in enumerate(factors)]
         return rows[:, :k], scores[:, :k], sources[:, :k], tops
 
     def recommend(self, user_id: str, k: int = 10, exclude: Collection[str] | None = None) -> Ranking:
@@ -438,12 +453,13 @@ class Blend(Recommender):
         shared = row_map.shared
         n = max(k, self.n_candidates)
         parts, used, last, shown = [], [], {}, []  # used: the names of parts, as fuse_top_k's sources count them
+        depth = self.feedback_depth
         feedback = self.feedback_half_life is not None
         for name, model in self._models.items():
             weight = self._weight(name, chosen=False)
             if weight == 0:  # adds nothing to the fusion nor to an explanation
                 last[name] = _ListsByUser(user_ids, None)
-                shown.append([()] * len(user_ids))
+                shown.append(None)
                 continue
             if isinstance(model, RanksRows):
                 lists = model.recommend_rows(user_ids, n, exclude)
@@ -451,27 +467,32 @@ class Blend(Recommender):
                 listed = lists.rows >= 0
                 rows = np.where(listed, mapping[np.where(listed, lists.rows, 0)] if len(mapping) else -1, -1)
                 parts.append((rows, lists.scores, weight, self._power_of(name)))
+                shown.append(rows)
             else:
                 got = model.recommend_many(user_ids, n, exclude)
                 lists = RankedRows.of_rankings([got[u] for u in user_ids], shared, n)
                 parts.append((lists.rows, lists.scores, weight, self._power_of(name)))
+                shown.append(lists.rows)
             used.append(name)
             last[name] = _ListsByUser(user_ids, lists)
-            if feedback:
-                shown.append(_top_ids(lists, self.feedback_depth))
         self._last_lists = last
+        tops = []
         if not parts:
-            if feedback:
-                self._remember_shown(user_ids, shown)
-            empty = np.zeros((len(user_ids), 0))
-            return RankedRows(empty.astype(np.int64), empty, shared)
-        if self._bounds_or_chooses():
-            rows, scores, sources, tops = self._fuse_rows(parts, used, k, self.feedback_depth if feedback else 0)
-            shown += [_top_ids(RankedRows(top, np.zeros(top.shape), shared), self.feedback_depth) for top in tops]
+            rows = np.zeros((len(user_ids), 0), dtype=np.int64)
+            scores, sources = rows.astype(np.float64), rows
+        elif self._bounds_or_chooses():
+            rows, scores, sources, tops = self._fuse_rows(parts, used, k, depth if feedback else 0)
         else:
             rows, scores, sources = fuse_top_k(parts, k, self.rank_offset, with_sources=True)
-        if feedback:
-            self._remember_shown(user_ids, shown)
+        if feedback:  # the lists kept on rows, made into ids only where read
+            kept = np.full((len(shown) + len(tops), len(user_ids), depth), -1, dtype=np.int32)
+            for at, part_rows in enumerate([*shown, *tops]):
+                if part_rows is not None:
+                    width = min(depth, part_rows.shape[1])
+                    kept[at, :, :width] = part_rows[:, :width]
+            self._remember_shown(user_ids, _KeptBatch(kept, shared))
+        if not parts:
+            return RankedRows(rows, scores, shared)
         _LAST_FUSED[self] = (user_ids, rows, sources, used)
         return RankedRows(rows, scores, shared)
 
@@ -565,8 +586,10 @@ class Blend(Recommender):
         for model in self._models.values():
             model.forget_items(item_ids)
         gone = set(item_ids)
+        for batch in {id(kept.batch): kept.batch for kept in self._shown.values() if type(kept) is _Kept}.values():
+            batch.gone |= gone  # left out where its lists are read
         for user_id, lists in self._shown.items():
-            if any(not gone.isdisjoint(items) for items in lists):
+            if type(lists) is not _Kept and any(not gone.isdisjoint(items) for items in lists):
                 self._shown[user_id] = tuple(tuple(i for i in items if i not in gone) for items in lists)
 
     def _state_sizes(self) -> dict[str, int]:
@@ -598,20 +621,76 @@ class Blend(Recommender):
         return part.similar_items(item_id, k)
 
 
-def _top_ids(ranked: RankedRows, depth: int) -> list[tuple[str, ...]]:
-    """Each row's first ``depth`` item ids, best first (one id lookup pass for all rows).
+class _KeptBatch:
+    """A batch's lists kept for feedback, on arrays: ``rows[p, j]``, list ``p`` of the
+    batch's user ``j`` (rows of ``index``, whose ids are never freed; ``-1`` after the list);
+    ``gone``: items forgotten since, left out where the lists are read. Pickled with only
+    the ids it lists, so that it does not hold on to the blend's shared index."""
+
+    __slots__ = ("rows", "index", "gone")
+
+    def __init__(self, rows: np.ndarray, index: IdIndex, gone: Collection[str] = ()) -> None:
+        self.rows, self.index, self.gone = rows, index, set(gone)
+
+    def __reduce__(self):
+        listed = self.rows >= 0
+        used, inverse = np.unique(self.rows[listed], return_inverse=True)
+        rows = np.full(self.rows.shape, -1, dtype=np.int32)
+        rows[listed] = inverse
+        index = IdIndex()
+        index.add_new([self.index.ids[row] for row in used.tolist()])
+        return _KeptBatch, (rows, index, sorted(self.gone))
+
+
+class _Kept(Sequence[tuple[str, ...]]):
+    """One user's kept lists of a ``_KeptBatch``, read as tuples of item ids.
 
     >>> index = IdIndex(); _ = index.add("a"), index.add("b")
-    >>> _top_ids(RankedRows(np.array([[1, 0, -1], [0, -1, -1]]), np.zeros((2, 3)), index), 2)
-    [('b', 'a'), ('a',)]
+    >>> kept = _Kept(_KeptBatch(np.array([[[1, 0]], [[0, -1]]]), index), 0)
+    >>> tuple(kept), kept == (("b", "a"), ("a",)), kept.rows_and("a")
+    ((('b', 'a'), ('a',)), True, ([[1, 0], [0, -1]], 0))
+    >>> kept.batch.gone.add("b"); tuple(kept)
+    (('a',), ('a',))
     """
-    top = ranked.rows[:, :depth]
-    listed = top >= 0  # the listed slots come first
-    ids = list(map(ranked.index.ids.__getitem__, top[listed].tolist()))
-    width = top.shape[1]
-    if len(ids) == top.size and width:  # every list full: tuples of width cut at C speed
-        return list(zip(*[iter(ids)] * width))
-    return list(map(tuple, per_row(ids, listed)))
+
+    __slots__ = ("batch", "j")
+
+    def __init__(self, batch: _KeptBatch, j: int) -> None:
+        self.batch, self.j = batch, j
+
+    def _lists(self) -> tuple[tuple[str, ...], ...]:
+        ids, gone = self.batch.index.ids, self.batch.gone
+        return tuple(tuple(ids[r] for r in row if r >= 0 and ids[r] not in gone)
+                     for row in self.batch.rows[:, self.j].tolist())
+
+    def rows_and(self, item_id: str) -> tuple[list[list[int]], int | None]:
+        """The lists as rows, and the item's row (``None`` where it is in none): credit
+        read without making ids."""
+        lists = self.batch.rows[:, self.j].tolist()
+        if self.batch.gone:
+            return [list(map(self.batch.index.rows.get, items)) for items in self._lists()], \
+                self.batch.index.rows.get(item_id)
+        return lists, self.batch.index.rows.get(item_id)
+
+    def __getitem__(self, p):
+        return self._lists()[p]
+
+    def __len__(self) -> int:
+        return len(self.batch.rows)
+
+    def __iter__(self):
+        return iter(self._lists())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and self._lists() == tuple(other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return repr(self._lists())
+
+    def __reduce__(self):
+        return _Kept, (self.batch, self.j)
 
 
 class _ListsByUser(Mapping[str, Ranking]):

@@ -272,91 +272,172 @@ class CandidateFusion:
 
     def __init__(self, parts: Sequence[tuple], lead: int, rank_offset: float | None = None) -> None:
         self.rank_offset = rank_offset
-        self.lead = lead
         lead_rows = parts[lead][0]
         n_users, width = lead_rows.shape
         self.rows = lead_rows
         self.listed = lead_rows >= 0
-        self._lead_scores = parts[lead][1]
-        self._lead_power = parts[lead][3] if len(parts[lead]) > 3 else None
-        # per other part: what it adds to each candidate (0 where it does not list it), and
-        # whether it lists it; tie-breaks over all parts' lists
-        self._adds: list[tuple[int, np.ndarray, np.ndarray]] = []
-        self.best_pos = np.where(self.listed, np.arange(width), width)
+        self._lead = (lead, parts[lead][1], parts[lead][3] if len(parts[lead]) > 3 else None)
+        # what each other part adds to each candidate (0 where it does not list it): the
+        # parts before the lead summed once, those after it too (in part order, as
+        # fuse_top_k adds), and the other part that adds most to each (the first on a tie)
+        self._before = np.zeros((n_users, width))
+        self._after: list[np.ndarray] = []
+        self._best_other = np.full((n_users, width), -np.inf)
+        self._best_other_at = np.full((n_users, width), -1, dtype=np.int64)
+        # where each part lists each candidate (column offset in all parts' lists, places,
+        # listed), for the tie-breaks of the users who need them
         offset = sum(p[0].shape[1] for p in parts[:lead])
-        self.first_col = np.where(self.listed, offset + np.arange(width), np.iinfo(np.int64).max)
+        self._places = [(offset, np.arange(width), self.listed)]
+        looked_up = [at for at, part in enumerate(parts) if at != lead and part[2] != 0 and part[0].shape[1] and n_users]
+        places = _positions_of(lead_rows, [parts[at][0] for at in looked_up]) if looked_up else []
         offset = 0
         for at, part in enumerate(parts):
             rows, scores, weight = part[0], part[1], part[2]
             power = part[3] if len(part) > 3 else None
-            if at != lead and weight != 0 and rows.shape[1] and n_users:
+            if at in looked_up:
                 scaled = np.empty(rows.shape)
                 scale_into(scaled, rows, scores, weight, power, rank_offset)
-                pos, found = _positions_of(lead_rows, rows)
-                found &= self.listed
-                adds = np.where(found, np.take_along_axis(scaled, np.minimum(pos, rows.shape[1] - 1), 1), 0.0)
-                self._adds.append((at, adds, found))
-                np.minimum(self.best_pos, np.where(found, pos, width), out=self.best_pos)
-                np.minimum(self.first_col, np.where(found, offset + pos, np.iinfo(np.int64).max), out=self.first_col)
+                pos, found = places.pop(0)
+                values = np.where(found, np.take_along_axis(scaled, pos, 1), 0.0)
+                if at < lead:
+                    self._before += values
+                else:
+                    self._after.append(values)
+                gains = found & (values > self._best_other)
+                self._best_other[gains] = values[gains]
+                self._best_other_at[gains] = at
+                self._places.append((offset, pos, found))
             offset += rows.shape[1]
+        self._columns = offset
 
-    def totals(self, lead_weight: float) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
-        """Each candidate's fused score (``-inf`` for an unlisted slot), and each part's
-        additions ``(position in parts, adds, listed)``, the lead's with ``lead_weight``."""
-        lead_adds = np.empty(self.rows.shape)
-        scale_into(lead_adds, self.rows, self._lead_scores, lead_weight, self._lead_power, self.rank_offset)
-        lead_adds = np.where(self.listed, lead_adds, 0.0)
-        adds = sorted([*self._adds, (self.lead, lead_adds, self.listed)], key=lambda a: a[0])
-        total = np.zeros(self.rows.shape)
-        for _, values, _ in adds:  # in part order, as fuse_top_k adds
-            total += values
-        return np.where(self.listed, total, -np.inf), adds
+    def _tie_key(self, users: np.ndarray) -> np.ndarray:
+        """For ``users`` (a mask), each candidate's tie-break key: the better position in
+        any list, then the first listed (the first part, in part order, that lists it)."""
+        width = self.rows.shape[1]
+        best_pos = np.full((int(users.sum()), width), width)
+        first_col = np.full(best_pos.shape, self._columns)
+        for offset, pos, found in sorted(self._places, key=lambda place: place[0]):
+            pos = np.broadcast_to(pos, found.shape)[users]
+            found = found[users]
+            np.minimum(best_pos, np.where(found, pos, width), out=best_pos)
+            first_col = np.where(found & (first_col == self._columns), offset + pos, first_col)
+        return best_pos * (self._columns + 1) + first_col
 
     def top(self, k: int, lead_weight: float, with_sources: bool = True):
         """Each user's ``k`` best candidates with ``lead_weight`` on the lead: ``(rows,
         scores, sources)`` as ``fuse_top_k`` returns them (``-1`` / ``-inf`` after a
         shorter list; ``sources``: the part that added most to each item, the first on a tie)."""
         n_users, width = self.rows.shape
-        total, adds = self.totals(lead_weight)
-        order = np.lexsort((self.first_col, self.best_pos, -total), axis=1)[:, : max(k, 0)]
-        scores = np.take_along_axis(total, order, 1)
-        valid = scores > -np.inf
-        out_rows = np.full((n_users, max(k, 0)), -1, dtype=np.int64)
-        out_scores = np.full((n_users, max(k, 0)), -np.inf)
+        k = max(k, 0)
+        lead, scores, power = self._lead
+        lead_adds = np.empty(self.rows.shape)
+        scale_into(lead_adds, self.rows, scores, lead_weight, power, self.rank_offset)
+        total = self._before + np.where(self.listed, lead_adds, 0.0)
+        for values in self._after:
+            total += values
+        total[~self.listed] = -np.inf
+        # score descending: one plain sort; the users with a tie among their first k + 1
+        # sorted again on one integer key, their scores' rank then the tie-breaks
+        order = np.argsort(-total, axis=1)
+        ahead = np.take_along_axis(total, order[:, : k + 1], 1)
+        tied = ((ahead[:, 1:] == ahead[:, :-1]) & (ahead[:, 1:] > -np.inf)).any(axis=1)
+        if tied.any():
+            by_score = order[tied]
+            ordered = np.take_along_axis(total[tied], by_score, 1)
+            differs = np.ones(ordered.shape, dtype=bool)
+            differs[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+            tie_key = self._tie_key(tied)
+            key = np.cumsum(differs, axis=1, dtype=np.int64) * (int(tie_key.max(initial=0)) + 1)
+            key += np.take_along_axis(tie_key, by_score, 1)
+            order[tied] = np.take_along_axis(by_score, np.argsort(key, axis=1), 1)
+        order = order[:, :k]
+        fused = np.take_along_axis(total, order, 1)
+        valid = fused > -np.inf
         m = order.shape[1]
+        out_rows = np.full((n_users, k), -1, dtype=np.int64)
+        out_scores = np.full((n_users, k), -np.inf)
         out_rows[:, :m] = np.where(valid, np.take_along_axis(self.rows, order, 1), -1)
-        out_scores[:, :m] = np.where(valid, scores, -np.inf)
+        out_scores[:, :m] = np.where(valid, fused, -np.inf)
         if not with_sources:
             return out_rows, out_scores
-        largest = np.full(order.shape, -np.inf)
-        source = np.full(order.shape, -1, dtype=np.int64)
-        for at, values, listed in adds:  # part order: the first of equal additions stays
-            value = np.where(np.take_along_axis(listed, order, 1), np.take_along_axis(values, order, 1), -np.inf)
-            gains = value > largest
-            largest = np.where(gains, value, largest)
-            source = np.where(gains, at, source)
-        out_sources = np.full((n_users, max(k, 0)), -1, dtype=np.int64)
-        out_sources[:, :m] = np.where(valid, source, -1)
+        # the lead, or the other part that adds most (the first in part order on a tie)
+        other, other_at = np.take_along_axis(self._best_other, order, 1), np.take_along_axis(self._best_other_at, order, 1)
+        mine = np.take_along_axis(lead_adds, order, 1)
+        leads = (other_at < 0) | (mine > other) | ((mine == other) & (other_at > lead))
+        out_sources = np.full((n_users, k), -1, dtype=np.int64)
+        out_sources[:, :m] = np.where(valid, np.where(leads, lead, other_at), -1)
         return out_rows, out_scores, out_sources
 
 
-def _positions_of(wanted: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per user, where each of ``wanted``'s rows stands in ``rows`` (its first place), and
-    whether it is there at all: one sort of all users' lists, then one binary search.
+def _positions_of(wanted: np.ndarray, lists: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per user, where each of ``wanted``'s listed rows stands in each of ``lists`` (its
+    first place; 0 where it is not there), and whether it is there: each list and
+    ``wanted`` in one sort per user.
 
-    >>> pos, found = _positions_of(np.array([[4, 9, -1]]), np.array([[9, 4, 4, -1]]))
+    >>> [(pos.tolist(), found.tolist()) for pos, found in _positions_of(
+    ...     np.array([[4, 9, -1]]), [np.array([[9, 4, 4, -1]]), np.array([[7, 9]])])]
+    [([[1, 0, 0]], [[True, True, False]]), ([[0, 1, 0]], [[False, True, False]])]
+    """
+    return [_positions_in(wanted, rows) for rows in lists]
+
+
+# The most cells of the table ``_positions_in`` writes places in (int16: 8 MiB): a
+# catalogue too large for 64 users' rows of it is looked up by sorting instead.
+_TABLE_CELLS = 1 << 22
+
+
+def _positions_in(wanted: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_positions_of`` one list: each place written in a table of users x items, a
+    block of users at a time, and read back at the wanted items; by sorting each user's
+    two lists where the catalogue is too large for the table."""
+    n_users, width = wanted.shape
+    other = rows.shape[1]
+    n_items = int(max(rows.max(initial=-1), wanted.max(initial=-1))) + 1
+    block = _TABLE_CELLS // (n_items + 1)
+    if block < 64 or other >= 2**15:
+        return _positions_by_sorting(wanted, rows)
+    table = np.full((min(block, n_users), n_items + 1), -1, dtype=np.int16)  # the last column: unlisted slots
+    places = np.arange(other, dtype=np.int16)[::-1]  # written last to first: an item's first place stays
+    pos = np.empty((n_users, width), dtype=np.int16)
+    for start in range(0, n_users, block):
+        end = min(start + block, n_users)
+        users = np.arange(end - start)[:, None]
+        items = np.where(rows[start:end, ::-1] >= 0, rows[start:end, ::-1], n_items)
+        table[users, items] = places
+        pos[start:end] = table[users, np.where(wanted[start:end] >= 0, wanted[start:end], n_items)]
+        table[users, items] = -1
+    found = (pos >= 0) & (wanted >= 0)
+    return np.where(found, pos, 0).astype(np.int64), found
+
+
+def _positions_by_sorting(wanted: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_positions_in`` by one sort of each user's two lists.
+
+    >>> pos, found = _positions_by_sorting(np.array([[4, 9, -1]]), np.array([[9, 4, 4, -1]]))
     >>> pos.tolist(), found.tolist()
     ([[1, 0, 0]], [[True, True, False]])
     """
-    n_users, width = rows.shape
-    span = int(max(rows.max(initial=0), wanted.max(initial=0))) + 2  # the last row: unlisted slots
-    shift = max(width - 1, 1).bit_length()
-    user = np.arange(n_users, dtype=np.int64)[:, None] * span
-    keys = ((user + np.where(rows >= 0, rows, span - 1)) << shift) | np.arange(width, dtype=np.int64)
-    keys = keys.ravel()
-    keys.sort()  # by user, then item, then place: an item's first place comes first
-    probe = (user + np.where(wanted >= 0, wanted, span - 1)) << shift
-    at = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
-    hit = keys[at]
-    found = ((hit >> shift) == (probe >> shift)) & (wanted >= 0)
-    return np.where(found, hit & ((1 << shift) - 1), 0), found
+    n_users, width = wanted.shape
+    other = rows.shape[1]
+    both = other + width
+    shift = max(both - 1, 1).bit_length()
+    unlisted = int(max(rows.max(initial=0), wanted.max(initial=0))) + 1  # then one item per unlisted slot
+    key_type = np.int32 if (unlisted + both) << shift < 2**31 else np.int64
+    # each key: the item, then its slot: ``rows``' places reversed (an item's first place
+    # sorts last among them, just before the wanted slot of the same item), then ``wanted``'s
+    slot = np.arange(both, dtype=key_type)
+    slot[:other] = slot[:other][::-1]
+    key = np.empty((n_users, both), dtype=key_type)
+    key[:, :other] = np.where(rows >= 0, rows, unlisted + np.arange(other))
+    key[:, other:] = np.where(wanted >= 0, wanted, unlisted + np.arange(other, both))
+    key <<= shift
+    key |= slot
+    key.sort(axis=1)
+    item, slot = key >> shift, key & ((1 << shift) - 1)
+    user, at = np.nonzero((item[:, 1:] == item[:, :-1]) & (slot[:, 1:] >= other) & (slot[:, :-1] < other))
+    column = slot[user, at + 1] - other
+    pos = np.zeros((n_users, width), dtype=np.int64)
+    found = np.zeros((n_users, width), dtype=bool)
+    pos[user, column] = other - 1 - slot[user, at]
+    found[user, column] = True
+    return pos, found

@@ -122,12 +122,15 @@ def test_a_pickled_bounded_blend_keeps_its_choice_and_an_old_pickle_loads() -> N
         assert twin.recommend(event.user_id, 5) == model.recommend(event.user_id, 5)
         for m in (model, twin):
             m.learn_one(event)
-    old = Blend(models=copy.deepcopy(PARTS), n_candidates=30)  # as saved before these hyperparameters
-    state = old.__getstate__()
+    old = Blend(models=copy.deepcopy(PARTS), n_candidates=30, candidates_from=None, weight_choices={})
+    old.learn_many(events)
+    state = old.__getstate__()  # as saved before these hyperparameters: the parts' credits only
     del state["candidates_from"], state["weight_choices"]
     loaded = Blend.__new__(Blend)
-    loaded.__setstate__(state)
-    assert loaded.candidates_from is None and loaded.recommend("u1", 5) == old.recommend("u1", 5)
+    loaded.__setstate__(state)  # takes today's defaults: bounded, the factor to choose
+    assert loaded.candidates_from == "sequence" and loaded._credit == old._credit + [0.0] * 3
+    candidates = {item for item, _ in loaded._models["sequence"].recommend("u1", 30)}
+    assert {item for item, _ in loaded.recommend("u1", 5)} <= candidates
 
 
 def test_bad_choices_are_refused() -> None:
@@ -149,3 +152,21 @@ CHECKED = Blend(models=PARTS, n_candidates=30, **BOUNDED)
 @pytest.mark.parametrize("check", list(yield_checks(CHECKED)), ids=lambda c: c.__name__[6:])
 def test_the_bounded_blend_passes_the_conformance_suite(check) -> None:
     check(Blend(models=copy.deepcopy(PARTS), n_candidates=30, **BOUNDED))
+
+
+def test_both_ways_of_finding_places_agree() -> None:
+    """The table of places and the sort give each wanted item's first place in a list."""
+    from online_models.fusion import _positions_by_sorting, _positions_in
+
+    rng = np.random.default_rng(3)
+    for n_items in (5, 40, 3000):
+        wanted = np.full((200, 30), -1)  # distinct candidates, as a part lists them
+        for row in wanted:
+            row[: min(n_items, 25)] = rng.permutation(n_items)[:25]
+        rows = rng.integers(0, n_items, (200, 25))  # repeats: the first place counts
+        rows[5, 10:] = -1
+        table, sorting = _positions_in(wanted, rows), _positions_by_sorting(wanted, rows)
+        assert all(np.array_equal(a, b) for a, b in zip(table, sorting))
+        j, c = np.nonzero(table[1])
+        assert all(rows[u, table[0][u, col]] == wanted[u, col] and wanted[u, col] not in rows[u, : table[0][u, col]]
+                   for u, col in zip(j, c))

@@ -25,7 +25,8 @@ FEEDBACK = {"feedback_half_life": 40.0, "feedback_prior": 0.2, "feedback_power":
 
 
 def _blend(**params) -> Blend:
-    return Blend(models=PARTS, n_candidates=30, **params)
+    # every part's items ranked, the weights as feedback learns them (the default before bounding)
+    return Blend(models=PARTS, n_candidates=30, **{"candidates_from": None, "weight_choices": {}, **params})
 
 
 @pytest.mark.parametrize("protocol", ["prequential", "next-item"])
@@ -132,7 +133,7 @@ def test_the_bounded_blend_with_a_chosen_factor_judges_as_its_replay(protocol) -
         split = next_item_split(events[:1000], events[1000:])
         run = lambda model: next_item(model, split, k=5)
     factors = (1.0, 4.0, 16.0)
-    model = _blend(**FEEDBACK, candidates_from="sequence", weight_choices={"sequence": factors})
+    model = _blend(**FEEDBACK, candidates_from="sequence", weight_choices=None)  # the default: x1, 4, 16
     lists, learned = record(model, run, width=30)
     replay = Replay(lists)
     weights = feedback_weights(lists, {"cooc": 1.0, "embeddings": 0.5, "sequence": 1000.0}, half_life=40.0,
@@ -142,7 +143,7 @@ def test_the_bounded_blend_with_a_chosen_factor_judges_as_its_replay(protocol) -
     chosen = chosen_in_hindsight(bounded, 40.0, depth=10, default=0)
     assert hr_mrr(chosen, lists.k) == (pytest.approx(learned.hr, abs=1e-12), pytest.approx(learned.mrr, abs=1e-12))
     assert model.chosen_factor() != 0 or max(model._credit[3:]) == model._credit[3]
-    only_bounded = run(_blend(**FEEDBACK, candidates_from="sequence"))
+    only_bounded = run(_blend(**FEEDBACK, candidates_from="sequence", weight_choices={}))
     assert hr_mrr(bounded[0], lists.k) == (pytest.approx(only_bounded.hr, abs=1e-12),
                                            pytest.approx(only_bounded.mrr, abs=1e-12))
     assert len({hr_mrr(r, lists.k) for r in bounded}) > 1  # the factors do rank differently
