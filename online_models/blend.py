@@ -106,18 +106,18 @@ class Blend(Recommender):
         A part whose list is each user's candidates (``None``: every part's items): only
         the items in its first ``n_candidates`` are ranked, the other parts' scores only
         reorder them (``fusion.CandidateFusion``). A name that is not a part of the blend
-        (or weighs 0) bounds nothing. ``sequence`` by default: on the session logs its
-        list holds the next items the others add (cooc's lists alone push out its 4th to
-        10th items), and its first 100 hold what they would add on MovieLens.
+        (or weighs 0) bounds nothing. ``sequence`` by default, with ``weight_choices``:
+        chosen by replaying the parts' lists on the train logs (``bench.blend_replay``),
+        then confirmed by the README's backtests.
     weight_choices
         ``{part: factors}`` (one part; ``None``: ``DEFAULT_WEIGHT_CHOICES``, ``{}``: none):
-        that part's weight times one of ``factors``, chosen
-        by feedback: the factor whose fused lists would have ranked the users' next items
-        highest (each credited event adds the item's reciprocal rank in the user's last
-        fused list under each factor, 0 outside its first ``feedback_depth``, decayed with
-        ``feedback_half_life``), the first factor on a tie, before any credit, and without
-        ``feedback_half_life``. Each user's first ``feedback_depth`` items under every
-        factor are kept with the parts' lists.
+        that part's weight times one of ``factors``, chosen by feedback: the factor whose
+        fused lists would have ranked the users' next items highest (each credited event
+        adds the item's reciprocal rank in the user's last fused list under each factor,
+        0 outside its first ``feedback_depth``, decayed with ``feedback_half_life``); the
+        first factor on a tie, before any credit, and without ``feedback_half_life``. Each
+        user's first ``feedback_depth`` items under every factor are kept with the parts'
+        lists.
 
     Examples
     --------
@@ -224,7 +224,7 @@ class Blend(Recommender):
         >>> model = Blend(models={"cooc": {}, "sequence": {}}, weight_choices={"sequence": [1, 4, 16]})
         >>> model.chosen_factor(), model._weight("sequence")
         (0, 1000.0)
-        >>> model._credit[2:] = [0.5, 0.75, 0.75]  # x4 and x16 ranked the next items as well
+        >>> model._credit[2:] = [0.5, 0.75, 0.75]  # x4 and x16 ranked the next items better: the first
         >>> model.chosen_factor(), model._weight("sequence")
         (1, 4000.0)
         """
