@@ -2,10 +2,10 @@
 
 The topic is filled first by a producer in its own process (``n`` events over a catalogue of
 10k items); then, in a fresh process each, (a) the streamrec worker drains it (poll ->
-validate -> ``learn_many`` -> top-k lists to Redis -> commit), and (b) a bare kafka-python
-consumer with the same fetch settings drains it, only decoding each message. The worker uses
-its own consumer group; the bare consumer is assigned every partition (as the worker's
-learner is) and joins no group. The clock starts after the first batch (group join and the first
+validate -> ``learn_many`` -> top-k lists to Redis -> commit), and (b) a bare consumer on the
+worker's Kafka client (confluent-kafka) with the same fetch settings drains it, only decoding
+each message. The worker uses its own consumer group; the bare consumer is assigned every
+partition and joins no group. The clock starts after the first batch (group join and the first
 fetch excluded) and stops when the last event is committed (worker) or decoded (bare).
 Each side's own CPU time is reported too (events per CPU-second), since on a shared machine
 the wall-clock rate also measures the neighbours.
@@ -92,22 +92,21 @@ def _drain_worker(settings, n: int, profile_path: str | None, refresh_lists: boo
 
 
 def _drain_bare(settings, n: int, out: mp.Queue) -> None:
+    """The bare consumer: the worker's own Kafka client (``stream.consumer.Reader``) polling
+    and decoding each event's JSON, nothing more; the ceiling ``ingest_ratio_vs_bare_consumer``
+    compares the worker with."""
     import orjson
-    from kafka import KafkaConsumer, TopicPartition
 
-    from stream.worker import wait_for_partitions
+    from stream.consumer import Partition, Reader, wait_for_partitions
 
-    # assigned, not subscribed, like the worker's learner: no group join to wait for
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=settings.max_poll_records,
-        fetch_max_bytes=32 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    consumer.assign([TopicPartition(settings.topic, p) for p in sorted(wait_for_partitions(consumer, settings.topic))])
+    # assigned, not subscribed, like the worker's side reader: no group join to wait for
+    consumer = Reader({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.group_id}.bare",
+                       "auto.offset.reset": "earliest", "fetch.max.bytes": 32 * 1024 * 1024,
+                       "max.partition.fetch.bytes": 8 * 1024 * 1024}, max_records=settings.max_poll_records)
+    consumer.assign([Partition(settings.topic, p) for p in sorted(wait_for_partitions(consumer, settings.topic))])
     loads, seen, first, started = orjson.loads, 0, 0, 0.0
     while seen < n:
-        batches = consumer.poll(timeout_ms=settings.poll_timeout_ms, max_records=settings.max_poll_records)
-        for records in batches.values():
+        for records in consumer.poll(timeout_ms=settings.poll_timeout_ms).values():
             for record in records:
                 loads(record.value)
             seen += len(records)
