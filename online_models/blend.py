@@ -164,6 +164,7 @@ class Blend(Recommender):
         if weight_choices is not None and (len(weight_choices) > 1 or any(
                 not len(factors) or min(factors) <= 0 for factors in weight_choices.values())):
             raise ValueError("weight_choices: positive factors for one part, e.g. {'sequence': [1, 4, 16]}")
+        self._choices = _frozen_choices(weight_choices)  # a copy: the credits are sized to it
         if feedback_prior <= 0:
             raise ValueError("feedback_prior must be positive: a part with no credit would never be ranked again")
         self._calibrated = frozenset(DEFAULT_CALIBRATED if calibrated is None else calibrated)
@@ -186,6 +187,7 @@ class Blend(Recommender):
         self.__dict__.update(undeclared(state))
         for name, param in inspect.signature(Blend).parameters.items():  # hyperparameters added since
             self.__dict__.setdefault(name, param.default)
+        self.__dict__.setdefault("_choices", _frozen_choices(self.weight_choices))
         self._credit = self._credit + [0.0] * (len(self._models) + len(self._factors()) - len(self._credit))
         declare_from_parts(self, self._models.values())
 
@@ -206,15 +208,13 @@ class Blend(Recommender):
 
     def _factors(self) -> tuple[float, ...]:
         """The factors of ``weight_choices`` (none without it)."""
-        choices = DEFAULT_WEIGHT_CHOICES if self.weight_choices is None else self.weight_choices
-        return tuple(float(f) for factors in choices.values() for f in factors)
+        return next(iter(self._choices.values()), ())
 
     def _choosing(self) -> str | None:
         """The part whose weight's factor feedback chooses (``None``: no choice to make)."""
-        choices = DEFAULT_WEIGHT_CHOICES if self.weight_choices is None else self.weight_choices
-        if not choices or self.feedback_half_life is None:
+        if not self._choices or self.feedback_half_life is None:
             return None
-        name = next(iter(choices))
+        name = next(iter(self._choices))
         return name if name in self._models and self._base_weight(name) else None
 
     def chosen_factor(self) -> int:
@@ -621,13 +621,20 @@ class Blend(Recommender):
         return part.similar_items(item_id, k)
 
 
+def _frozen_choices(weight_choices: Mapping[str, Sequence[float]] | None) -> dict[str, tuple[float, ...]]:
+    """``weight_choices`` (its default for None) as a copy of floats, so that changing the
+    caller's mapping later cannot resize what feedback credits."""
+    choices = DEFAULT_WEIGHT_CHOICES if weight_choices is None else weight_choices
+    return {name: tuple(float(f) for f in factors) for name, factors in choices.items()}
+
+
 class _KeptBatch:
     """A batch's lists kept for feedback, on arrays: ``rows[p, j]``, list ``p`` of the
     batch's user ``j`` (rows of ``index``, whose ids are never freed; ``-1`` after the list);
     ``gone``: items forgotten since, left out where the lists are read. Pickled with only
     the ids it lists, so that it does not hold on to the blend's shared index."""
 
-    __slots__ = ("rows", "index", "gone")
+    __slots__ = ("gone", "index", "rows")
 
     def __init__(self, rows: np.ndarray, index: IdIndex, gone: Collection[str] = ()) -> None:
         self.rows, self.index, self.gone = rows, index, set(gone)

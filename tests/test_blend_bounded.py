@@ -11,6 +11,7 @@ import pickle
 import numpy as np
 import pytest
 
+from core.schema import Event
 from online_models.blend import Blend
 from online_models.checks import yield_checks
 from online_models.fusion import CandidateFusion, fuse_top_k
@@ -125,7 +126,7 @@ def test_a_pickled_bounded_blend_keeps_its_choice_and_an_old_pickle_loads() -> N
     old = Blend(models=copy.deepcopy(PARTS), n_candidates=30, candidates_from=None, weight_choices={})
     old.learn_many(events)
     state = old.__getstate__()  # as saved before these hyperparameters: the parts' credits only
-    del state["candidates_from"], state["weight_choices"]
+    del state["candidates_from"], state["weight_choices"], state["_choices"]
     loaded = Blend.__new__(Blend)
     loaded.__setstate__(state)  # takes today's defaults: bounded, the factor to choose
     assert loaded.candidates_from == "sequence" and loaded._credit == old._credit + [0.0] * 3
@@ -170,3 +171,20 @@ def test_both_ways_of_finding_places_agree() -> None:
         j, c = np.nonzero(table[1])
         assert all(rows[u, table[0][u, col]] == wanted[u, col] and wanted[u, col] not in rows[u, : table[0][u, col]]
                    for u, col in zip(j, c))
+
+
+def test_weight_choices_changed_by_the_caller_after_construction_change_nothing():
+    choices = {"sequence": [1, 4]}
+    model = Blend(models={"cooc": {}, "sequence": {}}, weight_choices=choices)
+    changed = Blend(models={"cooc": {}, "sequence": {}}, weight_choices={"sequence": [1, 4]})
+    for user, item in [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u1", "c")]:
+        for m in (model, changed):
+            m.recommend(user, k=5)
+            m.learn_one(Event(user_id=user, item_id=item, type="click", ts=0.0))
+    choices["sequence"].append(16)  # the caller's list, kept verbatim as the hyperparameter
+    for m in (model, changed):
+        m.recommend("u2", k=5)
+        m.learn_one(Event(user_id="u2", item_id="c", type="click", ts=1.0))
+    assert model.weight_choices is choices
+    assert model.recommend("u1", k=5) == changed.recommend("u1", k=5)
+    assert model._credit == changed._credit
