@@ -41,7 +41,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import groupby, islice, repeat
-from operator import attrgetter, gt, le
+from operator import gt, le
 from typing import Any, Protocol
 
 import numpy as np
@@ -73,7 +73,6 @@ from online_models.trending import Trending
 log = logging.getLogger("streamrec.pipeline")
 
 Ranking = list[tuple[str, float]]
-_user_id, _type, _context, _event_id = map(attrgetter, ("user_id", "type", "context", "event_id"))
 
 
 @dataclass(frozen=True)
@@ -174,7 +173,7 @@ class PartitionState:
         ``is_duplicate`` would append each and drop one old id per append past ``window``.
         """
         recent_ids, recent_set = self.recent_ids, self.recent_set
-        ids = list(map(_event_id, events))
+        ids = [event.event_id for event in events]
         if not recent_set.isdisjoint(ids) or len(set(ids)) < len(ids):
             return [event for event, event_id in zip(events, ids) if not self.is_duplicate(event_id, window)]
         if window:
@@ -492,7 +491,7 @@ class Pipeline:
             state_counts.deduplicated += len(found) - len(fresh)
             counts.deduplicated += len(found) - len(fresh)
             state_counts.applied += len(fresh)
-            if list(map(_context, fresh)).count(None) < len(fresh) or ITEM_TYPE in map(_type, fresh):
+            if any(event.context is not None or event.type == ITEM_TYPE for event in fresh):
                 plain = []
                 for event in fresh:
                     if event.context is not None:
@@ -504,34 +503,31 @@ class Pipeline:
                     else:
                         plain.append(event)
                 fresh = plain
-            users = list(map(_user_id, fresh))
+            users = [event.user_id for event in fresh]
             state.users.update(users)
             touched_users.update(zip(users, repeat(None)))
             events += fresh
         counts.dead_lettered = len(rejects)
         counts.applied = counts.consumed - counts.dead_lettered - counts.deduplicated
-        event_users, event_items, event_types, event_times = (list(map(attrgetter(name), events)) for name in (
-            "user_id", "item_id", "type", "ts"))
         if events:  # online HR@k: was the item in the user's last list?
-            lasts = list(map(self._last_lists.get, event_users))
+            users, items = [event.user_id for event in events], [event.item_id for event in events]
+            lasts = list(map(self._last_lists.get, users))
             self.metrics.online_evaluated += len(lasts) - lasts.count(None)
-            self.metrics.online_hits += sum(item_id in last for item_id, last in zip(event_items, lasts)
-                                            if last is not None)
+            self.metrics.online_hits += sum(item_id in last for item_id, last in zip(items, lasts) if last is not None)
             self.popularity.learn_many(events)  # first: a model that uses it reads it
             model.learn_many(events)
-            touched_items.update(event_items)
-            seen_types, seen = set(settings.seen_types), self.seen
-            pairs = zip(event_users, event_items)
-            if not seen_types.issuperset(event_types):
-                pairs = ((u, i) for u, i, type_ in zip(event_users, event_items, event_types) if type_ in seen_types)
-            for user_id, item_id in pairs:
-                user_seen = seen.get(user_id)
-                if user_seen is None:
-                    seen[user_id] = {item_id}
-                else:
-                    user_seen.add(item_id)
-            _note_newest(self.last_active, event_users, event_times)
-            _note_newest(self.item_last_active, event_items, event_times)
+            touched_items.update(items)
+            seen_types, seen = settings.seen_types, self.seen
+            for event in events:
+                if event.type in seen_types:
+                    user_seen = seen.get(event.user_id)
+                    if user_seen is None:
+                        seen[event.user_id] = {event.item_id}
+                    else:
+                        user_seen.add(event.item_id)
+            times = [event.ts for event in events]
+            _note_newest(self.last_active, users, times)
+            _note_newest(self.item_last_active, items, times)
         forgotten = self._obey(commands, rejects)
         users = [u for u in touched_users if u not in forgotten and u in self.last_active]
         lists, ranked = self._rank(users)
@@ -551,13 +547,9 @@ class Pipeline:
         history: dict[str, list[tuple[str, str, float]]] = {}
         if settings.user_history_events:  # the users' events of this batch, for the dashboard
             listed = set(lists)
-            for user_id, entry in zip(event_users, zip(event_items, event_types, event_times)):
-                if user_id in listed:
-                    user_history = history.get(user_id)
-                    if user_history is None:
-                        history[user_id] = [entry]
-                    else:
-                        user_history.append(entry)
+            for event in events:
+                if event.user_id in listed:
+                    history.setdefault(event.user_id, []).append((event.item_id, event.type, event.ts))
         return Effects(counts=counts, model=model.name, written_at=now, lists=lists, history=history,
                        explanations=explanations, popular=popular, similar=self._similar_lists(touched_items, now),
                        counters=self._counters(touched_partitions), item_metadata=item_metadata,
