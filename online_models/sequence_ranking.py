@@ -193,7 +193,7 @@ class SequenceRanking:
         ones (listed or excluded, at sorted positions ``t_i``) with ``t_i - i <= q``: one
         count per taken item, a cumulative sum over the rows of users who took any, and
         one gather of the popular list for all cells."""
-        listed = (rows >= 0).sum(axis=1)
+        listed = np.count_nonzero(rows >= 0, axis=1)
         short = np.flatnonzero(listed < k)
         if not len(short):
             return RankedRows(rows, scores, self._items)
@@ -222,18 +222,22 @@ class SequenceRanking:
         hit = at_popular[listed_rows]
         ex_user, ex_item = excluded_cells(self._items, [users[j] for j in short.tolist()], exclude)
         ex_hit = at_popular[ex_item]
-        taken = np.unique(np.concatenate([listed_user[hit >= 0] * len(popular) + hit[hit >= 0],
-                                          ex_user[ex_hit >= 0] * len(popular) + ex_hit[ex_hit >= 0]]))
+        taken = listed_user[hit >= 0] * len(popular) + hit[hit >= 0]  # distinct: a list names an item once
+        if len(ex_item):  # an excluded item is not listed, but may be excluded twice
+            taken = np.unique(np.concatenate([taken, ex_user[ex_hit >= 0] * len(popular) + ex_hit[ex_hit >= 0]]))
+        else:
+            taken.sort()
         # per cell, the position in the popular list it takes (the listed cells are put back after)
-        at = np.arange(width) - have[:, None]
         if len(taken):
             j, t = np.divmod(taken, len(popular))  # sorted by user, then position
             before = t - (np.arange(len(j)) - np.searchsorted(j, j))  # free positions before each
             col = have[j] + before
             inside = col < width
-            took, of_user = np.unique(j[inside], return_inverse=True)
-            at[took] += np.bincount(of_user * width + col[inside], minlength=len(took) * width
-                                    ).reshape(len(took), width).cumsum(axis=1)
+            at = np.bincount(j[inside] * width + col[inside], minlength=len(short) * width
+                             ).reshape(len(short), width).cumsum(axis=1)
+            at += np.arange(width) - have[:, None]
+        else:
+            at = np.arange(width) - have[:, None]
         np.clip(at, 0, len(popular), out=at)  # past the popular list: no item (before it: a listed cell)
         filled_rows = np.append(popular, -1)[at]
         filled_scores = np.append(np.zeros(len(popular)), -np.inf)[at]
