@@ -405,12 +405,12 @@ class SequenceRanking:
         at_named[winner[after]] = 1
         named = np.flatnonzero(at_named)
         at_named[named] = 2 + np.arange(len(named))
-        cell_code = recently.astype(np.int64)
-        cell_code[after] = at_named[winner[after]]
+        cell_code = np.where(after, at_named[winner], recently)
         ids = self._items.ids
-        said = [(POPULAR_STRATEGY, POPULAR_NOW), (self.name, "you clicked it recently"),
-                *[(self.name, f"often clicked after {ids[source]}") for source in named.tolist()]]
-        flat = list(map(said.__getitem__, cell_code.tolist()))
+        said = np.fromiter([(POPULAR_STRATEGY, POPULAR_NOW), (self.name, "you clicked it recently"),
+                            *[(self.name, f"often clicked after {ids[source]}") for source in named.tolist()]],
+                           dtype=object)
+        flat = said[cell_code].tolist()  # the same tuple objects, gathered in C
         return [flat[end - size : end] for end, size in zip(np.cumsum(lengths).tolist(), lengths.tolist())]
 
     def _transition_weights(self, distinct: np.ndarray, which: np.ndarray, targets: np.ndarray) -> np.ndarray:
