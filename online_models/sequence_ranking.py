@@ -66,7 +66,7 @@ class SequenceRanking:
         Returns one user per group (positions in ``users``) and each user's group, or
         ``(None, ...)`` where no two users are alike."""
         histories, window = self._histories, self.window
-        if not len(histories.rows):  # no user learned here (a replica that merged items only)
+        if len(users) < 2 or not len(histories.rows):  # one user; or none learned here (a replica that merged items)
             return None, np.zeros(0, dtype=np.int64)
         table = histories.users.rows
         at = np.fromiter(map(table.get, users, repeat(-1)), dtype=np.int64, count=len(users))
