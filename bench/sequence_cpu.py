@@ -26,12 +26,12 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: the tree on PYTHONPATH first, else this one
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from bench.ingest_cpu import batches_of, checkpoint  # noqa: E402
-from core.settings import Settings  # noqa: E402
-from online_models import make_model, set_torch_threads  # noqa: E402
-from online_models.sequence import Sequential  # noqa: E402
-from stream.pipeline import Pipeline  # noqa: E402
-from stream.worker import YOUNG_OBJECTS_PER_COLLECTION  # noqa: E402
+from bench.ingest_cpu import batches_of, checkpoint
+from core.settings import Settings
+from online_models import make_model, set_torch_threads
+from online_models.sequence import Sequential
+from stream.pipeline import Pipeline
+from stream.worker import YOUNG_OBJECTS_PER_COLLECTION
 
 TIMED = ("recommend_rows", "learn_many", "explain_rows", "item_delta", "__getstate__")
 

@@ -17,7 +17,7 @@ from online_models._arrays import (
 )
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.recent import RecentItems
-from online_models.sequence_ranking import SequenceRanking
+from online_models.sequence_ranking import SequenceRanking, repeat_cells
 from online_models.tables import id_array
 from online_models.trending import (
     PopularityLink,
@@ -204,11 +204,12 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
         self.learn_many((interaction,))
 
     def learn_many(self, interactions: Iterable[Interaction]) -> None:
-        """``learn_one`` for each interaction in order, on arrays: the histories pushed in
-        one call (``RecentItems.push_many``, which gives each event the history it found),
-        the repeat counts tallied and the transitions listed in the order event after event
-        would make them, their gains added to the outgoing totals by ``np.add.at`` (index
-        after index: the same sums); Python runs only to add each transition to its row."""
+        """``learn_one`` for each interaction in order: the histories pushed in one call
+        (``RecentItems.push_many``, which gives each event the history it found), the
+        repeat counts tallied per cell and the transitions listed on arrays in the order
+        event after event would make them, their gains added to the outgoing totals by
+        ``np.add.at`` (index after index: the same sums). Python runs per transition (its
+        event's weight, and adding it to its rows) and per repeat-table cell."""
         interactions = list(interactions)
         if not interactions:
             return
@@ -275,12 +276,7 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
         end = np.cumsum(found)
         back = end[event] - 1 - np.arange(len(held))  # steps back: 0 is the event's last item
         # repeats: each event's distinct recent items at the steps back of their latest click
-        key = event * n + held
-        order = np.lexsort((back, key))
-        first = np.ones(len(key), dtype=bool)
-        first[1:] = key[order][1:] != key[order][:-1]
-        latest = order[first]
-        at = back[latest] * most + np.minimum(np.bincount(np.cumsum(first) - 1), most) - 1
+        latest, at = repeat_cells(event, held, back, n, most)
         repeated = held[latest] == rows[event[latest]]
         for table, cells in ((self._repeat_trials, at), (self._repeat_hits, at[repeated])):
             for cell, count in enumerate(np.bincount(cells, minlength=len(table)).tolist()):

@@ -25,7 +25,7 @@ from online_models.trending import (
 )
 
 _DENSE_SLOTS = 1 << 20  # (user, item) scores held at once on the dense ranking path
-_JOINED_SUCCESSORS = 4096  # explain_rows: a recent item with more successors is looked up pair by pair
+_EXPLAINED_PAIRS = 1 << 18  # explain_rows: (listed item, recent item) pairs held at once, at most
 _ALONE = -(2**62)  # keys of users ranked alone start here (a hash may land there too: compared)
 
 
@@ -33,6 +33,24 @@ def _mix(m: int) -> np.ndarray:
     """``m`` odd int64 multipliers (Fibonacci hashing's): a user's recent items times these,
     summed with wrap-around, are the key that groups alike users (then compared)."""
     return ((np.arange(1, m + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)).view(np.int64)
+
+
+def repeat_cells(group: np.ndarray, rows: np.ndarray, back: np.ndarray, n: int, most: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's (a user's, an event's) distinct recent items, from its entries ``rows``
+    at ``back`` steps back: the entry of the item's latest click, and the item's cell in
+    the repeat tables (``back * most + min(clicks, most) - 1``).
+
+    >>> [a.tolist() for a in repeat_cells(np.array([0, 0, 0]), np.array([5, 6, 5]), np.array([2, 1, 0]), 10, 3)]
+    [[2, 1], [1, 3]]
+    """
+    key = group * n + rows
+    order = np.lexsort((back, key))  # per (group, item), the latest click first
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    latest = order[first]
+    clicks = np.bincount(np.cumsum(first) - 1, minlength=len(latest))
+    return latest, back[latest] * most + np.minimum(clicks, most) - 1
 
 
 class SequenceRanking:
@@ -68,11 +86,7 @@ class SequenceRanking:
         histories, window = self._histories, self.window
         if len(users) < 2 or not len(histories.rows):  # one user; or none learned here (a replica that merged items)
             return None, np.zeros(0, dtype=np.int64)
-        table = histories.users.rows
-        at = np.fromiter(map(table.get, users, repeat(-1)), dtype=np.int64, count=len(users))
-        held_by = histories.sizes
-        sizes = np.fromiter((held_by[a] if a >= 0 else 0 for a in at.tolist()), dtype=np.int64, count=len(users))
-        held = np.arange(window) >= (window - sizes)[:, None]
+        at, held = self._held(users)
         cells = np.where(held, histories.rows[at], -1)  # -1: no item (an unknown user's row -1 holds none)
         mix = _mix(2 * window)
         key = cells * mix[:window]
@@ -105,14 +119,9 @@ class SequenceRanking:
         user, rows, weight, back = self._sources_of(users)
 
         # repeats: each distinct recent item at the steps back of its latest click
+        latest, cell = repeat_cells(user, rows, back, n, self.repeat_counts)
         key = user * n + rows
-        order = np.lexsort((back, key))  # per (user, item), the latest click first
-        first = np.ones(len(key), dtype=bool)
-        first[1:] = key[order][1:] != key[order][:-1]
-        latest = order[first]
-        clicks = np.bincount(np.cumsum(first) - 1, minlength=len(latest))
-        most = self.repeat_counts
-        repeat = self.repeat_rates()[back[latest] * most + np.minimum(clicks, most) - 1]
+        repeat = self.repeat_rates()[cell]
         repeat_total = np.bincount(user[latest], repeat, minlength=len(users))
 
         # transitions: each recent item's strongest successors, gathered for all users at once
@@ -136,11 +145,12 @@ class SequenceRanking:
             top_rows_, top_scores = self._sparse_top(keys, vals, marked_keys, len(users), n, k)
         return self._with_popular(users, k, top_rows_, top_scores, exclude or {})
 
-    def _strongest_of(self, rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each row's strongest successors (``_Successors.strongest``), one row after the
-        other: their counts per row, rows and weights. A row within ``max_successors`` is
-        read as it is: its arrays' bytes joined with the others', no numpy call per row."""
-        successors, m = self._successors, self.max_successors
+    def _strongest_of(self, rows: list[int], every: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each row's strongest successors (``_Successors.strongest``; ``every``: all of
+        them), one row after the other: their counts per row, rows and weights. A row within
+        ``max_successors`` is read as it is: its arrays' bytes joined with the others', no
+        numpy call per row."""
+        successors, m = self._successors, None if every else self.max_successors
         lengths, row_parts, weight_parts = [], [], []
         for r in rows:
             links = successors[r]
@@ -161,12 +171,7 @@ class SequenceRanking:
         """Every user's recent items as flat arrays: user position, item row, source weight
         (``a_d``, summing to 1 per user), and steps back."""
         histories, window = self._histories, self.window
-        table = histories.users.rows
-        at = [table.get(u, -1) for u in users]
-        held_by = histories.sizes  # a list: read per user, not converted whole
-        sizes = np.array([held_by[a] if a >= 0 else 0 for a in at], dtype=np.int64)
-        at = np.array(at, dtype=np.int64)
-        held = np.arange(window) >= (window - sizes)[:, None]
+        at, held = self._held(users)
         user, col = np.nonzero(held)  # per user, oldest first
         table_rows = at[user]
         rows = histories.rows[table_rows, col]
@@ -177,6 +182,15 @@ class SequenceRanking:
             weight = weight * np.exp2(-age / self.recency_half_life_s)
         total = np.bincount(user, weight, minlength=len(users))
         return user, rows, weight / np.maximum(total[user], 1e-300), back
+
+    def _held(self, users: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's row in the history table (``-1``: unknown) and which of the row's
+        ``window`` cells hold an item (the last ones)."""
+        histories = self._histories
+        at = np.fromiter(map(histories.users.rows.get, users, repeat(-1)), dtype=np.int64, count=len(users))
+        held_by = histories.sizes  # a list: read per user, not converted whole
+        sizes = np.fromiter((held_by[a] if a >= 0 else 0 for a in at.tolist()), dtype=np.int64, count=len(users))
+        return at, np.arange(self.window) >= (self.window - sizes)[:, None]
 
     def _decay_powers(self) -> np.ndarray:
         powers = self.__dict__.get("_powers_cache")
@@ -375,6 +389,22 @@ class SequenceRanking:
         user_ids = list(user_ids)
         listed = rows >= 0
         lengths = listed.sum(axis=1)
+        # users in chunks of at most _EXPLAINED_PAIRS pairs (a user has window recent items at most)
+        bound = np.cumsum(lengths * self.window)
+        if not len(user_ids) or bound[-1] <= _EXPLAINED_PAIRS:
+            return self._explain_chunk(user_ids, rows, listed, lengths, index)
+        explained, start = [], 0
+        while start < len(user_ids):
+            before = int(bound[start - 1]) if start else 0
+            end = max(int(np.searchsorted(bound, before + _EXPLAINED_PAIRS, side="right")), start + 1)
+            explained += self._explain_chunk(user_ids[start:end], rows[start:end], listed[start:end],
+                                             lengths[start:end], index)
+            start = end
+        return explained
+
+    def _explain_chunk(self, user_ids: list[str], rows: np.ndarray, listed: np.ndarray, lengths: np.ndarray,
+                       index: IdIndex) -> list[list[tuple[str, str | None]]]:
+        """``explain_rows`` for a few users at once (see there)."""
         cell_rows = self._items.rows_from(index, rows[listed])  # row after row: each user's cells together
         asked = np.flatnonzero(lengths)  # users with nothing to explain: not read
         user, sources, weight, _ = self._sources_of([user_ids[j] for j in asked.tolist()])
@@ -410,42 +440,31 @@ class SequenceRanking:
         said = np.fromiter([(POPULAR_STRATEGY, POPULAR_NOW), (self.name, "you clicked it recently"),
                             *[(self.name, f"often clicked after {ids[source]}") for source in named.tolist()]],
                            dtype=object)
-        flat = said[cell_code].tolist()  # the same tuple objects, gathered in C
-        return [flat[end - size : end] for end, size in zip(np.cumsum(lengths).tolist(), lengths.tolist())]
+        return per_row(said[cell_code].tolist(), listed)  # the same tuple objects, gathered in C
 
     def _transition_weights(self, distinct: np.ndarray, which: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """The weight of each transition ``distinct[which[i]] -> targets[i]`` (0 where there
-        is none, or the target is ``-1``): the successors of the rows ``distinct`` joined
-        with the pairs by one sort of their ``(source, row)`` keys; a row with more than
-        ``_JOINED_SUCCESSORS`` is looked up pair by pair instead (its successors would
-        cost more to sort)."""
+        is none, or the target is ``-1``): the successors of the rows ``distinct`` that go
+        to a wanted target (a linear pass), joined with the pairs by one sort of their
+        ``(source, row)`` keys."""
         weights = np.zeros(len(which))
         if not len(which):
             return weights
-        successors, n = self._successors, len(self._items)
-        lengths, row_parts, weight_parts, apart = [], [], [], []
-        for at, source in enumerate(distinct.tolist()):
-            links = successors[source]
-            if len(links.rows) > _JOINED_SUCCESSORS:
-                apart.append(at)
-                lengths.append(0)
-                continue
-            lengths.append(len(links.rows))
-            row_parts.append(links.rows)
-            weight_parts.append(links.weights)
-        keys = np.repeat(np.arange(len(distinct)), lengths) * n + np.frombuffer(b"".join(row_parts), dtype=np.int64)
+        n = len(self._items)
+        lengths, succ_rows, succ_weights = self._strongest_of(distinct.tolist(), every=True)
+        wanted_row = np.zeros(n + 1, dtype=bool)  # the last slot: where -1 lands
+        wanted_row[targets] = True
+        wanted_row[-1] = False
+        keep = wanted_row[succ_rows]
+        keys = (np.repeat(np.arange(len(distinct)), lengths)[keep] * n + succ_rows[keep])
         order = np.argsort(keys)
         keys = keys[order]
+        if not len(keys):
+            return weights
         wanted = which * n + targets
-        found = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
-        hit = (targets >= 0) & (keys[found] == wanted) if len(keys) else np.zeros(len(wanted), dtype=bool)
-        weights[hit] = np.frombuffer(b"".join(weight_parts), dtype=np.float64)[order[found[hit]]]
-        if apart:
-            for i in np.flatnonzero(np.isin(which, apart) & (targets >= 0)).tolist():
-                links = successors[int(distinct[which[i]])]
-                at = links.pos.get(int(targets[i]))
-                if at is not None:
-                    weights[i] = links.weights[at]
+        found = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        hit = (targets >= 0) & (keys[found] == wanted)
+        weights[hit] = succ_weights[keep][order[found[hit]]]
         return weights
 
     def _strategy_of(self, reason: str) -> tuple[str, str | None]:

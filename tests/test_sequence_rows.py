@@ -241,13 +241,13 @@ def test_a_popularity_it_does_not_own() -> None:
 
 
 @pytest.mark.parametrize("params", [{}, {"recency_half_life_s": 20.0}])
-@pytest.mark.parametrize("joined", [sequence_ranking._JOINED_SUCCESSORS, 3])
-def test_explain_rows_says_what_explain_items_says(monkeypatch, params: dict, joined: int) -> None:
+@pytest.mark.parametrize("pairs", [sequence_ranking._EXPLAINED_PAIRS, 300])
+def test_explain_rows_says_what_explain_items_says(monkeypatch, params: dict, pairs: int) -> None:
     """A batch of lists explained at once, in the model's rows or another index's (with
     an item it never met, and gaps where another part explains), says what
-    ``explain_items`` says of each user's items; also where most recent items have too
-    many successors to join (``joined``: 3) and are looked up pair by pair."""
-    monkeypatch.setattr(sequence_ranking, "_JOINED_SUCCESSORS", joined)
+    ``explain_items`` says of each user's items; also a few users at a time (``pairs``:
+    300, a user's cells times its recent items at most, so the batch goes in chunks)."""
+    monkeypatch.setattr(sequence_ranking, "_EXPLAINED_PAIRS", pairs)
     events = random_stream(3000, 80, 300, seed=2)
     model = trained(events, **params)
     users = ["nobody", *sorted({e.user_id for e in events})]
@@ -268,12 +268,12 @@ def test_explain_rows_says_what_explain_items_says(monkeypatch, params: dict, jo
 
 
 @pytest.mark.parametrize("recency_decay", [1.0, 0.4])
-@pytest.mark.parametrize("joined", [sequence_ranking._JOINED_SUCCESSORS, 3])
-def test_explain_rows_breaks_ties_as_explain_items(monkeypatch, recency_decay: float, joined: int) -> None:
+@pytest.mark.parametrize("pairs", [sequence_ranking._EXPLAINED_PAIRS, 300])
+def test_explain_rows_breaks_ties_as_explain_items(monkeypatch, recency_decay: float, pairs: int) -> None:
     """With every transition and every outgoing total made equal, many recent items tie
     for a listed item (all of them with no decay; a repeated one at its places with it):
     the batch path names the same one as ``explain_items`` (the first of equals)."""
-    monkeypatch.setattr(sequence_ranking, "_JOINED_SUCCESSORS", joined)
+    monkeypatch.setattr(sequence_ranking, "_EXPLAINED_PAIRS", pairs)
     events = random_stream(3000, 40, 60, seed=5)  # short histories full of repeats
     model = trained(events, recency_decay=recency_decay)
     for links in model._successors:
