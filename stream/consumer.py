@@ -46,7 +46,25 @@ class Partition(NamedTuple):
     partition: int
 
 
-class CommitFailed(StreamrecError):
+# a commit that may go through if sent again: no coordinator known yet, a broker down or busy
+_COMMIT_RETRIABLE = frozenset({KafkaError._WAIT_COORD, KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+                               KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+                               KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REQUEST_TIMED_OUT})
+COMMIT_ATTEMPTS = 3
+COMMIT_BACKOFF_S = 0.5  # doubled after each retriable failure
+
+# a fatal error in a group (e.g. fenced) joins it again, waiting longer each time; this many
+# within REJOIN_WINDOW_S end the worker (two workers with one worker_id fence each other for ever)
+REJOINS_MAX = 5
+REJOIN_WINDOW_S = 600.0
+REJOIN_BACKOFF_S = 1.0  # before the second rejoin in the window, doubled for each next one
+
+
+class CommitError(StreamrecError):
+    """Offsets not committed: refused, or the broker could not be reached in the retries."""
+
+
+class CommitFailed(CommitError):
     """The group refused a commit: it moved on (a rebalance) while this member was held up."""
 
 
@@ -95,8 +113,11 @@ class Reader:
         # what it reads now: as assigned, or as the callbacks were told in a group (kept here, since
         # librdkafka's assignment() waits for its main thread, ~4 ms a call, and a fenced client's is empty)
         self._owned: list[Partition] = []
-        self._config = {**config, "enable.auto.commit": False, "enable.auto.offset.store": False,
-                        "on_commit": _log_failed_commit, "logger": client_log}
+        self._revoked_in_poll: set[Partition] = set()  # what the callbacks revoked while poll() ran
+        self._rejoined_at: list[float] = []  # monotonic times of recent rejoins
+        # read_uncommitted as kafka-python did (librdkafka's default, read_committed, stops at an open transaction)
+        self._config = {"isolation.level": "read_uncommitted", **config, "enable.auto.commit": False,
+                        "enable.auto.offset.store": False, "on_commit": _log_failed_commit, "logger": client_log}
         self._consumer = Consumer(self._config)
 
     # -- partitions ----------------------------------------------------------------------
@@ -136,17 +157,25 @@ class Reader:
     def _revoke_in_group(self, consumer: Consumer, partitions: list[_Assigned]) -> None:
         if consumer is not self._consumer:  # a replaced one's, closing
             return
-        self._owned = []
+        revoked, self._owned = [Partition(tp.topic, tp.partition) for tp in partitions], []
+        self._revoked_in_poll.update(revoked)
         if self._on_revoked is not None:
-            self._on_revoked([Partition(tp.topic, tp.partition) for tp in partitions])
+            self._on_revoked(revoked)
 
     def _rejoin(self, error: KafkaError) -> None:
         """After a fatal error (this static member fenced: librdkafka gives up on a member
         whose session timed out, e.g. through a broker restart, and that rejoined under the same
         ``group.instance.id``), leave its partitions as a rebalance would, and join again as a
-        new client, as kafka-python's consumer does on its own."""
-        log.warning("kafka consumer: %s; joining the group again", error)
+        new client, as kafka-python's consumer does on its own: at once the first time, then
+        after a growing wait; ``REJOINS_MAX`` within ``REJOIN_WINDOW_S`` raise ``StreamrecError``."""
+        now = time.monotonic()
+        self._rejoined_at = [at for at in self._rejoined_at if now - at < REJOIN_WINDOW_S]
+        if len(self._rejoined_at) >= REJOINS_MAX:
+            raise StreamrecError(f"kafka consumer: {error}; {len(self._rejoined_at)} rejoins within "
+                                 f"{REJOIN_WINDOW_S:.0f} s (another worker with this worker_id?)")
+        log.error("kafka consumer: %s; joining the group again", error)
         fenced, revoked, self._owned = self._consumer, self._owned, []
+        self._revoked_in_poll.update(revoked)
         self._consumer = Consumer(self._config)  # before closing the old one: its revoke is not passed on
         try:
             fenced.close()
@@ -154,6 +183,9 @@ class Reader:
             log.warning("closing the fenced consumer: %s", exc)
         if revoked and self._on_revoked is not None:
             self._on_revoked(revoked)
+        if self._rejoined_at:  # fenced again soon after: give the other member's session time to end
+            time.sleep(REJOIN_BACKOFF_S * 2 ** (len(self._rejoined_at) - 1))
+        self._rejoined_at.append(time.monotonic())
         self._consumer.subscribe(self._topics, on_assign=self._assign_in_group, on_revoke=self._revoke_in_group)
 
     def seek(self, tp: Partition, offset: int) -> None:
@@ -185,7 +217,13 @@ class Reader:
             if not messages and timeout_ms > 0:
                 first = consumer.poll(timeout_ms / 1000)
                 if first is not None:
-                    messages = [first, *consumer.consume(num_messages=most - 1, timeout=0)] if most > 1 else [first]
+                    self._revoked_in_poll.clear()
+                    messages = consumer.consume(num_messages=most - 1, timeout=0) if most > 1 else []
+                    # librdkafka drops a revoked partition's messages within one call only: a revoke
+                    # in this one checkpointed that partition without `first`, its next owner's now
+                    if first.error() is not None or \
+                            Partition(first.topic(), first.partition()) not in self._revoked_in_poll:
+                        messages.insert(0, first)
         except KafkaException as exc:
             self._on_error(exc.args[0])
             return {}
@@ -220,13 +258,26 @@ class Reader:
     # -- offsets -------------------------------------------------------------------------
     def commit(self, offsets: dict[Partition, int]) -> None:
         """Commit ``offsets`` (the next offset to read, per partition) and wait for the broker;
-        raises ``CommitFailed`` when the group moved on meanwhile."""
+        a retriable failure is sent again (``COMMIT_ATTEMPTS`` in all, with a doubling wait).
+        Raises ``CommitFailed`` when the group moved on meanwhile, else ``CommitError``."""
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            error = self._commit_once(offsets)
+            if error is None:
+                return
+            if error.code() in _GROUP_MOVED_ON:
+                raise CommitFailed(str(error))
+            if not (error.retriable() or error.code() in _COMMIT_RETRIABLE) or attempt == COMMIT_ATTEMPTS:
+                raise CommitError(f"offsets not committed (attempt {attempt} of {COMMIT_ATTEMPTS}): {error}")
+            log.warning("offsets not committed (attempt %d of %d): %s", attempt, COMMIT_ATTEMPTS, error)
+            time.sleep(COMMIT_BACKOFF_S * 2 ** (attempt - 1))
+
+    def _commit_once(self, offsets: dict[Partition, int]) -> KafkaError | None:
+        """One synchronous commit: its error, the request's or the first partition's."""
         try:
-            self._consumer.commit(offsets=_as_assigned(offsets), asynchronous=False)
+            committed = self._consumer.commit(offsets=_as_assigned(offsets), asynchronous=False)
         except KafkaException as exc:
-            if exc.args and exc.args[0].code() in _GROUP_MOVED_ON:
-                raise CommitFailed(str(exc.args[0])) from exc
-            raise
+            return _kafka_error(exc)
+        return next((tp.error for tp in committed or () if tp.error is not None), None)
 
     def commit_async(self, offsets: dict[Partition, int]) -> None:
         """Send ``offsets``' commit without waiting; a failure is logged when its answer
@@ -247,19 +298,32 @@ def _as_assigned(offsets: dict[Partition, int]) -> list[_Assigned]:
     return [_Assigned(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
 
 
+def _kafka_error(exc: KafkaException) -> KafkaError:
+    found = exc.args[0] if exc.args else None
+    return found if isinstance(found, KafkaError) else KafkaError(KafkaError._FAIL, str(exc))
+
+
 def _log_failed_commit(error: KafkaError | None, partitions: list[_Assigned]) -> None:
     if error is not None:
         log.warning("offsets not committed: %s", error)
+    for tp in partitions:
+        if tp.error is not None:
+            log.warning("offset of %s/%d not committed: %s", tp.topic, tp.partition, tp.error)
 
 
 def wait_for_partitions(consumer, topic: str, timeout_s: float = 30.0) -> set[int]:
     """The topic's partitions, once the metadata has them (a ``Reader`` or a kafka-python consumer)."""
     deadline = time.monotonic() + timeout_s
+    failed = None
     while True:
-        found = consumer.partitions_for_topic(topic)
+        try:
+            found = consumer.partitions_for_topic(topic)
+        except KafkaException as exc:  # the metadata request timed out (a Reader's): ask again
+            found, failed = None, exc
         if found:
             return found
         if time.monotonic() > deadline:
-            raise StreamrecError(f"topic {topic!r} has no partitions after {timeout_s:.0f} s")
+            raise StreamrecError(f"topic {topic!r} has no partitions after {timeout_s:.0f} s"
+                                 + (f" ({failed})" if failed is not None else ""))
         time.sleep(0.1)
 

@@ -35,7 +35,13 @@ from core.metrics import WorkerMetrics, increments
 from core.settings import Settings
 from online_models import Recommender, make_model, set_scoring, set_torch_threads
 from stream.checkpoint import CheckpointStore
-from stream.consumer import CommitFailed, Partition, Reader, wait_for_partitions
+from stream.consumer import (
+    CommitError,
+    CommitFailed,
+    Partition,
+    Reader,
+    wait_for_partitions,
+)
 from stream.ownership import Ownership
 from stream.pipeline import Counts, Pipeline, RecordLike, Reject
 from stream.sharing import MAX_DELTA_BYTES, ItemSharing
@@ -271,6 +277,10 @@ class Worker:
             # the group moved on while this worker was held up (a broker restart, a long
             # checkpoint): the next poll rejoins, and the checkpoints say where to resume
             log.warning("offsets not committed: %s", exc)
+        except CommitError as exc:
+            if not self.in_group:  # outside a group the committed offsets are where a reader resumes
+                raise
+            log.error("%s (a worker resumes from its checkpoints; the next commit goes past it)", exc)
 
     def _observe(self, now: float) -> None:
         """The metrics a batch reports with its write: consumer lag, partitions, table sizes.

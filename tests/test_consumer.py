@@ -5,11 +5,19 @@ fenced static member that joins again. Against a real broker (the fixtures')."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
+from typing import ClassVar
 
-from confluent_kafka import Consumer, Message
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import TopicPartition as Assigned
 
+import stream.consumer as consumer_module
+from core.errors import StreamrecError
 from core.kafka import ensure_topics, make_producer
 from stream.consumer import (
+    CommitError,
+    CommitFailed,
     ConsumedRecord,
     ConsumedRecordWithHeaders,
     Partition,
@@ -156,3 +164,151 @@ def test_a_fenced_static_member_gives_its_partitions_back_and_joins_again(settin
         assert reader.assignment() == {Partition(settings.topic, p) for p in range(3)}
     finally:
         reader.close()
+
+
+class StandIn:
+    """A stand-in ``confluent_kafka.Consumer`` (pure unit tests): ``poll`` gives ``first``;
+    each ``consume`` call takes the next of ``consumed``: a list of messages is returned, else
+    it is called (a rebalance, an error) and its answer returned; ``commit`` answers from
+    ``commit_answers`` (an exception is raised, a list returned)."""
+
+    made: ClassVar[list[StandIn]] = []
+
+    def __init__(self, config: dict):
+        self.config, self.first, self.consumed = config, None, []
+        self.commit_answers: list = []
+        self.commits = 0
+        self.on_assign = self.on_revoke = None
+        StandIn.made.append(self)
+
+    def subscribe(self, topics, on_assign=None, on_revoke=None):
+        self.on_assign, self.on_revoke = on_assign, on_revoke
+
+    def assign(self, partitions):
+        pass
+
+    def poll(self, timeout):
+        first, self.first = self.first, None
+        return first
+
+    def consume(self, num_messages=1, timeout=-1):
+        answer = self.consumed.pop(0) if self.consumed else []
+        return answer if isinstance(answer, list) else answer(self)
+
+    def commit(self, offsets=None, asynchronous=True):
+        self.commits += 1
+        answer = self.commit_answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    StandIn.made = []
+    monkeypatch.setattr(consumer_module, "Consumer", StandIn)
+    monkeypatch.setattr(consumer_module, "COMMIT_BACKOFF_S", 0.0)
+    monkeypatch.setattr(consumer_module, "REJOIN_BACKOFF_S", 0.0)
+    return StandIn
+
+
+def _message(partition: int, offset: int) -> Message:
+    return Message(topic="t", partition=partition, offset=offset, key=b"k", value=b"v", timestamp=(1, 1))
+
+
+def test_a_record_polled_before_its_partition_is_revoked_in_the_same_poll_is_not_returned(stand_in) -> None:
+    """The revoke checkpointed partition 0 without the record ``poll`` returned first: the next
+    owner resumes before it, so this member must not apply it; partition 1 stays, its records too."""
+    revoked: list[list[int]] = []
+    reader = Reader({"group.id": "g"})
+    reader.subscribe(["t"], on_assigned=lambda ps: None,
+                     on_revoked=lambda ps: revoked.append(sorted(tp.partition for tp in ps)))
+    client = stand_in.made[0]
+    client.on_assign(client, [Assigned("t", 0), Assigned("t", 1)])
+
+    def revoke_0(client) -> list[Message]:  # librdkafka: the callback, then the messages kept
+        client.on_revoke(client, [Assigned("t", 0)])
+        return [_message(1, 8)]
+
+    client.first, client.consumed = _message(0, 5), [[], revoke_0]  # nothing fetched yet, then a revoke
+    got = reader.poll(timeout_ms=100)
+    assert revoked == [[0]]
+    assert {tp.partition: [r.offset for r in rs] for tp, rs in got.items()} == {1: [8]}
+    client.first, client.consumed = _message(1, 9), [[], [_message(1, 10)]]  # no revoke: the first is kept
+    assert [r.offset for r in reader.poll(timeout_ms=100)[Partition("t", 1)]] == [9, 10]
+
+
+def test_a_retriable_commit_failure_is_retried_and_the_others_raise_streamrec_errors(stand_in) -> None:
+    reader = Reader({"group.id": "g"})
+    client, offsets = stand_in.made[0], {Partition("t", 0): 4}
+    no_coordinator = KafkaException(KafkaError(KafkaError._WAIT_COORD))
+    client.commit_answers = [no_coordinator, no_coordinator, [Assigned("t", 0, 4)]]
+    reader.commit(offsets)
+    assert client.commits == 3
+    client.commits, client.commit_answers = 0, [no_coordinator] * 5
+    with pytest.raises(CommitError, match="attempt 3 of 3") as raised:
+        reader.commit(offsets)
+    assert isinstance(raised.value, StreamrecError) and client.commits == 3  # bounded
+    # one partition's answer (a TopicPartition's error is read-only: a stand-in)
+    refused = SimpleNamespace(topic="t", partition=0, offset=4, error=KafkaError(KafkaError.OFFSET_METADATA_TOO_LARGE))
+    client.commits, client.commit_answers = 0, [[refused]]
+    with pytest.raises(CommitError, match="attempt 1 of 3"):
+        reader.commit(offsets)
+    moved_on = SimpleNamespace(topic="t", partition=0, offset=4, error=KafkaError(KafkaError.ILLEGAL_GENERATION))
+    client.commit_answers = [[moved_on]]
+    with pytest.raises(CommitFailed):
+        reader.commit(offsets)
+
+
+def test_a_reader_reads_the_records_of_a_transaction_still_open(settings) -> None:
+    """As kafka-python did (read_uncommitted): librdkafka's default stops at an open transaction."""
+    ensure_topics(settings.kafka_bootstrap, {settings.topic: 1})
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "transactional.id": "open-one"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(settings.topic, key=b"k", value=b"in a transaction", partition=0)
+    producer.flush(10)
+    reader = Reader(_config(settings))
+    try:
+        reader.assign([Partition(settings.topic, 0)])
+        assert [r.value for r in _drain(reader, 1, timeout_s=15)[Partition(settings.topic, 0)]] == [b"in a transaction"]
+    finally:
+        reader.close()
+        producer.abort_transaction(10)
+
+
+def test_a_member_fenced_again_and_again_backs_off_then_gives_up(stand_in, monkeypatch) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr(consumer_module, "REJOIN_BACKOFF_S", 1.0)
+    monkeypatch.setattr(consumer_module.time, "sleep", waits.append)
+    reader = Reader({"group.id": "g"})
+    reader.subscribe(["t"], on_assigned=lambda ps: None, on_revoked=lambda ps: None)
+
+    def fence(client):
+        raise KafkaException(KafkaError(KafkaError._FATAL, "fenced", fatal=True))
+
+    for joins in range(consumer_module.REJOINS_MAX):
+        stand_in.made[-1].consumed = [fence]
+        assert reader.poll() == {}
+        assert len(stand_in.made) == joins + 2  # a new client joined
+    assert waits == [1.0, 2.0, 4.0, 8.0]  # the first at once, then longer each time
+    stand_in.made[-1].consumed = [fence]
+    with pytest.raises(StreamrecError, match="rejoins"):
+        reader.poll()
+
+
+def test_waiting_for_partitions_asks_again_after_a_metadata_timeout() -> None:
+    class Metadata:
+        def __init__(self):
+            self.answers = [KafkaException(KafkaError(KafkaError._TIMED_OUT)), None, {0, 1}]
+
+        def partitions_for_topic(self, topic):
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    assert wait_for_partitions(Metadata(), "t", timeout_s=5) == {0, 1}

@@ -14,6 +14,7 @@ from core.errors import StoreUnavailable
 from core.settings import Settings
 from online_models.cooc import Cooc
 from stream.checkpoint import FileCheckpointStore
+from stream.consumer import CommitError
 from stream.pipeline import Record
 from stream.worker import Worker
 
@@ -321,3 +322,21 @@ def test_outside_a_group_served_items_read_while_no_events_come_are_committed_on
     worker.settle()
     assert calls == ["add_series", "commit"]
     assert worker.consumer.committed == [{("t.impressions", 0): 5}]
+
+
+def test_in_a_group_a_commit_that_fails_after_its_retries_is_logged_and_run_returns(tmp_path) -> None:
+    """A stop during a broker outage: the last commit fails (the checkpoints hold the offsets)."""
+    worker, _ = make_worker(tmp_path, [[view("t", 0, "u", "a")]])
+    worker.in_group = True
+
+    def unreachable(offsets=None):
+        raise CommitError("offsets not committed (attempt 3 of 3): no coordinator")
+
+    worker.consumer.commit = unreachable
+    worker.poll_once()
+    stop = threading.Event()
+    stop.set()
+    assert worker.run(stop).applied == 1  # not a traceback
+    worker.in_group = False  # outside a group the committed offsets are where a reader resumes
+    with pytest.raises(CommitError):
+        worker._commit({Partition("t", 0): 1}, wait=True)
