@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from operator import attrgetter
+from itertools import count, repeat
+from operator import attrgetter, sub
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -266,9 +267,21 @@ _decode_wire = msgspec.json.Decoder(EventIn).decode
 _EVENT_IN_FIELDS = EventIn.__struct_fields__
 
 
-def _wire(raw: bytes, max_bytes: int) -> EventIn | None:
-    """``raw`` decoded into an ``EventIn``, when that is surely what ``decode_json`` then
-    ``msgspec.convert`` would give; ``None`` when it may not be.
+def _wire(raw: bytes, max_bytes: int, decode: Callable[[bytes], Any] = _decode_wire) -> Any:
+    """``raw`` decoded into an ``EventIn`` (or what ``decode`` gives), when that is surely
+    what ``decode_json`` then ``msgspec.convert`` would give (``_names_only_its_fields``);
+    ``None`` when it may not be."""
+    if len(raw) > max_bytes:
+        return None
+    try:
+        wire = decode(raw)
+    except msgspec.DecodeError:  # ValidationError too: the general path says why
+        return None
+    return wire if _names_only_its_fields(raw, wire) else None
+
+
+def _names_only_its_fields(raw: bytes, wire: Any) -> bool:
+    """Whether ``raw``, decoded into ``wire``, held nothing but ``wire``'s fields.
 
     Decoding into a struct ignores fields it does not name, keeps the last of a repeated key
     and treats ``null`` as absent, where ``decode_json`` sees every key. Every ``:`` outside
@@ -277,23 +290,18 @@ def _wire(raw: bytes, max_bytes: int) -> EventIn | None:
     ``\\u`` escapes, which could spell one), it held nothing else: no other field, no
     ``null``, no repeated key.
     """
-    if len(raw) > max_bytes:
-        return None
-    try:
-        wire = _decode_wire(raw)
-    except msgspec.DecodeError:  # ValidationError too: the general path says why
-        return None
-    colons, fields_set = raw.count(b":"), len(_EVENT_IN_FIELDS) - astuple(wire).count(None)
+    values = astuple(wire)
+    colons, fields_set = raw.count(b":"), len(values) - values.count(None)
     if colons == fields_set:  # the common case: one colon per field, none in its strings nor left over
-        return wire
+        return True
     if b"\\u" in raw:
-        return None
-    for value in (wire.item_id, wire.type, wire.user_id, wire.ts, wire.event_id):
+        return False
+    for value in values:
         if type(value) is str:
             fields_set += value.count(":")
-    if wire.context is not None:
-        fields_set += _keys_and_colons(wire.context)
-    return wire if colons == fields_set else None
+        elif type(value) is dict:  # context
+            fields_set += _keys_and_colons(value)
+    return colons == fields_set
 
 
 def parse_events(
@@ -312,38 +320,27 @@ def parse_events(
     ...  for e in parse_events([good, b"{", good], [None, None, None], ["a", "b", "c"], now=9.0)]
     [('i9', 5.0, 'a'), 'not valid JSON: Input data was truncated', ('i9', 5.0, 'c')]
 
-    A batch of plain events (what ``_wire`` takes, printable string ids, a ``user_id``, a
-    ``ts`` in range) is checked column by column, the same checks as ``_event_of`` makes
-    but without a Python step per event; a batch with anything else is split in halves
-    until the parts are plain, or small enough to take ``parse_event`` event by event.
+    Each raw is decoded once (``_wires``). The plain events among them (``_plain_places``)
+    are checked column by column and built in C, without a Python step per event; each other
+    one takes the rest of ``parse_event``'s way from its wire.
     """
     now = time.time() if now is None else now
-    events: list[Event | InvalidEvent] = []
-    _parse_part(raws, default_ts, default_event_ids, max_bytes, now, events)
-    return events
-
-
-ONE_BY_ONE = 16
-"""A part of a batch that is not all plain and this short takes ``parse_event`` event by event."""
-
-
-def _parse_part(raws: Sequence[bytes | None], default_ts: Sequence[float | None],
-                default_event_ids: Sequence[str | None], max_bytes: int, now: float,
-                events: list[Event | InvalidEvent]) -> None:
-    plain = _plain_events(raws, default_ts, default_event_ids, max_bytes, now)
-    if plain is not None:
-        events += plain
-    elif len(raws) > ONE_BY_ONE:
-        half = len(raws) // 2
-        _parse_part(raws[:half], default_ts[:half], default_event_ids[:half], max_bytes, now, events)
-        _parse_part(raws[half:], default_ts[half:], default_event_ids[half:], max_bytes, now, events)
-    else:
-        for raw, ts, event_id in zip(raws, default_ts, default_event_ids):
-            try:
-                events.append(parse_event(raw, default_ts=ts, default_event_id=event_id, max_bytes=max_bytes,
-                                          now=now))
-            except InvalidEvent as exc:
-                events.append(exc)
+    wires = _wires(raws, max_bytes)
+    places, plain = _plain_places(wires, now)
+    if None in map(_ts_of, plain) or None in map(_event_id_of, plain):  # _event_of's defaults
+        for i in places:
+            wire = wires[i]
+            if wire.ts is None:
+                wire.ts = now if default_ts[i] is None else default_ts[i]
+            if wire.event_id is None:
+                wire.event_id = default_event_ids[i] or new_event_id()
+    # built in C from the checked wires' fields (as Event(...) would, a third of its cost)
+    events: list[Any] = msgspec.convert(plain, list[Event], from_attributes=True)
+    if len(places) == len(wires):
+        return events
+    built = dict(zip(places, events))
+    return [built[i] if i in built else _event_or_reason(raw, wire, ts, event_id, max_bytes, now)
+            for i, raw, wire, ts, event_id in zip(count(), raws, wires, default_ts, default_event_ids)]
 
 
 _BatchWire = msgspec.defstruct("_BatchWire", [
@@ -351,57 +348,109 @@ _BatchWire = msgspec.defstruct("_BatchWire", [
     for f in msgspec.structs.fields(EventIn)])
 """``EventIn`` but not frozen: a batch's missing ``ts`` and ``event_id`` are filled in on it."""
 _decode_batch_wire = msgspec.json.Decoder(_BatchWire).decode
-_columns = [attrgetter(name) for name in ("user_id", "item_id", "type", "ts", "event_id", "value", "context")]
-"""Each field of ``EventIn`` (the colon sum counts them all), in ``Event``'s order."""
+_ts_of, _event_id_of = attrgetter("ts"), attrgetter("event_id")
 
 
-def _plain_events(raws: Sequence[bytes | None], default_ts: Sequence[float | None],
-                  default_event_ids: Sequence[str | None], max_bytes: int, now: float) -> list[Event] | None:
-    """The events of ``raws`` when every one is plain (see ``parse_events``); ``None`` otherwise."""
-    n = len(raws)
-    if not n or not all(raws) or max(map(len, raws)) > max_bytes:
-        return None
+def _wires(raws: Sequence[bytes | None], max_bytes: int) -> list[Any]:
+    """``_wire`` of each of ``raws`` (a ``_BatchWire``; ``None`` for an empty raw too), with
+    ``map``s when they all decode: ``_names_only_its_fields`` only for those that have more
+    colons than fields set."""
     try:
-        wires = list(map(_decode_batch_wire, raws))
-        joined = b"".join(raws)
-    except (msgspec.DecodeError, TypeError):  # ValidationError too; TypeError: a value that is not bytes
-        return None
-    users, items, _, times, event_ids, values, contexts = columns = [list(map(c, wires)) for c in _columns]
-    try:  # join: every one a string; printable, as _check_id takes it unchanged
-        users_joined, items_joined = "".join(users), "".join(items)
-    except TypeError:  # an id that is None or an int
-        return None
-    if "" in users or not users_joined.isprintable() or not items_joined.isprintable():
-        return None
-    # _wire's colon count, summed: each raw holds at least as many colons as it counts, so equal sums, equal each
-    colons, fields_set = joined.count(b":"), len(_EVENT_IN_FIELDS) * n - sum(column.count(None) for column in columns)
-    if colons != fields_set:
-        if b"\\u" in joined:
-            return None
-        strings = [value for value in (*times, *event_ids) if type(value) is str]
-        fields_set += (users_joined.count(":") + items_joined.count(":") + "".join(strings).count(":")
-                       + sum(_keys_and_colons(context) for context in contexts if context is not None))
-        if colons != fields_set:
-            return None
-    given = [ts for ts in times if ts is not None] if None in times else times
-    if given and not (set(map(type, given)) == {float} and min(given) >= 0.0 and max(given) <= now + MAX_FUTURE_S):
-        return None  # a string, or one _check_ts would reject
-    if values.count(None) != n and not all(map(math.isfinite, filter(None, values))):
-        return None
-    if event_ids.count(None) == n:
-        for wire, default in zip(wires, default_event_ids):
-            wire.event_id = default or new_event_id()
-    elif None in event_ids:
-        return None
-    else:
-        try:
-            if not "".join(event_ids).isprintable():
-                return None
-        except TypeError:
-            return None
-    if len(given) < n:
-        for wire, default in zip(wires, default_ts):
-            if wire.ts is None:
-                wire.ts = now if default is None else default
-    # built in C from the checked wires' fields (as Event(...) would, a third of its cost)
-    return msgspec.convert(wires, list[Event], from_attributes=True)
+        if all(raws) and max(map(len, raws), default=0) <= max_bytes:
+            wires = list(map(_decode_batch_wire, raws))
+            colons = list(map(bytes.count, raws, repeat(b":")))
+            fields_set = list(map(sub, repeat(len(_EVENT_IN_FIELDS)), map(tuple.count, map(astuple, wires), repeat(None))))
+            if colons == fields_set:  # the common case of _names_only_its_fields, for all at once
+                return wires
+            return [wire if colon_count == field_count or _names_only_its_fields(raw, wire) else None
+                    for raw, wire, colon_count, field_count in zip(raws, wires, colons, fields_set)]
+    except (msgspec.DecodeError, TypeError):  # ValidationError too; TypeError: a raw that is not bytes
+        pass
+    return [_wire(raw, max_bytes, _decode_batch_wire) if raw else None for raw in raws]
+
+
+def _event_or_reason(raw: bytes | None, wire: Any, default_ts: float | None, default_event_id: str | None,
+                     max_bytes: int, now: float) -> Event | InvalidEvent:
+    """What ``parse_event`` gives or raises for ``raw``, whose ``_wire`` is ``wire``."""
+    try:
+        if wire is not None:
+            return _event_of(wire, default_ts, default_event_id, now)
+        if raw:  # too long, not decodable or naming more than EventIn's fields: the general path
+            return validate_event(decode_json(raw, max_bytes=max_bytes), default_ts=default_ts,
+                                  default_event_id=default_event_id, now=now)
+        return parse_event(raw)  # raises: empty
+    except InvalidEvent as exc:
+        return exc
+
+
+def _given(column: Sequence[Any]) -> Sequence[Any]:
+    return [value for value in column if value is not None] if None in column else column
+
+
+def _all_printable(ids: Iterable[Any]) -> bool:
+    try:
+        return "".join(ids).isprintable()
+    except TypeError:  # one is not a string
+        return False
+
+
+def _all_plain_ts(times: Sequence[Any], now: float) -> bool:
+    given = _given(times)
+    return not given or (set(map(type, given)) == {float} and min(given) >= 0.0 and max(given) <= now + MAX_FUTURE_S)
+
+
+_NOT_PLAIN = object()
+"""What a column's check of one value gives when ``_event_of`` would reject it (or say more)."""
+
+
+def _checked(check: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return check(*args)
+    except InvalidEvent:
+        return _NOT_PLAIN
+
+
+def _user_checked(user: Any, now: float) -> Any:
+    if type(user) is str and user != "" and user.isprintable():
+        return user  # the common case, without a call
+    return _NOT_PLAIN if user is None or user == "" else _checked(_check_id, "user_id", user)
+
+
+def _id_checked(name: str, optional: bool) -> Callable[[Any, float], Any]:
+    def checked(id_: Any, now: float) -> Any:
+        if (type(id_) is str and id_.isprintable()) or (optional and id_ is None):
+            return id_  # the common case (None: an event_id to fill in), without a call
+        return _checked(_check_id, name, id_)
+    return checked
+
+
+_COLUMN_CHECKS: tuple[tuple[str, Callable[[Sequence[Any], float], bool], Callable[[Any, float], Any]], ...] = (
+    # a field; whether _event_of keeps all of a column's values as they are (in one go); its check of one value
+    ("user_id", lambda users, now: "" not in users and _all_printable(users), _user_checked),
+    ("item_id", lambda items, now: _all_printable(items), _id_checked("item_id", optional=False)),
+    ("event_id", lambda ids, now: _all_printable(_given(ids)), _id_checked("event_id", optional=True)),
+    ("ts", _all_plain_ts, lambda ts, now: ts if ts is None else _checked(_check_ts, ts, now)),
+    ("value", lambda values, now: all(map(math.isfinite, filter(None, values))),
+     lambda value, now: value if value is None or math.isfinite(value) else _NOT_PLAIN),
+)
+"""The column checks of ``_plain_places`` (tests/test_schema.py checks that each pair agrees)."""
+
+
+def _plain_places(wires: list[Any], now: float) -> tuple[list[int], list[Any]]:
+    """The places of the plain events among ``wires`` (``None`` where there is none), and
+    their wires, checked: those ``_event_of`` takes (a non-empty ``user_id``, ids and ``ts``
+    that ``_check_id`` and ``_check_ts`` take, a finite ``value``). Each check runs on a whole
+    column, and value by value (``_check_id``'s, ``_check_ts``') only where that fails; the
+    wires of those still plain then hold the checked values (an int id made a string, an ISO
+    ``ts`` made seconds: what ``_event_of`` takes as it is, should it see them again)."""
+    places = [i for i, wire in enumerate(wires) if wire is not None]
+    plain = wires if len(places) == len(wires) else [wires[i] for i in places]
+    for name, all_plain, check in _COLUMN_CHECKS:
+        column = list(map(attrgetter(name), plain))
+        if not all_plain(column, now):
+            checked = list(map(check, column, repeat(now)))
+            kept = [n for n, value in enumerate(checked) if value is not _NOT_PLAIN]
+            places, plain = [places[n] for n in kept], [plain[n] for n in kept]
+            for wire, n in zip(plain, kept):
+                setattr(wire, name, checked[n])
+    return places, plain

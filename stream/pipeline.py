@@ -40,8 +40,8 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from itertools import groupby, islice, repeat
-from operator import gt, le
+from itertools import compress, count, groupby, islice, pairwise, repeat
+from operator import gt
 from typing import Any, Protocol
 
 import numpy as np
@@ -212,25 +212,27 @@ class Effects:
 def parse_record(record: RecordLike, max_event_bytes: int) -> Event:
     """The record's event (``core.schema.parse_event``), or ``InvalidEvent``: a missing
     ``ts`` is the broker's timestamp, a missing ``event_id`` the record's place in the log
-    (so a re-read record gets the same id)."""
-    return parse_event(
-        record.value,
-        default_ts=record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else None,
-        default_event_id=f"{record.topic}/{record.partition}/{record.offset}",
-        max_bytes=max_event_bytes,
-    )
+    (``_broker_ts``, ``_log_place``)."""
+    return parse_event(record.value, default_ts=_broker_ts(record), default_event_id=_log_place(record),
+                       max_bytes=max_event_bytes)
 
 
 def parse_records(records: Sequence[RecordLike], max_event_bytes: int, now: float | None = None
                   ) -> list[Event | InvalidEvent]:
     """``parse_record`` of each record, the event or the ``InvalidEvent`` that says why not,
     parsed together (``core.schema.parse_events``: one ``now`` for all)."""
-    return parse_events(
-        [record.value for record in records],
-        [record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else None for record in records],
-        [f"{record.topic}/{record.partition}/{record.offset}" for record in records],
-        max_bytes=max_event_bytes, now=now,
-    )
+    return parse_events([record.value for record in records], list(map(_broker_ts, records)),
+                        list(map(_log_place, records)), max_bytes=max_event_bytes, now=now)
+
+
+def _broker_ts(record: RecordLike) -> float | None:
+    """A record's default ``ts``: its broker timestamp in seconds, ``None`` when it has none."""
+    return record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else None
+
+
+def _log_place(record: RecordLike) -> str:
+    """A record's default ``event_id``: its place in the log, so a re-read record gets the same id."""
+    return f"{record.topic}/{record.partition}/{record.offset}"
 
 
 def idle(last_active: dict[str, float], expiry_s: float | None, newest: float | None = None) -> list[str]:
@@ -632,8 +634,9 @@ class Pipeline:
 
 def _note_newest(newest: dict[str, float], keys: list[str], times: list[float]) -> None:
     """``newest[key] = max(newest.get(key, 0.0), ts)`` (ties to ``ts``) for each key and time
-    in turn; in one go when the times are in order, as they mostly are (each key's last time
-    is then its newest).
+    in turn; in one go for each stretch of times in order, when the stretches are long (as a
+    batch's partitions, one after the other, each mostly in order): a key's last time in a
+    stretch is its newest there.
 
     >>> newest = {"a": 5.0, "b": 1.0}
     >>> _note_newest(newest, ["b", "c", "a", "b"], [2.0, 3.0, 3.0, 4.0]); newest
@@ -641,17 +644,23 @@ def _note_newest(newest: dict[str, float], keys: list[str], times: list[float]) 
     >>> _note_newest(newest, ["c", "a"], [9.0, 6.0]); newest
     {'a': 6.0, 'b': 4.0, 'c': 9.0}
     """
-    if not all(map(le, times, islice(times, 1, None))):
+    starts = [0, *compress(count(1), map(gt, times, islice(times, 1, None))), len(times)]  # where time goes back
+    if len(starts) - 1 > 1 + len(times) // STRETCH_EVENTS:
         for key, ts in zip(keys, times):
             newest[key] = max(ts, newest.get(key, 0.0))  # ties to ts
         return
-    last = dict(zip(keys, times))
-    before = list(map(newest.get, last, repeat(0.0)))
-    newest.update(last)
-    if any(map(gt, before, last.values())):
-        for key, was, ts in zip(last, before, last.values()):
-            if was > ts:
-                newest[key] = was
+    for start, end in pairwise(starts):
+        last = dict(zip(keys[start:end], times[start:end]))
+        before = list(map(newest.get, last, repeat(0.0)))
+        newest.update(last)
+        if any(map(gt, before, last.values())):
+            for key, was, ts in zip(last, before, last.values()):
+                if was > ts:
+                    newest[key] = was
+
+
+STRETCH_EVENTS = 16
+"""``_note_newest`` notes stretches in one go when they are this long on average (or there is one)."""
 
 
 def _ids_at(ids: list[str | None], rows: np.ndarray) -> list[str | None]:

@@ -403,12 +403,16 @@ def test_a_run_is_deduplicated_as_event_by_event(before, ids, window):
 
 
 @given(st.dictionaries(st.sampled_from("abcd"), st.sampled_from([0.0, -0.0, 1.0, 2.0, 3.0])),
-       st.lists(st.tuples(st.sampled_from("abcdef"), st.sampled_from([0.0, -0.0, 1.0, 2.0, 2.5, 4.0]))), st.booleans())
-def test_newest_times_are_noted_as_event_by_event(newest, pairs, in_order):
+       st.lists(st.tuples(st.sampled_from("abcdef"), st.sampled_from([0.0, -0.0, 1.0, 2.0, 2.5, 4.0])), max_size=80),
+       st.integers(0, 3))
+def test_newest_times_are_noted_as_event_by_event(newest, pairs, stretches):
+    """As drawn, or in order within each of a few stretches (as a batch's partitions)."""
     from stream.pipeline import _note_newest
 
-    if in_order:
-        pairs.sort(key=lambda pair: pair[1])
+    if stretches:
+        size = -(-len(pairs) // stretches) or 1
+        pairs = [pair for start in range(0, len(pairs), size) for pair in sorted(pairs[start:start + size],
+                                                                                  key=lambda pair: pair[1])]
     want = dict(newest)
     for key, ts in pairs:
         want[key] = max(ts, want.get(key, 0.0))  # ties to ts

@@ -9,12 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core import schema
 from core.errors import InvalidEvent
 from core.schema import (
+    _COLUMN_CHECKS,
     EVENT_TYPES,
     MAX_ID_CHARS,
     Event,
-    _plain_events,
+    _plain_places,
+    _wires,
     decode_json,
     parse_event,
     parse_events,
@@ -255,8 +258,7 @@ def test_a_batch_of_plain_events_parses_as_one_by_one(batch):
 @settings(max_examples=60)
 @given(plain_batches(), st.lists(st.tuples(st.integers(0, 40), odd_payloads, st.none() | st.floats(0, NOW)), max_size=4))
 def test_any_batch_parses_as_one_by_one(batch, odd):
-    """Anything at all among plain events, rejects too: each gets what it would alone (past
-    ``ONE_BY_ONE`` events, a batch that is not all plain is parsed in parts)."""
+    """Anything at all among plain events, rejects too: each gets what it would alone."""
     for at, payload, ts in odd:
         batch.insert(at, (payload, ts))
     assert_parses_as_one_by_one([payload for payload, _ in batch], [ts for _, ts in batch], NOW)
@@ -264,16 +266,47 @@ def test_any_batch_parses_as_one_by_one(batch, odd):
 
 def test_a_batch_of_plain_events_is_checked_column_by_column():
     """Not each event through ``parse_event`` (what the tests above compare it with): the
-    batch's columns, however its events name their ``ts``, ``event_id`` and ``value``."""
-    plain = [raw(ts=5.0), raw(ts=6), raw(user_id="u:1"), raw(value=0.0) + b"\n",
+    batch's columns, however its events name their ``ts``, ``event_id`` and ``value`` (an int
+    id, an ISO ``ts``: checked value by value, then still plain)."""
+    plain = [raw(ts=5.0), raw(ts=6, event_id="e"), raw(user_id="u:1"), raw(value=0.0) + b"\n", raw(user_id=7, event_id=8),
+             raw(ts="2024-01-02T03:04:05Z"),
              raw(value=-2.5, context={"recomm_id": "r:1", "a": {"b": [1, {"c": "d"}]}})]
     for payloads in (plain, [raw(event_id=f"e:{n}", type="item") for n in range(3)]):
-        defaults = [None, 7.0, 8.0, None, 9.0][: len(payloads)]
-        assert _plain_events(payloads, defaults, ["a", "b", "c", "d", "e"][: len(payloads)], 65_536, NOW) is not None
+        defaults = [None, 7.0, 8.0, None, 9.0, None, 1.0][: len(payloads)]
+        assert _plain_places(_wires(payloads, 65_536), NOW)[0] == list(range(len(payloads)))
         assert_parses_as_one_by_one(payloads, defaults, NOW)
-    for odd in (raw(user_id=""), raw(user_id=7), raw(ts="2024-01-02T03:04:05Z"), raw(ts=NOW * 2), raw(item_id="a\tb"),
-                raw(event_id="e"), raw(value=None), raw(session="s"),
+    for odd in (raw(user_id=""), raw(ts="2024-01-02T03:04:05"), raw(ts=NOW * 2), raw(item_id="a\tb"), raw(event_id="e\x01"),
+                raw(value=None), raw(session="s"),
                 b'{"user_id":"u","item_id":"i","type":"view","context":{"a":1,"a":2}}',
                 b'{"user_id":"u\\u003a","item_id":"i","type":"view","ts":5,"ts":6}', b""):
-        assert _plain_events([raw(), odd], [None, None], ["a", "b"], 65_536, NOW) is None, odd
+        assert _plain_places(_wires([raw(), odd, raw()], 65_536), NOW)[0] == [0, 2], odd
         assert_parses_as_one_by_one([raw(), odd, raw()], [None, None, 1.0], NOW)
+
+
+def test_a_mixed_batch_is_decoded_once_and_only_what_is_not_plain_goes_one_by_one(monkeypatch):
+    odd = {3: raw(ts="2024-01-02T03:04:05Z"), 17: raw(user_id=7), 18: raw(session="s"), 30: b"{", 31: raw(ts=NOW * 2),
+           32: raw(type="item", user_id=None, context={"title": "t"}), 39: b""}
+    payloads = [odd.get(n, raw(ts=float(n), **({"event_id": f"e{n}"} if n % 2 else {}))) for n in range(40)]
+    decoded, one_by_one = [], []
+    decode, event_or_reason = schema._decode_batch_wire, schema._event_or_reason
+    monkeypatch.setattr(schema, "_decode_batch_wire", lambda payload: decoded.append(payload) or decode(payload))
+    monkeypatch.setattr(schema, "_event_or_reason", lambda payload, *rest: one_by_one.append(payload)
+                        or event_or_reason(payload, *rest))
+    assert_parses_as_one_by_one(payloads, [None, 1.0] * 20, NOW)
+    assert one_by_one == [odd[n] for n in (18, 30, 31, 32, 39)]  # an ISO ts and an int id are plain
+    assert sorted(decoded) == sorted(payload for payload in payloads if payload)  # each once
+
+
+ids_and_odd_values = st.none() | printable_ids | odd_ids | st.just("a\x00")
+times_and_odd_values = st.none() | st.floats() | st.sampled_from(
+    [-0.0, 0.0, NOW + 86_400, NOW + 86_400.5, "2024-01-02T03:04:05Z", "x", ""]) | st.integers(0, 5)
+
+
+@given(st.lists(ids_and_odd_values), st.lists(times_and_odd_values), st.lists(st.none() | st.floats()))
+def test_each_column_check_in_one_go_agrees_with_its_value_by_value_check(ids, times, values):
+    """``_plain_places`` checks a column at once, and value by value only where that fails:
+    in one go, a column passes only when each value's check keeps it as it is."""
+    columns = {"user_id": ids, "item_id": ids, "event_id": ids, "ts": times, "value": values}
+    for name, all_plain, check in _COLUMN_CHECKS:
+        column = tuple(columns[name])
+        assert all_plain(column, NOW) == all(check(value, NOW) is value for value in column), (name, column)
