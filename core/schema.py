@@ -296,11 +296,9 @@ def _names_only_its_fields(raw: bytes, wire: Any) -> bool:
         return True
     if b"\\u" in raw:
         return False
-    for value in values:
-        if type(value) is str:
-            fields_set += value.count(":")
-        elif type(value) is dict:  # context
-            fields_set += _keys_and_colons(value)
+    fields_set += "".join([value for value in values if type(value) is str]).count(":")
+    if wire.context is not None:
+        fields_set += _keys_and_colons(wire.context)
     return colons == fields_set
 
 
@@ -338,7 +336,7 @@ def parse_events(
     events: list[Any] = msgspec.convert(plain, list[Event], from_attributes=True)
     if len(places) == len(wires):
         return events
-    built = dict(zip(places, events))
+    built = dict(zip(places, events))  # by place
     return [built[i] if i in built else _event_or_reason(raw, wire, ts, event_id, max_bytes, now)
             for i, raw, wire, ts, event_id in zip(count(), raws, wires, default_ts, default_event_ids)]
 
@@ -358,10 +356,10 @@ def _wires(raws: Sequence[bytes | None], max_bytes: int) -> list[Any]:
     try:
         if all(raws) and max(map(len, raws), default=0) <= max_bytes:
             wires = list(map(_decode_batch_wire, raws))
-            colons = list(map(bytes.count, raws, repeat(b":")))
             fields_set = list(map(sub, repeat(len(_EVENT_IN_FIELDS)), map(tuple.count, map(astuple, wires), repeat(None))))
-            if colons == fields_set:  # the common case of _names_only_its_fields, for all at once
-                return wires
+            if b"".join(raws).count(b":") == sum(fields_set):  # a colon per field set or more in each: equal each
+                return wires  # the common case of _names_only_its_fields, for all at once
+            colons = map(bytes.count, raws, repeat(b":"))
             return [wire if colon_count == field_count or _names_only_its_fields(raw, wire) else None
                     for raw, wire, colon_count, field_count in zip(raws, wires, colons, fields_set)]
     except (msgspec.DecodeError, TypeError):  # ValidationError too; TypeError: a raw that is not bytes
@@ -443,8 +441,11 @@ def _plain_places(wires: list[Any], now: float) -> tuple[list[int], list[Any]]:
     column, and value by value (``_check_id``'s, ``_check_ts``') only where that fails; the
     wires of those still plain then hold the checked values (an int id made a string, an ISO
     ``ts`` made seconds: what ``_event_of`` takes as it is, should it see them again)."""
-    places = [i for i, wire in enumerate(wires) if wire is not None]
-    plain = wires if len(places) == len(wires) else [wires[i] for i in places]
+    if None in wires:
+        places = [i for i, wire in enumerate(wires) if wire is not None]
+        plain = [wires[i] for i in places]
+    else:
+        places, plain = list(range(len(wires))), wires
     for name, all_plain, check in _COLUMN_CHECKS:
         column = list(map(attrgetter(name), plain))
         if not all_plain(column, now):
