@@ -50,7 +50,7 @@ import orjson
 from core.errors import InvalidEvent
 from core.keys import ListBatch
 from core.metrics import Exposures, WorkerMetrics
-from core.schema import ITEM_TYPE, Event, parse_event, parse_events
+from core.schema import ITEM_TYPE, Event, parse_events
 from core.settings import Settings
 from online_models import Recommender
 from online_models._arrays import IdIndex, RankedRows, excluded_cells
@@ -210,29 +210,24 @@ class Effects:
 
 
 def parse_record(record: RecordLike, max_event_bytes: int) -> Event:
-    """The record's event (``core.schema.parse_event``), or ``InvalidEvent``: a missing
-    ``ts`` is the broker's timestamp, a missing ``event_id`` the record's place in the log
-    (``_broker_ts``, ``_log_place``)."""
-    return parse_event(record.value, default_ts=_broker_ts(record), default_event_id=_log_place(record),
-                       max_bytes=max_event_bytes)
+    """The record's event, or ``InvalidEvent``: ``parse_records`` of it alone."""
+    event = parse_records([record], max_event_bytes)[0]
+    if isinstance(event, InvalidEvent):
+        raise event
+    return event
 
 
 def parse_records(records: Sequence[RecordLike], max_event_bytes: int, now: float | None = None
                   ) -> list[Event | InvalidEvent]:
-    """``parse_record`` of each record, the event or the ``InvalidEvent`` that says why not,
-    parsed together (``core.schema.parse_events``: one ``now`` for all)."""
-    return parse_events([record.value for record in records], list(map(_broker_ts, records)),
-                        list(map(_log_place, records)), max_bytes=max_event_bytes, now=now)
-
-
-def _broker_ts(record: RecordLike) -> float | None:
-    """A record's default ``ts``: its broker timestamp in seconds, ``None`` when it has none."""
-    return record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else None
-
-
-def _log_place(record: RecordLike) -> str:
-    """A record's default ``event_id``: its place in the log, so a re-read record gets the same id."""
-    return f"{record.topic}/{record.partition}/{record.offset}"
+    """Each record's event (``core.schema.parse_events``: one ``now`` for all), or the
+    ``InvalidEvent`` that says why not: a missing ``ts`` is the broker's timestamp, a missing
+    ``event_id`` the record's place in the log (so a re-read record gets the same id)."""
+    return parse_events(
+        [record.value for record in records],
+        [record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else None for record in records],
+        [f"{record.topic}/{record.partition}/{record.offset}" for record in records],
+        max_bytes=max_event_bytes, now=now,
+    )
 
 
 def idle(last_active: dict[str, float], expiry_s: float | None, newest: float | None = None) -> list[str]:
