@@ -634,19 +634,24 @@ class _KeptBatch:
     ``gone``: items forgotten since, left out where the lists are read. Pickled with only
     the ids it lists, so that it does not hold on to the blend's shared index."""
 
-    __slots__ = ("gone", "index", "rows")
+    __slots__ = ("_compact", "gone", "index", "rows")
 
     def __init__(self, rows: np.ndarray, index: IdIndex, gone: Collection[str] = ()) -> None:
         self.rows, self.index, self.gone = rows, index, set(gone)
+        self._compact: tuple[np.ndarray, IdIndex] | None = None
 
     def __reduce__(self):
-        listed = self.rows >= 0
-        used, inverse = np.unique(self.rows[listed], return_inverse=True)
-        rows = np.full(self.rows.shape, -1, dtype=np.int32)
-        rows[listed] = inverse
-        index = IdIndex()
-        index.add_new([self.index.ids[row] for row in used.tolist()])
-        return _KeptBatch, (rows, index, sorted(self.gone))
+        if self._compact is None:  # made once: the rows never change, nor the ids of their index
+            listed = self.rows >= 0
+            present = np.zeros(len(self.index.ids), dtype=bool)
+            present[self.rows[listed]] = True
+            used = np.flatnonzero(present)  # the rows listed, ascending
+            renumbered = np.cumsum(present, dtype=np.int32) - 1  # each listed row's place in ``used``
+            rows = np.where(listed, renumbered[np.where(listed, self.rows, 0)], -1).astype(np.int32)
+            index = IdIndex()
+            index.add_new([self.index.ids[row] for row in used.tolist()])
+            self._compact = (rows, index)
+        return _KeptBatch, (*self._compact, sorted(self.gone))
 
 
 class _Kept(Sequence[tuple[str, ...]]):

@@ -298,17 +298,21 @@ class CandidateFusion:
                 scaled = np.empty(rows.shape)
                 scale_into(scaled, rows, scores, weight, power, rank_offset)
                 pos, found = places.pop(0)
-                values = np.where(found, np.take_along_axis(scaled, pos, 1), 0.0)
+                cells = pos + np.arange(n_users)[:, None] * rows.shape[1]  # flat: np.take, not take_along_axis
+                values = np.where(found, np.take(scaled, cells), 0.0)
                 if at < lead:
                     self._before += values
                 else:
                     self._after.append(values)
                 gains = found & (values > self._best_other)
-                self._best_other[gains] = values[gains]
-                self._best_other_at[gains] = at
+                np.copyto(self._best_other, values, where=gains)
+                np.copyto(self._best_other_at, at, where=gains)
                 self._places.append((offset, pos, found))
             offset += rows.shape[1]
         self._columns = offset
+        self._unlisted = ~self.listed
+        # a calibrated lead's scores sharpened once: each weight only multiplies them
+        self._sharpened: np.ndarray | None = None
 
     def _tie_key(self, users: np.ndarray) -> np.ndarray:
         """For ``users`` (a mask), each candidate's tie-break key: the better position in
@@ -330,16 +334,23 @@ class CandidateFusion:
         n_users, width = self.rows.shape
         k = max(k, 0)
         lead, scores, power = self._lead
-        lead_adds = np.empty(self.rows.shape)
-        scale_into(lead_adds, self.rows, scores, lead_weight, power, self.rank_offset)
+        if power is not None:  # scale_into's steps, the power taken once for every weight
+            if self._sharpened is None:
+                self._sharpened = np.maximum(scores, 0.0)
+                self._sharpened **= power
+            lead_adds = self._sharpened * np.asarray(lead_weight, dtype=np.float64)[..., None]
+        else:
+            lead_adds = np.empty(self.rows.shape)
+            scale_into(lead_adds, self.rows, scores, lead_weight, power, self.rank_offset)
         total = self._before + np.where(self.listed, lead_adds, 0.0)
         for values in self._after:
             total += values
-        total[~self.listed] = -np.inf
+        np.copyto(total, -np.inf, where=self._unlisted)
         # score descending: one plain sort; the users with a tie among their first k + 1
         # sorted again on one integer key, their scores' rank then the tie-breaks
         order = np.argsort(-total, axis=1)
-        ahead = np.take_along_axis(total, order[:, : k + 1], 1)
+        base = np.arange(n_users)[:, None] * width  # flat cells: np.take, not take_along_axis
+        ahead = np.take(total, order[:, : k + 1] + base)
         tied = ((ahead[:, 1:] == ahead[:, :-1]) & (ahead[:, 1:] > -np.inf)).any(axis=1)
         if tied.any():
             by_score = order[tied]
@@ -350,19 +361,18 @@ class CandidateFusion:
             key = np.cumsum(differs, axis=1, dtype=np.int64) * (int(tie_key.max(initial=0)) + 1)
             key += np.take_along_axis(tie_key, by_score, 1)
             order[tied] = np.take_along_axis(by_score, np.argsort(key, axis=1), 1)
-        order = order[:, :k]
-        fused = np.take_along_axis(total, order, 1)
+        at = order[:, :k] + base
+        fused = np.take(total, at)
         valid = fused > -np.inf
-        m = order.shape[1]
+        m = at.shape[1]
         out_rows = np.full((n_users, k), -1, dtype=np.int64)
         out_scores = np.full((n_users, k), -np.inf)
-        out_rows[:, :m] = np.where(valid, np.take_along_axis(self.rows, order, 1), -1)
+        out_rows[:, :m] = np.where(valid, np.take(self.rows, at), -1)
         out_scores[:, :m] = np.where(valid, fused, -np.inf)
         if not with_sources:
             return out_rows, out_scores
         # the lead, or the other part that adds most (the first in part order on a tie)
-        other, other_at = np.take_along_axis(self._best_other, order, 1), np.take_along_axis(self._best_other_at, order, 1)
-        mine = np.take_along_axis(lead_adds, order, 1)
+        other, other_at, mine = np.take(self._best_other, at), np.take(self._best_other_at, at), np.take(lead_adds, at)
         leads = (other_at < 0) | (mine > other) | ((mine == other) & (other_at > lead))
         out_sources = np.full((n_users, k), -1, dtype=np.int64)
         out_sources[:, :m] = np.where(valid, np.where(leads, lead, other_at), -1)
@@ -378,7 +388,10 @@ def _positions_of(wanted: np.ndarray, lists: Sequence[np.ndarray]) -> list[tuple
     ...     np.array([[4, 9, -1]]), [np.array([[9, 4, 4, -1]]), np.array([[7, 9]])])]
     [([[1, 0, 0]], [[True, True, False]]), ([[0, 1, 0]], [[False, True, False]])]
     """
-    return [_positions_in(wanted, rows) for rows in lists]
+    n_items = int(max([wanted.max(initial=-1)] + [rows.max(initial=-1) for rows in lists])) + 1
+    block = _TABLE_CELLS // (n_items + 1)
+    table = np.full(min(block, len(wanted)) * (n_items + 1), -1, dtype=np.int16) if block >= 64 else None
+    return [_positions_in(wanted, rows, table, n_items) for rows in lists]
 
 
 # The most cells of the table ``_positions_in`` writes places in (int16: 8 MiB): a
@@ -386,26 +399,34 @@ def _positions_of(wanted: np.ndarray, lists: Sequence[np.ndarray]) -> list[tuple
 _TABLE_CELLS = 1 << 22
 
 
-def _positions_in(wanted: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _positions_in(wanted: np.ndarray, rows: np.ndarray, table: np.ndarray | None = None, n_items: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """``_positions_of`` one list: each place written in a table of users x items, a
     block of users at a time, and read back at the wanted items; by sorting each user's
-    two lists where the catalogue is too large for the table."""
+    two lists where the catalogue is too large for the table. ``table``: a flat one of
+    ``n_items`` (at least the items listed) + 1 columns, all ``-1``, to use (and leave so)
+    rather than make one."""
     n_users, width = wanted.shape
     other = rows.shape[1]
-    n_items = int(max(rows.max(initial=-1), wanted.max(initial=-1))) + 1
-    block = _TABLE_CELLS // (n_items + 1)
+    if table is None:
+        n_items = int(max(rows.max(initial=-1), wanted.max(initial=-1))) + 1
+    stride = n_items + 1  # the last column: unlisted slots
+    block = _TABLE_CELLS // stride
     if block < 64 or other >= 2**15:
         return _positions_by_sorting(wanted, rows)
-    table = np.full((min(block, n_users), n_items + 1), -1, dtype=np.int16)  # the last column: unlisted slots
+    if table is None:
+        table = np.full(min(block, n_users) * stride, -1, dtype=np.int16)
     places = np.arange(other, dtype=np.int16)[::-1]  # written last to first: an item's first place stays
     pos = np.empty((n_users, width), dtype=np.int16)
     for start in range(0, n_users, block):
         end = min(start + block, n_users)
-        users = np.arange(end - start)[:, None]
-        items = np.where(rows[start:end, ::-1] >= 0, rows[start:end, ::-1], n_items)
-        table[users, items] = places
-        pos[start:end] = table[users, np.where(wanted[start:end] >= 0, wanted[start:end], n_items)]
-        table[users, items] = -1
+        base = np.arange(end - start)[:, None] * stride  # each user's row of the table
+        written = rows[start:end, ::-1]
+        cells = np.where(written >= 0, written, n_items) + base
+        table[cells] = places
+        read = wanted[start:end]
+        pos[start:end] = table[np.where(read >= 0, read, n_items) + base]
+        table[cells] = -1
     found = (pos >= 0) & (wanted >= 0)
     return np.where(found, pos, 0).astype(np.int64), found
 
