@@ -127,3 +127,18 @@ def test_lists_kept_by_a_batch_are_the_lists_one_by_one_would_keep() -> None:
         single.recommend(user, 10, seen.get(user))
     assert list(batched._shown.items()) == list(single._shown.items())
     assert any(len(items) < 7 for lists in batched._shown.values() for items in lists)  # short lists too
+
+
+def test_lists_kept_by_a_batch_read_the_same_through_each_pickle_and_forgetting() -> None:
+    """A batch's kept lists pickled again after items are forgotten (its compacted rows
+    made at the first pickle, reused): each pickle reads as the lists did at its time."""
+    events = random_stream(600, 40, 12, seed=5)
+    model = Blend(models=_parts(), feedback_half_life=50, feedback_depth=7)
+    model.learn_many(events)
+    model.recommend_rows(sorted({e.user_id for e in events}), 10, seen_by(events))
+    before = {user: tuple(lists) for user, lists in model._shown.items()}
+    assert pickle.loads(pickle.dumps(model))._shown == before
+    gone = {items[0] for lists in before.values() for items in lists if items}
+    model.forget_items(list(gone)[:3])
+    after = {user: tuple(lists) for user, lists in model._shown.items()}
+    assert after != before and pickle.loads(pickle.dumps(model))._shown == after
