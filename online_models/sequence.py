@@ -250,22 +250,15 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
             if source == row:
                 continue
             gain = w * step_weights[d]
-            successors[source].add(row, gain)
-            totals[source] += gain
-            into[row].add(source)
-            if log is not None:
-                log[0].append(source)
-                log[1].append(row)
-                log[2].append(gain)
-            if backward:
-                back_gain = gain * backward
-                successors[row].add(source, back_gain)
-                totals[row] += back_gain
-                into[source].add(row)
+            links = ((source, row, gain), (row, source, gain * backward)) if backward else ((source, row, gain),)
+            for before, after, link_gain in links:
+                successors[before].add(after, link_gain)
+                totals[before] += link_gain
+                into[after].add(before)
                 if log is not None:
-                    log[0].append(row)
-                    log[1].append(source)
-                    log[2].append(back_gain)
+                    log[0].append(before)
+                    log[1].append(after)
+                    log[2].append(link_gain)
 
     def _learn_transitions(self, interactions: list[Interaction], rows: np.ndarray, found: np.ndarray,
                            held: np.ndarray) -> None:

@@ -15,7 +15,7 @@ from core.schema import Event
 from online_models.blend import Blend
 from online_models.checks import yield_checks
 from online_models.fusion import CandidateFusion, fuse_top_k
-from tests.test_batch_ranking import assert_same_ranking
+from tests.test_blend_feedback import rank_both_ways
 from tests.test_ranking_paths import random_stream, seen_by
 
 SMALL_EMBEDDINGS = {"n_factors": 8, "batch_size": 16, "n_negatives": 16}
@@ -61,23 +61,8 @@ def test_candidate_fusion_of_a_lead_that_lists_everything_is_fuse_top_k() -> Non
 
 
 def test_both_ranking_paths_rank_alike_and_keep_the_same_lists() -> None:
-    events = random_stream(4000, 60, 300, seed=2)
-    first, later = events[:3000], events[3000:]
-    batched, single = _bounded(), _bounded()
-    for model in (batched, single):
-        model.learn_many(first)
-    users = sorted({e.user_id for e in events})
-    seen = seen_by(first)
-    for start in range(0, len(later), 250):
-        chunk = later[start : start + 250]
-        many = batched.recommend_many(users, 10, seen)
-        for user in users:
-            assert_same_ranking(many[user], single.recommend(user, 10, seen.get(user)))
-        assert batched._shown == single._shown
-        assert all(len(lists) == 3 + 3 for lists in batched._shown.values())  # parts', then each factor's
-        for model in (batched, single):
-            model.learn_many(chunk)
-        assert batched._credit == pytest.approx(single._credit)
+    batched, single = rank_both_ways(_bounded)
+    assert batched._shown and all(len(lists) == 3 + 3 for lists in batched._shown.values())  # parts', each factor's
     assert batched.chosen_factor() == single.chosen_factor()
 
 

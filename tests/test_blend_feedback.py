@@ -62,12 +62,13 @@ def _parts() -> dict:
     return {"cooc": {}, "embeddings": SMALL_EMBEDDINGS, "sequence": {}, "trending": {}}
 
 
-def test_both_ranking_paths_keep_the_same_lists_and_learn_the_same_weights() -> None:
-    """Lists kept by ``recommend_rows`` (the worker's batches) and by ``recommend`` (one
-    user) are the same, so feedback learns the same weights and both paths keep ranking alike."""
+def rank_both_ways(make_model) -> tuple[Blend, Blend]:
+    """Two models from ``make_model``, one ranking by batches (``recommend_many``, the worker's
+    path), one user by user (``recommend``), then learning the same events: both must rank
+    alike, keep the same lists and credit alike at every step. Returns (batched, single)."""
     events = random_stream(4000, 60, 300, seed=2)
     first, later = events[:3000], events[3000:]
-    batched, single = (Blend(models=_parts(), feedback_half_life=50, feedback_depth=10) for _ in range(2))
+    batched, single = make_model(), make_model()
     for model in (batched, single):
         model.learn_many(first)
     users = sorted({e.user_id for e in events})
@@ -81,6 +82,13 @@ def test_both_ranking_paths_keep_the_same_lists_and_learn_the_same_weights() -> 
         for model in (batched, single):
             model.learn_many(chunk)
         assert batched._credit == pytest.approx(single._credit)
+    return batched, single
+
+
+def test_both_ranking_paths_keep_the_same_lists_and_learn_the_same_weights() -> None:
+    """Lists kept by ``recommend_rows`` (the worker's batches) and by ``recommend`` (one
+    user) are the same, so feedback learns the same weights and both paths keep ranking alike."""
+    batched, _ = rank_both_ways(lambda: Blend(models=_parts(), feedback_half_life=50, feedback_depth=10))
     factors = batched.feedback_factors()
     assert factors != pytest.approx(dict.fromkeys(factors, 1.0))  # feedback did move them
 

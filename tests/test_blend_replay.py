@@ -29,14 +29,19 @@ def _blend(**params) -> Blend:
     return Blend(models=PARTS, n_candidates=30, **{"candidates_from": None, "weight_choices": {}, **params})
 
 
+def _judging(protocol: str, events):
+    """The backtest of ``protocol`` over ``events`` as a function of the model (top 5; the
+    next-item split at event 1,000)."""
+    if protocol == "prequential":
+        return lambda model: prequential(model, events, k=5)
+    split = next_item_split(events[:1000], events[1000:])
+    return lambda model: next_item(model, split, k=5)
+
+
 @pytest.mark.parametrize("protocol", ["prequential", "next-item"])
 def test_the_replay_judges_as_the_real_blend(protocol) -> None:
     events = random_stream(1500, 40, 120, seed=5)
-    if protocol == "prequential":
-        run = lambda model: prequential(model, events, k=5)
-    else:
-        split = next_item_split(events[:1000], events[1000:])
-        run = lambda model: next_item(model, split, k=5)
+    run = _judging(protocol, events)
     lists, learned = record(_blend(**FEEDBACK), run, width=30)
     assert len(lists) == learned.evaluated > 200
     replay = Replay(lists)
@@ -127,11 +132,7 @@ def test_the_bounded_blend_with_a_chosen_factor_judges_as_its_replay(protocol) -
     """``candidates_from`` and ``weight_choices`` built in ``Blend`` rank as the replay that
     chose them: only ``sequence``'s items, its feedback weight's factor chosen in hindsight."""
     events = random_stream(1500, 40, 120, seed=7)
-    if protocol == "prequential":
-        run = lambda model: prequential(model, events, k=5)
-    else:
-        split = next_item_split(events[:1000], events[1000:])
-        run = lambda model: next_item(model, split, k=5)
+    run = _judging(protocol, events)
     factors = (1.0, 4.0, 16.0)
     model = _blend(**FEEDBACK, candidates_from="sequence", weight_choices=None)  # the default: x1, 4, 16
     lists, learned = record(model, run, width=30)
