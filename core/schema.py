@@ -318,9 +318,10 @@ def parse_events(
     ...  for e in parse_events([good, b"{", good], [None, None, None], ["a", "b", "c"], now=9.0)]
     [('i9', 5.0, 'a'), 'not valid JSON: Input data was truncated', ('i9', 5.0, 'c')]
 
-    Each raw is decoded once (``_wires``). The plain events among them (``_plain_places``)
-    are checked column by column and built in C, without a Python step per event; each other
-    one takes the rest of ``parse_event``'s way from its wire.
+    Each raw is decoded once (``_wires``; in a batch with a raw that does not decode, or is
+    too long, the ones before it are decoded again, one by one). The plain events among them
+    (``_plain_places``) are checked column by column and built in C, without a Python step
+    per event; each other one takes the rest of ``parse_event``'s way from its wire.
     """
     now = time.time() if now is None else now
     wires = _wires(raws, max_bytes)
@@ -411,7 +412,8 @@ def _checked(check: Callable[..., Any], *args: Any) -> Any:
 def _user_checked(user: Any, now: float) -> Any:
     if type(user) is str and user != "" and user.isprintable():
         return user  # the common case, without a call
-    return _NOT_PLAIN if user is None or user == "" else _checked(_check_id, "user_id", user)
+    # any falsy id (0 too) is not plain: _event_of makes an item event's "" and rejects another's
+    return _NOT_PLAIN if not user else _checked(_check_id, "user_id", user)
 
 
 def _id_checked(name: str, optional: bool) -> Callable[[Any, float], Any]:

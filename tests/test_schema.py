@@ -310,3 +310,12 @@ def test_each_column_check_in_one_go_agrees_with_its_value_by_value_check(ids, t
     for name, all_plain, check in _COLUMN_CHECKS:
         column = tuple(columns[name])
         assert all_plain(column, NOW) == all(check(value, NOW) is value for value in column), (name, column)
+
+
+@pytest.mark.parametrize("user_id", [0, 0.0, False, "", None])
+def test_an_item_event_with_a_falsy_user_id_parses_as_one_by_one(user_id):
+    """``_event_of`` gives an item event with any falsy ``user_id`` the empty one: the batch
+    path must not take an int 0 as the id "0"."""
+    item = json.dumps({"user_id": user_id, "item_id": "i1", "type": "item", "ts": 1.6e9}).encode()
+    click = json.dumps({"user_id": "u1", "item_id": "i1", "type": "click", "ts": 1.6e9}).encode()
+    assert_parses_as_one_by_one([click, item, click], [None] * 3, NOW)
