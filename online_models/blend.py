@@ -647,7 +647,8 @@ class _KeptBatch:
             present[self.rows[listed]] = True
             used = np.flatnonzero(present)  # the rows listed, ascending
             renumbered = np.cumsum(present, dtype=np.int32) - 1  # each listed row's place in ``used``
-            rows = np.where(listed, renumbered[np.where(listed, self.rows, 0)], -1).astype(np.int32)
+            rows = np.full(self.rows.shape, -1, dtype=np.int32)
+            rows[listed] = renumbered[self.rows[listed]]  # nothing to gather where nothing is listed
             index = IdIndex()
             index.add_new([self.index.ids[row] for row in used.tolist()])
             self._compact = (rows, index)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from core.schema import Event
+from online_models import make_model
 from online_models.blend import Blend
 from online_models.checks import yield_checks
 from online_models.fusion import CandidateFusion, fuse_top_k
@@ -173,3 +174,12 @@ def test_weight_choices_changed_by_the_caller_after_construction_change_nothing(
     assert model.weight_choices is choices
     assert model.recommend("u1", k=5) == changed.recommend("u1", k=5)
     assert model._credit == changed._credit
+
+
+def test_a_blend_that_ranked_before_it_learned_anything_pickles() -> None:
+    """Lists kept while no part knows an item (every row -1, an empty index): a checkpoint
+    then must still pickle them."""
+    model = make_model("blend")
+    model.recommend_many(["u1", "u2"], 10)
+    twin = pickle.loads(pickle.dumps(model))
+    assert twin._shown == model._shown
