@@ -256,19 +256,19 @@ class Reader:
             log.warning("kafka consumer: %s", error)
 
     # -- offsets -------------------------------------------------------------------------
-    def commit(self, offsets: dict[Partition, int]) -> None:
+    def commit(self, offsets: dict[Partition, int], attempts: int = COMMIT_ATTEMPTS) -> None:
         """Commit ``offsets`` (the next offset to read, per partition) and wait for the broker;
-        a retriable failure is sent again (``COMMIT_ATTEMPTS`` in all, with a doubling wait).
+        a retriable failure is sent again (``attempts`` in all, with a doubling wait).
         Raises ``CommitFailed`` when the group moved on meanwhile, else ``CommitError``."""
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        for attempt in range(1, attempts + 1):
             error = self._commit_once(offsets)
             if error is None:
                 return
             if error.code() in _GROUP_MOVED_ON:
                 raise CommitFailed(str(error))
-            if not (error.retriable() or error.code() in _COMMIT_RETRIABLE) or attempt == COMMIT_ATTEMPTS:
-                raise CommitError(f"offsets not committed (attempt {attempt} of {COMMIT_ATTEMPTS}): {error}")
-            log.warning("offsets not committed (attempt %d of %d): %s", attempt, COMMIT_ATTEMPTS, error)
+            if not (error.retriable() or error.code() in _COMMIT_RETRIABLE) or attempt == attempts:
+                raise CommitError(f"offsets not committed (attempt {attempt} of {attempts}): {error}")
+            log.warning("offsets not committed (attempt %d of %d): %s", attempt, attempts, error)
             time.sleep(COMMIT_BACKOFF_S * 2 ** (attempt - 1))
 
     def _commit_once(self, offsets: dict[Partition, int]) -> KafkaError | None:

@@ -269,10 +269,12 @@ class Worker:
         if not offsets:
             return
         try:
-            if self.in_group and not wait:
-                self.consumer.commit_async(offsets)
-            else:
+            if not self.in_group:
                 self.consumer.commit(offsets)
+            elif wait:  # once: a retry would only hold a stopping worker (and its checkpoint) up
+                self.consumer.commit(offsets, attempts=1)
+            else:
+                self.consumer.commit_async(offsets)
         except CommitFailed as exc:
             # the group moved on while this worker was held up (a broker restart, a long
             # checkpoint): the next poll rejoins, and the checkpoints say where to resume
