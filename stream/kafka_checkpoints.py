@@ -50,6 +50,7 @@ from kafka.errors import KafkaError
 
 from core.errors import StreamrecError
 from core.kafka import ensure_topics, make_producer
+from stream.consumer import wait_for_partitions
 
 log = logging.getLogger("streamrec.checkpoint")
 
@@ -151,7 +152,7 @@ class KafkaCheckpointStore:
         ensure_topics(bootstrap, {topic: 1 + chunk_partitions}, configs={topic: TOPIC_CONFIG})
         self._manifests = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                         auto_offset_reset="earliest")
-        self.partitions = self._partition_count(self._manifests)
+        self.partitions = len(wait_for_partitions(self._manifests, self.topic))
         self._manifest_tp = TopicPartition(topic, MANIFEST_PARTITION)
         self._manifests.assign([self._manifest_tp])
         self._manifests.seek_to_beginning(self._manifest_tp)
@@ -159,14 +160,6 @@ class KafkaCheckpointStore:
         self._reader: KafkaConsumer | None = None
         self._producer = None
         self._next_generation: int | None = None
-
-    def _partition_count(self, consumer: KafkaConsumer, timeout_s: float = 30.0) -> int:
-        deadline = time.monotonic() + timeout_s
-        while not (found := consumer.partitions_for_topic(self.topic)):
-            if time.monotonic() > deadline:
-                raise StreamrecError(f"topic {self.topic!r} has no partitions after {timeout_s:.0f} s")
-            time.sleep(0.1)
-        return len(found)
 
     # -- manifests -------------------------------------------------------------------
     def _catch_up(self) -> None:
