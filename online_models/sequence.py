@@ -201,7 +201,15 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
         return rows
 
     def learn_one(self, interaction: Interaction) -> None:
-        self.learn_many((interaction,))
+        # plain Python: for one event a batch's array calls (push_many) cost ~25x more
+        (row,) = self._item_rows([interaction.item_id])
+        histories = self._histories
+        u = histories.user_row(interaction.user_id)
+        recent = histories.history(u)[0].tolist()
+        histories.push(u, row, interaction.ts)
+        if recent:
+            self._learn_event(interaction, row, recent[::-1])
+        self._learn_popularity(interaction, row)
 
     def learn_many(self, interactions: Iterable[Interaction]) -> None:
         """``learn_one`` for each interaction in order: the histories pushed in one call
@@ -211,21 +219,18 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
         ``np.add.at`` (index after index: the same sums). Python runs per transition (its
         event's weight, and adding it to its rows) and per repeat-table cell."""
         interactions = list(interactions)
-        if not interactions:
+        if len(interactions) <= 1:
+            for interaction in interactions:
+                self.learn_one(interaction)
             return
         rows = self._item_rows([interaction.item_id for interaction in interactions])
         users = self._histories.user_rows([interaction.user_id for interaction in interactions])
         rows = np.array(rows, dtype=np.int64)
         found, held, _ = self._histories.push_many(
             users, rows, np.array([interaction.ts for interaction in interactions], dtype=np.float64))
-        if len(interactions) == 1 and len(held):  # learn_one: plain Python beats a batch's array calls
-            self._learn_event(interactions[0], int(rows[0]), held.tolist()[::-1])
-        elif len(held):
+        if len(held):
             self._learn_transitions(interactions, rows, found, held)
-        if len(interactions) == 1:  # learn_one: without a batch's array work
-            self._learn_popularity(interactions[0], int(rows[0]))
-        else:
-            self._learn_popularity_many(interactions, np.unique(rows))
+        self._learn_popularity_many(interactions, np.unique(rows))
 
     def _learn_event(self, interaction: Interaction, row: int, recent: list[int]) -> None:
         """``_learn_transitions`` of one event at item ``row`` whose user's history was
