@@ -231,7 +231,7 @@ class Blend(Recommender):
         credits = self._credit[len(self._models):]
         if not credits or self._choosing() is None:
             return 0
-        return max(range(len(credits)), key=lambda c: (credits[c], c == 0))
+        return max(range(len(credits)), key=credits.__getitem__)  # max keeps the first on a tie
 
     def feedback_factors(self) -> dict[str, float]:
         """What feedback multiplies each part's weight by (all 1 without ``feedback_half_life``).
