@@ -40,7 +40,7 @@ def measure(events: int, models: list[str]) -> dict[str, float]:
     from core.settings import Settings
     from online_models import make_model
     from stream import pipeline as pipeline_module
-    from stream.pipeline import Pipeline, parse_record
+    from stream.pipeline import Pipeline
 
     settings = Settings(_env_file=None)
     batch = settings.max_poll_records
@@ -48,6 +48,7 @@ def measure(events: int, models: list[str]) -> dict[str, float]:
     timed = sum(len(b) for b in batches[1:])
     rates = {}
     parse_records = getattr(pipeline_module, "parse_records", None)  # a batch at once, where the tree has it
+    parse_record = getattr(pipeline_module, "parse_record", None)  # one by one, in a tree before it
     started = time.process_time()
     for records in batches[1:]:
         if parse_records is not None:

@@ -53,7 +53,7 @@ from core.metrics import Exposures, WorkerMetrics
 from core.schema import ITEM_TYPE, Event, parse_events
 from core.settings import Settings
 from online_models import Recommender
-from online_models._arrays import IdIndex, RankedRows, excluded_cells
+from online_models._arrays import IdIndex, RankedRows, excluded_cells, per_row
 from online_models.capabilities import (
     Explains,
     ExplainsRows,
@@ -207,14 +207,6 @@ class Effects:
     def seen_flags(self) -> dict[str, list[bool]]:
         """User id -> per item of their list, whether they have seen it."""
         return self.lists.flags
-
-
-def parse_record(record: RecordLike, max_event_bytes: int) -> Event:
-    """The record's event, or ``InvalidEvent``: ``parse_records`` of it alone."""
-    event = parse_records([record], max_event_bytes)[0]
-    if isinstance(event, InvalidEvent):
-        raise event
-    return event
 
 
 def parse_records(records: Sequence[RecordLike], max_event_bytes: int, now: float | None = None
@@ -600,10 +592,8 @@ class Pipeline:
         flat = _ids_at(index.ids, rows[:, :w][kept])
         if eval_k:
             shown = kept & unseen[:, :w] & (counted[:, :w] <= eval_k)
-            shown_ids = _ids_at(index.ids, rows[:, :w][shown])
-            ends = np.cumsum(shown.sum(axis=1)).tolist()
-            per_user = map(shown_ids.__getitem__, map(slice, [0, *ends[:-1]], ends))
-            self._last_lists.update(zip(users, map(set, per_user)))
+            shown_ids = list(compress(flat, shown[kept].tolist()))  # shown cells are kept ones
+            self._last_lists.update(zip(users, map(set, per_row(shown_ids, shown))))
         marks = marks[:, :w] & kept
         scores = scores[:, :w]
         lists = ListBatch(users, flat, cut.tolist(), scores, marks if marks.any() else None)
