@@ -186,7 +186,7 @@ class Reader:
         if self._rejoined_at:  # fenced again soon after: give the other member's session time to end
             time.sleep(REJOIN_BACKOFF_S * 2 ** (len(self._rejoined_at) - 1))
         self._rejoined_at.append(time.monotonic())
-        self._consumer.subscribe(self._topics, on_assign=self._assign_in_group, on_revoke=self._revoke_in_group)
+        self.subscribe(self._topics, self._on_assigned, self._on_revoked)
 
     def seek(self, tp: Partition, offset: int) -> None:
         """Read ``tp`` from ``offset`` on (inside ``on_assigned``: where it starts)."""

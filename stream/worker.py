@@ -108,7 +108,7 @@ class Worker:
         self.consumer = consumer
         self._publish(self.sharing.log.pending)
         self._dlq_unflushed = False
-        self._writes: WriteBehind[_Written | None] = WriteBehind()  # Redis is written from its thread only
+        self._writes: WriteBehind[_Written] = WriteBehind()  # Redis is written from its thread only
         self._uncommitted: dict[Partition, int] = {}  # written, not committed yet
 
     @property
@@ -243,7 +243,7 @@ class Worker:
         """Wait for the write in flight (its error raised here); its offsets wait for ``settle``
         (not committed from inside ``poll()``, where ``release`` calls this)."""
         done = self._writes.wait()
-        if done is None or done[0] is None:  # nothing in flight, or a report
+        if done is None:  # nothing in flight
             return
         written, result = done
         if written.started is not None:  # an event batch's
@@ -307,7 +307,8 @@ class Worker:
         self.metrics.deltas_merged_through = dict(self.sharing.log.merged)
         series = self._metrics_grown()
         sink, model, now, metrics = self.sink, self.model.name, time.time(), (self.worker_id, self._metrics_written)
-        self._writes.hand_over(lambda: sink.write_batch({}, model, now, worker_metrics=metrics, series=series), None)
+        self._writes.hand_over(lambda: sink.write_batch({}, model, now, worker_metrics=metrics, series=series),
+                              _Written({}))  # a report: nothing to commit
 
     def _metrics_grown(self) -> dict[str, float]:
         """What the metrics gained since they were last written (the dashboard's per-minute series)."""
