@@ -410,17 +410,13 @@ def _checked(check: Callable[..., Any], *args: Any) -> Any:
 
 
 def _user_checked(user: Any, now: float) -> Any:
-    if type(user) is str and user != "" and user.isprintable():
-        return user  # the common case, without a call
     # any falsy id (0 too) is not plain: _event_of makes an item event's "" and rejects another's
     return _NOT_PLAIN if not user else _checked(_check_id, "user_id", user)
 
 
 def _id_checked(name: str, optional: bool) -> Callable[[Any, float], Any]:
     def checked(id_: Any, now: float) -> Any:
-        if (type(id_) is str and id_.isprintable()) or (optional and id_ is None):
-            return id_  # the common case (None: an event_id to fill in), without a call
-        return _checked(_check_id, name, id_)
+        return id_ if optional and id_ is None else _checked(_check_id, name, id_)  # None: an event_id to fill in
     return checked
 
 
