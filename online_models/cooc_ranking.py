@@ -183,7 +183,6 @@ class CoocRanking:
         depth = k + int(excluded_per_user.max(initial=0))
         cand = self._trending.candidate_rows(depth)
         popular = top_rows(by_popularity, depth) if cand is None else top_rows(by_popularity[cand], depth, cand)
-        popular = np.sort(popular)
 
         # W: users x their distinct recent items, most recent first; C: those items' rows of
         # the co-occurrence matrix (dense path) or their strongest neighbours (sparse path)
