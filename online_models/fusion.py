@@ -314,9 +314,9 @@ class CandidateFusion:
         # a calibrated lead's scores sharpened once: each weight only multiplies them
         self._sharpened: np.ndarray | None = None
 
-    def _tie_key(self, users: np.ndarray) -> np.ndarray:
-        """For ``users`` (a mask), each candidate's tie-break key: the better position in
-        any list, then the first listed (the first part, in part order, that lists it)."""
+    def _tie_places(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For ``users`` (a mask), each candidate's tie-breaks as ``_rank_cells`` takes them:
+        the better position in any list, and the first listed (its column in all parts' lists)."""
         width = self.rows.shape[1]
         best_pos = np.full((int(users.sum()), width), width)
         first_col = np.full(best_pos.shape, self._columns)
@@ -325,7 +325,7 @@ class CandidateFusion:
             found = found[users]
             np.minimum(best_pos, np.where(found, pos, width), out=best_pos)
             first_col = np.where(found & (first_col == self._columns), offset + pos, first_col)
-        return best_pos * (self._columns + 1) + first_col
+        return best_pos, first_col
 
     def top(self, k: int, lead_weight: float, with_sources: bool = True):
         """Each user's ``k`` best candidates with ``lead_weight`` on the lead: ``(rows,
@@ -347,20 +347,13 @@ class CandidateFusion:
             total += values
         np.copyto(total, -np.inf, where=self._unlisted)
         # score descending: one plain sort; the users with a tie among their first k + 1
-        # sorted again on one integer key, their scores' rank then the tie-breaks
+        # ranked again with the tie-breaks (_rank_cells, as fuse_top_k ranks)
         order = np.argsort(-total, axis=1)
         base = np.arange(n_users)[:, None] * width  # flat cells: np.take, not take_along_axis
         ahead = np.take(total, order[:, : k + 1] + base)
         tied = ((ahead[:, 1:] == ahead[:, :-1]) & (ahead[:, 1:] > -np.inf)).any(axis=1)
         if tied.any():
-            by_score = order[tied]
-            ordered = np.take_along_axis(total[tied], by_score, 1)
-            differs = np.ones(ordered.shape, dtype=bool)
-            differs[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-            tie_key = self._tie_key(tied)
-            key = np.cumsum(differs, axis=1, dtype=np.int64) * (int(tie_key.max(initial=0)) + 1)
-            key += np.take_along_axis(tie_key, by_score, 1)
-            order[tied] = np.take_along_axis(by_score, np.argsort(key, axis=1), 1)
+            order[tied, :k] = _rank_cells(total[tied], *self._tie_places(tied), k)
         at = order[:, :k] + base
         fused = np.take(total, at)
         valid = fused > -np.inf
