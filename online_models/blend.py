@@ -408,11 +408,19 @@ class Blend(Recommender):
         depth = self.feedback_depth
         shown = [[tuple(item for item, _ in ranking[:depth]) if self._base_weight(name) else ()]
                  for name, ranking in lists.items()] if feedback else []
-        if not self._bounds_or_chooses():
-            if feedback:
-                self._remember_shown([user_id], shown)
-            return self._fuse(lists, k)
-        index = IdIndex()  # this user's lists on arrays, fused as recommend_rows fuses them
+        if self._bounds_or_chooses():
+            fused, factors_shown = self._fuse_bounded(lists, n, k, depth if feedback else 0)
+        else:
+            fused, factors_shown = self._fuse(lists, k), []
+        if feedback:
+            self._remember_shown([user_id], shown + factors_shown)
+        return fused
+
+    def _fuse_bounded(self, lists: Mapping[str, Ranking], n: int, k: int, depth: int
+                      ) -> tuple[Ranking, list[list[tuple[str, ...]]]]:
+        """One user's ``lists`` on arrays, fused as ``recommend_rows`` fuses them (bounded,
+        the factor chosen), and each factor's list ``depth`` deep (for feedback)."""
+        index = IdIndex()
         parts, used = [], []
         for name, ranking in lists.items():
             weight = self._weight(name, chosen=False)
@@ -421,14 +429,11 @@ class Blend(Recommender):
                 parts.append((ranked.rows, ranked.scores, weight, self._power_of(name)))
                 used.append(name)
         if not parts:
-            if feedback:
-                self._remember_shown([user_id], shown)
-            return []
-        rows, scores, _, tops = self._fuse_rows(parts, used, k, depth if feedback else 0)
+            return [], []
+        rows, scores, _, tops = self._fuse_rows(parts, used, k, depth)
         ids = index.ids
-        if feedback:
-            self._remember_shown([user_id], shown + [[tuple(ids[r] for r in top[0].tolist() if r >= 0)] for top in tops])
-        return [(ids[r], score) for r, score in zip(rows[0].tolist(), scores[0].tolist()) if r >= 0]
+        return ([(ids[r], score) for r, score in zip(rows[0].tolist(), scores[0].tolist()) if r >= 0],
+                [[tuple(ids[r] for r in top[0].tolist() if r >= 0)] for top in tops])
 
     def recommend_many(
         self, user_ids: Sequence[str], k: int = 10, exclude: Mapping[str, Collection[str]] | None = None
