@@ -68,25 +68,27 @@ class SequenceRanking:
             empty = np.zeros((len(users), 0))
             return self._with_popular(users, k, empty.astype(np.int64), empty, exclude or {}) if k > 0 else \
                 RankedRows(empty.astype(np.int64), empty, self._items)
-        first, alike = self._alike_users(users, exclude or {})
+        places = self._held(users)
+        first, alike = self._alike_users(users, exclude or {}, places)
         if first is None:
-            return self._ranked_rows(users, k, exclude or {})
-        ranked = self._ranked_rows([users[j] for j in first.tolist()], k, exclude or {})
+            return self._ranked_rows(users, k, exclude or {}, places)
+        ranked = self._ranked_rows([users[j] for j in first.tolist()], k, exclude or {},
+                                   (places[0][first], places[1][first]))
         return RankedRows(ranked.rows[alike], ranked.scores[alike], ranked.index)
 
-    def _alike_users(self, users: list[str], exclude: Mapping[str, Collection[str]]
-                     ) -> tuple[np.ndarray | None, np.ndarray]:
+    def _alike_users(self, users: list[str], exclude: Mapping[str, Collection[str]],
+                     places: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray]:
         """Users whose lists must be equal: the same recent items in the same order (and,
         with ``recency_half_life_s``, at the same ages) and nothing excluded; a user's list
         depends on nothing else, so each such group is ranked once (in a shop's stream,
         many users of a batch have clicked one popular item only).
 
         Returns one user per group (positions in ``users``) and each user's group, or
-        ``(None, ...)`` where no two users are alike."""
+        ``(None, ...)`` where no two users are alike. ``places``: ``_held(users)``."""
         histories, window = self._histories, self.window
         if len(users) < 2 or not len(histories.rows):  # one user; or none learned here (a replica that merged items)
             return None, np.zeros(0, dtype=np.int64)
-        at, held = self._held(users)
+        at, held = places
         cells = np.where(held, histories.rows[at], -1)  # -1: no item (an unknown user's row -1 holds none)
         mix = _mix(2 * window)
         key = cells * mix[:window]
@@ -112,11 +114,13 @@ class SequenceRanking:
             first = np.concatenate([first, apart])
         return first, alike
 
-    def _ranked_rows(self, users: list[str], k: int, exclude: Mapping[str, Collection[str]]) -> RankedRows:
-        """``recommend_rows`` for ``users`` one by one, all at once: no two users share work."""
+    def _ranked_rows(self, users: list[str], k: int, exclude: Mapping[str, Collection[str]],
+                     places: tuple[np.ndarray, np.ndarray] | None = None) -> RankedRows:
+        """``recommend_rows`` for ``users`` one by one, all at once: no two users share work
+        (``places``: ``_held(users)``, when the caller has it)."""
         n = len(self._items)
         at_user, at_item = excluded_cells(self._items, users, exclude or {})
-        user, rows, weight, back = self._sources_of(users)
+        user, rows, weight, back = self._sources_of(users, places)
 
         # repeats: each distinct recent item at the steps back of its latest click
         latest, cell = repeat_cells(user, rows, back, n, self.repeat_counts)
@@ -167,11 +171,12 @@ class SequenceRanking:
         return (np.array(lengths, dtype=np.int64), np.frombuffer(b"".join(row_parts), dtype=np.int64),
                 np.frombuffer(b"".join(weight_parts), dtype=np.float64))
 
-    def _sources_of(self, users: list[str]) -> tuple[np.ndarray, ...]:
+    def _sources_of(self, users: list[str], places: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, ...]:
         """Every user's recent items as flat arrays: user position, item row, source weight
-        (``a_d``, summing to 1 per user), and steps back."""
+        (``a_d``, summing to 1 per user), and steps back (``places``: ``_held(users)``, if known)."""
         histories, window = self._histories, self.window
-        at, held = self._held(users)
+        at, held = self._held(users) if places is None else places
         user, col = np.nonzero(held)  # per user, oldest first
         table_rows = at[user]
         rows = histories.rows[table_rows, col]

@@ -117,7 +117,7 @@ def test_alike_users_are_ranked_once_as_each_alone(monkeypatch, params: dict, co
         monkeypatch.setattr(sequence_ranking, "_ALONE", 0)
     model = trained(alike_users_stream(seed=11), **params)
     users = ["nobody", "ghost", *[f"new{j}" for j in range(300)], *sorted({f"u{j}" for j in range(60)})]
-    first, alike = model._alike_users(users, {})
+    first, alike = model._alike_users(users, {}, model._held(users))
     assert first is not None and np.array_equal(alike[first], np.arange(len(first)))
     if collide == "none":  # (colliding, those unlike the first of their key are ranked alone)
         assert len(first) < len(users) // 2  # mostly alike: ranked once each
