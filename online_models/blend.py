@@ -684,11 +684,11 @@ class _Kept(Sequence[tuple[str, ...]]):
     def rows_and(self, item_id: str) -> tuple[list[list[int]], int | None]:
         """The lists as rows, and the item's row (``None`` where it is in none): credit
         read without making ids."""
-        lists = self.batch.rows[:, self.j].tolist()
-        if self.batch.gone:
-            return [list(map(self.batch.index.rows.get, items)) for items in self._lists()], \
-                self.batch.index.rows.get(item_id)
-        return lists, self.batch.index.rows.get(item_id)
+        rows_of, lists = self.batch.index.rows, self.batch.rows[:, self.j].tolist()
+        if self.batch.gone:  # the index never frees an id: the forgotten items' rows are theirs still
+            gone = {rows_of.get(item) for item in self.batch.gone}
+            lists = [[r for r in row if r >= 0 and r not in gone] for row in lists]
+        return lists, rows_of.get(item_id)
 
     def __getitem__(self, p):
         return self._lists()[p]
