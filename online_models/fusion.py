@@ -383,7 +383,9 @@ def _positions_of(wanted: np.ndarray, lists: Sequence[np.ndarray]) -> list[tuple
     """
     n_items = int(max([wanted.max(initial=-1)] + [rows.max(initial=-1) for rows in lists])) + 1
     block = _TABLE_CELLS // (n_items + 1)
-    table = np.full(min(block, len(wanted)) * (n_items + 1), -1, dtype=np.int16) if block >= 64 else None
+    if block < 64:  # a catalogue too large for the table
+        return [_positions_by_sorting(wanted, rows) for rows in lists]
+    table = np.full(min(block, len(wanted)) * (n_items + 1), -1, dtype=np.int16)
     return [_positions_in(wanted, rows, table, n_items) for rows in lists]
 
 
@@ -392,23 +394,18 @@ def _positions_of(wanted: np.ndarray, lists: Sequence[np.ndarray]) -> list[tuple
 _TABLE_CELLS = 1 << 22
 
 
-def _positions_in(wanted: np.ndarray, rows: np.ndarray, table: np.ndarray | None = None, n_items: int = 0
+def _positions_in(wanted: np.ndarray, rows: np.ndarray, table: np.ndarray, n_items: int
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """``_positions_of`` one list: each place written in a table of users x items, a
-    block of users at a time, and read back at the wanted items; by sorting each user's
-    two lists where the catalogue is too large for the table. ``table``: a flat one of
-    ``n_items`` (at least the items listed) + 1 columns, all ``-1``, to use (and leave so)
-    rather than make one."""
+    """``_positions_of`` one list: each place written in ``table`` (flat, ``n_items`` (at
+    least the items listed) + 1 columns, all ``-1``, and left so) a block of users at a
+    time, and read back at the wanted items; by sorting where a list is too long for its
+    int16 places."""
     n_users, width = wanted.shape
     other = rows.shape[1]
-    if table is None:
-        n_items = int(max(rows.max(initial=-1), wanted.max(initial=-1))) + 1
     stride = n_items + 1  # the last column: unlisted slots
-    block = _TABLE_CELLS // stride
-    if block < 64 or other >= 2**15:
+    block = len(table) // stride
+    if other >= 2**15:
         return _positions_by_sorting(wanted, rows)
-    if table is None:
-        table = np.full(min(block, n_users) * stride, -1, dtype=np.int16)
     places = np.arange(other, dtype=np.int16)[::-1]  # written last to first: an item's first place stays
     pos = np.empty((n_users, width), dtype=np.int16)
     for start in range(0, n_users, block):

@@ -143,7 +143,7 @@ def test_the_bounded_blend_passes_the_conformance_suite(check) -> None:
 
 def test_both_ways_of_finding_places_agree() -> None:
     """The table of places and the sort give each wanted item's first place in a list."""
-    from online_models.fusion import _positions_by_sorting, _positions_in
+    from online_models.fusion import _positions_by_sorting, _positions_of
 
     rng = np.random.default_rng(3)
     for n_items in (5, 40, 3000):
@@ -152,7 +152,7 @@ def test_both_ways_of_finding_places_agree() -> None:
             row[: min(n_items, 25)] = rng.permutation(n_items)[:25]
         rows = rng.integers(0, n_items, (200, 25))  # repeats: the first place counts
         rows[5, 10:] = -1
-        table, sorting = _positions_in(wanted, rows), _positions_by_sorting(wanted, rows)
+        (table,), sorting = _positions_of(wanted, [rows]), _positions_by_sorting(wanted, rows)
         assert all(np.array_equal(a, b) for a, b in zip(table, sorting))
         j, c = np.nonzero(table[1])
         assert all(rows[u, table[0][u, col]] == wanted[u, col] and wanted[u, col] not in rows[u, : table[0][u, col]]
