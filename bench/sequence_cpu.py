@@ -112,7 +112,6 @@ def main() -> None:
     model = make_model(settings.model, **settings.model_params) if args.model is None else make_model(args.model)
     pipeline = Pipeline(settings, model)
     timed(cpu, digests)
-    since = 0
     batches = batches_of(args.events + batch, batch)
     pipeline.process(batches[0])  # warms up, untimed (as bench.ingest_cpu)
     since = len(batches[0])
