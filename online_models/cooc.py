@@ -381,7 +381,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         """Every co-occurrence as ``(a, b, weight)`` with ``a < b``."""
         n = len(self._items)
         if self._dense is not None:
-            a, b = np.nonzero(self._dense[:n, :n])
+            a, b = _dense_cells(self._dense[:n, :n], self._dense_links)
             upper = a < b
             a, b = a[upper], b[upper]
             return a, b, self._dense[a, b].astype(np.float64)
@@ -453,8 +453,16 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
             return
         self._neighbours.add_many(*_both_ways(a, b, w))
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if self._dense is not None:  # mostly empty: its cells, not its 64 MiB
+            state["_dense"] = _dense_state(self._dense, self._dense_links)
+        return state
+
     def __setstate__(self, state):
         self.__dict__.update(state)
+        if isinstance(self._dense, dict):
+            self._dense = _dense_of_state(self._dense)
         self._upgrade()
 
     def _upgrade(self) -> None:
@@ -549,3 +557,33 @@ def _both_ways(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> tuple[np.ndarray,
     """Each link ``a[i] - b[i]`` (weight ``w[i]``) as the increments ``a -> b`` then ``b -> a``,
     in order: what ``learn_one`` adds one after the other."""
     return np.column_stack([a, b]).reshape(-1), np.column_stack([b, a]).reshape(-1), np.repeat(w, 2)
+
+
+def _dense_cells(dense: np.ndarray, links: NeighbourTable | None) -> tuple[np.ndarray, np.ndarray]:
+    """The nonzero cells of the square ``dense`` as ``(rows, cols)``, row by row: from its
+    ``links`` when they are kept (each row's cells then in the order they were linked),
+    else by a scan (each row's in column order)."""
+    if links is None:
+        return np.nonzero(dense)
+    rows, cols, _ = links.links(min(len(links), len(dense)))
+    inside = cols < len(dense)
+    rows, cols = rows[inside], cols[inside]
+    nonzero = dense[rows, cols] != 0
+    return rows[nonzero], cols[nonzero]
+
+
+def _dense_state(dense: np.ndarray, links: NeighbourTable | None) -> dict[str, Any] | np.ndarray:
+    """What a checkpoint keeps of the dense matrix: its nonzero cells while they take less
+    room than the matrix (``_dense_of_state`` puts them back), else the matrix."""
+    rows, cols = _dense_cells(dense, links)
+    if 3 * len(rows) >= dense.size:  # (a cell costs three numbers)
+        return dense
+    return {"size": len(dense), "rows": rows.astype(np.int32), "cols": cols.astype(np.int32),
+            "values": dense[rows, cols]}
+
+
+def _dense_of_state(state: dict[str, Any]) -> np.ndarray:
+    """The dense matrix of ``_dense_state``'s cells."""
+    dense = np.zeros((state["size"],) * 2, dtype=np.float32)
+    dense[state["rows"], state["cols"]] = state["values"]
+    return dense

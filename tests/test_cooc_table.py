@@ -102,3 +102,23 @@ def test_cooc_learn_many_is_learn_one_in_turn(n_items: int, shared: bool) -> Non
     if shared:
         d1, d2 = one.item_delta(), many.item_delta()
         assert d1.keys() == d2.keys() and all(np.array_equal(d1[k], d2[k]) for k in d1)
+
+
+@pytest.mark.parametrize("links_kept", [True, False])
+@pytest.mark.parametrize("n_items", [64, 300])  # a full matrix (pickled as is), a mostly empty one (its cells)
+def test_a_pickled_dense_cooc_keeps_its_matrix(links_kept: bool, n_items: int) -> None:
+    model = make_model("cooc", window=5)
+    model.learn_many(events(3000, n_items, 400, seed=5))
+    if not links_kept:  # learn_one drops the links: the cells are then found by a scan
+        model.learn_one(Event(user_id="u1", item_id="i2", type="view", ts=1e6))
+    kept = model.__getstate__()["_dense"]
+    assert isinstance(kept, dict) == (n_items == 300)
+    twin = pickle.loads(pickle.dumps(model))
+    assert twin._dense.dtype == np.float32 and twin._dense.shape == model._dense.shape
+    assert np.array_equal(twin._dense, model._dense)
+    assert (twin._dense_links is None) == (not links_kept)
+    users = [f"u{u}" for u in range(0, 400, 9)]
+    assert twin.recommend_many(users, 10) == model.recommend_many(users, 10)
+    more = events(500, n_items, 400, seed=6)  # and both learn on alike
+    twin.learn_many(more), model.learn_many(more)
+    assert np.array_equal(twin._dense, model._dense)
