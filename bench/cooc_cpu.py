@@ -3,8 +3,10 @@ two checkouts against each other in the same run.
 
 ``bench.ingest_cpu``'s events (10k items, 100k users, seed 7) go through ``Pipeline.process``
 with ``cooc`` in batches of ``max_poll_records`` (the first batch untimed), with a checkpoint's
-model work every ``checkpoint_every_events // 2`` events. The model's methods are wrapped to
-time learning, ranking, explanations, similar lists, the item delta and the pickle apart.
+model work every ``checkpoint_every_events // 2`` events, and the worker's garbage collector
+settings (its young-generation threshold, the heap frozen after each checkpoint). The model's
+methods are wrapped to time learning, ranking, explanations, similar lists, the item delta and
+the pickle apart.
 
     python -m bench.cooc_cpu [--events 20000] [--profile FILE]
     python -m bench.cooc_cpu --trees /work/main $PWD --rounds 3   # a ratio
@@ -28,6 +30,7 @@ PHASES = ("learn_many", "recommend_rows", "explain_rows", "similar_items", "item
 
 def measure(events: int, model_name: str, learn_only: bool, profile: str | None) -> dict:
     """One run in this process: CPU seconds in all and per phase."""
+    import gc
     import pickle
 
     from bench.ingest import no_lists
@@ -35,7 +38,9 @@ def measure(events: int, model_name: str, learn_only: bool, profile: str | None)
     from core.settings import Settings
     from online_models import make_model
     from stream.pipeline import Pipeline
+    from stream.worker import YOUNG_OBJECTS_PER_COLLECTION
 
+    gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION, *gc.get_threshold()[1:])  # as the worker does
     settings = Settings(_env_file=None)
     batch = settings.max_poll_records
     batches = batches_of(events + batch, batch)
@@ -85,6 +90,7 @@ def measure(events: int, model_name: str, learn_only: bool, profile: str | None)
             started_pickle = time.process_time()
             pickle.dumps(pipeline.state(), protocol=pickle.HIGHEST_PROTOCOL)
             spent["pickle"] += time.process_time() - started_pickle
+            gc.freeze()  # as the worker does after a checkpoint
             model.__dict__.update(wrappers)
             since = 0
         if n:
