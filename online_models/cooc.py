@@ -13,7 +13,7 @@ from online_models._arrays import IdIndex, WeightedRow, grow, top_k
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.cooc_ranking import CoocRanking
 from online_models.cooc_table import NeighbourTable
-from online_models.recent import RecentItems
+from online_models.recent import RecentItems, rows_adding
 from online_models.tables import id_array
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, PopularityLink, ReadsPopularity, Trending
 
@@ -159,7 +159,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         into arrays: each event meets the recent items the events before it left, and every
         table ends as it would one event after the other (the same sums in the same order)."""
         interactions = list(interactions)
-        rows = [self._items.add(interaction.item_id) for interaction in interactions]
+        rows = rows_adding(self._items, [interaction.item_id for interaction in interactions])
         if self._dense is not None:  # the event whose item outgrows the dense matrix moves it to sparse rows
             moving = next((j for j, row in enumerate(rows) if row >= _DENSE_ITEMS), None)
             if moving is not None:
@@ -174,7 +174,8 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
             return
         weight, recent = self.weight, self._recent
         self._grow_rows(max(rows) + 1)
-        weights = np.fromiter(map(weight, interactions), dtype=np.float64, count=len(interactions))
+        weight_of = {kind: weight(interaction) for kind, interaction in {i.type: i for i in interactions}.items()}
+        weights = np.array([weight_of[interaction.type] for interaction in interactions], dtype=np.float64)
         rows = np.array(rows, dtype=np.int64)
         users = recent.user_rows([interaction.user_id for interaction in interactions])
         np.add.at(self._counts, rows, weights)
