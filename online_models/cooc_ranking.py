@@ -382,8 +382,29 @@ def _merge_popular(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, popu
     own entries are ranked (``_top_k_of_entries``); the two ranked lists are then merged on
     arrays: an entry's place is its rank among the user's entries plus the popular rows
     still open to the user that rank before it (one ``searchsorted``), and a popular row's
-    is the number of open popular rows before it plus the user's entries before it.
+    is the number of open popular rows before it plus the user's entries before it. Only
+    the users with entries or exclusions are merged: the others' lists are the popular rows.
     """
+    merged = np.zeros(n_users, dtype=bool)
+    merged[users] = True
+    merged[at_user] = True
+    if merged.all():
+        return _merge_popular_of(users, rows, scores, popular, popular_scores, at_user, at_item, n, n_users, k)
+    none = np.zeros(0, dtype=np.int64)
+    alone = _merge_popular_of(none, none, np.zeros(0), popular, popular_scores, none, none, n, 1, k)
+    out_rows, out_scores = (np.repeat(a, n_users, axis=0) for a in alone)
+    members = np.flatnonzero(merged)
+    if len(members):
+        place = np.cumsum(merged) - 1  # each merged user's place among them
+        out_rows[members], out_scores[members] = _merge_popular_of(
+            place[users], rows, scores, popular, popular_scores, place[at_user], at_item, n, len(members), k)
+    return out_rows, out_scores
+
+
+def _merge_popular_of(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, popular: np.ndarray,
+                      popular_scores: np.ndarray, at_user: np.ndarray, at_item: np.ndarray, n: int, n_users: int,
+                      k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_merge_popular`` of all ``n_users`` users."""
     order = np.lexsort((popular, -popular_scores))  # score descending, ties to the lower row
     q_rows, q_scores = popular[order], popular_scores[order]
     finite = q_scores > -np.inf

@@ -53,6 +53,19 @@ def test_merging_the_popular_rows_ranks_as_one_top_k_of_all(seed: int) -> None:
         assert np.array_equal(got[1], want[1]), (seed, k)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_users_without_entries_get_the_popular_rows(seed: int) -> None:
+    n, n_users, depth = 60, 25, 12
+    users, rows, scores, popular, by_popularity, at_user, at_item = _candidates(seed, n, n_users, depth)
+    some, some_excluding = users % 3 == 0, at_user % 4 == 1  # the others have neither entries nor exclusions
+    users, rows, scores, at_user, at_item = users[some], rows[some], scores[some], at_user[some_excluding], \
+        at_item[some_excluding]
+    for k in (1, 5, depth, 3 * depth):
+        want = _all_at_once(users, rows, scores, popular, by_popularity, at_user, at_item, n, n_users, k)
+        got = _merge_popular(users, rows, scores, popular, by_popularity[popular], at_user, at_item, n, n_users, k)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), (seed, k)
+
+
 def test_no_popular_rows_and_no_entries() -> None:
     empty = np.zeros(0, dtype=np.int64)
     rows, scores = _merge_popular(empty, empty, np.zeros(0), empty, np.zeros(0), empty, empty, 5, 3, 4)
