@@ -277,55 +277,95 @@ class CandidateFusion:
         self.rows = lead_rows
         self.listed = lead_rows >= 0
         self._lead = (lead, parts[lead][1], parts[lead][3] if len(parts[lead]) > 3 else None)
-        # what each other part adds to each candidate (0 where it does not list it): the
+        # what each other part adds to each candidate (0 where it does not list it), and the
         # parts before the lead summed once, those after it too (in part order, as
-        # fuse_top_k adds), and the other part that adds most to each (the first on a tie)
+        # fuse_top_k adds)
         self._before = np.zeros((n_users, width))
         self._after: list[np.ndarray] = []
-        self._best_other = np.full((n_users, width), -np.inf)
-        self._best_other_at = np.full((n_users, width), -1, dtype=np.int64)
-        # where each part lists each candidate (column offset in all parts' lists, places,
-        # listed), for the tie-breaks of the users who need them
-        offset = sum(p[0].shape[1] for p in parts[:lead])
-        self._places = [(offset, np.arange(width), self.listed)]
+        self._others: list[tuple[int, np.ndarray, np.ndarray]] = []  # (part, values, listed)
+        # the tie-breaks of each candidate: its better position in any list, and the first
+        # listed (its column in all parts' lists; the lead's, unless a part before it lists it)
+        self._best_pos = np.empty((n_users, width), dtype=np.uint32)
+        self._best_pos[:] = np.arange(width, dtype=np.uint32)
+        lead_offset = sum(p[0].shape[1] for p in parts[:lead])
+        self._first_col = np.empty((n_users, width), dtype=np.int64)
+        self._first_col[:] = np.arange(lead_offset, lead_offset + width)
         looked_up = [at for at, part in enumerate(parts) if at != lead and part[2] != 0 and part[0].shape[1] and n_users]
-        places = _positions_of(lead_rows, [parts[at][0] for at in looked_up]) if looked_up else []
-        offset = 0
-        for at, part in enumerate(parts):
-            rows, scores, weight = part[0], part[1], part[2]
-            power = part[3] if len(part) > 3 else None
-            if at in looked_up:
-                scaled = np.empty(rows.shape)
-                scale_into(scaled, rows, scores, weight, power, rank_offset)
-                pos, found = places.pop(0)
-                cells = pos + np.arange(n_users)[:, None] * rows.shape[1]  # flat: np.take, not take_along_axis
-                values = np.where(found, np.take(scaled, cells), 0.0)
-                if at < lead:
-                    self._before += values
-                else:
-                    self._after.append(values)
-                gains = found & (values > self._best_other)
-                np.copyto(self._best_other, values, where=gains)
-                np.copyto(self._best_other_at, at, where=gains)
-                self._places.append((offset, pos, found))
-            offset += rows.shape[1]
-        self._columns = offset
+        places = dict(zip(looked_up, _positions_of(lead_rows, [parts[at][0] for at in looked_up]) if looked_up else []))
+        offsets = np.cumsum([0] + [part[0].shape[1] for part in parts])
+        for at in looked_up:
+            rows, scores, weight = parts[at][0], parts[at][1], parts[at][2]
+            power = parts[at][3] if len(parts[at]) > 3 else None
+            other = rows.shape[1]
+            scaled = np.zeros((n_users, other + 1))  # column 0: what a candidate it does not list gets
+            scale_into(scaled[:, 1:], rows, scores, weight, power, rank_offset)
+            pos = places[at]
+            values = np.take(scaled, pos + (np.arange(n_users) * (other + 1) + 1)[:, None])  # flat: np.take
+            if at < lead:
+                self._before += values
+            else:
+                self._after.append(values)
+            found = pos >= 0
+            self._others.append((at, values, found))
+            # -1 (not there) as unsigned: past every place
+            np.minimum(self._best_pos, pos.view(np.uint16) if pos.dtype == np.int16 else pos.astype(np.uint32),
+                       out=self._best_pos)
+        for at in reversed([at for at in looked_up if at < lead]):  # the last written: the first part listing it
+            np.copyto(self._first_col, places[at] + offsets[at], where=self._others[looked_up.index(at)][2])
+        self._columns = int(offsets[-1])
         self._unlisted = ~self.listed
         # a calibrated lead's scores sharpened once: each weight only multiplies them
         self._sharpened: np.ndarray | None = None
+        # each row's candidates in tie-break order and their ranks in it (made on the first
+        # ``top``): every factor's ``top`` sorts by them
+        self._tie_order: np.ndarray | None = None
 
-    def _tie_places(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For ``users`` (a mask), each candidate's tie-breaks as ``_rank_cells`` takes them:
-        the better position in any list, and the first listed (its column in all parts' lists)."""
-        width = self.rows.shape[1]
-        best_pos = np.full((int(users.sum()), width), width)
-        first_col = np.full(best_pos.shape, self._columns)
-        for offset, pos, found in sorted(self._places, key=lambda place: place[0]):
-            pos = np.broadcast_to(pos, found.shape)[users]
-            found = found[users]
-            np.minimum(best_pos, np.where(found, pos, width), out=best_pos)
-            first_col = np.where(found & (first_col == self._columns), offset + pos, first_col)
-        return best_pos, first_col
+    def _ties(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Per row, the flat cells of its candidates by better position, then first listed
+        (distinct among listed candidates; the unlisted, whose order does not matter, last),
+        each cell's rank in that order, and the bits that rank takes (made once: every
+        factor's ``top`` reads them)."""
+        if self._tie_order is None:
+            n_users, width = self.rows.shape
+            bits = max(width - 1, 1).bit_length()
+            key = self._best_pos.astype(np.int64)
+            key *= self._columns + 1
+            key += self._first_col
+            key <<= bits
+            key |= np.arange(width)
+            key.sort(axis=1)  # a plain sort of integers, no argsort
+            key &= (1 << bits) - 1  # each row's columns in tie-break order
+            key += np.arange(n_users)[:, None] * width  # flat cells
+            rank = np.empty((n_users, width), dtype=np.int64)
+            np.put(rank, key, np.arange(width))  # the values repeat: each row's ranks
+            self._tie_order, self._tie_rank, self._tie_bits = key, rank, bits
+        return self._tie_order, self._tie_rank, self._tie_bits
+
+    def _order(self, total: np.ndarray, k: int) -> np.ndarray:
+        """The flat cells of each row's ``k`` best: score descending, ties to the better
+        position, then to the first listed (as ``_rank_cells`` ranks).
+
+        One plain sort of integer keys: a score's bits (ordered as the floats are, for scores
+        that are not negative, and ``-inf``) with their lowest bits replaced by the cell's
+        rank in tie-break order. Scores that differ only in those lowest bits may come out
+        of order: such rows (checked) are sorted again exactly, stable in tie-break order."""
+        n_users, width = total.shape
+        tie_order, tie_rank, bits = self._ties()
+        np.add(total, 0.0, out=total)  # -0.0 to 0.0: the same score, the same bits
+        key = np.invert(total.view(np.int64))  # ascending keys: scores descending, -inf last
+        key &= ~((1 << bits) - 1)
+        key |= tie_rank
+        key.sort(axis=1)
+        key &= (1 << bits) - 1
+        base = np.arange(n_users)[:, None] * width
+        cells = np.take(tie_order, key + base)
+        ranked = np.take(total, cells)
+        wrong = (ranked[:, 1:] > ranked[:, :-1]).any(axis=1)
+        if wrong.any():
+            descending = -np.take(total, tie_order[wrong])
+            by_score = np.argsort(descending, axis=1, kind="stable")
+            cells[wrong] = np.take_along_axis(tie_order[wrong], by_score, 1)
+        return cells[:, :k]
 
     def top(self, k: int, lead_weight: float, with_sources: bool = True):
         """Each user's ``k`` best candidates with ``lead_weight`` on the lead: ``(rows,
@@ -346,15 +386,7 @@ class CandidateFusion:
         for values in self._after:
             total += values
         np.copyto(total, -np.inf, where=self._unlisted)
-        # score descending: one plain sort; the users with a tie among their first k + 1
-        # ranked again with the tie-breaks (_rank_cells, as fuse_top_k ranks)
-        order = np.argsort(-total, axis=1)
-        base = np.arange(n_users)[:, None] * width  # flat cells: np.take, not take_along_axis
-        ahead = np.take(total, order[:, : k + 1] + base)
-        tied = ((ahead[:, 1:] == ahead[:, :-1]) & (ahead[:, 1:] > -np.inf)).any(axis=1)
-        if tied.any():
-            order[tied, :k] = _rank_cells(total[tied], *self._tie_places(tied), k)
-        at = order[:, :k] + base
+        at = self._order(total, k)
         fused = np.take(total, at)
         valid = fused > -np.inf
         m = at.shape[1]
@@ -365,68 +397,73 @@ class CandidateFusion:
         if not with_sources:
             return out_rows, out_scores
         # the lead, or the other part that adds most (the first in part order on a tie)
-        other, other_at, mine = np.take(self._best_other, at), np.take(self._best_other_at, at), np.take(lead_adds, at)
+        other = np.full(at.shape, -np.inf)
+        other_at = np.full(at.shape, -1)
+        for part, values, found in self._others:
+            value = np.take(values, at)
+            gains = np.take(found, at) & (value > other)
+            np.copyto(other, value, where=gains)
+            np.copyto(other_at, part, where=gains)
+        mine = np.take(lead_adds, at)
         leads = (other_at < 0) | (mine > other) | ((mine == other) & (other_at > lead))
         out_sources = np.full((n_users, k), -1, dtype=np.int64)
         out_sources[:, :m] = np.where(valid, np.where(leads, lead, other_at), -1)
         return out_rows, out_scores, out_sources
 
 
-def _positions_of(wanted: np.ndarray, lists: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _positions_of(wanted: np.ndarray, lists: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per user, where each of ``wanted``'s listed rows stands in each of ``lists`` (its
-    first place; 0 where it is not there), and whether it is there: each list and
-    ``wanted`` in one sort per user.
+    first place; ``-1`` where it is not there, and for ``wanted``'s unlisted slots): each
+    list written in a table of places, or sorted with ``wanted`` per user where the
+    catalogue is too large for the table.
 
-    >>> [(pos.tolist(), found.tolist()) for pos, found in _positions_of(
-    ...     np.array([[4, 9, -1]]), [np.array([[9, 4, 4, -1]]), np.array([[7, 9]])])]
-    [([[1, 0, 0]], [[True, True, False]]), ([[0, 1, 0]], [[False, True, False]])]
+    >>> [pos.tolist() for pos in _positions_of(np.array([[4, 9, -1]]), [np.array([[9, 4, 4, -1]]),
+    ...                                                                 np.array([[7, 9]])])]
+    [[[1, 0, -1]], [[-1, 1, -1]]]
     """
     n_items = int(max([wanted.max(initial=-1)] + [rows.max(initial=-1) for rows in lists])) + 1
-    block = _TABLE_CELLS // (n_items + 1)
-    if block < 64:  # a catalogue too large for the table
+    stride = n_items + 1
+    if _TABLE_CELLS // stride < 64 or any(rows.shape[1] >= 2**15 for rows in lists):
         return [_positions_by_sorting(wanted, rows) for rows in lists]
-    table = np.full(min(block, len(wanted)) * (n_items + 1), -1, dtype=np.int16)
+    block = min(max(_TABLE_BLOCK_CELLS // stride, 64), len(wanted))
+    table = np.full(block * stride, -1, dtype=np.int16)
     return [_positions_in(wanted, rows, table, n_items) for rows in lists]
 
 
 # The most cells of the table ``_positions_in`` writes places in (int16: 8 MiB): a
-# catalogue too large for 64 users' rows of it is looked up by sorting instead.
+# catalogue too large for 64 users' rows of it is looked up by sorting instead; and the
+# cells it takes when the catalogue allows (int16: 1 MiB, so that its random writes and
+# reads stay in cache).
 _TABLE_CELLS = 1 << 22
+_TABLE_BLOCK_CELLS = 1 << 19
 
 
-def _positions_in(wanted: np.ndarray, rows: np.ndarray, table: np.ndarray, n_items: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``_positions_of`` one list: each place written in ``table`` (flat, ``n_items`` (at
-    least the items listed) + 1 columns, all ``-1``, and left so) a block of users at a
-    time, and read back at the wanted items; by sorting where a list is too long for its
-    int16 places."""
+def _positions_in(wanted: np.ndarray, rows: np.ndarray, table: np.ndarray, n_items: int) -> np.ndarray:
+    """``_positions_of`` one list (shorter than ``2**15``): each place written in ``table``
+    (flat, all ``-1``, and left so; per user one slot for the unlisted then ``n_items`` (at
+    least the items listed)) a block of users at a time, and read back at the wanted items."""
     n_users, width = wanted.shape
     other = rows.shape[1]
-    stride = n_items + 1  # the last column: unlisted slots
+    stride = n_items + 1
     block = len(table) // stride
-    if other >= 2**15:
-        return _positions_by_sorting(wanted, rows)
     places = np.arange(other, dtype=np.int16)[::-1]  # written last to first: an item's first place stays
     pos = np.empty((n_users, width), dtype=np.int16)
     for start in range(0, n_users, block):
         end = min(start + block, n_users)
-        base = np.arange(end - start)[:, None] * stride  # each user's row of the table
-        written = rows[start:end, ::-1]
-        cells = np.where(written >= 0, written, n_items) + base
+        base = np.arange(end - start)[:, None] * stride + 1  # an item's cell; -1: the user's unlisted slot
+        cells = rows[start:end, ::-1] + base
         table[cells] = places
-        read = wanted[start:end]
-        pos[start:end] = table[np.where(read >= 0, read, n_items) + base]
+        table[base - 1] = -1  # an unlisted slot of ``wanted`` is in no list
+        pos[start:end] = table[wanted[start:end] + base]
         table[cells] = -1
-    found = (pos >= 0) & (wanted >= 0)
-    return np.where(found, pos, 0).astype(np.int64), found
+    return pos
 
 
-def _positions_by_sorting(wanted: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _positions_by_sorting(wanted: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``_positions_in`` by one sort of each user's two lists.
 
-    >>> pos, found = _positions_by_sorting(np.array([[4, 9, -1]]), np.array([[9, 4, 4, -1]]))
-    >>> pos.tolist(), found.tolist()
-    ([[1, 0, 0]], [[True, True, False]])
+    >>> _positions_by_sorting(np.array([[4, 9, -1]]), np.array([[9, 4, 4, -1]])).tolist()
+    [[1, 0, -1]]
     """
     n_users, width = wanted.shape
     other = rows.shape[1]
@@ -447,8 +484,6 @@ def _positions_by_sorting(wanted: np.ndarray, rows: np.ndarray) -> tuple[np.ndar
     item, slot = key >> shift, key & ((1 << shift) - 1)
     user, at = np.nonzero((item[:, 1:] == item[:, :-1]) & (slot[:, 1:] >= other) & (slot[:, :-1] < other))
     column = slot[user, at + 1] - other
-    pos = np.zeros((n_users, width), dtype=np.int64)
-    found = np.zeros((n_users, width), dtype=bool)
+    pos = np.full((n_users, width), -1, dtype=np.int64)
     pos[user, column] = other - 1 - slot[user, at]
-    found[user, column] = True
-    return pos, found
+    return pos

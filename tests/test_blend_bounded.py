@@ -153,10 +153,62 @@ def test_both_ways_of_finding_places_agree() -> None:
         rows = rng.integers(0, n_items, (200, 25))  # repeats: the first place counts
         rows[5, 10:] = -1
         (table,), sorting = _positions_of(wanted, [rows]), _positions_by_sorting(wanted, rows)
-        assert all(np.array_equal(a, b) for a, b in zip(table, sorting))
-        j, c = np.nonzero(table[1])
-        assert all(rows[u, table[0][u, col]] == wanted[u, col] and wanted[u, col] not in rows[u, : table[0][u, col]]
-                   for u, col in zip(j, c))
+        assert np.array_equal(table, sorting)
+        assert np.all(table[wanted < 0] == -1)
+        for u, col in zip(*np.nonzero(table >= 0)):
+            place = table[u, col]
+            assert rows[u, place] == wanted[u, col] and wanted[u, col] not in rows[u, :place]
+        for u, col in zip(*np.nonzero((table < 0) & (wanted >= 0))):
+            assert wanted[u, col] not in rows[u]
+
+
+def test_candidate_fusion_ranks_ties_sums_and_sources_as_fuse_top_k() -> None:
+    """Parts before and after the lead, many tied sums (scores on a coarse grid), short
+    lists, k shorter and longer than the lists, and every
+    factor of the lead's weight on one fusion: each ``top`` is ``fuse_top_k``'s where the
+    lead lists every item."""
+    rng = np.random.default_rng(11)
+    for case in range(60):
+        n_users, n_items = 40, 30
+        lead_rows = np.array([rng.permutation(n_items) for _ in range(n_users)])
+        lead_scores = np.round(np.sort(rng.random((n_users, n_items)), axis=1)[:, ::-1], 1)
+        lead_scores[:, n_items // 2:] = 0.0  # a filled tail, scoring 0, as sequence's popular fill
+        others = []
+        for width in (12, 7):
+            rows = np.array([rng.permutation(n_items)[:width] for _ in range(n_users)])
+            rows[rng.random(n_users) < 0.2, width // 2:] = -1
+            scores = np.where(rows >= 0, np.sort(rng.integers(0, 4, (n_users, width)), axis=1)[:, ::-1] * 1.0,
+                              -np.inf)
+            others.append((rows, scores))
+        lead = case % 3  # before, between and after the others
+        parts = [(r, s, w) for (r, s), w in zip(others, (1.0, 0.5))]
+        parts.insert(lead, (lead_rows, lead_scores, 2.0, 2.0))
+        fusion = CandidateFusion(parts, lead=lead)
+        for factor in (1.0, 4.0, 0.25):
+            weighted = [(p[0], p[1], p[2] * factor, *p[3:]) if i == lead else p for i, p in enumerate(parts)]
+            for k in (1, 5, n_items, n_items + 3):
+                want = fuse_top_k(weighted, k, with_sources=True)
+                got = fusion.top(k, lead_weight=2.0 * factor)
+                for w, g in zip(want, got):
+                    assert np.array_equal(w, g)
+                assert np.array_equal(fusion.top(k, 2.0 * factor, with_sources=False)[0], want[0])
+
+
+def test_candidate_fusion_orders_scores_that_differ_only_in_their_lowest_bits() -> None:
+    """Sums a hair apart (the last bits of a float) still rank by score, not by tie-breaks,
+    and negative weights rank too."""
+    n_users, width = 3, 6
+    lead_rows = np.tile(np.arange(width), (n_users, 1))
+    base = 0.3
+    lead_scores = np.array([[base + d * 2**-52 for d in (0, 3, 1, 5, 2, 4)]] * n_users)  # not sorted
+    other_rows = np.tile(np.arange(width)[::-1], (n_users, 1))
+    other_scores = np.tile(np.linspace(1.0, 0.0, width), (n_users, 1))
+    for weight in (0.0, 1e-300, -1.0):
+        parts = [(other_rows, other_scores, weight), (lead_rows, lead_scores, 1.0, 1.0)]
+        want = fuse_top_k(parts, width, with_sources=True)
+        got = CandidateFusion(parts, lead=1).top(width, lead_weight=1.0)
+        for w, g in zip(want, got):
+            assert np.array_equal(w, g)
 
 
 def test_weight_choices_changed_by_the_caller_after_construction_change_nothing():
