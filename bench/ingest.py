@@ -149,13 +149,26 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
     base = bench_settings(svc)
     log(f"ingest: producing {n} events ({ITEMS} items, {USERS} users) to {base.topic}")
     produced = in_process(_produce_proc, base, n)
+    # the blend without sequence, the default's partner in each main run (issue 14 asks the
+    # default's ingest against it): the same events on a topic of its own, since a worker
+    # merges the item deltas that earlier workers of its topic published, and another
+    # model's do not fit; each pair's later runs find their earlier runs' deltas, alike
+    partner_topic = bench_settings(svc, model="blend", model_params=BLEND_WITHOUT_SEQUENCE).topic
+    in_process(_produce_proc, bench_settings(svc, topic=partner_topic), n)
     worker_rates, bare_rates, ratios, model = [], [], [], None
     worker_cpu_rates, bare_cpu_rates, refresh_rates = [], [], []
+    partner_rates, partner_cpu_rates = [], []
     for rep in range(repeats):
         run_settings = bench_settings(svc, topic=base.topic)
         profile = f"{profile_dir}/ingest-worker-{rep}.txt" if profile_dir and rep == 0 else None
         w = in_process(_drain_worker, run_settings, n, profile, True)
         drop_prefix(svc.redis_url, run_settings.redis_prefix)
+        # at once after it, so that the pair shares the host's load of that moment
+        partner_settings = bench_settings(svc, topic=partner_topic, model="blend",
+                                          model_params=BLEND_WITHOUT_SEQUENCE)
+        profile = f"{profile_dir}/ingest-blend_without_sequence.txt" if profile_dir and rep == 0 else None
+        p = in_process(_drain_worker, partner_settings, n, profile, True)
+        drop_prefix(svc.redis_url, partner_settings.redis_prefix)
         b = in_process(_drain_bare, bench_settings(svc, topic=base.topic), n)
         model = w["model"]
         wr, br = w["events"] / w["seconds"], b["events"] / b["seconds"]
@@ -165,22 +178,23 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
         worker_cpu_rates.append(w["events"] / w["cpu_seconds"])
         bare_cpu_rates.append(b["events"] / b["cpu_seconds"])
         refresh_rates.append(w["refreshed_users"] / max(w["refresh_seconds"], 1e-9))
+        partner_rates.append(p["events"] / p["seconds"])
+        partner_cpu_rates.append(p["events"] / p["cpu_seconds"])
         log(f"  run {rep + 1}/{repeats}: worker {wr:,.0f} ev/s ({w['batches']} batches; "
             f"{worker_cpu_rates[-1]:,.0f} per CPU-second; list refresh {refresh_rates[-1]:,.0f} users/s), "
-            f"bare {br:,.0f} ev/s ({bare_cpu_rates[-1]:,.0f} per CPU-second), ratio {wr / br:.2f}")
+            f"bare {br:,.0f} ev/s ({bare_cpu_rates[-1]:,.0f} per CPU-second), ratio {wr / br:.2f}; "
+            f"blend without sequence {partner_rates[-1]:,.0f} ev/s ({partner_cpu_rates[-1]:,.0f} per CPU-second), "
+            f"the pair's ratio per CPU-second {worker_cpu_rates[-1] / partner_cpu_rates[-1]:.2f}")
     # each model, and the default model learning only (list refresh off), one after the
     # other in the same run, so that their ratios hold on a shared machine
     per_model_repeats = 1 if quick else 3
     by_model: dict[str, dict] = {}
-    for name in (*BY_MODEL, "blend_without_sequence", "cooc_learn_only", None):
+    for name in (*BY_MODEL, "cooc_learn_only", None):
         label = name or "learn_only"
         rates, cpu_rates = [], []
         for _ in range(per_model_repeats):
-            # a topic of its own (the same events): a worker merges the item deltas that
-            # earlier workers of its topic published, and another model's do not fit
-            if name == "blend_without_sequence":
-                run_settings = bench_settings(svc, model="blend", model_params=BLEND_WITHOUT_SEQUENCE)
-            elif name == "cooc_learn_only":
+            # a topic of its own (the same events): see partner_topic
+            if name == "cooc_learn_only":
                 run_settings = bench_settings(svc, model="cooc")
             else:
                 run_settings = bench_settings(svc, **({"model": name} if name else {}))
@@ -197,8 +211,15 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
             f"({statistics.median(cpu_rates):,.0f} per CPU-second)")
     learn_only = by_model.pop("learn_only")
     learn_only_by_model = {"cooc": by_model.pop("cooc_learn_only"), model: learn_only}
+    by_model["blend_without_sequence"] = {"worker": Spread.of(partner_rates).as_dict(),
+                                          "worker_per_cpu_s": Spread.of(partner_cpu_rates).as_dict()}
     by_model["default"] = {"worker": Spread.of(worker_rates).as_dict(),
                            "worker_per_cpu_s": Spread.of(worker_cpu_rates).as_dict()}
+    pairs = [w / p for w, p in zip(worker_cpu_rates, partner_cpu_rates)]
+    versus = {"pairs": pairs, "median": statistics.median(pairs),
+              "ratio_of_medians": statistics.median(worker_cpu_rates) / statistics.median(partner_cpu_rates)}
+    log(f"  default vs blend without sequence per CPU-second: {versus['median']:.2f} the median pair "
+        f"({', '.join(f'{r:.2f}' for r in pairs)}), {versus['ratio_of_medians']:.2f} the ratio of the medians")
     return {
         "events": n, "items": ITEMS, "users": USERS, "model": model, "producer_events_per_s": produced,
         "worker": Spread.of(worker_rates).as_dict(), "bare_consumer": Spread.of(bare_rates).as_dict(),
@@ -211,6 +232,8 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
         "learn_only": learn_only,
         "learn_only_by_model": learn_only_by_model,  # the learning ceilings: list refresh off
         "refresh_users_per_s": Spread.of(refresh_rates).as_dict(),
+        # issue 14: each main run's default over the blend without sequence run at once after it
+        "default_vs_blend_without_sequence": versus,
     }
 
 
