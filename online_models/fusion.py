@@ -282,13 +282,14 @@ class CandidateFusion:
         # fuse_top_k adds)
         self._before = np.zeros((n_users, width))
         self._after: list[np.ndarray] = []
-        self._others: list[tuple[int, np.ndarray, np.ndarray]] = []  # (part, values, listed)
+        self._others: list[tuple[int, np.ndarray]] = []  # (part, what it adds; -inf: not listed)
         # the tie-breaks of each candidate: its better position in any list, and the first
         # listed (its column in all parts' lists; the lead's, unless a part before it lists it)
         self._best_pos = np.empty((n_users, width), dtype=np.uint32)
         self._best_pos[:] = np.arange(width, dtype=np.uint32)
         lead_offset = sum(p[0].shape[1] for p in parts[:lead])
-        self._first_col = np.empty((n_users, width), dtype=np.int64)
+        columns = sum(p[0].shape[1] for p in parts)
+        self._first_col = np.empty((n_users, width), dtype=np.int16 if columns < 2**15 else np.int64)
         self._first_col[:] = np.arange(lead_offset, lead_offset + width)
         looked_up = [at for at, part in enumerate(parts) if at != lead and part[2] != 0 and part[0].shape[1] and n_users]
         places = dict(zip(looked_up, _positions_of(lead_rows, [parts[at][0] for at in looked_up]) if looked_up else []))
@@ -297,21 +298,25 @@ class CandidateFusion:
             rows, scores, weight = parts[at][0], parts[at][1], parts[at][2]
             power = parts[at][3] if len(parts[at]) > 3 else None
             other = rows.shape[1]
-            scaled = np.zeros((n_users, other + 1))  # column 0: what a candidate it does not list gets
+            scaled = np.empty((n_users, other + 1))  # column 0: what a candidate it does not list gets
             scale_into(scaled[:, 1:], rows, scores, weight, power, rank_offset)
             pos = places[at]
-            values = np.take(scaled, pos + (np.arange(n_users) * (other + 1) + 1)[:, None])  # flat: np.take
+            cells = pos + (np.arange(n_users) * (other + 1) + 1)[:, None]  # flat: np.take
+            scaled[:, 0] = -np.inf  # to be the part that adds most, a part must list the candidate
+            listed_values = np.take(scaled, cells)
+            scaled[:, 0] = 0.0  # to the sums, it adds nothing
+            values = np.take(scaled, cells)
             if at < lead:
                 self._before += values
             else:
                 self._after.append(values)
-            found = pos >= 0
-            self._others.append((at, values, found))
+            self._others.append((at, listed_values))
             # -1 (not there) as unsigned: past every place
             np.minimum(self._best_pos, pos.view(np.uint16) if pos.dtype == np.int16 else pos.astype(np.uint32),
                        out=self._best_pos)
         for at in reversed([at for at in looked_up if at < lead]):  # the last written: the first part listing it
-            np.copyto(self._first_col, places[at] + offsets[at], where=self._others[looked_up.index(at)][2])
+            first = places[at] + self._first_col.dtype.type(offsets[at])
+            np.copyto(self._first_col, first, where=places[at] >= 0)
         self._columns = int(offsets[-1])
         self._unlisted = ~self.listed
         # a calibrated lead's scores sharpened once: each weight only multiplies them
@@ -345,26 +350,36 @@ class CandidateFusion:
         """The flat cells of each row's ``k`` best: score descending, ties to the better
         position, then to the first listed (as ``_rank_cells`` ranks).
 
-        One plain sort of integer keys: a score's bits (ordered as the floats are, for scores
-        that are not negative, and ``-inf``) with their lowest bits replaced by the cell's
-        rank in tie-break order. Scores that differ only in those lowest bits may come out
-        of order: such rows (checked) are sorted again exactly, stable in tie-break order."""
+        One plain sort of integer keys: a score's bits (ordered as the floats are for the
+        scores that are not negative, then ``-inf``; a sum here is never ``-0.0``) with their
+        lowest bits (a bucket of scores a hair apart) replaced by the cell's rank in
+        tie-break order. Where scores that differ share a bucket they may come out of order,
+        and negative scores do: a row is checked on its first ``k + 1`` cells, and on all of
+        them where the ``k``-th and the next share a bucket (which then goes on past them);
+        the rows out of order are sorted again exactly, stable in tie-break order."""
         n_users, width = total.shape
+        if k <= 0 or not width:
+            return np.zeros((n_users, 0), dtype=np.int64)
         tie_order, tie_rank, bits = self._ties()
-        np.add(total, 0.0, out=total)  # -0.0 to 0.0: the same score, the same bits
+        mask = (1 << bits) - 1
         key = np.invert(total.view(np.int64))  # ascending keys: scores descending, -inf last
-        key &= ~((1 << bits) - 1)
+        key &= ~mask
         key |= tie_rank
         key.sort(axis=1)
-        key &= (1 << bits) - 1
+        m = min(k + 1, width)
         base = np.arange(n_users)[:, None] * width
-        cells = np.take(tie_order, key + base)
+        cells = np.take(tie_order, (key[:, :m] & mask) + base)
         ranked = np.take(total, cells)
         wrong = (ranked[:, 1:] > ranked[:, :-1]).any(axis=1)
+        if m < width:  # the k-th's bucket goes on: its cells past the first m may score more
+            goes_on = np.flatnonzero((key[:, m - 1] >> bits == key[:, m - 2] >> bits) & ~wrong)
+            if len(goes_on):
+                every = np.take(total, np.take(tie_order, (key[goes_on] & mask) + base[goes_on]))
+                wrong[goes_on] = (every[:, 1:] > every[:, :-1]).any(axis=1)
         if wrong.any():
             descending = -np.take(total, tie_order[wrong])
             by_score = np.argsort(descending, axis=1, kind="stable")
-            cells[wrong] = np.take_along_axis(tie_order[wrong], by_score, 1)
+            cells[wrong] = np.take_along_axis(tie_order[wrong], by_score[:, :m], 1)
         return cells[:, :k]
 
     def top(self, k: int, lead_weight: float, with_sources: bool = True):
@@ -382,7 +397,7 @@ class CandidateFusion:
         else:
             lead_adds = np.empty(self.rows.shape)
             scale_into(lead_adds, self.rows, scores, lead_weight, power, self.rank_offset)
-        total = self._before + np.where(self.listed, lead_adds, 0.0)
+        total = self._before + lead_adds  # an unlisted cell's sum is never read: -inf below
         for values in self._after:
             total += values
         np.copyto(total, -np.inf, where=self._unlisted)
@@ -396,18 +411,23 @@ class CandidateFusion:
         out_scores[:, :m] = np.where(valid, fused, -np.inf)
         if not with_sources:
             return out_rows, out_scores
-        # the lead, or the other part that adds most (the first in part order on a tie)
+        # the lead, or the other part that adds most (the first in part order on a tie); in
+        # arithmetic rather than masked writes, which cost more on masks this mixed
         other = np.full(at.shape, -np.inf)
         other_at = np.full(at.shape, -1)
-        for part, values, found in self._others:
+        for part, values in self._others:
             value = np.take(values, at)
-            gains = np.take(found, at) & (value > other)
-            np.copyto(other, value, where=gains)
-            np.copyto(other_at, part, where=gains)
+            gains = value > other
+            np.maximum(other, value, out=other)
+            other_at += (part - other_at) * gains
         mine = np.take(lead_adds, at)
         leads = (other_at < 0) | (mine > other) | ((mine == other) & (other_at > lead))
+        other_at += (lead - other_at) * leads
+        other_at += 1
+        other_at *= valid
+        other_at -= 1
         out_sources = np.full((n_users, k), -1, dtype=np.int64)
-        out_sources[:, :m] = np.where(valid, np.where(leads, lead, other_at), -1)
+        out_sources[:, :m] = other_at
         return out_rows, out_scores, out_sources
 
 
@@ -427,7 +447,11 @@ def _positions_of(wanted: np.ndarray, lists: Sequence[np.ndarray]) -> list[np.nd
         return [_positions_by_sorting(wanted, rows) for rows in lists]
     block = min(max(_TABLE_BLOCK_CELLS // stride, 64), len(wanted))
     table = np.full(block * stride, -1, dtype=np.int16)
-    return [_positions_in(wanted, rows, table, n_items) for rows in lists]
+    found, stamp = [], 0
+    for rows in lists:
+        pos, stamp = _positions_in(wanted, rows, table, n_items, stamp)
+        found.append(pos)
+    return found
 
 
 # The most cells of the table ``_positions_in`` writes places in (int16: 8 MiB): a
@@ -438,10 +462,14 @@ _TABLE_CELLS = 1 << 22
 _TABLE_BLOCK_CELLS = 1 << 19
 
 
-def _positions_in(wanted: np.ndarray, rows: np.ndarray, table: np.ndarray, n_items: int) -> np.ndarray:
+def _positions_in(wanted: np.ndarray, rows: np.ndarray, table: np.ndarray, n_items: int, stamp: int = 0
+                  ) -> tuple[np.ndarray, int]:
     """``_positions_of`` one list (shorter than ``2**15``): each place written in ``table``
-    (flat, all ``-1``, and left so; per user one slot for the unlisted then ``n_items`` (at
-    least the items listed)) a block of users at a time, and read back at the wanted items."""
+    (flat; per user one slot for the unlisted then ``n_items`` (at least the items listed))
+    a block of users at a time, and read back at the wanted items. Each block's places are
+    written plus ``stamp`` (its first place), which grows from block to block, so that what
+    earlier blocks wrote (less) reads as no place, without clearing it: the table is
+    cleared only when the stamps would overflow. Returns the places and the next stamp."""
     n_users, width = wanted.shape
     other = rows.shape[1]
     stride = n_items + 1
@@ -450,13 +478,17 @@ def _positions_in(wanted: np.ndarray, rows: np.ndarray, table: np.ndarray, n_ite
     pos = np.empty((n_users, width), dtype=np.int16)
     for start in range(0, n_users, block):
         end = min(start + block, n_users)
+        if stamp + other >= 2**15:
+            table.fill(-1)
+            stamp = 0
         base = np.arange(end - start)[:, None] * stride + 1  # an item's cell; -1: the user's unlisted slot
-        cells = rows[start:end, ::-1] + base
-        table[cells] = places
+        table[rows[start:end, ::-1] + base] = places + np.int16(stamp)
         table[base - 1] = -1  # an unlisted slot of ``wanted`` is in no list
-        pos[start:end] = table[wanted[start:end] + base]
-        table[cells] = -1
-    return pos
+        read = table[wanted[start:end] + base]
+        read -= np.int16(stamp)
+        np.maximum(read, -1, out=pos[start:end])
+        stamp += other
+    return pos, stamp
 
 
 def _positions_by_sorting(wanted: np.ndarray, rows: np.ndarray) -> np.ndarray:

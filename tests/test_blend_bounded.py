@@ -143,7 +143,7 @@ def test_the_bounded_blend_passes_the_conformance_suite(check) -> None:
 
 def test_both_ways_of_finding_places_agree() -> None:
     """The table of places and the sort give each wanted item's first place in a list."""
-    from online_models.fusion import _positions_by_sorting, _positions_of
+    from online_models.fusion import _positions_by_sorting, _positions_in, _positions_of
 
     rng = np.random.default_rng(3)
     for n_items in (5, 40, 3000):
@@ -160,6 +160,11 @@ def test_both_ways_of_finding_places_agree() -> None:
             assert rows[u, place] == wanted[u, col] and wanted[u, col] not in rows[u, :place]
         for u, col in zip(*np.nonzero((table < 0) & (wanted >= 0))):
             assert wanted[u, col] not in rows[u]
+        # a small table, blocks of 16 users: each block's stamp hides the places earlier ones
+        # wrote, and the stamps run past int16's end (the table is cleared, the stamps restart)
+        small = np.full(16 * (n_items + 1), -1, dtype=np.int16)
+        places, stamp = _positions_in(wanted, rows, small, n_items, stamp=2**15 - 4 * 25)
+        assert np.array_equal(places, sorting) and stamp == (13 - 3) * 25  # 3 blocks before the clearing
 
 
 def test_candidate_fusion_ranks_ties_sums_and_sources_as_fuse_top_k() -> None:
