@@ -13,7 +13,7 @@ from online_models._arrays import IdIndex, WeightedRow, grow, top_k
 from online_models.base import Interaction, Ranking, Recommender
 from online_models.cooc_ranking import CoocRanking
 from online_models.cooc_table import NeighbourTable
-from online_models.recent import RecentItems, rows_adding
+from online_models.recent import RecentItems
 from online_models.tables import id_array
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY, PopularityLink, ReadsPopularity, Trending
 
@@ -159,7 +159,7 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         into arrays: each event meets the recent items the events before it left, and every
         table ends as it would one event after the other (the same sums in the same order)."""
         interactions = list(interactions)
-        rows = rows_adding(self._items, [interaction.item_id for interaction in interactions])
+        rows = self._items.add_all([interaction.item_id for interaction in interactions])
         if self._dense is not None:  # the event whose item outgrows the dense matrix moves it to sparse rows
             moving = next((j for j, row in enumerate(rows) if row >= _DENSE_ITEMS), None)
             if moving is not None:

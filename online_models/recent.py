@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from itertools import repeat
+from collections.abc import Collection
 
 import numpy as np
 
@@ -48,7 +47,7 @@ class RecentItems:
         >>> recent.user_rows(["u", "v", "u"]).tolist(), len(recent.sizes) >= 2
         ([0, 1, 0], True)
         """
-        us = np.array(rows_adding(self.users, user_ids), dtype=np.int64)
+        us = np.array(self.users.add_all(user_ids), dtype=np.int64)
         while len(self.users) > len(self.sizes):  # doubled as user_row doubles it, to the same room
             self._room_for(len(self.sizes) + 1)
         return us
@@ -154,18 +153,3 @@ class RecentItems:
         self.__dict__.update(state)
         self.rows = self.rows.astype(np.int64)
 
-
-def rows_adding(index: IdIndex, ids: Sequence[str]) -> list[int]:
-    """``index.add`` of each of ``ids`` in turn (new ids take freed rows first, in order of
-    first sight), the known ids looked up in one pass and the new ones added at once.
-
-    >>> index = IdIndex(); _ = index.add("a"), index.add("b"), index.remove(["a"])
-    >>> rows_adding(index, ["b", "c", "d", "c"]), index.ids
-    ([1, 0, 2, 0], ['c', 'b', 'd'])
-    """
-    get = index.rows.get
-    rows = list(map(get, ids, repeat(-1)))
-    if -1 in rows:
-        index.add_new(list(dict.fromkeys([key for key, row in zip(ids, rows) if row < 0])))
-        rows = list(map(get, ids))
-    return rows

@@ -106,10 +106,7 @@ class Trending(Recommender):
         if not interactions:
             return
         items = self._items
-        get = items.rows.get
-        rows = [get(interaction.item_id, -1) for interaction in interactions]
-        if -1 in rows:  # new items take their rows in order of first sight, as learn_one's adds give them
-            rows = [row if row >= 0 else items.add(interaction.item_id) for row, interaction in zip(rows, interactions)]
+        rows = items.add_all([interaction.item_id for interaction in interactions])  # new ones as learn_one adds them
         while len(self._scores) < len(items):  # the capacities learn_one's growth steps give
             self._scores = grow(self._scores, len(self._scores) + 1)
         weight_of = {t: self.weight(i) for t, i in {i.type: i for i in interactions}.items()}
