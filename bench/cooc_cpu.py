@@ -8,11 +8,14 @@ settings (its young-generation threshold, the heap frozen after each checkpoint)
 methods are wrapped to time learning, ranking, explanations, similar lists, the item delta and
 the pickle apart.
 
-    python -m bench.cooc_cpu [--events 20000] [--profile FILE]
+    python -m bench.cooc_cpu [--events 20000] [--warm 0] [--profile FILE]
     python -m bench.cooc_cpu --trees /work/main $PWD --rounds 3   # a ratio
 
 With ``--trees`` each round runs each checkout once, in a subprocess with that checkout
 first on ``sys.path``, one after the other, so that the ratio holds on a shared machine.
+``--warm N`` learns and ranks ``N`` events more first, untimed: with 30,000 the timed events
+meet the state a long-running worker holds (10k items: sparse neighbour rows, long histories),
+where the default measures a fresh worker (its first 17,800 events on the dense matrix).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import time
 PHASES = ("learn_many", "recommend_rows", "explain_rows", "similar_items", "item_delta")
 
 
-def measure(events: int, model_name: str, learn_only: bool, profile: str | None) -> dict:
+def measure(events: int, model_name: str, learn_only: bool, profile: str | None, warm: int = 0) -> dict:
     """One run in this process: CPU seconds in all and per phase."""
     import gc
     import pickle
@@ -43,7 +46,8 @@ def measure(events: int, model_name: str, learn_only: bool, profile: str | None)
     gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION, *gc.get_threshold()[1:])  # as the worker does
     settings = Settings(_env_file=None)
     batch = settings.max_poll_records
-    batches = batches_of(events + batch, batch)
+    untimed = 1 + -(-warm // batch)  # the first batch and the warm-up's
+    batches = batches_of(untimed * batch + events, batch)
     model = make_model(model_name)
     # a clock that runs as if the worker took 20,000 events per second: the popular and
     # similar lists refresh as often per event in every run, however loaded the host
@@ -74,8 +78,9 @@ def measure(events: int, model_name: str, learn_only: bool, profile: str | None)
         profiler = Profiler(interval=0.0005)
     total, since = 0.0, 0
     for n, records_of_batch in enumerate(batches):
-        timing[0] = bool(n)
-        if n and profiler:
+        timed = n >= untimed
+        timing[0] = timed
+        if timed and profiler:
             profiler.start()
         clock[0] += len(records_of_batch) / 20_000
         started = time.process_time()
@@ -89,18 +94,19 @@ def measure(events: int, model_name: str, learn_only: bool, profile: str | None)
                 del model.__dict__[name]
             started_pickle = time.process_time()
             pickle.dumps(pipeline.state(), protocol=pickle.HIGHEST_PROTOCOL)
-            spent["pickle"] += time.process_time() - started_pickle
+            if timed:
+                spent["pickle"] += time.process_time() - started_pickle
             gc.freeze()  # as the worker does after a checkpoint
             model.__dict__.update(wrappers)
             since = 0
-        if n:
+        if timed:
             total += time.process_time() - started
-        if n and profiler:
+        if timed and profiler:
             profiler.stop()
     if profiler:
         with open(profile, "w") as f:
             f.write(profiler.output_text(unicode=False, color=False, show_all=False))
-    timed_events = sum(len(b) for b in batches[1:])
+    timed_events = sum(len(b) for b in batches[untimed:])
     return {"events": timed_events, "cpu_s": total, "phases": spent}
 
 
@@ -114,6 +120,7 @@ def report(label: str, result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--warm", type=int, default=0, help="events learned and ranked first, untimed")
     parser.add_argument("--model", default="cooc")
     parser.add_argument("--learn-only", action="store_true", help="no lists ranked (similar lists stay)")
     parser.add_argument("--profile", default=None, help="a file for a pyinstrument profile")
@@ -122,7 +129,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.trees:
-        result = measure(args.events, args.model, args.learn_only, args.profile)
+        result = measure(args.events, args.model, args.learn_only, args.profile, args.warm)
         print(json.dumps(result) if args.json else report(args.model, result))
         return
     rates: dict[str, list[float]] = {tree: [] for tree in args.trees}
@@ -130,7 +137,8 @@ def main() -> None:
         for tree in args.trees:
             env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
             env["PYTHONPATH"] = tree
-            cmd = [sys.executable, os.path.abspath(__file__), "--events", str(args.events), "--model", args.model,
+            cmd = [sys.executable, os.path.abspath(__file__), "--events", str(args.events), "--warm", str(args.warm),
+                   "--model", args.model,
                    "--json", *(["--learn-only"] if args.learn_only else [])]
             # this file runs from its checkout; its imports of the project come from ``tree``
             out = subprocess.run(cmd, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout

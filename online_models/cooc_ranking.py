@@ -461,7 +461,8 @@ def _top_k_of_entries(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, n
     out_rows = np.full((n_users, k), -1, dtype=np.int64)
     out_scores = np.full((n_users, k), -np.inf)
     ranked = scores > -np.inf
-    users, rows, scores = users[ranked], rows[ranked], scores[ranked]
+    if not ranked.all():
+        users, rows, scores = users[ranked], rows[ranked], scores[ranked]
     if not len(users):
         return out_rows, out_scores
     if (users[1:] < users[:-1]).any():  # (the sums' entries come grouped by user already)
@@ -469,7 +470,6 @@ def _top_k_of_entries(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, n
         users, rows, scores = users[order], rows[order], scores[order]
     counts = np.bincount(users, minlength=n_users)
     starts = np.cumsum(counts) - counts
-    place = np.arange(len(users)) - starts[users]
     cut = np.full(n_users, -np.inf)
     crowded = np.flatnonzero(counts > k)
     if len(crowded):
@@ -485,9 +485,9 @@ def _top_k_of_entries(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, n
                 part = members[start : start + step]
                 sizes = counts[part]
                 slot = np.repeat(np.arange(len(part)), sizes)
-                at = spans(starts[part], sizes)
+                place = np.arange(len(slot)) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # within the user's entries
                 padded = np.full((len(part), width), -np.inf)
-                padded[slot, place[at]] = scores[at]
+                padded[slot, place] = scores[place + np.repeat(starts[part], sizes)]
                 cut[part] = np.partition(padded, width - k, axis=1)[:, width - k]
     top = scores >= cut[users]
     users, rows, scores = users[top], rows[top], scores[top]
