@@ -125,8 +125,7 @@ class RecentItems:
     def drop_items(self, gone: np.ndarray) -> None:
         """Take the item rows ``gone`` out of every history (one vectorised pass over the users)."""
         n_users = len(self.users)
-        sizes = np.array(self.sizes[:n_users], dtype=np.int64)
-        held = np.arange(self.window) >= (self.window - sizes)[:, None]
+        held = self._held_cells(np.array(self.sizes[:n_users]), self.window)
         hit = np.isin(self.rows[:n_users], gone) & held
         for u in np.flatnonzero(hit.any(axis=1)).tolist():
             rows, values = self.history(u)
@@ -140,16 +139,33 @@ class RecentItems:
         return self.users.live()
 
     def __getstate__(self):
-        n = len(self.users)  # without the spare capacity; item rows fit int32
-        return {"window": self.window, "users": self.users, "rows": self.rows[:n].astype(np.int32),
-                "values": self.values[:n].copy(), "sizes": self.sizes[:n]}
+        # only the held entries, user after user (most users hold a few of their window, and
+        # the cells before them are never read), without the spare capacity; item rows fit int32
+        n = len(self.users)
+        sizes = np.array(self.sizes[:n], dtype=np.int32)
+        held = self._held_cells(sizes, self.window)
+        return {"window": self.window, "users": self.users, "sizes": sizes,
+                "held_rows": self.rows[:n][held].astype(np.int32), "held_values": self.values[:n][held]}
 
     def __setstate__(self, state):
         state = dict(state)
         for old in ("weights", "ts"):  # saved as Cooc's _RecentItems or Sequential's _Histories
             if old in state:
                 state["values"] = state.pop(old)
-        state["sizes"] = [int(size) for size in state["sizes"]]  # _Histories kept a numpy array
+        if "held_rows" in state:
+            sizes = np.asarray(state["sizes"])
+            held = RecentItems._held_cells(sizes, state["window"])
+            state["rows"] = np.zeros(held.shape, dtype=np.int64)
+            state["values"] = np.zeros(held.shape, dtype=np.float64)
+            state["rows"][held], state["values"][held] = state.pop("held_rows"), state.pop("held_values")
+            state["sizes"] = sizes.tolist()
+        else:  # saved whole (and _Histories kept its sizes in a numpy array)
+            state["sizes"] = [int(size) for size in state["sizes"]]
         self.__dict__.update(state)
-        self.rows = self.rows.astype(np.int64)
+        self.rows = self.rows.astype(np.int64, copy=False)
+
+    @staticmethod
+    def _held_cells(sizes: np.ndarray, window: int) -> np.ndarray:
+        """Which cells of a table with rows holding ``sizes`` entries hold one: each row's last ``sizes``."""
+        return np.arange(window) >= (window - np.asarray(sizes, dtype=np.int64))[:, None]
 
