@@ -15,8 +15,8 @@ from online_models import tables
 from online_models._arrays import IdIndex, grow, per_row, top_k
 from online_models.base import Interaction, Ranking
 from online_models.embeddings_ranking import EmbeddingsRanking
-from online_models.sampled_softmax import (TIE_BREAK, NegativeSampler, QueuedItemLearner, initial_item_vectors,
-                                           row_groups, rowwise_adagrad)
+from online_models.sampled_softmax import (TIE_BREAK, NegativeSampler, QueuedItemLearner, adagrad_rows,
+                                           initial_item_vectors, row_groups, rowwise_adagrad, summed_by_row)
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
 _EXPLAIN_CELLS = 1 << 21  # (recent item, listed item) pairs compared at once: bounds explain_rows' memory
@@ -266,43 +266,66 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         """
         b = len(items)
         mask = hists >= 0
-        hist_w = self._powers[None, :] * mask
+        hist_w = self._powers * mask
         hist_w /= np.maximum(hist_w.sum(1, keepdims=True), 1e-12)
         user_t, in_t = self._user_vecs.numpy(), self._item_in.numpy()
         out_t, bias_t = self._item_out.numpy(), self._item_bias.numpy()
-        owner = mask.nonzero()[0]  # the history entries in use, row by row: their event
-        in_rows, in_w = hists[mask], hist_w[mask]
-        hist_vecs = in_t[np.where(mask, hists, 0)]  # padding reads row 0 with weight 0
-        reps = user_t[users] + np.matmul(hist_w[:, None, :], hist_vecs)[:, 0]
+        owner, at = mask.nonzero()  # the history entries in use, row by row: their event and place
+        in_rows, in_w = hists[owner, at], hist_w[owner, at]
+        # ``take`` where indexing would do: the same rows, with less overhead on these small arrays
+        hist_vecs = in_t.take(np.maximum(hists, 0), 0)  # padding (-1) reads row 0 with weight 0
+        reps = user_t.take(users, 0)
+        reps += np.matmul(hist_w[:, None, :], hist_vecs)[:, 0]
         item_rows = np.concatenate([items, negatives])
-        out_vecs, bias = out_t[item_rows], bias_t[item_rows, 0]
-        pos = np.einsum("ij,ij->i", reps, out_vecs[:b]) + bias[:b]
-        neg = reps @ out_vecs[b:].T + bias[b:]
-        hit = items[:, None] == negatives[None, :]
+        out_vecs, bias = out_t.take(item_rows, 0), bias_t.reshape(-1).take(item_rows)
+        pos = np.einsum("ij,ij->i", reps, out_vecs[:b])
+        pos += bias[:b]
+        neg = reps @ out_vecs[b:].T
+        neg += bias[b:]
+        hit = np.equal.outer(items, negatives)
         scale = weights / max(float(weights.sum()), 1e-12)  # each event's share of the loss
         if self.loss == "softmax":
-            logits = neg - np.log(neg_probs * len(negatives)).astype(np.float32)  # logQ correction
+            logits = neg
+            logits -= np.log(neg_probs * len(negatives)).astype(np.float32)  # logQ correction
             logits[hit] = -np.inf
             top = np.maximum(logits.max(1), pos)
-            e_pos, e_neg = np.exp(pos - top), np.exp(logits - top[:, None])
-            norm = e_pos + e_neg.sum(1)
-            d_pos = scale * (e_pos / norm - 1.0)  # d loss / d positive score
-            d_neg = (scale / norm)[:, None] * e_neg  # d loss / d negative scores
+            e_pos = pos - top
+            np.exp(e_pos, out=e_pos)
+            e_neg = logits - top[:, None]
+            np.exp(e_neg, out=e_neg)
+            norm = e_neg.sum(1)
+            norm += e_pos  # e_pos + the sum: the same float (addition commutes)
+            d_pos = e_pos / norm
+            d_pos -= 1.0
+            d_pos *= scale  # d loss / d positive score
+            d_neg = e_neg
+            d_neg *= (scale / norm)[:, None]  # d loss / d negative scores
         else:
             with np.errstate(over="ignore"):
                 d_neg = 1.0 / (1.0 + np.exp(pos[:, None] - neg))  # sigmoid(neg - pos)
             d_neg[hit] = 0.0
             d_neg *= (scale / np.maximum((~hit).sum(1), 1))[:, None]
             d_pos = -d_neg.sum(1)
-        d_reps = d_pos[:, None] * out_vecs[:b] + d_neg @ out_vecs[b:]
+        d_reps = d_pos[:, None] * out_vecs[:b]
+        d_reps += d_neg @ out_vecs[b:]
         self._adagrad("user", user_t, users, d_reps, b)
         in_groups = row_groups(in_rows)
         in_order = in_groups[0]  # each history entry's gradient, made in the order the rows are summed in
-        self._adagrad("in", in_t, in_rows, in_w[in_order, None] * d_reps[owner[in_order]], b, in_groups, ordered=True)
-        item_groups = row_groups(item_rows)  # the output vectors and biases share their rows
-        self._adagrad("out", out_t, item_rows, np.concatenate([d_pos[:, None] * reps, d_neg.T @ reps]), b,
-                      item_groups)
-        self._adagrad("bias", bias_t, item_rows, np.concatenate([d_pos, d_neg.sum(0)])[:, None], b, item_groups)
+        in_grads = d_reps.take(owner.take(in_order), 0)
+        in_grads *= in_w.take(in_order)[:, None]
+        self._adagrad("in", in_t, in_rows, in_grads, b, in_groups, ordered=True)
+        # the output vectors and biases share their rows: their gradients side by side, summed at once
+        d = reps.shape[1]
+        item_grads = np.empty((len(item_rows), d + 1), dtype=np.float32)
+        np.multiply(d_pos[:, None], reps, out=item_grads[:b, :d])
+        item_grads[b:, :d] = d_neg.T @ reps
+        item_grads[:b, d] = d_pos
+        item_grads[b:, d] = d_neg.sum(0)
+        item_groups = row_groups(item_rows)
+        summed = summed_by_row(item_grads, item_groups)
+        l2 = 2.0 * self.l2 / b
+        adagrad_rows(out_t, self._acc["out"].numpy(), item_groups[2], summed[:, :d], self.lr, l2)
+        adagrad_rows(bias_t, self._acc["bias"].numpy(), item_groups[2], summed[:, d:], self.lr, l2)
 
     def _adagrad(self, name: str, table: np.ndarray, rows: np.ndarray, grads: np.ndarray, b: int,
                  groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, ordered: bool = False) -> None:

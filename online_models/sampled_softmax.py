@@ -105,12 +105,12 @@ def row_groups(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ([1, 0, 2], [0, 1], [0, 2])
     """
     order = rows.argsort(kind="stable")  # methods, not np.argsort and the like: their wrappers cost more here
-    ordered = rows[order]
+    ordered = rows.take(order)
     first = np.empty(len(ordered), dtype=bool)
     first[:1] = True
     np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
     starts = first.nonzero()[0]
-    return order, starts, ordered[starts]
+    return order, starts, ordered.take(starts)
 
 
 def _run_sums(grads: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -237,16 +237,38 @@ def rowwise_adagrad(table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads:
     if len(rows) == 0:
         return
     order, starts, uniq = row_groups(rows) if groups is None else groups
-    grad = _run_sums((grads if ordered else grads[order]).astype(np.float32, copy=False), starts)
-    leaf = table[uniq]
+    # ``take`` where indexing would do: the same rows, with less overhead on these small arrays
+    grad = _run_sums((grads if ordered else grads.take(order, 0)).astype(np.float32, copy=False), starts)
+    adagrad_rows(table, acc, uniq, grad, lr, l2)
+
+
+def summed_by_row(grads: np.ndarray, groups: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """The gradients of each distinct row of ``groups`` (``row_groups(rows)``) summed, as
+    ``rowwise_adagrad`` sums them: each column on its own, so tables that share their rows
+    can have their gradients side by side in one array and summed at once."""
+    return _run_sums(grads.take(groups[0], 0).astype(np.float32, copy=False), groups[1])
+
+
+def adagrad_rows(table: np.ndarray, acc: np.ndarray, uniq: np.ndarray, grad: np.ndarray, lr: float,
+                 l2: float = 0.0) -> None:
+    """``rowwise_adagrad``'s step on the distinct rows ``uniq`` with their summed gradients
+    ``grad`` (float32, one row each; it may be changed)."""
+    leaf = table.take(uniq, 0)
     if l2:  # a freed item row's bias is -inf (it must never rank): it takes no decay
         grad += l2 * np.where(np.isfinite(leaf), leaf, np.float32(0.0))
     # the mean of squares as np.mean takes it (a sum, then a division by the count), without its wrapper
-    mean_square = np.add.reduce(grad**2, axis=1)
+    mean_square = np.add.reduce(np.square(grad), axis=1)
     np.true_divide(mean_square, np.intp(grad.shape[1]), out=mean_square, casting="unsafe")
-    summed = acc[uniq] + mean_square
+    summed = acc.take(uniq)
+    summed += mean_square
     acc[uniq] = summed
-    table[uniq] = leaf - lr * grad / (np.sqrt(summed) + 1e-8)[:, None]
+    # leaf - lr * grad / (sqrt(summed) + 1e-8), the same operations in place on fresh arrays
+    root = np.sqrt(summed)
+    root += 1e-8
+    change = np.multiply(grad, lr)
+    change /= root[:, None]
+    leaf -= change
+    table[uniq] = leaf
 
 
 def ring_slots(capacity: int, length: int, position: int, m: int) -> tuple[np.ndarray, slice, int, int]:
