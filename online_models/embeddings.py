@@ -28,6 +28,15 @@ def set_torch_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def _capacity(capacity: int, needs: Iterable[int], least: int) -> int:
+    """The rows a table of ``capacity`` rows has after growing (doubling, at least ``least``,
+    as ``grow`` and ``grow_tensor`` do) to hold ``needs[0]``, then ``needs[1]``, ... rows."""
+    for need in np.asarray(needs).tolist():
+        if need > capacity:
+            capacity = max(need, 2 * capacity, least)
+    return capacity
+
+
 @functools.lru_cache(maxsize=16)
 def _history_weights(recency_decay: float, window: int) -> tuple[np.ndarray, ...]:
     """Weights of a history of each length (index), most recent first, summing to 1."""
@@ -194,33 +203,100 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
     # -- learning ----------------------------------------------------------------------
     def learn_many(self, interactions: Iterable[Interaction]) -> None:
         """``learn_one`` in a loop, done a stretch at a time: the events up to the next
-        gradient step have their users, items and counts added at once, then the step."""
-        events = list(interactions)
-        start = 0
-        while start < len(events):
-            end = start + max(self.batch_size - len(self._pending), 1)
-            self._queue(events[start:end])
-            if len(self._pending) >= self.batch_size:
-                self._step()
-            start = end
+        gradient step have their counts added at once, then the step.
 
-    def _queue(self, events: Sequence[Interaction]) -> None:
-        """What ``learn_one`` does for each of ``events`` but the step (none falls among them)."""
+        The users and items of all the events are entered first, as the stretches one by one
+        would enter them (the same rows, starting vectors and table capacities); only the new
+        users' random vectors are drawn stretch by stretch, in between the steps' draws from
+        the same generator, and each step's negatives are drawn from the items entered up to
+        its stretch, as then. While freed item rows wait for new items, items are entered
+        stretch by stretch."""
+        events = list(interactions)
+        if not events:
+            return
         user_ids = [event.user_id for event in events]
-        users = self._add_users(user_ids)
-        items = self._add_items([event.item_id for event in events])
         types = [event.type for event in events]
         # an event's weight is its type's (Recommender.weight): asked once per type present
         weight_of = {kind: self.weight(event) for kind, event in dict(zip(types, events)).items()}
         weights = list(map(weight_of.__getitem__, types))
-        self._count(items, np.array(weights))
+        ends = self._stretch_ends(len(events))
+        users, first_new, new_users = self._enter_users(user_ids, ends)
+        item_ids = [event.item_id for event in events]
+        # A freed item row keeps its -inf bias and zero vectors until its new item comes (the
+        # replayed events of the forgotten item still touch it, under l2): with freed rows,
+        # items are entered stretch by stretch.
+        at_once = not self._items.free
+        if at_once:
+            items_before = len(self._items)
+            items = self._enter_items(item_ids, ends)
+            # the item rows entered up to each event: len(self._items) then
+            items_up_to = np.maximum(np.maximum.accumulate(items) + 1, items_before).tolist()
+        weight_array = np.array(weights)
         recent_of, pending, window = self._recent, self._pending, self.window
-        for user_id, user, item, weight in zip(user_ids, users, items.tolist(), weights):
-            recent = recent_of.get(user_id)
-            if recent is None:
-                recent = recent_of[user_id] = deque(maxlen=window)
-            pending.append((user, item, tuple(reversed(recent)), weight))  # the history before the event
-            recent.append(item)
+        start = drawn = 0
+        for end in ends:
+            stretch = self._add_items(item_ids[start:end]) if not at_once else items[start:end]
+            if first_new is not None:  # the stretch's new users get their vectors, in order of arrival
+                upto = int(np.searchsorted(first_new, end))
+                if upto > drawn:
+                    self._user_vecs.numpy()[new_users[drawn:upto]] = self._rng.normal(
+                        0.0, self.init_std, (upto - drawn, self.n_factors)).astype(np.float32)
+                    drawn = upto
+            self._count(stretch, weight_array[start:end])
+            for user_id, user, item, weight in zip(user_ids[start:end], users[start:end], stretch.tolist(),
+                                                   weights[start:end]):
+                recent = recent_of.get(user_id)
+                if recent is None:
+                    recent = recent_of[user_id] = deque(maxlen=window)
+                pending.append((user, item, tuple(reversed(recent)), weight))  # the history before the event
+                recent.append(item)
+            if len(pending) >= self.batch_size:
+                self._step(items_up_to[end - 1] if at_once else None)
+                pending = self._pending  # the step took the queue and left a new one
+            start = end
+
+    def _stretch_ends(self, n: int) -> list[int]:
+        """Where each stretch of ``n`` events ends: the first fills the queue to ``batch_size``
+        (at least one event), each next one is ``batch_size`` events."""
+        first = max(self.batch_size - len(self._pending), 1)
+        return list(range(min(first, n), n, max(self.batch_size, 1))) + [n] if first < n else [n]
+
+    def _enter_users(self, user_ids: Sequence[str], ends: Sequence[int]
+                     ) -> tuple[list[int], np.ndarray | None, np.ndarray]:
+        """The users' rows, new users entered (their vectors not drawn yet), and the table
+        grown as the stretches ending at ``ends`` would grow it; also where each new user
+        first comes (event positions, ascending; ``None``: no new user) and their rows."""
+        get = self._users.rows.get
+        rows = list(map(get, user_ids))
+        if None not in rows:
+            return rows, None, np.zeros(0, dtype=np.int64)
+        was_new = np.fromiter((row is None for row in rows), dtype=bool, count=len(rows))
+        self._users.add_new(list(dict.fromkeys(u for u, row in zip(user_ids, rows) if row is None)))
+        rows = list(map(get, user_ids))
+        row_array = np.array(rows, dtype=np.int64)
+        at_new = np.flatnonzero(was_new)
+        first_new = np.sort(at_new[np.unique(row_array[at_new], return_index=True)[1]])
+        self._user_vecs = self._new_rows(self._user_vecs, "user", _capacity(
+            self._user_vecs.shape[0], np.maximum.accumulate(row_array)[np.array(ends) - 1] + 1, 64))
+        return rows, first_new, row_array[first_new]
+
+    def _enter_items(self, item_ids: Sequence[str], ends: Sequence[int]) -> np.ndarray:
+        """``_add_items`` of all the stretches' items at once, the tables grown as the
+        stretches ending at ``ends`` one by one would grow them."""
+        get = self._items.rows.get
+        rows = list(map(get, item_ids))
+        if None not in rows:
+            return np.array(rows, dtype=np.int64)
+        new_ids = list(dict.fromkeys(str(item_id) for item_id, row in zip(item_ids, rows) if row is None))
+        new_rows = np.array(self._items.add_new(new_ids), dtype=np.int64)
+        rows = np.array(list(map(get, item_ids)), dtype=np.int64)
+        needs = np.maximum.accumulate(rows)[np.array(ends) - 1] + 1
+        capacity = _capacity(self._item_in.shape[0], needs, 64)
+        for name, acc in self._ITEM_TENSORS:
+            setattr(self, name, self._new_rows(getattr(self, name), acc, capacity))
+        self._counts = grow(self._counts, _capacity(len(self._counts), needs, 16))
+        self._start_new_items(new_rows, new_ids)
+        return rows
 
     def _learned(self, interaction: Interaction, item: int, weight: float) -> None:
         self._counts[item] += weight
@@ -248,13 +324,17 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
             sampler = self._negatives = NegativeSampler(self.pop_alpha)
         return sampler
 
-    def _sample_negatives(self) -> tuple[np.ndarray, np.ndarray]:
-        """``sample_negatives`` over the item counts, its sums kept (``NegativeSampler``)."""
-        return self._negative_sampler().draw(self._counts[: len(self._items)], self.n_negatives, self._rng)
+    def _sample_negatives(self, n_items: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``sample_negatives`` over the counts of the first ``n_items`` item rows (``None``:
+        all), its sums kept (``NegativeSampler``)."""
+        n = len(self._items) if n_items is None else n_items
+        return self._negative_sampler().draw(self._counts[:n], self.n_negatives, self._rng)
 
-    def _step(self) -> None:
+    def _step(self, n_items: int | None = None) -> None:
+        """A gradient step; ``n_items``: the item rows entered as of its last event (``None``:
+        all), those negatives are drawn from."""
         users, items, hists, weights = self._take_batch()
-        negatives, neg_probs = self._sample_negatives()
+        negatives, neg_probs = self._sample_negatives(n_items)
         self._gradient_step(users, items, hists, weights, negatives, neg_probs)
 
     def _gradient_step(self, users, items, hists, weights, negatives, neg_probs) -> None:
