@@ -20,6 +20,9 @@ from online_models.sampled_softmax import (TIE_BREAK, NegativeSampler, QueuedIte
 from online_models.trending import POPULAR_NOW, POPULAR_STRATEGY
 
 _EXPLAIN_CELLS = 1 << 21  # (recent item, listed item) pairs compared at once: bounds explain_rows' memory
+# float32 vectors with entries below this (and fewer than 10**8 factors) have finite cosines:
+# no product, sum of products or norm can overflow
+_BOUNDED = 1e15
 
 
 def set_torch_threads(n: int) -> None:
@@ -599,7 +602,35 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
     def _closest_recent(self, mine: np.ndarray, targets: np.ndarray, out_norms: np.ndarray) -> np.ndarray:
         """Per cell of ``targets`` (item rows, ``-1``: none), the row of the user's recent
         item in ``mine`` (``-1`` padded) with the largest cosine, the item itself left out
-        and ties to the first; ``-1`` where none is finite."""
+        and ties to the first; ``-1`` where none is finite.
+
+        A user with one recent item (most, where most users are new) needs no cosine: every
+        cosine of vectors whose entries are finite and below ``_BOUNDED`` is finite, so that
+        item is the closest to every cell but itself."""
+        best = np.full(targets.shape, -1, dtype=np.int64)
+        if mine.shape[1] == 0:
+            return best
+        single = mine[:, 1] < 0 if mine.shape[1] > 1 else np.ones(len(mine), dtype=bool)
+        if single.any() and self._bounded_vectors():
+            first = mine[single, :1]
+            wanted = targets[single]
+            best[single] = np.where((wanted >= 0) & (wanted != first), first, -1)
+            if single.all():
+                return best
+            rest = ~single
+            best[rest] = self._closest_recent_by_cosine(mine[rest], targets[rest], out_norms)
+            return best
+        return self._closest_recent_by_cosine(mine, targets, out_norms)
+
+    def _bounded_vectors(self) -> bool:
+        """Whether every entry of the item vectors is finite and below ``_BOUNDED``."""
+        n = len(self._items)
+        return all(float(np.abs(table.numpy()[:n]).max(initial=0.0)) < _BOUNDED
+                   for table in (self._item_in, self._item_out))
+
+    def _closest_recent_by_cosine(self, mine: np.ndarray, targets: np.ndarray, out_norms: np.ndarray
+                                  ) -> np.ndarray:
+        """``_closest_recent`` by the cosines of every recent item with every target."""
         best = np.full(targets.shape, -1, dtype=np.int64)
         item_in, item_out = self._item_in.numpy(), self._item_out.numpy()
         chunk = max(1, _EXPLAIN_CELLS // max(mine.shape[1] * targets.shape[1], 1))

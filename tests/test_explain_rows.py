@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import online_models.embeddings as embeddings_module
+from core.schema import Event
 from online_models import make_model
 from online_models._arrays import IdIndex
 from online_models.blend import Blend
@@ -78,3 +79,28 @@ def test_blend_explain_rows_with_holes_says_what_explain_items_says() -> None:
     got = model.explain_rows(users, rows, ranked.index)
     assert got == per_user(model, users, rows, ranked.index)
     assert {"cooc", "embeddings"} <= {strategy for explained in got for strategy, _ in explained}
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # an infinite vector
+@pytest.mark.parametrize("unbounded", [False, True], ids=["bounded", "an-infinite-vector"])
+def test_embeddings_explain_rows_for_users_with_one_recent_item(unbounded: bool) -> None:
+    """Users with one recent item (named without a cosine, when the vectors are bounded)
+    among users with more, their own item listed too: what ``explain_items`` says, also
+    when a vector is infinite (then every user's cosines are taken)."""
+    events = random_stream(1200, 60, 120, seed=5)
+    model = make_model("embeddings", n_factors=8, batch_size=16, window=6)
+    model.learn_many(events)
+    singles = [f"new{n}" for n in range(40)]
+    model.learn_many([Event(user_id=user, item_id=f"i{n % 30}", type="view", ts=1e4 + n)
+                      for n, user in enumerate(singles)])
+    if unbounded:
+        model._item_in.numpy()[model._items.get("i4")] = np.inf
+    users = [*singles, *sorted({e.user_id for e in events})[:40], "nobody"]
+    rng = random.Random(7)
+    rows = random_lists(rng, len(users), 14, len(model._items))
+    rows[: len(singles), 0] = [model._items.get(f"i{n % 30}") for n in range(len(singles))]  # their own item
+    rows[: len(singles), 1] = [model._items.get(f"i{n % 30 + 1}") for n in range(len(singles))]  # another
+    got = model.explain_rows(users, rows, model._items)
+    assert got == per_user(model, users, rows, model._items)
+    reasons = [reason for explained in got[: len(singles)] for _, reason in explained]
+    assert None in reasons and sum(1 for reason in reasons if reason and reason.startswith("close to")) > 100
