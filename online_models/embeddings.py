@@ -249,10 +249,12 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
             for user_id, user, item, weight in zip(user_ids[start:end], users[start:end], stretch.tolist(),
                                                    weights[start:end]):
                 recent = recent_of.get(user_id)
-                if recent is None:
-                    recent = recent_of[user_id] = deque(maxlen=window)
-                pending.append((user, item, tuple(reversed(recent)), weight))  # the history before the event
-                recent.append(item)
+                if recent is None:  # a new user: no history before the event
+                    recent_of[user_id] = deque((item,), window)
+                    pending.append((user, item, (), weight))
+                else:
+                    pending.append((user, item, tuple(reversed(recent)), weight))  # the history before the event
+                    recent.append(item)
             if len(pending) >= self.batch_size:
                 self._step(items_up_to[end - 1] if at_once else None)
                 pending = self._pending  # the step took the queue and left a new one
