@@ -566,13 +566,14 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         # the output vectors' norms by row, np.linalg.norm row by row as explain_items takes them
         out_norms = np.linalg.norm(self._item_out.numpy()[: len(self._items)], axis=1)
         # each user's distinct recent items, most recent first (explain_items' order: ties to the newer)
-        recent_of = self._recent
-        recent = [dict.fromkeys(reversed(recent_of.get(user_id, ()))) for user_id in user_ids]
+        # (a history of one item, most users' where most are new, is its own distinct items)
+        recent = [items if len(items) < 2 else dict.fromkeys(reversed(items))
+                  for items in map(self._recent.get, user_ids, repeat(()))]
         sizes = np.fromiter(map(len, recent), dtype=np.int64, count=len(recent))
         width = int(sizes.max(initial=0))
         mine = np.full((len(user_ids), width), -1, dtype=np.int64)
         mine[np.arange(width) < sizes[:, None]] = np.fromiter(
-            (row for items in recent for row in items), dtype=np.int64, count=int(sizes.sum()))
+            chain.from_iterable(recent), dtype=np.int64, count=int(sizes.sum()))
         best = np.full(rows.shape, -1, dtype=np.int64)  # the explaining recent item's row, -1: none
         asked = (own >= 0) & (sizes > 0)[:, None]
         if asked.any():
