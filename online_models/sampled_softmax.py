@@ -416,10 +416,24 @@ class QueuedItemLearner(Recommender):
             self._buf_item = np.resize(self._buf_item, size)
             self._buf_hist = np.resize(self._buf_hist, (size, self.window))
             self._buf_weight = np.resize(self._buf_weight, size)
-        if len(self._buf_user) == 0:
+        capacity, m = len(self._buf_user), len(users)
+        if capacity == 0:
             return
-        slots, last, self._buf_len, self._buf_pos = ring_slots(len(self._buf_user), self._buf_len, self._buf_pos,
-                                                               len(users))
+        room = self._buf_len + m <= capacity
+        if room or (self._buf_len == capacity and self._buf_pos + m <= capacity):
+            # ring_slots' slots are one run here (the next free ones, or the oldest entries
+            # without wrapping round): a slice each, not an index array; the same state after
+            at = self._buf_len if room else self._buf_pos
+            run = slice(at, at + m)
+            self._buf_user[run], self._buf_item[run], self._buf_hist[run], self._buf_weight[run] = (
+                users, items, hists, weights)
+            if room:
+                self._buf_len += m
+                self._buf_pos %= capacity
+            else:
+                self._buf_pos = (self._buf_pos + m) % capacity
+            return
+        slots, last, self._buf_len, self._buf_pos = ring_slots(capacity, self._buf_len, self._buf_pos, m)
         self._buf_user[slots], self._buf_item[slots] = users[last], items[last]
         self._buf_hist[slots], self._buf_weight[slots] = hists[last], weights[last]
 

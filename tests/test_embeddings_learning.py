@@ -13,7 +13,7 @@ from core.schema import Event
 from online_models import make_model
 from online_models._arrays import IdIndex
 from online_models.embeddings import TorchEmbeddings
-from online_models.sampled_softmax import row_groups, rowwise_adagrad
+from online_models.sampled_softmax import ring_slots, row_groups, rowwise_adagrad
 
 SMALL = {"n_factors": 8, "batch_size": 8, "n_negatives": 16, "window": 5, "buffer_size": 300, "seed": 3}
 TYPES = ("view", "click", "add_to_cart", "purchase")
@@ -154,6 +154,36 @@ def test_rowwise_adagrad_is_the_plain_one_bit_for_bit(n_rows: int, l2: float, co
     reference_adagrad(want_table, want_acc, distinct, grads[: len(distinct)], 0.1, l2)
     rowwise_adagrad(got_table, got_acc, distinct, grads[: len(distinct)], 0.1, l2)
     assert got_table.tobytes() == want_table.tobytes() and got_acc.tobytes() == want_acc.tobytes()
+
+
+@pytest.mark.parametrize("buffer_size", [1, 300, 1024, 1500])
+def test_replay_buffer_keeps_what_ring_slots_says(buffer_size: int) -> None:
+    """``_remember`` (a run of slots written as a slice where it can) leaves the buffer as
+    ``ring_slots``' index arrays would: filling, full without and with wrapping round, and
+    more entries than slots."""
+    model = make_model("embeddings", **{**SMALL, "buffer_size": buffer_size})
+    rng = np.random.default_rng(buffer_size)
+    want = {"user": np.zeros(0, dtype=np.int64), "item": np.zeros(0, dtype=np.int64),
+            "hist": np.zeros((0, model.window), dtype=model._buf_hist.dtype), "weight": np.zeros(0, dtype=np.float32)}
+    length = position = 0
+    for _ in range(120):
+        m = int(rng.choice([0, 1, 7, 32, 64, 333, 2000]))
+        users, items = rng.integers(0, 10**6, m), rng.integers(0, 10**6, m)
+        hists = rng.integers(-1, 10**6, (m, model.window))
+        weights = rng.uniform(0, 3, m).astype(np.float32)
+        model._remember(users, items, hists, weights)
+        capacity = len(model._buf_user)  # grown by _remember as before
+        for name, size in want.items():
+            want[name] = np.resize(want[name], (capacity, model.window) if name == "hist" else capacity)
+        if capacity:
+            slots, last, length, position = ring_slots(capacity, length, position, m)
+            want["user"][slots], want["item"][slots] = users[last], items[last]
+            want["hist"][slots], want["weight"][slots] = hists[last], weights[last]
+        assert (model._buf_len, model._buf_pos) == (length, position)
+        assert model._buf_user.tobytes() == want["user"].tobytes()
+        assert model._buf_item.tobytes() == want["item"].tobytes()
+        assert model._buf_hist.tobytes() == want["hist"].tobytes()
+        assert model._buf_weight.tobytes() == want["weight"].tobytes()
 
 
 def test_add_new_is_add_one_by_one() -> None:
