@@ -65,7 +65,10 @@ def learn(model: TorchEmbeddings, events: list[Event], batch: int | None) -> Non
 OTHER = {**SMALL, "loss": "bpr", "l2": 0.01, "replay": 2, "event_weights": {"view": 0.5, "purchase": 3.0}}
 
 
-@pytest.mark.parametrize("params", [SMALL, OTHER], ids=["softmax", "bpr-l2-weights"])
+UNIFORM = {**SMALL, "pop_alpha": 0.0}  # every entered item can be a negative: each step's own catalogue
+
+
+@pytest.mark.parametrize("params", [SMALL, OTHER, UNIFORM], ids=["softmax", "bpr-l2-weights", "uniform-negatives"])
 @pytest.mark.parametrize("batch", [1, 5, 8, 37, 500])
 def test_learn_many_is_learn_one_bit_for_bit(batch: int, params: dict) -> None:
     """Micro-batches shorter, equal to and longer than ``batch_size``, across forgetting

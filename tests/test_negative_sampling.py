@@ -89,10 +89,10 @@ class CheckedEmbeddings(TorchEmbeddings):
 
     draws_checked = 0
 
-    def _sample_negatives(self) -> tuple[np.ndarray, np.ndarray]:
-        counts = self._counts[: len(self._items)]
+    def _sample_negatives(self, n_items: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        counts = self._counts[: len(self._items) if n_items is None else n_items]
         want_rows, want_probs = sample_negatives(counts, self.n_negatives, self.pop_alpha, twin(self._rng))
-        rows, probs = super()._sample_negatives()
+        rows, probs = super()._sample_negatives(n_items)
         assert rows.tolist() == want_rows.tolist() and probs.tobytes() == want_probs.tobytes()
         CheckedEmbeddings.draws_checked += 1
         return rows, probs
@@ -133,8 +133,9 @@ def test_same_vectors_as_the_function() -> None:
     """A model whose draws come from ``sample_negatives`` learns the same vectors."""
 
     class Reference(TorchEmbeddings):
-        def _sample_negatives(self) -> tuple[np.ndarray, np.ndarray]:
-            return sample_negatives(self._counts[: len(self._items)], self.n_negatives, self.pop_alpha, self._rng)
+        def _sample_negatives(self, n_items: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+            n = len(self._items) if n_items is None else n_items  # the items entered up to the step
+            return sample_negatives(self._counts[:n], self.n_negatives, self.pop_alpha, self._rng)
 
     stream = events(np.random.default_rng(5), 3000, 2000, 0.0)
     kept, reference = TorchEmbeddings(n_factors=8, seed=2), Reference(n_factors=8, seed=2)
