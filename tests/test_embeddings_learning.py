@@ -5,6 +5,7 @@ not only the same lists, so that every backtest figure stays as it was."""
 from __future__ import annotations
 
 import pickle
+from collections import deque
 
 import numpy as np
 import pytest
@@ -187,6 +188,23 @@ def test_replay_buffer_keeps_what_ring_slots_says(buffer_size: int) -> None:
         assert model._buf_item.tobytes() == want["item"].tobytes()
         assert model._buf_hist.tobytes() == want["hist"].tobytes()
         assert model._buf_weight.tobytes() == want["weight"].tobytes()
+
+
+def test_a_restored_model_learns_on_as_the_one_never_pickled() -> None:
+    """Users' recent items are pickled as lists and made deques (of ``window`` items) again:
+    a model restored from a checkpoint now and then learns the same numbers as one never
+    pickled; a state pickled with the deques themselves (before) still loads."""
+    events = stream(900, 300, 120, seed=6)
+    kept, restored = make_model("embeddings", **SMALL), make_model("embeddings", **SMALL)
+    for start in range(0, len(events), 150):
+        kept.learn_many(events[start : start + 150])
+        restored.learn_many(events[start : start + 150])
+        restored = pickle.loads(pickle.dumps(restored, protocol=pickle.HIGHEST_PROTOCOL))
+        assert all(type(r) is deque and r.maxlen == SMALL["window"] for r in restored._recent.values())
+    assert_same(restored, kept)
+    older = object.__new__(TorchEmbeddings)
+    older.__setstate__(dict(kept.__dict__))  # a state from before: "_recent" with its deques
+    assert older._recent is kept._recent
 
 
 def test_add_new_is_add_one_by_one() -> None:
