@@ -65,7 +65,8 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
     make one gradient step over those events plus ``replay`` times as many drawn from a
     replay buffer of the last ``buffer_size`` events, so each event is seen more than once.
     ``learn_many`` learns exactly what ``learn_one`` in a loop learns (the same numbers, bit
-    for bit), with the new users, items and counts of the events up to each step added at once.
+    for bit), with the new users and items of all its events entered at once and the counts
+    of the events up to each step added at once.
 
     Negatives are shared by the micro-batch, drawn from item counts raised to ``pop_alpha``
     (popularity-aware; 0 is uniform); the softmax loss subtracts their log-probability
