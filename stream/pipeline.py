@@ -40,7 +40,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from itertools import compress, count, groupby, islice, pairwise, repeat
+from itertools import chain, compress, count, groupby, islice, pairwise, repeat
 from operator import gt
 from typing import Any, Protocol
 
@@ -53,7 +53,7 @@ from core.metrics import Exposures, WorkerMetrics
 from core.schema import ITEM_TYPE, Event, parse_events
 from core.settings import Settings
 from online_models import Recommender
-from online_models._arrays import IdIndex, RankedRows, excluded_cells, per_row
+from online_models._arrays import IdIndex, RankedRows, per_row
 from online_models.capabilities import (
     Explains,
     ExplainsRows,
@@ -570,17 +570,9 @@ class Pipeline:
         top_k, eval_k = self.settings.top_k, self.settings.online_eval_k
         n_users, width = rows.shape
         listed = rows >= 0
-        marks = np.zeros((n_users, width), dtype=bool)
-        at_user, at_row = excluded_cells(index, users, self.seen)
-        if len(at_user) and width:
-            # each ranked cell's (user, row) key looked up among the sorted keys of the seen items
-            n = max(len(index), 1)
-            seen_keys = np.sort(at_user * n + at_row)
-            keys = np.arange(n_users, dtype=np.int64)[:, None] * n + rows
-            found = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
-            marks = (seen_keys[found] == keys) & listed
-        unseen = listed & ~marks
-        counted = np.cumsum(unseen, axis=1, dtype=np.int64)
+        marks = _seen_cells(rows, index, list(map(self.seen.get, users, repeat(()))))
+        unseen = listed if marks is None else listed & ~marks
+        counted = np.cumsum(unseen, axis=1, dtype=np.int32)
         lengths = listed.sum(axis=1)
         if width:
             full = counted[:, -1] >= top_k
@@ -589,15 +581,27 @@ class Pipeline:
             cut = lengths
         w = int(cut.max(initial=0))
         kept = np.arange(w) < cut[:, None]
-        flat = _ids_at(index.ids, rows[:, :w][kept])
+        rows_kept = rows[:, :w]
+        id_of = _id_lookup(index.ids, int(kept.sum()))
+        flat = id_of(rows_kept[kept])
         if eval_k:
             shown = kept & unseen[:, :w] & (counted[:, :w] <= eval_k)
-            shown_ids = list(compress(flat, shown[kept].tolist()))  # shown cells are kept ones
-            self._last_lists.update(zip(users, map(set, per_row(shown_ids, shown))))
-        marks = marks[:, :w] & kept
+            shown_ids = id_of(rows_kept[shown])  # row after row, as per_row cuts them
+            sizes = shown.sum(axis=1)
+            size = int(sizes[0]) if n_users and (sizes == sizes[0]).all() else None
+            if size is None:
+                chunks = per_row(shown_ids, shown)
+            elif size:  # as many for every user (the common case): cut in C
+                chunks = zip(*[iter(shown_ids)] * size)
+            else:
+                chunks = repeat(())
+            self._last_lists.update(zip(users, map(set, chunks)))
         scores = scores[:, :w]
-        lists = ListBatch(users, flat, cut.tolist(), scores, marks if marks.any() else None)
-        return lists, RankedRows(np.where(kept, rows[:, :w], -1), np.where(kept, scores, -np.inf), index)
+        if marks is not None:
+            marks = marks[:, :w] & kept
+            marks = marks if marks.any() else None
+        lists = ListBatch(users, flat, cut.tolist(), scores, marks)
+        return lists, RankedRows(np.where(kept, rows_kept, -1), np.where(kept, scores, -np.inf), index)
 
     def _counters(self, partitions: Iterable[int]) -> dict[str, int]:
         """Absolute counts of ``partitions``, as Redis hash fields."""
@@ -648,13 +652,54 @@ STRETCH_EVENTS = 16
 """``_note_newest`` notes stretches in one go when they are this long on average (or there is one)."""
 
 
-def _ids_at(ids: list[str | None], rows: np.ndarray) -> list[str | None]:
-    """``ids[r]`` for each of ``rows``: one C gather through an object array, unless the index
-    holds many more ids than there are rows to look up (converting it would cost more).
+def _seen_cells(rows: np.ndarray, index: IdIndex, seen: list) -> np.ndarray | None:
+    """Which cells of ``rows`` (users' ranked item rows of ``index``, ``-1`` past a list) hold
+    an item the user has seen (``seen``: each user's ids); None when none can.
 
-    >>> _ids_at(["a", "b"], np.array([1, 1, 0])), _ids_at(["a"] * 9, np.array([0]))
+    Users have seen few items each, mostly: each seen item is compared with its user's row
+    of cells; with many, each cell's ``(user, row)`` key is looked up among the seen ones'.
+
+    >>> index = IdIndex(); _ = index.add("a"), index.add("b"), index.add("c")
+    >>> _seen_cells(np.array([[0, 1, -1], [2, 0, 1]]), index, [{"b", "zz"}, ()]).astype(int).tolist()
+    [[0, 1, 0], [0, 0, 0]]
+    """
+    n_users, width = rows.shape
+    sizes = list(map(len, seen))
+    n_seen = sum(sizes)
+    if not n_seen or not width:
+        return None
+    at_row = np.fromiter(map(index.rows.get, chain.from_iterable(seen), repeat(-1)), dtype=np.int64, count=n_seen)
+    at_user = np.repeat(np.arange(n_users, dtype=np.int64), sizes)
+    known = at_row >= 0
+    at_user, at_row = at_user[known], at_row[known]
+    if not len(at_row):
+        return None
+    if len(at_row) <= SEEN_COMPARED_PER_USER * n_users:
+        which, at_cell = np.nonzero(rows[at_user] == at_row[:, None])
+        marks = np.zeros((n_users, width), dtype=bool)
+        marks[at_user[which], at_cell] = True
+        return marks
+    n = max(len(index), 1)
+    seen_keys = np.sort(at_user * n + at_row)
+    keys = np.arange(n_users, dtype=np.int64)[:, None] * n + rows
+    found = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
+    return (seen_keys[found] == keys) & (rows >= 0)
+
+
+SEEN_COMPARED_PER_USER = 4
+"""``_seen_cells`` compares each seen item with its user's cells while there are at most
+this many per user on average (cheaper than sorting and searching every cell's key)."""
+
+
+def _id_lookup(ids: list[str | None], n: int) -> Callable[[np.ndarray], list[str | None]]:
+    """``rows -> [ids[r] for r in rows]`` for about ``n`` rows in all: one C gather through an
+    object array, unless the index holds many more ids than there are rows to look up
+    (converting it would cost more).
+
+    >>> _id_lookup(["a", "b"], 3)(np.array([1, 1, 0])), _id_lookup(["a"] * 9, 1)(np.array([0]))
     (['b', 'b', 'a'], ['a'])
     """
-    if len(ids) <= 2 * rows.size:
-        return np.array(ids, dtype=object)[rows].tolist()
-    return list(map(ids.__getitem__, rows.tolist()))
+    if len(ids) <= 2 * n:
+        table = np.array(ids, dtype=object)
+        return lambda rows: table[rows].tolist()
+    return lambda rows: list(map(ids.__getitem__, rows.tolist()))

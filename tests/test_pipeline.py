@@ -419,3 +419,33 @@ def test_newest_times_are_noted_as_event_by_event(newest, pairs, stretches):
     _note_newest(newest, [key for key, _ in pairs], [ts for _, ts in pairs])
     assert list(newest.items()) == list(want.items())
     assert [math.copysign(1, ts) for ts in newest.values()] == [math.copysign(1, ts) for ts in want.values()]
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.integers(0, 9))
+def test_seen_cells_compared_per_user_are_those_looked_up_by_key(seed, n_users, width):
+    """``_seen_cells`` marks the same cells whichever way it finds them (each seen item
+    compared with its user's cells, or every cell's key searched among the seen ones')."""
+    import numpy as np
+
+    from online_models._arrays import IdIndex
+    from stream import pipeline as module
+
+    rng = np.random.default_rng(seed)
+    index = IdIndex()
+    for n in range(15):
+        index.add(f"i{n}")
+    rows = np.full((n_users, width), -1, dtype=np.int64)
+    for j in range(n_users):
+        listed = rng.permutation(15)[: rng.integers(0, width + 1)]
+        rows[j, : len(listed)] = listed
+    seen = [{f"i{n}" for n in rng.integers(0, 18, rng.integers(0, 6))} for _ in range(n_users)]  # i15-i17: unknown
+    expected = np.array([[r >= 0 and f"i{r}" in seen[j] for r in rows[j]] for j in range(n_users)],
+                        dtype=bool).reshape(n_users, width)
+    for per_user in (0, 10**6):  # always searched by key, always compared
+        module.SEEN_COMPARED_PER_USER, before = per_user, module.SEEN_COMPARED_PER_USER
+        try:
+            marks = module._seen_cells(rows, index, seen)
+        finally:
+            module.SEEN_COMPARED_PER_USER = before
+        got = np.zeros((n_users, width), dtype=bool) if marks is None else marks  # None: no cell can be
+        assert got.tolist() == expected.tolist()
