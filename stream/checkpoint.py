@@ -33,7 +33,7 @@ import logging
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -55,6 +55,11 @@ class CheckpointStore(Protocol):
 
     def save(self, state: dict[str, Any], offsets: Mapping[int, int]) -> None:
         """Save ``state`` as this worker's newest checkpoint; durable when this returns."""
+
+    def prepare(self, state: dict[str, Any], offsets: Mapping[int, int]) -> Callable[[], None]:
+        """Serialize ``state`` as it is now; the call returned makes it this worker's newest
+        checkpoint (durable when that returns). ``save`` is both at once; a prepared
+        checkpoint never finished is never read."""
 
     def summaries(self) -> dict[str, dict[int, int]]:
         """Each worker's newest checkpoint's partition -> offset, read without the states."""
@@ -111,6 +116,11 @@ class CheckpointFolder:
         return sorted(found, reverse=True)
 
     def save(self, state: dict[str, Any], summary: dict[str, Any] | None = None) -> None:
+        self.prepare(state, summary)()
+
+    def prepare(self, state: dict[str, Any], summary: dict[str, Any] | None = None) -> Callable[[], None]:
+        """Pickle ``state`` into a temporary file now; the call returned makes it durable and
+        renames it into place (until then no reader sees it)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         files = self._files()
         seq = files[0][0] + 1 if files else 1
@@ -126,16 +136,23 @@ class CheckpointFolder:
             pickle.dump(state, body, protocol=pickle.HIGHEST_PROTOCOL)
             f.seek(len(MAGIC))
             f.write(body.digest())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        for _, old in files[self.keep - 1 :]:
-            old.unlink(missing_ok=True)
+
+        def finish() -> None:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            for _, old in files[self.keep - 1 :]:
+                old.unlink(missing_ok=True)
+
+        return finish
 
     def load(self) -> dict[str, Any] | None:
         """The newest valid checkpoint, or None when there is none."""
@@ -193,9 +210,12 @@ class FileCheckpointStore:
         return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
     def save(self, state: dict[str, Any], offsets: Mapping[int, int]) -> None:
+        self.prepare(state, offsets)()
+
+    def prepare(self, state: dict[str, Any], offsets: Mapping[int, int]) -> Callable[[], None]:
         if self.worker is None:
             raise ValueError("this checkpoint store only reads: it was given no worker name")
-        self._folder(self.worker).save(state, summary={"worker": self.worker, "partitions": dict(offsets)})
+        return self._folder(self.worker).prepare(state, summary={"worker": self.worker, "partitions": dict(offsets)})
 
     def summaries(self) -> dict[str, dict[int, int]]:
         found = {}

@@ -40,7 +40,7 @@ import logging
 import pickle
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -296,9 +296,17 @@ class KafkaCheckpointStore:
             value=payload[index * size:(index + 1) * size], partition=manifest.partition)
 
     def save(self, state: dict[str, Any], offsets: Mapping[int, int]) -> None:
+        self.prepare(state, offsets)()
+
+    def prepare(self, state: dict[str, Any], offsets: Mapping[int, int]) -> Callable[[], None]:
+        """Pickle ``state`` now; the call returned writes it (see ``save``)."""
         if self.worker is None:
             raise ValueError("this checkpoint store only reads: it was given no worker name")
         payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        offsets = dict(offsets)
+        return lambda: self._save_payload(payload, offsets)
+
+    def _save_payload(self, payload: bytes, offsets: Mapping[int, int]) -> None:
         if self._next_generation is None:
             self._catch_up()
             self._next_generation = 1 + max((m.generation for m in self.manifests(self.worker)), default=0)

@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,8 @@ class Ownership:
         self.restore()
 
     # -- storage: the only reads and writes of checkpoints ------------------------------
-    def _save(self, state: dict[str, Any], offsets: dict[int, int]) -> None:
-        self.checkpoints.save(state, offsets)
+    def _prepare(self, state: dict[str, Any], offsets: dict[int, int]) -> Callable[[], None]:
+        return self.checkpoints.prepare(state, offsets)
 
     def _load_newest(self) -> dict[str, Any] | None:
         """The group's newest valid checkpoint, this worker's or a peer's."""
@@ -126,14 +127,25 @@ class Ownership:
     def checkpoint(self) -> Pending | None:
         """Expire idle ids, make the item delta, and save the state with the offsets it
         reflects; returns the delta, to publish once this returns."""
+        return self.prepare_checkpoint()()
+
+    def prepare_checkpoint(self) -> Callable[[], Pending | None]:
+        """``checkpoint`` in two steps: the state is taken now (expired, its delta made, and
+        serialized); the call returned makes it durable and returns the delta to publish. The
+        worker calls it once the batches the state holds are written."""
         self.pipeline.expire_idle()
         pending = self.sharing.make_delta()
         partitions = self.pipeline.partitions
-        self._save({**self.pipeline.state(), "deltas": self.sharing.log},
-                   offsets={p: s.next_offset for p, s in partitions.items()})
+        finish = self._prepare({**self.pipeline.state(), "deltas": self.sharing.log},
+                               offsets={p: s.next_offset for p, s in partitions.items()})
         self.events_since_checkpoint = 0
         self.checkpointed_at = time.monotonic()
-        return pending
+
+        def finished() -> Pending | None:
+            finish()
+            return pending
+
+        return finished
 
     def note(self, changes: int) -> None:
         """Count records (and merged deltas) applied since the last checkpoint."""

@@ -10,8 +10,9 @@ One loop, one micro-batch at a time:
    (``stream.write_behind``): the loop goes on with steps 1-3 of the next batch meanwhile,
    and waits for this write before it hands the next one over;
 5. only once the write is done are the batch's offsets committed;
-6. when one is due, a checkpoint (``stream.ownership``; after the write in flight), then
-   its item delta is published (``stream.sharing``).
+6. when one is due, a checkpoint (``stream.ownership``): the state is taken at once, and
+   made durable once the write in flight is done (at the next batch's wait for it, so the
+   loop does not stand idle for it), then its item delta is published (``stream.sharing``).
 
 Several workers share one consumer group: see ``stream.ownership`` and ``docs/scaling.md``.
 """
@@ -23,7 +24,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import attrgetter
 
 import numpy as np
@@ -110,6 +111,8 @@ class Worker:
         self._dlq_unflushed = False
         self._writes: WriteBehind[_Written] = WriteBehind()  # Redis is written from its thread only
         self._uncommitted: dict[Partition, int] = {}  # written, not committed yet
+        self._checkpoint_taken: Callable[[], object] | None = None  # made durable once the write in flight is
+        self._checkpoint_unreported = False  # made durable, not yet in a write's metrics
 
     @property
     def model(self) -> Recommender:
@@ -177,15 +180,29 @@ class Worker:
         gc.freeze()  # the state just restored is long-lived too (see checkpoint)
 
     def checkpoint(self) -> None:
-        """Save the state and the offsets it reflects (once the batches it holds are in
-        Redis), then publish the item delta that goes with it."""
+        """Save the state and the offsets it reflects (durable once the batches it holds
+        are in Redis), then publish the item delta that goes with it."""
+        self._take_checkpoint()
         self._await_write()
-        self._publish(self.ownership.checkpoint())
-        self.metrics.last_checkpoint_at = time.time()
+
+    def _take_checkpoint(self) -> None:
+        """Take the state for a checkpoint now (serialized as it is); ``_await_write`` makes
+        it durable and publishes its delta once the write in flight is done, since the state
+        holds that write's batch."""
+        if self._checkpoint_taken is not None:  # the one before first (it holds older offsets)
+            self._await_write()
+        self._checkpoint_taken = self.ownership.prepare_checkpoint()
         # The models' state is millions of long-lived, acyclic Python objects that each full
         # collection would walk again (about a fifth of the worker's CPU): what exists now
         # leaves the collector's view; it is still freed by reference counting.
         gc.freeze()
+
+    def _finish_checkpoint(self) -> None:
+        """The checkpoint taken made durable (every batch it holds is written), its delta published."""
+        finish, self._checkpoint_taken = self._checkpoint_taken, None
+        self._publish(finish())
+        self.metrics.last_checkpoint_at = time.time()
+        self._checkpoint_unreported = True
 
     def _publish(self, pending) -> None:
         self.sharing.publish(self.producer, self.settings.item_deltas_topic, pending)
@@ -215,6 +232,7 @@ class Worker:
         self._observe(effects.written_at)
         series = {name: n for name, n in dataclasses.asdict(effects.counts).items() if n}
         series.update(self._metrics_grown())
+        self._checkpoint_unreported = False  # this write's metrics say it
         exposures, forgotten = self.pipeline.exposures.drain(), sorted(effects.forgotten)
         stamps = np.array(list(map(_timestamp, records)), dtype=float)  # None: nan
         produced_at = stamps[stamps > 0]
@@ -241,16 +259,18 @@ class Worker:
 
     def _await_write(self) -> None:
         """Wait for the write in flight (its error raised here); its offsets wait for ``settle``
-        (not committed from inside ``poll()``, where ``release`` calls this)."""
+        (not committed from inside ``poll()``, where ``release`` calls this). Then a
+        checkpoint taken meanwhile is made durable."""
         done = self._writes.wait()
-        if done is None:  # nothing in flight
-            return
-        written, result = done
-        if written.started is not None:  # an event batch's
-            durable_at, durable_perf = result
-            self.metrics.batch_seconds.observe(durable_perf - written.started)
-            self.metrics.freshness_seconds.observe_many(durable_at - written.produced_at / 1000.0)
-        self._uncommitted.update(written.offsets)
+        if done is not None:
+            written, result = done
+            if written.started is not None:  # an event batch's
+                durable_at, durable_perf = result
+                self.metrics.batch_seconds.observe(durable_perf - written.started)
+                self.metrics.freshness_seconds.observe_many(durable_at - written.produced_at / 1000.0)
+            self._uncommitted.update(written.offsets)
+        if self._checkpoint_taken is not None:
+            self._finish_checkpoint()
 
     def _offsets(self, records: Sequence[RecordLike]) -> dict[Partition, int]:
         """The offsets to commit once this batch is durable: in a group, where the pipeline
@@ -306,6 +326,7 @@ class Worker:
         self.settle()
         self.metrics.deltas_merged_through = dict(self.sharing.log.merged)
         series = self._metrics_grown()
+        self._checkpoint_unreported = False
         sink, model, now, metrics = self.sink, self.model.name, time.time(), (self.worker_id, self._metrics_written)
         self._writes.hand_over(lambda: sink.write_batch({}, model, now, worker_metrics=metrics, series=series),
                               _Written({}))  # a report: nothing to commit
@@ -365,10 +386,14 @@ class Worker:
                 self._writes.hand_over(lambda: sink.add_series(series, exposures), _Written(consumed))
             elif consumed:
                 self._commit(consumed)
-        checkpointed = self.ownership.due()
-        if checkpointed:
-            self.checkpoint()
-        if checkpointed or (merged and batch is None):  # reported while no events come too
+        if self.ownership.due():
+            if batch is None:  # nothing to learn while the write in flight goes on: at once
+                self.checkpoint()
+            else:  # durable once this batch's write is, at the next batch's wait for it
+                self._take_checkpoint()
+        # a checkpoint done, or deltas merged, are reported while no events come too (the
+        # next batch's write carries them otherwise)
+        if batch is None and (merged or self._checkpoint_unreported):
             self._report()
         return batch
 

@@ -115,7 +115,9 @@ def test_offsets_are_committed_only_after_dead_letters_are_flushed_and_effects_w
 def test_a_checkpoint_follows_when_due_and_a_restarted_worker_resumes_from_it(tmp_path) -> None:
     worker, calls = make_worker(tmp_path, [[view("t", 0, "u", "a"), view("t", 1, "u", "b")], [view("t", 2, "v", "a")]],
                                 checkpoint_every_events=2)
-    worker.poll_once()
+    worker.poll_once()  # due: the state is taken, durable once the batch's write in flight is
+    assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {}
+    worker.settle()
     assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {"w": {0: 2}}
     worker.poll_once()  # one more event: not due yet; close() saves it
     worker.close()
@@ -142,11 +144,13 @@ def test_a_checkpoint_takes_the_long_lived_state_out_of_the_collectors_view(tmp_
 
 
 def test_a_checkpoint_is_reported_at_once(tmp_path) -> None:
-    """The metrics go out after a checkpoint too, not only with the next batch (peers and
-    tests read when a worker's learning went out in a delta, and which deltas it holds)."""
+    """The metrics go out after a checkpoint too, not only with the next batch of events
+    (peers and tests read when a worker's learning went out in a delta, and which deltas it
+    holds): at the first poll that brings none."""
     worker, calls = make_worker(tmp_path, [[view("t", 0, "u", "a"), view("t", 1, "u", "b")]],
                                 checkpoint_every_events=2)
-    worker.poll_once()
+    worker.poll_once()  # the checkpoint is taken; durable once the batch's write is
+    assert worker.poll_once() is None  # no events: the write is waited for, the checkpoint done and reported
     worker.settle()  # the report went on in the background
     assert calls == ["write_batch", "commit", "write_batch"]
     batch, report = (b["metrics"] for b in worker.sink.batches)
@@ -231,6 +235,25 @@ def test_a_failed_write_is_raised_in_the_loop_and_its_batch_is_neither_committed
         worker.close()  # no checkpoint of the lost write either; the clients are released all the same
     assert calls == ["consumer.close", "flush"]
     assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {}
+
+
+def test_a_checkpoint_taken_while_its_batch_is_written_becomes_durable_only_after_that_write(tmp_path) -> None:
+    """The loop does not wait for the write in flight to take a checkpoint: the state is
+    serialized at once, and the checkpoint is made durable (and its delta published) when
+    the loop next waits for the write; a worker that dies before leaves no checkpoint."""
+    worker, calls = gated_worker(tmp_path, [[view("t", 0, "u", "a"), view("t", 1, "u", "b")], [view("t", 2, "v", "a")]],
+                                 checkpoint_every_events=2)
+    worker.poll_once()  # batch 1 is learned, its write held at the gate, and the checkpoint taken
+    assert calls == [] and worker.ownership.events_since_checkpoint == 0
+    assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {}
+    assert worker.metrics.last_checkpoint_at is None
+    worker.sink.gate.set()
+    worker.poll_once()  # batch 2 is learned; waiting for batch 1's write, the checkpoint is made durable
+    assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {"w": {0: 2}}  # batch 1's offsets only
+    assert worker.metrics.last_checkpoint_at is not None
+    worker.settle()
+    assert worker.sink.batches[1]["metrics"]["last_checkpoint_at"] == worker.metrics.last_checkpoint_at
+    assert calls == ["write_batch", "commit", "write_batch", "commit"]
 
 
 def test_a_released_partition_waits_for_the_write_in_flight_and_commits_only_what_is_still_owned(tmp_path) -> None:
