@@ -489,15 +489,23 @@ class PlainArgsPacker:
     def pack(self, *args) -> list[bytes]:
         if not (_PLAIN_ARGS.issuperset(map(type, args)) and len(args[0].split()) == 1):
             return self.fallback.pack(*args)
-        pieces = [b"*%d\r\n" % len(args)]
-        add = pieces.append
-        for arg in args:
-            if type(arg) is not bytes:
-                arg = arg.encode() if type(arg) is str else b"%d" % arg  # a str that is not UTF-8 raises, as redis-py
-            add(b"$%d\r\n" % len(arg))
-            add(arg)
-            add(b"\r\n")
+        if not _BYTES.issuperset(map(type, args)):  # a str that is not UTF-8 raises, as redis-py
+            args = [arg if type(arg) is bytes else arg.encode() if type(arg) is str else b"%d" % arg for arg in args]
+        sizes = list(map(len, args))
+        if max(sizes) < len(_SIZE_HEADS):
+            heads = map(_SIZE_HEADS.__getitem__, sizes)
+        else:
+            heads = [b"\r\n$%d\r\n" % size for size in sizes]
+        # "*<n>", then "\r\n$<size>\r\n" before each argument, and "\r\n" after the last
+        pieces = [b"\r\n"] * (2 * len(args) + 2)
+        pieces[0] = b"*%d" % len(args)
+        pieces[1:-1:2] = heads
+        pieces[2:-1:2] = args
         return [b"".join(pieces)]
+
+
+_BYTES = frozenset((bytes,))
+_SIZE_HEADS = [b"\r\n$%d\r\n" % size for size in range(4096)]  # the common sizes' heads, made once
 
 
 SERIES_TTL_S = 25 * 3600

@@ -12,7 +12,7 @@ from core.keys import PlainArgsPacker, make_client
 from stream.sink import ListSink
 
 ARGUMENT = st.one_of(
-    st.binary(max_size=40), st.text(max_size=20), st.integers(), st.floats(allow_nan=False), st.booleans(),
+    st.binary(max_size=40), st.binary(min_size=4094, max_size=4098), st.text(max_size=20), st.integers(), st.floats(allow_nan=False), st.booleans(),
     st.builds(bytearray, st.binary(max_size=8)), st.builds(memoryview, st.binary(max_size=8)),
 )
 NAME = st.sampled_from(["SET", "EVALSHA", b"HSET", "CONFIG GET", b"CLIENT  LIST", "DEL"])
