@@ -532,12 +532,13 @@ class KeyLayout:
         self.workers_pattern = f"{prefix}:workers:*"
         self.workers_index = f"{prefix}:workers"
         self._user_head, self._history_head = f"{prefix}:recs:", f"{prefix}:history:"
+        self._similar_head = f"{prefix}:similar:"
 
     def user(self, user_id: str) -> str:
         return self._user_head + _quoted(user_id)
 
     def similar(self, item_id: str) -> str:
-        return f"{self.prefix}:similar:{quote(item_id, safe='')}"
+        return self._similar_head + _quoted(item_id)
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:workers:{quote(worker_id, safe='')}"
@@ -556,6 +557,14 @@ class KeyLayout:
     def histories(self, user_ids: Sequence[str]) -> list[str]:
         """``history`` of each id."""
         return _keyed(self._history_head, user_ids)
+
+    def similars(self, item_ids: Sequence[str]) -> list[str]:
+        """``similar`` of each id.
+
+        >>> KeyLayout("p").similars(["a", "x/y"])
+        ['p:similar:a', 'p:similar:x%2Fy']
+        """
+        return _keyed(self._similar_head, item_ids)
 
     def series(self, minute: int) -> str:
         return f"{self.prefix}:series:{minute}"

@@ -109,9 +109,10 @@ class ListSink:
             lists = ListBatch.of_rankings(lists, seen)
         keys = self.keys.users(lists.users)
         values = encode_lists(lists, model, updated_at, explanations or {})
-        for item_id, items in (similar or {}).items():
-            keys.append(self.keys.similar(item_id))
-            values.append(encode_list(items, model, updated_at))
+        if similar:  # encoded as users' lists are (the bytes encode_list gives each)
+            similar_lists = ListBatch.of_rankings(similar)
+            keys += self.keys.similars(similar_lists.users)
+            values += encode_lists(similar_lists, model, updated_at)
         history_keys, history_values = [], []
         if history and self.history_events:
             history_keys = self.keys.histories(list(history))

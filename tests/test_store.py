@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import redis
 
-from core.keys import FORMAT_V1, ListBatch, StoredList, decode_list, encode_list, encode_list_json, encode_lists
+from core.keys import FORMAT_V1, KeyLayout, ListBatch, StoredList, decode_list, encode_list, encode_list_json, encode_lists
 from serving.store import RecommendationStore
 from stream.sink import ListSink
 
@@ -123,8 +123,10 @@ def test_written_lists_expire_and_read_back(services):
     store, sink = RecommendationStore(client, prefix), ListSink(client, prefix, user_list_ttl_s=600)
     try:
         lists = {"ü 1": [("a", 0.5), ("b", 0.25)], "u2": []}
-        sink.write_batch(lists, "cooc", 10.0, popular=[("p", 3.0)], seen={"ü 1": [True, False]},
-                          similar={"a": [("b", 0.9)]})
+        similar = {"a": [("b", 0.9)], "x/ü": [], "c": [("d", 1.5), ("e", 1e9)]}
+        sink.write_batch(lists, "cooc", 10.0, popular=[("p", 3.0)], seen={"ü 1": [True, False]}, similar=similar)
+        for item_id, items in similar.items():  # the bytes each list alone encodes to
+            assert client.get(KeyLayout(prefix).similar(item_id)) == encode_list(items, "cooc", 10.0)
         stored = store.user_list("ü 1")
         assert stored == StoredList(items=[("a", 0.5), ("b", 0.25)], model="cooc", updated_at=10.0,
                                     seen=[True, False])
