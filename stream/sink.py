@@ -90,6 +90,7 @@ class ListSink:
         history: Mapping[str, Sequence[tuple[str, str, float]]] | None = None,
         series: Mapping[str, float] | None = None,
         exposures: Mapping[int, Mapping[str, int]] | None = None,
+        encoded: Sequence[bytes] | None = None,
     ) -> None:
         """Write users' lists, the popular list, similar-item lists and counter values in one transaction.
 
@@ -100,6 +101,10 @@ class ListSink:
         the batch adds to this minute's ``series``, and the ``exposures`` read since the last
         batch (impressions per item, per 5-minute bucket of serve time; see ``add_series``).
 
+        ``encoded``: the users' lists already encoded (``core.keys.encode_lists`` of ``lists``,
+        ``model``, ``updated_at`` and ``explanations``; the worker encodes them on its loop's
+        thread, so that the writer thread holds the interpreter only briefly).
+
         On a Redis Cluster the keys live on several shards, which no transaction spans: the
         lists go first, and the rest only once every shard took them, so the counters never
         count lists that are not there. (Lists and counters are absolute values: a batch
@@ -108,7 +113,7 @@ class ListSink:
         if not isinstance(lists, ListBatch):  # plain lists: one encoder for all (the bytes encode_list gives)
             lists = ListBatch.of_rankings(lists, seen)
         keys = self.keys.users(lists.users)
-        values = encode_lists(lists, model, updated_at, explanations or {})
+        values = encode_lists(lists, model, updated_at, explanations or {}) if encoded is None else list(encoded)
         if similar:  # encoded as users' lists are (the bytes encode_list gives each)
             similar_lists = ListBatch.of_rankings(similar)
             keys += self.keys.similars(similar_lists.users)

@@ -31,7 +31,7 @@ import numpy as np
 from kafka import KafkaProducer
 
 from core.kafka import ensure_topics, make_producer
-from core.keys import make_client
+from core.keys import encode_lists, make_client
 from core.metrics import WorkerMetrics, increments
 from core.settings import Settings
 from online_models import Recommender, make_model, set_scoring, set_torch_threads
@@ -237,11 +237,14 @@ class Worker:
         stamps = np.array(list(map(_timestamp, records)), dtype=float)  # None: nan
         produced_at = stamps[stamps > 0]
         sink, worker_metrics = self.sink, (self.worker_id, self._metrics_written)
+        # encoded here, not on the writer thread: while the loop holds the interpreter, the
+        # writer would wait for it at each step, and the write (which the next batch waits for) with it
+        encoded = encode_lists(effects.lists, effects.model, effects.written_at, effects.explanations)
 
         def write() -> tuple[float, float]:
             sink.write_batch(effects.lists, effects.model, effects.written_at, effects.popular, effects.counters,
                              effects.similar, worker_metrics, effects.explanations, effects.item_metadata,
-                             history=effects.history, series=series, exposures=exposures)
+                             history=effects.history, series=series, exposures=exposures, encoded=encoded)
             sink.delete_users(forgotten)
             return time.time(), time.perf_counter()  # when it was durable: freshness, latency
 
