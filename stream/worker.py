@@ -111,7 +111,8 @@ class Worker:
         self._dlq_unflushed = False
         self._writes: WriteBehind[_Written] = WriteBehind()  # Redis is written from its thread only
         self._uncommitted: dict[Partition, int] = {}  # written, not committed yet
-        self._checkpoint_taken: Callable[[], object] | None = None  # made durable once the write in flight is
+        # a checkpoint's state taken (when), made durable once the write in flight is
+        self._checkpoint_taken: tuple[Callable[[], object], float] | None = None
         self._checkpoint_unreported = False  # made durable, not yet in a write's metrics
 
     @property
@@ -191,7 +192,7 @@ class Worker:
         holds that write's batch."""
         if self._checkpoint_taken is not None:  # the one before first (it holds older offsets)
             self._await_write()
-        self._checkpoint_taken = self.ownership.prepare_checkpoint()
+        self._checkpoint_taken = self.ownership.prepare_checkpoint(), time.time()
         # The models' state is millions of long-lived, acyclic Python objects that each full
         # collection would walk again (about a fifth of the worker's CPU): what exists now
         # leaves the collector's view; it is still freed by reference counting.
@@ -199,9 +200,9 @@ class Worker:
 
     def _finish_checkpoint(self) -> None:
         """The checkpoint taken made durable (every batch it holds is written), its delta published."""
-        finish, self._checkpoint_taken = self._checkpoint_taken, None
+        (finish, taken_at), self._checkpoint_taken = self._checkpoint_taken, None
         self._publish(finish())
-        self.metrics.last_checkpoint_at = time.time()
+        self.metrics.last_checkpoint_at = taken_at  # it holds what was learned by then
         self._checkpoint_unreported = True
 
     def _publish(self, pending) -> None:
