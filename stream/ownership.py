@@ -83,6 +83,7 @@ class Ownership:
         self.worker_id = settings.worker_instance_id or checkpoints.worker
         sharing.begin(f"{self.worker_id}@{time.time_ns()}")
         self.events_since_checkpoint = 0
+        self._held_by_taken = 0  # of those, held by a checkpoint taken, not durable yet
         self.checkpointed_at = time.monotonic()
         self.restore()
 
@@ -138,11 +139,16 @@ class Ownership:
         partitions = self.pipeline.partitions
         finish = self._prepare({**self.pipeline.state(), "deltas": self.sharing.log},
                                offsets={p: s.next_offset for p, s in partitions.items()})
-        self.events_since_checkpoint = 0
-        self.checkpointed_at = time.monotonic()
+        held, taken_at = self.events_since_checkpoint, time.monotonic()
+        self._held_by_taken = held
 
         def finished() -> Pending | None:
             finish()
+            # counted as saved only once durable: what was noted after it was taken still
+            # counts, and a checkpoint that failed is still owed (``close`` saves one)
+            self.events_since_checkpoint -= held
+            self._held_by_taken = 0
+            self.checkpointed_at = taken_at
             return pending
 
         return finished
@@ -153,8 +159,9 @@ class Ownership:
 
     def due(self) -> bool:
         """Whether a checkpoint is due: enough changes, or enough time since the last."""
-        return bool(self.events_since_checkpoint) and (
-            self.events_since_checkpoint >= self.settings.checkpoint_every_events
+        changes = self.events_since_checkpoint - self._held_by_taken  # not in one taken already
+        return bool(changes) and (
+            changes >= self.settings.checkpoint_every_events
             or time.monotonic() - self.checkpointed_at >= self.settings.checkpoint_interval_s)
 
     # -- partitions --------------------------------------------------------------------

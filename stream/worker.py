@@ -114,6 +114,7 @@ class Worker:
         # a checkpoint's state taken (when), made durable once the write in flight is
         self._checkpoint_taken: tuple[Callable[[], object], float] | None = None
         self._checkpoint_unreported = False  # made durable, not yet in a write's metrics
+        self._learned_unwritten = False  # a batch learned, its write not handed over (an error came between)
 
     @property
     def model(self) -> Recommender:
@@ -222,6 +223,7 @@ class Worker:
         (and its offsets committed) first, and this one's is left in flight. ``consumed``:
         what else was read with it (committed with it when the worker is not in a group)."""
         started = time.perf_counter()
+        self._learned_unwritten = True
         effects = self.pipeline.process(records, commands)
         self.sharing.note(effects.touched_items, effects.item_metadata)
         self._dead_letter(effects.dead_letters)
@@ -250,6 +252,7 @@ class Worker:
             return time.time(), time.perf_counter()  # when it was durable: freshness, latency
 
         self._writes.hand_over(write, _Written(offsets, started, produced_at))
+        self._learned_unwritten = False
         self.ownership.note(len(records) + len(commands))
         return effects.counts
 
@@ -417,7 +420,10 @@ class Worker:
         error raised once all is released)."""
         try:
             self.settle(commit_wait=True)
-            if self.ownership.events_since_checkpoint:
+            if self._learned_unwritten:  # a checkpoint now would claim a batch Redis never got
+                log.warning("no checkpoint at close: a batch was learned but its write never started; "
+                            "the next owner resumes from the last checkpoint")
+            elif self.ownership.events_since_checkpoint:
                 self.checkpoint()
         finally:
             self._writes.close()

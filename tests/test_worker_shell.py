@@ -244,17 +244,47 @@ def test_a_checkpoint_taken_while_its_batch_is_written_becomes_durable_only_afte
     worker, calls = gated_worker(tmp_path, [[view("t", 0, "u", "a"), view("t", 1, "u", "b")], [view("t", 2, "v", "a")]],
                                  checkpoint_every_events=2)
     worker.poll_once()  # batch 1 is learned, its write held at the gate, and the checkpoint taken
-    assert calls == [] and worker.ownership.events_since_checkpoint == 0
+    # its events count as saved only once it is durable, and no second one is due meanwhile
+    assert calls == [] and worker.ownership.events_since_checkpoint == 2 and not worker.ownership.due()
     assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {}
     assert worker.metrics.last_checkpoint_at is None
     worker.sink.gate.set()
     worker.poll_once()  # batch 2 is learned; waiting for batch 1's write, the checkpoint is made durable
     assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {"w": {0: 2}}  # batch 1's offsets only
+    assert worker.ownership.events_since_checkpoint == 1  # batch 2's
     worker.settle()
     first, second = (batch["metrics"] for batch in worker.sink.batches)
     # reported with batch 2, and as taken before batch 2 was learned: it does not hold batch 2
     assert first["last_batch_at"] <= second["last_checkpoint_at"] < second["last_batch_at"]
     assert calls == ["write_batch", "commit", "write_batch", "commit"]
+
+
+def test_a_checkpoint_that_fails_to_become_durable_is_owed_and_never_claims_a_batch_not_written(tmp_path) -> None:
+    worker, calls = make_worker(tmp_path, [[view("t", 0, "u", "a"), view("t", 1, "u", "b")], [view("t", 2, "v", "a")]],
+                                checkpoint_every_events=2)
+    store, failures = worker.ownership.checkpoints, [OSError("checkpoint store unavailable")]
+    real_prepare = store.prepare
+
+    def flaky_prepare(state, offsets):
+        finish = real_prepare(state, offsets)
+
+        def flaky_finish():
+            if failures:
+                raise failures.pop()
+            finish()
+        return flaky_finish
+
+    store.prepare = flaky_prepare
+    worker.poll_once()  # batch 1 learned and handed over; a checkpoint taken
+    worker.ownership.note(1)  # a peer's delta merged in the next poll
+    with pytest.raises(OSError, match="unavailable"):
+        worker.poll_once()  # batch 2 learned; its wait for batch 1's write makes the checkpoint durable: fails
+    assert worker.ownership.events_since_checkpoint == 3  # batch 1's events still owed, and the delta
+    worker.close()  # batch 2's write never started: a checkpoint now would claim offset 2
+    assert [sorted(batch["lists"].users) for batch in worker.sink.batches] == [["u"]]
+    assert FileCheckpointStore(tmp_path / "checkpoints").summaries() == {}
+    again, _ = make_worker(tmp_path, [])
+    assert again.pipeline.partitions == {} and again.totals.applied == 0
 
 
 def test_a_released_partition_waits_for_the_write_in_flight_and_commits_only_what_is_still_owned(tmp_path) -> None:
