@@ -141,6 +141,7 @@ def fuse_top_k(
     first = item < unlisted
     first[:, 1:] &= ~same[:, :-1]  # an item's first entry holds its total
     fused = np.where(first, total, -np.inf)
+    np.fmax(fused, -np.inf, out=fused)  # a NaN sum (an infinite score scaled) is no candidate
     cells = _cells_that_can_rank(fused, k)
     at = np.minimum(cells, width - 1) + base  # flat positions of those cells
     last = n_users * width - 1
@@ -401,6 +402,7 @@ class CandidateFusion:
         for values in self._after:
             total += values
         np.copyto(total, -np.inf, where=self._unlisted)
+        np.fmax(total, -np.inf, out=total)  # NaN (an infinite score scaled) is no candidate, as in fuse_top_k
         at = self._order(total, k)
         fused = np.take(total, at)
         valid = fused > -np.inf

@@ -216,6 +216,23 @@ def test_candidate_fusion_orders_scores_that_differ_only_in_their_lowest_bits() 
             assert np.array_equal(w, g)
 
 
+def test_candidate_fusion_drops_a_nan_score_as_fuse_top_k_does() -> None:
+    """A NaN sum (a calibrated part's NaN, or an infinite score scaled) is no candidate: not
+    at the head of the list, not in place of a real candidate."""
+    lead_rows = np.array([[0, 1, 2], [3, 4, 5]])
+    other_rows = np.array([[1, 2, -1], [5, -1, -1]])
+    other_scores = np.where(other_rows >= 0, 0.5, -np.inf)
+    for nan in (np.nan, -np.nan):
+        lead_scores = np.array([[0.9, nan, 0.5], [nan, 0.8, 0.1]])
+        parts = [(other_rows, other_scores, 1.0), (lead_rows, lead_scores, 1.0, 2.0)]
+        for k in (1, 2, 3):
+            want = fuse_top_k(parts, k, with_sources=True)
+            got = CandidateFusion(parts, lead=1).top(k, lead_weight=1.0)
+            assert not np.isnan(got[1]).any() and (got[0][:, 0] >= 0).all()
+            for w, g in zip(want, got):
+                assert np.array_equal(w, g)
+
+
 def test_weight_choices_changed_by_the_caller_after_construction_change_nothing():
     choices = {"sequence": [1, 4]}
     model = Blend(models={"cooc": {}, "sequence": {}}, weight_choices=choices)
