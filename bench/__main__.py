@@ -10,6 +10,7 @@ numbers as one JSON object.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -203,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="runs per measurement (default: 3 quick, 5 full)")
     parser.add_argument("--profile", metavar="DIR", help="profile the worker (pyinstrument) and the API (py-spy)")
     args = parser.parse_args(argv)
+    if args.profile and importlib.util.find_spec("pyinstrument") is None:
+        parser.error("--profile needs pyinstrument (and py-spy for the API): pip install -e '.[profile]'")
 
     names = list(BENCHES) if args.what == "all" else [args.what]
     started = time.monotonic()
