@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,3 +250,21 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.05, what: str 
             return
         time.sleep(interval_s)
     raise TimeoutError(f"{what} not reached within {timeout_s:.0f} s")
+
+
+def in_turns(trees: Sequence[str], round_: int) -> Sequence[str]:
+    """The trees in this round's order: reversed every other round, so that none always runs
+    first (on a host that warms up, or slows down, as a run goes on)."""
+    return trees if round_ % 2 == 0 else trees[::-1]
+
+
+def json_from_tree(tree: str, argv: Sequence[str], extra_env: Mapping[str, str] | None = None,
+                   timeout_s: float | None = None) -> dict:
+    """Run this interpreter with ``argv`` in ``tree``, its packages first on the path and none
+    of this shell's ``STREAMREC_`` settings; returns the JSON object on its last line of output."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("STREAMREC_")}
+    env["PYTHONPATH"] = os.path.abspath(tree)
+    env.update(extra_env or {})
+    done = subprocess.run([sys.executable, *argv], cwd=tree, env=env, capture_output=True, text=True,
+                          timeout=timeout_s, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])

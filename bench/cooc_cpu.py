@@ -24,8 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 PHASES = ("learn_many", "recommend_rows", "explain_rows", "similar_items", "item_delta")
@@ -132,17 +130,15 @@ def main() -> None:
         result = measure(args.events, args.model, args.learn_only, args.profile, args.warm)
         print(json.dumps(result) if args.json else report(args.model, result))
         return
+    from bench.common import in_turns, json_from_tree
+
     rates: dict[str, list[float]] = {tree: [] for tree in args.trees}
     for r in range(args.rounds):
-        for tree in args.trees:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-            env["PYTHONPATH"] = tree
-            cmd = [sys.executable, os.path.abspath(__file__), "--events", str(args.events), "--warm", str(args.warm),
-                   "--model", args.model,
-                   "--json", *(["--learn-only"] if args.learn_only else [])]
+        for tree in in_turns(args.trees, r):
             # this file runs from its checkout; its imports of the project come from ``tree``
-            out = subprocess.run(cmd, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
-            result = json.loads(out.strip().splitlines()[-1])
+            result = json_from_tree(tree, [os.path.abspath(__file__), "--events", str(args.events), "--warm",
+                                           str(args.warm), "--model", args.model, "--json",
+                                           *(["--learn-only"] if args.learn_only else [])])
             rates[tree].append(result["events"] / result["cpu_s"])
             print(f"round {r + 1} " + report(tree, result), flush=True)
     base = args.trees[0]

@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 PHASES = ("learn_many", "recommend_rows", "explain_rows")
@@ -149,17 +147,14 @@ def main() -> None:
         result = measure(args.events, args.model, args.profile, args.digest)
         print(json.dumps(result) if args.json else report(args.model, result))
         return
+    from bench.common import in_turns, json_from_tree
+
     runs: dict[str, list[dict]] = {tree: [] for tree in args.trees}
     for r in range(args.rounds):
-        order = args.trees if r % 2 == 0 else args.trees[::-1]
-        for tree in order:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-            env["PYTHONPATH"] = tree
-            cmd = [sys.executable, os.path.abspath(__file__), "--events", str(args.events), "--model", args.model,
-                   "--json", *(["--digest"] if args.digest else [])]
+        for tree in in_turns(args.trees, r):
             # this file runs from its checkout; its imports of the project come from ``tree``
-            out = subprocess.run(cmd, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
-            result = json.loads(out.strip().splitlines()[-1])
+            result = json_from_tree(tree, [os.path.abspath(__file__), "--events", str(args.events), "--model",
+                                           args.model, "--json", *(["--digest"] if args.digest else [])])
             runs[tree].append(result)
             print(f"round {r + 1} " + report(tree, result), flush=True)
     base = args.trees[0]

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import json  # also for the call appended when this file runs as code in an older tree
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -136,15 +134,13 @@ def drain(events: int, models: list[str]) -> dict[str, float]:
 
 
 def _in_tree(tree: str, events: int, models: list[str], what: str = "measure", env_extra=None) -> dict:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("STREAMREC_")}
-    env["PYTHONPATH"] = tree
-    env.update(env_extra or {})
+    from bench.common import json_from_tree
+
     call = f"print(json.dumps({what}({events}, {models!r})))"
     code = f"import json; from bench.front_cpu import {what}; {call}"
     if not (Path(tree) / "bench" / "front_cpu.py").exists():  # a tree from before this file: run ours there
         code = Path(__file__).read_text() + f"\n{call}"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json_from_tree(tree, ["-c", code], extra_env=env_extra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import uuid
 
 _DRAIN = """
@@ -66,11 +63,9 @@ print(json.dumps({"events": consumed - first.consumed, "seconds": elapsed, "cpu_
 
 
 def _drain(tree: str, settings: dict, events: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env["PYTHONPATH"] = os.path.abspath(tree)
-    done = subprocess.run([sys.executable, "-c", _DRAIN, json.dumps({"settings": settings, "events": events})],
-                          cwd=tree, env=env, capture_output=True, text=True, timeout=900, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from bench.common import json_from_tree
+
+    return json_from_tree(tree, ["-c", _DRAIN, json.dumps({"settings": settings, "events": events})], timeout_s=900)
 
 
 def main() -> None:
@@ -81,7 +76,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from bench.common import bench_settings, drop_prefix, in_process, services
+    from bench.common import bench_settings, drop_prefix, in_process, in_turns, services
     from bench.ingest import _produce_proc
 
     with services() as svc:
@@ -89,7 +84,7 @@ def main() -> None:
         in_process(_produce_proc, base, args.events)
         rates: dict[str, list[dict]] = {tree: [] for tree in args.trees}
         for round_ in range(args.rounds):
-            for tree in args.trees if round_ % 2 == 0 else args.trees[::-1]:
+            for tree in in_turns(args.trees, round_):
                 run = uuid.uuid4().hex[:8]
                 settings = {"kafka_bootstrap": svc.kafka_bootstrap, "redis_url": svc.redis_url,
                             "topic": base.topic, "group_id": f"ab-{run}", "redis_prefix": f"ab:{run}",
