@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kafka", action="store_true", help="the worker through Kafka and Redis (with --against)")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
+    here = str(Path(__file__).resolve().parents[1])
     if args.digest:
-        here = str(Path(__file__).resolve().parents[1])
         for tree in (here, args.against) if args.against else (here,):
             print(tree, _in_tree(tree, args.events, models, "digest"))
         return
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, rate in measure(args.events, models).items():
             print(f"{name:10s} {rate:10,.0f} events per CPU-second")
         return
-    here = str(Path(__file__).resolve().parents[1])
+    from bench.common import in_turns  # main runs in this checkout
+
     runs: dict[str, list[dict[str, float]]] = {"here": [], "there": []}
     with contextlib.ExitStack() as stack:
         what, env_extra = "measure", None
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             what, env_extra = "drain", {"STREAMREC_KAFKA_BOOTSTRAP": svc.kafka_bootstrap,
                                         "STREAMREC_REDIS_URL": svc.redis_url}
         for rep in range(args.repeats):
-            for side in ("here", "there") if rep % 2 == 0 else ("there", "here"):
+            for side in in_turns(("here", "there"), rep):
                 tree = here if side == "here" else args.against
                 runs[side].append(_in_tree(tree, args.events, models, what, env_extra))
     print(f"{'':16s} {'this tree':>12s} {'against':>12s} {'ratio':>7s}  (events per CPU-second; wall: per second; medians of "

@@ -153,7 +153,7 @@ def run(svc: Services, *, quick: bool, repeats: int | None = None, profile_dir: 
     # default's ingest against it): the same events on a topic of its own, since a worker
     # merges the item deltas that earlier workers of its topic published, and another
     # model's do not fit; each pair's later runs find their earlier runs' deltas, alike
-    partner_topic = bench_settings(svc, model="blend", model_params=BLEND_WITHOUT_SEQUENCE).topic
+    partner_topic = bench_settings(svc).topic  # a new topic
     in_process(_produce_proc, bench_settings(svc, topic=partner_topic), n)
     worker_rates, bare_rates, ratios, model = [], [], [], None
     worker_cpu_rates, bare_cpu_rates, refresh_rates = [], [], []

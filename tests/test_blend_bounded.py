@@ -17,10 +17,9 @@ from online_models.blend import Blend
 from online_models.checks import yield_checks
 from online_models.fusion import CandidateFusion, fuse_top_k
 from tests.test_blend_feedback import rank_both_ways
+from tests.test_blend_replay import PARTS
 from tests.test_ranking_paths import random_stream, seen_by
 
-SMALL_EMBEDDINGS = {"n_factors": 8, "batch_size": 16, "n_negatives": 16}
-PARTS = {"cooc": {}, "embeddings": SMALL_EMBEDDINGS, "sequence": {}}
 BOUNDED = {"candidates_from": "sequence", "weight_choices": {"sequence": [1.0, 4.0, 16.0]}}
 
 
