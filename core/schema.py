@@ -253,14 +253,20 @@ def parse_event(
     converted after); anything else, valid or not, takes ``decode_json`` and
     ``validate_event``, which explain a rejection. Either way the same event, or reason.
     """
+    now = time.time() if now is None else now
+    return _event_from(raw, _wire(raw, max_bytes) if raw else None, default_ts, default_event_id, max_bytes, now)
+
+
+def _event_from(raw: bytes | None, wire: Any, default_ts: float | None, default_event_id: str | None,
+                max_bytes: int, now: float) -> Event:
+    """``parse_event`` of ``raw``, whose ``_wire`` is ``wire``: the event, or ``InvalidEvent`` raised."""
     if not raw:
         raise InvalidEvent("empty message")
-    now = time.time() if now is None else now
-    wire = _wire(raw, max_bytes)
     if wire is not None:
         return _event_of(wire, default_ts, default_event_id, now)
-    obj = decode_json(raw, max_bytes=max_bytes)
-    return validate_event(obj, default_ts=default_ts, default_event_id=default_event_id, now=now)
+    # too long, not decodable or naming more than EventIn's fields: the general path
+    return validate_event(decode_json(raw, max_bytes=max_bytes), default_ts=default_ts,
+                          default_event_id=default_event_id, now=now)
 
 
 _decode_wire = msgspec.json.Decoder(EventIn).decode
@@ -372,12 +378,7 @@ def _event_or_reason(raw: bytes | None, wire: Any, default_ts: float | None, def
                      max_bytes: int, now: float) -> Event | InvalidEvent:
     """What ``parse_event`` gives or raises for ``raw``, whose ``_wire`` is ``wire``."""
     try:
-        if wire is not None:
-            return _event_of(wire, default_ts, default_event_id, now)
-        if raw:  # too long, not decodable or naming more than EventIn's fields: the general path
-            return validate_event(decode_json(raw, max_bytes=max_bytes), default_ts=default_ts,
-                                  default_event_id=default_event_id, now=now)
-        return parse_event(raw)  # raises: empty
+        return _event_from(raw, wire, default_ts, default_event_id, max_bytes, now)
     except InvalidEvent as exc:
         return exc
 

@@ -94,6 +94,14 @@ class _HashingWriter:
         return self._sha256.digest()
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class CheckpointFolder:
     """One worker's checkpoint files under ``directory``.
 
@@ -138,17 +146,9 @@ class CheckpointFolder:
             f.write(body.digest())
 
         def finish() -> None:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(tmp)
             os.replace(tmp, final)
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync(self.directory)  # the rename too
             for _, old in files[self.keep - 1 :]:
                 old.unlink(missing_ok=True)
 

@@ -125,15 +125,10 @@ class Ownership:
         self.sharing.resume(state["deltas"])
         log.info("restored checkpoint: offsets %s", {p: s.next_offset for p, s in self.pipeline.partitions.items()})
 
-    def checkpoint(self) -> Pending | None:
-        """Expire idle ids, make the item delta, and save the state with the offsets it
-        reflects; returns the delta, to publish once this returns."""
-        return self.prepare_checkpoint()()
-
     def prepare_checkpoint(self) -> Callable[[], Pending | None]:
-        """``checkpoint`` in two steps: the state is taken now (expired, its delta made, and
-        serialized); the call returned makes it durable and returns the delta to publish. The
-        worker calls it once the batches the state holds are written."""
+        """A checkpoint in two steps: expire idle ids, make the item delta and serialize the
+        state with the offsets it reflects now; the call returned makes it durable and returns
+        the delta, to publish then. The worker calls it once the batches the state holds are written."""
         self.pipeline.expire_idle()
         pending = self.sharing.make_delta()
         partitions = self.pipeline.partitions

@@ -38,9 +38,9 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from itertools import chain, compress, count, groupby, islice, pairwise, repeat
+from itertools import compress, count, groupby, islice, pairwise, repeat
 from operator import gt
 from typing import Any, Protocol
 
@@ -53,7 +53,7 @@ from core.metrics import Exposures, WorkerMetrics
 from core.schema import ITEM_TYPE, Event, parse_events
 from core.settings import Settings
 from online_models import Recommender
-from online_models._arrays import IdIndex, RankedRows, per_row
+from online_models._arrays import IdIndex, RankedRows, excluded_cells, per_row
 from online_models.capabilities import (
     Explains,
     ExplainsRows,
@@ -452,6 +452,7 @@ class Pipeline:
         counts = Counts(consumed=len(records))
         rejects: list[Reject] = []
         events: list[Event] = []
+        event_users: list[str] = []  # each event's user, in order
         item_metadata: dict[str, dict] = {}
         touched_users: dict[str, None] = {}  # in order
         touched_items: set[str] = set()
@@ -496,10 +497,11 @@ class Pipeline:
             state.users.update(users)
             touched_users.update(zip(users, repeat(None)))
             events += fresh
+            event_users += users
         counts.dead_lettered = len(rejects)
         counts.applied = counts.consumed - counts.dead_lettered - counts.deduplicated
         if events:  # online HR@k: was the item in the user's last list?
-            users, items = [event.user_id for event in events], [event.item_id for event in events]
+            users, items = event_users, [event.item_id for event in events]
             lasts = list(map(self._last_lists.get, users))
             self.metrics.online_evaluated += len(lasts) - lasts.count(None)
             self.metrics.online_hits += sum(item_id in last for item_id, last in zip(items, lasts) if last is not None)
@@ -570,7 +572,7 @@ class Pipeline:
         top_k, eval_k = self.settings.top_k, self.settings.online_eval_k
         n_users, width = rows.shape
         listed = rows >= 0
-        marks = _seen_cells(rows, index, list(map(self.seen.get, users, repeat(()))))
+        marks = _seen_cells(rows, index, users, self.seen)
         unseen = listed if marks is None else listed & ~marks
         counted = np.cumsum(unseen, axis=1, dtype=np.int32)
         lengths = listed.sum(axis=1)
@@ -652,26 +654,22 @@ STRETCH_EVENTS = 16
 """``_note_newest`` notes stretches in one go when they are this long on average (or there is one)."""
 
 
-def _seen_cells(rows: np.ndarray, index: IdIndex, seen: list) -> np.ndarray | None:
-    """Which cells of ``rows`` (users' ranked item rows of ``index``, ``-1`` past a list) hold
-    an item the user has seen (``seen``: each user's ids); None when none can.
+def _seen_cells(rows: np.ndarray, index: IdIndex, users: Sequence[str],
+                seen: Mapping[str, Collection[str]]) -> np.ndarray | None:
+    """Which cells of ``rows`` (``users``' ranked item rows of ``index``, ``-1`` past a list)
+    hold an item the user has seen (``seen``: user -> ids); None when none can.
 
     Users have seen few items each, mostly: each seen item is compared with its user's row
     of cells; with many, each cell's ``(user, row)`` key is looked up among the seen ones'.
 
     >>> index = IdIndex(); _ = index.add("a"), index.add("b"), index.add("c")
-    >>> _seen_cells(np.array([[0, 1, -1], [2, 0, 1]]), index, [{"b", "zz"}, ()]).astype(int).tolist()
+    >>> _seen_cells(np.array([[0, 1, -1], [2, 0, 1]]), index, ["u", "v"], {"u": {"b", "zz"}}).astype(int).tolist()
     [[0, 1, 0], [0, 0, 0]]
     """
     n_users, width = rows.shape
-    sizes = list(map(len, seen))
-    n_seen = sum(sizes)
-    if not n_seen or not width:
+    if not width:
         return None
-    at_row = np.fromiter(map(index.rows.get, chain.from_iterable(seen), repeat(-1)), dtype=np.int64, count=n_seen)
-    at_user = np.repeat(np.arange(n_users, dtype=np.int64), sizes)
-    known = at_row >= 0
-    at_user, at_row = at_user[known], at_row[known]
+    at_user, at_row = excluded_cells(index, users, seen)
     if not len(at_row):
         return None
     if len(at_row) <= SEEN_COMPARED_PER_USER * n_users:

@@ -444,7 +444,8 @@ def test_seen_cells_compared_per_user_are_those_looked_up_by_key(seed, n_users, 
     for per_user in (0, 10**6):  # always searched by key, always compared
         module.SEEN_COMPARED_PER_USER, before = per_user, module.SEEN_COMPARED_PER_USER
         try:
-            marks = module._seen_cells(rows, index, seen)
+            marks = module._seen_cells(rows, index, [f"u{j}" for j in range(n_users)],
+                                       {f"u{j}": ids for j, ids in enumerate(seen)})
         finally:
             module.SEEN_COMPARED_PER_USER = before
         got = np.zeros((n_users, width), dtype=bool) if marks is None else marks  # None: no cell can be
