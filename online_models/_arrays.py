@@ -343,6 +343,14 @@ class WeightedRow:
         self.pos = {row: i for i, row in enumerate(rows)}
 
 
+def splitmix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser, element-wise on ``uint64`` (wrapping arithmetic): well-mixed
+    bits from consecutive counters."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
 def top_k_per_user(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
     """Each user's ``k`` best scores, best first, ties to the lower item row.
 

@@ -64,6 +64,12 @@ class Recommender(abc.ABC):
         weights = getattr(self, "event_weights", None) or EVENT_WEIGHTS
         return float(weights.get(interaction.type, 1.0))
 
+    def weights_of(self, interactions: Sequence[Interaction]) -> list[float]:
+        """``weight`` of each interaction, in order, asked once per event type present (a
+        batch's ``learn_many`` reads them all; the weight depends on the type alone)."""
+        weight_of = {kind: self.weight(interaction) for kind, interaction in {i.type: i for i in interactions}.items()}
+        return [weight_of[interaction.type] for interaction in interactions]
+
     # -- learning ----------------------------------------------------------------------
     @abc.abstractmethod
     def learn_one(self, interaction: Interaction) -> None:

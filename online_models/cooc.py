@@ -172,10 +172,9 @@ class Cooc(CoocRanking, ReadsPopularity, Recommender):
         """``learn_many`` of interactions whose items have ``rows`` already."""
         if not interactions:
             return
-        weight, recent = self.weight, self._recent
+        recent = self._recent
         self._grow_rows(max(rows) + 1)
-        weight_of = {kind: weight(interaction) for kind, interaction in {i.type: i for i in interactions}.items()}
-        weights = np.array([weight_of[interaction.type] for interaction in interactions], dtype=np.float64)
+        weights = np.array(self.weights_of(interactions), dtype=np.float64)
         rows = np.array(rows, dtype=np.int64)
         users = recent.user_rows([interaction.user_id for interaction in interactions])
         np.add.at(self._counts, rows, weights)

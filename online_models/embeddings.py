@@ -238,10 +238,7 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         if not events:
             return
         user_ids = [event.user_id for event in events]
-        types = [event.type for event in events]
-        # an event's weight is its type's (Recommender.weight): asked once per type present
-        weight_of = {kind: self.weight(event) for kind, event in dict(zip(types, events)).items()}
-        weights = list(map(weight_of.__getitem__, types))
+        weights = self.weights_of(events)
         ends = self._stretch_ends(len(events))
         users, first_new, new_users = self._enter_users(user_ids, ends)
         item_ids = [event.item_id for event in events]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -56,6 +57,20 @@ class RecentItems:
         """At least ``n`` table rows (``grow``'s doubling), the new ones empty."""
         self.rows, self.values = grow(self.rows, n), grow(self.values, n)
         self.sizes.extend([0] * (len(self.rows) - len(self.sizes)))
+
+    def held_of(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's table row (``-1``: unknown) and which of the row's ``window`` cells hold
+        an entry (the last ones; none for an unknown user).
+
+        >>> recent = RecentItems(window=3)
+        >>> recent.push(recent.user_row("u"), 5, 0.5)
+        >>> [a.tolist() for a in recent.held_of(["u", "nobody"])]
+        [[0, -1], [[False, False, True], [False, False, False]]]
+        """
+        at = np.fromiter(map(self.users.rows.get, user_ids, repeat(-1)), dtype=np.int64, count=len(user_ids))
+        held_by = self.sizes  # a list: read per user, not converted whole
+        sizes = np.fromiter((held_by[a] if a >= 0 else 0 for a in at.tolist()), dtype=np.int64, count=len(user_ids))
+        return at, self._held_cells(sizes, self.window)
 
     def history(self, u: int) -> tuple[np.ndarray, np.ndarray]:
         """Views of table row ``u``'s item rows and values, oldest first."""

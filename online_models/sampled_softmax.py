@@ -19,19 +19,12 @@ import numpy as np
 import torch
 
 from online_models import tables
+from online_models._arrays import splitmix64
 from online_models.base import Interaction, Ranking, Recommender
 
 TIE_BREAK = 1e-6  # weight of log-popularity in scores: orders items before any training step
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _splitmix64(z: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser, element-wise on ``uint64`` (wrapping arithmetic): well-mixed
-    bits from consecutive counters."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 def initial_item_vectors(
@@ -62,11 +55,11 @@ def initial_item_vectors(
     >>> bool((a_in[1] == b_in[0]).all()), bool((a_in[0] == a_in[1]).any()), a_out.shape
     (True, False, (2, 4))
     """
-    salt = int(_splitmix64(np.array([seed & (2**64 - 1)], dtype=np.uint64))[0])
+    salt = int(splitmix64(np.array([seed & (2**64 - 1)], dtype=np.uint64))[0])
     keys = np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") ^ salt
                      for i in item_ids], dtype=np.uint64).reshape(-1, 1)
     counters = np.arange(1, 2 * n_factors + 1, dtype=np.uint64) * _GOLDEN  # one per uniform draw
-    bits = _splitmix64(keys + _splitmix64(counters))
+    bits = splitmix64(keys + splitmix64(counters))
     uniform = (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53  # 53 bits, in [0, 1)
     # Box-Muller: each pair of uniforms gives two independent normals (one in, one out)
     radius = std * np.sqrt(-2.0 * np.log1p(-uniform[:, :n_factors]))

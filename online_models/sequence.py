@@ -186,18 +186,14 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
         return weights
 
     def _item_rows(self, ids: list[str]) -> list[int]:
-        """The rows of ``ids``, in order; the unknown ones are added in one pass, taking the
-        rows that ``IdIndex.add`` of each in turn would give (freed rows first), and every
-        table indexed by item row grows once."""
-        rows = list(map(self._items.rows.get, ids))
-        if None in rows:
-            self._items.add_new(list(dict.fromkeys([item for item, row in zip(ids, rows) if row is None])))
-            rows = list(map(self._items.rows.__getitem__, ids))
-            n = len(self._items)
+        """The rows of ``ids``, in order (``IdIndex.add_all``: freed rows first); every table
+        indexed by item row grows once."""
+        rows = self._items.add_all(ids)
+        n = len(self._items)
+        if len(self._successors) < n:
             self._out_total = grow(self._out_total, n)
-            if len(self._successors) < n:
-                self._successors.extend([_Successors() for _ in range(n - len(self._successors))])
-                self._sources.extend([set() for _ in range(n - len(self._sources))])
+            self._successors.extend([_Successors() for _ in range(n - len(self._successors))])
+            self._sources.extend([set() for _ in range(n - len(self._sources))])
         return rows
 
     def learn_one(self, interaction: Interaction) -> None:
@@ -289,9 +285,8 @@ class Sequential(SequenceRanking, ReadsPopularity, Recommender):
         source, target, step = source[made], target[made], step[made]
         if not len(source):
             return
-        weight = self.weight
-        event_weight = np.array([weight(interactions[e]) for e in event[at][made].tolist()], dtype=np.float64)
-        gain = event_weight * np.array(self._step_weights())[step]
+        gain = np.array(self.weights_of(interactions), dtype=np.float64)[event[at][made]] * np.array(
+            self._step_weights())[step]
         backward = self.backward_weight
         successors, into, log = self._successors, self._sources, self._pair_log
         if backward:

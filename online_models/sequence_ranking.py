@@ -6,7 +6,6 @@ and the batch lists cannot disagree (tests also compare them with a plain-Python
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from itertools import repeat
 
 import numpy as np
 
@@ -17,6 +16,7 @@ from online_models._arrays import (
     order_by_user_score_row,
     per_row,
     spans,
+    splitmix64,
     top_k_arrays,
 )
 from online_models.trending import (
@@ -30,9 +30,10 @@ _ALONE = -(2**62)  # keys of users ranked alone start here (a hash may land ther
 
 
 def _mix(m: int) -> np.ndarray:
-    """``m`` odd int64 multipliers (Fibonacci hashing's): a user's recent items times these,
+    """``m`` odd int64 multipliers, well mixed (evenly spaced ones add up alike: ``m1 + m4 ==
+    m2 + m3``, so short histories of low rows collided): a user's recent items times these,
     summed with wrap-around, are the key that groups alike users (then compared)."""
-    return ((np.arange(1, m + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)).view(np.int64)
+    return (splitmix64(np.arange(1, m + 1, dtype=np.uint64)) | np.uint64(1)).view(np.int64)
 
 
 def repeat_cells(group: np.ndarray, rows: np.ndarray, back: np.ndarray, n: int, most: int
@@ -191,11 +192,7 @@ class SequenceRanking:
     def _held(self, users: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Each user's row in the history table (``-1``: unknown) and which of the row's
         ``window`` cells hold an item (the last ones)."""
-        histories = self._histories
-        at = np.fromiter(map(histories.users.rows.get, users, repeat(-1)), dtype=np.int64, count=len(users))
-        held_by = histories.sizes  # a list: read per user, not converted whole
-        sizes = np.fromiter((held_by[a] if a >= 0 else 0 for a in at.tolist()), dtype=np.int64, count=len(users))
-        return at, np.arange(self.window) >= (self.window - sizes)[:, None]
+        return self._histories.held_of(users)
 
     def _decay_powers(self) -> np.ndarray:
         powers = self.__dict__.get("_powers_cache")
@@ -235,7 +232,8 @@ class SequenceRanking:
         every = len(short) == len(users)
         listed_user = np.repeat(np.arange(len(short)), have)
         listed_col = np.arange(len(listed_user)) - np.repeat(np.cumsum(have) - have, have)
-        listed_rows = rows[listed_user if every else short[listed_user], listed_col]
+        listed_at = listed_user if every else short[listed_user]  # their users' rows in ``rows``
+        listed_rows = rows[listed_at, listed_col]
         at_popular = np.full(len(self._items), -1, dtype=np.int64)
         at_popular[popular] = np.arange(len(popular))
         hit = at_popular[listed_rows]
@@ -261,7 +259,7 @@ class SequenceRanking:
         filled_rows = np.append(popular, -1)[at]
         filled_scores = np.append(np.zeros(len(popular)), -np.inf)[at]
         filled_rows[listed_user, listed_col] = listed_rows
-        filled_scores[listed_user, listed_col] = scores[listed_user if every else short[listed_user], listed_col]
+        filled_scores[listed_user, listed_col] = scores[listed_at, listed_col]
         if every:
             return RankedRows(filled_rows, filled_scores, self._items)
         rows[short], scores[short] = filled_rows, filled_scores

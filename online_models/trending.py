@@ -109,9 +109,9 @@ class Trending(Recommender):
         rows = items.add_all([interaction.item_id for interaction in interactions])  # new ones as learn_one adds them
         while len(self._scores) < len(items):  # the capacities learn_one's growth steps give
             self._scores = grow(self._scores, len(self._scores) + 1)
-        weight_of = {t: self.weight(i) for t, i in {i.type: i for i in interactions}.items()}
+        weights = self.weights_of(interactions)
         if self.half_life_s is None:
-            gains = [weight_of[i.type] for i in interactions]  # times a growth of 1.0
+            gains = weights  # times a growth of 1.0
         else:
             if self._t0 is None:
                 self._t0 = interactions[0].ts
@@ -122,7 +122,7 @@ class Trending(Recommender):
                     self.learn_one(interaction)
                 return
             exp = math.exp  # libm's, as learn_one's (numpy's may differ in the last bit)
-            gains = [weight_of[i.type] * exp(e) for i, e in zip(interactions, exponents.tolist())]
+            gains = [w * exp(e) for w, e in zip(weights, exponents.tolist())]
         if min(gains) < 0:  # a loss: the running maximum may exceed every final score
             for interaction in interactions:
                 self.learn_one(interaction)
