@@ -631,9 +631,8 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         if mine.shape[1] == 0:
             return best
         single = mine[:, 1] < 0 if mine.shape[1] > 1 else np.ones(len(mine), dtype=bool)
-        if single.any() and self._bounded_vectors():
-            first = mine[single, :1]
-            wanted = targets[single]
+        first, wanted = mine[single, :1], targets[single]
+        if single.any() and self._bounded_vectors(first, wanted[wanted >= 0]):
             best[single] = np.where((wanted >= 0) & (wanted != first), first, -1)
             if single.all():
                 return best
@@ -642,11 +641,11 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
             return best
         return self._closest_recent_by_cosine(mine, targets, out_norms)
 
-    def _bounded_vectors(self) -> bool:
-        """Whether every entry of the item vectors is finite and below ``_BOUNDED``."""
-        n = len(self._items)
-        return all(float(np.abs(table.numpy()[:n]).max(initial=0.0)) < _BOUNDED
-                   for table in (self._item_in, self._item_out))
+    def _bounded_vectors(self, in_rows: np.ndarray, out_rows: np.ndarray) -> bool:
+        """Whether every entry of these rows' input and output vectors (those a cosine of
+        them reads) is finite and below ``_BOUNDED``."""
+        return all(float(np.abs(table.numpy()[rows.ravel()]).max(initial=0.0)) < _BOUNDED
+                   for table, rows in ((self._item_in, in_rows), (self._item_out, out_rows)))
 
     def _closest_recent_by_cosine(self, mine: np.ndarray, targets: np.ndarray, out_norms: np.ndarray
                                   ) -> np.ndarray:
