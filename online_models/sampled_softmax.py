@@ -264,23 +264,31 @@ def adagrad_rows(table: np.ndarray, acc: np.ndarray, uniq: np.ndarray, grad: np.
     table[uniq] = leaf
 
 
-def ring_slots(capacity: int, length: int, position: int, m: int) -> tuple[np.ndarray, slice, int, int]:
+def ring_slots(capacity: int, length: int, position: int, m: int) -> tuple[np.ndarray | slice, slice, int, int]:
     """Where ``m`` new entries go in a ring buffer of ``capacity`` slots holding ``length``
     entries, ``position`` being the oldest once it is full: free slots first, then the
     oldest entries.
 
-    Returns the slots, the slice of the new entries that get them (the last ones, when
-    there are more entries than slots), and the new length and position.
+    Returns the slots (a slice where they are one run: the next free ones, or the oldest
+    without wrapping round), the slice of the new entries that get them (the last ones,
+    when there are more entries than slots), and the new length and position.
 
     >>> slots, kept, length, position = ring_slots(4, 3, 0, 3)
     >>> slots.tolist(), kept, length, position
     ([3, 0, 1], slice(0, 3, None), 4, 2)
+    >>> ring_slots(4, 1, 0, 2), ring_slots(4, 4, 1, 2)
+    ((slice(1, 3, None), slice(0, 2, None), 3, 0), (slice(1, 3, None), slice(0, 2, None), 4, 3))
     """
     fill = min(capacity - length, m)
+    last = slice(max(m - capacity, 0), m)  # more events than slots: the last ones win
+    after = length + fill, (position + m - fill) % capacity
+    if fill == m:
+        return slice(length, length + m), last, *after
+    if not fill and position + m <= capacity:
+        return slice(position, position + m), last, *after
     wrap = (position + np.arange(m - fill)) % capacity
     slots = np.concatenate([np.arange(length, length + fill), wrap])
-    last = slice(max(m - capacity, 0), m)  # more events than slots: the last ones win
-    return slots[last], last, length + fill, (position + m - fill) % capacity
+    return slots[last], last, *after
 
 
 def grow_tensor(table: torch.Tensor, rows: int) -> torch.Tensor:
@@ -411,20 +419,6 @@ class QueuedItemLearner(Recommender):
             self._buf_weight = np.resize(self._buf_weight, size)
         capacity, m = len(self._buf_user), len(users)
         if capacity == 0:
-            return
-        room = self._buf_len + m <= capacity
-        if room or (self._buf_len == capacity and self._buf_pos + m <= capacity):
-            # ring_slots' slots are one run here (the next free ones, or the oldest entries
-            # without wrapping round): a slice each, not an index array; the same state after
-            at = self._buf_len if room else self._buf_pos
-            run = slice(at, at + m)
-            self._buf_user[run], self._buf_item[run], self._buf_hist[run], self._buf_weight[run] = (
-                users, items, hists, weights)
-            if room:
-                self._buf_len += m
-                self._buf_pos %= capacity
-            else:
-                self._buf_pos = (self._buf_pos + m) % capacity
             return
         slots, last, self._buf_len, self._buf_pos = ring_slots(capacity, self._buf_len, self._buf_pos, m)
         self._buf_user[slots], self._buf_item[slots] = users[last], items[last]

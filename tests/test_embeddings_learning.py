@@ -14,7 +14,7 @@ from core.schema import Event
 from online_models import make_model
 from online_models._arrays import IdIndex
 from online_models.embeddings import TorchEmbeddings
-from online_models.sampled_softmax import ring_slots, row_groups, rowwise_adagrad
+from online_models.sampled_softmax import row_groups, rowwise_adagrad
 
 SMALL = {"n_factors": 8, "batch_size": 8, "n_negatives": 16, "window": 5, "buffer_size": 300, "seed": 3}
 TYPES = ("view", "click", "add_to_cart", "purchase")
@@ -161,10 +161,17 @@ def test_rowwise_adagrad_is_the_plain_one_bit_for_bit(n_rows: int, l2: float, co
 
 
 @pytest.mark.parametrize("buffer_size", [1, 300, 1024, 1500])
-def test_replay_buffer_keeps_what_ring_slots_says(buffer_size: int) -> None:
-    """``_remember`` (a run of slots written as a slice where it can) leaves the buffer as
-    ``ring_slots``' index arrays would: filling, full without and with wrapping round, and
-    more entries than slots."""
+def test_replay_buffer_is_a_ring_written_slot_by_slot(buffer_size: int) -> None:
+    """``_remember`` (``ring_slots``: a run of slots as a slice where it can) leaves the
+    buffer as a ring written slot by slot would: filling, full without and with wrapping
+    round, and more entries than slots."""
+
+    def ring_by_index(capacity, length, position, m):  # free slots first, then the oldest; the last m win
+        fill = min(capacity - length, m)
+        slots = np.concatenate([np.arange(length, length + fill), (position + np.arange(m - fill)) % capacity])
+        last = slice(max(m - capacity, 0), m)
+        return slots[last], last, length + fill, (position + m - fill) % capacity
+
     model = make_model("embeddings", **{**SMALL, "buffer_size": buffer_size})
     rng = np.random.default_rng(buffer_size)
     want = {"user": np.zeros(0, dtype=np.int64), "item": np.zeros(0, dtype=np.int64),
@@ -180,7 +187,7 @@ def test_replay_buffer_keeps_what_ring_slots_says(buffer_size: int) -> None:
         for name, size in want.items():
             want[name] = np.resize(want[name], (capacity, model.window) if name == "hist" else capacity)
         if capacity:
-            slots, last, length, position = ring_slots(capacity, length, position, m)
+            slots, last, length, position = ring_by_index(capacity, length, position, m)
             want["user"][slots], want["item"][slots] = users[last], items[last]
             want["hist"][slots], want["weight"][slots] = hists[last], weights[last]
         assert (model._buf_len, model._buf_pos) == (length, position)
