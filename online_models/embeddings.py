@@ -175,25 +175,6 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
         self._powers = (recency_decay ** np.arange(window)).astype(np.float32)
         self._shadow: dict[str, np.ndarray] | None = None  # item state as of the last delta; see item_delta
 
-    # -- pickling ----------------------------------------------------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        """The state to pickle, each user's recent items as a list: pickle reduces each deque
-        through ``copyreg`` (about 15 times the time of a list, a checkpoint's largest part
-        for a model that has met many users); ``__setstate__`` makes them deques again."""
-        state = self.__dict__.copy()
-        recent = state.pop("_recent", None)
-        if recent is not None:
-            state["_recent_lists"] = dict(zip(recent, map(list, recent.values())))
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        lists = state.pop("_recent_lists", None)
-        self.__dict__.update(state)
-        if lists is not None:  # (a state pickled before keeps its deques as they are)
-            window = self.window
-            self._recent = {user_id: deque(items, window) for user_id, items in lists.items()}
-
     # -- growth ------------------------------------------------------------------------
     def _add_user(self, user_id: str) -> int:
         row = self._users.rows.get(user_id)

@@ -362,7 +362,7 @@ class SASRec(ReadsPopularity, QueuedItemLearner):
         return {"vecs": initial_item_vectors(ids, self.seed, self.n_factors, self.init_std)[0]}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        super().__setstate__(state)
         if "_trending" not in state:  # saved when it kept all-time counts of its own, rows as its items'
             counts, shadow = self.__dict__.pop("_counts"), self._shadow
             self.__dict__.pop("_tie", None)
