@@ -485,9 +485,9 @@ def _top_k_of_entries(users: np.ndarray, rows: np.ndarray, scores: np.ndarray, n
                 part = members[start : start + step]
                 sizes = counts[part]
                 slot = np.repeat(np.arange(len(part)), sizes)
-                place = np.arange(len(slot)) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # within the user's entries
+                at = spans(starts[part], sizes)  # the users' entries
                 padded = np.full((len(part), width), -np.inf)
-                padded[slot, place] = scores[place + np.repeat(starts[part], sizes)]
+                padded[slot, at - np.repeat(starts[part], sizes)] = scores[at]  # each at its place among its user's
                 cut[part] = np.partition(padded, width - k, axis=1)[:, width - k]
     top = scores >= cut[users]
     users, rows, scores = users[top], rows[top], scores[top]

@@ -229,16 +229,17 @@ def rowwise_adagrad(table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads:
     """
     if len(rows) == 0:
         return
-    order, starts, uniq = row_groups(rows) if groups is None else groups
-    # ``take`` where indexing would do: the same rows, with less overhead on these small arrays
-    grad = _run_sums((grads if ordered else grads.take(order, 0)).astype(np.float32, copy=False), starts)
-    adagrad_rows(table, acc, uniq, grad, lr, l2)
+    groups = row_groups(rows) if groups is None else groups
+    grad = (_run_sums(grads.astype(np.float32, copy=False), groups[1]) if ordered
+            else summed_by_row(grads, groups))
+    adagrad_rows(table, acc, groups[2], grad, lr, l2)
 
 
 def summed_by_row(grads: np.ndarray, groups: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     """The gradients of each distinct row of ``groups`` (``row_groups(rows)``) summed, as
     ``rowwise_adagrad`` sums them: each column on its own, so tables that share their rows
     can have their gradients side by side in one array and summed at once."""
+    # ``take`` where indexing would do: the same rows, with less overhead on these small arrays
     return _run_sums(grads.take(groups[0], 0).astype(np.float32, copy=False), groups[1])
 
 
