@@ -177,23 +177,19 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
 
     # -- growth ------------------------------------------------------------------------
     def _add_user(self, user_id: str) -> int:
+        """The user's row; a new user (a new row, or one a forgotten user freed) gets a random vector."""
         row = self._users.rows.get(user_id)
-        return self._add_users([user_id])[0] if row is None else row
+        if row is None:
+            row = self._users.add(user_id)
+            self._user_vecs = self._new_rows(self._user_vecs, "user", row + 1)
+            self._draw_user_vectors(np.array([row]))
+        return row
 
-    def _add_users(self, user_ids: Sequence[str]) -> list[int]:
-        """The users' rows, in order; each new user (a new row, or one a forgotten user
-        freed) gets a random vector, drawn in order of arrival: the draws of one by one."""
-        get = self._users.rows.get
-        rows = list(map(get, user_ids))
-        if None not in rows:
-            return rows
-        new_rows = self._users.add_new(list(dict.fromkeys(u for u, row in zip(user_ids, rows) if row is None)))
-        rows = list(map(get, user_ids))
-        self._user_vecs = self._new_rows(self._user_vecs, "user", max(new_rows) + 1)
-        # one draw of (users, factors) takes the generator's numbers in the order one draw per user would
-        self._user_vecs.numpy()[new_rows] = self._rng.normal(
-            0.0, self.init_std, (len(new_rows), self.n_factors)).astype(np.float32)
-        return rows
+    def _draw_user_vectors(self, rows: np.ndarray) -> None:
+        """New users' random vectors, in order: one draw of (users, factors) takes the
+        generator's numbers in the order one draw per user would."""
+        self._user_vecs.numpy()[rows] = self._rng.normal(0.0, self.init_std, (len(rows), self.n_factors)
+                                                         ).astype(np.float32)
 
     def _start_item(self, row: int, item_id: str) -> None:
         self._start_items(np.array([row]), [item_id])
@@ -240,8 +236,7 @@ class TorchEmbeddings(EmbeddingsRanking, QueuedItemLearner):
             if first_new is not None:  # the stretch's new users get their vectors, in order of arrival
                 upto = int(np.searchsorted(first_new, end))
                 if upto > drawn:
-                    self._user_vecs.numpy()[new_users[drawn:upto]] = self._rng.normal(
-                        0.0, self.init_std, (upto - drawn, self.n_factors)).astype(np.float32)
+                    self._draw_user_vectors(new_users[drawn:upto])
                     drawn = upto
             self._count(stretch, weight_array[start:end])
             for user_id, user, item, weight in zip(user_ids[start:end], users[start:end], stretch.tolist(),
