@@ -341,8 +341,8 @@ def main() -> None:
     for log in args.only.split(","):
         if log not in LOGS + JUDGED:
             parser.error(f"unknown log {log!r}")
+        run = judge_readme if log in JUDGED else judge
         if args.command == "run":
-            run = judge_readme if log in JUDGED else judge
             for name in args.models.split(","):
                 started = time.perf_counter()
                 result = run(log, make_model(name, **(json.loads(args.params) if name == "blend" else {})))
@@ -351,7 +351,6 @@ def main() -> None:
                       f"{time.perf_counter() - started:.0f}s", flush=True)
         elif args.command == "record":
             started = time.perf_counter()
-            run = judge_readme if log in JUDGED else judge
             lists, result = record(make_model("blend"), lambda model, _log=log, _run=run: _run(_log, model))
             save(lists, _path(log))
             print(f"{log:9s} blend (the default) HR@{result.k} {result.hr:.4f}  MRR@{result.k} {result.mrr:.4f}  "
