@@ -17,7 +17,7 @@ import statistics
 import time
 
 from bench.common import bench_settings, in_process, services
-from bench.ingest import _produce_proc
+from bench.ingest import LARGE_FETCHES, _produce_proc, assigned_reader
 
 
 def _drain_kafka_python(settings, n: int, out) -> None:
@@ -52,18 +52,12 @@ def _drain_confluent(settings, n: int, as_worker: bool, out) -> None:
     and grouped by partition); else confluent-kafka's messages read as they come."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from stream.consumer import Partition, Reader, wait_for_partitions
-
     cpu_started = time.process_time()
-    config = {
-        "bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.group_id,
-        "fetch.max.bytes": 32 * 1024 * 1024, "max.partition.fetch.bytes": 8 * 1024 * 1024,
-    }
     if as_worker:
-        reader = Reader(config, max_records=settings.max_poll_records)
-        reader.assign([Partition(settings.topic, p) for p in sorted(wait_for_partitions(reader, settings.topic))])
+        reader = assigned_reader(settings, settings.group_id)
     else:
-        consumer = Consumer({**config, "enable.auto.commit": False})
+        consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.group_id,
+                             **LARGE_FETCHES, "enable.auto.commit": False})
         partitions = consumer.list_topics(settings.topic, timeout=10).topics[settings.topic].partitions
         consumer.assign([TopicPartition(settings.topic, p, OFFSET_BEGINNING) for p in sorted(partitions)])
     seen, first, started, checksum = 0, 0, 0.0, 0

@@ -91,19 +91,29 @@ def _drain_worker(settings, n: int, profile_path: str | None, refresh_lists: boo
     worker.close()
 
 
+LARGE_FETCHES = {"fetch.max.bytes": 32 * 1024 * 1024, "max.partition.fetch.bytes": 8 * 1024 * 1024}
+"""librdkafka's fetch sizes for the bare consumers: a poll is never short of records."""
+
+
+def assigned_reader(settings, group_id: str):
+    """The worker's Kafka client (``stream.consumer.Reader``) reading every partition of the
+    topic from its start, assigned, not subscribed (like the worker's side reader: no group
+    join to wait for)."""
+    from stream.consumer import Partition, Reader, wait_for_partitions
+
+    reader = Reader({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id, **LARGE_FETCHES},
+                    max_records=settings.max_poll_records)
+    reader.assign([Partition(settings.topic, p) for p in sorted(wait_for_partitions(reader, settings.topic))])
+    return reader
+
+
 def _drain_bare(settings, n: int, out: mp.Queue) -> None:
     """The bare consumer: the worker's own Kafka client (``stream.consumer.Reader``) polling
     and decoding each event's JSON, nothing more; the ceiling ``ingest_ratio_vs_bare_consumer``
     compares the worker with."""
     import orjson
 
-    from stream.consumer import Partition, Reader, wait_for_partitions
-
-    # assigned, not subscribed, like the worker's side reader: no group join to wait for
-    consumer = Reader({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.group_id}.bare",
-                       "auto.offset.reset": "earliest", "fetch.max.bytes": 32 * 1024 * 1024,
-                       "max.partition.fetch.bytes": 8 * 1024 * 1024}, max_records=settings.max_poll_records)
-    consumer.assign([Partition(settings.topic, p) for p in sorted(wait_for_partitions(consumer, settings.topic))])
+    consumer = assigned_reader(settings, f"{settings.group_id}.bare")
     loads, seen, first, started = orjson.loads, 0, 0, 0.0
     while seen < n:
         for records in consumer.poll(timeout_ms=settings.poll_timeout_ms).values():
